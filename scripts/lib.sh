@@ -1,0 +1,66 @@
+# Shared by the scripts in this folder: where the libtorch virtualenv lives and how cargo finds it.
+# Source it; it defines variables and functions and changes nothing on disk.
+#
+#   TORCH_VERSION  the PyTorch release tch 0.24 binds (do not change without bumping tch)
+#   TORCH_VENV     the virtualenv holding torch; default: <cache>/train/torch-<version>
+#                  where <cache> is $XDG_CACHE_HOME or ~/.cache. Shared by every clone and CI run.
+#   LIBTORCH       set it to an existing libtorch (a folder with lib/ and include/) to skip the venv.
+#
+# The names deliberately avoid the TRAIN_ prefix: `train` reads TRAIN_* variables as configuration.
+
+TORCH_VERSION=2.11.0
+TORCH_VENV=${TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/train/torch-$TORCH_VERSION}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# The marker is written only after every pip install succeeded, so an interrupted
+# install is redone rather than trusted.
+venv_ready() { [ -f "$TORCH_VENV/.train-ready" ]; }
+
+ensure_venv() {
+    if venv_ready; then
+        log "torch $TORCH_VERSION venv ready at $TORCH_VENV"
+        return
+    fi
+    log "creating torch $TORCH_VERSION venv at $TORCH_VENV (about 4.5 GB, a few minutes)"
+    mkdir -p "$(dirname "$TORCH_VENV")"
+    python3 -m venv "$TORCH_VENV"
+    "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "torch==$TORCH_VERSION" safetensors numpy
+    touch "$TORCH_VENV/.train-ready"
+}
+
+# Exports what torch-sys's build script and the tests need.
+export_build_env() {
+    if [ -n "${LIBTORCH:-}" ]; then
+        log "using LIBTORCH=$LIBTORCH"
+    else
+        ensure_venv
+        LIBTORCH=$("$TORCH_VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+        export LIBTORCH
+    fi
+    # torch-sys checks the libtorch version against the one tch binds; Python torch is the peer in tests.
+    if [ -x "$TORCH_VENV/bin/python" ]; then
+        export PYTHON_TORCH="$TORCH_VENV/bin/python"
+    fi
+}
+
+# Fashion-MNIST from Debian (gzipped IDX files), the default data set. Best effort:
+# without root the user is told what to run, and --set data.dir=... points elsewhere.
+ensure_dataset() {
+    if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            log "dataset-fashion-mnist is not installed; run: sudo apt-get install dataset-fashion-mnist"
+            return
+        fi
+    fi
+    log "installing dataset-fashion-mnist"
+    $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } ||
+        log "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtualenv with torch (libtorch for tch, Python torch for the tests),
+# the Fashion-MNIST data set, and a release build of `train`.
+#
+#   scripts/setup.sh            # everything; fast when already done
+#
+# Environment: TORCH_VENV moves the venv (default ~/.cache/train/torch-2.11.0, shared by
+# every clone); LIBTORCH=<folder> uses an existing libtorch and skips the download.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+export_build_env
+ensure_dataset
+log "building train (release)"
+cargo build --release --locked --quiet
+log "ready: $REPO_ROOT/target/release/train"

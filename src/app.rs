@@ -1,0 +1,146 @@
+//! The commands behind the CLI: each turns parsed arguments into library calls and prints
+//! the result. Errors go back to `main` as `anyhow::Error` carrying the typed cause.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, ConfigArgs, ConfigCommand, RunArgs, ShowArgs};
+use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
+use crate::run;
+
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for failures while running.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Runs the command `cli` asks for.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => train(&cli.run),
+        Some(Command::Run(args)) => train(&args),
+        Some(Command::Config(ConfigCommand::Show(args))) => show(&args),
+        Some(Command::Profiles) => profiles(),
+    }
+}
+
+/// The exit code for an error from [`dispatch`].
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(e) = error.downcast_ref::<run::RunError>() {
+        return if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE };
+    }
+    if error.downcast_ref::<config::ConfigError>().is_some() {
+        return EXIT_USAGE;
+    }
+    EXIT_FAILURE
+}
+
+fn request(args: &ConfigArgs, flags: Vec<FlagOverride>) -> Request {
+    Request {
+        file: args.config.clone(),
+        experiment: args.experiment.clone(),
+        env: std::env::vars().collect(),
+        sets: args.sets.clone(),
+        flags,
+    }
+}
+
+fn train(args: &RunArgs) -> Result<()> {
+    let mut flags = Vec::new();
+    if let Some(v) = &args.resume {
+        flags.push(FlagOverride { flag: "--resume", key: "run.resume", value: v.clone() });
+    }
+    if let Some(v) = &args.device {
+        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
+    }
+    if let Some(v) = &args.output_dir {
+        flags.push(FlagOverride { flag: "--output-dir", key: "run.output_dir", value: v.display().to_string() });
+    }
+    let resolved = config::resolve(&request(&args.config, flags))?;
+    tracing::debug!(layers = ?resolved.layers, "configuration resolved");
+    let summary = run::execute(&resolved, args.dry_run)?;
+    if !args.dry_run {
+        match &summary.last {
+            Some(m) => tracing::info!(
+                output_dir = %summary.output_dir.display(),
+                epochs_trained = summary.epochs_trained,
+                val_loss = format_args!("{:.4}", m.val_loss),
+                val_accuracy = format_args!("{:.4}", m.val_accuracy),
+                "run finished"
+            ),
+            None => tracing::info!(output_dir = %summary.output_dir.display(), "nothing left to train"),
+        }
+    }
+    Ok(())
+}
+
+fn show(args: &ShowArgs) -> Result<()> {
+    let resolved = config::resolve(&request(&args.config, Vec::new()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::json!({
+            "experiment": resolved.experiment,
+            "layers": resolved.layers,
+            "config": resolved.config,
+            "origins": resolved.origins,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    } else {
+        writeln!(out, "# layers, lowest first: {}", resolved.layers.join(" → "))?;
+        write_origins(&mut out, &resolved.origins)?;
+    }
+    Ok(())
+}
+
+fn write_origins(out: &mut impl Write, origins: &[Origin]) -> std::io::Result<()> {
+    let lines: Vec<(String, &str)> =
+        origins.iter().map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str())).collect();
+    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    for (line, source) in lines {
+        writeln!(out, "{line:width$}  # {source}")?;
+    }
+    Ok(())
+}
+
+fn profiles() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for p in PROFILES {
+        writeln!(out, "{}: {}", p.name, p.summary)?;
+        let yaml: serde_yaml::Value = serde_yaml::from_str(p.yaml)?;
+        let mut leaves = Vec::new();
+        flatten("", &yaml, &mut leaves);
+        for (key, value) in leaves {
+            writeln!(out, "  {key} = {value}")?;
+        }
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map {
+                let k = k.as_str().unwrap_or_default();
+                let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), serde_json::to_string(leaf).unwrap_or_default())),
+    }
+}
+
+/// The error and its causes on one line, each message once (typed errors often repeat
+/// their cause in their own message).
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! Checkpoints: what a checkpoint file holds ([`format`]), how a run folder keeps them
+//! ([`store`]), and loading one into a model and optimiser ([`load`]).
+//!
+//! The layout of a file is specified in `docs/checkpoint-format.md`.
+
+pub mod format;
+pub mod load;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use format::{CheckpointFile, Meta, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
+pub use load::{load_into, LoadOutcome, LoadStrategy};
+
+/// Everything that can go wrong reading or writing a checkpoint; each names the file and,
+/// where one is at fault, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file system refused.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a checkpoint this version can read.
+    #[error("checkpoint {path} is not readable: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model has a parameter the checkpoint lacks.
+    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The parameter's name.
+        tensor: String,
+    },
+    /// The checkpoint has a weight the model does not.
+    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have")]
+    UnexpectedTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// Shape or dtype differ between the checkpoint and the model.
+    #[error("checkpoint {path}: tensor `{tensor}` is {found}, the model needs {expected}")]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What the model has.
+        expected: String,
+        /// What the file has.
+        found: String,
+    },
+    /// The optimiser rejected the saved state.
+    #[error("checkpoint {path}: {source}")]
+    Optimizer {
+        /// The file.
+        path: PathBuf,
+        /// The optimiser's complaint (names the tensor).
+        source: crate::optim::OptimError,
+    },
+    /// libtorch failed while moving tensors.
+    #[error("checkpoint {path}: libtorch: {source}")]
+    Torch {
+        /// The file.
+        path: PathBuf,
+        /// libtorch's error.
+        source: tch::TchError,
+    },
+}

@@ -1,0 +1,149 @@
+//! The checkpoints of a run folder: their names, atomic and durable writes, and choosing
+//! which one to resume from.
+//!
+//! ```text
+//! <run>/checkpoints/epoch-0001.safetensors[.zst]   one per epoch (every_n_epochs)
+//! <run>/checkpoints/latest.safetensors[.zst]       rewritten after every epoch, always
+//!                                                  with optimiser state
+//! <run>/checkpoints/.tmp-*                         in-flight writes; never read
+//! ```
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::format::{self, read_meta, Meta, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use super::CheckpointError;
+use crate::metrics::file_mode;
+
+/// Name of the sub-folder of a run that holds its checkpoints.
+pub const DIR_NAME: &str = "checkpoints";
+/// Stem of the checkpoint rewritten after every epoch.
+pub const LATEST_STEM: &str = "latest";
+/// Prefix of in-flight files; anything so named is ignored when looking for checkpoints.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Which role a checkpoint file plays in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// `epoch-NNNN`: the state after that epoch.
+    Epoch(u32),
+    /// `latest`.
+    Latest,
+}
+
+/// The file name of a checkpoint.
+pub fn file_name(role: Role, compressed: bool) -> String {
+    let suffix = if compressed { COMPRESSED_SUFFIX } else { PLAIN_SUFFIX };
+    match role {
+        Role::Epoch(e) => format!("epoch-{e:04}{suffix}"),
+        Role::Latest => format!("{LATEST_STEM}{suffix}"),
+    }
+}
+
+/// The role of a file name, or `None` when it is not a checkpoint of ours.
+pub fn parse_name(name: &str) -> Option<(Role, bool)> {
+    let (stem, compressed) = match name.strip_suffix(COMPRESSED_SUFFIX) {
+        Some(stem) => (stem, true),
+        None => (name.strip_suffix(PLAIN_SUFFIX)?, false),
+    };
+    if stem == LATEST_STEM {
+        return Some((Role::Latest, compressed));
+    }
+    let digits = stem.strip_prefix("epoch-")?;
+    (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+        .map(|e| (Role::Epoch(e), compressed))
+}
+
+/// Checkpoint files in `dir` (not recursive), in no particular order. A missing folder has none.
+pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        let name = entry.file_name();
+        if let Some((role, _)) = name.to_str().and_then(parse_name) {
+            out.push((entry.path(), role));
+        }
+    }
+    Ok(out)
+}
+
+/// Resume candidates in `dir`, best first: the furthest along (epoch, then step), and
+/// among equals one with optimiser state, then `latest`. Files whose metadata cannot be
+/// read are returned separately, with the reason, so the caller can report them.
+pub fn candidates(dir: &Path) -> Result<(Vec<(PathBuf, Meta)>, Vec<CheckpointError>), CheckpointError> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (path, role) in list(dir)? {
+        match read_meta(&path) {
+            Ok(meta) => good.push((path, meta, role)),
+            Err(e) => bad.push(e),
+        }
+    }
+    good.sort_by(|(_, a, ra), (_, b, rb)| {
+        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(a.epoch, a.step, a.has_optimizer_state, *ra))
+    });
+    Ok((good.into_iter().map(|(p, m, _)| (p, m)).collect(), bad))
+}
+
+/// Writes a checkpoint to `dir/<name>` atomically and durably: into a temporary file in the
+/// same folder, fsynced, renamed over the final name, then the folder fsynced. A crash at
+/// any point leaves either the old file or the new one under the final name, never a torn one.
+/// Returns the final path and its size in bytes.
+pub fn write_atomic(
+    dir: &Path,
+    role: Role,
+    compressed: bool,
+    tensors: &[(String, Tensor)],
+    meta: &Meta,
+) -> Result<(PathBuf, u64), CheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let target = dir.join(file_name(role, compressed));
+    let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).permissions(file_mode()).tempfile_in(dir).map_err(io(dir))?;
+    let bytes = format::write(tmp.as_file_mut(), &target, tensors, meta, compressed)?;
+    tmp.as_file().sync_all().map_err(io(&target))?;
+    tmp.persist(&target).map_err(|e| CheckpointError::Io { path: target.clone(), source: e.error })?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    // A `latest` of the other encoding (the run switched compression) is now stale.
+    if role == Role::Latest {
+        let other = dir.join(file_name(role, !compressed));
+        match fs::remove_file(&other) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&other)(e)),
+            _ => {}
+        }
+    }
+    Ok((target, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for role in [Role::Epoch(1), Role::Epoch(12345), Role::Latest] {
+            for compressed in [false, true] {
+                assert_eq!(parse_name(&file_name(role, compressed)), Some((role, compressed)));
+            }
+        }
+    }
+
+    #[test]
+    fn temporary_and_foreign_files_are_not_checkpoints() {
+        for name in [".tmp-abc", ".tmp-latest.safetensors", "epoch-1.safetensors", "epoch-00x1.safetensors", "model.bin"] {
+            assert_eq!(parse_name(name), None, "{name}");
+        }
+    }
+}

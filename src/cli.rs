@@ -1,0 +1,107 @@
+//! Command-line definitions (clap derive). Raw values only: [`crate::app`] turns them into
+//! a validated [`crate::config::Config`] through the config layers.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  train --config configs/config_memory_optimized.yaml --experiment ultra_low_memory
+  train --config my.yaml --experiment balanced --set training.epochs=10 --device cuda:1
+  train run --config my.yaml --resume never --output-dir /scratch/run7
+  train config show --config my.yaml --experiment ultra_low_memory
+  TRAIN_TRAINING__EPOCHS=2 train --experiment standard --dry-run
+  train profiles
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.";
+
+/// A training launcher for PyTorch-style models on small GPUs, preemptible clusters and CPUs.
+#[derive(Debug, Parser)]
+#[command(name = "train", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// What to do; without one, `train` runs training (as `train run`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Training options, when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Log format on stderr: `text` for people, `json` for machines. Filter with RUST_LOG.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train (the default when no subcommand is given).
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List the built-in profiles and what each sets.
+    Profiles,
+}
+
+/// `train config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the merged configuration and, for every value, the layer it came from.
+    Show(ShowArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// YAML config file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Experiment: a built-in profile (standard, balanced, ultra_low_memory) and/or an entry
+    /// of the file's `experiments:` section. Also names the run folder runs/<NAME>.
+    #[arg(long, short = 'e', value_name = "NAME")]
+    pub experiment: Option<String>,
+    /// Override one key, e.g. `--set training.epochs=3`; the value is YAML. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// `train [run] ...`
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Configuration sources.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Continue from a checkpoint: `auto` (the run's newest), `never`, or a file. Sets run.resume.
+    #[arg(long, value_name = "auto|never|PATH")]
+    pub resume: Option<String>,
+    /// Device: `auto`, `cpu`, `cuda` or `cuda:N`. Sets run.device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Run folder (default runs/<experiment>). Sets run.output_dir.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Check configuration, data files, device and resume plan; train nothing, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `train config show ...`
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// Configuration sources.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print JSON: `{"experiment", "layers", "config", "origins": [{"key", "value", "source"}]}`.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,409 @@
+//! The configuration schema: every section, every key, its type and its documented default.
+//!
+//! The structs deny unknown fields so that a typo is an error (with the nearest valid key,
+//! see [`super::load`]) rather than a silently ignored setting. Sections are flat structs
+//! rather than tagged enums so that layers can change `model.kind` without the keys of the
+//! other kinds becoming "unknown".
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// The whole, validated configuration of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where and how the run executes.
+    pub run: RunConfig,
+    /// Which model to train and its size.
+    pub model: ModelConfig,
+    /// Where the data comes from.
+    pub data: DataConfig,
+    /// The optimisation loop.
+    pub training: TrainingConfig,
+    /// The seed guide's memory switches.
+    pub memory: MemoryConfig,
+    /// When checkpoints are written.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `run:` where and how the run executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
+    /// Output folder; `None` means `runs/<experiment>`.
+    pub output_dir: Option<PathBuf>,
+    /// `auto` (continue from the newest checkpoint of the run), `never`, or a checkpoint path.
+    pub resume: ResumeSpec,
+    /// libtorch intra-op threads; `None` leaves libtorch's default (one per core).
+    pub threads: Option<u32>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { device: DeviceSpec::Auto, output_dir: None, resume: ResumeSpec::Auto, threads: None }
+    }
+}
+
+/// `model:` which model to train. Only the sub-section of the chosen kind is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The architecture.
+    pub kind: ModelKind,
+    /// Settings of the multi-layer perceptron.
+    pub mlp: MlpConfig,
+    /// Settings of the convolutional network.
+    pub cnn: CnnConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { kind: ModelKind::Mlp, mlp: MlpConfig::default(), cnn: CnnConfig::default() }
+    }
+}
+
+/// The built-in architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Fully connected layers with ReLU.
+    Mlp,
+    /// Two 3x3 convolutions with max pooling, then a fully connected head.
+    Cnn,
+}
+
+/// `model.mlp:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Widths of the hidden layers, input side first.
+    pub hidden: Vec<u32>,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self { hidden: vec![256, 128] }
+    }
+}
+
+/// `model.cnn:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnnConfig {
+    /// Output channels of the two convolutions.
+    pub channels: [u32; 2],
+    /// Width of the fully connected hidden layer.
+    pub hidden: u32,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        Self { channels: [32, 64], hidden: 128 }
+    }
+}
+
+/// `data:` an image classification data set in IDX files (MNIST layout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder holding `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each optionally `.gz`.
+    /// The default is where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST.
+    pub dir: PathBuf,
+    /// Use only the first N training examples (quick runs); `None` uses all.
+    pub train_limit: Option<u64>,
+    /// Use only the first N validation examples; `None` uses all.
+    pub val_limit: Option<u64>,
+}
+
+/// Where Debian's `dataset-fashion-mnist` installs its files.
+pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from(DEFAULT_DATA_DIR), train_limit: None, val_limit: None }
+    }
+}
+
+/// `training:` the optimisation loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// Total number of epochs of the run (a resumed run continues up to this count).
+    pub epochs: u32,
+    /// Examples per optimiser step.
+    pub batch_size: u32,
+    /// Seeds weight initialisation, the shuffling order and every random draw of a step.
+    pub seed: u64,
+    /// The optimiser and its hyper-parameters.
+    pub optimizer: OptimizerConfig,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self { epochs: 5, batch_size: 128, seed: 42, optimizer: OptimizerConfig::default() }
+    }
+}
+
+/// `training.optimizer:` the keys of every kind; each kind reads the ones it uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// `sgd`, `adam` or `adamw`.
+    pub kind: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// Adam/AdamW: decay rates of the first and second moment estimates.
+    pub betas: [f64; 2],
+    /// Adam/AdamW: term added to the denominator for numerical stability.
+    pub eps: f64,
+    /// L2 penalty (SGD, Adam) or decoupled weight decay (AdamW).
+    pub weight_decay: f64,
+    /// SGD: momentum factor (0 disables the momentum buffer).
+    pub momentum: f64,
+    /// SGD: dampening for momentum.
+    pub dampening: f64,
+    /// SGD: Nesterov momentum.
+    pub nesterov: bool,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adamw,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// The optimisers, each matching its `torch.optim` namesake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// `torch.optim.SGD`
+    Sgd,
+    /// `torch.optim.Adam`
+    Adam,
+    /// `torch.optim.AdamW`
+    Adamw,
+}
+
+/// `memory:` the four switches of the seed guide, under the guide's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Load checkpoints to host memory and move them to the device one tensor at a time,
+    /// instead of materialising the whole checkpoint on the device first.
+    pub checkpoint_memory_efficient: bool,
+    /// Restore optimiser state on resume; `false` starts the optimiser fresh (momentum lost).
+    pub load_optimizer_state: bool,
+    /// Write checkpoints zstd-compressed (`.safetensors.zst`).
+    pub compress_checkpoints: bool,
+    /// Keep optimiser state in per-epoch checkpoints too (`latest` always has it).
+    pub save_optimizer_in_epoch_checkpoints: bool,
+}
+
+/// The built-in defaults equal the `balanced` profile: safe on small GPUs, exact resume.
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_memory_efficient: true,
+            load_optimizer_state: true,
+            compress_checkpoints: false,
+            save_optimizer_in_epoch_checkpoints: false,
+        }
+    }
+}
+
+/// `checkpoint:` when checkpoints are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Write a per-epoch checkpoint every N epochs (the last epoch always gets one).
+    /// `latest` is rewritten after every epoch regardless.
+    pub every_n_epochs: u32,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every_n_epochs: 1 }
+    }
+}
+
+/// `run.device`: which device to train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// CUDA device 0 when libtorch sees one, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+/// `run.resume`: where a run continues from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ResumeSpec {
+    /// The newest loadable checkpoint in the run's folder, or a fresh start when there is none.
+    Auto,
+    /// Always a fresh start; refuses to run over an earlier run's checkpoints.
+    Never,
+    /// This checkpoint file.
+    Path(PathBuf),
+}
+
+impl From<String> for ResumeSpec {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "auto" => Self::Auto,
+            "never" => Self::Never,
+            _ => Self::Path(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<ResumeSpec> for String {
+    fn from(r: ResumeSpec) -> String {
+        match r {
+            ResumeSpec::Auto => "auto".into(),
+            ResumeSpec::Never => "never".into(),
+            ResumeSpec::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the relations serde cannot express. Every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid { key: key.to_string(), message })
+        };
+        let t = &self.training;
+        let o = &t.optimizer;
+        if t.epochs == 0 {
+            return invalid("training.epochs", "must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            return invalid("training.batch_size", "must be at least 1".into());
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return invalid("training.optimizer.lr", format!("must be a positive number, got {}", o.lr));
+        }
+        if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
+            return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return invalid("training.optimizer.eps", format!("must be a positive number, got {}", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
+        }
+        if !(o.momentum.is_finite() && o.momentum >= 0.0) {
+            return invalid("training.optimizer.momentum", format!("must be >= 0, got {}", o.momentum));
+        }
+        if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
+            return invalid(
+                "training.optimizer.nesterov",
+                "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)".into(),
+            );
+        }
+        if self.model.mlp.hidden.contains(&0) {
+            return invalid("model.mlp.hidden", "layer widths must be at least 1".into());
+        }
+        if self.model.cnn.channels.contains(&0) || self.model.cnn.hidden == 0 {
+            return invalid("model.cnn", "channels and hidden must be at least 1".into());
+        }
+        if self.checkpoint.every_n_epochs == 0 {
+            return invalid("checkpoint.every_n_epochs", "must be at least 1".into());
+        }
+        if self.run.threads == Some(0) {
+            return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
+        }
+        if self.data.train_limit == Some(0) || self.data.val_limit == Some(0) {
+            return invalid("data", "train_limit and val_limit must be at least 1 when set".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_spec_parses_every_form_and_rejects_others() {
+        assert_eq!("auto".parse(), Ok(DeviceSpec::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_offending_key() {
+        let mut c = Config::default();
+        c.training.optimizer.betas = [0.9, 1.0];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("training.optimizer.betas"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! `train`: a training launcher for PyTorch-style models (libtorch through `tch`) that loads
+//! and saves checkpoints with GPU memory in mind.
+//!
+//! The binary is a thin shell over this library:
+//! - [`config`]: the schema, built-in profiles and layered resolution with provenance;
+//! - [`data`], [`model`], [`optim`], [`training`]: data sets, models, optimisers with
+//!   exportable state, and the loop;
+//! - [`checkpoint`]: the file format, the run folder's checkpoints, and loading strategies;
+//! - [`run`]: one run start to finish; [`app`] and [`cli`]: the command line.
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod logging;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod run;
+pub mod training;

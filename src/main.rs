@@ -1,0 +1,15 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = train::cli::Cli::parse();
+    train::logging::init(cli.log_format);
+    match train::app::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", train::app::error_chain(&e));
+            ExitCode::from(train::app::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `metrics.jsonl`: one JSON object per completed epoch, appended as the run goes.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The record of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// The epoch just completed (1-based).
+    pub epoch: u32,
+    /// Optimiser steps taken since the start of the run.
+    pub step: u64,
+    /// Mean training loss over the epoch's examples.
+    pub train_loss: f64,
+    /// Mean loss on the validation split.
+    pub val_loss: f64,
+    /// Fraction of the validation split classified correctly.
+    pub val_accuracy: f64,
+    /// Learning rate in force.
+    pub lr: f64,
+    /// Wall time of the epoch's training steps.
+    pub train_seconds: f64,
+    /// Training examples per second over the epoch.
+    pub samples_per_sec: f64,
+    /// Wall time of evaluation.
+    pub eval_seconds: f64,
+    /// Time training was stopped while checkpoints were written.
+    pub checkpoint_seconds: f64,
+    /// Resident host memory of the process at the end of the epoch, when known.
+    pub host_rss_bytes: Option<u64>,
+}
+
+/// The metrics file of a run.
+#[derive(Debug, Clone)]
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// The log at `path` (created on first append).
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Appends one epoch's line.
+    pub fn append(&self, m: &EpochMetrics) -> std::io::Result<()> {
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
+        writeln!(f, "{line}")?;
+        f.sync_data()
+    }
+
+    /// Drops lines of epochs after `epoch` (written before a crash whose checkpoint did not
+    /// survive), so a resumed run does not log an epoch twice. Rewrites atomically.
+    pub fn truncate_after(&self, epoch: u32) -> std::io::Result<()> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<EpochMetrics>(l).map_or(true, |m| m.epoch <= epoch))
+            .collect();
+        if kept.len() == text.lines().count() {
+            return Ok(());
+        }
+        write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
+    }
+
+    /// Every epoch line in the file.
+    pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
+        fs::read_to_string(path)?
+            .lines()
+            .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+            .collect()
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: temporary file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").permissions(file_mode()).tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// This process's resident set size, from `VmRSS` in `/proc/self/status` (Linux); `None` elsewhere.
+pub fn host_rss_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Mode of files we write: `rw-r--r--` before the umask, as a plain `File::create` gives
+/// (temporary files would otherwise keep their private `rw-------`).
+pub(crate) fn file_mode() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o644)
+}

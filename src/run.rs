@@ -1,0 +1,323 @@
+//! One training run, start to finish: validate inputs, find where to resume, train, and
+//! write the run folder.
+//!
+//! Everything that can fail on bad input (data files, device, resume checkpoint, an earlier
+//! run in the way) is checked before the first byte is written, so a refused run leaves the
+//! disk as it found it.
+//!
+//! ```text
+//! <output_dir>/config.yaml     the resolved configuration of the latest start
+//! <output_dir>/metrics.jsonl   one line per completed epoch
+//! <output_dir>/checkpoints/    see checkpoint::store
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::store::{self, Role};
+use crate::checkpoint::{self, CheckpointError, CheckpointFile, LoadStrategy};
+use crate::config::{Config, ConfigError, ResumeSpec, Resolved};
+use crate::data::{DataError, Dataset};
+use crate::device;
+use crate::metrics::{self, EpochMetrics, MetricsLog};
+use crate::training::{Trainer, RNG_SCHEME};
+
+/// File name of the resolved configuration in a run folder.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// File name of the metrics log in a run folder.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Run name when no experiment is given.
+pub const DEFAULT_RUN_NAME: &str = "default";
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data set could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The requested device does not exist.
+    #[error("{0}")]
+    Device(String),
+    /// `--resume never` over a folder that holds an earlier run's checkpoints.
+    #[error("{dir} already holds checkpoints of an earlier run; use --resume auto to continue it, or another --output-dir")]
+    ExistingRun {
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
+    /// Writing the run folder failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// Whether the user's input is at fault (exit code 2) rather than the run (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::Device(_) | Self::ExistingRun { .. } | Self::Data(DataError::Missing { .. })
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// The checkpoint it resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+    /// Epochs trained by this invocation.
+    pub epochs_trained: u32,
+    /// The metrics of the last epoch trained, if any.
+    pub last: Option<EpochMetrics>,
+}
+
+/// The run folder: `run.output_dir`, or `runs/<experiment>`.
+pub fn output_dir(resolved: &Resolved) -> PathBuf {
+    resolved.config.run.output_dir.clone().unwrap_or_else(|| {
+        Path::new("runs").join(resolved.experiment.as_deref().unwrap_or(DEFAULT_RUN_NAME))
+    })
+}
+
+/// SHA-256 of the configuration's JSON form, recorded in checkpoints.
+pub fn config_sha256(config: &Config) -> String {
+    let json = serde_json::to_vec(config).expect("the config schema serializes to JSON");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a run would start from, decided without loading anything but metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResumePlan {
+    /// From scratch.
+    Fresh,
+    /// From these checkpoints, best first (auto tries each until one loads).
+    From(Vec<PathBuf>),
+}
+
+/// Decides where to resume from, per `run.resume`.
+pub fn plan_resume(resolved: &Resolved, ckpt_dir: &Path) -> Result<ResumePlan, RunError> {
+    match &resolved.config.run.resume {
+        ResumeSpec::Never => {
+            if store::list(ckpt_dir)?.is_empty() {
+                Ok(ResumePlan::Fresh)
+            } else {
+                Err(RunError::ExistingRun { dir: ckpt_dir.to_path_buf() })
+            }
+        }
+        ResumeSpec::Path(p) => {
+            checkpoint::format::read_meta(p)?;
+            Ok(ResumePlan::From(vec![p.clone()]))
+        }
+        ResumeSpec::Auto => {
+            let (good, bad) = store::candidates(ckpt_dir)?;
+            for e in &bad {
+                tracing::warn!("skipping unreadable checkpoint: {e}");
+            }
+            if good.is_empty() {
+                Ok(ResumePlan::Fresh)
+            } else {
+                Ok(ResumePlan::From(good.into_iter().map(|(p, _)| p).collect()))
+            }
+        }
+    }
+}
+
+/// Runs training as configured. With `dry_run`, checks and reports the plan and writes nothing.
+pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunError> {
+    let cfg = &resolved.config;
+    let out = output_dir(resolved);
+    let ckpt_dir = out.join(store::DIR_NAME);
+    if let Some(n) = cfg.run.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    let plan = plan_resume(resolved, &ckpt_dir)?;
+    if dry_run {
+        for stem in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+            let (plain, gz) = (cfg.data.dir.join(stem), cfg.data.dir.join(format!("{stem}.gz")));
+            if !plain.is_file() && !gz.is_file() {
+                return Err(DataError::Missing { path: gz, dir: cfg.data.dir.clone() }.into());
+            }
+        }
+        tracing::info!(
+            output_dir = %out.display(),
+            device = device::name(device),
+            resume = ?plan,
+            "dry run: configuration, data files and resume plan check out; nothing written"
+        );
+        return Ok(RunSummary { output_dir: out, resumed_from: None, epochs_trained: 0, last: None });
+    }
+
+    let data = Dataset::load(&cfg.data)?;
+    tracing::info!(
+        train = data.train.len(),
+        val = data.val.len(),
+        classes = data.classes,
+        dir = %cfg.data.dir.display(),
+        "data loaded"
+    );
+    let mut trainer = Trainer::new(cfg, &data, device);
+    let resumed_from = resume(cfg, &mut trainer, &plan)?;
+
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::Io { path, source }
+    };
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let config_path = out.join(CONFIG_FILE);
+    let yaml = serde_yaml::to_string(cfg).expect("the config schema serializes to YAML");
+    metrics::write_atomic(&config_path, yaml.as_bytes()).map_err(io(&config_path))?;
+    let log = MetricsLog::new(out.join(METRICS_FILE));
+    log.truncate_after(trainer.epoch).map_err(io(&out.join(METRICS_FILE)))?;
+
+    let total = cfg.training.epochs;
+    if trainer.epoch >= total {
+        tracing::info!(epoch = trainer.epoch, epochs = total, "run already complete; raise training.epochs to train further");
+    }
+    let sha = config_sha256(cfg);
+    let mut last = None;
+    let first_epoch = trainer.epoch;
+    while trainer.epoch < total {
+        let stats = trainer.train_epoch(&data.train);
+        let eval_start = Instant::now();
+        let eval = trainer.evaluate(&data.val);
+        let eval_seconds = eval_start.elapsed().as_secs_f64();
+
+        let save_start = Instant::now();
+        let epoch = trainer.epoch;
+        if epoch % cfg.checkpoint.every_n_epochs == 0 || epoch == total {
+            let with_opt = cfg.memory.save_optimizer_in_epoch_checkpoints;
+            save(&trainer, &ckpt_dir, Role::Epoch(epoch), with_opt, stats, eval, &sha, cfg.memory.compress_checkpoints)?;
+        }
+        save(&trainer, &ckpt_dir, Role::Latest, true, stats, eval, &sha, cfg.memory.compress_checkpoints)?;
+        let checkpoint_seconds = save_start.elapsed().as_secs_f64();
+
+        let m = EpochMetrics {
+            epoch,
+            step: trainer.step,
+            train_loss: stats.train_loss,
+            val_loss: eval.loss,
+            val_accuracy: eval.accuracy,
+            lr: cfg.training.optimizer.lr,
+            train_seconds: stats.seconds,
+            samples_per_sec: stats.samples as f64 / stats.seconds.max(f64::EPSILON),
+            eval_seconds,
+            checkpoint_seconds,
+            host_rss_bytes: metrics::host_rss_bytes(),
+        };
+        log.append(&m).map_err(io(&out.join(METRICS_FILE)))?;
+        tracing::info!(
+            epoch,
+            of = total,
+            train_loss = format_args!("{:.4}", m.train_loss),
+            val_loss = format_args!("{:.4}", m.val_loss),
+            val_accuracy = format_args!("{:.4}", m.val_accuracy),
+            samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
+            "epoch done"
+        );
+        last = Some(m);
+    }
+    Ok(RunSummary { output_dir: out, resumed_from, epochs_trained: trainer.epoch - first_epoch, last })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save(
+    trainer: &Trainer,
+    dir: &Path,
+    role: Role,
+    with_optimizer: bool,
+    stats: crate::training::EpochStats,
+    eval: crate::training::EvalStats,
+    sha: &str,
+    compress: bool,
+) -> Result<(), RunError> {
+    let start = Instant::now();
+    let tensors = trainer.checkpoint_tensors(with_optimizer);
+    let meta = trainer.checkpoint_meta(stats, eval, with_optimizer, sha);
+    let (path, bytes) = store::write_atomic(dir, role, compress, &tensors, &meta)?;
+    tracing::info!(
+        path = %path.display(),
+        bytes,
+        optimizer_state = with_optimizer,
+        seconds = format_args!("{:.3}", start.elapsed().as_secs_f64()),
+        "checkpoint saved"
+    );
+    Ok(())
+}
+
+/// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
+/// reported and the next one tried; an explicit path must load.
+fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Option<PathBuf>, RunError> {
+    let ResumePlan::From(paths) = plan else {
+        tracing::info!("starting fresh");
+        return Ok(None);
+    };
+    let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
+    let strategy = if cfg.memory.checkpoint_memory_efficient { LoadStrategy::MemoryEfficient } else { LoadStrategy::Standard };
+    let mut last_error = None;
+    for path in paths {
+        match load_one(cfg, trainer, path, strategy) {
+            Ok(()) => return Ok(Some(path.clone())),
+            Err(e) if !explicit => {
+                tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", path.display());
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Every candidate failed: starting over would overwrite them, so stop and say why.
+    Err(last_error.expect("plan has at least one path").into())
+}
+
+fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStrategy) -> Result<(), CheckpointError> {
+    let start = Instant::now();
+    let file = CheckpointFile::open(path)?;
+    let meta = file.meta().clone();
+    let saved_kind = meta.optimizer.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    let our_kind = serde_json::to_value(cfg.training.optimizer.kind).ok().and_then(|k| k.as_str().map(str::to_string));
+    let want_optimizer = if !cfg.memory.load_optimizer_state {
+        tracing::info!("memory.load_optimizer_state is false: the optimizer starts fresh (momentum and moment estimates reset)");
+        false
+    } else if !meta.has_optimizer_state {
+        tracing::warn!("{} holds no optimizer state: the optimizer starts fresh", path.display());
+        false
+    } else if saved_kind != our_kind {
+        tracing::warn!(saved = ?saved_kind, configured = ?our_kind, "optimizer kind changed: the optimizer starts fresh");
+        false
+    } else {
+        true
+    };
+    if meta.rng.scheme != RNG_SCHEME || meta.rng.seed != cfg.training.seed {
+        tracing::warn!(saved_seed = meta.rng.seed, "checkpoint was made with another seed or RNG scheme: the continuation will not match an uninterrupted run");
+    }
+    trainer.optimizer.reset_state();
+    let vars = trainer.variables();
+    let optimizer = if want_optimizer { Some(&mut *trainer.optimizer) } else { None };
+    let outcome = checkpoint::load_into(&file, &vars, optimizer, trainer.device, strategy)?;
+    trainer.epoch = meta.epoch;
+    trainer.step = meta.step;
+    tracing::info!(
+        path = %path.display(),
+        epoch = meta.epoch,
+        step = meta.step,
+        strategy = ?strategy,
+        weights = outcome.weights,
+        optimizer_tensors = outcome.optimizer_tensors,
+        seconds = format_args!("{:.3}", start.elapsed().as_secs_f64()),
+        "resumed"
+    );
+    Ok(())
+}

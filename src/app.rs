@@ -27,7 +27,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 /// The exit code for an error from [`dispatch`].
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(e) = error.downcast_ref::<run::RunError>() {
-        return if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE };
+        return if e.is_usage() {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILURE
+        };
     }
     if error.downcast_ref::<config::ConfigError>().is_some() {
         return EXIT_USAGE;
@@ -48,13 +52,25 @@ fn request(args: &ConfigArgs, flags: Vec<FlagOverride>) -> Request {
 fn train(args: &RunArgs) -> Result<()> {
     let mut flags = Vec::new();
     if let Some(v) = &args.resume {
-        flags.push(FlagOverride { flag: "--resume", key: "run.resume", value: v.clone() });
+        flags.push(FlagOverride {
+            flag: "--resume",
+            key: "run.resume",
+            value: v.clone(),
+        });
     }
     if let Some(v) = &args.device {
-        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
+        flags.push(FlagOverride {
+            flag: "--device",
+            key: "run.device",
+            value: v.clone(),
+        });
     }
     if let Some(v) = &args.output_dir {
-        flags.push(FlagOverride { flag: "--output-dir", key: "run.output_dir", value: v.display().to_string() });
+        flags.push(FlagOverride {
+            flag: "--output-dir",
+            key: "run.output_dir",
+            value: v.display().to_string(),
+        });
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
     tracing::debug!(layers = ?resolved.layers, "configuration resolved");
@@ -68,7 +84,9 @@ fn train(args: &RunArgs) -> Result<()> {
                 val_accuracy = format_args!("{:.4}", m.val_accuracy),
                 "run finished"
             ),
-            None => tracing::info!(output_dir = %summary.output_dir.display(), "nothing left to train"),
+            None => {
+                tracing::info!(output_dir = %summary.output_dir.display(), "nothing left to train")
+            }
         }
     }
     Ok(())
@@ -86,15 +104,21 @@ fn show(args: &ShowArgs) -> Result<()> {
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        writeln!(out, "# layers, lowest first: {}", resolved.layers.join(" → "))?;
+        writeln!(
+            out,
+            "# layers, lowest first: {}",
+            resolved.layers.join(" → ")
+        )?;
         write_origins(&mut out, &resolved.origins)?;
     }
     Ok(())
 }
 
 fn write_origins(out: &mut impl Write, origins: &[Origin]) -> std::io::Result<()> {
-    let lines: Vec<(String, &str)> =
-        origins.iter().map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str())).collect();
+    let lines: Vec<(String, &str)> = origins
+        .iter()
+        .map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str()))
+        .collect();
     let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     for (line, source) in lines {
         writeln!(out, "{line:width$}  # {source}")?;
@@ -121,11 +145,18 @@ fn flatten(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, Strin
         serde_yaml::Value::Mapping(map) => {
             for (k, v) in map {
                 let k = k.as_str().unwrap_or_default();
-                let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
-        leaf => out.push((prefix.to_string(), serde_json::to_string(leaf).unwrap_or_default())),
+        leaf => out.push((
+            prefix.to_string(),
+            serde_json::to_string(leaf).unwrap_or_default(),
+        )),
     }
 }
 

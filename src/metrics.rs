@@ -47,7 +47,10 @@ impl MetricsLog {
 
     /// Appends one epoch's line.
     pub fn append(&self, m: &EpochMetrics) -> std::io::Result<()> {
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
         writeln!(f, "{line}")?;
         f.sync_data()
@@ -68,7 +71,10 @@ impl MetricsLog {
         if kept.len() == text.lines().count() {
             return Ok(());
         }
-        write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
+        write_atomic(
+            &self.path,
+            (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes(),
+        )
     }
 
     /// Every epoch line in the file.
@@ -82,8 +88,14 @@ impl MetricsLog {
 
 /// Replaces `path` with `bytes` atomically: temporary file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").permissions(file_mode()).tempfile_in(dir)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(file_mode())
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -93,7 +105,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// This process's resident set size, from `VmRSS` in `/proc/self/status` (Linux); `None` elsewhere.
 pub fn host_rss_bytes() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 

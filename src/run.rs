@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::store::{self, Role};
 use crate::checkpoint::{self, CheckpointError, CheckpointFile, LoadStrategy};
-use crate::config::{Config, ConfigError, ResumeSpec, Resolved};
+use crate::config::{Config, ConfigError, Resolved, ResumeSpec};
 use crate::data::{DataError, Dataset};
 use crate::device;
 use crate::metrics::{self, EpochMetrics, MetricsLog};
@@ -67,7 +67,10 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Device(_) | Self::ExistingRun { .. } | Self::Data(DataError::Missing { .. })
+            Self::Config(_)
+                | Self::Device(_)
+                | Self::ExistingRun { .. }
+                | Self::Data(DataError::Missing { .. })
         )
     }
 }
@@ -95,7 +98,10 @@ pub fn output_dir(resolved: &Resolved) -> PathBuf {
 /// SHA-256 of the configuration's JSON form, recorded in checkpoints.
 pub fn config_sha256(config: &Config) -> String {
     let json = serde_json::to_vec(config).expect("the config schema serializes to JSON");
-    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Where a run would start from, decided without loading anything but metadata.
@@ -114,7 +120,9 @@ pub fn plan_resume(resolved: &Resolved, ckpt_dir: &Path) -> Result<ResumePlan, R
             if store::list(ckpt_dir)?.is_empty() {
                 Ok(ResumePlan::Fresh)
             } else {
-                Err(RunError::ExistingRun { dir: ckpt_dir.to_path_buf() })
+                Err(RunError::ExistingRun {
+                    dir: ckpt_dir.to_path_buf(),
+                })
             }
         }
         ResumeSpec::Path(p) => {
@@ -122,14 +130,16 @@ pub fn plan_resume(resolved: &Resolved, ckpt_dir: &Path) -> Result<ResumePlan, R
             Ok(ResumePlan::From(vec![p.clone()]))
         }
         ResumeSpec::Auto => {
-            let (good, bad) = store::candidates(ckpt_dir)?;
-            for e in &bad {
+            let found = store::candidates(ckpt_dir)?;
+            for e in &found.unreadable {
                 tracing::warn!("skipping unreadable checkpoint: {e}");
             }
-            if good.is_empty() {
+            if found.loadable.is_empty() {
                 Ok(ResumePlan::Fresh)
             } else {
-                Ok(ResumePlan::From(good.into_iter().map(|(p, _)| p).collect()))
+                Ok(ResumePlan::From(
+                    found.loadable.into_iter().map(|(p, _)| p).collect(),
+                ))
             }
         }
     }
@@ -146,10 +156,22 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let device = device::select(cfg.run.device).map_err(RunError::Device)?;
     let plan = plan_resume(resolved, &ckpt_dir)?;
     if dry_run {
-        for stem in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
-            let (plain, gz) = (cfg.data.dir.join(stem), cfg.data.dir.join(format!("{stem}.gz")));
+        for stem in [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ] {
+            let (plain, gz) = (
+                cfg.data.dir.join(stem),
+                cfg.data.dir.join(format!("{stem}.gz")),
+            );
             if !plain.is_file() && !gz.is_file() {
-                return Err(DataError::Missing { path: gz, dir: cfg.data.dir.clone() }.into());
+                return Err(DataError::Missing {
+                    path: gz,
+                    dir: cfg.data.dir.clone(),
+                }
+                .into());
             }
         }
         tracing::info!(
@@ -158,7 +180,12 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             resume = ?plan,
             "dry run: configuration, data files and resume plan check out; nothing written"
         );
-        return Ok(RunSummary { output_dir: out, resumed_from: None, epochs_trained: 0, last: None });
+        return Ok(RunSummary {
+            output_dir: out,
+            resumed_from: None,
+            epochs_trained: 0,
+            last: None,
+        });
     }
 
     let data = Dataset::load(&cfg.data)?;
@@ -181,11 +208,16 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let yaml = serde_yaml::to_string(cfg).expect("the config schema serializes to YAML");
     metrics::write_atomic(&config_path, yaml.as_bytes()).map_err(io(&config_path))?;
     let log = MetricsLog::new(out.join(METRICS_FILE));
-    log.truncate_after(trainer.epoch).map_err(io(&out.join(METRICS_FILE)))?;
+    log.truncate_after(trainer.epoch)
+        .map_err(io(&out.join(METRICS_FILE)))?;
 
     let total = cfg.training.epochs;
     if trainer.epoch >= total {
-        tracing::info!(epoch = trainer.epoch, epochs = total, "run already complete; raise training.epochs to train further");
+        tracing::info!(
+            epoch = trainer.epoch,
+            epochs = total,
+            "run already complete; raise training.epochs to train further"
+        );
     }
     let sha = config_sha256(cfg);
     let mut last = None;
@@ -200,9 +232,27 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         let epoch = trainer.epoch;
         if epoch % cfg.checkpoint.every_n_epochs == 0 || epoch == total {
             let with_opt = cfg.memory.save_optimizer_in_epoch_checkpoints;
-            save(&trainer, &ckpt_dir, Role::Epoch(epoch), with_opt, stats, eval, &sha, cfg.memory.compress_checkpoints)?;
+            save(
+                &trainer,
+                &ckpt_dir,
+                Role::Epoch(epoch),
+                with_opt,
+                stats,
+                eval,
+                &sha,
+                cfg.memory.compress_checkpoints,
+            )?;
         }
-        save(&trainer, &ckpt_dir, Role::Latest, true, stats, eval, &sha, cfg.memory.compress_checkpoints)?;
+        save(
+            &trainer,
+            &ckpt_dir,
+            Role::Latest,
+            true,
+            stats,
+            eval,
+            &sha,
+            cfg.memory.compress_checkpoints,
+        )?;
         let checkpoint_seconds = save_start.elapsed().as_secs_f64();
 
         let m = EpochMetrics {
@@ -230,7 +280,12 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         );
         last = Some(m);
     }
-    Ok(RunSummary { output_dir: out, resumed_from, epochs_trained: trainer.epoch - first_epoch, last })
+    Ok(RunSummary {
+        output_dir: out,
+        resumed_from,
+        epochs_trained: trainer.epoch - first_epoch,
+        last,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -260,19 +315,30 @@ fn save(
 
 /// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
 /// reported and the next one tried; an explicit path must load.
-fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Option<PathBuf>, RunError> {
+fn resume(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    plan: &ResumePlan,
+) -> Result<Option<PathBuf>, RunError> {
     let ResumePlan::From(paths) = plan else {
         tracing::info!("starting fresh");
         return Ok(None);
     };
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
-    let strategy = if cfg.memory.checkpoint_memory_efficient { LoadStrategy::MemoryEfficient } else { LoadStrategy::Standard };
+    let strategy = if cfg.memory.checkpoint_memory_efficient {
+        LoadStrategy::MemoryEfficient
+    } else {
+        LoadStrategy::Standard
+    };
     let mut last_error = None;
     for path in paths {
         match load_one(cfg, trainer, path, strategy) {
             Ok(()) => return Ok(Some(path.clone())),
             Err(e) if !explicit => {
-                tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", path.display());
+                tracing::warn!(
+                    "cannot resume from {}: {e}; trying an older checkpoint",
+                    path.display()
+                );
                 last_error = Some(e);
             }
             Err(e) => return Err(e.into()),
@@ -282,17 +348,31 @@ fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Opti
     Err(last_error.expect("plan has at least one path").into())
 }
 
-fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStrategy) -> Result<(), CheckpointError> {
+fn load_one(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    path: &Path,
+    strategy: LoadStrategy,
+) -> Result<(), CheckpointError> {
     let start = Instant::now();
     let file = CheckpointFile::open(path)?;
     let meta = file.meta().clone();
-    let saved_kind = meta.optimizer.get("kind").and_then(|k| k.as_str()).map(str::to_string);
-    let our_kind = serde_json::to_value(cfg.training.optimizer.kind).ok().and_then(|k| k.as_str().map(str::to_string));
+    let saved_kind = meta
+        .optimizer
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(str::to_string);
+    let our_kind = serde_json::to_value(cfg.training.optimizer.kind)
+        .ok()
+        .and_then(|k| k.as_str().map(str::to_string));
     let want_optimizer = if !cfg.memory.load_optimizer_state {
         tracing::info!("memory.load_optimizer_state is false: the optimizer starts fresh (momentum and moment estimates reset)");
         false
     } else if !meta.has_optimizer_state {
-        tracing::warn!("{} holds no optimizer state: the optimizer starts fresh", path.display());
+        tracing::warn!(
+            "{} holds no optimizer state: the optimizer starts fresh",
+            path.display()
+        );
         false
     } else if saved_kind != our_kind {
         tracing::warn!(saved = ?saved_kind, configured = ?our_kind, "optimizer kind changed: the optimizer starts fresh");
@@ -305,7 +385,11 @@ fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStra
     }
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
-    let optimizer = if want_optimizer { Some(&mut *trainer.optimizer) } else { None };
+    let optimizer = if want_optimizer {
+        Some(&mut *trainer.optimizer)
+    } else {
+        None
+    };
     let outcome = checkpoint::load_into(&file, &vars, optimizer, trainer.device, strategy)?;
     trainer.epoch = meta.epoch;
     trainer.step = meta.step;

@@ -20,7 +20,8 @@ use crate::model::{self, Model};
 use crate::optim::{self, Optimizer, Param};
 
 /// Name of the reproducibility scheme above, stored in checkpoints.
-pub const RNG_SCHEME: &str = "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
+pub const RNG_SCHEME: &str =
+    "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
 
 /// Results of one epoch's training steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,17 +100,30 @@ impl Trainer {
         for (i, indices) in batches.iter().enumerate() {
             tch::manual_seed(mix(self.seed, self.step));
             let (xs, ys) = train.batch(indices, self.device);
-            let loss = self.model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
+            let loss = self
+                .model
+                .forward_t(&xs, true)
+                .cross_entropy_for_logits(&ys);
             self.optimizer.zero_grad();
             loss.backward();
             self.optimizer.step();
             self.step += 1;
             let loss = loss.double_value(&[]);
             loss_sum += loss * indices.len() as f64;
-            tracing::debug!(step = self.step, batch = i + 1, of = batches.len(), loss, "step");
+            tracing::debug!(
+                step = self.step,
+                batch = i + 1,
+                of = batches.len(),
+                loss,
+                "step"
+            );
         }
         self.epoch = epoch;
-        EpochStats { train_loss: loss_sum / train.len() as f64, seconds: start.elapsed().as_secs_f64(), samples: train.len() }
+        EpochStats {
+            train_loss: loss_sum / train.len() as f64,
+            seconds: start.elapsed().as_secs_f64(),
+            samples: train.len(),
+        }
     }
 
     /// Loss and accuracy on `split`, without gradients.
@@ -122,9 +136,17 @@ impl Trainer {
             let (xs, ys) = split.batch(chunk, self.device);
             let logits = self.model.forward_t(&xs, false);
             loss_sum += logits.cross_entropy_for_logits(&ys).double_value(&[]) * chunk.len() as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&ys).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&ys)
+                .to_kind(Kind::Double)
+                .sum(Kind::Double)
+                .double_value(&[]);
         }
-        EvalStats { loss: loss_sum / n as f64, accuracy: correct / n as f64 }
+        EvalStats {
+            loss: loss_sum / n as f64,
+            accuracy: correct / n as f64,
+        }
     }
 
     /// The tensors a checkpoint holds: every model variable, sorted by name, and, when
@@ -133,13 +155,24 @@ impl Trainer {
         let mut out: Vec<(String, Tensor)> = self.variables().into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         if with_optimizer {
-            out.extend(self.optimizer.state().into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
+            out.extend(
+                self.optimizer
+                    .state()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)),
+            );
         }
         out
     }
 
     /// The metadata of a checkpoint taken now.
-    pub fn checkpoint_meta(&self, train: EpochStats, eval: EvalStats, with_optimizer: bool, config_sha256: &str) -> Meta {
+    pub fn checkpoint_meta(
+        &self,
+        train: EpochStats,
+        eval: EvalStats,
+        with_optimizer: bool,
+        config_sha256: &str,
+    ) -> Meta {
         Meta {
             format_version: FORMAT_VERSION,
             epoch: self.epoch,
@@ -149,7 +182,10 @@ impl Trainer {
             val_accuracy: eval.accuracy,
             has_optimizer_state: with_optimizer,
             optimizer: serde_json::to_value(self.optimizer.config()).expect("plain struct"),
-            rng: RngState { seed: self.seed, scheme: RNG_SCHEME.into() },
+            rng: RngState {
+                seed: self.seed,
+                scheme: RNG_SCHEME.into(),
+            },
             config_sha256: config_sha256.into(),
             tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
         }

@@ -80,21 +80,35 @@ impl Meta {
             ("train_loss".into(), self.train_loss.to_string()),
             ("val_loss".into(), self.val_loss.to_string()),
             ("val_accuracy".into(), self.val_accuracy.to_string()),
-            ("has_optimizer_state".into(), self.has_optimizer_state.to_string()),
+            (
+                "has_optimizer_state".into(),
+                self.has_optimizer_state.to_string(),
+            ),
             ("optimizer".into(), self.optimizer.to_string()),
-            ("rng".into(), serde_json::to_string(&self.rng).expect("plain struct")),
+            (
+                "rng".into(),
+                serde_json::to_string(&self.rng).expect("plain struct"),
+            ),
             ("config_sha256".into(), self.config_sha256.clone()),
             ("tool_version".into(), self.tool_version.clone()),
         ])
     }
 
     fn from_map(map: &HashMap<String, String>) -> Result<Self, String> {
-        let get = |k: &str| map.get(k).map(String::as_str).ok_or_else(|| format!("metadata lacks `{k}`"));
+        let get = |k: &str| {
+            map.get(k)
+                .map(String::as_str)
+                .ok_or_else(|| format!("metadata lacks `{k}`"))
+        };
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
-            v.parse().map_err(|_| format!("metadata `{k}` = `{v}` does not parse"))
+            v.parse()
+                .map_err(|_| format!("metadata `{k}` = `{v}` does not parse"))
         }
         if get("format")? != FORMAT_NAME {
-            return Err(format!("metadata `format` is `{}`, not `{FORMAT_NAME}`", get("format")?));
+            return Err(format!(
+                "metadata `format` is `{}`, not `{FORMAT_NAME}`",
+                get("format")?
+            ));
         }
         let format_version: u32 = parse("format_version", get("format_version")?)?;
         if format_version > FORMAT_VERSION {
@@ -110,7 +124,8 @@ impl Meta {
             val_loss: parse("val_loss", get("val_loss")?)?,
             val_accuracy: parse("val_accuracy", get("val_accuracy")?)?,
             has_optimizer_state: parse("has_optimizer_state", get("has_optimizer_state")?)?,
-            optimizer: serde_json::from_str(get("optimizer")?).map_err(|e| format!("metadata `optimizer`: {e}"))?,
+            optimizer: serde_json::from_str(get("optimizer")?)
+                .map_err(|e| format!("metadata `optimizer`: {e}"))?,
             rng: serde_json::from_str(get("rng")?).map_err(|e| format!("metadata `rng`: {e}"))?,
             config_sha256: get("config_sha256")?.to_string(),
             tool_version: get("tool_version")?.to_string(),
@@ -130,10 +145,16 @@ impl HostTensor {
     /// Copies `t` to the host if it is elsewhere; makes it contiguous.
     pub(crate) fn new(name: &str, t: &Tensor) -> Result<Self, String> {
         let tensor = t.to_device(Device::Cpu).contiguous();
-        let dtype = dtype_of(tensor.kind()).ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
+        let dtype = dtype_of(tensor.kind())
+            .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
-        Ok(Self { tensor, dtype, shape, len })
+        Ok(Self {
+            tensor,
+            dtype,
+            shape,
+            len,
+        })
     }
 }
 
@@ -150,7 +171,9 @@ impl View for &HostTensor {
         }
         // SAFETY: the tensor is a contiguous host tensor of `len` bytes, owned by `self`
         // for as long as the borrow lives, and nothing writes to it meanwhile.
-        Cow::Borrowed(unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len) })
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len)
+        })
     }
     fn data_len(&self) -> usize {
         self.len
@@ -200,15 +223,22 @@ pub(crate) fn write(
     meta: &Meta,
     compress: bool,
 ) -> Result<u64, CheckpointError> {
-    let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let malformed = |reason: String| CheckpointError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let host: Vec<(String, HostTensor)> = tensors
         .iter()
         .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
         .collect::<Result<_, _>>()
         .map_err(malformed)?;
     let views = host.iter().map(|(n, h)| (n.as_str(), h));
-    let bytes = safetensors::serialize(views, Some(meta.to_map())).map_err(|e| malformed(e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(meta.to_map())).map_err(|e| malformed(e.to_string()))?;
     let mut writer = BufWriter::new(&mut *out);
     if compress {
         zstd::stream::copy_encode(bytes.as_slice(), &mut writer, ZSTD_LEVEL).map_err(io)?;
@@ -242,13 +272,19 @@ impl CheckpointFile {
     /// Opens `path`, checks its structure and metadata, and keeps its bytes at hand
     /// (memory-mapped for a plain file, so tensors are read from disk only when used).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let bytes = if is_compressed(path) {
             let mut out = Vec::new();
             zstd::stream::Decoder::new(file)
                 .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: format!("zstd: {e}") })?;
+                .map_err(|e| CheckpointError::Malformed {
+                    path: path.to_path_buf(),
+                    reason: format!("zstd: {e}"),
+                })?;
             Backing::Owned(out)
         } else {
             // SAFETY: checkpoints are written under a temporary name and renamed into place,
@@ -259,15 +295,25 @@ impl CheckpointFile {
             Backing::Mapped(m) => m,
             Backing::Owned(v) => v,
         };
-        let (_, header) = SafeTensors::read_metadata(slice)
-            .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: e.to_string() })?;
+        let (_, header) =
+            SafeTensors::read_metadata(slice).map_err(|e| CheckpointError::Malformed {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         let meta = header
             .metadata()
             .as_ref()
             .ok_or_else(|| "no metadata: not written by train".to_string())
             .and_then(Meta::from_map)
-            .map_err(|reason| CheckpointError::Malformed { path: path.to_path_buf(), reason })?;
-        Ok(Self { path: path.to_path_buf(), bytes, meta })
+            .map_err(|reason| CheckpointError::Malformed {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+            meta,
+        })
     }
 
     /// The file's path.
@@ -293,8 +339,14 @@ impl CheckpointFile {
 /// Reads only the metadata of a checkpoint: the 8-byte length and the JSON header, after
 /// decompressing just that much when compressed. Used to rank resume candidates cheaply.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-    let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let malformed = |reason: String| CheckpointError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
     let file = File::open(path).map_err(io)?;
     let mut reader: Box<dyn Read> = if is_compressed(path) {
         Box::new(zstd::stream::Decoder::new(file).map_err(io)?)
@@ -302,22 +354,34 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
         Box::new(BufReader::new(file))
     };
     let mut len = [0u8; 8];
-    reader.read_exact(&mut len).map_err(|e| malformed(format!("cannot read the header length: {e}")))?;
+    reader
+        .read_exact(&mut len)
+        .map_err(|e| malformed(format!("cannot read the header length: {e}")))?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER_BYTES {
-        return Err(malformed(format!("header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+        return Err(malformed(format!(
+            "header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+        )));
     }
     let mut header = Vec::new();
     reader.take(len).read_to_end(&mut header).map_err(io)?;
     if header.len() as u64 != len {
-        return Err(malformed(format!("truncated header: {} of {len} bytes", header.len())));
+        return Err(malformed(format!(
+            "truncated header: {} of {len} bytes",
+            header.len()
+        )));
     }
     #[derive(Deserialize)]
     struct Header {
         #[serde(rename = "__metadata__")]
         metadata: Option<HashMap<String, String>>,
     }
-    let header: Header = serde_json::from_slice(&header).map_err(|e| malformed(format!("header: {e}")))?;
-    Meta::from_map(&header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?)
-        .map_err(malformed)
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|e| malformed(format!("header: {e}")))?;
+    Meta::from_map(
+        &header
+            .metadata
+            .ok_or_else(|| malformed("no metadata: not written by train".into()))?,
+    )
+    .map_err(malformed)
 }

@@ -51,13 +51,21 @@ pub fn load_into(
     let tensors = file.tensors();
     for name in tensors.names() {
         if !name.starts_with(OPTIMIZER_PREFIX) && !vars.contains_key(name) {
-            return Err(CheckpointError::UnexpectedTensor { path, tensor: name.to_string() });
+            return Err(CheckpointError::UnexpectedTensor {
+                path,
+                tensor: name.to_string(),
+            });
         }
     }
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let view = |name: &str| {
-        tensors.tensor(name).map_err(|_| CheckpointError::MissingTensor { path: path.clone(), tensor: name.into() })
+        tensors
+            .tensor(name)
+            .map_err(|_| CheckpointError::MissingTensor {
+                path: path.clone(),
+                tensor: name.into(),
+            })
     };
     // Validate every weight before touching any, so a mismatch leaves the model as it was.
     for name in &names {
@@ -82,24 +90,38 @@ pub fn load_into(
         }
     }
 
-    let mut outcome = LoadOutcome { weights: names.len(), optimizer_tensors: 0, optimizer_restored: false };
+    let mut outcome = LoadOutcome {
+        weights: names.len(),
+        optimizer_tensors: 0,
+        optimizer_restored: false,
+    };
     if let Some(optimizer) = optimizer {
         if file.meta().has_optimizer_state {
             let mut state = HashMap::new();
             for (name, v) in tensors.iter() {
                 if let Some(short) = name.strip_prefix(OPTIMIZER_PREFIX) {
-                    state.insert(short.to_string(), to_tensor(&path, name, &v)?.to_device(device));
+                    state.insert(
+                        short.to_string(),
+                        to_tensor(&path, name, &v)?.to_device(device),
+                    );
                 }
             }
             outcome.optimizer_tensors = state.len();
-            optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path, source })?;
+            optimizer
+                .load_state(state)
+                .map_err(|source| CheckpointError::Optimizer { path, source })?;
             outcome.optimizer_restored = true;
         }
     }
     Ok(outcome)
 }
 
-fn check(path: &std::path::Path, name: &str, v: &TensorView<'_>, var: &Tensor) -> Result<(), CheckpointError> {
+fn check(
+    path: &std::path::Path,
+    name: &str,
+    v: &TensorView<'_>,
+    var: &Tensor,
+) -> Result<(), CheckpointError> {
     let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
     let kind = kind_of(v.dtype());
     if shape != var.size() || kind != Some(var.kind()) {
@@ -114,17 +136,31 @@ fn check(path: &std::path::Path, name: &str, v: &TensorView<'_>, var: &Tensor) -
 }
 
 /// Copies one tensor's bytes out of the file into a host tensor.
-fn to_tensor(path: &std::path::Path, name: &str, v: &TensorView<'_>) -> Result<Tensor, CheckpointError> {
+fn to_tensor(
+    path: &std::path::Path,
+    name: &str,
+    v: &TensorView<'_>,
+) -> Result<Tensor, CheckpointError> {
     let kind = kind_of(v.dtype()).ok_or_else(|| CheckpointError::Malformed {
         path: path.to_path_buf(),
         reason: format!("tensor `{name}` has unsupported dtype {:?}", v.dtype()),
     })?;
     let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(v.data(), &shape, kind)
-        .map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
+    Tensor::f_from_data_size(v.data(), &shape, kind).map_err(|source| CheckpointError::Torch {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn assign(path: &std::path::Path, _name: &str, var: &Tensor, value: &Tensor) -> Result<(), CheckpointError> {
+fn assign(
+    path: &std::path::Path,
+    _name: &str,
+    var: &Tensor,
+    value: &Tensor,
+) -> Result<(), CheckpointError> {
     let mut var = var.shallow_clone();
-    var.f_copy_(value).map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
+    var.f_copy_(value).map_err(|source| CheckpointError::Torch {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -35,7 +35,11 @@ pub enum Role {
 
 /// The file name of a checkpoint.
 pub fn file_name(role: Role, compressed: bool) -> String {
-    let suffix = if compressed { COMPRESSED_SUFFIX } else { PLAIN_SUFFIX };
+    let suffix = if compressed {
+        COMPRESSED_SUFFIX
+    } else {
+        PLAIN_SUFFIX
+    };
     match role {
         Role::Epoch(e) => format!("epoch-{e:04}{suffix}"),
         Role::Latest => format!("{LATEST_STEM}{suffix}"),
@@ -63,11 +67,19 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let name = entry.file_name();
         if let Some((role, _)) = name.to_str().and_then(parse_name) {
             out.push((entry.path(), role));
@@ -76,22 +88,38 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
     Ok(out)
 }
 
-/// Resume candidates in `dir`, best first: the furthest along (epoch, then step), and
-/// among equals one with optimiser state, then `latest`. Files whose metadata cannot be
-/// read are returned separately, with the reason, so the caller can report them.
-pub fn candidates(dir: &Path) -> Result<(Vec<(PathBuf, Meta)>, Vec<CheckpointError>), CheckpointError> {
+/// The checkpoints of a folder, sorted for resuming.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    /// Best first: the furthest along (epoch, then step), and among equals one with
+    /// optimiser state, then `latest`.
+    pub loadable: Vec<(PathBuf, Meta)>,
+    /// Files whose metadata cannot be read, with the reason, for the caller to report.
+    pub unreadable: Vec<CheckpointError>,
+}
+
+/// Ranks the checkpoints in `dir` for resuming, reading only their metadata.
+pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
     let mut good = Vec::new();
-    let mut bad = Vec::new();
+    let mut unreadable = Vec::new();
     for (path, role) in list(dir)? {
         match read_meta(&path) {
             Ok(meta) => good.push((path, meta, role)),
-            Err(e) => bad.push(e),
+            Err(e) => unreadable.push(e),
         }
     }
     good.sort_by(|(_, a, ra), (_, b, rb)| {
-        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(a.epoch, a.step, a.has_optimizer_state, *ra))
+        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(
+            a.epoch,
+            a.step,
+            a.has_optimizer_state,
+            *ra,
+        ))
     });
-    Ok((good.into_iter().map(|(p, m, _)| (p, m)).collect(), bad))
+    Ok(Candidates {
+        loadable: good.into_iter().map(|(p, m, _)| (p, m)).collect(),
+        unreadable,
+    })
 }
 
 /// Writes a checkpoint to `dir/<name>` atomically and durably: into a temporary file in the
@@ -111,11 +139,20 @@ pub fn write_atomic(
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(file_name(role, compressed));
-    let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).permissions(file_mode()).tempfile_in(dir).map_err(io(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(file_mode())
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
     let bytes = format::write(tmp.as_file_mut(), &target, tensors, meta, compressed)?;
     tmp.as_file().sync_all().map_err(io(&target))?;
-    tmp.persist(&target).map_err(|e| CheckpointError::Io { path: target.clone(), source: e.error })?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    tmp.persist(&target).map_err(|e| CheckpointError::Io {
+        path: target.clone(),
+        source: e.error,
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     // A `latest` of the other encoding (the run switched compression) is now stale.
     if role == Role::Latest {
         let other = dir.join(file_name(role, !compressed));
@@ -135,14 +172,23 @@ mod tests {
     fn names_round_trip() {
         for role in [Role::Epoch(1), Role::Epoch(12345), Role::Latest] {
             for compressed in [false, true] {
-                assert_eq!(parse_name(&file_name(role, compressed)), Some((role, compressed)));
+                assert_eq!(
+                    parse_name(&file_name(role, compressed)),
+                    Some((role, compressed))
+                );
             }
         }
     }
 
     #[test]
     fn temporary_and_foreign_files_are_not_checkpoints() {
-        for name in [".tmp-abc", ".tmp-latest.safetensors", "epoch-1.safetensors", "epoch-00x1.safetensors", "model.bin"] {
+        for name in [
+            ".tmp-abc",
+            ".tmp-latest.safetensors",
+            "epoch-1.safetensors",
+            "epoch-00x1.safetensors",
+            "model.bin",
+        ] {
             assert_eq!(parse_name(name), None, "{name}");
         }
     }

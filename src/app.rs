@@ -13,25 +13,24 @@ use crate::run;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for failures while running.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a run stopped by SIGTERM/SIGINT after saving `latest`: job scripts requeue
+/// on it (`EX_TEMPFAIL` from sysexits.h: "try again later").
+pub const EXIT_INTERRUPTED: u8 = 75;
 
-/// Runs the command `cli` asks for.
-pub fn dispatch(cli: Cli) -> Result<()> {
+/// Runs the command `cli` asks for; returns the exit code of a command that succeeded.
+pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         None => train(&cli.run),
         Some(Command::Run(args)) => train(&args),
-        Some(Command::Config(ConfigCommand::Show(args))) => show(&args),
-        Some(Command::Profiles) => profiles(),
+        Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
+        Some(Command::Profiles) => profiles().map(|()| 0),
     }
 }
 
 /// The exit code for an error from [`dispatch`].
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(e) = error.downcast_ref::<run::RunError>() {
-        return if e.is_usage() {
-            EXIT_USAGE
-        } else {
-            EXIT_FAILURE
-        };
+        return if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE };
     }
     if error.downcast_ref::<config::ConfigError>().is_some() {
         return EXIT_USAGE;
@@ -49,28 +48,16 @@ fn request(args: &ConfigArgs, flags: Vec<FlagOverride>) -> Request {
     }
 }
 
-fn train(args: &RunArgs) -> Result<()> {
+fn train(args: &RunArgs) -> Result<u8> {
     let mut flags = Vec::new();
     if let Some(v) = &args.resume {
-        flags.push(FlagOverride {
-            flag: "--resume",
-            key: "run.resume",
-            value: v.clone(),
-        });
+        flags.push(FlagOverride { flag: "--resume", key: "run.resume", value: v.clone() });
     }
     if let Some(v) = &args.device {
-        flags.push(FlagOverride {
-            flag: "--device",
-            key: "run.device",
-            value: v.clone(),
-        });
+        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
     }
     if let Some(v) = &args.output_dir {
-        flags.push(FlagOverride {
-            flag: "--output-dir",
-            key: "run.output_dir",
-            value: v.display().to_string(),
-        });
+        flags.push(FlagOverride { flag: "--output-dir", key: "run.output_dir", value: v.display().to_string() });
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
     tracing::debug!(layers = ?resolved.layers, "configuration resolved");
@@ -89,7 +76,11 @@ fn train(args: &RunArgs) -> Result<()> {
             }
         }
     }
-    Ok(())
+    if summary.interrupted {
+        tracing::warn!(code = EXIT_INTERRUPTED, "stopped by a signal; `latest` is saved, run again to continue");
+        return Ok(EXIT_INTERRUPTED);
+    }
+    Ok(0)
 }
 
 fn show(args: &ShowArgs) -> Result<()> {
@@ -104,21 +95,15 @@ fn show(args: &ShowArgs) -> Result<()> {
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        writeln!(
-            out,
-            "# layers, lowest first: {}",
-            resolved.layers.join(" → ")
-        )?;
+        writeln!(out, "# layers, lowest first: {}", resolved.layers.join(" → "))?;
         write_origins(&mut out, &resolved.origins)?;
     }
     Ok(())
 }
 
 fn write_origins(out: &mut impl Write, origins: &[Origin]) -> std::io::Result<()> {
-    let lines: Vec<(String, &str)> = origins
-        .iter()
-        .map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str()))
-        .collect();
+    let lines: Vec<(String, &str)> =
+        origins.iter().map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str())).collect();
     let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     for (line, source) in lines {
         writeln!(out, "{line:width$}  # {source}")?;
@@ -145,18 +130,11 @@ fn flatten(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, Strin
         serde_yaml::Value::Mapping(map) => {
             for (k, v) in map {
                 let k = k.as_str().unwrap_or_default();
-                let key = if prefix.is_empty() {
-                    k.to_string()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);
             }
         }
-        leaf => out.push((
-            prefix.to_string(),
-            serde_json::to_string(leaf).unwrap_or_default(),
-        )),
+        leaf => out.push((prefix.to_string(), serde_json::to_string(leaf).unwrap_or_default())),
     }
 }
 

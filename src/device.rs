@@ -7,18 +7,16 @@ use crate::config::DeviceSpec;
 /// Resolves `run.device` against what libtorch sees.
 pub fn select(spec: DeviceSpec) -> Result<Device, String> {
     match spec {
-        DeviceSpec::Auto => Ok(if tch::Cuda::is_available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
+        DeviceSpec::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(n) => {
             let count = tch::Cuda::device_count() as usize;
             if n < count {
                 Ok(Device::Cuda(n))
             } else {
-                Err(format!("run.device is cuda:{n}, but libtorch sees {count} CUDA device(s); use --device cpu or auto"))
+                Err(format!(
+                    "run.device is cuda:{n}, but libtorch sees {count} CUDA device(s); use --device cpu or auto"
+                ))
             }
         }
     }

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod atomic;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

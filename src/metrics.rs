@@ -27,8 +27,9 @@ pub struct EpochMetrics {
     pub samples_per_sec: f64,
     /// Wall time of evaluation.
     pub eval_seconds: f64,
-    /// Time training was stopped while checkpoints were written.
-    pub checkpoint_seconds: f64,
+    /// Time the training thread was blocked by this epoch's checkpoint (the snapshot, plus
+    /// any wait for the previous save; the writing itself runs in the background).
+    pub checkpoint_blocked_seconds: f64,
     /// Resident host memory of the process at the end of the epoch, when known.
     pub host_rss_bytes: Option<u64>,
 }
@@ -47,10 +48,7 @@ impl MetricsLog {
 
     /// Appends one epoch's line.
     pub fn append(&self, m: &EpochMetrics) -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
         let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
         writeln!(f, "{line}")?;
         f.sync_data()
@@ -71,54 +69,24 @@ impl MetricsLog {
         if kept.len() == text.lines().count() {
             return Ok(());
         }
-        write_atomic(
-            &self.path,
-            (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes(),
-        )
+        write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
     }
 
     /// Every epoch line in the file.
     pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
-        fs::read_to_string(path)?
-            .lines()
-            .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-            .collect()
+        fs::read_to_string(path)?.lines().map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
     }
 }
 
-/// Replaces `path` with `bytes` atomically: temporary file in the same folder, fsync, rename.
+/// Replaces `path` with `bytes` atomically and durably (see [`crate::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(file_mode())
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::atomic::write_atomic(path, |f| f.write_all(bytes))
 }
 
 /// This process's resident set size, from `VmRSS` in `/proc/self/status` (Linux); `None` elsewhere.
 pub fn host_rss_bytes() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
-}
-
-/// Mode of files we write: `rw-r--r--` before the umask, as a plain `File::create` gives
-/// (temporary files would otherwise keep their private `rw-------`).
-pub(crate) fn file_mode() -> fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    fs::Permissions::from_mode(0o644)
 }

@@ -15,19 +15,8 @@ pub type Model = Box<dyn ModuleT + Send>;
 /// Builds the configured model for images of `image_shape` (`[C, H, W]`) and `classes` outputs.
 pub fn build(cfg: &ModelConfig, root: &nn::Path, image_shape: [i64; 3], classes: i64) -> Model {
     match cfg.kind {
-        ModelKind::Mlp => Box::new(Mlp::new(
-            root,
-            image_shape.iter().product(),
-            &cfg.mlp.hidden,
-            classes,
-        )),
-        ModelKind::Cnn => Box::new(Cnn::new(
-            root,
-            image_shape,
-            cfg.cnn.channels,
-            cfg.cnn.hidden,
-            classes,
-        )),
+        ModelKind::Mlp => Box::new(Mlp::new(root, image_shape.iter().product(), &cfg.mlp.hidden, classes)),
+        ModelKind::Cnn => Box::new(Cnn::new(root, image_shape, cfg.cnn.channels, cfg.cnn.hidden, classes)),
     }
 }
 
@@ -42,12 +31,7 @@ impl Mlp {
         let mut layers = Vec::with_capacity(hidden.len() + 1);
         let mut width = inputs;
         for (i, &h) in hidden.iter().enumerate() {
-            layers.push(nn::linear(
-                root / format!("fc{}", i + 1),
-                width,
-                h.into(),
-                Default::default(),
-            ));
+            layers.push(nn::linear(root / format!("fc{}", i + 1), width, h.into(), Default::default()));
             width = h.into();
         }
         layers.push(nn::linear(root / "out", width, classes, Default::default()));
@@ -57,13 +41,8 @@ impl Mlp {
 
 impl ModuleT for Mlp {
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
-        let (last, hidden) = self
-            .layers
-            .split_last()
-            .expect("an MLP has an output layer");
-        let h = hidden
-            .iter()
-            .fold(xs.flatten(1, -1), |h, layer| h.apply(layer).relu());
+        let (last, hidden) = self.layers.split_last().expect("an MLP has an output layer");
+        let h = hidden.iter().fold(xs.flatten(1, -1), |h, layer| h.apply(layer).relu());
         h.apply(last)
     }
 }
@@ -79,17 +58,8 @@ struct Cnn {
 }
 
 impl Cnn {
-    fn new(
-        root: &nn::Path,
-        [c, h, w]: [i64; 3],
-        channels: [u32; 2],
-        hidden: u32,
-        classes: i64,
-    ) -> Self {
-        let conv = nn::ConvConfig {
-            padding: 1,
-            ..Default::default()
-        };
+    fn new(root: &nn::Path, [c, h, w]: [i64; 3], channels: [u32; 2], hidden: u32, classes: i64) -> Self {
+        let conv = nn::ConvConfig { padding: 1, ..Default::default() };
         let (c1, c2) = (i64::from(channels[0]), i64::from(channels[1]));
         let flat = c2 * (h / 4) * (w / 4);
         Self {
@@ -123,10 +93,7 @@ mod tests {
 
     fn names(kind: ModelKind) -> Vec<String> {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let cfg = ModelConfig {
-            kind,
-            ..ModelConfig::default()
-        };
+        let cfg = ModelConfig { kind, ..ModelConfig::default() };
         let model = build(&cfg, &vs.root(), [1, 28, 28], 10);
         let out = model.forward_t(&Tensor::zeros([2, 1, 28, 28], tch::kind::FLOAT_CPU), false);
         assert_eq!(out.size(), vec![2, 10]);
@@ -139,14 +106,7 @@ mod tests {
     fn parameters_carry_pytorch_style_names() {
         assert_eq!(
             names(ModelKind::Mlp),
-            [
-                "fc1.bias",
-                "fc1.weight",
-                "fc2.bias",
-                "fc2.weight",
-                "out.bias",
-                "out.weight"
-            ]
+            ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "out.bias", "out.weight"]
         );
         assert_eq!(
             names(ModelKind::Cnn),

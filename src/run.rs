@@ -16,7 +16,14 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::store::{self, Role};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::checkpoint::retention::Policy;
+use crate::checkpoint::saver::{SaveRequest, Saver};
+use crate::checkpoint::store;
 use crate::checkpoint::{self, CheckpointError, CheckpointFile, LoadStrategy};
 use crate::config::{Config, ConfigError, Resolved, ResumeSpec};
 use crate::data::{DataError, Dataset};
@@ -47,9 +54,17 @@ pub enum RunError {
     #[error("{0}")]
     Device(String),
     /// `--resume never` over a folder that holds an earlier run's checkpoints.
-    #[error("{dir} already holds checkpoints of an earlier run; use --resume auto to continue it, or another --output-dir")]
+    #[error(
+        "{dir} already holds checkpoints of an earlier run; use --resume auto to continue it, or another --output-dir"
+    )]
     ExistingRun {
         /// The checkpoint folder.
+        dir: PathBuf,
+    },
+    /// Another process holds the run folder.
+    #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
+    Busy {
+        /// The run folder.
         dir: PathBuf,
     },
     /// Writing the run folder failed.
@@ -67,10 +82,7 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Config(_)
-                | Self::Device(_)
-                | Self::ExistingRun { .. }
-                | Self::Data(DataError::Missing { .. })
+            Self::Config(_) | Self::Device(_) | Self::ExistingRun { .. } | Self::Busy { .. } | Self::Data(DataError::Missing { .. })
         )
     }
 }
@@ -86,22 +98,24 @@ pub struct RunSummary {
     pub epochs_trained: u32,
     /// The metrics of the last epoch trained, if any.
     pub last: Option<EpochMetrics>,
+    /// Stopped early by SIGTERM/SIGINT, after saving `latest`.
+    pub interrupted: bool,
 }
 
 /// The run folder: `run.output_dir`, or `runs/<experiment>`.
 pub fn output_dir(resolved: &Resolved) -> PathBuf {
-    resolved.config.run.output_dir.clone().unwrap_or_else(|| {
-        Path::new("runs").join(resolved.experiment.as_deref().unwrap_or(DEFAULT_RUN_NAME))
-    })
+    resolved
+        .config
+        .run
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(resolved.experiment.as_deref().unwrap_or(DEFAULT_RUN_NAME)))
 }
 
 /// SHA-256 of the configuration's JSON form, recorded in checkpoints.
 pub fn config_sha256(config: &Config) -> String {
     let json = serde_json::to_vec(config).expect("the config schema serializes to JSON");
-    Sha256::digest(json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a run would start from, decided without loading anything but metadata.
@@ -120,9 +134,7 @@ pub fn plan_resume(resolved: &Resolved, ckpt_dir: &Path) -> Result<ResumePlan, R
             if store::list(ckpt_dir)?.is_empty() {
                 Ok(ResumePlan::Fresh)
             } else {
-                Err(RunError::ExistingRun {
-                    dir: ckpt_dir.to_path_buf(),
-                })
+                Err(RunError::ExistingRun { dir: ckpt_dir.to_path_buf() })
             }
         }
         ResumeSpec::Path(p) => {
@@ -137,9 +149,7 @@ pub fn plan_resume(resolved: &Resolved, ckpt_dir: &Path) -> Result<ResumePlan, R
             if found.loadable.is_empty() {
                 Ok(ResumePlan::Fresh)
             } else {
-                Ok(ResumePlan::From(
-                    found.loadable.into_iter().map(|(p, _)| p).collect(),
-                ))
+                Ok(ResumePlan::From(found.loadable.into_iter().map(|(p, _)| p).collect()))
             }
         }
     }
@@ -154,24 +164,16 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         tch::set_num_threads(n as i32);
     }
     let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    // Lock an existing run folder before reading its checkpoints; a new one is locked when created.
+    let lock = if out.is_dir() { Some(RunLock::acquire(&out)?) } else { None };
     let plan = plan_resume(resolved, &ckpt_dir)?;
     if dry_run {
-        for stem in [
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        ] {
-            let (plain, gz) = (
-                cfg.data.dir.join(stem),
-                cfg.data.dir.join(format!("{stem}.gz")),
-            );
+        for stem in
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+        {
+            let (plain, gz) = (cfg.data.dir.join(stem), cfg.data.dir.join(format!("{stem}.gz")));
             if !plain.is_file() && !gz.is_file() {
-                return Err(DataError::Missing {
-                    path: gz,
-                    dir: cfg.data.dir.clone(),
-                }
-                .into());
+                return Err(DataError::Missing { path: gz, dir: cfg.data.dir.clone() }.into());
             }
         }
         tracing::info!(
@@ -180,12 +182,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             resume = ?plan,
             "dry run: configuration, data files and resume plan check out; nothing written"
         );
-        return Ok(RunSummary {
-            output_dir: out,
-            resumed_from: None,
-            epochs_trained: 0,
-            last: None,
-        });
+        return Ok(RunSummary { output_dir: out, resumed_from: None, epochs_trained: 0, last: None, interrupted: false });
     }
 
     let data = Dataset::load(&cfg.data)?;
@@ -204,56 +201,62 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         move |source| RunError::Io { path, source }
     };
     std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => RunLock::acquire(&out)?,
+    };
+    for dir in [&out, &ckpt_dir] {
+        let removed = store::remove_stale_temporaries(dir)?;
+        if removed > 0 {
+            tracing::warn!(dir = %dir.display(), removed, "removed temporary files left by an interrupted write");
+        }
+    }
     let config_path = out.join(CONFIG_FILE);
     let yaml = serde_yaml::to_string(cfg).expect("the config schema serializes to YAML");
     metrics::write_atomic(&config_path, yaml.as_bytes()).map_err(io(&config_path))?;
     let log = MetricsLog::new(out.join(METRICS_FILE));
-    log.truncate_after(trainer.epoch)
-        .map_err(io(&out.join(METRICS_FILE)))?;
+    log.truncate_after(trainer.epoch).map_err(io(&out.join(METRICS_FILE)))?;
 
     let total = cfg.training.epochs;
     if trainer.epoch >= total {
-        tracing::info!(
-            epoch = trainer.epoch,
-            epochs = total,
-            "run already complete; raise training.epochs to train further"
-        );
+        tracing::info!(epoch = trainer.epoch, epochs = total, "run already complete; raise training.epochs to train further");
     }
     let sha = config_sha256(cfg);
+    let policy = Policy { keep_last: cfg.checkpoint.keep_last, keep_best: cfg.checkpoint.keep_best };
+    let mut saver = Saver::new(ckpt_dir.clone(), policy, cfg.checkpoint.async_save);
+    let stop =
+        StopFlag::install().map_err(|source| RunError::Io { path: PathBuf::from("<signal handlers>"), source })?;
+    let request = |trainer: &Trainer, epoch_file: bool| SaveRequest {
+        tensors: trainer.checkpoint_tensors(true),
+        meta: trainer.checkpoint_meta(&sha),
+        epoch_file,
+        epoch_with_optimizer: cfg.memory.save_optimizer_in_epoch_checkpoints,
+        compress: cfg.memory.compress_checkpoints,
+    };
     let mut last = None;
     let first_epoch = trainer.epoch;
+    let mut interrupted = false;
     while trainer.epoch < total {
-        let stats = trainer.train_epoch(&data.train);
+        let Some(stats) = trainer.train_epoch(&data.train, &|| stop.raised()) else {
+            // Stopped mid-epoch by a signal: save the exact position and wait for it.
+            tracing::warn!(
+                epoch = trainer.epoch + 1,
+                batch = trainer.batches_into_epoch,
+                "stop requested: saving `latest` and exiting"
+            );
+            saver.submit(request(&trainer, false))?;
+            interrupted = true;
+            break;
+        };
         let eval_start = Instant::now();
         let eval = trainer.evaluate(&data.val);
         let eval_seconds = eval_start.elapsed().as_secs_f64();
+        trainer.last_train_loss = stats.train_loss;
+        trainer.last_eval = eval;
 
-        let save_start = Instant::now();
         let epoch = trainer.epoch;
-        if epoch % cfg.checkpoint.every_n_epochs == 0 || epoch == total {
-            let with_opt = cfg.memory.save_optimizer_in_epoch_checkpoints;
-            save(
-                &trainer,
-                &ckpt_dir,
-                Role::Epoch(epoch),
-                with_opt,
-                stats,
-                eval,
-                &sha,
-                cfg.memory.compress_checkpoints,
-            )?;
-        }
-        save(
-            &trainer,
-            &ckpt_dir,
-            Role::Latest,
-            true,
-            stats,
-            eval,
-            &sha,
-            cfg.memory.compress_checkpoints,
-        )?;
-        let checkpoint_seconds = save_start.elapsed().as_secs_f64();
+        let epoch_file = epoch % cfg.checkpoint.every_n_epochs == 0 || epoch == total;
+        let (blocked, _) = saver.submit(request(&trainer, epoch_file))?;
 
         let m = EpochMetrics {
             epoch,
@@ -265,7 +268,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             train_seconds: stats.seconds,
             samples_per_sec: stats.samples as f64 / stats.seconds.max(f64::EPSILON),
             eval_seconds,
-            checkpoint_seconds,
+            checkpoint_blocked_seconds: blocked,
             host_rss_bytes: metrics::host_rss_bytes(),
         };
         log.append(&m).map_err(io(&out.join(METRICS_FILE)))?;
@@ -276,69 +279,75 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             val_loss = format_args!("{:.4}", m.val_loss),
             val_accuracy = format_args!("{:.4}", m.val_accuracy),
             samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
+            checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
             "epoch done"
         );
         last = Some(m);
+        if stop.raised() {
+            tracing::warn!(epoch, "stop requested: exiting after the epoch's checkpoint");
+            interrupted = trainer.epoch < total;
+            break;
+        }
     }
-    Ok(RunSummary {
-        output_dir: out,
-        resumed_from,
-        epochs_trained: trainer.epoch - first_epoch,
-        last,
-    })
+    saver.finish()?;
+    Ok(RunSummary { output_dir: out, resumed_from, epochs_trained: trainer.epoch - first_epoch, last, interrupted })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn save(
-    trainer: &Trainer,
-    dir: &Path,
-    role: Role,
-    with_optimizer: bool,
-    stats: crate::training::EpochStats,
-    eval: crate::training::EvalStats,
-    sha: &str,
-    compress: bool,
-) -> Result<(), RunError> {
-    let start = Instant::now();
-    let tensors = trainer.checkpoint_tensors(with_optimizer);
-    let meta = trainer.checkpoint_meta(stats, eval, with_optimizer, sha);
-    let (path, bytes) = store::write_atomic(dir, role, compress, &tensors, &meta)?;
-    tracing::info!(
-        path = %path.display(),
-        bytes,
-        optimizer_state = with_optimizer,
-        seconds = format_args!("{:.3}", start.elapsed().as_secs_f64()),
-        "checkpoint saved"
-    );
-    Ok(())
+/// An exclusive lock on a run folder (flock on the folder itself, so no lock file is left
+/// behind), held for the whole run: two processes never write one run's checkpoints.
+struct RunLock {
+    _held: std::fs::File,
+}
+
+impl RunLock {
+    fn acquire(dir: &Path) -> Result<Self, RunError> {
+        let io = |source| RunError::Io { path: dir.to_path_buf(), source };
+        let file = std::fs::File::open(dir).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _held: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Busy { dir: dir.to_path_buf() }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+}
+
+/// Set by SIGTERM or SIGINT: the loop finishes its step, saves `latest` and exits with
+/// [`crate::app::EXIT_INTERRUPTED`]. A second signal while the first is pending ends the
+/// process at once (exit status 130).
+struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    fn install() -> std::io::Result<Self> {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [SIGTERM, SIGINT] {
+            // Registered first, so it sees the flag as it was before this signal set it.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))?;
+            signal_hook::flag::register(signal, Arc::clone(&flag))?;
+        }
+        Ok(Self(flag))
+    }
+
+    fn raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
 /// reported and the next one tried; an explicit path must load.
-fn resume(
-    cfg: &Config,
-    trainer: &mut Trainer,
-    plan: &ResumePlan,
-) -> Result<Option<PathBuf>, RunError> {
+fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Option<PathBuf>, RunError> {
     let ResumePlan::From(paths) = plan else {
         tracing::info!("starting fresh");
         return Ok(None);
     };
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
-    let strategy = if cfg.memory.checkpoint_memory_efficient {
-        LoadStrategy::MemoryEfficient
-    } else {
-        LoadStrategy::Standard
-    };
+    let strategy =
+        if cfg.memory.checkpoint_memory_efficient { LoadStrategy::MemoryEfficient } else { LoadStrategy::Standard };
     let mut last_error = None;
     for path in paths {
         match load_one(cfg, trainer, path, strategy) {
             Ok(()) => return Ok(Some(path.clone())),
             Err(e) if !explicit => {
-                tracing::warn!(
-                    "cannot resume from {}: {e}; trying an older checkpoint",
-                    path.display()
-                );
+                tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", path.display());
                 last_error = Some(e);
             }
             Err(e) => return Err(e.into()),
@@ -348,31 +357,19 @@ fn resume(
     Err(last_error.expect("plan has at least one path").into())
 }
 
-fn load_one(
-    cfg: &Config,
-    trainer: &mut Trainer,
-    path: &Path,
-    strategy: LoadStrategy,
-) -> Result<(), CheckpointError> {
+fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStrategy) -> Result<(), CheckpointError> {
     let start = Instant::now();
     let file = CheckpointFile::open(path)?;
     let meta = file.meta().clone();
-    let saved_kind = meta
-        .optimizer
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .map(str::to_string);
-    let our_kind = serde_json::to_value(cfg.training.optimizer.kind)
-        .ok()
-        .and_then(|k| k.as_str().map(str::to_string));
+    let saved_kind = meta.optimizer.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    let our_kind = serde_json::to_value(cfg.training.optimizer.kind).ok().and_then(|k| k.as_str().map(str::to_string));
     let want_optimizer = if !cfg.memory.load_optimizer_state {
-        tracing::info!("memory.load_optimizer_state is false: the optimizer starts fresh (momentum and moment estimates reset)");
+        tracing::info!(
+            "memory.load_optimizer_state is false: the optimizer starts fresh (momentum and moment estimates reset)"
+        );
         false
     } else if !meta.has_optimizer_state {
-        tracing::warn!(
-            "{} holds no optimizer state: the optimizer starts fresh",
-            path.display()
-        );
+        tracing::warn!("{} holds no optimizer state: the optimizer starts fresh", path.display());
         false
     } else if saved_kind != our_kind {
         tracing::warn!(saved = ?saved_kind, configured = ?our_kind, "optimizer kind changed: the optimizer starts fresh");
@@ -381,18 +378,16 @@ fn load_one(
         true
     };
     if meta.rng.scheme != RNG_SCHEME || meta.rng.seed != cfg.training.seed {
-        tracing::warn!(saved_seed = meta.rng.seed, "checkpoint was made with another seed or RNG scheme: the continuation will not match an uninterrupted run");
+        tracing::warn!(
+            saved_seed = meta.rng.seed,
+            "checkpoint was made with another seed or RNG scheme: the continuation will not match an uninterrupted run"
+        );
     }
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
-    let optimizer = if want_optimizer {
-        Some(&mut *trainer.optimizer)
-    } else {
-        None
-    };
+    let optimizer = if want_optimizer { Some(&mut *trainer.optimizer) } else { None };
     let outcome = checkpoint::load_into(&file, &vars, optimizer, trainer.device, strategy)?;
-    trainer.epoch = meta.epoch;
-    trainer.step = meta.step;
+    trainer.restore_position(&meta);
     tracing::info!(
         path = %path.display(),
         epoch = meta.epoch,

@@ -20,8 +20,7 @@ use crate::model::{self, Model};
 use crate::optim::{self, Optimizer, Param};
 
 /// Name of the reproducibility scheme above, stored in checkpoints.
-pub const RNG_SCHEME: &str =
-    "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
+pub const RNG_SCHEME: &str = "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
 
 /// Results of one epoch's training steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +55,14 @@ pub struct Trainer {
     pub epoch: u32,
     /// Optimiser steps taken.
     pub step: u64,
+    /// Batches of epoch `epoch + 1` already trained.
+    pub batches_into_epoch: u64,
+    /// Sum of per-example losses over those batches.
+    pub partial_loss_sum: f64,
+    /// Mean training loss of the last completed epoch (NaN before the first).
+    pub last_train_loss: f64,
+    /// Evaluation after the last completed epoch (NaN before the first).
+    pub last_eval: EvalStats,
     seed: u64,
     batch_size: usize,
 }
@@ -80,6 +87,10 @@ impl Trainer {
             device,
             epoch: 0,
             step: 0,
+            batches_into_epoch: 0,
+            partial_loss_sum: 0.0,
+            last_train_loss: f64::NAN,
+            last_eval: EvalStats { loss: f64::NAN, accuracy: f64::NAN },
             seed: cfg.training.seed,
             batch_size: cfg.training.batch_size as usize,
         }
@@ -90,40 +101,41 @@ impl Trainer {
         self.vs.variables()
     }
 
-    /// Trains one epoch (the one after `self.epoch`) and advances the counters.
-    pub fn train_epoch(&mut self, train: &Split) -> EpochStats {
+    /// Trains the rest of the epoch after `self.epoch` (all of it, unless resumed mid-epoch),
+    /// checking `stop` after every step. Returns `None` when stopped before the epoch's end
+    /// (the position is kept, for a mid-epoch checkpoint), else the epoch's statistics.
+    pub fn train_epoch(&mut self, train: &Split, stop: &dyn Fn() -> bool) -> Option<EpochStats> {
         let epoch = self.epoch + 1;
         let _span = tracing::info_span!("epoch", epoch).entered();
         let start = Instant::now();
         let batches = epoch_batches(train.len(), self.batch_size, self.seed, epoch);
-        let mut loss_sum = 0.0;
-        for (i, indices) in batches.iter().enumerate() {
+        let mut samples = 0;
+        for indices in batches.iter().skip(self.batches_into_epoch as usize) {
             tch::manual_seed(mix(self.seed, self.step));
             let (xs, ys) = train.batch(indices, self.device);
-            let loss = self
-                .model
-                .forward_t(&xs, true)
-                .cross_entropy_for_logits(&ys);
+            let loss = self.model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
             self.optimizer.zero_grad();
             loss.backward();
             self.optimizer.step();
             self.step += 1;
+            self.batches_into_epoch += 1;
+            samples += indices.len();
             let loss = loss.double_value(&[]);
-            loss_sum += loss * indices.len() as f64;
-            tracing::debug!(
-                step = self.step,
-                batch = i + 1,
-                of = batches.len(),
-                loss,
-                "step"
-            );
+            self.partial_loss_sum += loss * indices.len() as f64;
+            tracing::debug!(step = self.step, batch = self.batches_into_epoch, of = batches.len(), loss, "step");
+            if stop() && (self.batches_into_epoch as usize) < batches.len() {
+                return None;
+            }
         }
-        self.epoch = epoch;
-        EpochStats {
-            train_loss: loss_sum / train.len() as f64,
+        let stats = EpochStats {
+            train_loss: self.partial_loss_sum / train.len() as f64,
             seconds: start.elapsed().as_secs_f64(),
-            samples: train.len(),
-        }
+            samples,
+        };
+        self.epoch = epoch;
+        self.batches_into_epoch = 0;
+        self.partial_loss_sum = 0.0;
+        Some(stats)
     }
 
     /// Loss and accuracy on `split`, without gradients.
@@ -136,17 +148,10 @@ impl Trainer {
             let (xs, ys) = split.batch(chunk, self.device);
             let logits = self.model.forward_t(&xs, false);
             loss_sum += logits.cross_entropy_for_logits(&ys).double_value(&[]) * chunk.len() as f64;
-            correct += logits
-                .argmax(-1, false)
-                .eq_tensor(&ys)
-                .to_kind(Kind::Double)
-                .sum(Kind::Double)
-                .double_value(&[]);
+            correct +=
+                logits.argmax(-1, false).eq_tensor(&ys).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
         }
-        EvalStats {
-            loss: loss_sum / n as f64,
-            accuracy: correct / n as f64,
-        }
+        EvalStats { loss: loss_sum / n as f64, accuracy: correct / n as f64 }
     }
 
     /// The tensors a checkpoint holds: every model variable, sorted by name, and, when
@@ -155,40 +160,40 @@ impl Trainer {
         let mut out: Vec<(String, Tensor)> = self.variables().into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         if with_optimizer {
-            out.extend(
-                self.optimizer
-                    .state()
-                    .into_iter()
-                    .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)),
-            );
+            out.extend(self.optimizer.state().into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
         }
         out
     }
 
-    /// The metadata of a checkpoint taken now.
-    pub fn checkpoint_meta(
-        &self,
-        train: EpochStats,
-        eval: EvalStats,
-        with_optimizer: bool,
-        config_sha256: &str,
-    ) -> Meta {
+    /// The metadata of a checkpoint taken now (with optimiser state; the saver clears the
+    /// flag for an epoch file that leaves it out). Losses are those of the last completed epoch.
+    pub fn checkpoint_meta(&self, config_sha256: &str) -> Meta {
         Meta {
             format_version: FORMAT_VERSION,
             epoch: self.epoch,
             step: self.step,
-            train_loss: train.train_loss,
-            val_loss: eval.loss,
-            val_accuracy: eval.accuracy,
-            has_optimizer_state: with_optimizer,
+            batches_into_epoch: self.batches_into_epoch,
+            partial_loss_sum: self.partial_loss_sum,
+            train_loss: self.last_train_loss,
+            val_loss: self.last_eval.loss,
+            val_accuracy: self.last_eval.accuracy,
+            has_optimizer_state: true,
             optimizer: serde_json::to_value(self.optimizer.config()).expect("plain struct"),
-            rng: RngState {
-                seed: self.seed,
-                scheme: RNG_SCHEME.into(),
-            },
+            lr_scheduler: serde_json::json!({ "kind": "constant", "lr": self.optimizer.config().lr }),
+            rng: RngState { seed: self.seed, scheme: RNG_SCHEME.into() },
             config_sha256: config_sha256.into(),
             tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
         }
+    }
+
+    /// Restores the position and last losses recorded in a checkpoint's metadata.
+    pub fn restore_position(&mut self, meta: &Meta) {
+        self.epoch = meta.epoch;
+        self.step = meta.step;
+        self.batches_into_epoch = meta.batches_into_epoch;
+        self.partial_loss_sum = meta.partial_loss_sum;
+        self.last_train_loss = meta.train_loss;
+        self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
     }
 }
 

@@ -20,16 +20,8 @@ fn show(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
 }
 
 fn origin(shown: &Value, key: &str) -> (Value, String) {
-    let o = shown["origins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["key"] == key)
-        .unwrap_or_else(|| panic!("no {key}"));
-    (
-        o["value"].clone(),
-        o["source"].as_str().unwrap().to_string(),
-    )
+    let o = shown["origins"].as_array().unwrap().iter().find(|o| o["key"] == key).unwrap_or_else(|| panic!("no {key}"));
+    (o["value"].clone(), o["source"].as_str().unwrap().to_string())
 }
 
 const FILE: &str = "\
@@ -55,53 +47,25 @@ fn each_layer_overrides_the_one_below_and_is_named() {
     std::fs::write(dir.path().join("c.yaml"), FILE).unwrap();
     let shown = show(
         dir.path(),
-        &[
-            "--config",
-            "c.yaml",
-            "--experiment",
-            "standard",
-            "--set",
-            "training.seed=4",
-        ],
-        &[
-            ("TRAIN_TRAINING__SEED", "3"),
-            ("TRAIN_TRAINING__BATCH_SIZE", "32"),
-        ],
+        &["--config", "c.yaml", "--experiment", "standard", "--set", "training.seed=4"],
+        &[("TRAIN_TRAINING__SEED", "3"), ("TRAIN_TRAINING__BATCH_SIZE", "32")],
     );
     // built-in default, untouched by any layer
-    assert_eq!(
-        origin(&shown, "training.optimizer.lr"),
-        (0.001.into(), "built-in default".into())
-    );
+    assert_eq!(origin(&shown, "training.optimizer.lr"), (0.001.into(), "built-in default".into()));
     // profile over default (default is true)
-    assert_eq!(
-        origin(&shown, "memory.checkpoint_memory_efficient"),
-        (false.into(), "profile standard".into())
-    );
+    assert_eq!(origin(&shown, "memory.checkpoint_memory_efficient"), (false.into(), "profile standard".into()));
     // file over profile (the profile says true)
-    assert_eq!(
-        origin(&shown, "memory.save_optimizer_in_epoch_checkpoints"),
-        (false.into(), "file c.yaml".into())
-    );
+    assert_eq!(origin(&shown, "memory.save_optimizer_in_epoch_checkpoints"), (false.into(), "file c.yaml".into()));
     // file over default
-    assert_eq!(
-        origin(&shown, "training.epochs"),
-        (3.into(), "file c.yaml".into())
-    );
+    assert_eq!(origin(&shown, "training.epochs"), (3.into(), "file c.yaml".into()));
     // experiment section over file: (batch_size is overridden again by env below; seed by --set)
     // environment over experiment section
     assert_eq!(
         origin(&shown, "training.batch_size"),
-        (
-            32.into(),
-            "environment variable TRAIN_TRAINING__BATCH_SIZE".into()
-        )
+        (32.into(), "environment variable TRAIN_TRAINING__BATCH_SIZE".into())
     );
     // --set over environment
-    assert_eq!(
-        origin(&shown, "training.seed"),
-        (4.into(), "--set training.seed=4".into())
-    );
+    assert_eq!(origin(&shown, "training.seed"), (4.into(), "--set training.seed=4".into()));
     assert_eq!(
         shown["layers"],
         serde_json::json!([
@@ -115,15 +79,8 @@ fn each_layer_overrides_the_one_below_and_is_named() {
         ])
     );
 
-    let shown = show(
-        dir.path(),
-        &["--config", "c.yaml", "--experiment", "standard"],
-        &[],
-    );
-    assert_eq!(
-        origin(&shown, "training.batch_size"),
-        (24.into(), "experiment standard in c.yaml".into())
-    );
+    let shown = show(dir.path(), &["--config", "c.yaml", "--experiment", "standard"], &[]);
+    assert_eq!(origin(&shown, "training.batch_size"), (24.into(), "experiment standard in c.yaml".into()));
 }
 
 #[test]
@@ -131,48 +88,19 @@ fn a_file_experiment_without_a_profile_applies_alone() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.yaml"), FILE).unwrap();
     let shown = show(dir.path(), &["-c", "c.yaml", "-e", "custom"], &[]);
-    assert_eq!(
-        origin(&shown, "model.kind"),
-        ("cnn".into(), "experiment custom in c.yaml".into())
-    );
-    assert_eq!(
-        origin(&shown, "memory.checkpoint_memory_efficient").1,
-        "built-in default"
-    );
+    assert_eq!(origin(&shown, "model.kind"), ("cnn".into(), "experiment custom in c.yaml".into()));
+    assert_eq!(origin(&shown, "memory.checkpoint_memory_efficient").1, "built-in default");
 }
 
 #[test]
 fn the_shipped_config_resolves_with_every_profile() {
     let repo = common::repo();
-    for exp in [
-        "standard",
-        "balanced",
-        "ultra_low_memory",
-        "finetune",
-        "smoke",
-    ] {
-        let shown = show(
-            &repo,
-            &[
-                "--config",
-                "configs/config_memory_optimized.yaml",
-                "--experiment",
-                exp,
-            ],
-            &[],
-        );
+    for exp in ["standard", "balanced", "ultra_low_memory", "finetune", "smoke"] {
+        let shown = show(&repo, &["--config", "configs/config_memory_optimized.yaml", "--experiment", exp], &[]);
         assert_eq!(shown["experiment"], exp);
     }
-    let shown = show(
-        &repo,
-        &[
-            "--config",
-            "configs/config_memory_optimized.yaml",
-            "--experiment",
-            "ultra_low_memory",
-        ],
-        &[],
-    );
+    let shown =
+        show(&repo, &["--config", "configs/config_memory_optimized.yaml", "--experiment", "ultra_low_memory"], &[]);
     assert_eq!(shown["config"]["memory"]["load_optimizer_state"], false);
     assert_eq!(shown["config"]["memory"]["compress_checkpoints"], true);
 }
@@ -181,19 +109,11 @@ fn the_shipped_config_resolves_with_every_profile() {
 fn text_output_names_each_source() {
     let dir = tempfile::tempdir().unwrap();
     common::train(dir.path())
-        .args([
-            "config",
-            "show",
-            "--experiment",
-            "balanced",
-            "--set",
-            "training.epochs=2",
-        ])
+        .args(["config", "show", "--experiment", "balanced", "--set", "training.epochs=2"])
         .assert()
         .success()
         .stdout(
-            predicate::str::contains("training.epochs = 2")
-                .and(predicate::str::contains("# --set training.epochs=2")),
+            predicate::str::contains("training.epochs = 2").and(predicate::str::contains("# --set training.epochs=2")),
         )
         .stdout(predicate::str::contains("# profile balanced"));
 }
@@ -201,17 +121,11 @@ fn text_output_names_each_source() {
 #[test]
 fn profiles_lists_what_each_sets() {
     let dir = tempfile::tempdir().unwrap();
-    common::train(dir.path())
-        .arg("profiles")
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains("ultra_low_memory:")
-                .and(predicate::str::contains(
-                    "memory.load_optimizer_state = false",
-                ))
-                .and(predicate::str::contains("standard:")),
-        );
+    common::train(dir.path()).arg("profiles").assert().success().stdout(
+        predicate::str::contains("ultra_low_memory:")
+            .and(predicate::str::contains("memory.load_optimizer_state = false"))
+            .and(predicate::str::contains("standard:")),
+    );
 }
 
 /// Runs `train` with `args` in an empty folder and checks: exit 2, stderr matching every
@@ -230,15 +144,8 @@ fn refused(setup: impl FnOnce(&Path), args: &[&str], env: &[(&str, &str)], fragm
     for f in fragments {
         assert!(stderr.contains(f), "stderr lacks {f:?}:\n{stderr}");
     }
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
-    assert_eq!(
-        common::files_under(dir.path()),
-        before,
-        "a refused run wrote files"
-    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(common::files_under(dir.path()), before, "a refused run wrote files");
 }
 
 fn write(name: &'static str, text: &'static str) -> impl FnOnce(&Path) {
@@ -251,28 +158,17 @@ fn rejects_unknown_key_naming_file_and_nearest_key() {
         write("c.yaml", "memory:\n  compress_checkpoint: true\n"),
         &["--config", "c.yaml"],
         &[],
-        &[
-            "unknown key `memory.compress_checkpoint`",
-            "file c.yaml",
-            "did you mean `memory.compress_checkpoints`",
-        ],
+        &["unknown key `memory.compress_checkpoint`", "file c.yaml", "did you mean `memory.compress_checkpoints`"],
     );
 }
 
 #[test]
 fn rejects_unknown_key_in_an_experiment_section() {
     refused(
-        write(
-            "c.yaml",
-            "experiments:\n  fast:\n    training:\n      batchsize: 4\n",
-        ),
+        write("c.yaml", "experiments:\n  fast:\n    training:\n      batchsize: 4\n"),
         &["run", "--config", "c.yaml", "--experiment", "fast"],
         &[],
-        &[
-            "unknown key `training.batchsize`",
-            "experiment fast in c.yaml",
-            "`training.batch_size`",
-        ],
+        &["unknown key `training.batchsize`", "experiment fast in c.yaml", "`training.batch_size`"],
     );
 }
 
@@ -282,10 +178,7 @@ fn rejects_unknown_environment_key() {
         |_| {},
         &["--experiment", "balanced"],
         &[("TRAIN_MEMORY__LOAD_OPTIMIZER_STAT", "false")],
-        &[
-            "environment variable TRAIN_MEMORY__LOAD_OPTIMIZER_STAT",
-            "`memory.load_optimizer_state`",
-        ],
+        &["environment variable TRAIN_MEMORY__LOAD_OPTIMIZER_STAT", "`memory.load_optimizer_state`"],
     );
 }
 
@@ -295,21 +188,11 @@ fn rejects_wrong_type_naming_key_and_expected_type() {
         write("c.yaml", "training:\n  epochs: lots\n"),
         &["--config", "c.yaml"],
         &[],
-        &[
-            "`training.epochs`",
-            "file c.yaml",
-            "expected u32",
-            "\"lots\"",
-        ],
+        &["`training.epochs`", "file c.yaml", "expected u32", "\"lots\""],
     );
     refused(
         |_| {},
-        &[
-            "--experiment",
-            "standard",
-            "--set",
-            "memory.load_optimizer_state=maybe",
-        ],
+        &["--experiment", "standard", "--set", "memory.load_optimizer_state=maybe"],
         &[],
         &["`memory.load_optimizer_state`", "expected a boolean"],
     );
@@ -321,10 +204,7 @@ fn rejects_unknown_experiment_listing_valid_names() {
         write("c.yaml", "experiments:\n  mine: {}\n"),
         &["--config", "c.yaml", "--experiment", "ultra_low"],
         &[],
-        &[
-            "unknown experiment `ultra_low`",
-            "standard, balanced, ultra_low_memory, mine",
-        ],
+        &["unknown experiment `ultra_low`", "standard, balanced, ultra_low_memory, mine"],
     );
 }
 
@@ -366,34 +246,14 @@ fn rejects_set_that_does_not_parse() {
         &[],
         &["--set training.epochs", "KEY=VALUE"],
     );
-    refused(
-        |_| {},
-        &["--experiment", "standard", "--set", "training.epochs=[1"],
-        &[],
-        &["is not YAML"],
-    );
-    refused(
-        |_| {},
-        &["--experiment", "standard", "--set", ".x=1"],
-        &[],
-        &["not a dotted key"],
-    );
+    refused(|_| {}, &["--experiment", "standard", "--set", "training.epochs=[1"], &[], &["is not YAML"]);
+    refused(|_| {}, &["--experiment", "standard", "--set", ".x=1"], &[], &["not a dotted key"]);
 }
 
 #[test]
 fn rejects_values_that_break_a_rule() {
-    refused(
-        |_| {},
-        &["--set", "training.epochs=0"],
-        &[],
-        &["`training.epochs`", "at least 1"],
-    );
-    refused(
-        |_| {},
-        &["--device", "tpu"],
-        &[],
-        &["`run.device`", "--device tpu", "not a device"],
-    );
+    refused(|_| {}, &["--set", "training.epochs=0"], &[], &["`training.epochs`", "at least 1"]);
+    refused(|_| {}, &["--device", "tpu"], &[], &["`run.device`", "--device tpu", "not a device"]);
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub const COMPRESSED_SUFFIX: &str = ".safetensors.zst";
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// zstd level: 3 is zstd's default and its usual speed/ratio balance.
 const ZSTD_LEVEL: i32 = 3;
+/// Metadata key of the per-tensor checksums: a JSON object mapping each tensor name to the
+/// xxh3-64 of its bytes, as 16 lowercase hex digits.
+pub const CHECKSUMS_KEY: &str = "xxh3";
 
 /// How the random draws of a run are reproduced. There is no generator state to save:
 /// every draw is a function of the seed and a position (see `training`).
@@ -52,6 +55,11 @@ pub struct Meta {
     pub epoch: u32,
     /// Optimiser steps taken when it was written.
     pub step: u64,
+    /// Batches of epoch `epoch + 1` already trained (non-zero only for a checkpoint taken
+    /// mid-epoch, e.g. on SIGTERM); resuming skips them.
+    pub batches_into_epoch: u64,
+    /// Sum of per-example losses over those batches, so the epoch's mean comes out the same.
+    pub partial_loss_sum: f64,
     /// Mean training loss of the last epoch.
     pub train_loss: f64,
     /// Validation loss after the last epoch.
@@ -62,6 +70,8 @@ pub struct Meta {
     pub has_optimizer_state: bool,
     /// The optimiser's kind and settings (JSON).
     pub optimizer: serde_json::Value,
+    /// The learning-rate schedule and its state (JSON).
+    pub lr_scheduler: serde_json::Value,
     /// How random draws are reproduced.
     pub rng: RngState,
     /// SHA-256 of the resolved configuration (JSON), to tell runs apart.
@@ -77,38 +87,27 @@ impl Meta {
             ("format_version".into(), self.format_version.to_string()),
             ("epoch".into(), self.epoch.to_string()),
             ("step".into(), self.step.to_string()),
+            ("batches_into_epoch".into(), self.batches_into_epoch.to_string()),
+            ("partial_loss_sum".into(), self.partial_loss_sum.to_string()),
             ("train_loss".into(), self.train_loss.to_string()),
             ("val_loss".into(), self.val_loss.to_string()),
             ("val_accuracy".into(), self.val_accuracy.to_string()),
-            (
-                "has_optimizer_state".into(),
-                self.has_optimizer_state.to_string(),
-            ),
+            ("has_optimizer_state".into(), self.has_optimizer_state.to_string()),
             ("optimizer".into(), self.optimizer.to_string()),
-            (
-                "rng".into(),
-                serde_json::to_string(&self.rng).expect("plain struct"),
-            ),
+            ("lr_scheduler".into(), self.lr_scheduler.to_string()),
+            ("rng".into(), serde_json::to_string(&self.rng).expect("plain struct")),
             ("config_sha256".into(), self.config_sha256.clone()),
             ("tool_version".into(), self.tool_version.clone()),
         ])
     }
 
     fn from_map(map: &HashMap<String, String>) -> Result<Self, String> {
-        let get = |k: &str| {
-            map.get(k)
-                .map(String::as_str)
-                .ok_or_else(|| format!("metadata lacks `{k}`"))
-        };
+        let get = |k: &str| map.get(k).map(String::as_str).ok_or_else(|| format!("metadata lacks `{k}`"));
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("metadata `{k}` = `{v}` does not parse"))
+            v.parse().map_err(|_| format!("metadata `{k}` = `{v}` does not parse"))
         }
         if get("format")? != FORMAT_NAME {
-            return Err(format!(
-                "metadata `format` is `{}`, not `{FORMAT_NAME}`",
-                get("format")?
-            ));
+            return Err(format!("metadata `format` is `{}`, not `{FORMAT_NAME}`", get("format")?));
         }
         let format_version: u32 = parse("format_version", get("format_version")?)?;
         if format_version > FORMAT_VERSION {
@@ -120,12 +119,15 @@ impl Meta {
             format_version,
             epoch: parse("epoch", get("epoch")?)?,
             step: parse("step", get("step")?)?,
+            batches_into_epoch: parse("batches_into_epoch", get("batches_into_epoch")?)?,
+            partial_loss_sum: parse("partial_loss_sum", get("partial_loss_sum")?)?,
             train_loss: parse("train_loss", get("train_loss")?)?,
             val_loss: parse("val_loss", get("val_loss")?)?,
             val_accuracy: parse("val_accuracy", get("val_accuracy")?)?,
             has_optimizer_state: parse("has_optimizer_state", get("has_optimizer_state")?)?,
-            optimizer: serde_json::from_str(get("optimizer")?)
-                .map_err(|e| format!("metadata `optimizer`: {e}"))?,
+            optimizer: serde_json::from_str(get("optimizer")?).map_err(|e| format!("metadata `optimizer`: {e}"))?,
+            lr_scheduler: serde_json::from_str(get("lr_scheduler")?)
+                .map_err(|e| format!("metadata `lr_scheduler`: {e}"))?,
             rng: serde_json::from_str(get("rng")?).map_err(|e| format!("metadata `rng`: {e}"))?,
             config_sha256: get("config_sha256")?.to_string(),
             tool_version: get("tool_version")?.to_string(),
@@ -145,16 +147,11 @@ impl HostTensor {
     /// Copies `t` to the host if it is elsewhere; makes it contiguous.
     pub(crate) fn new(name: &str, t: &Tensor) -> Result<Self, String> {
         let tensor = t.to_device(Device::Cpu).contiguous();
-        let dtype = dtype_of(tensor.kind())
-            .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
+        let dtype =
+            dtype_of(tensor.kind()).ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
-        Ok(Self {
-            tensor,
-            dtype,
-            shape,
-            len,
-        })
+        Ok(Self { tensor, dtype, shape, len })
     }
 }
 
@@ -171,9 +168,7 @@ impl View for &HostTensor {
         }
         // SAFETY: the tensor is a contiguous host tensor of `len` bytes, owned by `self`
         // for as long as the borrow lives, and nothing writes to it meanwhile.
-        Cow::Borrowed(unsafe {
-            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len)
-        })
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len) })
     }
     fn data_len(&self) -> usize {
         self.len
@@ -214,40 +209,35 @@ pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
     })
 }
 
-/// Writes a checkpoint of `tensors` to `out` (plain safetensors, or zstd-compressed).
-/// Tensors on a device are copied to the host one at a time as they are written.
-pub(crate) fn write(
-    out: &mut File,
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    meta: &Meta,
-    compress: bool,
-) -> Result<u64, CheckpointError> {
-    let malformed = |reason: String| CheckpointError::Malformed {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Serializes a checkpoint of `tensors` (copied to the host first when elsewhere) with
+/// `meta` and the per-tensor checksums. `path` only names the file in errors.
+pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>, CheckpointError> {
+    let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
     let host: Vec<(String, HostTensor)> = tensors
         .iter()
         .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
         .collect::<Result<_, _>>()
         .map_err(malformed)?;
+    let checksums: serde_json::Map<String, serde_json::Value> =
+        host.iter().map(|(n, h)| (n.clone(), checksum_hex(&h.data()).into())).collect();
+    let mut metadata = meta.to_map();
+    metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
     let views = host.iter().map(|(n, h)| (n.as_str(), h));
-    let bytes =
-        safetensors::serialize(views, Some(meta.to_map())).map_err(|e| malformed(e.to_string()))?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| malformed(e.to_string()))
+}
+
+/// Writes serialized checkpoint bytes to `out`, zstd-compressed when `compress`; returns
+/// the file's size.
+pub(crate) fn emit(out: &mut File, bytes: &[u8], compress: bool) -> std::io::Result<u64> {
     let mut writer = BufWriter::new(&mut *out);
     if compress {
-        zstd::stream::copy_encode(bytes.as_slice(), &mut writer, ZSTD_LEVEL).map_err(io)?;
+        zstd::stream::copy_encode(bytes, &mut writer, ZSTD_LEVEL)?;
     } else {
-        writer.write_all(&bytes).map_err(io)?;
+        writer.write_all(bytes)?;
     }
-    writer.flush().map_err(io)?;
+    writer.flush()?;
     drop(writer);
-    out.metadata().map(|m| m.len()).map_err(io)
+    out.metadata().map(|m| m.len())
 }
 
 /// Whether `path` names a compressed checkpoint.
@@ -266,25 +256,20 @@ pub struct CheckpointFile {
     path: PathBuf,
     bytes: Backing,
     meta: Meta,
+    checksums: HashMap<String, String>,
 }
 
 impl CheckpointFile {
     /// Opens `path`, checks its structure and metadata, and keeps its bytes at hand
     /// (memory-mapped for a plain file, so tensors are read from disk only when used).
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let bytes = if is_compressed(path) {
             let mut out = Vec::new();
             zstd::stream::Decoder::new(file)
                 .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| CheckpointError::Malformed {
-                    path: path.to_path_buf(),
-                    reason: format!("zstd: {e}"),
-                })?;
+                .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: format!("zstd: {e}") })?;
             Backing::Owned(out)
         } else {
             // SAFETY: checkpoints are written under a temporary name and renamed into place,
@@ -295,25 +280,19 @@ impl CheckpointFile {
             Backing::Mapped(m) => m,
             Backing::Owned(v) => v,
         };
-        let (_, header) =
-            SafeTensors::read_metadata(slice).map_err(|e| CheckpointError::Malformed {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let meta = header
-            .metadata()
-            .as_ref()
-            .ok_or_else(|| "no metadata: not written by train".to_string())
-            .and_then(Meta::from_map)
-            .map_err(|reason| CheckpointError::Malformed {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            bytes,
-            meta,
-        })
+        let (_, header) = SafeTensors::read_metadata(slice)
+            .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: e.to_string() })?;
+        let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
+        let map = header.metadata().as_ref().ok_or_else(|| malformed("no metadata: not written by train".into()))?;
+        let meta = Meta::from_map(map).map_err(malformed)?;
+        let checksums: HashMap<String, String> = map
+            .get(CHECKSUMS_KEY)
+            .ok_or_else(|| malformed(format!("metadata lacks `{CHECKSUMS_KEY}`")))
+            .and_then(|j| serde_json::from_str(j).map_err(|e| malformed(format!("metadata `{CHECKSUMS_KEY}`: {e}"))))?;
+        if let Some(name) = header.tensors().keys().find(|n| !checksums.contains_key(*n)) {
+            return Err(malformed(format!("no checksum for tensor `{name}`")));
+        }
+        Ok(Self { path: path.to_path_buf(), bytes, meta, checksums })
     }
 
     /// The file's path.
@@ -326,7 +305,28 @@ impl CheckpointFile {
         &self.meta
     }
 
-    /// The tensors, as views into the file's bytes.
+    /// The bytes of tensor `name`, after checking them against their checksum.
+    pub fn verified_data(&self, name: &str) -> Result<&[u8], CheckpointError> {
+        let malformed = |reason: String| CheckpointError::Malformed { path: self.path.clone(), reason };
+        let view = self.tensors().tensor(name).map_err(|_| malformed(format!("no tensor `{name}`")))?;
+        let data = view.data();
+        let expected = self.checksums.get(name).ok_or_else(|| malformed(format!("no checksum for `{name}`")))?;
+        if checksum_hex(data) != *expected {
+            return Err(CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() });
+        }
+        Ok(data)
+    }
+
+    /// Checks every tensor against its checksum; returns how many were checked.
+    pub fn verify(&self) -> Result<usize, CheckpointError> {
+        let names: Vec<String> = self.tensors().names().into_iter().map(String::from).collect();
+        for name in &names {
+            self.verified_data(name)?;
+        }
+        Ok(names.len())
+    }
+
+    /// The tensors, as views into the file's bytes (unverified; see [`Self::verified_data`]).
     pub fn tensors(&self) -> SafeTensors<'_> {
         let slice: &[u8] = match &self.bytes {
             Backing::Mapped(m) => m,
@@ -339,14 +339,8 @@ impl CheckpointFile {
 /// Reads only the metadata of a checkpoint: the 8-byte length and the JSON header, after
 /// decompressing just that much when compressed. Used to rank resume candidates cheaply.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let malformed = |reason: String| CheckpointError::Malformed {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(io)?;
     let mut reader: Box<dyn Read> = if is_compressed(path) {
         Box::new(zstd::stream::Decoder::new(file).map_err(io)?)
@@ -354,34 +348,27 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
         Box::new(BufReader::new(file))
     };
     let mut len = [0u8; 8];
-    reader
-        .read_exact(&mut len)
-        .map_err(|e| malformed(format!("cannot read the header length: {e}")))?;
+    reader.read_exact(&mut len).map_err(|e| malformed(format!("cannot read the header length: {e}")))?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER_BYTES {
-        return Err(malformed(format!(
-            "header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit"
-        )));
+        return Err(malformed(format!("header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
     }
     let mut header = Vec::new();
     reader.take(len).read_to_end(&mut header).map_err(io)?;
     if header.len() as u64 != len {
-        return Err(malformed(format!(
-            "truncated header: {} of {len} bytes",
-            header.len()
-        )));
+        return Err(malformed(format!("truncated header: {} of {len} bytes", header.len())));
     }
     #[derive(Deserialize)]
     struct Header {
         #[serde(rename = "__metadata__")]
         metadata: Option<HashMap<String, String>>,
     }
-    let header: Header =
-        serde_json::from_slice(&header).map_err(|e| malformed(format!("header: {e}")))?;
-    Meta::from_map(
-        &header
-            .metadata
-            .ok_or_else(|| malformed("no metadata: not written by train".into()))?,
-    )
-    .map_err(malformed)
+    let header: Header = serde_json::from_slice(&header).map_err(|e| malformed(format!("header: {e}")))?;
+    Meta::from_map(&header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?)
+        .map_err(malformed)
+}
+
+/// xxh3-64 of `data` as 16 lowercase hex digits.
+pub(crate) fn checksum_hex(data: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(data))
 }

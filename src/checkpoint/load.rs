@@ -51,21 +51,13 @@ pub fn load_into(
     let tensors = file.tensors();
     for name in tensors.names() {
         if !name.starts_with(OPTIMIZER_PREFIX) && !vars.contains_key(name) {
-            return Err(CheckpointError::UnexpectedTensor {
-                path,
-                tensor: name.to_string(),
-            });
+            return Err(CheckpointError::UnexpectedTensor { path, tensor: name.to_string() });
         }
     }
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     let view = |name: &str| {
-        tensors
-            .tensor(name)
-            .map_err(|_| CheckpointError::MissingTensor {
-                path: path.clone(),
-                tensor: name.into(),
-            })
+        tensors.tensor(name).map_err(|_| CheckpointError::MissingTensor { path: path.clone(), tensor: name.into() })
     };
     // Validate every weight before touching any, so a mismatch leaves the model as it was.
     for name in &names {
@@ -75,14 +67,14 @@ pub fn load_into(
     match strategy {
         LoadStrategy::MemoryEfficient => {
             for name in &names {
-                let host = to_tensor(&path, name, &view(name)?)?;
+                let host = to_tensor(file, name, &view(name)?)?;
                 assign(&path, name, &vars[*name], &host)?;
             }
         }
         LoadStrategy::Standard => {
             let staged = names
                 .iter()
-                .map(|name| Ok(to_tensor(&path, name, &view(name)?)?.to_device(device)))
+                .map(|name| Ok(to_tensor(file, name, &view(name)?)?.to_device(device)))
                 .collect::<Result<Vec<_>, CheckpointError>>()?;
             for (name, t) in names.iter().zip(&staged) {
                 assign(&path, name, &vars[*name], t)?;
@@ -90,38 +82,24 @@ pub fn load_into(
         }
     }
 
-    let mut outcome = LoadOutcome {
-        weights: names.len(),
-        optimizer_tensors: 0,
-        optimizer_restored: false,
-    };
+    let mut outcome = LoadOutcome { weights: names.len(), optimizer_tensors: 0, optimizer_restored: false };
     if let Some(optimizer) = optimizer {
         if file.meta().has_optimizer_state {
             let mut state = HashMap::new();
             for (name, v) in tensors.iter() {
                 if let Some(short) = name.strip_prefix(OPTIMIZER_PREFIX) {
-                    state.insert(
-                        short.to_string(),
-                        to_tensor(&path, name, &v)?.to_device(device),
-                    );
+                    state.insert(short.to_string(), to_tensor(file, name, &v)?.to_device(device));
                 }
             }
             outcome.optimizer_tensors = state.len();
-            optimizer
-                .load_state(state)
-                .map_err(|source| CheckpointError::Optimizer { path, source })?;
+            optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path, source })?;
             outcome.optimizer_restored = true;
         }
     }
     Ok(outcome)
 }
 
-fn check(
-    path: &std::path::Path,
-    name: &str,
-    v: &TensorView<'_>,
-    var: &Tensor,
-) -> Result<(), CheckpointError> {
+fn check(path: &std::path::Path, name: &str, v: &TensorView<'_>, var: &Tensor) -> Result<(), CheckpointError> {
     let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
     let kind = kind_of(v.dtype());
     if shape != var.size() || kind != Some(var.kind()) {
@@ -135,32 +113,19 @@ fn check(
     Ok(())
 }
 
-/// Copies one tensor's bytes out of the file into a host tensor.
-fn to_tensor(
-    path: &std::path::Path,
-    name: &str,
-    v: &TensorView<'_>,
-) -> Result<Tensor, CheckpointError> {
+/// Copies one tensor's bytes out of the file into a host tensor, checking its checksum.
+fn to_tensor(file: &CheckpointFile, name: &str, v: &TensorView<'_>) -> Result<Tensor, CheckpointError> {
+    let path = file.path();
     let kind = kind_of(v.dtype()).ok_or_else(|| CheckpointError::Malformed {
         path: path.to_path_buf(),
         reason: format!("tensor `{name}` has unsupported dtype {:?}", v.dtype()),
     })?;
     let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(v.data(), &shape, kind).map_err(|source| CheckpointError::Torch {
-        path: path.to_path_buf(),
-        source,
-    })
+    Tensor::f_from_data_size(file.verified_data(name)?, &shape, kind)
+        .map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
 }
 
-fn assign(
-    path: &std::path::Path,
-    _name: &str,
-    var: &Tensor,
-    value: &Tensor,
-) -> Result<(), CheckpointError> {
+fn assign(path: &std::path::Path, _name: &str, var: &Tensor, value: &Tensor) -> Result<(), CheckpointError> {
     let mut var = var.shallow_clone();
-    var.f_copy_(value).map_err(|source| CheckpointError::Torch {
-        path: path.to_path_buf(),
-        source,
-    })
+    var.f_copy_(value).map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
 }

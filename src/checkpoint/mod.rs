@@ -5,6 +5,8 @@
 
 pub mod format;
 pub mod load;
+pub mod retention;
+pub mod saver;
 pub mod store;
 
 use std::path::PathBuf;
@@ -31,6 +33,26 @@ pub enum CheckpointError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// A tensor's bytes do not match its checksum: the file was damaged after it was written.
+    #[error("checkpoint {path} is corrupt: tensor `{tensor}` fails its checksum")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The damaged tensor.
+        tensor: String,
+    },
+    /// Not enough free disk space to write a checkpoint; nothing was written.
+    #[error(
+        "not enough disk space in {dir} for a checkpoint: need about {needed} bytes, {available} available; earlier checkpoints are untouched"
+    )]
+    DiskFull {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// Estimated bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
     },
     /// The model has a parameter the checkpoint lacks.
     #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs")]

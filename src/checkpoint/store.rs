@@ -8,21 +8,19 @@
 //! <run>/checkpoints/.tmp-*                         in-flight writes; never read
 //! ```
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
 use super::format::{self, read_meta, Meta, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
 use super::CheckpointError;
-use crate::metrics::file_mode;
+use crate::atomic::{self, TEMP_PREFIX};
 
 /// Name of the sub-folder of a run that holds its checkpoints.
 pub const DIR_NAME: &str = "checkpoints";
 /// Stem of the checkpoint rewritten after every epoch.
 pub const LATEST_STEM: &str = "latest";
-/// Prefix of in-flight files; anything so named is ignored when looking for checkpoints.
-const TEMP_PREFIX: &str = ".tmp-";
 
 /// Which role a checkpoint file plays in its run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,11 +33,7 @@ pub enum Role {
 
 /// The file name of a checkpoint.
 pub fn file_name(role: Role, compressed: bool) -> String {
-    let suffix = if compressed {
-        COMPRESSED_SUFFIX
-    } else {
-        PLAIN_SUFFIX
-    };
+    let suffix = if compressed { COMPRESSED_SUFFIX } else { PLAIN_SUFFIX };
     match role {
         Role::Epoch(e) => format!("epoch-{e:04}{suffix}"),
         Role::Latest => format!("{LATEST_STEM}{suffix}"),
@@ -67,25 +61,35 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
         let name = entry.file_name();
         if let Some((role, _)) = name.to_str().and_then(parse_name) {
             out.push((entry.path(), role));
         }
     }
     Ok(out)
+}
+
+/// Deletes `.tmp-*` files in `dir` (writes cut short by a crash or SIGKILL; they never
+/// carry a final name, so nothing reads them). Call only while holding the run's lock.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.path().is_file() {
+            fs::remove_file(entry.path()).map_err(|source| CheckpointError::Io { path: entry.path(), source })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The checkpoints of a folder, sorted for resuming.
@@ -109,22 +113,12 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
         }
     }
     good.sort_by(|(_, a, ra), (_, b, rb)| {
-        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(
-            a.epoch,
-            a.step,
-            a.has_optimizer_state,
-            *ra,
-        ))
+        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(a.epoch, a.step, a.has_optimizer_state, *ra))
     });
-    Ok(Candidates {
-        loadable: good.into_iter().map(|(p, m, _)| (p, m)).collect(),
-        unreadable,
-    })
+    Ok(Candidates { loadable: good.into_iter().map(|(p, m, _)| (p, m)).collect(), unreadable })
 }
 
-/// Writes a checkpoint to `dir/<name>` atomically and durably: into a temporary file in the
-/// same folder, fsynced, renamed over the final name, then the folder fsynced. A crash at
-/// any point leaves either the old file or the new one under the final name, never a torn one.
+/// Writes a checkpoint to `dir/<name>` atomically and durably (see [`crate::atomic`]).
 /// Returns the final path and its size in bytes.
 pub fn write_atomic(
     dir: &Path,
@@ -139,20 +133,8 @@ pub fn write_atomic(
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(file_name(role, compressed));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(file_mode())
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    let bytes = format::write(tmp.as_file_mut(), &target, tensors, meta, compressed)?;
-    tmp.as_file().sync_all().map_err(io(&target))?;
-    tmp.persist(&target).map_err(|e| CheckpointError::Io {
-        path: target.clone(),
-        source: e.error,
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    let serialized = format::serialize(&target, tensors, meta)?;
+    let bytes = atomic::write_atomic(&target, |f| format::emit(f, &serialized, compressed)).map_err(io(&target))?;
     // A `latest` of the other encoding (the run switched compression) is now stale.
     if role == Role::Latest {
         let other = dir.join(file_name(role, !compressed));
@@ -172,23 +154,16 @@ mod tests {
     fn names_round_trip() {
         for role in [Role::Epoch(1), Role::Epoch(12345), Role::Latest] {
             for compressed in [false, true] {
-                assert_eq!(
-                    parse_name(&file_name(role, compressed)),
-                    Some((role, compressed))
-                );
+                assert_eq!(parse_name(&file_name(role, compressed)), Some((role, compressed)));
             }
         }
     }
 
     #[test]
     fn temporary_and_foreign_files_are_not_checkpoints() {
-        for name in [
-            ".tmp-abc",
-            ".tmp-latest.safetensors",
-            "epoch-1.safetensors",
-            "epoch-00x1.safetensors",
-            "model.bin",
-        ] {
+        for name in
+            [".tmp-abc", ".tmp-latest.safetensors", "epoch-1.safetensors", "epoch-00x1.safetensors", "model.bin"]
+        {
             assert_eq!(parse_name(name), None, "{name}");
         }
     }

@@ -105,21 +105,12 @@ pub fn resolve(request: &Request) -> Result<Resolved, ConfigError> {
     config.validate()?;
     let origins = origins(&figment, &config);
     tracing::debug!(layers = ?names, "configuration layers applied");
-    Ok(Resolved {
-        config,
-        experiment: request.experiment.clone(),
-        origins,
-        layers: names,
-    })
+    Ok(Resolved { config, experiment: request.experiment.clone(), origins, layers: names })
 }
 
 fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
     let defaults = to_dict(&Config::default());
-    let mut layers = vec![Layer {
-        name: "built-in default".into(),
-        file: None,
-        dict: defaults,
-    }];
+    let mut layers = vec![Layer { name: "built-in default".into(), file: None, dict: defaults }];
 
     let (file_dict, experiments) = match &request.file {
         Some(path) => read_config_file(path)?,
@@ -130,46 +121,24 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
         let builtin = profile(name);
         if builtin.is_none() && !experiments.contains_key(name) {
             let mut valid: Vec<String> = PROFILES.iter().map(|p| p.name.to_string()).collect();
-            valid.extend(
-                experiments
-                    .keys()
-                    .filter(|k| !valid.contains(k))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
-            return Err(ConfigError::UnknownExperiment {
-                name: name.clone(),
-                valid,
-            });
+            valid.extend(experiments.keys().filter(|k| !valid.contains(k)).cloned().collect::<Vec<_>>());
+            return Err(ConfigError::UnknownExperiment { name: name.clone(), valid });
         }
         if let Some(p) = builtin {
-            let dict = parse_yaml_dict(p.yaml)
-                .unwrap_or_else(|e| panic!("built-in profile {} does not parse: {e}", p.name));
-            layers.push(Layer {
-                name: format!("profile {}", p.name),
-                file: None,
-                dict,
-            });
+            let dict =
+                parse_yaml_dict(p.yaml).unwrap_or_else(|e| panic!("built-in profile {} does not parse: {e}", p.name));
+            layers.push(Layer { name: format!("profile {}", p.name), file: None, dict });
         }
     }
 
     if let Some(path) = &request.file {
-        layers.push(Layer {
-            name: format!("file {}", path.display()),
-            file: Some(path.clone()),
-            dict: file_dict,
-        });
+        layers.push(Layer { name: format!("file {}", path.display()), file: Some(path.clone()), dict: file_dict });
         if let Some(name) = &request.experiment {
             if let Some(section) = experiments.get(name) {
-                let dict = section
-                    .as_dict()
-                    .cloned()
-                    .ok_or_else(|| ConfigError::ParseFile {
-                        path: path.clone(),
-                        message: format!(
-                            "`{EXPERIMENTS_KEY}.{name}` must be a mapping of settings"
-                        ),
-                    })?;
+                let dict = section.as_dict().cloned().ok_or_else(|| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: format!("`{EXPERIMENTS_KEY}.{name}` must be a mapping of settings"),
+                })?;
                 layers.push(Layer {
                     name: format!("experiment {name} in {}", path.display()),
                     file: Some(path.clone()),
@@ -179,37 +148,23 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
         }
     }
 
-    let mut env: Vec<&(String, String)> = request
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let mut env: Vec<&(String, String)> = request.env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
     for (var, raw) in env {
         let key = env_key(var).ok_or_else(|| ConfigError::BadEnv {
             var: var.clone(),
             reason: format!("expected {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}TRAINING__EPOCHS"),
         })?;
-        let value = parse_yaml_value(raw).map_err(|reason| ConfigError::BadEnv {
-            var: var.clone(),
-            reason,
-        })?;
+        let value = parse_yaml_value(raw).map_err(|reason| ConfigError::BadEnv { var: var.clone(), reason })?;
         layers.push(single(format!("environment variable {var}"), &key, value));
     }
 
     for arg in &request.sets {
-        let bad = |reason: String| ConfigError::BadSet {
-            arg: arg.clone(),
-            reason,
-        };
-        let (key, raw) = arg
-            .split_once('=')
-            .ok_or_else(|| bad("expected KEY=VALUE".into()))?;
+        let bad = |reason: String| ConfigError::BadSet { arg: arg.clone(), reason };
+        let (key, raw) = arg.split_once('=').ok_or_else(|| bad("expected KEY=VALUE".into()))?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(str::is_empty) {
-            return Err(bad(format!(
-                "`{key}` is not a dotted key such as training.epochs"
-            )));
+            return Err(bad(format!("`{key}` is not a dotted key such as training.epochs")));
         }
         let value = parse_yaml_value(raw).map_err(bad)?;
         layers.push(single(format!("--set {arg}"), key, value));
@@ -217,25 +172,17 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
 
     for flag in &request.flags {
         let value = Value::from(flag.value.clone());
-        layers.push(single(
-            format!("{} {}", flag.flag, flag.value),
-            flag.key,
-            value,
-        ));
+        layers.push(single(format!("{} {}", flag.flag, flag.value), flag.key, value));
     }
     Ok(layers)
 }
 
 /// Reads a config file: its top level (minus `experiments:`) and its experiment sections.
 fn read_config_file(path: &Path) -> Result<(Dict, Dict), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut dict = parse_yaml_dict(&text).map_err(|message| ConfigError::ParseFile {
-        path: path.to_path_buf(),
-        message,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+    let mut dict =
+        parse_yaml_dict(&text).map_err(|message| ConfigError::ParseFile { path: path.to_path_buf(), message })?;
     let experiments = match dict.remove(EXPERIMENTS_KEY) {
         None => Dict::new(),
         Some(v) => v.into_dict().ok_or_else(|| ConfigError::ParseFile {
@@ -250,9 +197,7 @@ fn parse_yaml_dict(text: &str) -> Result<Dict, String> {
     let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     match yaml {
         serde_yaml::Value::Null => Ok(Dict::new()),
-        serde_yaml::Value::Mapping(_) => {
-            serde_yaml::from_value(yaml).map_err(|e| format!("keys must be strings: {e}"))
-        }
+        serde_yaml::Value::Mapping(_) => serde_yaml::from_value(yaml).map_err(|e| format!("keys must be strings: {e}")),
         _ => Err("the top level must be a mapping of sections".into()),
     }
 }
@@ -269,21 +214,12 @@ fn env_key(var: &str) -> Option<String> {
 }
 
 fn single(name: String, key: &str, value: Value) -> Layer {
-    let dict = figment::util::nest(key, value)
-        .into_dict()
-        .expect("nest returns a dict");
-    Layer {
-        name,
-        file: None,
-        dict,
-    }
+    let dict = figment::util::nest(key, value).into_dict().expect("nest returns a dict");
+    Layer { name, file: None, dict }
 }
 
 fn to_dict<T: Serialize>(value: &T) -> Dict {
-    Value::serialize(value)
-        .ok()
-        .and_then(Value::into_dict)
-        .expect("the config schema serializes to a dictionary")
+    Value::serialize(value).ok().and_then(Value::into_dict).expect("the config schema serializes to a dictionary")
 }
 
 /// Turns figment's error into one that names the key, the layer and, for a typo, the
@@ -297,10 +233,7 @@ fn translate(figment: &Figment, error: figment::Error) -> ConfigError {
             .unwrap_or_else(|| "an unknown layer".into())
     };
     // figment may chain several errors; the first is reported, as a compiler reports its first.
-    let error = error
-        .into_iter()
-        .next()
-        .expect("an error holds at least one error");
+    let error = error.into_iter().next().expect("an error holds at least one error");
     let parent = error.path.join(".");
     match &error.kind {
         Kind::UnknownField(field, expected) => {
@@ -309,29 +242,17 @@ fn translate(figment: &Figment, error: figment::Error) -> ConfigError {
             if path.last() == Some(field) {
                 path.pop();
             }
-            let join = |f: &str| {
-                path.iter()
-                    .map(String::as_str)
-                    .chain([f])
-                    .collect::<Vec<_>>()
-                    .join(".")
-            };
+            let join = |f: &str| path.iter().map(String::as_str).chain([f]).collect::<Vec<_>>().join(".");
             let key = join(field);
             let suggestion = nearest(field, expected).map(join);
-            ConfigError::UnknownKey {
-                origin: origin_of(&key, &error.metadata),
-                key,
-                suggestion,
-            }
+            ConfigError::UnknownKey { origin: origin_of(&key, &error.metadata), key, suggestion }
         }
         Kind::UnknownVariant(variant, expected) => ConfigError::BadValue {
             origin: origin_of(&parent, &error.metadata),
             message: format!(
                 "`{variant}` is not one of {}{}",
                 expected.join(", "),
-                nearest(variant, expected)
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default()
+                nearest(variant, expected).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
             ),
             key: parent,
         },
@@ -364,11 +285,7 @@ fn origins(figment: &Figment, config: &Config) -> Vec<Origin> {
         match value {
             serde_json::Value::Object(map) => {
                 for (k, v) in map {
-                    let key = if prefix.is_empty() {
-                        k
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                     walk(figment, &key, v, out);
                 }
             }
@@ -377,11 +294,7 @@ fn origins(figment: &Figment, config: &Config) -> Vec<Origin> {
                     .find_metadata(prefix)
                     .map(|m| m.name.to_string())
                     .unwrap_or_else(|| "built-in default".into());
-                out.push(Origin {
-                    key: prefix.to_string(),
-                    value: leaf,
-                    source,
-                });
+                out.push(Origin { key: prefix.to_string(), value: leaf, source });
             }
         }
     }
@@ -396,25 +309,13 @@ mod tests {
     use super::*;
 
     fn source_of(resolved: &Resolved, key: &str) -> String {
-        resolved
-            .origins
-            .iter()
-            .find(|o| o.key == key)
-            .unwrap()
-            .source
-            .clone()
+        resolved.origins.iter().find(|o| o.key == key).unwrap().source.clone()
     }
 
     #[test]
     fn env_names_map_to_dotted_keys() {
-        assert_eq!(
-            env_key("TRAIN_MEMORY__LOAD_OPTIMIZER_STATE").as_deref(),
-            Some("memory.load_optimizer_state")
-        );
-        assert_eq!(
-            env_key("TRAIN_TRAINING__OPTIMIZER__LR").as_deref(),
-            Some("training.optimizer.lr")
-        );
+        assert_eq!(env_key("TRAIN_MEMORY__LOAD_OPTIMIZER_STATE").as_deref(), Some("memory.load_optimizer_state"));
+        assert_eq!(env_key("TRAIN_TRAINING__OPTIMIZER__LR").as_deref(), Some("training.optimizer.lr"));
         assert_eq!(env_key("TRAIN_"), None);
         assert_eq!(env_key("TRAIN_A____B"), None);
     }
@@ -423,10 +324,7 @@ mod tests {
     fn later_layers_override_earlier_ones_and_are_named() {
         let request = Request {
             experiment: Some("ultra_low_memory".into()),
-            env: vec![
-                ("TRAIN_TRAINING__EPOCHS".into(), "7".into()),
-                ("HOME".into(), "/root".into()),
-            ],
+            env: vec![("TRAIN_TRAINING__EPOCHS".into(), "7".into()), ("HOME".into(), "/root".into())],
             sets: vec!["training.batch_size=16".into(), "training.epochs=9".into()],
             ..Request::default()
         };
@@ -435,25 +333,15 @@ mod tests {
         assert_eq!(r.config.training.batch_size, 16);
         assert!(!r.config.memory.load_optimizer_state);
         assert_eq!(source_of(&r, "training.epochs"), "--set training.epochs=9");
-        assert_eq!(
-            source_of(&r, "memory.load_optimizer_state"),
-            "profile ultra_low_memory"
-        );
+        assert_eq!(source_of(&r, "memory.load_optimizer_state"), "profile ultra_low_memory");
         assert_eq!(source_of(&r, "training.seed"), "built-in default");
     }
 
     #[test]
     fn a_typo_is_reported_with_the_nearest_key() {
-        let request = Request {
-            sets: vec!["memory.compress_checkpoint=true".into()],
-            ..Request::default()
-        };
+        let request = Request { sets: vec!["memory.compress_checkpoint=true".into()], ..Request::default() };
         match resolve(&request).unwrap_err() {
-            ConfigError::UnknownKey {
-                key,
-                origin,
-                suggestion,
-            } => {
+            ConfigError::UnknownKey { key, origin, suggestion } => {
                 assert_eq!(key, "memory.compress_checkpoint");
                 assert_eq!(origin, "--set memory.compress_checkpoint=true");
                 assert_eq!(suggestion.as_deref(), Some("memory.compress_checkpoints"));
@@ -464,24 +352,15 @@ mod tests {
 
     #[test]
     fn a_wrong_type_names_key_and_expected_type() {
-        let request = Request {
-            sets: vec!["training.epochs=many".into()],
-            ..Request::default()
-        };
+        let request = Request { sets: vec!["training.epochs=many".into()], ..Request::default() };
         let err = resolve(&request).unwrap_err().to_string();
-        assert!(
-            err.contains("training.epochs") && err.contains("expected u32"),
-            "{err}"
-        );
+        assert!(err.contains("training.epochs") && err.contains("expected u32"), "{err}");
     }
 
     #[test]
     fn yaml_values_on_the_command_line() {
         let request = Request {
-            sets: vec![
-                "model.mlp.hidden=[64, 32]".into(),
-                "training.optimizer.lr=1e-2".into(),
-            ],
+            sets: vec!["model.mlp.hidden=[64, 32]".into(), "training.optimizer.lr=1e-2".into()],
             ..Request::default()
         };
         let c = resolve(&request).unwrap().config;

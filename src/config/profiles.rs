@@ -47,8 +47,7 @@ mod tests {
     #[test]
     fn profiles_follow_the_seed_guides_table() {
         let memory = |name: &str| {
-            let yaml: serde_yaml::Value =
-                serde_yaml::from_str(profile(name).unwrap().yaml).unwrap();
+            let yaml: serde_yaml::Value = serde_yaml::from_str(profile(name).unwrap().yaml).unwrap();
             let m = &yaml["memory"];
             (
                 m["checkpoint_memory_efficient"].as_bool().unwrap(),
@@ -65,8 +64,7 @@ mod tests {
     #[test]
     fn every_profile_parses_against_the_schema() {
         for p in PROFILES {
-            let _: Config =
-                serde_yaml::from_str(p.yaml).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let _: Config = serde_yaml::from_str(p.yaml).unwrap_or_else(|e| panic!("{}: {e}", p.name));
         }
     }
 }

@@ -47,12 +47,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self {
-            device: DeviceSpec::Auto,
-            output_dir: None,
-            resume: ResumeSpec::Auto,
-            threads: None,
-        }
+        Self { device: DeviceSpec::Auto, output_dir: None, resume: ResumeSpec::Auto, threads: None }
     }
 }
 
@@ -70,11 +65,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self {
-            kind: ModelKind::Mlp,
-            mlp: MlpConfig::default(),
-            cnn: CnnConfig::default(),
-        }
+        Self { kind: ModelKind::Mlp, mlp: MlpConfig::default(), cnn: CnnConfig::default() }
     }
 }
 
@@ -98,9 +89,7 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self {
-            hidden: vec![256, 128],
-        }
+        Self { hidden: vec![256, 128] }
     }
 }
 
@@ -116,10 +105,7 @@ pub struct CnnConfig {
 
 impl Default for CnnConfig {
     fn default() -> Self {
-        Self {
-            channels: [32, 64],
-            hidden: 128,
-        }
+        Self { channels: [32, 64], hidden: 128 }
     }
 }
 
@@ -142,11 +128,7 @@ pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::from(DEFAULT_DATA_DIR),
-            train_limit: None,
-            val_limit: None,
-        }
+        Self { dir: PathBuf::from(DEFAULT_DATA_DIR), train_limit: None, val_limit: None }
     }
 }
 
@@ -166,12 +148,7 @@ pub struct TrainingConfig {
 
 impl Default for TrainingConfig {
     fn default() -> Self {
-        Self {
-            epochs: 5,
-            batch_size: 128,
-            seed: 42,
-            optimizer: OptimizerConfig::default(),
-        }
+        Self { epochs: 5, batch_size: 128, seed: 42, optimizer: OptimizerConfig::default() }
     }
 }
 
@@ -251,18 +228,25 @@ impl Default for MemoryConfig {
     }
 }
 
-/// `checkpoint:` when checkpoints are written.
+/// `checkpoint:` when checkpoints are written and how many are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Write a per-epoch checkpoint every N epochs (the last epoch always gets one).
     /// `latest` is rewritten after every epoch regardless.
     pub every_n_epochs: u32,
+    /// Keep only the newest N per-epoch checkpoints (`None` keeps all). Older ones are
+    /// deleted only after the new `latest` has been written and verified.
+    pub keep_last: Option<u32>,
+    /// With `keep_last`, also keep the per-epoch checkpoint with the lowest validation loss.
+    pub keep_best: bool,
+    /// Write checkpoints on a background thread; training only waits for the snapshot.
+    pub async_save: bool,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every_n_epochs: 1 }
+        Self { every_n_epochs: 1, keep_last: None, keep_best: true, async_save: true }
     }
 }
 
@@ -289,9 +273,7 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| {
-                    format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N")
-                }),
+                .ok_or_else(|| format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N")),
         }
     }
 }
@@ -354,12 +336,7 @@ impl From<ResumeSpec> for String {
 impl Config {
     /// Checks the relations serde cannot express. Every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            Err(ConfigError::Invalid {
-                key: key.to_string(),
-                message,
-            })
-        };
+        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.to_string(), message });
         let t = &self.training;
         let o = &t.optimizer;
         if t.epochs == 0 {
@@ -369,40 +346,24 @@ impl Config {
             return invalid("training.batch_size", "must be at least 1".into());
         }
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return invalid(
-                "training.optimizer.lr",
-                format!("must be a positive number, got {}", o.lr),
-            );
+            return invalid("training.optimizer.lr", format!("must be a positive number, got {}", o.lr));
         }
         if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
-            return invalid(
-                "training.optimizer.betas",
-                format!("each beta must be in [0, 1), got {b}"),
-            );
+            return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            return invalid(
-                "training.optimizer.eps",
-                format!("must be a positive number, got {}", o.eps),
-            );
+            return invalid("training.optimizer.eps", format!("must be a positive number, got {}", o.eps));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return invalid(
-                "training.optimizer.weight_decay",
-                format!("must be >= 0, got {}", o.weight_decay),
-            );
+            return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
         }
         if !(o.momentum.is_finite() && o.momentum >= 0.0) {
-            return invalid(
-                "training.optimizer.momentum",
-                format!("must be >= 0, got {}", o.momentum),
-            );
+            return invalid("training.optimizer.momentum", format!("must be >= 0, got {}", o.momentum));
         }
         if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
             return invalid(
                 "training.optimizer.nesterov",
-                "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)"
-                    .into(),
+                "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)".into(),
             );
         }
         if self.model.mlp.hidden.contains(&0) {
@@ -415,16 +376,10 @@ impl Config {
             return invalid("checkpoint.every_n_epochs", "must be at least 1".into());
         }
         if self.run.threads == Some(0) {
-            return invalid(
-                "run.threads",
-                "must be at least 1 (leave it unset for libtorch's default)".into(),
-            );
+            return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
         }
         if self.data.train_limit == Some(0) || self.data.val_limit == Some(0) {
-            return invalid(
-                "data",
-                "train_limit and val_limit must be at least 1 when set".into(),
-            );
+            return invalid("data", "train_limit and val_limit must be at least 1 when set".into());
         }
         Ok(())
     }

@@ -75,10 +75,7 @@ impl Split {
     /// The examples at `indices`, moved to `device`.
     pub fn batch(&self, indices: &[i64], device: Device) -> (Tensor, Tensor) {
         let idx = Tensor::from_slice(indices);
-        (
-            self.images.index_select(0, &idx).to_device(device),
-            self.labels.index_select(0, &idx).to_device(device),
-        )
+        (self.images.index_select(0, &idx).to_device(device), self.labels.index_select(0, &idx).to_device(device))
     }
 }
 
@@ -109,33 +106,15 @@ impl Dataset {
                 reason: format!("images are {val_shape:?}, the train split's are {train_shape:?}"),
             });
         }
-        let classes = train
-            .labels
-            .max()
-            .int64_value(&[])
-            .max(val.labels.max().int64_value(&[]))
-            + 1;
-        Ok(Self {
-            train,
-            val,
-            image_shape: [1, train_shape[0], train_shape[1]],
-            classes,
-        })
+        let classes = train.labels.max().int64_value(&[]).max(val.labels.max().int64_value(&[])) + 1;
+        Ok(Self { train, val, image_shape: [1, train_shape[0], train_shape[1]], classes })
     }
 }
 
-fn load_split(
-    dir: &Path,
-    split: &'static str,
-    limit: Option<u64>,
-) -> Result<(Split, [i64; 2]), DataError> {
+fn load_split(dir: &Path, split: &'static str, limit: Option<u64>) -> Result<(Split, [i64; 2]), DataError> {
     let images = idx::read_idx(dir, &format!("{split}-images-idx3-ubyte"))?;
     let labels = idx::read_idx(dir, &format!("{split}-labels-idx1-ubyte"))?;
-    let mismatch = |reason: String| DataError::Mismatch {
-        split,
-        dir: dir.to_path_buf(),
-        reason,
-    };
+    let mismatch = |reason: String| DataError::Mismatch { split, dir: dir.to_path_buf(), reason };
     if images.dims.len() != 3 || labels.dims.len() != 1 {
         return Err(mismatch(format!(
             "expected [N, H, W] images and [N] labels, found {:?} and {:?}",
@@ -143,26 +122,14 @@ fn load_split(
         )));
     }
     if images.dims[0] != labels.dims[0] {
-        return Err(mismatch(format!(
-            "{} images but {} labels",
-            images.dims[0], labels.dims[0]
-        )));
+        return Err(mismatch(format!("{} images but {} labels", images.dims[0], labels.dims[0])));
     }
     let n = limit.map_or(images.dims[0], |l| (l as usize).min(images.dims[0]));
     let (h, w) = (images.dims[1] as i64, images.dims[2] as i64);
     let pixels = (h * w) as usize;
-    let x = Tensor::from_slice(&images.data[..n * pixels])
-        .view([n as i64, 1, h, w])
-        .to_kind(Kind::Float)
-        / 255.0;
+    let x = Tensor::from_slice(&images.data[..n * pixels]).view([n as i64, 1, h, w]).to_kind(Kind::Float) / 255.0;
     let y = Tensor::from_slice(&labels.data[..n]).to_kind(Kind::Int64);
-    Ok((
-        Split {
-            images: x,
-            labels: y,
-        },
-        [h, w],
-    ))
+    Ok((Split { images: x, labels: y }, [h, w]))
 }
 
 /// The batches of one epoch: a permutation of `0..n` drawn from (seed, epoch), cut into

@@ -28,12 +28,7 @@ impl Adam {
     /// Adam (or AdamW when `decoupled`) over `params` with the settings of `cfg`.
     pub fn new(cfg: OptimizerConfig, params: Vec<Param>, decoupled: bool) -> Self {
         let moments = params.iter().map(|_| None).collect();
-        Self {
-            cfg,
-            decoupled,
-            params,
-            moments,
-        }
+        Self { cfg, decoupled, params, moments }
     }
 }
 
@@ -90,10 +85,7 @@ impl Optimizer for Adam {
             if let Some(m) = m {
                 out.push((format!("{}/step", p.name), Tensor::from(m.step)));
                 out.push((format!("{}/exp_avg", p.name), m.exp_avg.shallow_clone()));
-                out.push((
-                    format!("{}/exp_avg_sq", p.name),
-                    m.exp_avg_sq.shallow_clone(),
-                ));
+                out.push((format!("{}/exp_avg_sq", p.name), m.exp_avg_sq.shallow_clone()));
             }
         }
         out
@@ -121,11 +113,7 @@ impl Optimizer for Adam {
                     });
                 }
                 partial => {
-                    let missing = names
-                        .iter()
-                        .zip(&partial)
-                        .find(|(_, t)| t.is_none())
-                        .map(|(n, _)| n);
+                    let missing = names.iter().zip(&partial).find(|(_, t)| t.is_none()).map(|(n, _)| n);
                     return Err(OptimError::Mismatch {
                         name: missing.cloned().unwrap_or_default(),
                         expected: "present, as its sibling slots are".into(),

@@ -18,11 +18,7 @@ impl Sgd {
     /// SGD over `params` with the settings of `cfg`.
     pub fn new(cfg: OptimizerConfig, params: Vec<Param>) -> Self {
         let momentum_buffer = params.iter().map(|_| None).collect();
-        Self {
-            cfg,
-            params,
-            momentum_buffer,
-        }
+        Self { cfg, params, momentum_buffer }
     }
 }
 
@@ -36,11 +32,7 @@ impl Optimizer for Sgd {
                 continue;
             }
             // grad = grad.add(param, alpha=weight_decay)
-            let mut grad = if c.weight_decay != 0.0 {
-                &grad + &p.tensor * c.weight_decay
-            } else {
-                grad
-            };
+            let mut grad = if c.weight_decay != 0.0 { &grad + &p.tensor * c.weight_decay } else { grad };
             if c.momentum != 0.0 {
                 let b = match buf {
                     // buf = torch.clone(grad).detach()
@@ -52,11 +44,7 @@ impl Optimizer for Sgd {
                         b
                     }
                 };
-                grad = if c.nesterov {
-                    &grad + &*b * c.momentum
-                } else {
-                    b.shallow_clone()
-                };
+                grad = if c.nesterov { &grad + &*b * c.momentum } else { b.shallow_clone() };
             }
             // param.add_(grad, alpha=-lr)
             let _ = p.tensor.g_sub_(&(grad * c.lr));
@@ -71,10 +59,7 @@ impl Optimizer for Sgd {
         self.params
             .iter()
             .zip(&self.momentum_buffer)
-            .filter_map(|(p, b)| {
-                b.as_ref()
-                    .map(|b| (format!("{}/momentum_buffer", p.name), b.shallow_clone()))
-            })
+            .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}/momentum_buffer", p.name), b.shallow_clone())))
             .collect()
     }
 

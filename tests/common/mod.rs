@@ -49,22 +49,13 @@ pub fn make_dataset(dir: &Path, train: usize, val: usize) {
                 }
             }
         }
-        write_gz(
-            &dir.join(format!("{split}-images-idx3-ubyte.gz")),
-            &encode_idx(&[n, 28, 28], &images),
-        );
-        write_gz(
-            &dir.join(format!("{split}-labels-idx1-ubyte.gz")),
-            &encode_idx(&[n], &labels),
-        );
+        write_gz(&dir.join(format!("{split}-images-idx3-ubyte.gz")), &encode_idx(&[n, 28, 28], &images));
+        write_gz(&dir.join(format!("{split}-labels-idx1-ubyte.gz")), &encode_idx(&[n], &labels));
     }
 }
 
 fn write_gz(path: &Path, bytes: &[u8]) {
-    let mut enc = flate2::write::GzEncoder::new(
-        std::fs::File::create(path).unwrap(),
-        flate2::Compression::fast(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap();
 }
@@ -80,10 +71,7 @@ pub fn quick_sets(data: &Path) -> Vec<String> {
 }
 
 /// Adds each element of `sets` as a `--set` argument.
-pub fn with_sets<'a>(
-    cmd: &'a mut assert_cmd::Command,
-    sets: &[String],
-) -> &'a mut assert_cmd::Command {
+pub fn with_sets<'a>(cmd: &'a mut assert_cmd::Command, sets: &[String]) -> &'a mut assert_cmd::Command {
     for s in sets {
         cmd.arg("--set").arg(s);
     }
@@ -121,27 +109,14 @@ pub fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
     let p = cache.join("train/torch-2.11.0/bin/python");
-    assert!(
-        p.exists(),
-        "no Python with torch at {}: run scripts/setup.sh or set PYTHON_TORCH",
-        p.display()
-    );
+    assert!(p.exists(), "no Python with torch at {}: run scripts/setup.sh or set PYTHON_TORCH", p.display());
     p
 }
 
 /// Runs a Python script with the torch venv; panics with its stderr on failure.
 pub fn run_python(script: &Path, args: &[&str]) -> String {
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(python()).arg(script).args(args).output().expect("python runs");
+    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -5,7 +5,8 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, ConfigArgs, ConfigCommand, RunArgs, ShowArgs};
+use crate::checkpoint::convert;
+use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
 use crate::run;
 
@@ -24,6 +25,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Run(args)) => train(&args),
         Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
         Some(Command::Profiles) => profiles().map(|()| 0),
+        Some(Command::Ckpt(cmd)) => ckpt(cmd).map(|()| 0),
     }
 }
 
@@ -152,4 +154,35 @@ pub fn error_chain(error: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+fn ckpt(cmd: CkptCommand) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        CkptCommand::Inspect { path, json } => {
+            let report = convert::inspect(&path)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                let value = serde_json::to_value(&report)?;
+                for (k, v) in value.as_object().expect("a struct serializes to an object") {
+                    writeln!(out, "{k:20} {v}")?;
+                }
+            }
+        }
+        CkptCommand::Verify { path } => {
+            let n = convert::AnyCheckpoint::open(&path)?.verify()?;
+            writeln!(out, "ok: {} is sound ({n} tensors checked)", path.display())?;
+        }
+        CkptCommand::Convert { input, output } => {
+            let bytes = convert::convert(&input, &output, false)?;
+            writeln!(out, "wrote {} ({bytes} bytes)", output.display())?;
+        }
+        CkptCommand::Strip { path, output } => {
+            let target = output.unwrap_or_else(|| path.clone());
+            let bytes = convert::convert(&path, &target, true)?;
+            writeln!(out, "wrote {} without optimizer state ({bytes} bytes)", target.display())?;
+        }
+    }
+    Ok(())
 }

@@ -51,6 +51,43 @@ pub enum Command {
     Config(ConfigCommand),
     /// List the built-in profiles and what each sets.
     Profiles,
+    /// Inspect, verify, convert and strip checkpoint files.
+    #[command(subcommand)]
+    Ckpt(CkptCommand),
+}
+
+/// `train ckpt ...`: formats are told apart by file name: `.safetensors`,
+/// `.safetensors.zst`, and (read only) PyTorch `.pt`/`.pth`/`.bin`.
+#[derive(Debug, Subcommand)]
+pub enum CkptCommand {
+    /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts.
+    Inspect {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Print JSON (stable field names, see docs/checkpoint-format.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every tensor against its checksum and the file's structure; exit 0 only when sound.
+    Verify {
+        /// The checkpoint file.
+        path: PathBuf,
+    },
+    /// Convert between formats, e.g. a `torch.save` file to `.safetensors`.
+    Convert {
+        /// The file to read.
+        input: PathBuf,
+        /// The file to write (replaced atomically).
+        output: PathBuf,
+    },
+    /// Drop optimizer state, keeping weights and metadata.
+    Strip {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Write here instead of replacing PATH.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `train config ...`

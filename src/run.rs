@@ -82,7 +82,11 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Device(_) | Self::ExistingRun { .. } | Self::Busy { .. } | Self::Data(DataError::Missing { .. })
+            Self::Config(_)
+                | Self::Device(_)
+                | Self::ExistingRun { .. }
+                | Self::Busy { .. }
+                | Self::Data(DataError::Missing { .. })
         )
     }
 }
@@ -182,7 +186,13 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             resume = ?plan,
             "dry run: configuration, data files and resume plan check out; nothing written"
         );
-        return Ok(RunSummary { output_dir: out, resumed_from: None, epochs_trained: 0, last: None, interrupted: false });
+        return Ok(RunSummary {
+            output_dir: out,
+            resumed_from: None,
+            epochs_trained: 0,
+            last: None,
+            interrupted: false,
+        });
     }
 
     let data = Dataset::load(&cfg.data)?;
@@ -219,7 +229,11 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
 
     let total = cfg.training.epochs;
     if trainer.epoch >= total {
-        tracing::info!(epoch = trainer.epoch, epochs = total, "run already complete; raise training.epochs to train further");
+        tracing::info!(
+            epoch = trainer.epoch,
+            epochs = total,
+            "run already complete; raise training.epochs to train further"
+        );
     }
     let sha = config_sha256(cfg);
     let policy = Policy { keep_last: cfg.checkpoint.keep_last, keep_best: cfg.checkpoint.keep_best };

@@ -126,7 +126,8 @@ fn sigterm_saves_the_exact_position_and_resume_matches_an_uninterrupted_run() {
         );
     }
     assert_eq!(a.len(), b.len());
-    let epochs: Vec<u32> = MetricsLog::read(&ws.path().join("a/metrics.jsonl")).unwrap().iter().map(|m| m.epoch).collect();
+    let epochs: Vec<u32> =
+        MetricsLog::read(&ws.path().join("a/metrics.jsonl")).unwrap().iter().map(|m| m.epoch).collect();
     assert_eq!(epochs, [1, 2, 3, 4]);
 }
 

@@ -81,7 +81,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn to_map(&self) -> HashMap<String, String> {
+    pub(crate) fn to_map(&self) -> HashMap<String, String> {
         HashMap::from([
             ("format".into(), FORMAT_NAME.into()),
             ("format_version".into(), self.format_version.to_string()),
@@ -101,7 +101,7 @@ impl Meta {
         ])
     }
 
-    fn from_map(map: &HashMap<String, String>) -> Result<Self, String> {
+    pub(crate) fn from_map(map: &HashMap<String, String>) -> Result<Self, String> {
         let get = |k: &str| map.get(k).map(String::as_str).ok_or_else(|| format!("metadata lacks `{k}`"));
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
             v.parse().map_err(|_| format!("metadata `{k}` = `{v}` does not parse"))
@@ -212,18 +212,53 @@ pub(crate) fn kind_of(dtype: Dtype) -> Option<Kind> {
 /// Serializes a checkpoint of `tensors` (copied to the host first when elsewhere) with
 /// `meta` and the per-tensor checksums. `path` only names the file in errors.
 pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>, CheckpointError> {
-    let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
     let host: Vec<(String, HostTensor)> = tensors
         .iter()
         .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
         .collect::<Result<_, _>>()
-        .map_err(malformed)?;
+        .map_err(|reason| CheckpointError::Malformed { path: path.to_path_buf(), reason })?;
+    let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    serialize_views(path, &views, meta)
+}
+
+/// Serializes any tensors that safetensors can view, with `meta` and per-tensor checksums.
+pub(crate) fn serialize_views<V: View + Copy>(
+    path: &Path,
+    views: &[(&str, V)],
+    meta: &Meta,
+) -> Result<Vec<u8>, CheckpointError> {
     let checksums: serde_json::Map<String, serde_json::Value> =
-        host.iter().map(|(n, h)| (n.clone(), checksum_hex(&h.data()).into())).collect();
+        views.iter().map(|(n, v)| (n.to_string(), checksum_hex(&v.data()).into())).collect();
     let mut metadata = meta.to_map();
     metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
-    let views = host.iter().map(|(n, h)| (n.as_str(), h));
-    safetensors::serialize(views, Some(metadata)).map_err(|e| malformed(e.to_string()))
+    safetensors::serialize(views.iter().map(|(n, v)| (*n, *v)), Some(metadata))
+        .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// A tensor held as raw little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major bytes, `shape.product() * dtype.size()` of them.
+    pub data: Vec<u8>,
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
 }
 
 /// Writes serialized checkpoint bytes to `out`, zstd-compressed when `compress`; returns

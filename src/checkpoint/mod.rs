@@ -3,6 +3,7 @@
 //!
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
+pub mod convert;
 pub mod format;
 pub mod load;
 pub mod retention;

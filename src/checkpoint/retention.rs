@@ -102,6 +102,9 @@ mod tests {
 
     #[test]
     fn nan_losses_are_not_best() {
-        assert_eq!(to_delete(&entries(&[f64::NAN, 2.0, 1.0, 0.9]), Policy { keep_last: Some(1), keep_best: true }, true), vec![1, 2, 3]);
+        assert_eq!(
+            to_delete(&entries(&[f64::NAN, 2.0, 1.0, 0.9]), Policy { keep_last: Some(1), keep_best: true }, true),
+            vec![1, 2, 3]
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! `train ckpt inspect | verify | convert | strip`, on files written by `train` and by Python
+//! (tests/reference/make_pytorch_checkpoints.py).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use predicates::prelude::*;
+use sha2::{Digest, Sha256};
+use train::checkpoint::convert::AnyCheckpoint;
+
+fn python_files() -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_python(
+        &common::repo().join("tests/reference/make_pytorch_checkpoints.py"),
+        &[dir.path().to_str().unwrap()],
+    );
+    let expected = serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+    (dir, expected)
+}
+
+fn sha256s(path: &Path) -> HashMap<String, String> {
+    let ckpt = AnyCheckpoint::open(path).unwrap();
+    ckpt.entries()
+        .iter()
+        .map(|(n, _, _)| {
+            (n.clone(), Sha256::digest(ckpt.read(n).unwrap()).iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect()
+}
+
+fn ckpt(dir: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    common::train(dir).arg("ckpt").args(args).assert()
+}
+
+fn assert_same(found: &HashMap<String, String>, expected: &serde_json::Value) {
+    let expected = expected.as_object().unwrap();
+    assert_eq!(found.len(), expected.len(), "{found:?}");
+    for (name, sha) in expected {
+        assert_eq!(found.get(name).map(String::as_str), sha.as_str(), "{name}");
+    }
+}
+
+#[test]
+fn every_dtype_round_trips_bit_for_bit_through_every_writable_format() {
+    let (dir, expected) = python_files();
+    let d = dir.path();
+    ckpt(d, &["convert", "dtypes.safetensors", "a.safetensors.zst"]).success();
+    ckpt(d, &["convert", "a.safetensors.zst", "b.safetensors"]).success();
+    ckpt(d, &["verify", "a.safetensors.zst"]).success();
+    ckpt(d, &["verify", "b.safetensors"]).success();
+    assert_same(&sha256s(&d.join("a.safetensors.zst")), &expected["dtypes"]);
+    assert_same(&sha256s(&d.join("b.safetensors")), &expected["dtypes"]);
+}
+
+#[test]
+fn a_seed_guide_pth_converts_tensor_for_tensor_and_resumes() {
+    let (dir, expected) = python_files();
+    let d = dir.path();
+    ckpt(d, &["convert", "guide.pth", "guide.safetensors"])
+        .success()
+        .stderr(predicate::str::contains("optimizer will start fresh"));
+    ckpt(d, &["convert", "state_dict.pt", "plain.safetensors"]).success();
+    assert_same(&sha256s(&d.join("guide.safetensors")), &expected["model"]);
+    assert_same(&sha256s(&d.join("plain.safetensors")), &expected["model"]);
+
+    let out = ckpt(d, &["inspect", "--json", "guide.safetensors"]).success().get_output().stdout.clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["epoch"], 3);
+    assert_eq!(report["train_loss"], 0.5);
+    assert_eq!(report["val_loss"], 0.625);
+    assert_eq!(report["has_optimizer_state"], false);
+    assert_eq!(report["train_checkpoint"], true);
+
+    // The imported weights continue training in `train`, from epoch 3.
+    common::make_dataset(&d.join("data"), 128, 32);
+    let mut cmd = common::train(d);
+    cmd.args(["--experiment", "balanced", "--resume", "guide.safetensors", "--set", "training.epochs=4"]);
+    common::with_sets(&mut cmd, &common::quick_sets(&d.join("data")))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("holds no optimizer state").and(predicate::str::contains("epoch=3")));
+}
+
+#[test]
+fn inspect_reports_stable_fields() {
+    let ws = tempfile::tempdir().unwrap();
+    common::make_dataset(&ws.path().join("data"), 128, 32);
+    let mut cmd = common::train(ws.path());
+    cmd.args(["--experiment", "ultra_low_memory", "--set", "training.epochs=1"]);
+    common::with_sets(&mut cmd, &common::quick_sets(&ws.path().join("data"))).assert().success();
+    let path = "runs/ultra_low_memory/checkpoints/latest.safetensors.zst";
+    let out = ckpt(ws.path(), &["inspect", "--json", path]).success().get_output().stdout.clone();
+    let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for key in [
+        "path",
+        "format",
+        "compressed",
+        "train_checkpoint",
+        "format_version",
+        "epoch",
+        "step",
+        "train_loss",
+        "val_loss",
+        "tensors",
+        "model_bytes",
+        "optimizer_bytes",
+        "has_optimizer_state",
+        "file_bytes",
+        "compression_ratio",
+    ] {
+        assert!(r.get(key).is_some(), "inspect lacks `{key}`: {r}");
+    }
+    assert_eq!(r["compressed"], true);
+    assert_eq!(r["epoch"], 1);
+    assert_eq!(r["has_optimizer_state"], true);
+    // AdamW: two moments of the weights' size, plus one int64 step per parameter.
+    assert_eq!(r["optimizer_bytes"].as_u64().unwrap(), 2 * r["model_bytes"].as_u64().unwrap() + 4 * 8);
+    ckpt(ws.path(), &["inspect", path]).success().stdout(predicate::str::contains("has_optimizer_state  true"));
+}
+
+#[test]
+fn strip_drops_optimizer_state_and_keeps_weights() {
+    let (dir, _) = python_files();
+    let d = dir.path();
+    let ws = tempfile::tempdir().unwrap();
+    common::make_dataset(&ws.path().join("data"), 128, 32);
+    let mut cmd = common::train(ws.path());
+    cmd.args(["--experiment", "standard", "--set", "training.epochs=1"]);
+    common::with_sets(&mut cmd, &common::quick_sets(&ws.path().join("data"))).assert().success();
+    let latest = ws.path().join("runs/standard/checkpoints/latest.safetensors");
+    let stripped = d.join("weights.safetensors");
+    ckpt(d, &["strip", latest.to_str().unwrap(), "-o", "weights.safetensors"]).success();
+    let before = sha256s(&latest);
+    let after = sha256s(&stripped);
+    assert_eq!(after.len(), 4);
+    for (name, sha) in &after {
+        assert_eq!(&before[name], sha, "{name}");
+    }
+    assert!(!AnyCheckpoint::open(&stripped).unwrap().meta().unwrap().has_optimizer_state);
+    // In place.
+    ckpt(ws.path(), &["strip", latest.to_str().unwrap()]).success();
+    assert_eq!(sha256s(&latest), after);
+}
+
+#[test]
+fn verify_fails_on_damage_and_bad_input_names_the_file() {
+    let (dir, _) = python_files();
+    let d = dir.path();
+    ckpt(d, &["convert", "dtypes.safetensors", "ours.safetensors"]).success();
+    let mut bytes = std::fs::read(d.join("ours.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 1;
+    std::fs::write(d.join("flipped.safetensors"), &bytes).unwrap();
+    std::fs::write(d.join("torn.safetensors"), &bytes[..n / 2]).unwrap();
+    ckpt(d, &["verify", "flipped.safetensors"]).code(1).stderr(predicate::str::contains("fails its checksum"));
+    ckpt(d, &["verify", "torn.safetensors"]).code(1).stderr(predicate::str::contains("torn.safetensors"));
+    ckpt(d, &["verify", "missing.safetensors"]).code(1).stderr(predicate::str::contains("missing.safetensors"));
+    ckpt(d, &["convert", "ours.safetensors", "out.pt"]).code(1).stderr(predicate::str::contains("not supported"));
+    ckpt(d, &["inspect", "notes.txt"]).code(1).stderr(predicate::str::contains("unknown checkpoint format"));
+    // A header claiming an absurd length is refused without allocating it.
+    let mut huge = (u64::MAX / 2).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    std::fs::write(d.join("huge.safetensors"), huge).unwrap();
+    ckpt(d, &["verify", "huge.safetensors"]).code(1).stderr(predicate::str::contains("huge.safetensors"));
+    assert!(!d.join("out.pt").exists());
+}

@@ -20,5 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod progress;
 pub mod run;
+pub mod schedule;
 pub mod training;

@@ -6,6 +6,45 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// One line of `metrics.jsonl`, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsLine {
+    /// Every `log_every_n_steps` optimiser steps.
+    Step(StepMetrics),
+    /// After each epoch's evaluation.
+    Epoch(EpochMetrics),
+}
+
+impl MetricsLine {
+    /// The optimiser step the line was written at.
+    pub fn step(&self) -> u64 {
+        match self {
+            Self::Step(m) => m.step,
+            Self::Epoch(m) => m.step,
+        }
+    }
+}
+
+/// The record of a logged step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// The epoch in progress (1-based).
+    pub epoch: u32,
+    /// Optimiser steps taken since the start of the run.
+    pub step: u64,
+    /// Mean loss of this step's batch.
+    pub loss: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Training examples per second so far this epoch.
+    pub samples_per_sec: f64,
+    /// Seconds since this process started training.
+    pub elapsed_seconds: f64,
+    /// Resident host memory of the process, when known.
+    pub host_rss_bytes: Option<u64>,
+}
+
 /// The record of one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -46,17 +85,20 @@ impl MetricsLog {
         Self { path }
     }
 
-    /// Appends one epoch's line.
-    pub fn append(&self, m: &EpochMetrics) -> std::io::Result<()> {
+    /// Appends one line (an epoch's line is flushed to disk; step lines are not, for speed).
+    pub fn append(&self, m: &MetricsLine) -> std::io::Result<()> {
         let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
         let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
         writeln!(f, "{line}")?;
-        f.sync_data()
+        if matches!(m, MetricsLine::Epoch(_)) {
+            f.sync_data()?;
+        }
+        Ok(())
     }
 
-    /// Drops lines of epochs after `epoch` (written before a crash whose checkpoint did not
-    /// survive), so a resumed run does not log an epoch twice. Rewrites atomically.
-    pub fn truncate_after(&self, epoch: u32) -> std::io::Result<()> {
+    /// Drops lines written after optimiser step `step` (before a crash whose checkpoint did
+    /// not survive), so a resumed run logs no step twice. Rewrites atomically.
+    pub fn truncate_after(&self, step: u64) -> std::io::Result<()> {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -64,7 +106,7 @@ impl MetricsLog {
         };
         let kept: Vec<&str> = text
             .lines()
-            .filter(|l| serde_json::from_str::<EpochMetrics>(l).map_or(true, |m| m.epoch <= epoch))
+            .filter(|l| serde_json::from_str::<MetricsLine>(l).map_or(true, |m| m.step() <= step))
             .collect();
         if kept.len() == text.lines().count() {
             return Ok(());
@@ -72,9 +114,20 @@ impl MetricsLog {
         write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
     }
 
-    /// Every epoch line in the file.
-    pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
+    /// Every line in the file.
+    pub fn read_all(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
         fs::read_to_string(path)?.lines().map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+    }
+
+    /// The epoch lines in the file.
+    pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
+        Ok(Self::read_all(path)?
+            .into_iter()
+            .filter_map(|l| match l {
+                MetricsLine::Epoch(m) => Some(m),
+                MetricsLine::Step(_) => None,
+            })
+            .collect())
     }
 }
 

@@ -26,9 +26,10 @@ use crate::checkpoint::saver::{SaveRequest, Saver};
 use crate::checkpoint::store;
 use crate::checkpoint::{self, CheckpointError, CheckpointFile, LoadStrategy};
 use crate::config::{Config, ConfigError, Resolved, ResumeSpec};
-use crate::data::{DataError, Dataset};
+use crate::data::{DataError, Dataset, Prefetcher};
 use crate::device;
-use crate::metrics::{self, EpochMetrics, MetricsLog};
+use crate::metrics::{self, EpochMetrics, MetricsLine, MetricsLog, StepMetrics};
+use crate::progress::Progress;
 use crate::training::{Trainer, RNG_SCHEME};
 
 /// File name of the resolved configuration in a run folder.
@@ -225,7 +226,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let yaml = serde_yaml::to_string(cfg).expect("the config schema serializes to YAML");
     metrics::write_atomic(&config_path, yaml.as_bytes()).map_err(io(&config_path))?;
     let log = MetricsLog::new(out.join(METRICS_FILE));
-    log.truncate_after(trainer.epoch).map_err(io(&out.join(METRICS_FILE)))?;
+    log.truncate_after(trainer.step).map_err(io(&out.join(METRICS_FILE)))?;
 
     let total = cfg.training.epochs;
     if trainer.epoch >= total {
@@ -250,42 +251,77 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let mut last = None;
     let first_epoch = trainer.epoch;
     let mut interrupted = false;
-    while trainer.epoch < total {
-        let Some(stats) = trainer.train_epoch(&data.train, &|| stop.raised()) else {
-            // Stopped mid-epoch by a signal: save the exact position and wait for it.
-            tracing::warn!(
-                epoch = trainer.epoch + 1,
-                batch = trainer.batches_into_epoch,
-                "stop requested: saving `latest` and exiting"
-            );
-            saver.submit(request(&trainer, false))?;
-            interrupted = true;
-            break;
-        };
+    let metrics_path = out.join(METRICS_FILE);
+    let run_start = Instant::now();
+    'epochs: while trainer.epoch < total {
+        let epoch = trainer.epoch + 1;
+        let _span = tracing::info_span!("epoch", epoch).entered();
+        let batches = trainer.epoch_plan(data.train.len());
+        let skip = trainer.batches_into_epoch as usize;
+        let mut progress =
+            Progress::start(epoch, total, batches.len() as u64, skip as u64, cfg.training.log_every_n_steps);
+        let train_start = Instant::now();
+        let mut samples = 0;
+        let mut lr = cfg.training.optimizer.lr;
+        for (xs, ys) in Prefetcher::new(&data.train, batches[skip..].to_vec(), device) {
+            let step = trainer.train_step(&xs, &ys);
+            samples += step.samples;
+            lr = step.lr;
+            let rate = progress.step(trainer.step, step.loss, step.lr, step.samples);
+            if trainer.step % cfg.training.log_every_n_steps == 0 {
+                let line = MetricsLine::Step(StepMetrics {
+                    epoch,
+                    step: trainer.step,
+                    loss: step.loss,
+                    lr: step.lr,
+                    samples_per_sec: rate,
+                    elapsed_seconds: run_start.elapsed().as_secs_f64(),
+                    host_rss_bytes: metrics::host_rss_bytes(),
+                });
+                log.append(&line).map_err(io(&metrics_path))?;
+            }
+            let mid_epoch = (trainer.batches_into_epoch as usize) < batches.len();
+            if mid_epoch && stop.raised() {
+                // Stopped by a signal: save the exact position and wait for it.
+                progress.finish();
+                tracing::warn!(
+                    epoch,
+                    batch = trainer.batches_into_epoch,
+                    "stop requested: saving `latest` and exiting"
+                );
+                saver.submit(request(&trainer, false))?;
+                interrupted = true;
+                break 'epochs;
+            }
+            if mid_epoch && cfg.checkpoint.every_n_steps.is_some_and(|n| trainer.step % n == 0) {
+                saver.submit(request(&trainer, false))?;
+            }
+        }
+        progress.finish();
+        let train_seconds = train_start.elapsed().as_secs_f64();
+        let train_loss = trainer.finish_epoch(data.train.len());
         let eval_start = Instant::now();
         let eval = trainer.evaluate(&data.val);
         let eval_seconds = eval_start.elapsed().as_secs_f64();
-        trainer.last_train_loss = stats.train_loss;
         trainer.last_eval = eval;
 
-        let epoch = trainer.epoch;
         let epoch_file = epoch % cfg.checkpoint.every_n_epochs == 0 || epoch == total;
         let (blocked, _) = saver.submit(request(&trainer, epoch_file))?;
 
         let m = EpochMetrics {
             epoch,
             step: trainer.step,
-            train_loss: stats.train_loss,
+            train_loss,
             val_loss: eval.loss,
             val_accuracy: eval.accuracy,
-            lr: cfg.training.optimizer.lr,
-            train_seconds: stats.seconds,
-            samples_per_sec: stats.samples as f64 / stats.seconds.max(f64::EPSILON),
+            lr,
+            train_seconds,
+            samples_per_sec: samples as f64 / train_seconds.max(f64::EPSILON),
             eval_seconds,
             checkpoint_blocked_seconds: blocked,
             host_rss_bytes: metrics::host_rss_bytes(),
         };
-        log.append(&m).map_err(io(&out.join(METRICS_FILE)))?;
+        log.append(&MetricsLine::Epoch(m.clone())).map_err(io(&metrics_path))?;
         tracing::info!(
             epoch,
             of = total,

@@ -8,13 +8,12 @@
 //! what an uninterrupted run does, with no generator state to carry.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Meta, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
-use crate::config::Config;
+use crate::config::{Config, ScheduleConfig};
 use crate::data::{epoch_batches, Dataset, Split};
 use crate::model::{self, Model};
 use crate::optim::{self, Optimizer, Param};
@@ -22,15 +21,15 @@ use crate::optim::{self, Optimizer, Param};
 /// Name of the reproducibility scheme above, stored in checkpoints.
 pub const RNG_SCHEME: &str = "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
 
-/// Results of one epoch's training steps.
+/// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EpochStats {
-    /// Mean loss over the epoch's examples.
-    pub train_loss: f64,
-    /// Wall time of the steps.
-    pub seconds: f64,
-    /// Examples seen.
+pub struct StepOutcome {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Examples in the batch.
     pub samples: usize,
+    /// Learning rate used.
+    pub lr: f64,
 }
 
 /// Results of an evaluation.
@@ -65,6 +64,12 @@ pub struct Trainer {
     pub last_eval: EvalStats,
     seed: u64,
     batch_size: usize,
+    trainable: Vec<Tensor>,
+    schedule: ScheduleConfig,
+    base_lr: f64,
+    total_steps: u64,
+    grad_accum_steps: i64,
+    clip_grad_norm: Option<f64>,
 }
 
 impl Trainer {
@@ -80,6 +85,7 @@ impl Trainer {
             .map(|(name, tensor)| Param { name, tensor })
             .collect();
         let optimizer = optim::build(&cfg.training.optimizer, params);
+        let trainable = vs.trainable_variables();
         Self {
             vs,
             model,
@@ -93,6 +99,13 @@ impl Trainer {
             last_eval: EvalStats { loss: f64::NAN, accuracy: f64::NAN },
             seed: cfg.training.seed,
             batch_size: cfg.training.batch_size as usize,
+            trainable,
+            schedule: cfg.training.schedule.clone(),
+            base_lr: cfg.training.optimizer.lr,
+            total_steps: u64::from(cfg.training.epochs)
+                * data.train.len().div_ceil(cfg.training.batch_size as usize) as u64,
+            grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
+            clip_grad_norm: cfg.training.clip_grad_norm,
         }
     }
 
@@ -101,41 +114,53 @@ impl Trainer {
         self.vs.variables()
     }
 
-    /// Trains the rest of the epoch after `self.epoch` (all of it, unless resumed mid-epoch),
-    /// checking `stop` after every step. Returns `None` when stopped before the epoch's end
-    /// (the position is kept, for a mid-epoch checkpoint), else the epoch's statistics.
-    pub fn train_epoch(&mut self, train: &Split, stop: &dyn Fn() -> bool) -> Option<EpochStats> {
-        let epoch = self.epoch + 1;
-        let _span = tracing::info_span!("epoch", epoch).entered();
-        let start = Instant::now();
-        let batches = epoch_batches(train.len(), self.batch_size, self.seed, epoch);
-        let mut samples = 0;
-        for indices in batches.iter().skip(self.batches_into_epoch as usize) {
-            tch::manual_seed(mix(self.seed, self.step));
-            let (xs, ys) = train.batch(indices, self.device);
-            let loss = self.model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
-            self.optimizer.zero_grad();
-            loss.backward();
-            self.optimizer.step();
-            self.step += 1;
-            self.batches_into_epoch += 1;
-            samples += indices.len();
-            let loss = loss.double_value(&[]);
-            self.partial_loss_sum += loss * indices.len() as f64;
-            tracing::debug!(step = self.step, batch = self.batches_into_epoch, of = batches.len(), loss, "step");
-            if stop() && (self.batches_into_epoch as usize) < batches.len() {
-                return None;
+    /// The batches of the epoch after `self.epoch`, all of them (a resumed run skips the
+    /// first `batches_into_epoch`).
+    pub fn epoch_plan(&self, examples: usize) -> Vec<Vec<i64>> {
+        epoch_batches(examples, self.batch_size, self.seed, self.epoch + 1)
+    }
+
+    /// One optimiser step on a batch already on the device: the schedule's learning rate,
+    /// `grad_accum_steps` micro-batches whose gradients add up to the full batch's, optional
+    /// clipping, the update. Advances the step and position counters.
+    pub fn train_step(&mut self, xs: &Tensor, ys: &Tensor) -> StepOutcome {
+        tch::manual_seed(mix(self.seed, self.step));
+        let lr = self.schedule.lr_at(self.step, self.base_lr, self.total_steps);
+        self.optimizer.set_lr(lr);
+        self.optimizer.zero_grad();
+        let n = xs.size()[0];
+        let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
+        let mut loss_sum = 0.0;
+        for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
+            let m = x.size()[0];
+            let loss = self.model.forward_t(x, true).cross_entropy_for_logits(y);
+            // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
+            if m == n {
+                loss.backward();
+            } else {
+                (&loss * (m as f64 / n as f64)).backward();
             }
+            loss_sum += loss.double_value(&[]) * m as f64;
         }
-        let stats = EpochStats {
-            train_loss: self.partial_loss_sum / train.len() as f64,
-            seconds: start.elapsed().as_secs_f64(),
-            samples,
-        };
-        self.epoch = epoch;
+        if let Some(max_norm) = self.clip_grad_norm {
+            clip_grad_norm(&self.trainable, max_norm);
+        }
+        self.optimizer.step();
+        self.step += 1;
+        self.batches_into_epoch += 1;
+        self.partial_loss_sum += loss_sum;
+        StepOutcome { loss: loss_sum / n as f64, samples: n as usize, lr }
+    }
+
+    /// Closes the epoch after its last step: advances the epoch counter and returns the
+    /// mean training loss over its `examples`.
+    pub fn finish_epoch(&mut self, examples: usize) -> f64 {
+        let loss = self.partial_loss_sum / examples as f64;
+        self.epoch += 1;
         self.batches_into_epoch = 0;
         self.partial_loss_sum = 0.0;
-        Some(stats)
+        self.last_train_loss = loss;
+        loss
     }
 
     /// Loss and accuracy on `split`, without gradients.
@@ -179,7 +204,7 @@ impl Trainer {
             val_accuracy: self.last_eval.accuracy,
             has_optimizer_state: true,
             optimizer: serde_json::to_value(self.optimizer.config()).expect("plain struct"),
-            lr_scheduler: serde_json::json!({ "kind": "constant", "lr": self.optimizer.config().lr }),
+            lr_scheduler: self.schedule.state(self.step, self.base_lr, self.total_steps),
             rng: RngState { seed: self.seed, scheme: RNG_SCHEME.into() },
             config_sha256: config_sha256.into(),
             tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
@@ -195,6 +220,25 @@ impl Trainer {
         self.last_train_loss = meta.train_loss;
         self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
     }
+}
+
+/// Scales gradients so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Double)).collect();
+    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        for mut g in grads {
+            let _ = g.g_mul_scalar_(coef);
+        }
+    }
+    total
 }
 
 /// A 63-bit seed for libtorch from the run's seed and a step counter (SplitMix64 finaliser,

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+pub use crate::schedule::{ScheduleConfig, ScheduleKind};
 
 /// The whole, validated configuration of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -144,11 +145,29 @@ pub struct TrainingConfig {
     pub seed: u64,
     /// The optimiser and its hyper-parameters.
     pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule over optimiser steps.
+    pub schedule: ScheduleConfig,
+    /// Split each batch into this many micro-batches whose gradients are accumulated before
+    /// one optimiser step: same update, a fraction of the activation memory.
+    pub grad_accum_steps: u32,
+    /// Clip the global gradient norm to this value before each step (`None`: no clipping).
+    pub clip_grad_norm: Option<f64>,
+    /// Log a progress line (and a `metrics.jsonl` step line) every N optimiser steps.
+    pub log_every_n_steps: u64,
 }
 
 impl Default for TrainingConfig {
     fn default() -> Self {
-        Self { epochs: 5, batch_size: 128, seed: 42, optimizer: OptimizerConfig::default() }
+        Self {
+            epochs: 5,
+            batch_size: 128,
+            seed: 42,
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            grad_accum_steps: 1,
+            clip_grad_norm: None,
+            log_every_n_steps: 100,
+        }
     }
 }
 
@@ -242,11 +261,14 @@ pub struct CheckpointConfig {
     pub keep_best: bool,
     /// Write checkpoints on a background thread; training only waits for the snapshot.
     pub async_save: bool,
+    /// Also rewrite `latest` every N optimiser steps inside an epoch (`None`: at epoch ends
+    /// only). Resuming from such a checkpoint continues at the exact next batch.
+    pub every_n_steps: Option<u64>,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every_n_epochs: 1, keep_last: None, keep_best: true, async_save: true }
+        Self { every_n_epochs: 1, keep_last: None, keep_best: true, async_save: true, every_n_steps: None }
     }
 }
 
@@ -371,6 +393,28 @@ impl Config {
         }
         if self.model.cnn.channels.contains(&0) || self.model.cnn.hidden == 0 {
             return invalid("model.cnn", "channels and hidden must be at least 1".into());
+        }
+        if t.grad_accum_steps == 0 || t.grad_accum_steps > t.batch_size {
+            return invalid(
+                "training.grad_accum_steps",
+                format!("must be between 1 and training.batch_size ({})", t.batch_size),
+            );
+        }
+        if let Some(c) = t.clip_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return invalid("training.clip_grad_norm", format!("must be a positive number, got {c}"));
+        }
+        if t.log_every_n_steps == 0 {
+            return invalid("training.log_every_n_steps", "must be at least 1".into());
+        }
+        let sch = &t.schedule;
+        if sch.kind == ScheduleKind::Step && (sch.step_size == 0 || !(sch.gamma.is_finite() && sch.gamma > 0.0)) {
+            return invalid("training.schedule", "step needs step_size >= 1 and gamma > 0".into());
+        }
+        if !(sch.min_lr.is_finite() && sch.min_lr >= 0.0) {
+            return invalid("training.schedule.min_lr", format!("must be >= 0, got {}", sch.min_lr));
+        }
+        if self.checkpoint.every_n_steps == Some(0) {
+            return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
         }
         if self.checkpoint.every_n_epochs == 0 {
             return invalid("checkpoint.every_n_epochs", "must be at least 1".into());

@@ -136,4 +136,8 @@ impl Optimizer for Adam {
     fn config(&self) -> &OptimizerConfig {
         &self.cfg
     }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
 }

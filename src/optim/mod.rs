@@ -64,6 +64,8 @@ pub trait Optimizer: Send {
     fn reset_state(&mut self);
     /// Which optimiser and its settings, as recorded in checkpoint metadata.
     fn config(&self) -> &OptimizerConfig;
+    /// Sets the learning rate of the next steps (the schedule calls it before each step).
+    fn set_lr(&mut self, lr: f64);
 }
 
 /// Builds the configured optimiser over `params` (sorted by name for a stable order).

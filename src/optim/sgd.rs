@@ -85,4 +85,8 @@ impl Optimizer for Sgd {
     fn config(&self) -> &OptimizerConfig {
         &self.cfg
     }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
 }

@@ -51,6 +51,9 @@ pub enum RunError {
     /// A checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The model cannot be built for the data.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// The requested device does not exist.
     #[error("{0}")]
     Device(String),
@@ -173,14 +176,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let lock = if out.is_dir() { Some(RunLock::acquire(&out)?) } else { None };
     let plan = plan_resume(resolved, &ckpt_dir)?;
     if dry_run {
-        for stem in
-            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-        {
-            let (plain, gz) = (cfg.data.dir.join(stem), cfg.data.dir.join(format!("{stem}.gz")));
-            if !plain.is_file() && !gz.is_file() {
-                return Err(DataError::Missing { path: gz, dir: cfg.data.dir.clone() }.into());
-            }
-        }
+        check_data_files(&cfg.data)?;
         tracing::info!(
             output_dir = %out.display(),
             device = device::name(device),
@@ -196,15 +192,15 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         });
     }
 
-    let data = Dataset::load(&cfg.data)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),
-        classes = data.classes,
+        task = ?data.task,
         dir = %cfg.data.dir.display(),
         "data loaded"
     );
-    let mut trainer = Trainer::new(cfg, &data, device);
+    let mut trainer = Trainer::new(cfg, &data, device)?;
     let resumed_from = resume(cfg, &mut trainer, &plan)?;
 
     let io = |path: &Path| {
@@ -341,6 +337,27 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     }
     saver.finish()?;
     Ok(RunSummary { output_dir: out, resumed_from, epochs_trained: trainer.epoch - first_epoch, last, interrupted })
+}
+
+/// Checks that the configured data files exist, without reading them (for `--dry-run`).
+fn check_data_files(cfg: &crate::config::DataConfig) -> Result<(), DataError> {
+    let files: Vec<(PathBuf, PathBuf)> = match (cfg.kind, &cfg.path) {
+        (crate::config::DataKind::Idx, _) => {
+            ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+                .iter()
+                .map(|stem| (cfg.dir.join(stem), cfg.dir.join(format!("{stem}.gz"))))
+                .collect()
+        }
+        (_, Some(path)) => vec![(path.clone(), path.clone())],
+        (_, None) => Vec::new(),
+    };
+    for (plain, alt) in files {
+        if !plain.is_file() && !alt.is_file() {
+            let dir = plain.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Err(DataError::Missing { path: alt, dir });
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive lock on a run folder (flock on the folder itself, so no lock file is left

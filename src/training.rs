@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Meta, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::config::{Config, ScheduleConfig};
-use crate::data::{epoch_batches, Dataset, Split};
-use crate::model::{self, Model};
+use crate::data::{epoch_batches, Dataset, Split, Task};
+use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
 
 /// Name of the reproducibility scheme above, stored in checkpoints.
@@ -37,7 +37,7 @@ pub struct StepOutcome {
 pub struct EvalStats {
     /// Mean loss over the split.
     pub loss: f64,
-    /// Fraction classified correctly.
+    /// Fraction of classes (or next bytes) predicted right; NaN for regression.
     pub accuracy: f64,
 }
 
@@ -64,6 +64,7 @@ pub struct Trainer {
     pub last_eval: EvalStats,
     seed: u64,
     batch_size: usize,
+    task: Task,
     trainable: Vec<Tensor>,
     schedule: ScheduleConfig,
     base_lr: f64,
@@ -74,10 +75,10 @@ pub struct Trainer {
 
 impl Trainer {
     /// Builds the configured model (initialised from `training.seed`) and optimiser on `device`.
-    pub fn new(cfg: &Config, data: &Dataset, device: Device) -> Self {
+    pub fn new(cfg: &Config, data: &Dataset, device: Device) -> Result<Self, ModelError> {
         tch::manual_seed(cfg.training.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = model::build(&cfg.model, &vs.root(), data.image_shape, data.classes);
+        let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape)?;
         let params = vs
             .variables()
             .into_iter()
@@ -86,9 +87,10 @@ impl Trainer {
             .collect();
         let optimizer = optim::build(&cfg.training.optimizer, params);
         let trainable = vs.trainable_variables();
-        Self {
+        Ok(Self {
             vs,
             model,
+            task: data.task,
             optimizer,
             device,
             epoch: 0,
@@ -106,7 +108,7 @@ impl Trainer {
                 * data.train.len().div_ceil(cfg.training.batch_size as usize) as u64,
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
-        }
+        })
     }
 
     /// The model's variables by name (shallow clones sharing storage).
@@ -133,7 +135,7 @@ impl Trainer {
         let mut loss_sum = 0.0;
         for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
             let m = x.size()[0];
-            let loss = self.model.forward_t(x, true).cross_entropy_for_logits(y);
+            let loss = loss(self.task, &self.model.forward_t(x, true), y);
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
             if m == n {
                 loss.backward();
@@ -163,20 +165,23 @@ impl Trainer {
         loss
     }
 
-    /// Loss and accuracy on `split`, without gradients.
+    /// Loss and accuracy on `split`, without gradients (accuracy is NaN for regression).
     pub fn evaluate(&self, split: &Split) -> EvalStats {
         let _guard = tch::no_grad_guard();
         let n = split.len();
-        let (mut loss_sum, mut correct) = (0.0, 0.0);
+        let (mut loss_sum, mut correct, mut counted) = (0.0, 0.0, 0.0);
         let indices: Vec<i64> = (0..n as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
             let (xs, ys) = split.batch(chunk, self.device);
-            let logits = self.model.forward_t(&xs, false);
-            loss_sum += logits.cross_entropy_for_logits(&ys).double_value(&[]) * chunk.len() as f64;
-            correct +=
-                logits.argmax(-1, false).eq_tensor(&ys).to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+            let out = self.model.forward_t(&xs, false);
+            loss_sum += loss(self.task, &out, &ys).double_value(&[]) * chunk.len() as f64;
+            if !matches!(self.task, Task::Regression { .. }) {
+                let hits = out.argmax(-1, false).eq_tensor(&ys);
+                correct += hits.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+                counted += hits.numel() as f64;
+            }
         }
-        EvalStats { loss: loss_sum / n as f64, accuracy: correct / n as f64 }
+        EvalStats { loss: loss_sum / n as f64, accuracy: correct / counted }
     }
 
     /// The tensors a checkpoint holds: every model variable, sorted by name, and, when
@@ -219,6 +224,16 @@ impl Trainer {
         self.partial_loss_sum = meta.partial_loss_sum;
         self.last_train_loss = meta.train_loss;
         self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
+    }
+}
+
+/// The mean loss of a batch for `task`: cross-entropy over classes or over every token's
+/// next byte, or mean squared error.
+fn loss(task: Task, out: &Tensor, targets: &Tensor) -> Tensor {
+    match task {
+        Task::Classification { .. } => out.cross_entropy_for_logits(targets),
+        Task::LanguageModel { vocab } => out.view([-1, vocab]).cross_entropy_for_logits(&targets.view([-1])),
+        Task::Regression { .. } => out.mse_loss(targets, tch::Reduction::Mean),
     }
 }
 

@@ -62,15 +62,25 @@ pub struct ModelConfig {
     pub mlp: MlpConfig,
     /// Settings of the convolutional network.
     pub cnn: CnnConfig,
+    /// Settings of the transformer language model.
+    pub gpt: GptConfig,
+    /// Settings of a TorchScript model.
+    pub torchscript: TorchscriptConfig,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Mlp, mlp: MlpConfig::default(), cnn: CnnConfig::default() }
+        Self {
+            kind: ModelKind::Mlp,
+            mlp: MlpConfig::default(),
+            cnn: CnnConfig::default(),
+            gpt: GptConfig::default(),
+            torchscript: TorchscriptConfig::default(),
+        }
     }
 }
 
-/// The built-in architectures.
+/// The architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
@@ -78,6 +88,39 @@ pub enum ModelKind {
     Mlp,
     /// Two 3x3 convolutions with max pooling, then a fully connected head.
     Cnn,
+    /// A decoder-only transformer language model over bytes.
+    Gpt,
+    /// A user's own model exported with `torch.jit.script` or `torch.jit.trace`.
+    Torchscript,
+}
+
+/// `model.gpt:` a decoder-only transformer (pre-norm blocks of causal self-attention and
+/// an MLP, learned positions, output layer tied to the token embedding).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GptConfig {
+    /// Window length in bytes.
+    pub context: u32,
+    /// Embedding width.
+    pub width: u32,
+    /// Number of transformer blocks.
+    pub depth: u32,
+    /// Attention heads (must divide `width`).
+    pub heads: u32,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self { context: 64, width: 128, depth: 2, heads: 4 }
+    }
+}
+
+/// `model.torchscript:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TorchscriptConfig {
+    /// The `.pt` file `torch.jit.save` wrote; its `forward` maps a batch of inputs to outputs.
+    pub path: Option<PathBuf>,
 }
 
 /// `model.mlp:`
@@ -110,18 +153,37 @@ impl Default for CnnConfig {
     }
 }
 
-/// `data:` an image classification data set in IDX files (MNIST layout).
+/// `data:` where examples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Folder holding `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
-    /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each optionally `.gz`.
-    /// The default is where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST.
+    /// `idx` (image classification, MNIST layout), `text` (a file of bytes for `gpt`), or
+    /// `tensors` (a safetensors file holding `x` and `y`).
+    pub kind: DataKind,
+    /// `idx`: folder holding `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each optionally `.gz`. The
+    /// default is where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST.
     pub dir: PathBuf,
+    /// `text` and `tensors`: the file.
+    pub path: Option<PathBuf>,
+    /// `text` and `tensors`: the share of examples (the last ones) held out for validation.
+    pub val_fraction: f64,
     /// Use only the first N training examples (quick runs); `None` uses all.
     pub train_limit: Option<u64>,
     /// Use only the first N validation examples; `None` uses all.
     pub val_limit: Option<u64>,
+}
+
+/// The data sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// IDX files (Fashion-MNIST, MNIST); validation is the `t10k` split.
+    Idx,
+    /// A text file, modelled byte by byte.
+    Text,
+    /// A safetensors file with `x` and `y`.
+    Tensors,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.
@@ -129,7 +191,14 @@ pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from(DEFAULT_DATA_DIR), train_limit: None, val_limit: None }
+        Self {
+            kind: DataKind::Idx,
+            dir: PathBuf::from(DEFAULT_DATA_DIR),
+            path: None,
+            val_fraction: 0.1,
+            train_limit: None,
+            val_limit: None,
+        }
     }
 }
 
@@ -415,6 +484,22 @@ impl Config {
         }
         if self.checkpoint.every_n_steps == Some(0) {
             return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
+        }
+        let g = &self.model.gpt;
+        if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || g.width % g.heads != 0 {
+            return invalid(
+                "model.gpt",
+                "context, width, depth and heads must be >= 1, and heads must divide width".into(),
+            );
+        }
+        if self.model.kind == ModelKind::Torchscript && self.model.torchscript.path.is_none() {
+            return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path".into());
+        }
+        if self.data.kind != DataKind::Idx && self.data.path.is_none() {
+            return invalid("data.path", format!("data.kind {:?} needs a file", self.data.kind).to_lowercase());
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return invalid("data.val_fraction", format!("must be in (0, 1), got {}", self.data.val_fraction));
         }
         if self.checkpoint.every_n_epochs == 0 {
             return invalid("checkpoint.every_n_epochs", "must be at least 1".into());

@@ -1,4 +1,5 @@
-//! Data: an image classification data set held in memory, and its seeded batch order.
+//! Data: a data set held in memory (IDX images, a text file as byte windows, or a
+//! safetensors file of `x`/`y`), its seeded batch order, and batches assembled ahead.
 //!
 //! The order of an epoch is a pure function of (seed, epoch), so a resumed run visits the
 //! examples in exactly the order an uninterrupted one would, with no sampler state to save.
@@ -11,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::DataConfig;
+use crate::config::{DataConfig, DataKind};
 
 /// Failures to load a data set; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// The data section of the configuration is incomplete.
+    #[error("{0}")]
+    Config(String),
     /// Images and labels disagree.
     #[error("{split} split of {dir} is inconsistent: {reason}")]
     Mismatch {
@@ -52,19 +56,19 @@ pub enum DataError {
     },
 }
 
-/// One split of an image classification data set, on the host.
+/// One split of a data set, on the host.
 #[derive(Debug)]
 pub struct Split {
-    /// `[N, 1, H, W]` float images scaled to [0, 1].
-    pub images: Tensor,
-    /// `[N]` int64 class labels.
-    pub labels: Tensor,
+    /// `[N, ...]` model inputs: float images, int64 token windows, or float features.
+    pub inputs: Tensor,
+    /// `[N, ...]` targets: int64 classes, int64 next tokens, or float values.
+    pub targets: Tensor,
 }
 
 impl Split {
     /// Number of examples.
     pub fn len(&self) -> usize {
-        self.labels.size()[0] as usize
+        self.targets.size()[0] as usize
     }
 
     /// Whether the split is empty.
@@ -75,43 +79,117 @@ impl Split {
     /// The examples at `indices`, moved to `device`.
     pub fn batch(&self, indices: &[i64], device: Device) -> (Tensor, Tensor) {
         let idx = Tensor::from_slice(indices);
-        (self.images.index_select(0, &idx).to_device(device), self.labels.index_select(0, &idx).to_device(device))
+        (self.inputs.index_select(0, &idx).to_device(device), self.targets.index_select(0, &idx).to_device(device))
+    }
+
+    fn shallow_clone(&self) -> Self {
+        Self { inputs: self.inputs.shallow_clone(), targets: self.targets.shallow_clone() }
+    }
+
+    fn head(self, limit: Option<u64>) -> Self {
+        match limit {
+            Some(l) if (l as usize) < self.len() => {
+                Self { inputs: self.inputs.narrow(0, 0, l as i64), targets: self.targets.narrow(0, 0, l as i64) }
+            }
+            _ => self,
+        }
     }
 }
 
-/// A training split, a validation split and the shape of one example.
+/// What a model learns from a data set: the loss, the outputs and what "accuracy" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// One class per example (cross-entropy; accuracy is the fraction of right classes).
+    Classification {
+        /// Number of classes.
+        classes: i64,
+    },
+    /// The next byte at every position of a window (cross-entropy over the vocabulary;
+    /// accuracy is per token).
+    LanguageModel {
+        /// Vocabulary size (256 for bytes).
+        vocab: i64,
+    },
+    /// Real values (mean squared error; no accuracy).
+    Regression {
+        /// Values per example.
+        outputs: i64,
+    },
+}
+
+/// A training split, a validation split, the task and the shape of one input.
 #[derive(Debug)]
 pub struct Dataset {
     /// Examples the model learns from.
     pub train: Split,
-    /// Held-out examples for the validation loss (the data set's `t10k` files).
+    /// Held-out examples for the validation loss and accuracy.
     pub val: Split,
-    /// `[channels, height, width]` of one image.
-    pub image_shape: [i64; 3],
-    /// Number of classes (one more than the largest label in either split).
-    pub classes: i64,
+    /// What is learned.
+    pub task: Task,
+    /// Shape of one input (`[C, H, W]` for images, `[T]` for token windows).
+    pub input_shape: Vec<i64>,
 }
 
+/// Bytes: the vocabulary of byte-level language models.
+pub const BYTE_VOCAB: i64 = 256;
+
 impl Dataset {
-    /// Loads the IDX files named in `cfg`.
-    pub fn load(cfg: &DataConfig) -> Result<Self, DataError> {
-        let train = load_split(&cfg.dir, "train", cfg.train_limit)?;
-        let val = load_split(&cfg.dir, "t10k", cfg.val_limit)?;
-        let (train, train_shape) = train;
-        let (val, val_shape) = val;
-        if train_shape != val_shape {
-            return Err(DataError::Mismatch {
-                split: "t10k",
-                dir: cfg.dir.clone(),
-                reason: format!("images are {val_shape:?}, the train split's are {train_shape:?}"),
-            });
-        }
-        let classes = train.labels.max().int64_value(&[]).max(val.labels.max().int64_value(&[])) + 1;
-        Ok(Self { train, val, image_shape: [1, train_shape[0], train_shape[1]], classes })
+    /// Loads the data set `cfg` describes. `context` is the window length of text data.
+    pub fn load(cfg: &DataConfig, context: usize) -> Result<Self, DataError> {
+        let ds = match cfg.kind {
+            DataKind::Idx => load_idx(cfg)?,
+            DataKind::Text => load_text(cfg, context)?,
+            DataKind::Tensors => load_tensors(cfg)?,
+        };
+        Ok(Self { train: ds.train.head(cfg.train_limit), val: ds.val.head(cfg.val_limit), ..ds })
     }
 }
 
-fn load_split(dir: &Path, split: &'static str, limit: Option<u64>) -> Result<(Split, [i64; 2]), DataError> {
+fn required_path(cfg: &DataConfig) -> Result<&Path, DataError> {
+    cfg.path.as_deref().ok_or_else(|| DataError::Config(format!("data.kind {:?} needs data.path", cfg.kind)))
+}
+
+/// The number of validation examples out of `n`: `val_fraction` of them, at least one.
+fn val_count(n: usize, fraction: f64, path: &Path) -> Result<usize, DataError> {
+    let val = ((n as f64 * fraction).round() as usize).max(1);
+    if n < 2 || val >= n {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            reason: format!("{n} examples are too few to split off a validation set (data.val_fraction = {fraction})"),
+        });
+    }
+    Ok(val)
+}
+
+fn split_tail(inputs: Tensor, targets: Tensor, val: usize) -> (Split, Split) {
+    let n = targets.size()[0];
+    let t = n - val as i64;
+    (
+        Split { inputs: inputs.narrow(0, 0, t), targets: targets.narrow(0, 0, t) },
+        Split { inputs: inputs.narrow(0, t, val as i64), targets: targets.narrow(0, t, val as i64) },
+    )
+}
+
+fn load_idx(cfg: &DataConfig) -> Result<Dataset, DataError> {
+    let (train, train_shape) = load_idx_split(&cfg.dir, "train")?;
+    let (val, val_shape) = load_idx_split(&cfg.dir, "t10k")?;
+    if train_shape != val_shape {
+        return Err(DataError::Mismatch {
+            split: "t10k",
+            dir: cfg.dir.clone(),
+            reason: format!("images are {val_shape:?}, the train split's are {train_shape:?}"),
+        });
+    }
+    let classes = train.targets.max().int64_value(&[]).max(val.targets.max().int64_value(&[])) + 1;
+    Ok(Dataset {
+        train,
+        val,
+        task: Task::Classification { classes },
+        input_shape: vec![1, train_shape[0], train_shape[1]],
+    })
+}
+
+fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2]), DataError> {
     let images = idx::read_idx(dir, &format!("{split}-images-idx3-ubyte"))?;
     let labels = idx::read_idx(dir, &format!("{split}-labels-idx1-ubyte"))?;
     let mismatch = |reason: String| DataError::Mismatch { split, dir: dir.to_path_buf(), reason };
@@ -124,12 +202,57 @@ fn load_split(dir: &Path, split: &'static str, limit: Option<u64>) -> Result<(Sp
     if images.dims[0] != labels.dims[0] {
         return Err(mismatch(format!("{} images but {} labels", images.dims[0], labels.dims[0])));
     }
-    let n = limit.map_or(images.dims[0], |l| (l as usize).min(images.dims[0]));
+    let n = images.dims[0] as i64;
     let (h, w) = (images.dims[1] as i64, images.dims[2] as i64);
-    let pixels = (h * w) as usize;
-    let x = Tensor::from_slice(&images.data[..n * pixels]).view([n as i64, 1, h, w]).to_kind(Kind::Float) / 255.0;
-    let y = Tensor::from_slice(&labels.data[..n]).to_kind(Kind::Int64);
-    Ok((Split { images: x, labels: y }, [h, w]))
+    let x = Tensor::from_slice(&images.data).view([n, 1, h, w]).to_kind(Kind::Float) / 255.0;
+    let y = Tensor::from_slice(&labels.data).to_kind(Kind::Int64);
+    Ok((Split { inputs: x, targets: y }, [h, w]))
+}
+
+/// A text file as non-overlapping windows of `context` bytes; each window's targets are the
+/// same bytes shifted by one. The last `val_fraction` of the windows are the validation split.
+fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
+    let path = required_path(cfg)?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let windows = bytes.len().saturating_sub(1) / context;
+    let val = val_count(windows, cfg.val_fraction, path)?;
+    let tokens = Tensor::from_slice(&bytes[..windows * context + 1]).to_kind(Kind::Int64);
+    let inputs = tokens.narrow(0, 0, (windows * context) as i64).view([windows as i64, context as i64]);
+    let targets = tokens.narrow(0, 1, (windows * context) as i64).view([windows as i64, context as i64]);
+    let (train, val) = split_tail(inputs, targets, val);
+    Ok(Dataset { train, val, task: Task::LanguageModel { vocab: BYTE_VOCAB }, input_shape: vec![context as i64] })
+}
+
+/// A safetensors file with tensors `x` (`[N, ...]`, any float or integer dtype, used as
+/// float32) and `y` (`[N]` integers: classes; or `[N]`/`[N, K]` floats: regression targets).
+fn load_tensors(cfg: &DataConfig) -> Result<Dataset, DataError> {
+    let path = required_path(cfg)?;
+    let format = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
+    let mut found: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(path).map_err(|e| format(e.to_string()))?.into_iter().collect();
+    let x = found.remove("x").ok_or_else(|| format("no tensor `x`".into()))?;
+    let y = found.remove("y").ok_or_else(|| format("no tensor `y`".into()))?;
+    let n = x.size().first().copied().unwrap_or(0);
+    if y.size().first() != Some(&n) || !(1..=2).contains(&y.dim()) {
+        return Err(format(format!(
+            "`x` is {:?} and `y` is {:?}: need [N, ...] and [N] or [N, K]",
+            x.size(),
+            y.size()
+        )));
+    }
+    let (task, y) = if y.is_floating_point() {
+        let outputs = if y.dim() == 2 { y.size()[1] } else { 1 };
+        (Task::Regression { outputs }, y.to_kind(Kind::Float).view([n, outputs]))
+    } else {
+        if y.dim() != 1 || y.min().int64_value(&[]) < 0 {
+            return Err(format("integer `y` must be [N] class indices >= 0".into()));
+        }
+        (Task::Classification { classes: y.max().int64_value(&[]) + 1 }, y.to_kind(Kind::Int64))
+    };
+    let input_shape = x.size()[1..].to_vec();
+    let val = val_count(n as usize, cfg.val_fraction, path)?;
+    let (train, val) = split_tail(x.to_kind(Kind::Float), y, val);
+    Ok(Dataset { train, val, task, input_shape })
 }
 
 /// Assembles batches on a background thread, a couple ahead of the training loop, so the
@@ -148,7 +271,7 @@ impl Prefetcher {
     pub fn new(split: &Split, batches: Vec<Vec<i64>>, device: Device) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_DEPTH);
         // Shallow clones share the data; the thread only reads it.
-        let split = Split { images: split.images.shallow_clone(), labels: split.labels.shallow_clone() };
+        let split = split.shallow_clone();
         let thread = std::thread::Builder::new()
             .name("batch-prefetch".into())
             .spawn(move || {

@@ -244,6 +244,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         epoch_with_optimizer: cfg.memory.save_optimizer_in_epoch_checkpoints,
         compress: cfg.memory.compress_checkpoints,
     };
+    let max_steps_reached = |t: &Trainer| cfg.training.max_steps.is_some_and(|m| t.step >= m);
     let mut last = None;
     let first_epoch = trainer.epoch;
     let mut interrupted = false;
@@ -277,16 +278,20 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
                 log.append(&line).map_err(io(&metrics_path))?;
             }
             let mid_epoch = (trainer.batches_into_epoch as usize) < batches.len();
-            if mid_epoch && stop.raised() {
-                // Stopped by a signal: save the exact position and wait for it.
+            if mid_epoch && (stop.raised() || max_steps_reached(&trainer)) {
+                // Stopped by a signal or by training.max_steps: save the exact position.
                 progress.finish();
-                tracing::warn!(
-                    epoch,
-                    batch = trainer.batches_into_epoch,
-                    "stop requested: saving `latest` and exiting"
-                );
+                if stop.raised() {
+                    tracing::warn!(
+                        epoch,
+                        batch = trainer.batches_into_epoch,
+                        "stop requested: saving `latest` and exiting"
+                    );
+                    interrupted = true;
+                } else {
+                    tracing::info!(step = trainer.step, "reached training.max_steps: saving `latest`");
+                }
                 saver.submit(request(&trainer, false))?;
-                interrupted = true;
                 break 'epochs;
             }
             if mid_epoch && cfg.checkpoint.every_n_steps.is_some_and(|n| trainer.step % n == 0) {
@@ -332,6 +337,10 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         if stop.raised() {
             tracing::warn!(epoch, "stop requested: exiting after the epoch's checkpoint");
             interrupted = trainer.epoch < total;
+            break;
+        }
+        if max_steps_reached(&trainer) {
+            tracing::info!(step = trainer.step, "reached training.max_steps");
             break;
         }
     }

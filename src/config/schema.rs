@@ -223,6 +223,9 @@ pub struct TrainingConfig {
     pub clip_grad_norm: Option<f64>,
     /// Log a progress line (and a `metrics.jsonl` step line) every N optimiser steps.
     pub log_every_n_steps: u64,
+    /// Stop once this many optimiser steps have been taken in total (saving `latest` at the
+    /// exact position, even mid-epoch); running again without it continues. `None`: no limit.
+    pub max_steps: Option<u64>,
 }
 
 impl Default for TrainingConfig {
@@ -236,6 +239,7 @@ impl Default for TrainingConfig {
             grad_accum_steps: 1,
             clip_grad_norm: None,
             log_every_n_steps: 100,
+            max_steps: None,
         }
     }
 }

@@ -1,0 +1,182 @@
+//! The training engine through the real binary: each model learns, gradient accumulation
+//! equals one large batch, mid-epoch checkpoints resume exactly, a TorchScript module trains.
+
+mod common;
+
+use std::path::Path;
+
+use train::checkpoint::CheckpointFile;
+use train::metrics::{MetricsLine, MetricsLog};
+
+fn run(cwd: &Path, out: &str, sets: &[&str]) -> String {
+    let mut cmd = common::train(cwd);
+    cmd.args(["--output-dir", out, "--set", "run.device=cpu"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.assert().success().get_output().clone();
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn epochs(dir: &Path) -> Vec<train::metrics::EpochMetrics> {
+    MetricsLog::read(&dir.join("metrics.jsonl")).unwrap()
+}
+
+fn write_text(path: &Path) {
+    // A small language with structure to learn: repeated words in varying order.
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon\n"];
+    let mut state = 7u32;
+    let mut text = String::new();
+    while text.len() < 40_000 {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        text.push_str(words[(state >> 16) as usize % words.len()]);
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn each_model_learns() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 512, 128);
+    let data = format!("data.dir={}", d.join("data").display());
+    for (out, model) in [("mlp", "model.kind=mlp"), ("cnn", "model.kind=cnn")] {
+        run(d, out, &[&data, model, "training.epochs=3", "training.batch_size=32", "model.cnn.channels=[8, 16]"]);
+        let m = epochs(&d.join(out));
+        assert!(m[2].train_loss < 0.5 * m[0].train_loss, "{model}: {m:?}");
+        assert!(m[2].val_accuracy > 0.9, "{model}: {m:?}");
+    }
+    write_text(&d.join("text.txt"));
+    let text = format!("data.path={}", d.join("text.txt").display());
+    run(
+        d,
+        "gpt",
+        &[
+            "model.kind=gpt",
+            "data.kind=text",
+            &text,
+            "training.epochs=3",
+            "training.batch_size=16",
+            "training.optimizer.lr=3e-3",
+        ],
+    );
+    let m = epochs(&d.join("gpt"));
+    // From ln(256) = 5.5 nats for a uniform guess to well under 2 on this simple text.
+    assert!(m[2].val_loss < 2.0, "gpt: {m:?}");
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_large_batch() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 256, 64);
+    let data = format!("data.dir={}", d.join("data").display());
+    let base = [data.as_str(), "training.epochs=2", "training.batch_size=64", "model.mlp.hidden=[32]"];
+    run(d, "one", &base);
+    run(d, "four", &[&base[..], &["training.grad_accum_steps=4"]].concat());
+    let a = CheckpointFile::open(&d.join("one/checkpoints/latest.safetensors")).unwrap();
+    let b = CheckpointFile::open(&d.join("four/checkpoints/latest.safetensors")).unwrap();
+    for name in a.tensors().names() {
+        if name.ends_with("/step") {
+            continue;
+        }
+        let f = |file: &CheckpointFile| -> Vec<f32> {
+            file.verified_data(name)
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (x, y) = (f(&a), f(&b));
+        let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs() / (1e-3 + p.abs())).fold(0f32, f32::max);
+        assert!(worst < 1e-3, "{name}: relative difference {worst} after 2 epochs");
+    }
+}
+
+#[test]
+fn a_mid_epoch_checkpoint_resumes_exactly() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 512, 64);
+    let data = format!("data.dir={}", d.join("data").display());
+    // 16 steps an epoch; the schedule makes every step's learning rate different.
+    let base = [
+        data.as_str(),
+        "training.batch_size=32",
+        "model.mlp.hidden=[32]",
+        "training.epochs=3",
+        "training.schedule.kind=cosine",
+        "training.schedule.warmup_steps=4",
+        "checkpoint.every_n_steps=5",
+        "training.log_every_n_steps=5",
+    ];
+    run(d, "full", &base);
+    // Stop inside epoch 2 (step 21 = epoch 1 + 5 batches), then continue.
+    run(d, "cut", &[&base[..], &["training.max_steps=21"]].concat());
+    let latest = d.join("cut/checkpoints/latest.safetensors");
+    let meta = CheckpointFile::open(&latest).unwrap().meta().clone();
+    assert_eq!((meta.epoch, meta.batches_into_epoch, meta.step), (1, 5, 21));
+    let resumed = run(d, "cut", &base);
+    assert!(resumed.contains("resumed"), "{resumed}");
+    let a = CheckpointFile::open(&d.join("full/checkpoints/latest.safetensors")).unwrap();
+    let b = CheckpointFile::open(&latest).unwrap();
+    for name in a.tensors().names() {
+        assert!(a.verified_data(name).unwrap() == b.verified_data(name).unwrap(), "{name} differs");
+    }
+    // Every step line once, none repeated by the resume.
+    let steps: Vec<u64> = MetricsLog::read_all(&d.join("cut/metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|l| match l {
+            MetricsLine::Step(s) => Some(s.step),
+            MetricsLine::Epoch(_) => None,
+        })
+        .collect();
+    assert_eq!(steps, [5, 10, 15, 20, 25, 30, 35, 40, 45]);
+}
+
+#[test]
+fn a_torchscript_module_trains_and_checkpoints() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::run_python(&common::repo().join("tests/reference/export_torchscript.py"), &[d.to_str().unwrap()]);
+    let model = format!("model.torchscript.path={}", d.join("model.pt").display());
+    let data = format!("data.path={}", d.join("data.safetensors").display());
+    run(
+        d,
+        "ts",
+        &[
+            "model.kind=torchscript",
+            &model,
+            "data.kind=tensors",
+            &data,
+            "training.epochs=4",
+            "training.batch_size=16",
+            "training.optimizer.lr=1e-2",
+        ],
+    );
+    let m = epochs(&d.join("ts"));
+    assert!(m[3].train_loss < 0.5 * m[0].train_loss && m[3].val_accuracy > 0.9, "{m:?}");
+    let latest = CheckpointFile::open(&d.join("ts/checkpoints/latest.safetensors")).unwrap();
+    let names = latest.tensors().names().into_iter().map(String::from).collect::<Vec<_>>();
+    assert!(
+        names.contains(&"fc_weight".to_string()) && names.contains(&"optimizer/head_bias/exp_avg".to_string()),
+        "{names:?}"
+    );
+    // A module that does not fit the data is refused before training, naming the file.
+    let mut cmd = common::train(d);
+    cmd.args([
+        "--output-dir",
+        "bad",
+        "--set",
+        "model.kind=torchscript",
+        "--set",
+        &model,
+        "--set",
+        "data.kind=text",
+        "--set",
+    ]);
+    cmd.arg(format!("data.path={}", d.join("model.pt").display()));
+    cmd.assert().failure().stderr(predicates::str::contains("model.pt"));
+    assert!(!d.join("bad").exists());
+}

@@ -1,9 +1,26 @@
-//! Bakes libtorch's library folder into the binary's rpath, so `train` runs without
-//! `LD_LIBRARY_PATH`. torch-sys (a direct dependency for this reason) exports the folder
-//! it linked against as `DEP_TCH_LIBTORCH_LIB`.
+//! 1. Bakes libtorch's library folder into the binary's rpath, so `train` runs without
+//!    `LD_LIBRARY_PATH`. torch-sys (a direct dependency for this reason) exports the folder
+//!    it linked against as `DEP_TCH_LIBTORCH_LIB`.
+//! 2. Compiles `shim/cuda_memory.cpp` (the few libtorch calls tch does not bind) against the
+//!    headers of that same libtorch.
+use std::path::PathBuf;
+
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    }
+    println!("cargo:rerun-if-changed=shim/cuda_memory.cpp");
+    let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("shim/cuda_memory.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("train_cuda_shim");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

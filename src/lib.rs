@@ -17,6 +17,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -1,0 +1,4 @@
+//! Memory: what the machine has free (GPU through NVML, host through /proc), what
+//! libtorch's CUDA allocator holds, and choosing how to load a checkpoint so it fits.
+
+pub mod cuda;

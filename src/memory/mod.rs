@@ -2,3 +2,4 @@
 //! libtorch's CUDA allocator holds, and choosing how to load a checkpoint so it fits.
 
 pub mod cuda;
+pub mod probe;

@@ -2,13 +2,14 @@
 //! the result. Errors go back to `main` as `anyhow::Error` carrying the typed cause.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
 
 use crate::checkpoint::convert;
 use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
-use crate::run;
+use crate::{report, run};
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -26,6 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
         Some(Command::Profiles) => profiles().map(|()| 0),
         Some(Command::Ckpt(cmd)) => ckpt(cmd).map(|()| 0),
+        Some(Command::Report { run_dir, output, json }) => report(&run_dir, output.as_deref(), json).map(|()| 0),
     }
 }
 
@@ -183,6 +185,17 @@ fn ckpt(cmd: CkptCommand) -> Result<()> {
             let bytes = convert::convert(&path, &target, true)?;
             writeln!(out, "wrote {} without optimizer state ({bytes} bytes)", target.display())?;
         }
+    }
+    Ok(())
+}
+
+fn report(run_dir: &Path, output: Option<&Path>, json: bool) -> Result<()> {
+    let summary = report::report(run_dir, output)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        write!(out, "{summary}")?;
     }
     Ok(())
 }

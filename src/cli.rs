@@ -13,6 +13,7 @@ Examples:
   train config show --config my.yaml --experiment ultra_low_memory
   TRAIN_TRAINING__EPOCHS=2 train --experiment standard --dry-run
   train profiles
+  train report runs/ultra_low_memory -o report.svg
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.";
 
@@ -54,6 +55,17 @@ pub enum Command {
     /// Inspect, verify, convert and strip checkpoint files.
     #[command(subcommand)]
     Ckpt(CkptCommand),
+    /// Draw a run's metrics as a picture (PNG or SVG) and print a summary.
+    Report {
+        /// The run folder (holding metrics.jsonl).
+        run_dir: PathBuf,
+        /// The picture to write; `.png` or `.svg` (default RUN_DIR/report.png).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the summary as JSON (stable field names, see README).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `train ckpt ...`: formats are told apart by file name: `.safetensors`,

@@ -6,7 +6,8 @@
 //! - [`data`], [`model`], [`optim`], [`training`]: data sets, models, optimisers with
 //!   exportable state, and the loop;
 //! - [`checkpoint`]: the file format, the run folder's checkpoints, and loading strategies;
-//! - [`run`]: one run start to finish; [`app`] and [`cli`]: the command line.
+//! - [`run`]: one run start to finish; [`report`]: a run's metrics drawn and summed up;
+//!   [`app`] and [`cli`]: the command line.
 #![warn(missing_docs)]
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod training;

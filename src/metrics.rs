@@ -73,6 +73,16 @@ pub struct EpochMetrics {
     pub host_rss_bytes: Option<u64>,
 }
 
+/// A line of `metrics.jsonl` that is not a [`MetricsLine`].
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {source}")]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// What the JSON parser said.
+    pub source: serde_json::Error,
+}
+
 /// The metrics file of a run.
 #[derive(Debug, Clone)]
 pub struct MetricsLog {
@@ -114,9 +124,18 @@ impl MetricsLog {
         write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
     }
 
-    /// Every line in the file.
+    /// Every line in the file. A line that does not parse fails the read with an
+    /// [`std::io::ErrorKind::InvalidData`] error carrying a [`BadLine`] (its line number).
     pub fn read_all(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
-        fs::read_to_string(path)?.lines().map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+        fs::read_to_string(path)?
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|source| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, BadLine { line: i + 1, source })
+                })
+            })
+            .collect()
     }
 
     /// The epoch lines in the file.

@@ -1,0 +1,127 @@
+//! `train report RUN_DIR`: the real binary on a metrics.jsonl written here, as a run would
+//! write it; the picture it draws and the summary it prints.
+
+mod common;
+
+use std::path::Path;
+
+use predicates::prelude::*;
+use train::metrics::{EpochMetrics, MetricsLine, MetricsLog, StepMetrics};
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// A run folder holding 3 epochs of 40 steps, a step line every 10 steps; validation loss
+/// is lowest after epoch 2.
+fn run_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let log = MetricsLog::new(dir.path().join("metrics.jsonl"));
+    for epoch in 1..=3u32 {
+        for i in 1..=4u64 {
+            let step = u64::from(epoch - 1) * 40 + i * 10;
+            log.append(&MetricsLine::Step(StepMetrics {
+                epoch,
+                step,
+                loss: 2.0 / (1.0 + step as f64 / 20.0),
+                lr: 1e-3 * (1.0 - step as f64 / 150.0),
+                samples_per_sec: 900.0,
+                elapsed_seconds: step as f64 / 10.0,
+                host_rss_bytes: Some((100 + step) << 20),
+            }))
+            .unwrap();
+        }
+        log.append(&MetricsLine::Epoch(EpochMetrics {
+            epoch,
+            step: u64::from(epoch) * 40,
+            train_loss: 1.0 / f64::from(epoch),
+            val_loss: [0.9, 0.6, 0.7][epoch as usize - 1],
+            val_accuracy: 0.7 + 0.05 * f64::from(epoch),
+            lr: 1e-3,
+            train_seconds: 4.0,
+            samples_per_sec: 1000.0,
+            eval_seconds: 0.5,
+            checkpoint_blocked_seconds: 0.125,
+            host_rss_bytes: Some(512 << 20),
+        }))
+        .unwrap();
+    }
+    dir
+}
+
+fn report(cwd: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    common::train(cwd).arg("report").args(args).assert()
+}
+
+#[test]
+fn draws_a_png_in_the_run_folder_and_prints_the_summary() {
+    let run = run_folder();
+    let out = report(run.path(), &["."]).success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    for expected in [
+        "epochs completed    3\n",
+        "optimizer steps     120\n",
+        "best val_loss       0.6000 (epoch 2)\n",
+        "final train_loss    0.3333\n",
+        "final val_loss      0.7000\n",
+        "final val_accuracy  0.8500\n",
+        "mean samples/s      1000.0\n",
+        "peak host RSS       512.0 MiB\n",
+        "checkpoint blocked  0.38 s\n",
+        "picture             ./report.png\n",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} not in:\n{stdout}");
+    }
+    let png = std::fs::read(run.path().join("report.png")).unwrap();
+    assert_eq!(&png[..8], PNG_SIGNATURE);
+    // Four panels of curves, grids and text: tens of kilobytes; a blank 1400x900 is ~5 KB.
+    assert!(png.len() > 20_000, "{} bytes", png.len());
+}
+
+#[test]
+fn draws_an_svg_when_the_output_says_so_and_prints_json() {
+    let run = run_folder();
+    let svg = run.path().join("pictures/run.svg");
+    std::fs::create_dir(svg.parent().unwrap()).unwrap();
+    let out = report(run.path(), &[".", "--output", svg.to_str().unwrap(), "--json"]).success();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("Learning rate"), "{}", &text[..200.min(text.len())]);
+    assert!(!run.path().join("report.png").exists());
+
+    let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(json["epochs_completed"], 3);
+    assert_eq!(json["steps"], 120);
+    assert_eq!(json["best_val_loss"], 0.6);
+    assert_eq!(json["best_val_loss_epoch"], 2);
+    assert_eq!(json["final_val_accuracy"], 0.85);
+    assert_eq!(json["mean_samples_per_sec"], 1000.0);
+    assert_eq!(json["peak_host_rss_bytes"], 512u64 << 20);
+    assert_eq!(json["checkpoint_blocked_seconds"], 0.375);
+    assert_eq!(json["picture"], svg.to_str().unwrap());
+}
+
+#[test]
+fn a_missing_run_folder_fails_naming_it() {
+    let ws = tempfile::tempdir().unwrap();
+    report(ws.path(), &["no-such-run"])
+        .code(1)
+        .stderr(predicate::str::contains("run folder no-such-run not found"))
+        .stdout("");
+}
+
+#[test]
+fn an_unknown_picture_format_fails_before_drawing() {
+    let run = run_folder();
+    report(run.path(), &[".", "-o", "report.jpg"])
+        .code(1)
+        .stderr(predicate::str::contains("report.jpg").and(predicate::str::contains(".png or .svg")));
+    assert!(!run.path().join("report.jpg").exists());
+}
+
+#[test]
+fn a_torn_metrics_line_fails_naming_file_and_line() {
+    let run = run_folder();
+    let path = run.path().join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"kind\": \"step\", \"epo");
+    std::fs::write(&path, text).unwrap();
+    report(run.path(), &["."]).code(1).stderr(predicate::str::contains("metrics.jsonl: line 16 is not a metrics line"));
+}

@@ -1,0 +1,277 @@
+//! Choosing how to load a checkpoint: a pure function of the free memory, the checkpoint's
+//! byte counts and the configuration, unit-tested over a grid of sizes.
+//!
+//! Predicted peak memory on the device while loading, with `model` the bytes of the model's
+//! own parameters (already on the device), `weights` and `optimizer` the checkpoint's bytes
+//! of each, and `largest` its largest tensor:
+//!
+//! | strategy | peak | why |
+//! |---|---|---|
+//! | `standard` | model + weights + optimizer | the whole checkpoint is staged on the device, then assigned |
+//! | `memory_efficient` | model + optimizer + largest | one weight at a time through host memory; the optimizer state lands in place |
+//! | `model_only` | model + largest | as above, optimizer state left out (re-initialised: momentum lost) |
+
+use serde::{Deserialize, Serialize};
+
+/// How a checkpoint travels from the file to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Everything to the device at once, then assign. Fastest when it fits.
+    Standard,
+    /// One tensor at a time through host memory.
+    MemoryEfficient,
+    /// Weights only, streamed; the optimizer starts fresh.
+    ModelOnly,
+}
+
+impl Strategy {
+    /// All strategies, most memory first.
+    pub const ALL: [Strategy; 3] = [Strategy::Standard, Strategy::MemoryEfficient, Strategy::ModelOnly];
+
+    /// The next cheaper strategy, if any (the step down after an out-of-memory error).
+    pub fn cheaper(self) -> Option<Strategy> {
+        match self {
+            Strategy::Standard => Some(Strategy::MemoryEfficient),
+            Strategy::MemoryEfficient => Some(Strategy::ModelOnly),
+            Strategy::ModelOnly => None,
+        }
+    }
+
+    /// Its name in configuration and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Standard => "standard",
+            Strategy::MemoryEfficient => "memory_efficient",
+            Strategy::ModelOnly => "model_only",
+        }
+    }
+
+    /// Whether it restores optimizer state.
+    pub fn loads_optimizer(self) -> bool {
+        self != Strategy::ModelOnly
+    }
+}
+
+/// `memory.strategy`: a strategy, or `auto` to choose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyChoice {
+    /// Choose from free memory and the checkpoint's sizes.
+    Auto,
+    /// Always `standard`.
+    Standard,
+    /// Always `memory_efficient`.
+    MemoryEfficient,
+    /// Always `model_only`.
+    ModelOnly,
+}
+
+/// The byte counts the choice depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sizes {
+    /// The model's own parameters on the device.
+    pub model: u64,
+    /// The checkpoint's model tensors.
+    pub weights: u64,
+    /// The checkpoint's optimizer-state tensors.
+    pub optimizer: u64,
+    /// The checkpoint's largest tensor.
+    pub largest: u64,
+}
+
+impl Sizes {
+    /// Predicted peak device bytes while loading with `s` (see the module table).
+    pub fn peak(&self, s: Strategy) -> u64 {
+        match s {
+            Strategy::Standard => self.model + self.weights + self.optimizer,
+            Strategy::MemoryEfficient => self.model + self.optimizer + self.largest,
+            Strategy::ModelOnly => self.model + self.largest,
+        }
+    }
+}
+
+/// What the configuration allows (the seed guide's switches and `memory.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Constraints {
+    /// `memory.strategy`.
+    pub choice: StrategyChoice,
+    /// `memory.checkpoint_memory_efficient`: rules out `standard`.
+    pub memory_efficient: bool,
+    /// `memory.load_optimizer_state`: `false` rules out all but `model_only`.
+    pub load_optimizer_state: bool,
+}
+
+/// A decision and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The strategy to load with.
+    pub strategy: Strategy,
+    /// One sentence a person can act on.
+    pub reason: String,
+}
+
+/// The strategies the configuration allows, most memory first.
+pub fn allowed(c: &Constraints) -> Vec<Strategy> {
+    let mut v: Vec<Strategy> = Strategy::ALL.to_vec();
+    if c.memory_efficient {
+        v.retain(|s| *s != Strategy::Standard);
+    }
+    if !c.load_optimizer_state {
+        v.retain(|s| *s == Strategy::ModelOnly);
+    }
+    v
+}
+
+/// Chooses a strategy. `budget` is the free memory (`None`: unknown, as on a CPU-only run
+/// without a figure), `margin` the fraction kept in reserve (0.1 = predicted peaks must fit
+/// in 90% of the free memory). An explicit `memory.strategy` outside what the other switches
+/// allow is an error naming both keys.
+pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) -> Result<Decision, String> {
+    let allowed = allowed(c);
+    let explicit = match c.choice {
+        StrategyChoice::Auto => None,
+        StrategyChoice::Standard => Some(Strategy::Standard),
+        StrategyChoice::MemoryEfficient => Some(Strategy::MemoryEfficient),
+        StrategyChoice::ModelOnly => Some(Strategy::ModelOnly),
+    };
+    if let Some(s) = explicit {
+        if !allowed.contains(&s) {
+            let why = if !c.load_optimizer_state {
+                "memory.load_optimizer_state is false"
+            } else {
+                "memory.checkpoint_memory_efficient is true"
+            };
+            return Err(format!("memory.strategy is {} but {why}", s.name()));
+        }
+        return Ok(Decision { strategy: s, reason: format!("memory.strategy is {}", s.name()) });
+    }
+    let Some(free) = budget else {
+        let s = allowed[0];
+        return Ok(Decision { strategy: s, reason: format!("free memory unknown: {}, the fastest allowed", s.name()) });
+    };
+    let usable = (free as f64 * (1.0 - margin)) as u64;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match allowed.iter().find(|s| sizes.peak(**s) <= usable) {
+        Some(&s) => {
+            let skipped: Vec<String> = allowed
+                .iter()
+                .take_while(|x| **x != s)
+                .map(|x| format!("{} needs {:.2} GiB", x.name(), gib(sizes.peak(*x))))
+                .collect();
+            let mut reason = format!(
+                "{} fits: peak {:.2} GiB of {:.2} GiB usable ({:.0}% of {:.2} GiB free)",
+                s.name(),
+                gib(sizes.peak(s)),
+                gib(usable),
+                (1.0 - margin) * 100.0,
+                gib(free)
+            );
+            if !skipped.is_empty() {
+                reason.push_str(&format!("; {}", skipped.join(", ")));
+            }
+            Ok(Decision { strategy: s, reason })
+        }
+        None => {
+            let s = *allowed.last().expect("model_only is always allowed");
+            Ok(Decision {
+                strategy: s,
+                reason: format!(
+                    "nothing is predicted to fit ({} needs {:.2} GiB, {:.2} GiB usable): trying {} anyway",
+                    s.name(),
+                    gib(sizes.peak(s)),
+                    gib(usable),
+                    s.name()
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const AUTO: Constraints =
+        Constraints { choice: StrategyChoice::Auto, memory_efficient: false, load_optimizer_state: true };
+
+    /// A model of `w` GiB with Adam state (2w) and a largest tensor of w/10.
+    fn adam(w: u64) -> Sizes {
+        Sizes { model: w, weights: w, optimizer: 2 * w, largest: w / 10 }
+    }
+
+    #[test]
+    fn peaks_follow_the_table() {
+        let s = adam(10);
+        assert_eq!(s.peak(Strategy::Standard), 40);
+        assert_eq!(s.peak(Strategy::MemoryEfficient), 31);
+        assert_eq!(s.peak(Strategy::ModelOnly), 11);
+    }
+
+    #[test]
+    fn auto_picks_the_fastest_that_fits_over_a_grid() {
+        for w in [1, 2, 4, 8] {
+            let sizes = adam(w * GIB);
+            for free_gib in 1..=48u64 {
+                let d = choose(&sizes, Some(free_gib * GIB), 0.1, &AUTO).unwrap();
+                let usable = (free_gib * GIB) as f64 * 0.9;
+                let fits = |s: Strategy| sizes.peak(s) as f64 <= usable;
+                let expected = Strategy::ALL.into_iter().find(|s| fits(*s)).unwrap_or(Strategy::ModelOnly);
+                assert_eq!(d.strategy, expected, "model {w} GiB, free {free_gib} GiB: {}", d.reason);
+                // Never choose something predicted not to fit when something cheaper does.
+                if fits(Strategy::ModelOnly) {
+                    assert!(fits(d.strategy));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_margin_is_kept_in_reserve() {
+        let sizes = adam(GIB);
+        // standard needs 4 GiB: fits in 4.5 GiB with 10% margin, not in 4.2 GiB.
+        assert_eq!(choose(&sizes, Some(GIB * 9 / 2), 0.1, &AUTO).unwrap().strategy, Strategy::Standard);
+        assert_eq!(choose(&sizes, Some(GIB * 42 / 10), 0.1, &AUTO).unwrap().strategy, Strategy::MemoryEfficient);
+    }
+
+    #[test]
+    fn the_seed_switches_constrain_the_choice() {
+        let sizes = adam(GIB);
+        let huge = Some(1000 * GIB);
+        let efficient = Constraints { memory_efficient: true, ..AUTO };
+        assert_eq!(choose(&sizes, huge, 0.1, &efficient).unwrap().strategy, Strategy::MemoryEfficient);
+        let no_opt = Constraints { load_optimizer_state: false, ..AUTO };
+        assert_eq!(choose(&sizes, huge, 0.1, &no_opt).unwrap().strategy, Strategy::ModelOnly);
+    }
+
+    #[test]
+    fn an_explicit_choice_wins_unless_the_switches_forbid_it() {
+        let sizes = adam(GIB);
+        let c = Constraints { choice: StrategyChoice::Standard, ..AUTO };
+        assert_eq!(choose(&sizes, Some(GIB), 0.1, &c).unwrap().strategy, Strategy::Standard);
+        let c = Constraints { choice: StrategyChoice::Standard, memory_efficient: true, ..AUTO };
+        assert!(choose(&sizes, None, 0.1, &c).unwrap_err().contains("checkpoint_memory_efficient"));
+        let c = Constraints { choice: StrategyChoice::MemoryEfficient, load_optimizer_state: false, ..AUTO };
+        assert!(choose(&sizes, None, 0.1, &c).unwrap_err().contains("load_optimizer_state"));
+    }
+
+    #[test]
+    fn unknown_free_memory_takes_the_fastest_allowed() {
+        assert_eq!(choose(&adam(GIB), None, 0.1, &AUTO).unwrap().strategy, Strategy::Standard);
+    }
+
+    #[test]
+    fn nothing_fitting_still_tries_the_cheapest_and_says_so() {
+        let d = choose(&adam(10 * GIB), Some(GIB), 0.1, &AUTO).unwrap();
+        assert_eq!(d.strategy, Strategy::ModelOnly);
+        assert!(d.reason.contains("nothing is predicted to fit"), "{}", d.reason);
+    }
+
+    #[test]
+    fn stepping_down_ends_at_model_only() {
+        assert_eq!(Strategy::Standard.cheaper(), Some(Strategy::MemoryEfficient));
+        assert_eq!(Strategy::MemoryEfficient.cheaper(), Some(Strategy::ModelOnly));
+        assert_eq!(Strategy::ModelOnly.cheaper(), None);
+    }
+}

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::checkpoint::convert;
-use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, RunArgs, ShowArgs};
+use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, PlanArgs, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
-use crate::{report, run};
+use crate::{memory, report, run};
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -27,6 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
         Some(Command::Profiles) => profiles().map(|()| 0),
         Some(Command::Ckpt(cmd)) => ckpt(cmd).map(|()| 0),
+        Some(Command::Plan(args)) => plan(&args).map(|()| 0),
         Some(Command::Report { run_dir, output, json }) => report(&run_dir, output.as_deref(), json).map(|()| 0),
     }
 }
@@ -197,5 +198,47 @@ fn report(run_dir: &Path, output: Option<&Path>, json: bool) -> Result<()> {
     } else {
         write!(out, "{summary}")?;
     }
+    Ok(())
+}
+
+fn plan(args: &PlanArgs) -> Result<()> {
+    let mut flags = Vec::new();
+    if let Some(v) = &args.device {
+        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
+    }
+    let resolved = config::resolve(&request(&args.config, flags))?;
+    let cfg = &resolved.config;
+    let device = crate::device::select(cfg.run.device).map_err(run::RunError::Device)?;
+    let sizes = match &args.checkpoint {
+        Some(path) => {
+            let mut sizes = memory::plan::sizes_of(path, 0)?;
+            sizes.model = sizes.weights;
+            sizes
+        }
+        None => run::model_sizes(cfg)?,
+    };
+    let plan = memory::plan::make(&cfg.memory, device, sizes, &memory::probe::Nvml)
+        .map_err(|why| config::ConfigError::Invalid { key: "memory.strategy".into(), message: why })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
+        return Ok(());
+    }
+    let gib = |b: u64| bytesize::ByteSize(b).to_string();
+    writeln!(out, "device     {} ({})", plan.device, plan.source)?;
+    writeln!(out, "free       {}", plan.free_vram_bytes.map_or("unknown".into(), gib))?;
+    let s = &plan.sizes;
+    writeln!(
+        out,
+        "sizes      model {}, checkpoint weights {}, optimizer state {}, largest tensor {}",
+        gib(s.model),
+        gib(s.weights),
+        gib(s.optimizer),
+        gib(s.largest)
+    )?;
+    for (name, peak) in &plan.predicted_peak_bytes {
+        writeln!(out, "predicted  {name:17} peak {}", gib(*peak))?;
+    }
+    writeln!(out, "choice     {}: {}", plan.strategy.name(), plan.reason)?;
     Ok(())
 }

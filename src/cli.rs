@@ -52,6 +52,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// List the built-in profiles and what each sets.
     Profiles,
+    /// Show how a checkpoint would be loaded: free memory, predicted peak of each strategy,
+    /// the choice and why. Changes nothing.
+    Plan(PlanArgs),
     /// Inspect, verify, convert and strip checkpoint files.
     #[command(subcommand)]
     Ckpt(CkptCommand),
@@ -151,6 +154,25 @@ pub struct ShowArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Print JSON: `{"experiment", "layers", "config", "origins": [{"key", "value", "source"}]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train plan ...`
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Configuration sources.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Plan loading this checkpoint (any format `train ckpt` reads); without it, the
+    /// configured model's own size and its optimizer's state are used.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Device to plan for (default: run.device).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Print JSON: `strategy`, `reason`, `free_vram_bytes`, `source`, `predicted_peak_bytes`
+    /// (by strategy name), `device`, `sizes`, `gpu`, `host`.
     #[arg(long)]
     pub json: bool,
 }

@@ -348,6 +348,25 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     Ok(RunSummary { output_dir: out, resumed_from, epochs_trained: trainer.epoch - first_epoch, last, interrupted })
 }
 
+/// The sizes a plan needs when there is no checkpoint yet: the configured model built on the
+/// CPU, and the state its optimizer will hold (Adam: two moments and a step per parameter;
+/// SGD: one momentum buffer, if any). Loads the data set for the model's input shape.
+pub fn model_sizes(cfg: &Config) -> Result<crate::memory::strategy::Sizes, RunError> {
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let trainer = Trainer::new(cfg, &data, tch::Device::Cpu)?;
+    let vars = trainer.variables();
+    let bytes = |t: &tch::Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    let model: u64 = vars.values().map(bytes).sum();
+    let largest = vars.values().map(bytes).max().unwrap_or(0);
+    let o = &cfg.training.optimizer;
+    let optimizer = match o.kind {
+        crate::config::OptimizerKind::Adam | crate::config::OptimizerKind::Adamw => 2 * model + 8 * vars.len() as u64,
+        crate::config::OptimizerKind::Sgd if o.momentum > 0.0 => model,
+        crate::config::OptimizerKind::Sgd => 0,
+    };
+    Ok(crate::memory::strategy::Sizes { model, weights: model, optimizer, largest })
+}
+
 /// Checks that the configured data files exist, without reading them (for `--dry-run`).
 fn check_data_files(cfg: &crate::config::DataConfig) -> Result<(), DataError> {
     let files: Vec<(PathBuf, PathBuf)> = match (cfg.kind, &cfg.path) {

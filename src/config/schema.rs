@@ -12,7 +12,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+pub use crate::memory::strategy::StrategyChoice;
 pub use crate::schedule::{ScheduleConfig, ScheduleKind};
+pub use bytesize::ByteSize;
 
 /// The whole, validated configuration of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -306,6 +308,17 @@ pub struct MemoryConfig {
     pub compress_checkpoints: bool,
     /// Keep optimiser state in per-epoch checkpoints too (`latest` always has it).
     pub save_optimizer_in_epoch_checkpoints: bool,
+    /// How to load a checkpoint: `auto` chooses from free memory and the checkpoint's sizes
+    /// within what the two switches above allow; or `standard`, `memory_efficient`, `model_only`.
+    pub strategy: StrategyChoice,
+    /// Plan with this much free GPU memory instead of asking NVML (e.g. `6GiB`), for CI and
+    /// for planning a run on another machine.
+    pub assume_free_vram: Option<ByteSize>,
+    /// Cap this process's GPU memory (e.g. `8GiB`), so a large GPU can stand in for a small
+    /// one: libtorch's caching allocator gets that fraction of the device.
+    pub vram_limit: Option<ByteSize>,
+    /// Fraction of the free memory kept in reserve when choosing a strategy.
+    pub safety_margin: f64,
 }
 
 /// The built-in defaults equal the `balanced` profile: safe on small GPUs, exact resume.
@@ -316,6 +329,10 @@ impl Default for MemoryConfig {
             load_optimizer_state: true,
             compress_checkpoints: false,
             save_optimizer_in_epoch_checkpoints: false,
+            strategy: StrategyChoice::Auto,
+            assume_free_vram: None,
+            vram_limit: None,
+            safety_margin: 0.1,
         }
     }
 }
@@ -504,6 +521,18 @@ impl Config {
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return invalid("data.val_fraction", format!("must be in (0, 1), got {}", self.data.val_fraction));
+        }
+        if !(0.0..1.0).contains(&self.memory.safety_margin) {
+            return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", self.memory.safety_margin));
+        }
+        let m = &self.memory;
+        let constraints = crate::memory::strategy::Constraints {
+            choice: m.strategy,
+            memory_efficient: m.checkpoint_memory_efficient,
+            load_optimizer_state: m.load_optimizer_state,
+        };
+        if let Err(why) = crate::memory::strategy::choose(&Default::default(), None, 0.0, &constraints) {
+            return invalid("memory.strategy", why);
         }
         if self.checkpoint.every_n_epochs == 0 {
             return invalid("checkpoint.every_n_epochs", "must be at least 1".into());

@@ -2,5 +2,6 @@
 //! libtorch's CUDA allocator holds, and choosing how to load a checkpoint so it fits.
 
 pub mod cuda;
+pub mod plan;
 pub mod probe;
 pub mod strategy;

@@ -68,7 +68,7 @@ pub enum StrategyChoice {
 }
 
 /// The byte counts the choice depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Sizes {
     /// The model's own parameters on the device.
     pub model: u64,
@@ -151,16 +151,16 @@ pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) 
         return Ok(Decision { strategy: s, reason: format!("free memory unknown: {}, the fastest allowed", s.name()) });
     };
     let usable = (free as f64 * (1.0 - margin)) as u64;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let gib = |b: u64| bytesize::ByteSize(b).to_string();
     match allowed.iter().find(|s| sizes.peak(**s) <= usable) {
         Some(&s) => {
             let skipped: Vec<String> = allowed
                 .iter()
                 .take_while(|x| **x != s)
-                .map(|x| format!("{} needs {:.2} GiB", x.name(), gib(sizes.peak(*x))))
+                .map(|x| format!("{} needs {}", x.name(), gib(sizes.peak(*x))))
                 .collect();
             let mut reason = format!(
-                "{} fits: peak {:.2} GiB of {:.2} GiB usable ({:.0}% of {:.2} GiB free)",
+                "{} fits: peak {} of {} usable ({:.0}% of {} free)",
                 s.name(),
                 gib(sizes.peak(s)),
                 gib(usable),
@@ -177,7 +177,7 @@ pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) 
             Ok(Decision {
                 strategy: s,
                 reason: format!(
-                    "nothing is predicted to fit ({} needs {:.2} GiB, {:.2} GiB usable): trying {} anyway",
+                    "nothing is predicted to fit ({} needs {}, {} usable): trying {} anyway",
                     s.name(),
                     gib(sizes.peak(s)),
                     gib(usable),

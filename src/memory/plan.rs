@@ -1,0 +1,128 @@
+//! A loading plan: the memory figures (probed or assumed), the predicted peak of each
+//! strategy and the choice, as `train plan` prints it and as a run logs it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use tch::Device;
+
+use super::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
+use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
+use crate::checkpoint::convert::AnyCheckpoint;
+use crate::checkpoint::{CheckpointError, OPTIMIZER_PREFIX};
+use crate::config::MemoryConfig;
+
+/// The memory the checkpoint will be loaded into, and where the figure came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Budget {
+    /// Free bytes on the device that will hold the model (GPU memory; host memory for a CPU
+    /// run), `None` when unknown.
+    pub free_bytes: Option<u64>,
+    /// `memory.assume_free_vram`, `nvml`, `host` (`/proc/meminfo`), or why none.
+    pub source: String,
+    /// The GPU's figures, when probed.
+    pub gpu: Option<GpuMemory>,
+}
+
+/// Finds the free memory for loading onto `device`.
+pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget {
+    if let Some(assumed) = cfg.assume_free_vram {
+        let m = Assumed(assumed.as_u64()).memory(0).ok();
+        return Budget { free_bytes: Some(assumed.as_u64()), source: "memory.assume_free_vram".into(), gpu: m };
+    }
+    match device {
+        Device::Cuda(i) => match gpu.memory(i as u32) {
+            Ok(m) => Budget { free_bytes: Some(m.free), source: "nvml".into(), gpu: Some(m) },
+            Err(why) => Budget { free_bytes: None, source: why, gpu: None },
+        },
+        _ => Budget { free_bytes: probe::host().available, source: "host".into(), gpu: None },
+    }
+}
+
+/// The byte counts of a checkpoint file (any format `train ckpt` reads), for a model of
+/// `model_bytes` already on the device (0 when it is already counted out of the budget).
+pub fn sizes_of(path: &Path, model_bytes: u64) -> Result<Sizes, CheckpointError> {
+    let ckpt = AnyCheckpoint::open(path)?;
+    let mut sizes = Sizes { model: model_bytes, ..Sizes::default() };
+    for (name, dtype, shape) in ckpt.entries() {
+        let bytes = (shape.iter().product::<usize>() * dtype.bitsize()).div_ceil(8) as u64;
+        if name.starts_with(OPTIMIZER_PREFIX) {
+            sizes.optimizer += bytes;
+        } else {
+            sizes.weights += bytes;
+        }
+        sizes.largest = sizes.largest.max(bytes);
+    }
+    Ok(sizes)
+}
+
+/// A plan, as `train plan --json` prints it (field names stable).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The chosen strategy.
+    pub strategy: Strategy,
+    /// Why.
+    pub reason: String,
+    /// See [`Budget::free_bytes`].
+    pub free_vram_bytes: Option<u64>,
+    /// See [`Budget::source`].
+    pub source: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Predicted peak bytes of each strategy the configuration allows, by name.
+    pub predicted_peak_bytes: BTreeMap<&'static str, u64>,
+    /// The byte counts the prediction rests on.
+    pub sizes: Sizes,
+    /// The GPU's total/free/used, when probed.
+    pub gpu: Option<GpuMemory>,
+    /// Host memory and this process's.
+    pub host: HostMemory,
+}
+
+/// Chooses how to load: probe (or assumption), sizes, constraints.
+pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, gpu: &dyn GpuProbe) -> Result<Plan, String> {
+    let b = budget(cfg, device, gpu);
+    let constraints = Constraints {
+        choice: cfg.strategy,
+        memory_efficient: cfg.checkpoint_memory_efficient,
+        load_optimizer_state: cfg.load_optimizer_state,
+    };
+    let Decision { strategy, reason } = strategy::choose(&sizes, b.free_bytes, cfg.safety_margin, &constraints)?;
+    let predicted_peak_bytes = strategy::allowed(&constraints).into_iter().map(|s| (s.name(), sizes.peak(s))).collect();
+    Ok(Plan {
+        strategy,
+        reason,
+        free_vram_bytes: b.free_bytes,
+        source: b.source,
+        device: crate::device::name(device),
+        predicted_peak_bytes,
+        sizes,
+        gpu: b.gpu,
+        host: probe::host(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryConfig;
+
+    #[test]
+    fn an_assumed_figure_overrides_the_probe_and_is_named() {
+        let cfg = MemoryConfig { assume_free_vram: Some(bytesize::ByteSize::gib(6)), ..MemoryConfig::default() };
+        let sizes = Sizes { model: 1 << 30, weights: 1 << 30, optimizer: 2 << 30, largest: 1 << 26 };
+        let plan = make(&cfg, Device::Cuda(0), sizes, &probe::Nvml).unwrap();
+        assert_eq!(plan.source, "memory.assume_free_vram");
+        assert_eq!(plan.free_vram_bytes, Some(6 << 30));
+        assert_eq!(plan.strategy, Strategy::MemoryEfficient);
+        assert_eq!(plan.predicted_peak_bytes.keys().copied().collect::<Vec<_>>(), ["memory_efficient", "model_only"]);
+    }
+
+    #[test]
+    fn a_cpu_run_plans_against_host_memory() {
+        let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), &probe::Nvml).unwrap();
+        assert_eq!(plan.source, "host");
+        assert!(plan.free_vram_bytes.unwrap() > 0);
+    }
+}

@@ -14,6 +14,23 @@ pub enum MetricsLine {
     Step(StepMetrics),
     /// After each epoch's evaluation.
     Epoch(EpochMetrics),
+    /// Something the run did about itself, e.g. recovering from running out of memory.
+    Event(EventMetrics),
+}
+
+/// A record of something the run did about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMetrics {
+    /// The optimiser step it happened at (the step being attempted).
+    pub step: u64,
+    /// What: `oom_recovery`.
+    pub event: String,
+    /// Micro-batches per step from now on.
+    pub grad_accum_steps: u32,
+    /// Examples per micro-batch from now on.
+    pub micro_batch: u32,
+    /// The error that prompted it.
+    pub detail: String,
 }
 
 impl MetricsLine {
@@ -22,6 +39,7 @@ impl MetricsLine {
         match self {
             Self::Step(m) => m.step,
             Self::Epoch(m) => m.step,
+            Self::Event(m) => m.step,
         }
     }
 }
@@ -144,7 +162,7 @@ impl MetricsLog {
             .into_iter()
             .filter_map(|l| match l {
                 MetricsLine::Epoch(m) => Some(m),
-                MetricsLine::Step(_) => None,
+                MetricsLine::Step(_) | MetricsLine::Event(_) => None,
             })
             .collect())
     }

@@ -251,14 +251,14 @@ fn read_error(path: &Path, e: io::Error) -> ReportError {
 fn epoch_lines(lines: &[MetricsLine]) -> impl Iterator<Item = &EpochMetrics> {
     lines.iter().filter_map(|l| match l {
         MetricsLine::Epoch(e) => Some(e),
-        MetricsLine::Step(_) => None,
+        MetricsLine::Step(_) | MetricsLine::Event(_) => None,
     })
 }
 
 fn step_lines(lines: &[MetricsLine]) -> impl Iterator<Item = &StepMetrics> {
     lines.iter().filter_map(|l| match l {
         MetricsLine::Step(s) => Some(s),
-        MetricsLine::Epoch(_) => None,
+        MetricsLine::Epoch(_) | MetricsLine::Event(_) => None,
     })
 }
 
@@ -266,13 +266,15 @@ fn host_rss(line: &MetricsLine) -> Option<u64> {
     match line {
         MetricsLine::Step(s) => s.host_rss_bytes,
         MetricsLine::Epoch(e) => e.host_rss_bytes,
+        MetricsLine::Event(_) => None,
     }
 }
 
-fn lr(line: &MetricsLine) -> f64 {
+fn lr(line: &MetricsLine) -> Option<f64> {
     match line {
-        MetricsLine::Step(s) => s.lr,
-        MetricsLine::Epoch(e) => e.lr,
+        MetricsLine::Step(s) => Some(s.lr),
+        MetricsLine::Epoch(e) => Some(e.lr),
+        MetricsLine::Event(_) => None,
     }
 }
 
@@ -313,11 +315,11 @@ impl Curves {
         Self {
             step_loss: at_step(&|l| match l {
                 MetricsLine::Step(s) => Some(s.loss),
-                MetricsLine::Epoch(_) => None,
+                MetricsLine::Epoch(_) | MetricsLine::Event(_) => None,
             }),
             train_loss: epoch(&|e| e.train_loss, false),
             val_loss: epoch(&|e| e.val_loss, false),
-            lr: at_step(&|l| Some(lr(l))),
+            lr: at_step(&lr),
             rss_mib: at_step(&|l| host_rss(l).map(|b| b as f64 / MIB)),
             val_accuracy: epoch(&|e| e.val_accuracy, true),
         }

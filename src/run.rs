@@ -24,11 +24,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::checkpoint::retention::Policy;
 use crate::checkpoint::saver::{SaveRequest, Saver};
 use crate::checkpoint::store;
-use crate::checkpoint::{self, CheckpointError, CheckpointFile, LoadStrategy};
+use crate::checkpoint::{self, CheckpointError, CheckpointFile, Strategy};
 use crate::config::{Config, ConfigError, Resolved, ResumeSpec};
 use crate::data::{DataError, Dataset, Prefetcher};
 use crate::device;
-use crate::metrics::{self, EpochMetrics, MetricsLine, MetricsLog, StepMetrics};
+use crate::metrics::{self, EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
 use crate::progress::Progress;
 use crate::training::{Trainer, RNG_SCHEME};
 
@@ -64,6 +64,12 @@ pub enum RunError {
     ExistingRun {
         /// The checkpoint folder.
         dir: PathBuf,
+    },
+    /// Out of device memory with no cheaper way left to load or train.
+    #[error("{detail}: {}", OOM_ADVICE)]
+    OutOfMemory {
+        /// What ran out and where.
+        detail: String,
     },
     /// Another process holds the run folder.
     #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
@@ -200,6 +206,9 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         dir = %cfg.data.dir.display(),
         "data loaded"
     );
+    if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
+        limit_vram(limit.as_u64(), i);
+    }
     let mut trainer = Trainer::new(cfg, &data, device)?;
     let resumed_from = resume(cfg, &mut trainer, &plan)?;
 
@@ -244,6 +253,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         epoch_with_optimizer: cfg.memory.save_optimizer_in_epoch_checkpoints,
         compress: cfg.memory.compress_checkpoints,
     };
+    quiet_oom_panics();
     let max_steps_reached = |t: &Trainer| cfg.training.max_steps.is_some_and(|m| t.step >= m);
     let mut last = None;
     let first_epoch = trainer.epoch;
@@ -261,7 +271,44 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         let mut samples = 0;
         let mut lr = cfg.training.optimizer.lr;
         for (xs, ys) in Prefetcher::new(&data.train, batches[skip..].to_vec(), device) {
-            let step = trainer.train_step(&xs, &ys);
+            let step = loop {
+                // A step that runs out of memory has not updated anything yet (the optimizer
+                // steps after every micro-batch went through): retry it with half the
+                // micro-batch and twice the accumulation, the same effective batch.
+                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.train_step(&xs, &ys)));
+                match attempt {
+                    Ok(step) => break step,
+                    Err(panic) => {
+                        let msg = panic_message(&panic);
+                        let n = xs.size()[0];
+                        if !crate::fault::is_oom_message(&msg) {
+                            std::panic::resume_unwind(panic);
+                        }
+                        crate::memory::cuda::empty_cache();
+                        if !trainer.halve_micro_batch(n) {
+                            return Err(RunError::OutOfMemory {
+                                detail: format!("training step {}: {msg}", trainer.step + 1),
+                            });
+                        }
+                        let accum = trainer.grad_accum_steps;
+                        let micro = (n + accum - 1) / accum;
+                        tracing::warn!(
+                            step = trainer.step + 1,
+                            grad_accum_steps = accum,
+                            micro_batch = micro,
+                            "out of memory: halving the micro-batch, doubling gradient accumulation"
+                        );
+                        let event = MetricsLine::Event(EventMetrics {
+                            step: trainer.step + 1,
+                            event: "oom_recovery".into(),
+                            grad_accum_steps: accum as u32,
+                            micro_batch: micro as u32,
+                            detail: msg,
+                        });
+                        log.append(&event).map_err(io(&metrics_path))?;
+                    }
+                }
+            };
             samples += step.samples;
             lr = step.lr;
             let rate = progress.step(trainer.step, step.loss, step.lr, step.samples);
@@ -388,6 +435,51 @@ fn check_data_files(cfg: &crate::config::DataConfig) -> Result<(), DataError> {
     Ok(())
 }
 
+/// Caps libtorch's CUDA caching allocator at `limit` bytes of GPU `index`, through its
+/// `per_process_memory_fraction` setting, before the first allocation reads it.
+fn limit_vram(limit: u64, index: usize) {
+    match crate::memory::probe::GpuProbe::memory(&crate::memory::probe::Nvml, index as u32) {
+        Ok(m) if m.total > 0 => {
+            let fraction = (limit as f64 / m.total as f64).min(1.0);
+            let mut conf = std::env::var("PYTORCH_CUDA_ALLOC_CONF").unwrap_or_default();
+            if !conf.is_empty() {
+                conf.push(',');
+            }
+            conf.push_str(&format!("per_process_memory_fraction:{fraction:.6}"));
+            // Set before any CUDA allocation, while no other thread reads the environment.
+            std::env::set_var("PYTORCH_CUDA_ALLOC_CONF", &conf);
+            tracing::info!(limit, total = m.total, fraction, "memory.vram_limit: capping the CUDA caching allocator");
+        }
+        Ok(_) | Err(_) => tracing::warn!("memory.vram_limit is set but the GPU's size is unknown: not applied"),
+    }
+}
+
+/// The message of a caught panic (libtorch errors arrive as panics from tch's infallible calls).
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Keeps out-of-memory panics, which the loop recovers from, out of stderr; any other panic
+/// is printed as usual.
+fn quiet_oom_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if !crate::fault::is_oom_message(msg) {
+            previous(info);
+        }
+    }));
+}
+
 /// An exclusive lock on a run folder (flock on the folder itself, so no lock file is left
 /// behind), held for the whole run: two processes never write one run's checkpoints.
 struct RunLock {
@@ -427,40 +519,90 @@ impl StopFlag {
     }
 }
 
+/// The seed guide's advice, for when no cheaper way to load or train is left.
+const OOM_ADVICE: &str = "out of memory with no cheaper strategy left. Try, in order: a smaller \
+training.batch_size; a larger training.grad_accum_steps (same effective batch, less memory); \
+memory.checkpoint_memory_efficient: true; memory.load_optimizer_state: false (the \
+ultra_low_memory profile); a smaller model";
+
 /// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
-/// reported and the next one tried; an explicit path must load.
+/// reported and the next one tried; an explicit path must load. The loading strategy is
+/// chosen per checkpoint from free memory (see [`crate::memory::plan`]); an out-of-memory
+/// error steps down to the next cheaper strategy.
 fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Option<PathBuf>, RunError> {
     let ResumePlan::From(paths) = plan else {
         tracing::info!("starting fresh");
         return Ok(None);
     };
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
-    let strategy =
-        if cfg.memory.checkpoint_memory_efficient { LoadStrategy::MemoryEfficient } else { LoadStrategy::Standard };
     let mut last_error = None;
     for path in paths {
-        match load_one(cfg, trainer, path, strategy) {
+        let result = crate::memory::plan::sizes_of(path, 0)
+            .map_err(RunError::from)
+            .and_then(|sizes| load_planned(cfg, trainer, path, sizes));
+        match result {
             Ok(()) => return Ok(Some(path.clone())),
-            Err(e) if !explicit => {
+            Err(e) if !explicit && !matches!(e, RunError::OutOfMemory { .. }) => {
                 tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", path.display());
                 last_error = Some(e);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     // Every candidate failed: starting over would overwrite them, so stop and say why.
-    Err(last_error.expect("plan has at least one path").into())
+    Err(last_error.expect("plan has at least one path"))
 }
 
-fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStrategy) -> Result<(), CheckpointError> {
+/// Chooses a strategy for `path` and loads with it, stepping down on out-of-memory errors.
+fn load_planned(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    path: &Path,
+    sizes: crate::memory::strategy::Sizes,
+) -> Result<(), RunError> {
+    // The model is already on the device, so the free figure excludes it: plan with model 0.
+    let plan = crate::memory::plan::make(&cfg.memory, trainer.device, sizes, &crate::memory::probe::Nvml)
+        .map_err(|message| ConfigError::Invalid { key: "memory.strategy".into(), message })?;
+    tracing::info!(
+        strategy = plan.strategy.name(),
+        source = %plan.source,
+        free_bytes = ?plan.free_vram_bytes,
+        reason = %plan.reason,
+        "loading plan"
+    );
+    let mut strategy = plan.strategy;
+    loop {
+        match load_one(cfg, trainer, path, strategy) {
+            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
+                crate::memory::cuda::empty_cache();
+                match strategy.cheaper() {
+                    Some(next) => {
+                        tracing::warn!(
+                            "out of memory loading {} with {}; stepping down to {}",
+                            path.display(),
+                            strategy.name(),
+                            next.name()
+                        );
+                        strategy = next;
+                    }
+                    None => return Err(RunError::OutOfMemory { detail: format!("loading {}: {e}", path.display()) }),
+                }
+            }
+            other => return other.map_err(RunError::from),
+        }
+    }
+}
+
+fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: Strategy) -> Result<(), CheckpointError> {
     let start = Instant::now();
     let file = CheckpointFile::open(path)?;
     let meta = file.meta().clone();
     let saved_kind = meta.optimizer.get("kind").and_then(|k| k.as_str()).map(str::to_string);
     let our_kind = serde_json::to_value(cfg.training.optimizer.kind).ok().and_then(|k| k.as_str().map(str::to_string));
-    let want_optimizer = if !cfg.memory.load_optimizer_state {
+    let want_optimizer = if !strategy.loads_optimizer() {
         tracing::info!(
-            "memory.load_optimizer_state is false: the optimizer starts fresh (momentum and moment estimates reset)"
+            "loading with model_only{}: the optimizer starts fresh (momentum and moment estimates reset)",
+            if cfg.memory.load_optimizer_state { "" } else { " (memory.load_optimizer_state is false)" }
         );
         false
     } else if !meta.has_optimizer_state {
@@ -481,13 +623,13 @@ fn load_one(cfg: &Config, trainer: &mut Trainer, path: &Path, strategy: LoadStra
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
     let optimizer = if want_optimizer { Some(&mut *trainer.optimizer) } else { None };
-    let outcome = checkpoint::load_into(&file, &vars, optimizer, trainer.device, strategy)?;
+    let outcome = checkpoint::load_into(&file, &vars, optimizer, trainer.device, strategy, true)?;
     trainer.restore_position(&meta);
     tracing::info!(
         path = %path.display(),
         epoch = meta.epoch,
         step = meta.step,
-        strategy = ?strategy,
+        strategy = strategy.name(),
         weights = outcome.weights,
         optimizer_tensors = outcome.optimizer_tensors,
         seconds = format_args!("{:.3}", start.elapsed().as_secs_f64()),

@@ -69,7 +69,8 @@ pub struct Trainer {
     schedule: ScheduleConfig,
     base_lr: f64,
     total_steps: u64,
-    grad_accum_steps: i64,
+    /// Micro-batches per optimiser step (doubled when a step runs out of memory).
+    pub grad_accum_steps: i64,
     clip_grad_norm: Option<f64>,
 }
 
@@ -132,6 +133,7 @@ impl Trainer {
         self.optimizer.zero_grad();
         let n = xs.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
+        crate::fault::check_step(self.step + 1, micro, 1);
         let mut loss_sum = 0.0;
         for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
             let m = x.size()[0];
@@ -152,6 +154,17 @@ impl Trainer {
         self.batches_into_epoch += 1;
         self.partial_loss_sum += loss_sum;
         StepOutcome { loss: loss_sum / n as f64, samples: n as usize, lr }
+    }
+
+    /// Halves the micro-batch for batches of `n` examples (doubling the accumulation), so
+    /// the effective batch stays the same; false when micro-batches are already single
+    /// examples.
+    pub fn halve_micro_batch(&mut self, n: i64) -> bool {
+        if (n + self.grad_accum_steps - 1) / self.grad_accum_steps <= 1 {
+            return false;
+        }
+        self.grad_accum_steps = (self.grad_accum_steps * 2).min(n);
+        true
     }
 
     /// Closes the epoch after its last step: advances the epoch counter and returns the

@@ -28,7 +28,7 @@ fn run(cwd: &Path, args: &[&str], sets: &[String]) -> String {
 /// Every tensor of a checkpoint as raw bytes, by name.
 fn tensor_bytes(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let file = CheckpointFile::open(path).unwrap();
-    file.tensors().tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
+    file.names().into_iter().map(|n| (n.to_string(), file.read(n).unwrap())).collect()
 }
 
 fn optimizer_tensors(path: &Path) -> usize {

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -280,54 +280,71 @@ pub fn is_compressed(path: &Path) -> bool {
     path.to_string_lossy().ends_with(COMPRESSED_SUFFIX)
 }
 
-/// The bytes of a checkpoint: mapped from disk when plain, decompressed when not.
-enum Backing {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
+/// Where an open checkpoint's tensor bytes are read from.
+enum Body {
+    /// A plain file, read with positioned reads (no mapping: only what is asked for is read,
+    /// and nothing stays resident in this process afterwards).
+    Plain(File),
+    /// A decompressed copy in memory.
+    Buffer(Vec<u8>),
 }
 
-/// An opened, structurally checked checkpoint file.
+/// One tensor's place in a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Offset of its bytes from the start of the file's data section.
+    begin: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// An opened checkpoint whose header, metadata and checksums have been read and checked;
+/// tensors are read one at a time, on demand, and checked against their checksums.
 pub struct CheckpointFile {
     path: PathBuf,
-    bytes: Backing,
+    body: Body,
+    /// Offset of the data section in the (decompressed) file.
+    data_start: u64,
+    entries: Vec<Entry>,
     meta: Meta,
     checksums: HashMap<String, String>,
 }
 
 impl CheckpointFile {
-    /// Opens `path`, checks its structure and metadata, and keeps its bytes at hand
-    /// (memory-mapped for a plain file, so tensors are read from disk only when used).
+    /// Opens `path`: reads and validates the header (sizes checked against the file's length
+    /// before anything is allocated), the metadata and the checksums. Tensor data is not read.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
-        let bytes = if is_compressed(path) {
-            let mut out = Vec::new();
-            zstd::stream::Decoder::new(file)
-                .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: format!("zstd: {e}") })?;
-            Backing::Owned(out)
-        } else {
-            // SAFETY: checkpoints are written under a temporary name and renamed into place,
-            // never modified afterwards, so the mapped bytes do not change under us.
-            Backing::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
-        };
-        let slice: &[u8] = match &bytes {
-            Backing::Mapped(m) => m,
-            Backing::Owned(v) => v,
-        };
-        let (_, header) = SafeTensors::read_metadata(slice)
-            .map_err(|e| CheckpointError::Malformed { path: path.to_path_buf(), reason: e.to_string() })?;
         let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
-        let map = header.metadata().as_ref().ok_or_else(|| malformed("no metadata: not written by train".into()))?;
-        let meta = Meta::from_map(map).map_err(malformed)?;
+        let mut file = File::open(path).map_err(io)?;
+        let (body, total) = if is_compressed(path) {
+            let bytes = zstd::stream::decode_all(&mut file).map_err(|e| malformed(format!("zstd: {e}")))?;
+            let len = bytes.len() as u64;
+            (Body::Buffer(bytes), len)
+        } else {
+            let len = file.metadata().map_err(io)?.len();
+            (Body::Plain(file), len)
+        };
+        let mut reader = HeaderReader { body: &body, pos: 0 };
+        let (header, data_start) = read_header(&mut reader).map_err(malformed)?;
+        let data_len = total.checked_sub(data_start).ok_or_else(|| malformed("shorter than its header".into()))?;
+        let entries = entries_of(&header, data_len).map_err(malformed)?;
+        let map = header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?;
+        let meta = Meta::from_map(&map).map_err(malformed)?;
         let checksums: HashMap<String, String> = map
             .get(CHECKSUMS_KEY)
             .ok_or_else(|| malformed(format!("metadata lacks `{CHECKSUMS_KEY}`")))
             .and_then(|j| serde_json::from_str(j).map_err(|e| malformed(format!("metadata `{CHECKSUMS_KEY}`: {e}"))))?;
-        if let Some(name) = header.tensors().keys().find(|n| !checksums.contains_key(*n)) {
-            return Err(malformed(format!("no checksum for tensor `{name}`")));
+        if let Some(e) = entries.iter().find(|e| !checksums.contains_key(&e.name)) {
+            return Err(malformed(format!("no checksum for tensor `{}`", e.name)));
         }
-        Ok(Self { path: path.to_path_buf(), bytes, meta, checksums })
+        Ok(Self { path: path.to_path_buf(), body, data_start, entries, meta, checksums })
     }
 
     /// The file's path.
@@ -340,39 +357,147 @@ impl CheckpointFile {
         &self.meta
     }
 
-    /// The bytes of tensor `name`, after checking them against their checksum.
-    pub fn verified_data(&self, name: &str) -> Result<&[u8], CheckpointError> {
+    /// Every tensor's name, dtype, shape and size, in file order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Every tensor's name, in file order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The entry of tensor `name`.
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// Reads tensor `name` into `out` (exactly its size) and checks its checksum.
+    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), CheckpointError> {
         let malformed = |reason: String| CheckpointError::Malformed { path: self.path.clone(), reason };
-        let view = self.tensors().tensor(name).map_err(|_| malformed(format!("no tensor `{name}`")))?;
-        let data = view.data();
-        let expected = self.checksums.get(name).ok_or_else(|| malformed(format!("no checksum for `{name}`")))?;
-        if checksum_hex(data) != *expected {
+        let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
+        if out.len() as u64 != e.bytes {
+            return Err(malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
+        }
+        let at = self.data_start + e.begin;
+        match &self.body {
+            Body::Plain(file) => std::os::unix::fs::FileExt::read_exact_at(file, out, at)
+                .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?,
+            Body::Buffer(bytes) => out.copy_from_slice(&bytes[at as usize..at as usize + out.len()]),
+        }
+        if checksum_hex(out) != self.checksums[name] {
             return Err(CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() });
         }
-        Ok(data)
+        Ok(())
     }
 
-    /// Checks every tensor against its checksum; returns how many were checked.
+    /// Reads tensor `name` into a new buffer, checked against its checksum.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
+        let bytes = self.entry(name).map_or(0, |e| e.bytes) as usize;
+        let mut out = vec![0u8; bytes];
+        self.read_into(name, &mut out)?;
+        Ok(out)
+    }
+
+    /// Checks every tensor against its checksum, one at a time; returns how many.
     pub fn verify(&self) -> Result<usize, CheckpointError> {
-        let names: Vec<String> = self.tensors().names().into_iter().map(String::from).collect();
-        for name in &names {
-            self.verified_data(name)?;
+        let largest = self.entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
+        let mut buf = vec![0u8; largest];
+        for e in &self.entries {
+            self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
         }
-        Ok(names.len())
-    }
-
-    /// The tensors, as views into the file's bytes (unverified; see [`Self::verified_data`]).
-    pub fn tensors(&self) -> SafeTensors<'_> {
-        let slice: &[u8] = match &self.bytes {
-            Backing::Mapped(m) => m,
-            Backing::Owned(v) => v,
-        };
-        SafeTensors::deserialize(slice).expect("checked in open")
+        Ok(self.entries.len())
     }
 }
 
-/// Reads only the metadata of a checkpoint: the 8-byte length and the JSON header, after
-/// decompressing just that much when compressed. Used to rank resume candidates cheaply.
+/// Sequential reads of the header from either body.
+struct HeaderReader<'a> {
+    body: &'a Body,
+    pos: u64,
+}
+
+impl Read for HeaderReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = match self.body {
+            Body::Plain(f) => std::os::unix::fs::FileExt::read_at(f, out, self.pos)?,
+            Body::Buffer(b) => {
+                let rest = b.get(self.pos as usize..).unwrap_or(&[]);
+                let n = rest.len().min(out.len());
+                out[..n].copy_from_slice(&rest[..n]);
+                n
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The parsed JSON header of a safetensors file.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "__metadata__")]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(flatten)]
+    tensors: HashMap<String, HeaderTensor>,
+}
+
+#[derive(Deserialize)]
+struct HeaderTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+/// Reads the 8-byte length and the JSON header; returns it and the data section's offset.
+fn read_header(r: &mut impl Read) -> Result<(Header, u64), String> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len).map_err(|e| format!("cannot read the header length: {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(format!("header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit"));
+    }
+    let mut header = Vec::new();
+    r.take(len).read_to_end(&mut header).map_err(|e| format!("cannot read the header: {e}"))?;
+    if header.len() as u64 != len {
+        return Err(format!("truncated header: {} of {len} bytes", header.len()));
+    }
+    let header: Header = serde_json::from_slice(&header).map_err(|e| format!("header: {e}"))?;
+    Ok((header, 8 + len))
+}
+
+/// The entries of a header, checked: each tensor's byte range matches its dtype and shape
+/// (checked arithmetic), the ranges tile the data section exactly, as safetensors requires.
+fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
+    let mut entries = Vec::with_capacity(header.tensors.len());
+    for (name, t) in &header.tensors {
+        let (begin, end) = t.data_offsets;
+        let bits = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(t.dtype.bitsize()))
+            .ok_or_else(|| format!("tensor `{name}`: shape {:?} overflows", t.shape))?;
+        if bits % 8 != 0 || end < begin || end - begin != (bits / 8) as u64 {
+            return Err(format!("tensor `{name}`: offsets {begin}..{end} do not fit {:?} {:?}", t.dtype, t.shape));
+        }
+        entries.push(Entry { name: name.clone(), dtype: t.dtype, shape: t.shape.clone(), begin, bytes: end - begin });
+    }
+    entries.sort_by_key(|e| e.begin);
+    let mut at = 0;
+    for e in &entries {
+        if e.begin != at {
+            return Err(format!("tensor `{}` starts at {}, expected {at}", e.name, e.begin));
+        }
+        at += e.bytes;
+    }
+    if at != data_len {
+        return Err(format!("tensors cover {at} bytes of a {data_len}-byte data section"));
+    }
+    Ok(entries)
+}
+
+/// Reads only the metadata of a checkpoint (decompressing just the header when compressed).
+/// Used to rank resume candidates cheaply.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
@@ -382,23 +507,7 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
     } else {
         Box::new(BufReader::new(file))
     };
-    let mut len = [0u8; 8];
-    reader.read_exact(&mut len).map_err(|e| malformed(format!("cannot read the header length: {e}")))?;
-    let len = u64::from_le_bytes(len);
-    if len > MAX_HEADER_BYTES {
-        return Err(malformed(format!("header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
-    }
-    let mut header = Vec::new();
-    reader.take(len).read_to_end(&mut header).map_err(io)?;
-    if header.len() as u64 != len {
-        return Err(malformed(format!("truncated header: {} of {len} bytes", header.len())));
-    }
-    #[derive(Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__")]
-        metadata: Option<HashMap<String, String>>,
-    }
-    let header: Header = serde_json::from_slice(&header).map_err(|e| malformed(format!("header: {e}")))?;
+    let (header, _) = read_header(&mut reader).map_err(malformed)?;
     Meta::from_map(&header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?)
         .map_err(malformed)
 }

@@ -1,29 +1,24 @@
-//! Loading a checkpoint into a model's variables and an optimiser.
+//! Loading a checkpoint into a model's variables and an optimiser, by strategy (see
+//! [`crate::memory::strategy`] for the predicted peaks):
+//! - [`Strategy::Standard`] stages every tensor on the target device first, then assigns:
+//!   peak = model + the whole checkpoint.
+//! - [`Strategy::MemoryEfficient`] streams: each tensor is read from the file into one
+//!   host tensor of its size, checked, copied into its parameter, and dropped before the
+//!   next; the host never holds two checkpoint tensors at once.
+//! - [`Strategy::ModelOnly`] streams the weights and leaves the optimiser fresh.
 //!
-//! Two strategies, after the seed guide:
-//! - [`LoadStrategy::Standard`] materialises every tensor on the target device first, then
-//!   assigns them: peak device memory is the model plus the whole checkpoint.
-//! - [`LoadStrategy::MemoryEfficient`] streams: one tensor is copied from the file to host
-//!   memory, then into its parameter on the device, then dropped, before the next one:
-//!   peak device memory is the model alone, peak host memory the largest tensor.
+//! Also the library API of the seed guide's helpers: [`load_checkpoint_memory_efficient`]
+//! and [`load_model_only`].
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use safetensors::tensor::TensorView;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::format::{kind_of, CheckpointFile};
+use super::format::{kind_of, CheckpointFile, Entry};
 use super::{CheckpointError, OPTIMIZER_PREFIX};
+pub use crate::memory::strategy::Strategy;
 use crate::optim::Optimizer;
-
-/// How tensors travel from the file to the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadStrategy {
-    /// Everything to the device first, then assign.
-    Standard,
-    /// One tensor at a time through host memory.
-    MemoryEfficient,
-}
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,98 +29,155 @@ pub struct LoadOutcome {
     pub optimizer_tensors: usize,
     /// Whether the optimiser's state came from the checkpoint.
     pub optimizer_restored: bool,
+    /// Model variables the checkpoint lacks (non-strict loads only).
+    pub missing: Vec<String>,
+    /// Checkpoint weights the model lacks (non-strict loads only).
+    pub unexpected: Vec<String>,
 }
 
-/// Loads `file` into `vars` (the model's named variables, on `device`) and, when given,
-/// `optimizer`. Strict: every variable must be present with its shape and dtype, and the
-/// file may hold no other weights. Optimiser state is restored when `optimizer` is given
-/// and the file has it; otherwise the optimiser is left with fresh state.
+/// Loads `file` into `vars` (the model's named variables, on `device`) and, unless the
+/// strategy is `model_only`, restores `optimizer` from the file's state when it has some.
+/// `strict`: every variable must be present and no other weights may be; otherwise the
+/// differences are reported in the outcome. Shapes and dtypes must match either way; every
+/// tensor is checked against its checksum as it is read.
 pub fn load_into(
     file: &CheckpointFile,
     vars: &HashMap<String, Tensor>,
     optimizer: Option<&mut (dyn Optimizer + 'static)>,
     device: Device,
-    strategy: LoadStrategy,
+    strategy: Strategy,
+    strict: bool,
 ) -> Result<LoadOutcome, CheckpointError> {
     let path = file.path().to_path_buf();
-    let tensors = file.tensors();
-    for name in tensors.names() {
-        if !name.starts_with(OPTIMIZER_PREFIX) && !vars.contains_key(name) {
-            return Err(CheckpointError::UnexpectedTensor { path, tensor: name.to_string() });
+    crate::fault::check_load(strategy, &path)?;
+    let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
+    let mut outcome = LoadOutcome {
+        weights: 0,
+        optimizer_tensors: 0,
+        optimizer_restored: false,
+        missing: vars.keys().filter(|n| file.entry(n).is_none()).cloned().collect(),
+        unexpected: weights.iter().filter(|e| !vars.contains_key(&e.name)).map(|e| e.name.clone()).collect(),
+    };
+    outcome.missing.sort();
+    outcome.unexpected.sort();
+    if strict {
+        if let Some(tensor) = outcome.unexpected.first() {
+            return Err(CheckpointError::UnexpectedTensor { path, tensor: tensor.clone() });
+        }
+        if let Some(tensor) = outcome.missing.first() {
+            return Err(CheckpointError::MissingTensor { path, tensor: tensor.clone() });
         }
     }
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let view = |name: &str| {
-        tensors.tensor(name).map_err(|_| CheckpointError::MissingTensor { path: path.clone(), tensor: name.into() })
-    };
+    let present: Vec<(&Entry, &Tensor)> = weights.iter().filter_map(|e| vars.get(&e.name).map(|v| (*e, v))).collect();
     // Validate every weight before touching any, so a mismatch leaves the model as it was.
-    for name in &names {
-        check(&path, name, &view(name)?, &vars[*name])?;
+    for (e, var) in &present {
+        check(&path, e, var)?;
     }
     let _guard = tch::no_grad_guard();
+    let torch = |source| CheckpointError::Torch { path: path.clone(), source };
     match strategy {
-        LoadStrategy::MemoryEfficient => {
-            for name in &names {
-                let host = to_tensor(file, name, &view(name)?)?;
-                assign(&path, name, &vars[*name], &host)?;
+        Strategy::MemoryEfficient | Strategy::ModelOnly => {
+            for (e, var) in &present {
+                let host = read_tensor(file, e)?;
+                var.shallow_clone().f_copy_(&host).map_err(torch)?;
             }
         }
-        LoadStrategy::Standard => {
-            let staged = names
-                .iter()
-                .map(|name| Ok(to_tensor(file, name, &view(name)?)?.to_device(device)))
-                .collect::<Result<Vec<_>, CheckpointError>>()?;
-            for (name, t) in names.iter().zip(&staged) {
-                assign(&path, name, &vars[*name], t)?;
+        Strategy::Standard => {
+            let mut staged = Vec::with_capacity(present.len());
+            for (e, _) in &present {
+                staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
+            }
+            for ((_, var), t) in present.iter().zip(&staged) {
+                var.shallow_clone().f_copy_(t).map_err(torch)?;
             }
         }
     }
+    outcome.weights = present.len();
 
-    let mut outcome = LoadOutcome { weights: names.len(), optimizer_tensors: 0, optimizer_restored: false };
-    if let Some(optimizer) = optimizer {
+    if let (Some(optimizer), true) = (optimizer, strategy.loads_optimizer()) {
         if file.meta().has_optimizer_state {
             let mut state = HashMap::new();
-            for (name, v) in tensors.iter() {
-                if let Some(short) = name.strip_prefix(OPTIMIZER_PREFIX) {
-                    state.insert(short.to_string(), to_tensor(file, name, &v)?.to_device(device));
-                }
+            for e in file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)) {
+                let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
+                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
             }
             outcome.optimizer_tensors = state.len();
-            optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path, source })?;
+            optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
             outcome.optimizer_restored = true;
         }
     }
     Ok(outcome)
 }
 
-fn check(path: &std::path::Path, name: &str, v: &TensorView<'_>, var: &Tensor) -> Result<(), CheckpointError> {
-    let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-    let kind = kind_of(v.dtype());
-    if shape != var.size() || kind != Some(var.kind()) {
+fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
+    let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+    if shape != var.size() || kind_of(e.dtype) != Some(var.kind()) {
         return Err(CheckpointError::Mismatch {
             path: path.to_path_buf(),
-            tensor: name.to_string(),
+            tensor: e.name.clone(),
             expected: format!("{:?} {:?}", var.kind(), var.size()),
-            found: format!("{:?} {:?}", v.dtype(), v.shape()),
+            found: format!("{:?} {:?}", e.dtype, e.shape),
         });
     }
     Ok(())
 }
 
-/// Copies one tensor's bytes out of the file into a host tensor, checking its checksum.
-fn to_tensor(file: &CheckpointFile, name: &str, v: &TensorView<'_>) -> Result<Tensor, CheckpointError> {
-    let path = file.path();
-    let kind = kind_of(v.dtype()).ok_or_else(|| CheckpointError::Malformed {
-        path: path.to_path_buf(),
-        reason: format!("tensor `{name}` has unsupported dtype {:?}", v.dtype()),
+/// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
+/// no intermediate buffer), checked against its checksum.
+fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
+    let kind: Kind = kind_of(e.dtype).ok_or_else(|| CheckpointError::Malformed {
+        path: file.path().to_path_buf(),
+        reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
     })?;
-    let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-    Tensor::f_from_data_size(file.verified_data(name)?, &shape, kind)
-        .map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
+    let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+    let t = Tensor::empty(shape.as_slice(), (kind, Device::Cpu));
+    if e.bytes > 0 {
+        // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its shape
+        // and dtype are the entry's, whose size the header check tied to `e.bytes`); nothing
+        // else refers to it while the slice is alive.
+        let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
+        file.read_into(&e.name, out)?;
+    }
+    Ok(t)
 }
 
-fn assign(path: &std::path::Path, _name: &str, var: &Tensor, value: &Tensor) -> Result<(), CheckpointError> {
-    let mut var = var.shallow_clone();
-    var.f_copy_(value).map_err(|source| CheckpointError::Torch { path: path.to_path_buf(), source })
+/// Whether a load failed because the device ran out of memory (the case a cheaper
+/// strategy may fix).
+pub fn is_out_of_memory(e: &CheckpointError) -> bool {
+    match e {
+        CheckpointError::Torch { source, .. } => crate::fault::is_oom_message(&source.to_string()),
+        _ => false,
+    }
+}
+
+/// What the seed guide's `load_checkpoint_memory_efficient` returns: epoch, train loss and
+/// validation loss of the checkpoint.
+pub type EpochLosses = (u32, f64, f64);
+
+/// Loads `path` into the model held by `vs` and into `optimizer`, streaming one tensor at a
+/// time through host memory onto `device` (the seed guide's `load_checkpoint_memory_efficient`).
+/// Strict about names; shape or dtype mismatches name the tensor.
+pub fn load_checkpoint_memory_efficient(
+    vs: &tch::nn::VarStore,
+    optimizer: &mut (dyn Optimizer + 'static),
+    path: &Path,
+    device: Device,
+) -> Result<EpochLosses, CheckpointError> {
+    let file = CheckpointFile::open(path)?;
+    load_into(&file, &vs.variables(), Some(optimizer), device, Strategy::MemoryEfficient, true)?;
+    let m = file.meta();
+    Ok((m.epoch, m.train_loss, m.val_loss))
+}
+
+/// Loads only the weights of `path` into the model held by `vs` (the seed guide's
+/// `load_model_only`). With `strict = false`, names the model lacks or the file lacks are
+/// reported in the outcome instead of failing. Returns epoch, train loss and the outcome.
+pub fn load_model_only(
+    vs: &tch::nn::VarStore,
+    path: &Path,
+    strict: bool,
+) -> Result<(u32, f64, LoadOutcome), CheckpointError> {
+    let file = CheckpointFile::open(path)?;
+    let outcome = load_into(&file, &vs.variables(), None, vs.device(), Strategy::ModelOnly, strict)?;
+    Ok((file.meta().epoch, file.meta().train_loss, outcome))
 }

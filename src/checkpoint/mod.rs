@@ -13,7 +13,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use format::{CheckpointFile, Meta, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
-pub use load::{load_into, LoadOutcome, LoadStrategy};
+pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 
 /// Everything that can go wrong reading or writing a checkpoint; each names the file and,
 /// where one is at fault, the tensor.

@@ -1,0 +1,48 @@
+//! Out-of-memory handling hooks, and the fault injection that tests the recovery paths on
+//! machines without a GPU.
+//!
+//! Injection exists only in builds with the `fault-injection` feature, which only the test
+//! suite enables (a dev-dependency of the crate on itself). There, `INJECT_FAULTS` lists
+//! faults, comma-separated: `oom-load:STRATEGY` fails every load with that strategy as a
+//! CUDA out-of-memory error would; `oom-step:N` fails the first attempt of optimiser step N
+//! (1-based) with a micro-batch larger than 1 example... see [`check_step`].
+
+use std::path::Path;
+
+use crate::checkpoint::CheckpointError;
+use crate::memory::strategy::Strategy;
+
+/// Whether an error message is libtorch's out-of-memory error (CUDA's or the CPU
+/// allocator's).
+pub fn is_oom_message(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("failed to allocate")
+}
+
+#[cfg(feature = "fault-injection")]
+fn injected(kind: &str, value: &str) -> bool {
+    std::env::var("INJECT_FAULTS").map(|v| v.split(',').any(|f| f.trim() == format!("{kind}:{value}"))).unwrap_or(false)
+}
+
+/// Fails a load as an out-of-memory error would, when so injected.
+pub fn check_load(strategy: Strategy, path: &Path) -> Result<(), CheckpointError> {
+    #[cfg(feature = "fault-injection")]
+    if injected("oom-load", strategy.name()) {
+        return Err(CheckpointError::Torch {
+            path: path.to_path_buf(),
+            source: tch::TchError::Torch(format!("CUDA out of memory (injected for {})", strategy.name())),
+        });
+    }
+    let _ = (strategy, path);
+    Ok(())
+}
+
+/// Panics as an out-of-memory error in a training step would, when so injected for global
+/// step `step` (1-based) and the micro-batch is still larger than `floor` examples.
+pub fn check_step(step: u64, micro_batch: i64, floor: i64) {
+    #[cfg(feature = "fault-injection")]
+    if micro_batch > floor && injected("oom-step", &step.to_string()) {
+        panic!("CUDA out of memory (injected at step {step}, micro-batch {micro_batch})");
+    }
+    let _ = (step, micro_batch, floor);
+}

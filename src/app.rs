@@ -219,9 +219,15 @@ fn plan(args: &PlanArgs) -> Result<()> {
     };
     let plan = memory::plan::make(&cfg.memory, device, sizes, &memory::probe::Nvml)
         .map_err(|why| config::ConfigError::Invalid { key: "memory.strategy".into(), message: why })?;
+    let measured = match (&args.checkpoint, args.execute) {
+        (Some(path), true) => Some(run::measure_load(cfg, path)?),
+        _ => None,
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
+        let mut json = serde_json::to_value(&plan)?;
+        json["measured"] = serde_json::to_value(&measured)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
     let gib = |b: u64| bytesize::ByteSize(b).to_string();
@@ -240,5 +246,17 @@ fn plan(args: &PlanArgs) -> Result<()> {
         writeln!(out, "predicted  {name:17} peak {}", gib(*peak))?;
     }
     writeln!(out, "choice     {}: {}", plan.strategy.name(), plan.reason)?;
+    if let Some(m) = measured {
+        let opt = |b: Option<u64>| b.map_or("n/a".to_string(), gib);
+        writeln!(
+            out,
+            "measured   {} in {:.3} s; host peak +{}; device peak {} (model {})",
+            m.strategy.name(),
+            m.seconds,
+            opt(m.host_peak_above_start_bytes),
+            opt(m.device_peak_allocated_bytes),
+            opt(m.device_allocated_before_bytes)
+        )?;
+    }
     Ok(())
 }

@@ -171,6 +171,11 @@ pub struct PlanArgs {
     /// Device to plan for (default: run.device).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
+    /// Also carry the plan out: build the model on the device, load the checkpoint as a run
+    /// would, and report the measured time and peak memory (`measured` in the JSON).
+    /// Writes nothing. Needs --checkpoint.
+    #[arg(long, requires = "checkpoint")]
+    pub execute: bool,
     /// Print JSON: `strategy`, `reason`, `free_vram_bytes`, `source`, `predicted_peak_bytes`
     /// (by strategy name), `device`, `sizes`, `gpu`, `host`.
     #[arg(long)]

@@ -5,7 +5,7 @@
 //! suite enables (a dev-dependency of the crate on itself). There, `INJECT_FAULTS` lists
 //! faults, comma-separated: `oom-load:STRATEGY` fails every load with that strategy as a
 //! CUDA out-of-memory error would; `oom-step:N` fails the first attempt of optimiser step N
-//! (1-based) with a micro-batch larger than 1 example... see [`check_step`].
+//! (1-based); `oom-step-always:N` fails every attempt of step N (no recovery possible).
 
 use std::path::Path;
 
@@ -38,11 +38,16 @@ pub fn check_load(strategy: Strategy, path: &Path) -> Result<(), CheckpointError
 }
 
 /// Panics as an out-of-memory error in a training step would, when so injected for global
-/// step `step` (1-based) and the micro-batch is still larger than `floor` examples.
-pub fn check_step(step: u64, micro_batch: i64, floor: i64) {
+/// step `step` (1-based).
+pub fn check_step(step: u64) {
     #[cfg(feature = "fault-injection")]
-    if micro_batch > floor && injected("oom-step", &step.to_string()) {
-        panic!("CUDA out of memory (injected at step {step}, micro-batch {micro_batch})");
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static FIRST_ATTEMPT_FAILED: AtomicBool = AtomicBool::new(false);
+        let once = injected("oom-step", &step.to_string()) && !FIRST_ATTEMPT_FAILED.swap(true, Ordering::Relaxed);
+        if once || injected("oom-step-always", &step.to_string()) {
+            panic!("CUDA out of memory (injected at step {step})");
+        }
     }
-    let _ = (step, micro_batch, floor);
+    let _ = step;
 }

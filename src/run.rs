@@ -414,6 +414,52 @@ pub fn model_sizes(cfg: &Config) -> Result<crate::memory::strategy::Sizes, RunEr
     Ok(crate::memory::strategy::Sizes { model, weights: model, optimizer, largest })
 }
 
+/// What loading a checkpoint actually took, measured (`train plan --execute`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeasuredLoad {
+    /// The strategy that succeeded (after any step down).
+    pub strategy: Strategy,
+    /// Wall time of the load.
+    pub seconds: f64,
+    /// Peak host RSS during the load above the RSS just before it (model included before).
+    pub host_peak_above_start_bytes: Option<u64>,
+    /// Peak bytes allocated on the CUDA device during the load (`None` on the CPU).
+    pub device_peak_allocated_bytes: Option<u64>,
+    /// Bytes allocated on the CUDA device before the load (the model).
+    pub device_allocated_before_bytes: Option<u64>,
+}
+
+/// Builds the configured model on the configured device and loads `path` into it as a run
+/// would (plan, strategy, step-down), measuring time and peak memory. Writes nothing.
+pub fn measure_load(cfg: &Config, path: &Path) -> Result<MeasuredLoad, RunError> {
+    let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let sizes = crate::memory::plan::sizes_of(path, 0)?;
+    let mut trainer = Trainer::new(cfg, &data, device)?;
+    drop(data);
+    let cuda = match device {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
+    };
+    let before = cuda.and_then(crate::memory::cuda::stats).map(|s| s.allocated);
+    if let Some(i) = cuda {
+        crate::memory::cuda::reset_peak(i);
+    }
+    crate::memory::probe::reset_peak_rss();
+    let rss_before = crate::memory::probe::host().rss;
+    let start = Instant::now();
+    let strategy = load_planned(cfg, &mut trainer, path, sizes)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let host = crate::memory::probe::host();
+    Ok(MeasuredLoad {
+        strategy,
+        seconds,
+        host_peak_above_start_bytes: host.peak_rss.zip(rss_before).map(|(p, b)| p.saturating_sub(b)),
+        device_peak_allocated_bytes: cuda.and_then(crate::memory::cuda::stats).map(|s| s.peak_allocated),
+        device_allocated_before_bytes: before,
+    })
+}
+
 /// Checks that the configured data files exist, without reading them (for `--dry-run`).
 fn check_data_files(cfg: &crate::config::DataConfig) -> Result<(), DataError> {
     let files: Vec<(PathBuf, PathBuf)> = match (cfg.kind, &cfg.path) {
@@ -539,7 +585,7 @@ fn resume(cfg: &Config, trainer: &mut Trainer, plan: &ResumePlan) -> Result<Opti
     for path in paths {
         let result = crate::memory::plan::sizes_of(path, 0)
             .map_err(RunError::from)
-            .and_then(|sizes| load_planned(cfg, trainer, path, sizes));
+            .and_then(|sizes| load_planned(cfg, trainer, path, sizes).map(|_| ()));
         match result {
             Ok(()) => return Ok(Some(path.clone())),
             Err(e) if !explicit && !matches!(e, RunError::OutOfMemory { .. }) => {
@@ -559,7 +605,7 @@ fn load_planned(
     trainer: &mut Trainer,
     path: &Path,
     sizes: crate::memory::strategy::Sizes,
-) -> Result<(), RunError> {
+) -> Result<Strategy, RunError> {
     // The model is already on the device, so the free figure excludes it: plan with model 0.
     let plan = crate::memory::plan::make(&cfg.memory, trainer.device, sizes, &crate::memory::probe::Nvml)
         .map_err(|message| ConfigError::Invalid { key: "memory.strategy".into(), message })?;
@@ -588,7 +634,7 @@ fn load_planned(
                     None => return Err(RunError::OutOfMemory { detail: format!("loading {}: {e}", path.display()) }),
                 }
             }
-            other => return other.map_err(RunError::from),
+            other => return other.map(|()| strategy).map_err(RunError::from),
         }
     }
 }

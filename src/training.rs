@@ -133,7 +133,7 @@ impl Trainer {
         self.optimizer.zero_grad();
         let n = xs.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
-        crate::fault::check_step(self.step + 1, micro, 1);
+        crate::fault::check_step(self.step + 1);
         let mut loss_sum = 0.0;
         for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
             let m = x.size()[0];

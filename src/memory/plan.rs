@@ -33,7 +33,11 @@ pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget 
     }
     match device {
         Device::Cuda(i) => match gpu.memory(i as u32) {
-            Ok(m) => Budget { free_bytes: Some(m.free), source: "nvml".into(), gpu: Some(m) },
+            Ok(m) => {
+                // With memory.vram_limit the allocator never gets more than the limit.
+                let free = cfg.vram_limit.map_or(m.free, |l| m.free.min(l.as_u64()));
+                Budget { free_bytes: Some(free), source: "nvml".into(), gpu: Some(m) }
+            }
             Err(why) => Budget { free_bytes: None, source: why, gpu: None },
         },
         _ => Budget { free_bytes: probe::host().available, source: "host".into(), gpu: None },

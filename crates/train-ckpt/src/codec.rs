@@ -30,14 +30,32 @@ const ZSTD_LEVEL: i32 = 1;
 /// finds short chance repetitions that cost more as matches than as Huffman-coded literals.
 const LZ_MIN_MATCH: i32 = 7;
 
+/// Bytes of a plane on which both coders are tried; the winner codes the whole plane. 32 KiB
+/// is enough for Huffman statistics and a quarter of a float32 exponent plane (1 MiB chunks).
+const TRIAL_BYTES: usize = 64 << 10;
+
+/// How much smaller (as a fraction) a coder must be on the trial to be preferred to one tried
+/// before it: those decode faster, and a sample is only a sample.
+const CODER_MARGIN: f64 = 0.02;
+
+/// Blocks of a plane sampled for the entropy estimate: 16 blocks of 4 KiB spread over it.
+const ESTIMATE_BLOCKS: usize = 16;
+
+/// Bytes per sampled block; also the block size of the per-block estimate.
+const ESTIMATE_BLOCK: usize = 4 << 10;
+
+/// Estimated cost of a Huffman table in a zstd block, in bits (a table for a few dozen
+/// symbols takes 20 to 40 bytes).
+const TABLE_BITS: f64 = 256.0;
+
 /// Per-thread state for encoding chunks: two zstd contexts and scratch planes.
 pub(crate) struct ChunkEncoder {
     lz: zstd::bulk::Compressor<'static>,
     literals: LiteralCompressor,
     planes: Vec<Vec<u8>>,
     delta: Vec<u8>,
-    lz_out: Vec<u8>,
-    lit_out: Vec<u8>,
+    trial: Vec<u8>,
+    best: Vec<u8>,
 }
 
 impl ChunkEncoder {
@@ -52,8 +70,8 @@ impl ChunkEncoder {
             literals: LiteralCompressor::new(ZSTD_LEVEL)?,
             planes: Vec::new(),
             delta: Vec::new(),
-            lz_out: Vec::new(),
-            lit_out: Vec::new(),
+            trial: Vec::new(),
+            best: Vec::new(),
         })
     }
 
@@ -63,58 +81,132 @@ impl ChunkEncoder {
         &mut self,
         encoding: Encoding,
         dtype: Dtype,
+        row: usize,
         data: &[u8],
         out: &mut Vec<u8>,
     ) -> io::Result<Vec<PlaneEntry>> {
         if encoding == Encoding::Bytes {
-            return Ok(vec![self.encode_plane(data, out)?]);
+            return Ok(vec![self.encode_plane(data, row, out)?]);
         }
         let mut planes = std::mem::take(&mut self.planes);
         split(encoding, dtype, data, &mut planes);
         let entries = planes
             .iter()
-            .map(|plane| self.encode_plane(plane, out))
+            .map(|plane| self.encode_plane(plane, row, out))
             .collect();
         self.planes = planes;
         entries
     }
 
-    /// Stores one plane the cheapest way found: raw, zstd, or zstd of its differences.
-    fn encode_plane(&mut self, plane: &[u8], out: &mut Vec<u8>) -> io::Result<PlaneEntry> {
-        let raw = |out: &mut Vec<u8>| {
+    /// Stores one plane the cheapest way found: raw, or zstd of the plane or of its
+    /// differences along the element or row. `row` is the tensor's row length in this plane.
+    fn encode_plane(
+        &mut self,
+        plane: &[u8],
+        row: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<PlaneEntry> {
+        let raw = |out: &mut Vec<u8>| -> io::Result<PlaneEntry> {
             out.extend_from_slice(plane);
             Ok(PlaneEntry(Codec::Raw, plane.len() as u64))
         };
-        let (plain_bits, delta_bits) = entropies(plane);
-        if plain_bits.min(delta_bits) >= RAW_ENTROPY_BITS {
+        let Some(Filter { codec, varies }) = choose_filter(plane, row) else {
             return raw(out);
-        }
-        let (codec, src) = if delta_bits < plain_bits {
-            delta_encode(plane, &mut self.delta);
-            (Codec::DeltaZstd, self.delta.as_slice())
-        } else {
-            (Codec::Zstd, plane)
         };
-        // Literals only (Huffman) wins on planes of independent values such as the exponents
-        // of weights; LZ wins where values repeat (zeros, flat regions). Trying both costs
-        // little beside the planes stored raw without trying.
-        self.literals.compress(src, &mut self.lit_out)?;
-        self.lz_out.clear();
-        self.lz_out
-            .reserve(zstd::zstd_safe::compress_bound(src.len()));
-        self.lz.compress_to_buffer(src, &mut self.lz_out)?;
-        let best = if self.lz_out.len() < self.lit_out.len() {
-            &self.lz_out
-        } else {
-            &self.lit_out
+        let mut scratch = std::mem::take(&mut self.delta);
+        let src = match codec.lag(row) {
+            0 => plane,
+            lag => {
+                delta_encode(plane, lag, &mut scratch);
+                scratch.as_slice()
+            }
         };
-        if best.len() >= plane.len() {
-            return raw(out);
+        let entry = match self.compress(src, varies)? {
+            best if best.len() < plane.len() => {
+                out.extend_from_slice(best);
+                PlaneEntry(codec, best.len() as u64)
+            }
+            _ => raw(out)?,
+        };
+        self.delta = scratch;
+        Ok(entry)
+    }
+
+    /// Codes `src` as one zstd frame with the coder that does best on a sample of it; the
+    /// literal coders with small blocks are tried only if its statistics `vary` along it.
+    fn compress(&mut self, src: &[u8], varies: bool) -> io::Result<&[u8]> {
+        let start = src.len().saturating_sub(TRIAL_BYTES) / 2;
+        let sample = &src[start..src.len().min(start + TRIAL_BYTES)];
+        let mut best: Option<(Coder, usize)> = None;
+        for coder in CODERS {
+            if matches!(coder, Coder::Literals { block } if block < MAX_BLOCK) && !varies {
+                continue;
+            }
+            self.code(coder, sample, Slot::Trial)?;
+            let len = self.trial.len();
+            if best.map_or(true, |(_, b)| {
+                (len as f64) < b as f64 * (1.0 - CODER_MARGIN)
+            }) {
+                best = Some((coder, len));
+                std::mem::swap(&mut self.trial, &mut self.best);
+            }
         }
-        out.extend_from_slice(best);
-        Ok(PlaneEntry(codec, best.len() as u64))
+        let (coder, _) = best.expect("at least one coder");
+        if sample.len() < src.len() {
+            self.code(coder, src, Slot::Best)?;
+        }
+        Ok(&self.best)
+    }
+
+    /// Replaces the slot's bytes with one zstd frame of `src`.
+    fn code(&mut self, coder: Coder, src: &[u8], slot: Slot) -> io::Result<()> {
+        let out = match slot {
+            Slot::Trial => &mut self.trial,
+            Slot::Best => &mut self.best,
+        };
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+        match coder {
+            Coder::Literals { block } => self.literals.compress(src, block, out),
+            Coder::Lz => self.lz.compress_to_buffer(src, out).map(drop),
+        }
     }
 }
+
+/// Which of the encoder's output buffers to fill.
+#[derive(Clone, Copy)]
+enum Slot {
+    Trial,
+    Best,
+}
+
+/// zstd's largest block, 128 KiB.
+const MAX_BLOCK: u32 = 128 << 10;
+
+/// A way to code a plane as a zstd frame.
+#[derive(Debug, Clone, Copy)]
+enum Coder {
+    /// Literals only (Huffman), in blocks of at most this many bytes: each block has its own
+    /// code table (or reuses the previous one when that is cheaper), so small blocks follow
+    /// statistics that change along the plane, such as the scale of each row of a weight
+    /// matrix's optimizer state, at the price of a table per block.
+    Literals { block: u32 },
+    /// zstd's LZ match finder and entropy coders: for planes with repeated runs.
+    Lz,
+}
+
+/// The coders tried on each plane's sample, fastest first; a later one must beat the best so
+/// far by `CODER_MARGIN`. Measured on a trained MLP's weights and Adam moments: weights'
+/// exponents want 128 KiB literal blocks (2.40 bits each; 2.50 in 2 KiB blocks), the moments'
+/// exponents 2 KiB blocks (4.15-4.74 bits; 4.46-5.29 in 128 KiB blocks), and delta-coded
+/// exponents of the first layer's moments LZ (2.28 bits; 2.54 as literals).
+const CODERS: [Coder; 5] = [
+    Coder::Literals { block: MAX_BLOCK },
+    Coder::Lz,
+    Coder::Literals { block: 16 << 10 },
+    Coder::Literals { block: 4 << 10 },
+    Coder::Literals { block: 2 << 10 },
+];
 
 /// Per-thread state for decoding chunks.
 pub(crate) struct ChunkDecoder {
@@ -145,12 +237,13 @@ impl ChunkDecoder {
         &mut self,
         encoding: Encoding,
         dtype: Dtype,
+        row: usize,
         entries: &[PlaneEntry],
         stored: &[u8],
         out: &mut [u8],
     ) -> Result<(), PlaneError> {
         if encoding == Encoding::Bytes {
-            return decode_plane(&mut self.zstd, entries[0], stored, out).map_err(|reason| {
+            return decode_plane(&mut self.zstd, entries[0], row, stored, out).map_err(|reason| {
                 PlaneError {
                     plane: 0,
                     offset: 0,
@@ -169,7 +262,7 @@ impl ChunkDecoder {
                 sources.push(bytes);
             } else {
                 scratch.resize(elems, 0);
-                decode_plane(&mut self.zstd, entry, bytes, scratch).map_err(|reason| {
+                decode_plane(&mut self.zstd, entry, row, bytes, scratch).map_err(|reason| {
                     PlaneError {
                         plane: p,
                         offset: at as u64,
@@ -189,37 +282,103 @@ impl ChunkDecoder {
 fn decode_plane(
     zstd: &mut zstd::bulk::Decompressor<'static>,
     PlaneEntry(codec, _): PlaneEntry,
+    row: usize,
     stored: &[u8],
     out: &mut [u8],
 ) -> Result<(), String> {
     match codec {
         Codec::Raw => out.copy_from_slice(stored),
-        Codec::Zstd | Codec::DeltaZstd => {
+        Codec::Zstd | Codec::DeltaZstd | Codec::RowDeltaZstd => {
             let n = zstd
                 .decompress_to_buffer(stored, out)
                 .map_err(|e| e.to_string())?;
             if n != out.len() {
                 return Err(format!("{n} bytes decoded, {} expected", out.len()));
             }
-            if codec == Codec::DeltaZstd {
-                delta_decode(out);
-            }
+            delta_decode(out, codec.lag(row));
         }
     }
     Ok(())
 }
 
-/// Order-0 entropy, in bits per byte, of `plane` and of its byte-wise differences.
-fn entropies(plane: &[u8]) -> (f64, f64) {
-    let mut plain = [0u32; 256];
-    let mut delta = [0u32; 256];
-    let mut prev = 0u8;
-    for &b in plane {
-        plain[b as usize] += 1;
-        delta[b.wrapping_sub(prev) as usize] += 1;
-        prev = b;
+/// The filter chosen for a plane, and whether its statistics vary along it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Filter {
+    codec: Codec,
+    /// Per-block codes are estimated to beat one code for the whole plane: worth trying the
+    /// literal coders with small blocks.
+    varies: bool,
+}
+
+/// Picks the filter before zstd (none, differences along the elements, differences along
+/// the rows) whose output has the lowest estimated entropy; `None` when even that is so high
+/// that the plane is best stored raw.
+fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
+    let mut candidates = vec![Codec::Zstd, Codec::DeltaZstd];
+    if row > 1 && row < plane.len() {
+        candidates.push(Codec::RowDeltaZstd);
     }
-    (entropy(&plain, plane.len()), entropy(&delta, plane.len()))
+    let mut best: Option<(Filter, f64)> = None;
+    for codec in candidates {
+        let (one_code, per_block) = estimate_bits(plane, codec.lag(row));
+        let bits = one_code.min(per_block);
+        if best.map_or(true, |(_, b)| bits < b) {
+            let varies = per_block < one_code;
+            best = Some((Filter { codec, varies }, bits));
+        }
+    }
+    best.filter(|&(_, bits)| bits < RAW_ENTROPY_BITS)
+        .map(|(filter, _)| filter)
+}
+
+/// Estimated bits per byte of coding `plane`'s differences at distance `lag` (0: the plane
+/// itself) with Huffman codes, on up to `ESTIMATE_BLOCKS` blocks spread over the plane: with
+/// one code for all blocks, and with one code per block (plus the cost of its table), as the
+/// literal coders with large and small blocks would do.
+fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
+    let mut all = [0u32; 256];
+    let mut per_block_bits = 0.0;
+    let blocks = plane.len().div_ceil(ESTIMATE_BLOCK);
+    let step = blocks.div_ceil(ESTIMATE_BLOCKS).max(1);
+    let mut n = 0;
+    for block in (0..blocks).step_by(step) {
+        let range = block * ESTIMATE_BLOCK..plane.len().min((block + 1) * ESTIMATE_BLOCK);
+        let len = range.len();
+        let mut hist = [0u32; 256];
+        for i in range {
+            let b = if lag == 0 || i < lag {
+                plane[i]
+            } else {
+                plane[i].wrapping_sub(plane[i - lag])
+            };
+            hist[b as usize] += 1;
+        }
+        per_block_bits += block_bits(&hist, len) + TABLE_BITS;
+        for (a, h) in all.iter_mut().zip(hist) {
+            *a += h;
+        }
+        n += len;
+    }
+    let one_code_bits = entropy(&all, n) * n as f64;
+    (one_code_bits / n as f64, per_block_bits / n as f64)
+}
+
+/// Bits of an ideal order-0 code for a block of `n <= ESTIMATE_BLOCK` bytes with histogram
+/// `hist`: n·log2(n) − Σ c·log2(c), from a table, since this runs for every sampled block.
+fn block_bits(hist: &[u32; 256], n: usize) -> f64 {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        (0..=ESTIMATE_BLOCK)
+            .map(|c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    c as f64 * (c as f64).log2()
+                }
+            })
+            .collect()
+    });
+    t[n] - hist.iter().map(|&c| t[c as usize]).sum::<f64>()
 }
 
 fn entropy(hist: &[u32; 256], n: usize) -> f64 {
@@ -233,21 +392,44 @@ fn entropy(hist: &[u32; 256], n: usize) -> f64 {
         .sum()
 }
 
-fn delta_encode(plane: &[u8], out: &mut Vec<u8>) {
+/// Replaces `out` with the differences of `plane` at distance `lag`: `d[i] = p[i] - p[i-lag]`
+/// (wrapping), `d[i] = p[i]` for `i < lag`.
+fn delta_encode(plane: &[u8], lag: usize, out: &mut Vec<u8>) {
     out.clear();
-    let mut prev = 0u8;
-    out.extend(plane.iter().map(|&b| {
-        let d = b.wrapping_sub(prev);
-        prev = b;
-        d
-    }));
+    out.extend_from_slice(&plane[..lag.min(plane.len())]);
+    out.extend(
+        plane
+            .iter()
+            .skip(lag)
+            .zip(plane)
+            .map(|(&b, &before)| b.wrapping_sub(before)),
+    );
 }
 
-fn delta_decode(plane: &mut [u8]) {
-    let mut acc = 0u8;
-    for b in plane {
-        acc = acc.wrapping_add(*b);
-        *b = acc;
+/// Inverse of [`delta_encode`], in place; `lag` 0 leaves the plane as it is.
+fn delta_decode(plane: &mut [u8], lag: usize) {
+    match lag {
+        0 => {}
+        1 => {
+            let mut acc = 0u8;
+            for b in plane {
+                acc = acc.wrapping_add(*b);
+                *b = acc;
+            }
+        }
+        _ => {
+            // Row by row, each row added to the one before it: slices the compiler vectorises.
+            let mut start = lag;
+            while start < plane.len() {
+                let end = plane.len().min(start + lag);
+                let (before, rest) = plane.split_at_mut(start);
+                let above = &before[start - lag..end - lag];
+                for (b, &a) in rest[..end - start].iter_mut().zip(above) {
+                    *b = b.wrapping_add(a);
+                }
+                start = end;
+            }
+        }
     }
 }
 
@@ -255,10 +437,16 @@ fn delta_decode(plane: &mut [u8]) {
 /// after a one-bit left rotation for `FloatPlanes`.
 pub(crate) fn split(encoding: Encoding, dtype: Dtype, data: &[u8], planes: &mut Vec<Vec<u8>>) {
     let rotate = encoding == Encoding::FloatPlanes;
+    let n = data.len() / dtype.size();
+    planes.resize_with(dtype.size(), Vec::new);
+    for p in planes.iter_mut() {
+        p.clear();
+        p.resize(n, 0);
+    }
     match dtype.size() {
-        2 => split_n::<2>(data, rotate, planes),
-        4 => split_n::<4>(data, rotate, planes),
-        8 => split_n::<8>(data, rotate, planes),
+        2 => split2(data, rotate, planes),
+        4 => split4(data, rotate, planes),
+        8 => split8(data, rotate, planes),
         size => unreachable!("no planes for {size}-byte elements"),
     }
 }
@@ -267,59 +455,58 @@ pub(crate) fn split(encoding: Encoding, dtype: Dtype, data: &[u8], planes: &mut 
 pub(crate) fn merge(encoding: Encoding, dtype: Dtype, planes: &[&[u8]], out: &mut [u8]) {
     let rotate = encoding == Encoding::FloatPlanes;
     match dtype.size() {
-        2 => merge_n::<2>(planes, rotate, out),
-        4 => merge_n::<4>(planes, rotate, out),
-        8 => merge_n::<8>(planes, rotate, out),
+        2 => merge2(planes, rotate, out),
+        4 => merge4(planes, rotate, out),
+        8 => merge8(planes, rotate, out),
         size => unreachable!("no planes for {size}-byte elements"),
     }
 }
 
-fn split_n<const N: usize>(data: &[u8], rotate: bool, planes: &mut Vec<Vec<u8>>) {
-    let n = data.len() / N;
-    planes.resize_with(N, Vec::new);
-    for p in planes.iter_mut() {
-        p.clear();
-        p.resize(n, 0);
-    }
-    let bits = 8 * N as u32;
-    let mut outs: Vec<&mut [u8]> = planes.iter_mut().map(|p| &mut p[..n]).collect();
-    for (i, e) in data.chunks_exact(N).enumerate() {
-        let mut x = 0u64;
-        for (k, &b) in e.iter().enumerate() {
-            x |= u64::from(b) << (8 * k);
+/// Defines the split and merge of one element width, on the native word so that the rotation
+/// is one instruction and the loops have no bounds checks left in them.
+macro_rules! planes_of {
+    ($split:ident, $merge:ident, $word:ty, $n:literal) => {
+        fn $split(data: &[u8], rotate: bool, planes: &mut [Vec<u8>]) {
+            let mut planes = planes.iter_mut();
+            let mut outs: [&mut [u8]; $n] =
+                std::array::from_fn(|_| planes.next().expect("one plane per byte").as_mut_slice());
+            let n = data.len() / $n;
+            for out in &mut outs {
+                *out = &mut std::mem::take(out)[..n];
+            }
+            for (i, e) in data.chunks_exact($n).enumerate() {
+                let mut x = <$word>::from_le_bytes(e.try_into().expect("whole element"));
+                if rotate {
+                    x = x.rotate_left(1);
+                }
+                let bytes = x.to_le_bytes();
+                for k in 0..$n {
+                    outs[k][i] = bytes[k];
+                }
+            }
         }
-        if rotate {
-            x = ((x << 1) | (x >> (bits - 1))) & mask(bits);
+
+        fn $merge(planes: &[&[u8]], rotate: bool, out: &mut [u8]) {
+            let n = out.len() / $n;
+            let ins: [&[u8]; $n] = std::array::from_fn(|k| &planes[k][..n]);
+            for (i, e) in out.chunks_exact_mut($n).enumerate() {
+                let mut bytes = [0u8; $n];
+                for k in 0..$n {
+                    bytes[k] = ins[k][i];
+                }
+                let mut x = <$word>::from_le_bytes(bytes);
+                if rotate {
+                    x = x.rotate_right(1);
+                }
+                e.copy_from_slice(&x.to_le_bytes());
+            }
         }
-        for (k, out) in outs.iter_mut().enumerate() {
-            out[i] = (x >> (8 * k)) as u8;
-        }
-    }
+    };
 }
 
-fn merge_n<const N: usize>(planes: &[&[u8]], rotate: bool, out: &mut [u8]) {
-    let bits = 8 * N as u32;
-    for (i, e) in out.chunks_exact_mut(N).enumerate() {
-        let mut x = 0u64;
-        for (k, p) in planes.iter().enumerate() {
-            x |= u64::from(p[i]) << (8 * k);
-        }
-        if rotate {
-            x = ((x >> 1) | (x << (bits - 1))) & mask(bits);
-        }
-        for (k, b) in e.iter_mut().enumerate() {
-            *b = (x >> (8 * k)) as u8;
-        }
-    }
-}
-
-const fn mask(bits: u32) -> u64 {
-    if bits == 64 {
-        u64::MAX
-    } else {
-        (1 << bits) - 1
-    }
-}
+planes_of!(split2, merge2, u16, 2);
+planes_of!(split4, merge4, u32, 4);
+planes_of!(split8, merge8, u64, 8);
 
 /// A zstd context that codes its input as literals only (Huffman, no LZ matches), through
 /// `ZSTD_compressSequences` with no sequences. The output is an ordinary zstd frame. zstd's
@@ -350,8 +537,25 @@ impl LiteralCompressor {
         Ok(this)
     }
 
-    /// Replaces `out` with one zstd frame holding `src`.
-    fn compress(&mut self, src: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    /// Replaces `out` with one zstd frame holding `src`, in blocks of at most `block` bytes
+    /// (1 KiB to 128 KiB).
+    fn compress(&mut self, src: &[u8], block: u32, out: &mut Vec<u8>) -> io::Result<()> {
+        // SAFETY: ctx is a live context owned by `self`. A finished frame leaves the context
+        // in a stage where parameters are locked until the session is reset.
+        // ZSTD_c_maxBlockSize is experimental param 18 in zstd 1.5.6 and later (zstd.h names
+        // it only as a macro).
+        let code = unsafe {
+            check(zstd_sys::ZSTD_CCtx_reset(
+                self.0.as_ptr(),
+                zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_only,
+            ))?;
+            zstd_sys::ZSTD_CCtx_setParameter(
+                self.0.as_ptr(),
+                zstd_sys::ZSTD_cParameter::ZSTD_c_experimentalParam18,
+                block as i32,
+            )
+        };
+        check(code)?;
         out.clear();
         out.reserve(zstd::zstd_safe::compress_bound(src.len()));
         // SAFETY: the context is live and exclusively ours; `out` has `capacity()` writable
@@ -438,9 +642,15 @@ mod tests {
     fn delta_round_trips() {
         let plane = [5u8, 3, 250, 0, 0, 7];
         let mut d = Vec::new();
-        delta_encode(&plane, &mut d);
+        delta_encode(&plane, 1, &mut d);
         assert_eq!(d, [5, 254, 247, 6, 0, 7]);
-        delta_decode(&mut d);
+        delta_decode(&mut d, 1);
+        assert_eq!(d, plane);
+        delta_encode(&plane, 2, &mut d);
+        assert_eq!(d, [5, 3, 245, 253, 6, 7]);
+        delta_decode(&mut d, 2);
+        assert_eq!(d, plane);
+        delta_encode(&plane, 9, &mut d);
         assert_eq!(d, plane);
     }
 
@@ -458,11 +668,11 @@ mod tests {
             .collect();
         let mut out = Vec::new();
         assert_eq!(
-            enc.encode_plane(&noise, &mut out).unwrap(),
+            enc.encode_plane(&noise, 64, &mut out).unwrap(),
             PlaneEntry(Codec::Raw, 4096)
         );
         let ramp: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
-        let PlaneEntry(codec, len) = enc.encode_plane(&ramp, &mut out).unwrap();
+        let PlaneEntry(codec, len) = enc.encode_plane(&ramp, 64, &mut out).unwrap();
         assert_eq!(codec, Codec::DeltaZstd);
         assert!(len < 100, "{len}");
         let mut dec = ChunkDecoder::new().unwrap();
@@ -470,6 +680,7 @@ mod tests {
         decode_plane(
             &mut dec.zstd,
             PlaneEntry(codec, len),
+            64,
             &out[4096..],
             &mut back,
         )
@@ -482,9 +693,9 @@ mod tests {
         let mut lit = LiteralCompressor::new(ZSTD_LEVEL).unwrap();
         let src: Vec<u8> = (0..10_000u32).map(|i| (i % 7 == 0) as u8 + 120).collect();
         let mut out = Vec::new();
-        for _ in 0..2 {
+        for block in [128 << 10, 1 << 10] {
             // Twice: the context must be reusable.
-            lit.compress(&src, &mut out).unwrap();
+            lit.compress(&src, block, &mut out).unwrap();
             assert!(out.len() < src.len() / 4);
             assert_eq!(zstd::bulk::decompress(&out, src.len()).unwrap(), src);
         }

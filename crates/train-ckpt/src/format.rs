@@ -168,6 +168,11 @@ impl Encoding {
         }
     }
 
+    /// Bytes of one row (the last dimension; 1 for a scalar) in each plane.
+    pub(crate) fn row_len(self, dtype: Dtype, last_dim: u64) -> u64 {
+        self.plane_len(dtype, last_dim)
+    }
+
     /// Raw length of each plane of a chunk of `elems` elements.
     pub(crate) fn plane_len(self, dtype: Dtype, elems: u64) -> u64 {
         match self {
@@ -188,6 +193,20 @@ pub(crate) enum Codec {
     /// One zstd frame of the plane's byte-wise differences: `d[0] = p[0]`,
     /// `d[i] = p[i] - p[i-1]` (wrapping).
     DeltaZstd,
+    /// One zstd frame of the differences between rows: `d[i] = p[i] - p[i-r]` (wrapping),
+    /// `d[i] = p[i]` for `i < r`, where `r` is the tensor's row length in this plane.
+    RowDeltaZstd,
+}
+
+impl Codec {
+    /// The distance of the differences this codec takes: 0 for none.
+    pub(crate) fn lag(self, row: usize) -> usize {
+        match self {
+            Codec::Raw | Codec::Zstd => 0,
+            Codec::DeltaZstd => 1,
+            Codec::RowDeltaZstd => row,
+        }
+    }
 }
 
 /// One plane's entry in the index: `[codec, stored length]`.
@@ -237,6 +256,8 @@ pub struct TensorInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     pub encoding: Encoding,
+    /// Row length in each plane, for `RowDeltaZstd`.
+    pub row: usize,
     pub offset: u64,
     pub xxh3: u64,
     pub chunk_elems: u64,
@@ -387,7 +408,7 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
         for (p, &PlaneEntry(codec, len)) in chunk.iter().enumerate() {
             let ok = match codec {
                 Codec::Raw => len == raw,
-                Codec::Zstd | Codec::DeltaZstd => {
+                Codec::Zstd | Codec::DeltaZstd | Codec::RowDeltaZstd => {
                     len > 0 && len <= raw && raw <= len.saturating_mul(MAX_EXPANSION)
                 }
             };
@@ -429,6 +450,10 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
         },
         Layout {
             encoding: e.encoding,
+            // At most raw_len, which fits in usize; 1 for a scalar.
+            row: e
+                .encoding
+                .row_len(e.dtype, e.shape.last().copied().unwrap_or(1)) as usize,
             offset: e.offset,
             xxh3,
             chunk_elems: e.chunk_elems,

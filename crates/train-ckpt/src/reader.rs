@@ -243,7 +243,7 @@ impl<R: Read + Seek> Reader<R> {
                     (src, dst) = (rest, more);
                 }
                 let results = map_with(decoders, items, |dec, (k, planes, s, d)| {
-                    dec.decode(layout.encoding, info.dtype, planes, s, d)
+                    dec.decode(layout.encoding, info.dtype, layout.row, planes, s, d)
                         .map_err(|e| (k, e))
                 });
                 for result in results {

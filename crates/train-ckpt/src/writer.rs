@@ -134,6 +134,7 @@ impl<W: Write> Writer<W> {
         } else {
             Encoding::Planes
         };
+        let row = encoding.row_len(dtype, shape.last().map_or(1, |&d| d as u64)) as usize;
         let chunk_elems = (self.chunk_bytes / size).clamp(1, MAX_CHUNK_BYTES as usize / size);
         let offset = self.pos;
         let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk_elems * size));
@@ -142,7 +143,7 @@ impl<W: Write> Writer<W> {
         for group in pieces.chunks(window) {
             let encoded = map_with(&mut self.encoders, group.to_vec(), |enc, piece| {
                 let mut out = Vec::with_capacity(piece.len());
-                let planes = enc.encode(encoding, dtype, piece, &mut out)?;
+                let planes = enc.encode(encoding, dtype, row, piece, &mut out)?;
                 Ok::<_, std::io::Error>((planes, out))
             });
             for result in encoded {

@@ -15,6 +15,10 @@ use crate::parallel::{default_threads, map_with};
 /// holds only a few chunks' worth of compressed bytes.
 const CHUNKS_PER_THREAD: usize = 4;
 
+/// Compression ratio up to which `read_tensor` allocates a tensor's whole length up front.
+/// Real checkpoints compress 1.1-2x; only constant tensors compress more.
+const PLAUSIBLE_RATIO: u64 = 16;
+
 /// Reads a checkpoint from any seekable source (a file, a cursor over bytes).
 ///
 /// Opening reads only the header, the trailer and the index, validated before use; tensors
@@ -118,11 +122,17 @@ impl<R: Read + Seek> Reader<R> {
         self.by_name.get(name).map(|&i| &self.infos[i])
     }
 
-    /// Decodes a tensor and verifies its checksum. The buffer grows as chunks decode, so a
-    /// damaged file cannot make it allocate the tensor's claimed size up front.
+    /// Decodes a tensor and verifies its checksum.
     pub fn read_tensor(&mut self, name: &str) -> Result<Vec<u8>> {
         let i = self.position(name)?;
-        let mut out = Vec::new();
+        // Reserve the whole tensor unless it claims to expand more than checkpoints do; then
+        // the buffer grows as chunks decode, so a lying file cannot make the reader allocate
+        // more than its real bytes decode to.
+        let info = &self.infos[i];
+        let mut out = Vec::with_capacity(
+            info.raw_len
+                .min(info.stored_len.saturating_mul(PLAUSIBLE_RATIO)) as usize,
+        );
         let mut hasher = Xxh3Default::new();
         self.decode(i, |window_len, fill| {
             let start = out.len();

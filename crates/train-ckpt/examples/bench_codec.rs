@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype as StDtype, SafeTensors};
-use train_ckpt::{Dtype, Reader, Writer};
+use train_ckpt::{Dtype, Reader, Writer, WriterOptions};
 
 const RUNS: usize = 5;
 
@@ -63,8 +63,8 @@ fn main() -> Result<()> {
         paths.join(", ")
     );
     println!();
-    println!("| data | dtype | raw MB | ours ratio | zstd-3 ratio | zstd-3 mt ratio | ours compress MB/s | zstd-3 compress MB/s | zstd-3 mt compress MB/s | ours decompress MB/s | zstd-3 decompress MB/s | ours break-even disk MB/s | zstd-3 break-even disk MB/s |");
-    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("| data | dtype | raw MB | ours ratio | zstd-3 ratio | zstd-3 mt ratio | ours compress MB/s | ours 1-thread compress MB/s | zstd-3 compress MB/s | zstd-3 mt compress MB/s | ours decompress MB/s | ours 1-thread decompress MB/s | zstd-3 decompress MB/s | ours break-even disk MB/s | zstd-3 break-even disk MB/s |");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (label, group) in [("weights", &weights), ("Adam moments", &moments)] {
         if group.is_empty() {
             continue;
@@ -73,15 +73,17 @@ fn main() -> Result<()> {
         for (dtype, tensors) in [("fp32", group.as_slice()), ("bf16", bf16.as_slice())] {
             let row = measure(tensors, threads)?;
             println!(
-                "| {label} | {dtype} | {:.1} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {label} | {dtype} | {:.1} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 row.raw as f64 / 1e6,
                 row.ours.ratio(row.raw),
                 row.zstd.ratio(row.raw),
                 row.zstd_mt.ratio(row.raw),
                 mbps(row.raw, row.ours.compress),
+                mbps(row.raw, row.ours_1t.compress),
                 mbps(row.raw, row.zstd.compress),
                 mbps(row.raw, row.zstd_mt.compress),
                 mbps(row.raw, row.ours.decompress),
+                mbps(row.raw, row.ours_1t.decompress),
                 mbps(row.raw, row.zstd.decompress),
                 row.ours.break_even(row.raw),
                 row.zstd.break_even(row.raw),
@@ -112,6 +114,7 @@ impl Codec {
 struct Row {
     raw: usize,
     ours: Codec,
+    ours_1t: Codec,
     zstd: Codec,
     zstd_mt: Codec,
 }
@@ -119,32 +122,8 @@ struct Row {
 fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
     let raw: usize = tensors.iter().map(|t| t.data.len()).sum();
 
-    let (file, compress) = best(|| {
-        let mut w = Writer::new(Vec::with_capacity(raw))?;
-        for t in tensors {
-            w.add_tensor(&t.name, t.dtype, &t.shape, &t.data)?;
-        }
-        Ok(w.finish(BTreeMap::new())?)
-    })?;
-    let (_, decompress) = best(|| {
-        let mut r = Reader::new(Cursor::new(&file))?;
-        for t in tensors {
-            let back = r.read_tensor(&t.name)?;
-            std::hint::black_box(back);
-        }
-        Ok(())
-    })?;
-    let mut r = Reader::new(Cursor::new(&file))?;
-    for t in tensors {
-        if r.read_tensor(&t.name)? != t.data {
-            bail!("{} does not round-trip", t.name);
-        }
-    }
-    let ours = Codec {
-        stored: file.len(),
-        compress,
-        decompress,
-    };
+    let ours = measure_ours(tensors, threads)?;
+    let ours_1t = measure_ours(tensors, 1)?;
 
     let all: Vec<u8> = tensors
         .iter()
@@ -172,8 +151,43 @@ fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
     Ok(Row {
         raw,
         ours,
+        ours_1t,
         zstd,
         zstd_mt,
+    })
+}
+
+/// Writes and reads the tensors with `threads` threads, checking the round trip.
+fn measure_ours(tensors: &[Tensor], threads: usize) -> Result<Codec> {
+    let raw: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let options = WriterOptions {
+        threads,
+        ..WriterOptions::default()
+    };
+    let (file, compress) = best(|| {
+        let mut w = Writer::with_options(Vec::with_capacity(raw), options.clone())?;
+        for t in tensors {
+            w.add_tensor(&t.name, t.dtype, &t.shape, &t.data)?;
+        }
+        Ok(w.finish(BTreeMap::new())?)
+    })?;
+    let (_, decompress) = best(|| {
+        let mut r = Reader::with_threads(Cursor::new(&file), threads)?;
+        for t in tensors {
+            std::hint::black_box(r.read_tensor(&t.name)?);
+        }
+        Ok(())
+    })?;
+    let mut r = Reader::new(Cursor::new(&file))?;
+    for t in tensors {
+        if r.read_tensor(&t.name)? != t.data {
+            bail!("{} does not round-trip", t.name);
+        }
+    }
+    Ok(Codec {
+        stored: file.len(),
+        compress,
+        decompress,
     })
 }
 

@@ -345,13 +345,15 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
         let range = block * ESTIMATE_BLOCK..plane.len().min((block + 1) * ESTIMATE_BLOCK);
         let len = range.len();
         let mut hist = [0u32; 256];
-        for i in range {
-            let b = if lag == 0 || i < lag {
-                plane[i]
-            } else {
-                plane[i].wrapping_sub(plane[i - lag])
-            };
-            hist[b as usize] += 1;
+        if lag == 0 {
+            for &b in &plane[range] {
+                hist[b as usize] += 1;
+            }
+        } else {
+            for i in range {
+                let before = if i >= lag { plane[i - lag] } else { 0 };
+                hist[plane[i].wrapping_sub(before) as usize] += 1;
+            }
         }
         per_block_bits += block_bits(&hist, len) + TABLE_BITS;
         for (a, h) in all.iter_mut().zip(hist) {

@@ -231,7 +231,8 @@ fn rejects_trailer_pointing_outside_the_file() {
 fn rejects_indexes_whose_numbers_lie() {
     let (_, file) = sample();
     let good = index_json(&file);
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Lie = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Lie)> = vec![
         (
             "raw_len",
             Box::new(|i| i["tensors"][0]["raw_len"] = json!(1u64 << 40)),

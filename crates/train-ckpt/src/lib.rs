@@ -1,0 +1,47 @@
+//! A compressed checkpoint format: lossless, tensor by tensor, streamable, checksummed.
+//!
+//! Floats are split into byte planes (the exponent plane compresses well, the mantissa planes
+//! barely and are stored as they are) and each plane of each chunk is zstd-coded, in parallel.
+//! The index sits at the end of the file, so a [`Writer`] streams tensors as they come and a
+//! [`Reader`] seeks to the index and then reads one tensor at a time. Every tensor carries an
+//! xxh3-64 of its raw bytes, checked on read.
+//!
+//! The crate knows nothing of models or frameworks: tensors are a name, a [`Dtype`], a shape
+//! and little-endian bytes, as in safetensors. The byte layout is specified in
+//! `docs/compressed-format.md`; [`MAGIC`] and [`is_ckpt`] tell a file of this format from
+//! others.
+//!
+//! ```
+//! # fn main() -> Result<(), train_ckpt::Error> {
+//! use std::collections::BTreeMap;
+//! use train_ckpt::{Dtype, Reader, Writer};
+//!
+//! let weights: Vec<u8> = (0..1000u32).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
+//! let mut writer = Writer::new(Vec::new())?;
+//! writer.add_tensor("fc.weight", Dtype::F32, &[10, 100], &weights)?;
+//! let file = writer.finish(BTreeMap::from([("epoch".into(), "3".into())]))?;
+//!
+//! let mut reader = Reader::new(std::io::Cursor::new(file))?;
+//! assert_eq!(reader.metadata()["epoch"], "3");
+//! assert_eq!(reader.tensors()[0].shape, [10, 100]);
+//! assert_eq!(reader.read_tensor("fc.weight")?, weights);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod codec;
+mod dtype;
+mod error;
+mod format;
+mod parallel;
+mod reader;
+mod writer;
+
+pub use dtype::Dtype;
+pub use error::{Error, Result};
+pub use format::{
+    is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN,
+    MAX_RANK, MAX_TENSORS, TRAILER_MAGIC,
+};
+pub use reader::Reader;
+pub use writer::{Writer, WriterOptions};

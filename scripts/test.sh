@@ -6,4 +6,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/setup.sh"
 export_build_env
-cargo test --release --locked "$@"
+cargo test --release --locked --workspace "$@"

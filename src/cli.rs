@@ -72,7 +72,7 @@ pub enum Command {
 }
 
 /// `train ckpt ...`: formats are told apart by file name: `.safetensors`,
-/// `.safetensors.zst`, and (read only) PyTorch `.pt`/`.pth`/`.bin`.
+/// `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
 #[derive(Debug, Subcommand)]
 pub enum CkptCommand {
     /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts.

@@ -46,11 +46,11 @@ fn assert_same(found: &HashMap<String, String>, expected: &serde_json::Value) {
 fn every_dtype_round_trips_bit_for_bit_through_every_writable_format() {
     let (dir, expected) = python_files();
     let d = dir.path();
-    ckpt(d, &["convert", "dtypes.safetensors", "a.safetensors.zst"]).success();
-    ckpt(d, &["convert", "a.safetensors.zst", "b.safetensors"]).success();
-    ckpt(d, &["verify", "a.safetensors.zst"]).success();
+    ckpt(d, &["convert", "dtypes.safetensors", "a.tckpt"]).success();
+    ckpt(d, &["convert", "a.tckpt", "b.safetensors"]).success();
+    ckpt(d, &["verify", "a.tckpt"]).success();
     ckpt(d, &["verify", "b.safetensors"]).success();
-    assert_same(&sha256s(&d.join("a.safetensors.zst")), &expected["dtypes"]);
+    assert_same(&sha256s(&d.join("a.tckpt")), &expected["dtypes"]);
     assert_same(&sha256s(&d.join("b.safetensors")), &expected["dtypes"]);
 }
 
@@ -90,7 +90,7 @@ fn inspect_reports_stable_fields() {
     let mut cmd = common::train(ws.path());
     cmd.args(["--experiment", "ultra_low_memory", "--set", "training.epochs=1"]);
     common::with_sets(&mut cmd, &common::quick_sets(&ws.path().join("data"))).assert().success();
-    let path = "runs/ultra_low_memory/checkpoints/latest.safetensors.zst";
+    let path = "runs/ultra_low_memory/checkpoints/latest.tckpt";
     let out = ckpt(ws.path(), &["inspect", "--json", path]).success().get_output().stdout.clone();
     let r: serde_json::Value = serde_json::from_slice(&out).unwrap();
     for key in [

@@ -118,12 +118,12 @@ fn ultra_low_memory_compresses_and_resumes_with_a_fresh_optimizer() {
     let ws = workspace();
     run(ws.path(), &["--experiment", "ultra_low_memory"], &["training.epochs=1".into()]);
     let ckpt = ws.path().join("runs/ultra_low_memory/checkpoints");
-    assert_eq!(common::files_under(&ckpt), ["epoch-0001.safetensors.zst", "latest.safetensors.zst"]);
-    assert_eq!(optimizer_tensors(&ckpt.join("latest.safetensors.zst")), 12);
+    assert_eq!(common::files_under(&ckpt), ["epoch-0001.tckpt", "latest.tckpt"]);
+    assert_eq!(optimizer_tensors(&ckpt.join("latest.tckpt")), 12);
     let log = run(ws.path(), &["--experiment", "ultra_low_memory"], &["training.epochs=2".into()]);
-    assert!(log.contains("load_optimizer_state is false: the optimizer starts fresh"), "{log}");
+    assert!(log.contains("(memory.load_optimizer_state is false): the optimizer starts fresh"), "{log}");
     assert!(log.contains("resumed"), "{log}");
-    assert_eq!(CheckpointFile::open(&ckpt.join("latest.safetensors.zst")).unwrap().meta().epoch, 2);
+    assert_eq!(CheckpointFile::open(&ckpt.join("latest.tckpt")).unwrap().meta().epoch, 2);
 }
 
 #[test]

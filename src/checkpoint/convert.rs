@@ -4,7 +4,7 @@
 //! Formats, told apart by file name:
 //! - `*.safetensors`: plain safetensors (ours carry metadata and checksums; any other
 //!   safetensors file, e.g. from Hugging Face, is read too);
-//! - `*.safetensors.zst`: the same, zstd-compressed;
+//! - `*.tckpt`: the compressed format (`docs/compressed-format.md`);
 //! - `*.pt`, `*.pth`, `*.bin`: files written by `torch.save` (read only), either a state dict
 //!   or a dict holding `model_state_dict` (or `state_dict` / `model`) with `epoch`,
 //!   `train_loss`, `val_loss` beside it, as the seed guide's Python code saves them.
@@ -17,7 +17,7 @@ use safetensors::SafeTensors;
 use serde::Serialize;
 
 use super::format::{
-    self, checksum_hex, is_compressed, Meta, RawTensor, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX,
+    self, checksum_hex, safetensors_dtype, Meta, RawTensor, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX,
 };
 use super::{CheckpointError, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::atomic;
@@ -31,8 +31,8 @@ const PYTORCH_MODEL_KEYS: &[&str] = &["model_state_dict", "state_dict", "model"]
 pub enum FileKind {
     /// Plain safetensors.
     Safetensors,
-    /// safetensors in a zstd frame.
-    SafetensorsZstd,
+    /// The compressed format.
+    Compressed,
     /// A `torch.save` pickle (zip or legacy).
     Pytorch,
 }
@@ -42,7 +42,7 @@ impl FileKind {
     pub fn of(path: &Path) -> Result<Self, CheckpointError> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if name.ends_with(COMPRESSED_SUFFIX) {
-            Ok(Self::SafetensorsZstd)
+            Ok(Self::Compressed)
         } else if name.ends_with(PLAIN_SUFFIX) {
             Ok(Self::Safetensors)
         } else if [".pt", ".pth", ".bin"].iter().any(|e| name.ends_with(e)) {
@@ -70,19 +70,18 @@ pub struct AnyCheckpoint {
 
 enum Body {
     Bytes(Bytes),
+    Compressed(std::sync::Mutex<train_ckpt::Reader<std::io::BufReader<std::fs::File>>>),
     Pytorch(HashMap<String, pytorch_reader::Tensor>),
 }
 
 enum Bytes {
     Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
         }
     }
 }
@@ -94,14 +93,10 @@ impl AnyCheckpoint {
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
         let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
         match kind {
-            FileKind::Safetensors | FileKind::SafetensorsZstd => {
+            FileKind::Safetensors => {
                 let file = std::fs::File::open(path).map_err(io)?;
-                let bytes = if is_compressed(path) {
-                    Bytes::Owned(zstd::stream::decode_all(file).map_err(|e| malformed(format!("zstd: {e}")))?)
-                } else {
-                    // SAFETY: read-only map of a file we do not modify while it is open.
-                    Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
-                };
+                // SAFETY: read-only map of a file we do not modify while it is open.
+                let bytes = Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?);
                 let (_, header) = SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| malformed(e.to_string()))?;
                 let metadata = header.metadata().clone().unwrap_or_default();
                 let st = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| malformed(e.to_string()))?;
@@ -112,6 +107,19 @@ impl AnyCheckpoint {
                 entries.sort_by_key(|e| e.3);
                 let entries = entries.into_iter().map(|(n, d, s, _)| (n, d, s)).collect();
                 Ok(Self { path: path.to_path_buf(), kind, entries, metadata, body: Body::Bytes(bytes) })
+            }
+            FileKind::Compressed => {
+                let file = std::fs::File::open(path).map_err(io)?;
+                let reader =
+                    train_ckpt::Reader::new(std::io::BufReader::new(file)).map_err(|e| malformed(e.to_string()))?;
+                let entries = reader
+                    .tensors()
+                    .iter()
+                    .map(|t| (t.name.clone(), safetensors_dtype(t.dtype), t.shape.clone()))
+                    .collect();
+                let metadata = reader.metadata().clone().into_iter().collect();
+                let body = Body::Compressed(std::sync::Mutex::new(reader));
+                Ok(Self { path: path.to_path_buf(), kind, entries, metadata, body })
             }
             FileKind::Pytorch => open_pytorch(path),
         }
@@ -147,6 +155,14 @@ impl AnyCheckpoint {
                 }
                 Ok(data.to_vec())
             }
+            Body::Compressed(reader) => {
+                reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_tensor(name).map_err(|e| match e {
+                    train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
+                        CheckpointError::Corrupt { path: self.path.clone(), tensor: name.into() }
+                    }
+                    other => malformed(other.to_string()),
+                })
+            }
             Body::Pytorch(tensors) => tensors
                 .get(name)
                 .ok_or_else(|| malformed(format!("no tensor `{name}`")))?
@@ -168,11 +184,13 @@ impl AnyCheckpoint {
     /// Reads every tensor, checking what the format lets us check; returns how many.
     pub fn verify(&self) -> Result<usize, CheckpointError> {
         if self.metadata.contains_key("format") {
-            // Ours: the metadata must parse and every tensor must have a checksum.
+            // Ours: the metadata must parse and every tensor must have a checksum (the
+            // compressed format keeps its own, checked by every read).
             Meta::from_map(&self.metadata)
                 .map_err(|reason| CheckpointError::Malformed { path: self.path.clone(), reason })?;
             let sums = self.checksums()?;
-            if let Some((name, _, _)) = self.entries.iter().find(|(n, _, _)| !sums.contains_key(n)) {
+            let missing = self.entries.iter().find(|(n, _, _)| !sums.contains_key(n));
+            if let (Some((name, _, _)), false) = (missing, self.kind == FileKind::Compressed) {
                 return Err(CheckpointError::Malformed {
                     path: self.path.clone(),
                     reason: format!("no checksum for tensor `{name}`"),
@@ -273,7 +291,7 @@ fn dtype_of_pytorch(d: pytorch_reader::DType) -> Option<Dtype> {
 pub struct Inspection {
     /// The file.
     pub path: PathBuf,
-    /// `safetensors`, `safetensors_zstd` or `pytorch`.
+    /// `safetensors`, `compressed` or `pytorch`.
     pub format: FileKind,
     /// Whether the file is compressed.
     pub compressed: bool,
@@ -318,7 +336,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
     Ok(Inspection {
         path: path.to_path_buf(),
         format: ckpt.kind,
-        compressed: ckpt.kind == FileKind::SafetensorsZstd,
+        compressed: ckpt.kind == FileKind::Compressed,
         train_checkpoint: meta.is_some(),
         format_version: meta.as_ref().map(|m| m.format_version),
         epoch: meta.as_ref().map(|m| m.epoch).or_else(|| number("epoch").map(|v| v as u32)),
@@ -360,10 +378,18 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
     let mut meta = ckpt.meta().unwrap_or_else(|| imported_meta(&ckpt.metadata));
     meta.has_optimizer_state = has_optimizer_state;
     let views: Vec<(&str, &RawTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let bytes = format::serialize_views(output, &views, &meta)?;
-    drop(ckpt);
-    atomic::write_atomic(output, |f| format::emit(f, &bytes, out_kind == FileKind::SafetensorsZstd))
-        .map_err(|source| CheckpointError::Io { path: output.to_path_buf(), source })
+    let io = |source| CheckpointError::Io { path: output.to_path_buf(), source };
+    if out_kind == FileKind::Compressed {
+        drop(ckpt);
+        atomic::write_atomic(output, |f| {
+            format::write_compressed_views(f, &views, &meta).map_err(std::io::Error::other)
+        })
+        .map_err(io)
+    } else {
+        let bytes = format::serialize_views(output, &views, &meta)?;
+        drop(ckpt);
+        atomic::write_atomic(output, |f| format::emit(f, &bytes)).map_err(io)
+    }
 }
 
 /// Metadata for a file `train` did not write: what it records, and markers for the rest

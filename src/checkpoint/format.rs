@@ -1,4 +1,5 @@
-//! The checkpoint file: a safetensors file, optionally zstd-compressed as a whole.
+//! The checkpoint file: a safetensors file, or (compressed) a `train-ckpt` file of the same
+//! tensors and metadata (`crates/train-ckpt`, specified in `docs/compressed-format.md`).
 //!
 //! See `docs/checkpoint-format.md` for the specification. In short: model weights are stored
 //! under their PyTorch names; optimiser state under `optimizer/<param>/<slot>` (a `/` never
@@ -26,12 +27,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
 /// File-name suffix of plain checkpoints.
 pub const PLAIN_SUFFIX: &str = ".safetensors";
-/// File-name suffix of compressed checkpoints (a zstd frame holding a safetensors file).
-pub const COMPRESSED_SUFFIX: &str = ".safetensors.zst";
+/// File-name suffix of compressed checkpoints (the `train-ckpt` format).
+pub const COMPRESSED_SUFFIX: &str = ".tckpt";
 /// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
-/// zstd level: 3 is zstd's default and its usual speed/ratio balance.
-const ZSTD_LEVEL: i32 = 3;
 /// Metadata key of the per-tensor checksums: a JSON object mapping each tensor name to the
 /// xxh3-64 of its bytes, as 16 lowercase hex digits.
 pub const CHECKSUMS_KEY: &str = "xxh3";
@@ -261,18 +260,73 @@ impl View for &RawTensor {
     }
 }
 
-/// Writes serialized checkpoint bytes to `out`, zstd-compressed when `compress`; returns
-/// the file's size.
-pub(crate) fn emit(out: &mut File, bytes: &[u8], compress: bool) -> std::io::Result<u64> {
+/// Writes serialized (safetensors) checkpoint bytes to `out`; returns the file's size.
+pub(crate) fn emit(out: &mut File, bytes: &[u8]) -> std::io::Result<u64> {
     let mut writer = BufWriter::new(&mut *out);
-    if compress {
-        zstd::stream::copy_encode(bytes, &mut writer, ZSTD_LEVEL)?;
-    } else {
-        writer.write_all(bytes)?;
-    }
+    writer.write_all(bytes)?;
     writer.flush()?;
     drop(writer);
     out.metadata().map(|m| m.len())
+}
+
+/// Writes `tensors` and `meta` to `out` in the compressed format (copied to the host first
+/// when elsewhere); returns the file's size.
+pub(crate) fn write_compressed(out: &mut File, tensors: &[(String, Tensor)], meta: &Meta) -> Result<u64, String> {
+    let host: Vec<(String, HostTensor)> =
+        tensors.iter().map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h))).collect::<Result<_, _>>()?;
+    let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    write_compressed_views(out, &views, meta)
+}
+
+/// Writes any tensors that safetensors can view to `out` in the compressed format, one at a
+/// time; returns the file's size.
+pub(crate) fn write_compressed_views<V: View + Copy>(
+    out: &mut File,
+    views: &[(&str, V)],
+    meta: &Meta,
+) -> Result<u64, String> {
+    let mut writer = train_ckpt::Writer::new(BufWriter::new(&mut *out)).map_err(|e| e.to_string())?;
+    for (name, v) in views {
+        writer.add_tensor(name, codec_dtype(v.dtype())?, v.shape(), &v.data()).map_err(|e| e.to_string())?;
+    }
+    let metadata = meta.to_map().into_iter().collect();
+    writer.finish(metadata).map_err(|e| e.to_string())?.flush().map_err(|e| e.to_string())?;
+    out.metadata().map(|m| m.len()).map_err(|e| e.to_string())
+}
+
+/// The compressed format's name for a dtype.
+pub(crate) fn codec_dtype(d: Dtype) -> Result<train_ckpt::Dtype, String> {
+    use train_ckpt::Dtype as C;
+    Ok(match d {
+        Dtype::BOOL => C::Bool,
+        Dtype::U8 => C::U8,
+        Dtype::I8 => C::I8,
+        Dtype::I16 => C::I16,
+        Dtype::I32 => C::I32,
+        Dtype::I64 => C::I64,
+        Dtype::F16 => C::F16,
+        Dtype::BF16 => C::BF16,
+        Dtype::F32 => C::F32,
+        Dtype::F64 => C::F64,
+        other => return Err(format!("dtype {other:?} has no compressed encoding")),
+    })
+}
+
+/// The safetensors name of a compressed-format dtype.
+pub(crate) fn safetensors_dtype(d: train_ckpt::Dtype) -> Dtype {
+    use train_ckpt::Dtype as C;
+    match d {
+        C::Bool => Dtype::BOOL,
+        C::U8 => Dtype::U8,
+        C::I8 => Dtype::I8,
+        C::I16 => Dtype::I16,
+        C::I32 => Dtype::I32,
+        C::I64 => Dtype::I64,
+        C::F16 => Dtype::F16,
+        C::BF16 => Dtype::BF16,
+        C::F32 => Dtype::F32,
+        C::F64 => Dtype::F64,
+    }
 }
 
 /// Whether `path` names a compressed checkpoint.
@@ -285,8 +339,8 @@ enum Body {
     /// A plain file, read with positioned reads (no mapping: only what is asked for is read,
     /// and nothing stays resident in this process afterwards).
     Plain(File),
-    /// A decompressed copy in memory.
-    Buffer(Vec<u8>),
+    /// The compressed format, whose reader decodes (and checks) one tensor at a time.
+    Compressed(std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>),
 }
 
 /// One tensor's place in a checkpoint.
@@ -322,15 +376,35 @@ impl CheckpointFile {
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
         let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
-        let mut file = File::open(path).map_err(io)?;
-        let (body, total) = if is_compressed(path) {
-            let bytes = zstd::stream::decode_all(&mut file).map_err(|e| malformed(format!("zstd: {e}")))?;
-            let len = bytes.len() as u64;
-            (Body::Buffer(bytes), len)
-        } else {
-            let len = file.metadata().map_err(io)?.len();
-            (Body::Plain(file), len)
-        };
+        let file = File::open(path).map_err(io)?;
+        if is_compressed(path) {
+            let reader = train_ckpt::Reader::new(BufReader::new(file)).map_err(|e| malformed(e.to_string()))?;
+            let entries = reader
+                .tensors()
+                .iter()
+                .map(|t| Entry {
+                    name: t.name.clone(),
+                    dtype: safetensors_dtype(t.dtype),
+                    shape: t.shape.clone(),
+                    begin: 0,
+                    bytes: t.raw_len,
+                })
+                .collect();
+            let map: HashMap<String, String> = reader.metadata().clone().into_iter().collect();
+            let meta = Meta::from_map(&map).map_err(malformed)?;
+            let body = Body::Compressed(std::sync::Mutex::new(reader));
+            // The format checks its own per-tensor checksums.
+            return Ok(Self {
+                path: path.to_path_buf(),
+                body,
+                data_start: 0,
+                entries,
+                meta,
+                checksums: HashMap::new(),
+            });
+        }
+        let total = file.metadata().map_err(io)?.len();
+        let body = Body::Plain(file);
         let mut reader = HeaderReader { body: &body, pos: 0 };
         let (header, data_start) = read_header(&mut reader).map_err(malformed)?;
         let data_len = total.checked_sub(data_start).ok_or_else(|| malformed("shorter than its header".into()))?;
@@ -383,7 +457,15 @@ impl CheckpointFile {
         match &self.body {
             Body::Plain(file) => std::os::unix::fs::FileExt::read_exact_at(file, out, at)
                 .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?,
-            Body::Buffer(bytes) => out.copy_from_slice(&bytes[at as usize..at as usize + out.len()]),
+            Body::Compressed(reader) => {
+                let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                return reader.read_tensor_into(name, out).map_err(|err| match err {
+                    train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
+                        CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() }
+                    }
+                    other => malformed(other.to_string()),
+                });
+            }
         }
         if checksum_hex(out) != self.checksums[name] {
             return Err(CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() });
@@ -420,12 +502,7 @@ impl Read for HeaderReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = match self.body {
             Body::Plain(f) => std::os::unix::fs::FileExt::read_at(f, out, self.pos)?,
-            Body::Buffer(b) => {
-                let rest = b.get(self.pos as usize..).unwrap_or(&[]);
-                let n = rest.len().min(out.len());
-                out[..n].copy_from_slice(&rest[..n]);
-                n
-            }
+            Body::Compressed(_) => 0,
         };
         self.pos += n as u64;
         Ok(n)
@@ -496,20 +573,21 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
     Ok(entries)
 }
 
-/// Reads only the metadata of a checkpoint (decompressing just the header when compressed).
+/// Reads only the metadata of a checkpoint (the header; for a compressed file its index).
 /// Used to rank resume candidates cheaply.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(io)?;
-    let mut reader: Box<dyn Read> = if is_compressed(path) {
-        Box::new(zstd::stream::Decoder::new(file).map_err(io)?)
+    let map = if is_compressed(path) {
+        // Opening reads the trailer and the index only.
+        let reader = train_ckpt::Reader::new(BufReader::new(file)).map_err(|e| malformed(e.to_string()))?;
+        reader.metadata().clone().into_iter().collect()
     } else {
-        Box::new(BufReader::new(file))
+        let (header, _) = read_header(&mut BufReader::new(file)).map_err(malformed)?;
+        header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?
     };
-    let (header, _) = read_header(&mut reader).map_err(malformed)?;
-    Meta::from_map(&header.metadata.ok_or_else(|| malformed("no metadata: not written by train".into()))?)
-        .map_err(malformed)
+    Meta::from_map(&map).map_err(malformed)
 }
 
 /// xxh3-64 of `data` as 16 lowercase hex digits.

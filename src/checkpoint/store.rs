@@ -133,8 +133,13 @@ pub fn write_atomic(
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(file_name(role, compressed));
-    let serialized = format::serialize(&target, tensors, meta)?;
-    let bytes = atomic::write_atomic(&target, |f| format::emit(f, &serialized, compressed)).map_err(io(&target))?;
+    let bytes = if compressed {
+        atomic::write_atomic(&target, |f| format::write_compressed(f, tensors, meta).map_err(std::io::Error::other))
+            .map_err(io(&target))?
+    } else {
+        let serialized = format::serialize(&target, tensors, meta)?;
+        atomic::write_atomic(&target, |f| format::emit(f, &serialized)).map_err(io(&target))?
+    };
     // A `latest` of the other encoding (the run switched compression) is now stale.
     if role == Role::Latest {
         let other = dir.join(file_name(role, !compressed));

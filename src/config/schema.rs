@@ -304,7 +304,7 @@ pub struct MemoryConfig {
     pub checkpoint_memory_efficient: bool,
     /// Restore optimiser state on resume; `false` starts the optimiser fresh (momentum lost).
     pub load_optimizer_state: bool,
-    /// Write checkpoints zstd-compressed (`.safetensors.zst`).
+    /// Write checkpoints in the compressed format (`.tckpt`, see docs/compressed-format.md).
     pub compress_checkpoints: bool,
     /// Keep optimiser state in per-epoch checkpoints too (`latest` always has it).
     pub save_optimizer_in_epoch_checkpoints: bool,

@@ -125,20 +125,13 @@ fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
     let ours = measure_ours(tensors, threads)?;
     let ours_1t = measure_ours(tensors, 1)?;
 
-    let all: Vec<u8> = tensors
-        .iter()
-        .flat_map(|t| t.data.iter().copied())
-        .collect();
+    let all: Vec<u8> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
     let zstd_once = |frame: &Vec<u8>, compress| -> Result<Codec> {
         let (back, decompress) = best(|| Ok(zstd::bulk::decompress(frame, all.len())?))?;
         if back != all {
             bail!("zstd does not round-trip");
         }
-        Ok(Codec {
-            stored: frame.len(),
-            compress,
-            decompress,
-        })
+        Ok(Codec { stored: frame.len(), compress, decompress })
     };
     let (frame, time) = best(|| Ok(zstd::bulk::compress(&all, 3)?))?;
     let zstd = zstd_once(&frame, time)?;
@@ -148,22 +141,13 @@ fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
         Ok(c.compress(&all)?)
     })?;
     let zstd_mt = zstd_once(&frame, time)?;
-    Ok(Row {
-        raw,
-        ours,
-        ours_1t,
-        zstd,
-        zstd_mt,
-    })
+    Ok(Row { raw, ours, ours_1t, zstd, zstd_mt })
 }
 
 /// Writes and reads the tensors with `threads` threads, checking the round trip.
 fn measure_ours(tensors: &[Tensor], threads: usize) -> Result<Codec> {
     let raw: usize = tensors.iter().map(|t| t.data.len()).sum();
-    let options = WriterOptions {
-        threads,
-        ..WriterOptions::default()
-    };
+    let options = WriterOptions { threads, ..WriterOptions::default() };
     let (file, compress) = best(|| {
         let mut w = Writer::with_options(Vec::with_capacity(raw), options.clone())?;
         for t in tensors {
@@ -184,11 +168,7 @@ fn measure_ours(tensors: &[Tensor], threads: usize) -> Result<Codec> {
             bail!("{} does not round-trip", t.name);
         }
     }
-    Ok(Codec {
-        stored: file.len(),
-        compress,
-        decompress,
-    })
+    Ok(Codec { stored: file.len(), compress, decompress })
 }
 
 /// Runs `f` RUNS times; returns its last result and its shortest time.
@@ -223,10 +203,5 @@ fn to_bf16(t: &Tensor) -> Tensor {
             h.to_le_bytes()
         })
         .collect();
-    Tensor {
-        name: t.name.clone(),
-        dtype: Dtype::BF16,
-        shape: t.shape.clone(),
-        data,
-    }
+    Tensor { name: t.name.clone(), dtype: Dtype::BF16, shape: t.shape.clone(), data }
 }

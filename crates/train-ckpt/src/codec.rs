@@ -90,22 +90,14 @@ impl ChunkEncoder {
         }
         let mut planes = std::mem::take(&mut self.planes);
         split(encoding, dtype, data, &mut planes);
-        let entries = planes
-            .iter()
-            .map(|plane| self.encode_plane(plane, row, out))
-            .collect();
+        let entries = planes.iter().map(|plane| self.encode_plane(plane, row, out)).collect();
         self.planes = planes;
         entries
     }
 
     /// Stores one plane the cheapest way found: raw, or zstd of the plane or of its
     /// differences along the element or row. `row` is the tensor's row length in this plane.
-    fn encode_plane(
-        &mut self,
-        plane: &[u8],
-        row: usize,
-        out: &mut Vec<u8>,
-    ) -> io::Result<PlaneEntry> {
+    fn encode_plane(&mut self, plane: &[u8], row: usize, out: &mut Vec<u8>) -> io::Result<PlaneEntry> {
         let raw = |out: &mut Vec<u8>| -> io::Result<PlaneEntry> {
             out.extend_from_slice(plane);
             Ok(PlaneEntry(Codec::Raw, plane.len() as u64))
@@ -144,9 +136,7 @@ impl ChunkEncoder {
             }
             self.code(coder, sample, Slot::Trial)?;
             let len = self.trial.len();
-            if best.map_or(true, |(_, b)| {
-                (len as f64) < b as f64 * (1.0 - CODER_MARGIN)
-            }) {
+            if best.map_or(true, |(_, b)| (len as f64) < b as f64 * (1.0 - CODER_MARGIN)) {
                 best = Some((coder, len));
                 std::mem::swap(&mut self.trial, &mut self.best);
             }
@@ -225,10 +215,7 @@ pub(crate) struct PlaneError {
 
 impl ChunkDecoder {
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(ChunkDecoder {
-            zstd: zstd::bulk::Decompressor::new()?,
-            planes: Vec::new(),
-        })
+        Ok(ChunkDecoder { zstd: zstd::bulk::Decompressor::new()?, planes: Vec::new() })
     }
 
     /// Decodes one chunk's stored bytes into `out`. The caller has validated the entries
@@ -243,12 +230,10 @@ impl ChunkDecoder {
         out: &mut [u8],
     ) -> Result<(), PlaneError> {
         if encoding == Encoding::Bytes {
-            return decode_plane(&mut self.zstd, entries[0], row, stored, out).map_err(|reason| {
-                PlaneError {
-                    plane: 0,
-                    offset: 0,
-                    reason,
-                }
+            return decode_plane(&mut self.zstd, entries[0], row, stored, out).map_err(|reason| PlaneError {
+                plane: 0,
+                offset: 0,
+                reason,
             });
         }
         let elems = out.len() / dtype.size();
@@ -262,12 +247,10 @@ impl ChunkDecoder {
                 sources.push(bytes);
             } else {
                 scratch.resize(elems, 0);
-                decode_plane(&mut self.zstd, entry, row, bytes, scratch).map_err(|reason| {
-                    PlaneError {
-                        plane: p,
-                        offset: at as u64,
-                        reason,
-                    }
+                decode_plane(&mut self.zstd, entry, row, bytes, scratch).map_err(|reason| PlaneError {
+                    plane: p,
+                    offset: at as u64,
+                    reason,
                 })?;
                 sources.push(scratch);
             }
@@ -289,9 +272,7 @@ fn decode_plane(
     match codec {
         Codec::Raw => out.copy_from_slice(stored),
         Codec::Zstd | Codec::DeltaZstd | Codec::RowDeltaZstd => {
-            let n = zstd
-                .decompress_to_buffer(stored, out)
-                .map_err(|e| e.to_string())?;
+            let n = zstd.decompress_to_buffer(stored, out).map_err(|e| e.to_string())?;
             if n != out.len() {
                 return Err(format!("{n} bytes decoded, {} expected", out.len()));
             }
@@ -327,8 +308,7 @@ fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
             best = Some((Filter { codec, varies }, bits));
         }
     }
-    best.filter(|&(_, bits)| bits < RAW_ENTROPY_BITS)
-        .map(|(filter, _)| filter)
+    best.filter(|&(_, bits)| bits < RAW_ENTROPY_BITS).map(|(filter, _)| filter)
 }
 
 /// Estimated bits per byte of coding `plane`'s differences at distance `lag` (0: the plane
@@ -370,15 +350,7 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
 fn block_bits(hist: &[u32; 256], n: usize) -> f64 {
     static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
     let t = TABLE.get_or_init(|| {
-        (0..=ESTIMATE_BLOCK)
-            .map(|c| {
-                if c == 0 {
-                    0.0
-                } else {
-                    c as f64 * (c as f64).log2()
-                }
-            })
-            .collect()
+        (0..=ESTIMATE_BLOCK).map(|c| if c == 0 { 0.0 } else { c as f64 * (c as f64).log2() }).collect()
     });
     t[n] - hist.iter().map(|&c| t[c as usize]).sum::<f64>()
 }
@@ -399,13 +371,7 @@ fn entropy(hist: &[u32; 256], n: usize) -> f64 {
 fn delta_encode(plane: &[u8], lag: usize, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&plane[..lag.min(plane.len())]);
-    out.extend(
-        plane
-            .iter()
-            .skip(lag)
-            .zip(plane)
-            .map(|(&b, &before)| b.wrapping_sub(before)),
-    );
+    out.extend(plane.iter().skip(lag).zip(plane).map(|(&b, &before)| b.wrapping_sub(before)));
 }
 
 /// Inverse of [`delta_encode`], in place; `lag` 0 leaves the plane as it is.
@@ -529,11 +495,7 @@ impl LiteralCompressor {
         let this = LiteralCompressor(ctx);
         // SAFETY: ctx is a live context owned by `this`.
         let code = unsafe {
-            zstd_sys::ZSTD_CCtx_setParameter(
-                this.0.as_ptr(),
-                zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel,
-                level,
-            )
+            zstd_sys::ZSTD_CCtx_setParameter(this.0.as_ptr(), zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, level)
         };
         check(code)?;
         Ok(this)
@@ -547,10 +509,7 @@ impl LiteralCompressor {
         // ZSTD_c_maxBlockSize is experimental param 18 in zstd 1.5.6 and later (zstd.h names
         // it only as a macro).
         let code = unsafe {
-            check(zstd_sys::ZSTD_CCtx_reset(
-                self.0.as_ptr(),
-                zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_only,
-            ))?;
+            check(zstd_sys::ZSTD_CCtx_reset(self.0.as_ptr(), zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_only))?;
             zstd_sys::ZSTD_CCtx_setParameter(
                 self.0.as_ptr(),
                 zstd_sys::ZSTD_cParameter::ZSTD_c_experimentalParam18,
@@ -608,20 +567,10 @@ mod tests {
     fn float_planes_put_the_exponent_on_top() {
         // 1.0f32 = 0x3F80_0000: exponent 127, rotated left: 0x7F00_0000.
         let mut planes = Vec::new();
-        split(
-            Encoding::FloatPlanes,
-            Dtype::F32,
-            &1.0f32.to_le_bytes(),
-            &mut planes,
-        );
+        split(Encoding::FloatPlanes, Dtype::F32, &1.0f32.to_le_bytes(), &mut planes);
         assert_eq!(planes, [[0x00], [0x00], [0x00], [0x7F]]);
         // -2.0 = 0xC000_0000: exponent 128, sign to the bottom bit.
-        split(
-            Encoding::FloatPlanes,
-            Dtype::F32,
-            &(-2.0f32).to_le_bytes(),
-            &mut planes,
-        );
+        split(Encoding::FloatPlanes, Dtype::F32, &(-2.0f32).to_le_bytes(), &mut planes);
         assert_eq!(planes, [[0x01], [0x00], [0x00], [0x80]]);
     }
 
@@ -662,31 +611,19 @@ mod tests {
         let mut x = 1u64;
         let noise: Vec<u8> = (0..4096)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();
         let mut out = Vec::new();
-        assert_eq!(
-            enc.encode_plane(&noise, 64, &mut out).unwrap(),
-            PlaneEntry(Codec::Raw, 4096)
-        );
+        assert_eq!(enc.encode_plane(&noise, 64, &mut out).unwrap(), PlaneEntry(Codec::Raw, 4096));
         let ramp: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
         let PlaneEntry(codec, len) = enc.encode_plane(&ramp, 64, &mut out).unwrap();
         assert_eq!(codec, Codec::DeltaZstd);
         assert!(len < 100, "{len}");
         let mut dec = ChunkDecoder::new().unwrap();
         let mut back = vec![0; 4096];
-        decode_plane(
-            &mut dec.zstd,
-            PlaneEntry(codec, len),
-            64,
-            &out[4096..],
-            &mut back,
-        )
-        .unwrap();
+        decode_plane(&mut dec.zstd, PlaneEntry(codec, len), 64, &out[4096..], &mut back).unwrap();
         assert_eq!(back, ramp);
     }
 

@@ -66,14 +66,8 @@ mod tests {
 
     #[test]
     fn json_names_are_safetensors_names() {
-        let names: Vec<String> = Dtype::ALL
-            .iter()
-            .map(|d| serde_json::to_string(d).unwrap())
-            .collect();
-        assert_eq!(
-            names.join(","),
-            r#""BOOL","U8","I8","I16","I32","I64","F16","BF16","F32","F64""#
-        );
+        let names: Vec<String> = Dtype::ALL.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+        assert_eq!(names.join(","), r#""BOOL","U8","I8","I16","I32","I64","F16","BF16","F32","F64""#);
     }
 
     #[test]

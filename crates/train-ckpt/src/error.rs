@@ -39,7 +39,9 @@ pub enum Error {
         flags: u32,
     },
     /// The trailer places the index outside the file.
-    #[error("index at offset {offset} with length {len} does not end where the trailer starts (file is {file_len} bytes)")]
+    #[error(
+        "index at offset {offset} with length {len} does not end where the trailer starts (file is {file_len} bytes)"
+    )]
     IndexOutOfBounds {
         /// The index offset from the trailer.
         offset: u64,
@@ -144,8 +146,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for [`Error::InvalidTensor`].
 pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidTensor {
-        name: name.to_owned(),
-        reason: reason.into(),
-    }
+    Error::InvalidTensor { name: name.to_owned(), reason: reason.into() }
 }

@@ -80,10 +80,7 @@ pub(crate) fn check_header(h: &[u8; HEADER_LEN as usize]) -> Result<()> {
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
     if version == 0 || version > FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let flags = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
     if flags != 0 {
@@ -120,27 +117,13 @@ impl Trailer {
             return Err(Error::BadTrailer);
         }
         let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().expect("8 bytes"));
-        let trailer = Trailer {
-            index_offset: word(0),
-            index_len: word(8),
-            index_xxh3: word(16),
-        };
-        let end = trailer
-            .index_offset
-            .checked_add(trailer.index_len)
-            .and_then(|e| e.checked_add(TRAILER_LEN));
+        let trailer = Trailer { index_offset: word(0), index_len: word(8), index_xxh3: word(16) };
+        let end = trailer.index_offset.checked_add(trailer.index_len).and_then(|e| e.checked_add(TRAILER_LEN));
         if trailer.index_offset < HEADER_LEN || end != Some(file_len) {
-            return Err(Error::IndexOutOfBounds {
-                offset: trailer.index_offset,
-                len: trailer.index_len,
-                file_len,
-            });
+            return Err(Error::IndexOutOfBounds { offset: trailer.index_offset, len: trailer.index_len, file_len });
         }
         if trailer.index_len > MAX_INDEX_LEN {
-            return Err(Error::IndexTooLarge {
-                len: trailer.index_len,
-                max: MAX_INDEX_LEN,
-            });
+            return Err(Error::IndexTooLarge { len: trailer.index_len, max: MAX_INDEX_LEN });
         }
         Ok(trailer)
     }
@@ -279,10 +262,7 @@ fn parse_hex64(s: &str) -> Option<u64> {
 /// `HEADER_LEN..records_end`. Records must tile that range in index order, with no gap.
 pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo>, Vec<Layout>)> {
     if index.tensors.len() > MAX_TENSORS {
-        return Err(Error::TooManyTensors {
-            count: index.tensors.len(),
-            max: MAX_TENSORS,
-        });
+        return Err(Error::TooManyTensors { count: index.tensors.len(), max: MAX_TENSORS });
     }
     let mut names = HashSet::with_capacity(index.tensors.len());
     let mut infos = Vec::with_capacity(index.tensors.len());
@@ -293,24 +273,15 @@ pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo
             return Err(Error::DuplicateName { name: entry.name });
         }
         if entry.offset != next {
-            return Err(invalid(
-                &entry.name,
-                format!("record at offset {}, expected {next}", entry.offset),
-            ));
+            return Err(invalid(&entry.name, format!("record at offset {}, expected {next}", entry.offset)));
         }
         let (info, layout) = validate_entry(entry)?;
-        next = next
-            .checked_add(info.stored_len)
-            .filter(|&n| n <= records_end)
-            .ok_or_else(|| {
-                invalid(
-                    &info.name,
-                    format!(
-                        "record of {} bytes at offset {next} runs past the index at {records_end}",
-                        info.stored_len
-                    ),
-                )
-            })?;
+        next = next.checked_add(info.stored_len).filter(|&n| n <= records_end).ok_or_else(|| {
+            invalid(
+                &info.name,
+                format!("record of {} bytes at offset {next} runs past the index at {records_end}", info.stored_len),
+            )
+        })?;
         infos.push(info);
         layouts.push(layout);
     }
@@ -327,10 +298,7 @@ pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo
 fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
     let name = e.name.as_str();
     if e.shape.len() > MAX_RANK {
-        return Err(invalid(
-            name,
-            format!("rank {} exceeds the limit of {MAX_RANK}", e.shape.len()),
-        ));
+        return Err(invalid(name, format!("rank {} exceeds the limit of {MAX_RANK}", e.shape.len())));
     }
     let elem = e.dtype.size() as u64;
     let numel = e
@@ -345,10 +313,7 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
     if raw_len != e.raw_len {
         return Err(invalid(
             name,
-            format!(
-                "raw_len {} but dtype {:?} and shape {:?} make {raw_len}",
-                e.raw_len, e.dtype, e.shape
-            ),
+            format!("raw_len {} but dtype {:?} and shape {:?} make {raw_len}", e.raw_len, e.dtype, e.shape),
         ));
     }
     let shape = e
@@ -356,31 +321,17 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| {
-            invalid(
-                name,
-                format!("shape {:?} does not fit this machine", e.shape),
-            )
-        })?;
+        .map_err(|_| invalid(name, format!("shape {:?} does not fit this machine", e.shape)))?;
     match e.encoding {
         Encoding::Bytes => {}
         Encoding::Planes if e.dtype.size() > 1 => {}
         Encoding::FloatPlanes if e.dtype.is_float() => {}
-        other => {
-            return Err(invalid(
-                name,
-                format!("encoding {other:?} does not apply to {:?}", e.dtype),
-            ))
-        }
+        other => return Err(invalid(name, format!("encoding {other:?} does not apply to {:?}", e.dtype))),
     }
     if e.chunk_elems == 0 || e.chunk_elems.saturating_mul(elem) > MAX_CHUNK_BYTES {
         return Err(invalid(
             name,
-            format!(
-                "chunk of {} elements outside 1..={}",
-                e.chunk_elems,
-                MAX_CHUNK_BYTES / elem
-            ),
+            format!("chunk of {} elements outside 1..={}", e.chunk_elems, MAX_CHUNK_BYTES / elem),
         ));
     }
     let n_chunks = numel.div_ceil(e.chunk_elems);
@@ -400,10 +351,7 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
         let elems = e.chunk_elems.min(numel - c as u64 * e.chunk_elems);
         let raw = e.encoding.plane_len(e.dtype, elems);
         if chunk.len() != planes {
-            return Err(invalid(
-                name,
-                format!("chunk {c} has {} planes, expected {planes}", chunk.len()),
-            ));
+            return Err(invalid(name, format!("chunk {c} has {} planes, expected {planes}", chunk.len())));
         }
         for (p, &PlaneEntry(codec, len)) in chunk.iter().enumerate() {
             let ok = match codec {
@@ -415,45 +363,23 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
             if !ok {
                 return Err(invalid(
                     name,
-                    format!(
-                        "chunk {c}, plane {p}: {codec:?} plane of {len} bytes for {raw} raw bytes"
-                    ),
+                    format!("chunk {c}, plane {p}: {codec:?} plane of {len} bytes for {raw} raw bytes"),
                 ));
             }
-            stored = stored
-                .checked_add(len)
-                .ok_or_else(|| invalid(name, "stored length overflows"))?;
+            stored = stored.checked_add(len).ok_or_else(|| invalid(name, "stored length overflows"))?;
         }
     }
     if stored != e.stored_len {
-        return Err(invalid(
-            name,
-            format!(
-                "stored_len {} but its planes add up to {stored}",
-                e.stored_len
-            ),
-        ));
+        return Err(invalid(name, format!("stored_len {} but its planes add up to {stored}", e.stored_len)));
     }
-    let xxh3 = parse_hex64(&e.xxh3).ok_or_else(|| {
-        invalid(
-            name,
-            format!("checksum {:?} is not 16 lowercase hex digits", e.xxh3),
-        )
-    })?;
+    let xxh3 = parse_hex64(&e.xxh3)
+        .ok_or_else(|| invalid(name, format!("checksum {:?} is not 16 lowercase hex digits", e.xxh3)))?;
     Ok((
-        TensorInfo {
-            name: e.name,
-            dtype: e.dtype,
-            shape,
-            raw_len,
-            stored_len: stored,
-        },
+        TensorInfo { name: e.name, dtype: e.dtype, shape, raw_len, stored_len: stored },
         Layout {
             encoding: e.encoding,
             // At most raw_len, which fits in usize; 1 for a scalar.
-            row: e
-                .encoding
-                .row_len(e.dtype, e.shape.last().copied().unwrap_or(1)) as usize,
+            row: e.encoding.row_len(e.dtype, e.shape.last().copied().unwrap_or(1)) as usize,
             offset: e.offset,
             xxh3,
             chunk_elems: e.chunk_elems,
@@ -485,13 +411,7 @@ mod tests {
 
     fn check(e: Entry) -> Result<(Vec<TensorInfo>, Vec<Layout>)> {
         let end = e.offset + e.stored_len;
-        validate(
-            Index {
-                metadata: BTreeMap::new(),
-                tensors: vec![e],
-            },
-            end,
-        )
+        validate(Index { metadata: BTreeMap::new(), tensors: vec![e] }, end)
     }
 
     fn reason(e: Entry) -> String {
@@ -509,39 +429,19 @@ mod tests {
     fn rejects_newer_version_and_unknown_flags() {
         let mut h = header();
         h[8] = 2;
-        assert!(matches!(
-            check_header(&h),
-            Err(Error::UnsupportedVersion { found: 2, .. })
-        ));
+        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 2, .. })));
         let mut h = header();
         h[12] = 1;
-        assert!(matches!(
-            check_header(&h),
-            Err(Error::UnsupportedFlags { flags: 1 })
-        ));
+        assert!(matches!(check_header(&h), Err(Error::UnsupportedFlags { flags: 1 })));
     }
 
     #[test]
     fn trailer_round_trips_and_must_end_the_file() {
-        let t = Trailer {
-            index_offset: 100,
-            index_len: 20,
-            index_xxh3: 0xabc,
-        };
+        let t = Trailer { index_offset: 100, index_len: 20, index_xxh3: 0xabc };
         assert_eq!(Trailer::parse(&t.to_bytes(), 152).unwrap(), t);
-        assert!(matches!(
-            Trailer::parse(&t.to_bytes(), 153),
-            Err(Error::IndexOutOfBounds { .. })
-        ));
-        let huge = Trailer {
-            index_offset: 16,
-            index_len: u64::MAX - 20,
-            index_xxh3: 0,
-        };
-        assert!(matches!(
-            Trailer::parse(&huge.to_bytes(), 100),
-            Err(Error::IndexOutOfBounds { .. })
-        ));
+        assert!(matches!(Trailer::parse(&t.to_bytes(), 153), Err(Error::IndexOutOfBounds { .. })));
+        let huge = Trailer { index_offset: 16, index_len: u64::MAX - 20, index_xxh3: 0 };
+        assert!(matches!(Trailer::parse(&huge.to_bytes(), 100), Err(Error::IndexOutOfBounds { .. })));
     }
 
     #[test]
@@ -586,25 +486,14 @@ mod tests {
     #[test]
     fn rejects_records_that_do_not_tile_the_data() {
         let e = entry();
-        let err = validate(
-            Index {
-                metadata: BTreeMap::new(),
-                tensors: vec![e.clone()],
-            },
-            e.offset + e.stored_len + 1,
-        )
-        .unwrap_err();
+        let err = validate(Index { metadata: BTreeMap::new(), tensors: vec![e.clone()] }, e.offset + e.stored_len + 1)
+            .unwrap_err();
         assert!(err.to_string().contains("index starts at"), "{err}");
         let mut twice = e.clone();
         twice.offset += e.stored_len;
-        let err = validate(
-            Index {
-                metadata: BTreeMap::new(),
-                tensors: vec![e.clone(), twice],
-            },
-            e.offset + 2 * e.stored_len,
-        )
-        .unwrap_err();
+        let err =
+            validate(Index { metadata: BTreeMap::new(), tensors: vec![e.clone(), twice] }, e.offset + 2 * e.stored_len)
+                .unwrap_err();
         assert!(matches!(err, Error::DuplicateName { .. }));
     }
 }

@@ -36,10 +36,7 @@ where
     let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
     std::thread::scope(|scope| {
         let (mine, others) = states[..workers].split_first_mut().expect("workers >= 2");
-        let handles: Vec<_> = others
-            .iter_mut()
-            .map(|state| scope.spawn(|| work(state)))
-            .collect();
+        let handles: Vec<_> = others.iter_mut().map(|state| scope.spawn(|| work(state))).collect();
         let mut all = work(mine);
         for handle in handles {
             match handle.join() {
@@ -51,10 +48,7 @@ where
             slots[i] = Some(t);
         }
     });
-    slots
-        .into_iter()
-        .map(|t| t.expect("every item was processed"))
-        .collect()
+    slots.into_iter().map(|t| t.expect("every item was processed")).collect()
 }
 
 /// The number of threads to use when the caller does not say: every core the OS gives us.

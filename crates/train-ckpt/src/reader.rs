@@ -48,24 +48,16 @@ impl<R: Read + Seek> Reader<R> {
         let head = read_at(&mut r, 0, &mut header[..file_len.min(HEADER_LEN) as usize]);
         if file_len < HEADER_LEN {
             head?;
-            return Err(
-                if format::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
-                    Error::Truncated {
-                        len: file_len,
-                        need: HEADER_LEN + TRAILER_LEN,
-                    }
-                } else {
-                    Error::NotACheckpoint
-                },
-            );
+            return Err(if format::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
+                Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN }
+            } else {
+                Error::NotACheckpoint
+            });
         }
         head?;
         format::check_header(&header)?;
         if file_len < HEADER_LEN + TRAILER_LEN {
-            return Err(Error::Truncated {
-                len: file_len,
-                need: HEADER_LEN + TRAILER_LEN,
-            });
+            return Err(Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN });
         }
         let mut trailer = [0u8; TRAILER_LEN as usize];
         read_at(&mut r, file_len - TRAILER_LEN, &mut trailer)?;
@@ -75,36 +67,15 @@ impl<R: Read + Seek> Reader<R> {
         read_at(&mut r, trailer.index_offset, &mut index)?;
         let found = xxh3_64(&index);
         if found != trailer.index_xxh3 {
-            return Err(Error::IndexChecksum {
-                expected: trailer.index_xxh3,
-                found,
-            });
+            return Err(Error::IndexChecksum { expected: trailer.index_xxh3, found });
         }
         let index: Index = serde_json::from_slice(&index)?;
         let metadata = index.metadata.clone();
         let (infos, layouts) = format::validate(index, trailer.index_offset)?;
-        let by_name = infos
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
-        let threads = if threads == 0 {
-            default_threads()
-        } else {
-            threads
-        };
-        let decoders = (0..threads)
-            .map(|_| ChunkDecoder::new())
-            .collect::<Result<_, _>>()?;
-        Ok(Reader {
-            r,
-            metadata,
-            infos,
-            layouts,
-            by_name,
-            decoders,
-            buf: Vec::new(),
-        })
+        let by_name = infos.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let threads = if threads == 0 { default_threads() } else { threads };
+        let decoders = (0..threads).map(|_| ChunkDecoder::new()).collect::<Result<_, _>>()?;
+        Ok(Reader { r, metadata, infos, layouts, by_name, decoders, buf: Vec::new() })
     }
 
     /// The string pairs the writer stored.
@@ -129,10 +100,7 @@ impl<R: Read + Seek> Reader<R> {
         // the buffer grows as chunks decode, so a lying file cannot make the reader allocate
         // more than its real bytes decode to.
         let info = &self.infos[i];
-        let mut out = Vec::with_capacity(
-            info.raw_len
-                .min(info.stored_len.saturating_mul(PLAUSIBLE_RATIO)) as usize,
-        );
+        let mut out = Vec::with_capacity(info.raw_len.min(info.stored_len.saturating_mul(PLAUSIBLE_RATIO)) as usize);
         let mut hasher = Xxh3Default::new();
         self.decode(i, |window_len, fill| {
             let start = out.len();
@@ -187,20 +155,13 @@ impl<R: Read + Seek> Reader<R> {
     }
 
     fn position(&self, name: &str) -> Result<usize> {
-        self.by_name
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::TensorNotFound { name: name.into() })
+        self.by_name.get(name).copied().ok_or_else(|| Error::TensorNotFound { name: name.into() })
     }
 
     fn check(&self, i: usize, found: u64) -> Result<()> {
         let expected = self.layouts[i].xxh3;
         if found != expected {
-            return Err(Error::ChecksumMismatch {
-                name: self.infos[i].name.clone(),
-                expected,
-                found,
-            });
+            return Err(Error::ChecksumMismatch { name: self.infos[i].name.clone(), expected, found });
         }
         Ok(())
     }
@@ -211,14 +172,7 @@ impl<R: Read + Seek> Reader<R> {
     where
         S: FnMut(usize, &mut dyn FnMut(&mut [u8]) -> Result<()>) -> Result<()>,
     {
-        let Reader {
-            r,
-            infos,
-            layouts,
-            decoders,
-            buf,
-            ..
-        } = self;
+        let Reader { r, infos, layouts, decoders, buf, .. } = self;
         let (info, layout) = (&infos[i], &layouts[i]);
         let elem = info.dtype.size() as u64;
         let numel = info.raw_len / elem;
@@ -227,17 +181,9 @@ impl<R: Read + Seek> Reader<R> {
         for first in (0..layout.chunks.len()).step_by(window) {
             let chunks = &layout.chunks[first..(first + window).min(layout.chunks.len())];
             // All numbers below were validated against the file's length and each other.
-            let stored: Vec<usize> = chunks
-                .iter()
-                .map(|planes| planes.iter().map(|p| p.1 as usize).sum())
-                .collect();
+            let stored: Vec<usize> = chunks.iter().map(|planes| planes.iter().map(|p| p.1 as usize).sum()).collect();
             let raw: Vec<usize> = (first..first + chunks.len())
-                .map(|c| {
-                    (layout
-                        .chunk_elems
-                        .min(numel - c as u64 * layout.chunk_elems)
-                        * elem) as usize
-                })
+                .map(|c| (layout.chunk_elems.min(numel - c as u64 * layout.chunk_elems) * elem) as usize)
                 .collect();
             buf.resize(stored.iter().sum(), 0);
             read_at(r, offset, buf)?;
@@ -253,8 +199,7 @@ impl<R: Read + Seek> Reader<R> {
                     (src, dst) = (rest, more);
                 }
                 let results = map_with(decoders, items, |dec, (k, planes, s, d)| {
-                    dec.decode(layout.encoding, info.dtype, layout.row, planes, s, d)
-                        .map_err(|e| (k, e))
+                    dec.decode(layout.encoding, info.dtype, layout.row, planes, s, d).map_err(|e| (k, e))
                 });
                 for result in results {
                     if let Err((k, e)) = result {

@@ -7,8 +7,7 @@ use std::io::Write;
 use crate::codec::ChunkEncoder;
 use crate::error::{Error, Result};
 use crate::format::{
-    self, hex64, Encoding, Entry, Index, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK,
-    MAX_TENSORS,
+    self, hex64, Encoding, Entry, Index, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
 };
 use crate::parallel::{default_threads, map_with};
 use crate::Dtype;
@@ -34,10 +33,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions {
-            threads: 0,
-            chunk_bytes: 1 << 20,
-        }
+        WriterOptions { threads: 0, chunk_bytes: 1 << 20 }
     }
 }
 
@@ -77,9 +73,7 @@ impl<W: Write> Writer<W> {
             0 => default_threads(),
             n => n,
         };
-        let encoders = (0..threads)
-            .map(|_| ChunkEncoder::new())
-            .collect::<Result<_, _>>()?;
+        let encoders = (0..threads).map(|_| ChunkEncoder::new()).collect::<Result<_, _>>()?;
         w.write_all(&format::header())?;
         Ok(Writer {
             w,
@@ -93,27 +87,15 @@ impl<W: Write> Writer<W> {
 
     /// Compresses a tensor and writes it. `data` holds its elements in row-major order,
     /// little-endian, `dtype.size()` bytes each (the safetensors layout).
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        dtype: Dtype,
-        shape: &[usize],
-        data: &[u8],
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<()> {
         if self.names.contains(name) {
             return Err(Error::DuplicateName { name: name.into() });
         }
         if self.entries.len() >= MAX_TENSORS {
-            return Err(Error::TooManyTensors {
-                count: self.entries.len() + 1,
-                max: MAX_TENSORS,
-            });
+            return Err(Error::TooManyTensors { count: self.entries.len() + 1, max: MAX_TENSORS });
         }
         if shape.len() > MAX_RANK {
-            return Err(crate::error::invalid(
-                name,
-                format!("rank {} exceeds the limit of {MAX_RANK}", shape.len()),
-            ));
+            return Err(crate::error::invalid(name, format!("rank {} exceeds the limit of {MAX_RANK}", shape.len())));
         }
         let size = dtype.size();
         let expected = shape
@@ -121,11 +103,7 @@ impl<W: Write> Writer<W> {
             .try_fold(size, |n, &d| n.checked_mul(d))
             .ok_or_else(|| crate::error::invalid(name, format!("shape {shape:?} overflows")))?;
         if data.len() != expected {
-            return Err(Error::LengthMismatch {
-                name: name.into(),
-                expected: expected as u64,
-                got: data.len() as u64,
-            });
+            return Err(Error::LengthMismatch { name: name.into(), expected: expected as u64, got: data.len() as u64 });
         }
         let encoding = if size == 1 || data.len() < SMALL_TENSOR_BYTES {
             Encoding::Bytes
@@ -147,10 +125,7 @@ impl<W: Write> Writer<W> {
                 Ok::<_, std::io::Error>((planes, out))
             });
             for result in encoded {
-                let (planes, bytes) = result.map_err(|source| Error::Compress {
-                    name: name.into(),
-                    source,
-                })?;
+                let (planes, bytes) = result.map_err(|source| Error::Compress { name: name.into(), source })?;
                 self.w.write_all(&bytes)?;
                 self.pos += bytes.len() as u64;
                 chunks.push(planes);
@@ -175,15 +150,9 @@ impl<W: Write> Writer<W> {
     /// Writes the index (holding `metadata`) and the trailer, flushes, and returns the
     /// underlying writer. Syncing a file to disk is the caller's business.
     pub fn finish(mut self, metadata: BTreeMap<String, String>) -> Result<W> {
-        let index = serde_json::to_vec(&Index {
-            metadata,
-            tensors: std::mem::take(&mut self.entries),
-        })?;
+        let index = serde_json::to_vec(&Index { metadata, tensors: std::mem::take(&mut self.entries) })?;
         if index.len() as u64 > MAX_INDEX_LEN {
-            return Err(Error::IndexTooLarge {
-                len: index.len() as u64,
-                max: MAX_INDEX_LEN,
-            });
+            return Err(Error::IndexTooLarge { len: index.len() as u64, max: MAX_INDEX_LEN });
         }
         let trailer = Trailer {
             index_offset: self.pos,

@@ -18,10 +18,7 @@ fn sample() -> (Vec<Tensor>, Vec<u8>) {
         Tensor::new("n", Dtype::BF16, &[200], noise(400, 3)),
         Tensor::weights("step", Dtype::I64, &[], 4),
     ];
-    let options = WriterOptions {
-        threads: 2,
-        chunk_bytes: 512,
-    };
+    let options = WriterOptions { threads: 2, chunk_bytes: 512 };
     let file = write(&tensors, &[("k", "v")], options);
     (tensors, file)
 }
@@ -30,9 +27,7 @@ fn sample() -> (Vec<Tensor>, Vec<u8>) {
 fn rejects_truncated_file_at_every_length() {
     let (_, file) = sample();
     for len in 0..file.len() {
-        let err = open(&file[..len])
-            .err()
-            .unwrap_or_else(|| panic!("cut at {len} opened"));
+        let err = open(&file[..len]).err().unwrap_or_else(|| panic!("cut at {len} opened"));
         let expected = match len {
             0..=47 => matches!(err, Error::Truncated { .. }),
             _ => matches!(err, Error::BadTrailer),
@@ -54,19 +49,13 @@ fn every_single_bit_flip_is_rejected_or_harmless() {
             let mut bad = file.clone();
             bad[byte] ^= 1 << bit;
             if let Ok(data) = read_all(&bad) {
-                assert!(
-                    data == original,
-                    "bit {bit} of byte {byte} changed data unnoticed"
-                );
+                assert!(data == original, "bit {bit} of byte {byte} changed data unnoticed");
                 harmless += 1;
             }
         }
     }
     let flips = file.len() * 8;
-    assert!(
-        harmless * 1000 < flips,
-        "{harmless} of {flips} flips went unnoticed"
-    );
+    assert!(harmless * 1000 < flips, "{harmless} of {flips} flips went unnoticed");
 }
 
 #[test]
@@ -80,10 +69,7 @@ fn names_the_tensor_whose_data_is_damaged() {
     bad[n["offset"].as_u64().unwrap() as usize + 5] ^= 0x10;
     let mut r = open(&bad).unwrap();
     let err = r.read_tensor("n").unwrap_err();
-    assert!(
-        matches!(&err, Error::ChecksumMismatch { name, .. } if name == "n"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::ChecksumMismatch { name, .. } if name == "n"), "{err}");
     assert!(err.to_string().contains("\"n\""), "{err}");
     // The other tensors still read.
     assert!(r.read_tensor("w").is_ok());
@@ -98,25 +84,15 @@ fn rejects_bad_magic_and_foreign_formats() {
     assert!(matches!(open(&bad), Err(Error::NotACheckpoint)));
     // A safetensors file and a zstd frame.
     let st = safetensors::serialize(
-        [(
-            "x",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0; 4])
-                .unwrap(),
-        )],
+        [("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0; 4]).unwrap())],
         None,
     )
     .unwrap();
     assert!(matches!(open(&st), Err(Error::NotACheckpoint)));
     let zst = zstd::bulk::compress(&file, 3).unwrap();
     assert!(matches!(open(&zst), Err(Error::NotACheckpoint)));
-    assert!(matches!(
-        open(b"hello"),
-        Err(Error::Truncated { len: 5, .. })
-    ));
-    assert!(matches!(
-        open(b"not a checkpoint at all"),
-        Err(Error::NotACheckpoint)
-    ));
+    assert!(matches!(open(b"hello"), Err(Error::Truncated { len: 5, .. })));
+    assert!(matches!(open(b"not a checkpoint at all"), Err(Error::NotACheckpoint)));
 }
 
 #[test]
@@ -125,23 +101,11 @@ fn rejects_newer_version_and_unknown_flags() {
     let mut newer = file.clone();
     newer[8] = 2;
     let err = open(&newer).err().unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::UnsupportedVersion { found: 2, supported: 1 }), "{err}");
     assert!(err.to_string().contains("version 2"));
     let mut flagged = file;
     flagged[15] = 0x80;
-    assert!(matches!(
-        open(&flagged),
-        Err(Error::UnsupportedFlags { flags: 0x8000_0000 })
-    ));
+    assert!(matches!(open(&flagged), Err(Error::UnsupportedFlags { flags: 0x8000_0000 })));
 }
 
 /// A source that claims to be `len` bytes long: `head`, zeros, then `tail`; it fails the
@@ -198,18 +162,9 @@ fn rejects_oversized_index_without_reading_it() {
     tail.extend_from_slice(&index_len.to_le_bytes());
     tail.extend_from_slice(&0u64.to_le_bytes());
     tail.extend_from_slice(b"TRNCKIDX");
-    let source = Sparse {
-        len,
-        head,
-        tail,
-        pos: 0,
-        read: 0,
-    };
+    let source = Sparse { len, head, tail, pos: 0, read: 0 };
     let err = Reader::new(source).err().unwrap();
-    assert!(
-        matches!(err, Error::IndexTooLarge { len, max } if len == index_len && max == MAX_INDEX_LEN),
-        "{err}"
-    );
+    assert!(matches!(err, Error::IndexTooLarge { len, max } if len == index_len && max == MAX_INDEX_LEN), "{err}");
 }
 
 #[test]
@@ -220,10 +175,7 @@ fn rejects_trailer_pointing_outside_the_file() {
         let mut bad = file.clone();
         bad[n - 32..n - 24].copy_from_slice(&offset.to_le_bytes());
         bad[n - 24..n - 16].copy_from_slice(&len.to_le_bytes());
-        assert!(
-            matches!(open(&bad), Err(Error::IndexOutOfBounds { .. })),
-            "{offset} {len}"
-        );
+        assert!(matches!(open(&bad), Err(Error::IndexOutOfBounds { .. })), "{offset} {len}");
     }
 }
 
@@ -233,10 +185,7 @@ fn rejects_indexes_whose_numbers_lie() {
     let good = index_json(&file);
     type Lie = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Lie)> = vec![
-        (
-            "raw_len",
-            Box::new(|i| i["tensors"][0]["raw_len"] = json!(1u64 << 40)),
-        ),
+        ("raw_len", Box::new(|i| i["tensors"][0]["raw_len"] = json!(1u64 << 40))),
         (
             "chunks listed",
             Box::new(|i| {
@@ -244,18 +193,9 @@ fn rejects_indexes_whose_numbers_lie() {
                 i["tensors"][0]["raw_len"] = json!(4u64 << 40);
             }),
         ),
-        (
-            "overflows",
-            Box::new(|i| i["tensors"][0]["shape"] = json!([u64::MAX, 3])),
-        ),
-        (
-            "rank",
-            Box::new(|i| i["tensors"][0]["shape"] = json!(vec![1; 65])),
-        ),
-        (
-            "record at offset",
-            Box::new(|i| i["tensors"][1]["offset"] = json!(17)),
-        ),
+        ("overflows", Box::new(|i| i["tensors"][0]["shape"] = json!([u64::MAX, 3]))),
+        ("rank", Box::new(|i| i["tensors"][0]["shape"] = json!(vec![1; 65]))),
+        ("record at offset", Box::new(|i| i["tensors"][1]["offset"] = json!(17))),
         (
             "stored_len",
             Box::new(|i| {
@@ -263,43 +203,23 @@ fn rejects_indexes_whose_numbers_lie() {
                 i["tensors"][1]["stored_len"] = json!(s + 1);
             }),
         ),
-        (
-            "appears twice",
-            Box::new(|i| i["tensors"][1]["name"] = json!("w")),
-        ),
-        (
-            "hex",
-            Box::new(|i| i["tensors"][0]["xxh3"] = json!("not hex")),
-        ),
-        (
-            "does not apply",
-            Box::new(|i| i["tensors"][3]["encoding"] = json!("float_planes")),
-        ),
-        (
-            "unknown field",
-            Box::new(|i| i["tensors"][0]["extra"] = json!(1)),
-        ),
-        (
-            "unknown variant",
-            Box::new(|i| i["tensors"][0]["dtype"] = json!("F128")),
-        ),
+        ("appears twice", Box::new(|i| i["tensors"][1]["name"] = json!("w"))),
+        ("hex", Box::new(|i| i["tensors"][0]["xxh3"] = json!("not hex"))),
+        ("does not apply", Box::new(|i| i["tensors"][3]["encoding"] = json!("float_planes"))),
+        ("unknown field", Box::new(|i| i["tensors"][0]["extra"] = json!(1))),
+        ("unknown variant", Box::new(|i| i["tensors"][0]["dtype"] = json!("F128"))),
         (
             "index starts at",
             Box::new(|i| {
                 i["tensors"].as_array_mut().unwrap().pop();
             }),
         ),
-        (
-            "outside 1..=",
-            Box::new(|i| i["tensors"][0]["chunk_elems"] = json!(0)),
-        ),
+        ("outside 1..=", Box::new(|i| i["tensors"][0]["chunk_elems"] = json!(0))),
     ];
     for (expected, lie) in cases {
         let mut index = good.clone();
         lie(&mut index);
-        let err = open(&with_index(&file, &index))
-            .err()
-            .unwrap_or_else(|| panic!("{expected}: opened"));
+        let err = open(&with_index(&file, &index)).err().unwrap_or_else(|| panic!("{expected}: opened"));
         assert!(err.to_string().contains(expected), "{expected}: {err}");
     }
 }
@@ -314,10 +234,7 @@ fn rejects_garbage_where_a_zstd_frame_should_be() {
     let file = assemble(1, b"garbage!", &serde_json::to_vec(&index).unwrap());
     let mut r = open(&file).unwrap();
     let err = r.read_tensor("x").unwrap_err();
-    assert!(
-        matches!(&err, Error::Corrupt { name, chunk: 0, plane: 0, offset: 16, .. } if name == "x"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Corrupt { name, chunk: 0, plane: 0, offset: 16, .. } if name == "x"), "{err}");
 }
 
 #[test]
@@ -329,11 +246,7 @@ fn rejects_a_plane_claiming_more_than_zstd_can_expand() {
         "chunk_elems": 1 << 20, "chunks": [[["zstd", 4]]]}]});
     let file = assemble(1, b"abcd", &serde_json::to_vec(&index).unwrap());
     let err = open(&file).err().unwrap();
-    assert!(
-        err.to_string()
-            .contains("plane of 4 bytes for 1048576 raw bytes"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("plane of 4 bytes for 1048576 raw bytes"), "{err}");
 }
 
 #[test]
@@ -345,10 +258,7 @@ fn rejects_a_frame_that_decodes_to_the_wrong_length() {
         "chunk_elems": 100, "chunks": [[["zstd", frame.len()]]]}]});
     let file = assemble(1, &frame, &serde_json::to_vec(&index).unwrap());
     let err = open(&file).unwrap().read_tensor("x").unwrap_err();
-    assert!(
-        err.to_string().contains("50 bytes decoded, 100 expected"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("50 bytes decoded, 100 expected"), "{err}");
 }
 
 #[test]
@@ -357,27 +267,13 @@ fn rejects_misuse_with_named_errors() {
     let mut r = open(&file).unwrap();
     assert!(matches!(r.read_tensor("nope"), Err(Error::TensorNotFound { name }) if name == "nope"));
     let mut short = vec![0; 3];
-    assert!(matches!(
-        r.read_tensor_into("w", &mut short),
-        Err(Error::LengthMismatch {
-            expected: 1280,
-            got: 3,
-            ..
-        })
-    ));
+    assert!(matches!(r.read_tensor_into("w", &mut short), Err(Error::LengthMismatch { expected: 1280, got: 3, .. })));
     let mut w = Writer::new(Vec::new()).unwrap();
     w.add_tensor("a", Dtype::F32, &[2], &[0; 8]).unwrap();
-    assert!(matches!(
-        w.add_tensor("a", Dtype::F32, &[2], &[0; 8]),
-        Err(Error::DuplicateName { .. })
-    ));
+    assert!(matches!(w.add_tensor("a", Dtype::F32, &[2], &[0; 8]), Err(Error::DuplicateName { .. })));
     assert!(matches!(
         w.add_tensor("b", Dtype::F32, &[3], &[0; 8]),
-        Err(Error::LengthMismatch {
-            expected: 12,
-            got: 8,
-            ..
-        })
+        Err(Error::LengthMismatch { expected: 12, got: 8, .. })
     ));
     assert!(w.add_tensor("c", Dtype::U8, &[1; 65], &[0]).is_err());
     assert!(w.add_tensor("d", Dtype::U8, &[usize::MAX, 2], &[]).is_err());

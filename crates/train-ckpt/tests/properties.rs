@@ -14,13 +14,8 @@ fn dtype() -> impl Strategy<Value = Dtype> {
 /// A tensor of up to rank 3 and a few thousand elements, with bytes that are either noise or
 /// trained-looking values.
 fn tensor(name: String) -> impl Strategy<Value = Tensor> {
-    (
-        dtype(),
-        proptest::collection::vec(0usize..24, 0..=3),
-        any::<bool>(),
-        any::<u64>(),
-    )
-        .prop_flat_map(move |(dtype, shape, realistic, seed)| {
+    (dtype(), proptest::collection::vec(0usize..24, 0..=3), any::<bool>(), any::<u64>()).prop_flat_map(
+        move |(dtype, shape, realistic, seed)| {
             let n: usize = shape.iter().product();
             let name = name.clone();
             let data = if realistic {
@@ -29,7 +24,8 @@ fn tensor(name: String) -> impl Strategy<Value = Tensor> {
                 proptest::collection::vec(any::<u8>(), n * dtype.size()).boxed()
             };
             data.prop_map(move |data| Tensor::new(&name, dtype, &shape, data))
-        })
+        },
+    )
 }
 
 fn tensors() -> impl Strategy<Value = Vec<Tensor>> {
@@ -37,10 +33,7 @@ fn tensors() -> impl Strategy<Value = Vec<Tensor>> {
 }
 
 fn options() -> impl Strategy<Value = WriterOptions> {
-    (1usize..4, 1usize..3000).prop_map(|(threads, chunk_bytes)| WriterOptions {
-        threads,
-        chunk_bytes,
-    })
+    (1usize..4, 1usize..3000).prop_map(|(threads, chunk_bytes)| WriterOptions { threads, chunk_bytes })
 }
 
 proptest! {

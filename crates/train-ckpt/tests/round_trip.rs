@@ -6,10 +6,7 @@ use common::{noise, open, write, Tensor};
 use train_ckpt::{is_ckpt, Dtype, Reader, WriterOptions};
 
 fn opts(threads: usize, chunk_bytes: usize) -> WriterOptions {
-    WriterOptions {
-        threads,
-        chunk_bytes,
-    }
+    WriterOptions { threads, chunk_bytes }
 }
 
 fn assert_round_trip(tensors: &[Tensor], options: WriterOptions) -> Vec<u8> {
@@ -18,16 +15,9 @@ fn assert_round_trip(tensors: &[Tensor], options: WriterOptions) -> Vec<u8> {
     assert_eq!(r.metadata()["epoch"], "2");
     assert_eq!(r.tensors().len(), tensors.len());
     for (info, t) in r.tensors().to_vec().iter().zip(tensors) {
-        assert_eq!(
-            (&info.name, info.dtype, &info.shape),
-            (&t.name, t.dtype, &t.shape)
-        );
+        assert_eq!((&info.name, info.dtype, &info.shape), (&t.name, t.dtype, &t.shape));
         assert_eq!(info.raw_len, t.data.len() as u64);
-        assert!(
-            info.stored_len <= info.raw_len,
-            "{}: stored beyond raw",
-            t.name
-        );
+        assert!(info.stored_len <= info.raw_len, "{}: stored beyond raw", t.name);
         let back = r.read_tensor(&t.name).unwrap();
         assert!(back == t.data, "{} ({:?}) differs", t.name, t.dtype);
         let mut into = vec![0xAA; t.data.len()];
@@ -60,10 +50,7 @@ fn chunk_boundaries_round_trip() {
         let t = Tensor::weights("t", dtype, &[10, 100], 7);
         for chunk_elems in [1, 3, 64, 999, 1000, 1001] {
             for threads in [1, 3] {
-                assert_round_trip(
-                    std::slice::from_ref(&t),
-                    opts(threads, chunk_elems * dtype.size()),
-                );
+                assert_round_trip(std::slice::from_ref(&t), opts(threads, chunk_elems * dtype.size()));
             }
         }
         assert_eq!(t.data.len(), n * dtype.size());
@@ -83,12 +70,7 @@ fn special_float_values_round_trip() {
         0x807f_ffff, // largest negative subnormal
         0x7f7f_ffff, // largest finite
     ];
-    let data: Vec<u8> = values
-        .iter()
-        .cycle()
-        .take(900)
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let data: Vec<u8> = values.iter().cycle().take(900).flat_map(|v| v.to_le_bytes()).collect();
     let f32s = Tensor::new("f32", Dtype::F32, &[900], data.clone());
     let f64s = Tensor::new("f64", Dtype::F64, &[450], data.clone());
     let halves = Tensor::new("bf16", Dtype::BF16, &[1800], data);
@@ -103,9 +85,7 @@ fn structured_and_random_data_round_trip() {
     let ramp: Vec<u8> = (0..50_000i64).flat_map(|i| (i * 3).to_le_bytes()).collect();
     let ramp = Tensor::new("ramp", Dtype::I64, &[50_000], ramp);
     let row: Vec<u8> = noise(512, 1);
-    let rows: Vec<u8> = (0..200u8)
-        .flat_map(|r| row.iter().map(move |b| b.wrapping_add(r)))
-        .collect();
+    let rows: Vec<u8> = (0..200u8).flat_map(|r| row.iter().map(move |b| b.wrapping_add(r))).collect();
     let rows = Tensor::new("rows", Dtype::U8, &[200, 512], rows);
     let random = Tensor::new("noise", Dtype::BF16, &[100_000], noise(200_000, 2));
     let file = assert_round_trip(&[zeros, ramp, rows, random], opts(2, 1 << 16));
@@ -127,9 +107,7 @@ fn trained_looking_floats_shrink() {
 
 #[test]
 fn output_does_not_depend_on_thread_count() {
-    let tensors: Vec<Tensor> = (0..4)
-        .map(|i| Tensor::weights(&format!("t{i}"), Dtype::BF16, &[300, 100], i))
-        .collect();
+    let tensors: Vec<Tensor> = (0..4).map(|i| Tensor::weights(&format!("t{i}"), Dtype::BF16, &[300, 100], i)).collect();
     let one = write(&tensors, &[], opts(1, 4096));
     let four = write(&tensors, &[], opts(4, 4096));
     assert!(one == four);
@@ -137,10 +115,7 @@ fn output_does_not_depend_on_thread_count() {
 
 #[test]
 fn files_on_disk_are_read_with_seeks() {
-    let tensors = [
-        Tensor::weights("a", Dtype::F32, &[100, 10], 1),
-        Tensor::weights("b", Dtype::I32, &[10], 2),
-    ];
+    let tensors = [Tensor::weights("a", Dtype::F32, &[100, 10], 1), Tensor::weights("b", Dtype::I32, &[10], 2)];
     let file = write(&tensors, &[], WriterOptions::default());
     assert!(is_ckpt(&file));
     let path = std::env::temp_dir().join(format!("train-ckpt-{}.ckpt", std::process::id()));

@@ -54,14 +54,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn big_file() -> (Tensor, Vec<u8>) {
     // 48 MiB of float32 in 1 MiB chunks.
     let t = Tensor::weights("big", Dtype::F32, &[3072, 4096], 1);
-    let file = write(
-        std::slice::from_ref(&t),
-        &[],
-        WriterOptions {
-            threads: 1,
-            chunk_bytes: MIB,
-        },
-    );
+    let file = write(std::slice::from_ref(&t), &[], WriterOptions { threads: 1, chunk_bytes: MIB });
     (t, file)
 }
 
@@ -70,10 +63,7 @@ fn writer_holds_a_few_chunks_beyond_the_tensor() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (t, _) = big_file();
     let ((), peak) = peak_during(|| {
-        let options = WriterOptions {
-            threads: 1,
-            chunk_bytes: MIB,
-        };
+        let options = WriterOptions { threads: 1, chunk_bytes: MIB };
         let mut w = Writer::with_options(std::io::sink(), options).unwrap();
         w.add_tensor(&t.name, t.dtype, &t.shape, &t.data).unwrap();
         w.finish(Default::default()).unwrap();
@@ -132,16 +122,10 @@ impl<R: Seek> Seek for Counted<R> {
 #[test]
 fn opening_reads_only_header_trailer_and_index() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let tensors: Vec<Tensor> = (0..3)
-        .map(|i| Tensor::weights(&format!("t{i}"), Dtype::BF16, &[512, 512], i))
-        .collect();
+    let tensors: Vec<Tensor> = (0..3).map(|i| Tensor::weights(&format!("t{i}"), Dtype::BF16, &[512, 512], i)).collect();
     let file = write(&tensors, &[], WriterOptions::default());
     let index = common::index_range(&file).len();
-    let mut r = Reader::new(Counted {
-        inner: Cursor::new(&file),
-        read: 0,
-    })
-    .unwrap();
+    let mut r = Reader::new(Counted { inner: Cursor::new(&file), read: 0 }).unwrap();
     assert_eq!(r.tensors().len(), 3);
     let opened = 16 + 32 + index;
     // Reading one tensor reads that tensor's record and nothing else.

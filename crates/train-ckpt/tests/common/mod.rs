@@ -15,18 +15,13 @@ impl Rng {
     }
 
     pub fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 ^ (self.0 >> 29)
     }
 
     /// Roughly normal, mean 0, standard deviation `scale` (sum of four uniforms).
     pub fn normal(&mut self, scale: f64) -> f64 {
-        let u: f64 = (0..4)
-            .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
-            .sum();
+        let u: f64 = (0..4).map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64).sum();
         (u - 2.0) * 1.7320508 * scale
     }
 }
@@ -78,12 +73,7 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(name: &str, dtype: Dtype, shape: &[usize], data: Vec<u8>) -> Self {
-        Tensor {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-            data,
-        }
+        Tensor { name: name.into(), dtype, shape: shape.to_vec(), data }
     }
 
     /// A tensor of trained-looking values of that shape.
@@ -99,10 +89,7 @@ pub fn write(tensors: &[Tensor], metadata: &[(&str, &str)], options: WriterOptio
     for t in tensors {
         w.add_tensor(&t.name, t.dtype, &t.shape, &t.data).unwrap();
     }
-    let metadata: BTreeMap<String, String> = metadata
-        .iter()
-        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let metadata: BTreeMap<String, String> = metadata.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
     w.finish(metadata).unwrap()
 }
 
@@ -153,9 +140,5 @@ pub fn assemble(version: u32, records: &[u8], index: &[u8]) -> Vec<u8> {
 /// Replaces a file's index with `index` (re-checksummed), keeping its records.
 pub fn with_index(file: &[u8], index: &serde_json::Value) -> Vec<u8> {
     let range = index_range(file);
-    assemble(
-        1,
-        &file[16..range.start],
-        &serde_json::to_vec(index).unwrap(),
-    )
+    assemble(1, &file[16..range.start], &serde_json::to_vec(index).unwrap())
 }

@@ -63,7 +63,8 @@ fn load_all(path: &Path) -> usize {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let input = PathBuf::from(args.first().expect("usage: checkpoint_io CHECKPOINT [--repeats N]"));
-    let repeats: usize = args.iter().position(|a| a == "--repeats").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
+    let repeats: usize =
+        args.iter().position(|a| a == "--repeats").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
     let src = AnyCheckpoint::open(&input).unwrap();
     let tensors: Vec<(String, Tensor)> = src
         .entries()
@@ -103,14 +104,21 @@ fn main() {
     for (name, compressed) in [("safetensors (plain)", false), ("train-ckpt (.tckpt)", true)] {
         let (mut save, mut load, mut size) = (Vec::new(), Vec::new(), 0);
         for _ in 0..repeats {
-            let ((path, bytes), s) = timed(|| store::write_atomic(dir.path(), Role::Latest, compressed, &tensors, &m).unwrap());
+            let ((path, bytes), s) =
+                timed(|| store::write_atomic(dir.path(), Role::Latest, compressed, &tensors, &m).unwrap());
             let (_, l) = timed(|| load_all(&path));
             save.push(s);
             load.push(l);
             size = bytes;
         }
         let (s, l) = (median(save), median(load));
-        println!("| {name} | {:.1} | {:.3} | {s:.3} | {l:.3} | {:.0} | {:.0} |", mb(size), raw as f64 / size as f64, mb(raw) / s, mb(raw) / l);
+        println!(
+            "| {name} | {:.1} | {:.3} | {s:.3} | {l:.3} | {:.0} | {:.0} |",
+            mb(size),
+            raw as f64 / size as f64,
+            mb(raw) / s,
+            mb(raw) / l
+        );
     }
     {
         let plain = dir.path().join("latest.safetensors");
@@ -135,13 +143,20 @@ fn main() {
             size = std::fs::metadata(&target).unwrap().len();
         }
         let (s, l) = (median(save), median(load));
-        println!("| zstd -3 of the safetensors file | {:.1} | {:.3} | {s:.3} | {l:.3} | {:.0} | {:.0} |", mb(size), raw as f64 / size as f64, mb(raw) / s, mb(raw) / l);
+        println!(
+            "| zstd -3 of the safetensors file | {:.1} | {:.3} | {s:.3} | {l:.3} | {:.0} | {:.0} |",
+            mb(size),
+            raw as f64 / size as f64,
+            mb(raw) / s,
+            mb(raw) / l
+        );
     }
 
     // 2. Time the training thread is blocked by one save.
     println!("\n| save of the full state | training blocked s | x one in-memory copy |");
     println!("|---|--:|--:|");
-    let copy = median((0..repeats).map(|_| timed(|| tensors.iter().map(|(_, t)| t.copy()).collect::<Vec<_>>()).1).collect());
+    let copy =
+        median((0..repeats).map(|_| timed(|| tensors.iter().map(|(_, t)| t.copy()).collect::<Vec<_>>()).1).collect());
     println!("| one in-memory copy of the state (reference) | {copy:.3} | 1.00 |");
     for (name, background, compress) in [
         ("sync, plain", false, false),
@@ -151,7 +166,8 @@ fn main() {
     ] {
         let mut blocked = Vec::new();
         for _ in 0..repeats {
-            let mut saver = Saver::new(dir.path().join("saver"), Policy { keep_last: None, keep_best: true }, background);
+            let mut saver =
+                Saver::new(dir.path().join("saver"), Policy { keep_last: None, keep_best: true }, background);
             let request = SaveRequest {
                 tensors: tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
                 meta: m.clone(),
@@ -182,7 +198,13 @@ for _ in range(int(sys.argv[3])):
 times.sort(); print(times[len(times) // 2], os.path.getsize(out))
 "#;
     match Command::new(&python)
-        .args(["-c", script, plain.to_str().unwrap(), dir.path().join("state.pt").to_str().unwrap(), &repeats.to_string()])
+        .args([
+            "-c",
+            script,
+            plain.to_str().unwrap(),
+            dir.path().join("state.pt").to_str().unwrap(),
+            &repeats.to_string(),
+        ])
         .output()
     {
         Ok(o) if o.status.success() => {
@@ -190,7 +212,11 @@ times.sort(); print(times[len(times) // 2], os.path.getsize(out))
             let mut it = text.split_whitespace();
             let secs: f64 = it.next().unwrap().parse().unwrap();
             let size: u64 = it.next().unwrap().parse().unwrap();
-            println!("| python torch.save (blocks training), {:.1} MB file | {secs:.3} | {:.2} |", mb(size), secs / copy);
+            println!(
+                "| python torch.save (blocks training), {:.1} MB file | {secs:.3} | {:.2} |",
+                mb(size),
+                secs / copy
+            );
         }
         _ => println!("| python torch.save | (no Python torch at {python}) | |"),
     }

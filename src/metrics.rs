@@ -61,6 +61,12 @@ pub struct StepMetrics {
     pub elapsed_seconds: f64,
     /// Resident host memory of the process, when known.
     pub host_rss_bytes: Option<u64>,
+    /// Bytes libtorch's caching allocator has in live tensors on the CUDA device (`None` on the CPU).
+    #[serde(default)]
+    pub device_allocated_bytes: Option<u64>,
+    /// Peak of that since the run started.
+    #[serde(default)]
+    pub device_peak_allocated_bytes: Option<u64>,
 }
 
 /// The record of one epoch.

@@ -578,6 +578,8 @@ mod tests {
             samples_per_sec: 100.0 * step as f64,
             elapsed_seconds: step as f64,
             host_rss_bytes: rss_mib.map(|m| m << 20),
+            device_allocated_bytes: None,
+            device_peak_allocated_bytes: None,
         })
     }
 

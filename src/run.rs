@@ -178,6 +178,15 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         tch::set_num_threads(n as i32);
     }
     let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    if cfg.training.precision == crate::config::Precision::Bf16 {
+        if !device.is_cuda() {
+            return Err(RunError::Device(format!(
+                "training.precision bf16 uses CUDA autocast, but the run is on {}; use fp32 on the CPU",
+                device::name(device)
+            )));
+        }
+        crate::memory::cuda::autocast_bf16();
+    }
     // Lock an existing run folder before reading its checkpoints; a new one is locked when created.
     let lock = if out.is_dir() { Some(RunLock::acquire(&out)?) } else { None };
     let plan = plan_resume(resolved, &ckpt_dir)?;
@@ -313,6 +322,10 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             lr = step.lr;
             let rate = progress.step(trainer.step, step.loss, step.lr, step.samples);
             if trainer.step % cfg.training.log_every_n_steps == 0 {
+                let device_stats = match device {
+                    tch::Device::Cuda(i) => crate::memory::cuda::stats(i),
+                    _ => None,
+                };
                 let line = MetricsLine::Step(StepMetrics {
                     epoch,
                     step: trainer.step,
@@ -321,6 +334,8 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
                     samples_per_sec: rate,
                     elapsed_seconds: run_start.elapsed().as_secs_f64(),
                     host_rss_bytes: metrics::host_rss_bytes(),
+                    device_allocated_bytes: device_stats.map(|s| s.allocated),
+                    device_peak_allocated_bytes: device_stats.map(|s| s.peak_allocated),
                 });
                 log.append(&line).map_err(io(&metrics_path))?;
             }

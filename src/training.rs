@@ -69,6 +69,7 @@ pub struct Trainer {
     schedule: ScheduleConfig,
     base_lr: f64,
     total_steps: u64,
+    bf16: bool,
     /// Micro-batches per optimiser step (doubled when a step runs out of memory).
     pub grad_accum_steps: i64,
     clip_grad_norm: Option<f64>,
@@ -92,6 +93,7 @@ impl Trainer {
             vs,
             model,
             task: data.task,
+            bf16: cfg.training.precision == crate::config::Precision::Bf16,
             optimizer,
             device,
             epoch: 0,
@@ -137,7 +139,7 @@ impl Trainer {
         let mut loss_sum = 0.0;
         for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
             let m = x.size()[0];
-            let loss = loss(self.task, &self.model.forward_t(x, true), y);
+            let loss = self.autocast(|| loss(self.task, &self.model.forward_t(x, true), y));
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
             if m == n {
                 loss.backward();
@@ -154,6 +156,15 @@ impl Trainer {
         self.batches_into_epoch += 1;
         self.partial_loss_sum += loss_sum;
         StepOutcome { loss: loss_sum / n as f64, samples: n as usize, lr }
+    }
+
+    /// Runs `f` under bfloat16 autocast when `training.precision` is `bf16` (CUDA).
+    fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.bf16 {
+            tch::autocast(true, f)
+        } else {
+            f()
+        }
     }
 
     /// Halves the micro-batch for batches of `n` examples (doubling the accumulation), so
@@ -186,8 +197,12 @@ impl Trainer {
         let indices: Vec<i64> = (0..n as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
             let (xs, ys) = split.batch(chunk, self.device);
-            let out = self.model.forward_t(&xs, false);
-            loss_sum += loss(self.task, &out, &ys).double_value(&[]) * chunk.len() as f64;
+            let (out, batch_loss) = self.autocast(|| {
+                let out = self.model.forward_t(&xs, false);
+                let l = loss(self.task, &out, &ys);
+                (out, l)
+            });
+            loss_sum += batch_loss.double_value(&[]) * chunk.len() as f64;
             if !matches!(self.task, Task::Regression { .. }) {
                 let hits = out.argmax(-1, false).eq_tensor(&ys);
                 correct += hits.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);

@@ -254,6 +254,9 @@ fn rejects_set_that_does_not_parse() {
 fn rejects_values_that_break_a_rule() {
     refused(|_| {}, &["--set", "training.epochs=0"], &[], &["`training.epochs`", "at least 1"]);
     refused(|_| {}, &["--device", "tpu"], &[], &["`run.device`", "--device tpu", "not a device"]);
+    if !tch::Cuda::is_available() {
+        refused(|_| {}, &["--set", "training.precision=bf16"], &[], &["training.precision bf16", "cpu"]);
+    }
 }
 
 #[test]

@@ -26,6 +26,8 @@ fn run_folder() -> tempfile::TempDir {
                 samples_per_sec: 900.0,
                 elapsed_seconds: step as f64 / 10.0,
                 host_rss_bytes: Some((100 + step) << 20),
+                device_allocated_bytes: None,
+                device_peak_allocated_bytes: None,
             }))
             .unwrap();
         }

@@ -225,6 +225,9 @@ pub struct TrainingConfig {
     pub clip_grad_norm: Option<f64>,
     /// Log a progress line (and a `metrics.jsonl` step line) every N optimiser steps.
     pub log_every_n_steps: u64,
+    /// `fp32`, or `bf16`: forward passes under CUDA autocast in bfloat16 (weights, gradients
+    /// and optimizer state stay fp32). CUDA only.
+    pub precision: Precision,
     /// Stop once this many optimiser steps have been taken in total (saving `latest` at the
     /// exact position, even mid-epoch); running again without it continues. `None`: no limit.
     pub max_steps: Option<u64>,
@@ -241,6 +244,7 @@ impl Default for TrainingConfig {
             grad_accum_steps: 1,
             clip_grad_norm: None,
             log_every_n_steps: 100,
+            precision: Precision::Fp32,
             max_steps: None,
         }
     }
@@ -281,6 +285,16 @@ impl Default for OptimizerConfig {
             nesterov: false,
         }
     }
+}
+
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// float32 throughout.
+    Fp32,
+    /// bfloat16 autocast on CUDA.
+    Bf16,
 }
 
 /// The optimisers, each matching its `torch.optim` namesake.

@@ -71,7 +71,8 @@ def load_text(path: str, context: int, val_fraction: float):
     with open(path, "rb") as f:
         data = f.read()
     windows = (len(data) - 1) // context
-    val = max(round(windows * val_fraction), 1)
+    # Rust's f64::round (half away from zero), not Python's round (half to even).
+    val = max(math.floor(windows * val_fraction + 0.5), 1)
     tokens = torch.frombuffer(bytearray(data[: windows * context + 1]), dtype=torch.uint8).to(torch.int64)
     x = tokens[: windows * context].view(windows, context)
     y = tokens[1 : windows * context + 1].view(windows, context)

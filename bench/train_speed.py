@@ -34,6 +34,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -94,7 +95,7 @@ def text_corpus(path: Path, windows_needed: int) -> Path:
     data = one
     while True:
         windows = (len(data) - 1) // GPT_CONTEXT
-        if windows - max(round(windows * VAL_FRACTION), 1) >= windows_needed:
+        if windows - max(math.floor(windows * VAL_FRACTION + 0.5), 1) >= windows_needed:
             break
         data += one
     path.write_bytes(data)

@@ -39,7 +39,8 @@ pub struct LoadOutcome {
 /// strategy is `model_only`, restores `optimizer` from the file's state when it has some.
 /// `strict`: every variable must be present and no other weights may be; otherwise the
 /// differences are reported in the outcome. Shapes and dtypes must match either way; every
-/// tensor is checked against its checksum as it is read.
+/// tensor is checked against its checksum as it is read. A load that fails partway (a
+/// damaged file, out of memory) leaves the model partly overwritten: reload or stop.
 pub fn load_into(
     file: &CheckpointFile,
     vars: &HashMap<String, Tensor>,
@@ -78,8 +79,19 @@ pub fn load_into(
     match strategy {
         Strategy::MemoryEfficient | Strategy::ModelOnly => {
             for (e, var) in &present {
-                let host = read_tensor(file, e)?;
-                var.shallow_clone().f_copy_(&host).map_err(torch)?;
+                if var.device() == Device::Cpu && var.is_contiguous() && e.bytes > 0 {
+                    // A host parameter is read into in place: no staging copy at all. Its
+                    // checksum is checked after the read, so a damaged file can leave this
+                    // parameter overwritten; the load then fails and the caller reloads.
+                    // SAFETY: `var` is a contiguous host tensor whose shape and dtype `check`
+                    // matched to the entry, so it spans exactly `e.bytes` bytes; gradients are
+                    // off and nothing else reads it during the load.
+                    let out = unsafe { std::slice::from_raw_parts_mut(var.data_ptr() as *mut u8, e.bytes as usize) };
+                    file.read_into(&e.name, out)?;
+                } else {
+                    let host = read_tensor(file, e)?;
+                    var.shallow_clone().f_copy_(&host).map_err(torch)?;
+                }
             }
         }
         Strategy::Standard => {

@@ -48,7 +48,7 @@ impl Progress {
                 bar.set_position(self.done);
                 bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {rate:.0} samples/s"));
             }
-            None if global_step % self.log_every == 0 => {
+            None if global_step.is_multiple_of(self.log_every) => {
                 let steps_left = self.total.saturating_sub(self.done) as f64;
                 let eta = steps_left * elapsed / self.steps as f64;
                 tracing::info!(

@@ -649,7 +649,11 @@ fn load_planned(
                     None => return Err(RunError::OutOfMemory { detail: format!("loading {}: {e}", path.display()) }),
                 }
             }
-            other => return other.map(|()| strategy).map_err(RunError::from),
+            other => {
+                // Return what staging left cached in the allocator (torch.cuda.empty_cache()).
+                crate::memory::cuda::empty_cache();
+                return other.map(|()| strategy).map_err(RunError::from);
+            }
         }
     }
 }

@@ -292,3 +292,31 @@ fn mix(seed: u64, step: u64) -> i64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gradients (3, 4) and (0, 12) have global norm 13: clipping to 6.5 halves them (less
+    /// PyTorch's 1e-6 in the denominator); clipping to 20 leaves them alone.
+    #[test]
+    fn clipping_scales_the_global_norm() {
+        let params: Vec<Tensor> =
+            (0..2).map(|_| Tensor::zeros([2], tch::kind::FLOAT_CPU).set_requires_grad(true)).collect();
+        let grads = [Tensor::from_slice(&[3.0f32, 4.0]), Tensor::from_slice(&[0.0f32, 12.0])];
+        let loss = params.iter().zip(&grads).map(|(p, g)| (p * g).sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
+        loss.backward();
+        assert!((clip_grad_norm(&params, 20.0) - 13.0).abs() < 1e-6);
+        assert_eq!(Vec::<f32>::try_from(params[0].grad()).unwrap(), [3.0, 4.0]);
+        assert!((clip_grad_norm(&params, 6.5) - 13.0).abs() < 1e-6);
+        let g: Vec<f32> = Vec::try_from(params[1].grad()).unwrap();
+        assert!((g[1] - 6.0).abs() < 1e-5, "{g:?}");
+    }
+
+    #[test]
+    fn seeds_of_neighbouring_steps_differ() {
+        let seeds: std::collections::HashSet<i64> = (0..1000).map(|s| mix(42, s)).collect();
+        assert_eq!(seeds.len(), 1000);
+        assert!(seeds.iter().all(|s| *s >= 0));
+    }
+}

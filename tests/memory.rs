@@ -140,3 +140,29 @@ fn an_out_of_memory_step_halves_the_micro_batch_and_keeps_the_effective_batch() 
         .code(1)
         .stderr(predicate::str::contains("training step 2").and(predicate::str::contains("no cheaper strategy left")));
 }
+
+#[test]
+fn the_library_api_loads_weights_only_and_reports_differences() {
+    use tch::nn;
+    let ws = tempfile::tempdir().unwrap();
+    let ckpt = ws.path().join(checkpoint(ws.path()));
+    // A model with one layer the checkpoint lacks and without one it has.
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let root = vs.root();
+    let _fc1 = nn::linear(&root / "fc1", 784, 2048, Default::default());
+    let _extra = nn::linear(&root / "extra", 4, 4, Default::default());
+    let err = train::checkpoint::load_model_only(&vs, &ckpt, true).unwrap_err().to_string();
+    assert!(err.contains("which the model does not have") && err.contains("fc2."), "{err}");
+    let (epoch, _, outcome) = train::checkpoint::load_model_only(&vs, &ckpt, false).unwrap();
+    assert_eq!(epoch, 0);
+    assert_eq!(outcome.weights, 2);
+    assert_eq!(outcome.missing, ["extra.bias", "extra.weight"]);
+    assert!(outcome.unexpected.contains(&"out.weight".to_string()), "{:?}", outcome.unexpected);
+    let file = train::checkpoint::CheckpointFile::open(&ckpt).unwrap();
+    let w = file.read("fc1.weight").unwrap();
+    let loaded: Vec<f32> = Vec::try_from(vs.variables()["fc1.weight"].flatten(0, -1)).unwrap();
+    assert_eq!(
+        loaded[..4],
+        w[..16].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>()[..]
+    );
+}

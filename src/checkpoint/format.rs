@@ -340,7 +340,7 @@ enum Body {
     /// and nothing stays resident in this process afterwards).
     Plain(File),
     /// The compressed format, whose reader decodes (and checks) one tensor at a time.
-    Compressed(std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>),
+    Compressed(Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>),
 }
 
 /// One tensor's place in a checkpoint.
@@ -392,7 +392,7 @@ impl CheckpointFile {
                 .collect();
             let map: HashMap<String, String> = reader.metadata().clone().into_iter().collect();
             let meta = Meta::from_map(&map).map_err(malformed)?;
-            let body = Body::Compressed(std::sync::Mutex::new(reader));
+            let body = Body::Compressed(Box::new(std::sync::Mutex::new(reader)));
             // The format checks its own per-tensor checksums.
             return Ok(Self {
                 path: path.to_path_buf(),

@@ -53,11 +53,18 @@ pub struct SaveReport {
 
 type Job = (Vec<(String, Tensor)>, SaveRequest);
 
+/// The background writer: jobs in, results out, and its thread.
+struct Worker {
+    jobs: mpsc::SyncSender<Job>,
+    results: mpsc::Receiver<Result<SaveReport, CheckpointError>>,
+    thread: JoinHandle<()>,
+}
+
 /// Writes checkpoints into one folder, synchronously or on a background thread.
 pub struct Saver {
     dir: PathBuf,
     policy: Policy,
-    worker: Option<(mpsc::SyncSender<Job>, mpsc::Receiver<Result<SaveReport, CheckpointError>>, JoinHandle<()>)>,
+    worker: Option<Worker>,
     in_flight: bool,
 }
 
@@ -79,7 +86,7 @@ impl Saver {
                     }
                 })
                 .expect("spawning the checkpoint writer thread");
-            (job_tx, done_rx, handle)
+            Worker { jobs: job_tx, results: done_rx, thread: handle }
         });
         Self { dir, policy, worker, in_flight: false }
     }
@@ -93,8 +100,8 @@ impl Saver {
         let snapshot = snapshot(std::mem::take(&mut request.tensors));
         let report = match &self.worker {
             None => Some(perform(&self.dir, self.policy, &snapshot, &request)?),
-            Some((tx, _, _)) => {
-                tx.send((snapshot, request)).expect("the checkpoint writer thread outlives the saver");
+            Some(worker) => {
+                worker.jobs.send((snapshot, request)).expect("the checkpoint writer thread outlives the saver");
                 self.in_flight = true;
                 previous
             }
@@ -105,9 +112,9 @@ impl Saver {
     /// Waits for the save in flight, if any, and returns its report.
     pub fn wait(&mut self) -> Result<Option<SaveReport>, CheckpointError> {
         match (&self.worker, self.in_flight) {
-            (Some((_, rx, _)), true) => {
+            (Some(worker), true) => {
                 self.in_flight = false;
-                rx.recv().expect("the checkpoint writer thread answers every job").map(Some)
+                worker.results.recv().expect("the checkpoint writer thread answers every job").map(Some)
             }
             _ => Ok(None),
         }
@@ -116,9 +123,9 @@ impl Saver {
     /// Waits for the save in flight and stops the writer thread.
     pub fn finish(mut self) -> Result<Option<SaveReport>, CheckpointError> {
         let report = self.wait();
-        if let Some((tx, _, handle)) = self.worker.take() {
-            drop(tx);
-            let _ = handle.join();
+        if let Some(worker) = self.worker.take() {
+            drop(worker.jobs);
+            let _ = worker.thread.join();
         }
         report
     }

@@ -521,7 +521,7 @@ impl Config {
             return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
         }
         let g = &self.model.gpt;
-        if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || g.width % g.heads != 0 {
+        if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || !g.width.is_multiple_of(g.heads) {
             return invalid(
                 "model.gpt",
                 "context, width, depth and heads must be >= 1, and heads must divide width".into(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use predicates::prelude::PredicateBooleanExt;
 use train::checkpoint::CheckpointFile;
 use train::metrics::MetricsLog;
 
@@ -197,4 +198,45 @@ fn async_and_sync_saves_write_the_same_checkpoints() {
     }
     let m = MetricsLog::read(&ws.path().join("async/metrics.jsonl")).unwrap();
     assert!(m.iter().all(|m| m.checkpoint_blocked_seconds >= 0.0));
+}
+
+/// Unmounts a test file system when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_save_clearly_and_keeps_earlier_checkpoints() {
+    let ws = workspace(256);
+    let disk = ws.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4M", "tmpfs"]).arg(&disk).output();
+    if !mounted.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root and mount rights)");
+        return;
+    }
+    let _guard = Mounted(disk.clone());
+    let out = disk.join("run");
+    let out = out.to_str().unwrap();
+    run_ok(ws.path(), out, &["training.epochs=1"]);
+    let ckpt = disk.join("run/checkpoints");
+    let before: Vec<(PathBuf, Vec<u8>)> =
+        checkpoint_files(&ckpt).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    // Leave less free space than one more checkpoint needs.
+    let free = fs4::available_space(&disk).unwrap();
+    std::fs::write(disk.join("filler"), vec![0u8; (free - 64 * 1024) as usize]).unwrap();
+    common::train(ws.path())
+        .args(args(ws.path(), out, &["training.epochs=2"]))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("not enough disk space").and(predicates::str::contains("untouched")));
+    for (path, bytes) in before {
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{} changed", path.display());
+        CheckpointFile::open(&path).unwrap().verify().unwrap();
+    }
+    assert!(checkpoint_files(&ckpt).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")));
 }

@@ -22,9 +22,9 @@ use super::retention::{self, EpochEntry, Policy};
 use super::store::{self, Role};
 use super::{CheckpointError, OPTIMIZER_PREFIX};
 
-/// Bytes of slack beyond the tensors' size when checking free space: headers, metadata
-/// and the file system's own rounding.
-const SPACE_SLACK: u64 = 16 << 20;
+/// Bytes of slack beyond the tensors' size when checking free space: headers and metadata
+/// (a few KiB per hundred tensors) and the file system's block rounding; plus 1% below.
+const SPACE_SLACK: u64 = 1 << 20;
 
 /// What one save writes.
 pub struct SaveRequest {
@@ -160,7 +160,8 @@ fn perform(
         .filter(|(n, _)| request.epoch_with_optimizer || !n.starts_with(OPTIMIZER_PREFIX))
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
-    let needed = all_bytes + if request.epoch_file { bytes_of(&mut weights.iter()) } else { 0 } + SPACE_SLACK;
+    let payload = all_bytes + if request.epoch_file { bytes_of(&mut weights.iter()) } else { 0 };
+    let needed = payload + payload / 100 + SPACE_SLACK;
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
     let available =
         fs4::available_space(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;

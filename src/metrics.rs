@@ -178,11 +178,3 @@ impl MetricsLog {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     crate::atomic::write_atomic(path, |f| f.write_all(bytes))
 }
-
-/// This process's resident set size, from `VmRSS` in `/proc/self/status` (Linux); `None` elsewhere.
-pub fn host_rss_bytes() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
-}

@@ -333,7 +333,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
                     lr: step.lr,
                     samples_per_sec: rate,
                     elapsed_seconds: run_start.elapsed().as_secs_f64(),
-                    host_rss_bytes: metrics::host_rss_bytes(),
+                    host_rss_bytes: crate::memory::probe::host().rss,
                     device_allocated_bytes: device_stats.map(|s| s.allocated),
                     device_peak_allocated_bytes: device_stats.map(|s| s.peak_allocated),
                 });
@@ -382,7 +382,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             samples_per_sec: samples as f64 / train_seconds.max(f64::EPSILON),
             eval_seconds,
             checkpoint_blocked_seconds: blocked,
-            host_rss_bytes: metrics::host_rss_bytes(),
+            host_rss_bytes: crate::memory::probe::host().rss,
         };
         log.append(&MetricsLine::Epoch(m.clone())).map_err(io(&metrics_path))?;
         tracing::info!(

@@ -17,7 +17,7 @@ use safetensors::SafeTensors;
 use serde::Serialize;
 
 use super::format::{
-    self, checksum_hex, safetensors_dtype, Meta, RawTensor, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX,
+    self, checksum_hex, codec_error, safetensors_dtype, Meta, RawTensor, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX,
 };
 use super::{CheckpointError, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::atomic;
@@ -155,14 +155,11 @@ impl AnyCheckpoint {
                 }
                 Ok(data.to_vec())
             }
-            Body::Compressed(reader) => {
-                reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).read_tensor(name).map_err(|e| match e {
-                    train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
-                        CheckpointError::Corrupt { path: self.path.clone(), tensor: name.into() }
-                    }
-                    other => malformed(other.to_string()),
-                })
-            }
+            Body::Compressed(reader) => reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .read_tensor(name)
+                .map_err(|e| codec_error(&self.path, name, e)),
             Body::Pytorch(tensors) => tensors
                 .get(name)
                 .ok_or_else(|| malformed(format!("no tensor `{name}`")))?

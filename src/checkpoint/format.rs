@@ -459,12 +459,7 @@ impl CheckpointFile {
                 .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?,
             Body::Compressed(reader) => {
                 let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                return reader.read_tensor_into(name, out).map_err(|err| match err {
-                    train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
-                        CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() }
-                    }
-                    other => malformed(other.to_string()),
-                });
+                return reader.read_tensor_into(name, out).map_err(|err| codec_error(&self.path, name, err));
             }
         }
         if checksum_hex(out) != self.checksums[name] {
@@ -593,4 +588,15 @@ pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
 /// xxh3-64 of `data` as 16 lowercase hex digits.
 pub(crate) fn checksum_hex(data: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(data))
+}
+
+/// A compressed-format read error as ours: damaged data is [`CheckpointError::Corrupt`]
+/// (naming the tensor), anything else malformed.
+pub(crate) fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> CheckpointError {
+    match err {
+        train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
+            CheckpointError::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
+        }
+        other => CheckpointError::Malformed { path: path.to_path_buf(), reason: other.to_string() },
+    }
 }

@@ -80,11 +80,11 @@ fn main() {
             (name.clone(), Tensor::from_data_size(&src.read(name).unwrap(), &dims, kind))
         })
         .collect();
-    let raw: u64 = tensors.iter().map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum();
+    let raw: u64 = tensors.iter().map(|(_, t)| train::checkpoint::format::tensor_bytes(t)).sum();
     let weights: u64 = tensors
         .iter()
         .filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX))
-        .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+        .map(|(_, t)| train::checkpoint::format::tensor_bytes(t))
         .sum();
     let dir = tempfile::tempdir_in(input.parent().unwrap_or(Path::new("."))).unwrap();
     let mb = |b: u64| b as f64 / 1e6;

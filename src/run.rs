@@ -417,7 +417,7 @@ pub fn model_sizes(cfg: &Config) -> Result<crate::memory::strategy::Sizes, RunEr
     let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
     let trainer = Trainer::new(cfg, &data, tch::Device::Cpu)?;
     let vars = trainer.variables();
-    let bytes = |t: &tch::Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    let bytes = checkpoint::format::tensor_bytes;
     let model: u64 = vars.values().map(bytes).sum();
     let largest = vars.values().map(bytes).max().unwrap_or(0);
     let o = &cfg.training.optimizer;

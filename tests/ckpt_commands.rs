@@ -106,6 +106,7 @@ fn inspect_reports_stable_fields() {
         "tensors",
         "model_bytes",
         "optimizer_bytes",
+        "largest_tensor_bytes",
         "has_optimizer_state",
         "file_bytes",
         "compression_ratio",

@@ -310,6 +310,8 @@ pub struct Inspection {
     pub model_bytes: u64,
     /// Bytes of optimiser-state tensors (uncompressed).
     pub optimizer_bytes: u64,
+    /// Bytes of the largest tensor (what a streaming load holds at once).
+    pub largest_tensor_bytes: u64,
     /// Whether optimiser state is present.
     pub has_optimizer_state: bool,
     /// Size of the file.
@@ -328,6 +330,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
     let (opt, model): (Vec<_>, Vec<_>) = ckpt.entries.iter().partition(|e| e.0.starts_with(OPTIMIZER_PREFIX));
     let model_bytes: u64 = model.iter().map(|e| bytes(e)).sum();
     let optimizer_bytes: u64 = opt.iter().map(|e| bytes(e)).sum();
+    let largest_tensor_bytes = ckpt.entries.iter().map(bytes).max().unwrap_or(0);
     let meta = ckpt.meta();
     let number = |k: &str| ckpt.metadata.get(k).and_then(|v| v.parse::<f64>().ok());
     Ok(Inspection {
@@ -343,6 +346,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
         tensors: ckpt.entries.len(),
         model_bytes,
         optimizer_bytes,
+        largest_tensor_bytes,
         has_optimizer_state: !opt.is_empty(),
         file_bytes,
         compression_ratio: (model_bytes + optimizer_bytes) as f64 / file_bytes.max(1) as f64,

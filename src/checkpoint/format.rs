@@ -149,7 +149,7 @@ impl HostTensor {
         let dtype =
             dtype_of(tensor.kind()).ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
-        let len = tensor.numel() * tensor.kind().elt_size_in_bytes();
+        let len = tensor_bytes(&tensor) as usize;
         Ok(Self { tensor, dtype, shape, len })
     }
 }
@@ -599,4 +599,9 @@ pub(crate) fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> 
         }
         other => CheckpointError::Malformed { path: path.to_path_buf(), reason: other.to_string() },
     }
+}
+
+/// Bytes a tensor's elements take (what a checkpoint stores for it).
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }

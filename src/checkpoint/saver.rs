@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
-use super::format::{read_meta, CheckpointFile, Meta};
+use super::format::{read_meta, tensor_bytes, CheckpointFile, Meta};
 use super::retention::{self, EpochEntry, Policy};
 use super::store::{self, Role};
 use super::{CheckpointError, OPTIMIZER_PREFIX};
@@ -151,9 +151,7 @@ fn perform(
     request: &SaveRequest,
 ) -> Result<SaveReport, CheckpointError> {
     let start = Instant::now();
-    let bytes_of = |ts: &mut dyn Iterator<Item = &(String, Tensor)>| -> u64 {
-        ts.map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum()
-    };
+    let bytes_of = |ts: &mut dyn Iterator<Item = &(String, Tensor)>| -> u64 { ts.map(|(_, t)| tensor_bytes(t)).sum() };
     let all_bytes = bytes_of(&mut tensors.iter());
     let weights: Vec<(String, Tensor)> = tensors
         .iter()

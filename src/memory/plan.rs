@@ -9,8 +9,8 @@ use tch::Device;
 
 use super::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
 use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
-use crate::checkpoint::convert::AnyCheckpoint;
-use crate::checkpoint::{CheckpointError, OPTIMIZER_PREFIX};
+use crate::checkpoint::convert::inspect;
+use crate::checkpoint::CheckpointError;
 use crate::config::MemoryConfig;
 
 /// The memory the checkpoint will be loaded into, and where the figure came from.
@@ -47,18 +47,13 @@ pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget 
 /// The byte counts of a checkpoint file (any format `train ckpt` reads), for a model of
 /// `model_bytes` already on the device (0 when it is already counted out of the budget).
 pub fn sizes_of(path: &Path, model_bytes: u64) -> Result<Sizes, CheckpointError> {
-    let ckpt = AnyCheckpoint::open(path)?;
-    let mut sizes = Sizes { model: model_bytes, ..Sizes::default() };
-    for (name, dtype, shape) in ckpt.entries() {
-        let bytes = (shape.iter().product::<usize>() * dtype.bitsize()).div_ceil(8) as u64;
-        if name.starts_with(OPTIMIZER_PREFIX) {
-            sizes.optimizer += bytes;
-        } else {
-            sizes.weights += bytes;
-        }
-        sizes.largest = sizes.largest.max(bytes);
-    }
-    Ok(sizes)
+    let i = inspect(path)?;
+    Ok(Sizes {
+        model: model_bytes,
+        weights: i.model_bytes,
+        optimizer: i.optimizer_bytes,
+        largest: i.largest_tensor_bytes,
+    })
 }
 
 /// A plan, as `train plan --json` prints it (field names stable).

@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use tch::{Kind, Tensor};
-use train::checkpoint::convert::AnyCheckpoint;
+use tch::Tensor;
 use train::checkpoint::retention::Policy;
 use train::checkpoint::saver::{SaveRequest, Saver};
 use train::checkpoint::store::{self, Role};
-use train::checkpoint::{CheckpointFile, Meta, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
+use train::checkpoint::{CheckpointFile, Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -39,10 +38,8 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 fn meta() -> Meta {
     Meta {
         format_version: FORMAT_VERSION,
-        epoch: 1,
-        step: 1,
-        batches_into_epoch: 0,
-        partial_loss_sum: 0.0,
+        position: Position { epoch: 1, step: 1, ..Position::default() },
+        batch_size: None,
         train_loss: 0.0,
         val_loss: 0.0,
         val_accuracy: 0.0,
@@ -65,19 +62,15 @@ fn main() {
     let input = PathBuf::from(args.first().expect("usage: checkpoint_io CHECKPOINT [--repeats N]"));
     let repeats: usize =
         args.iter().position(|a| a == "--repeats").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(3);
-    let src = AnyCheckpoint::open(&input).unwrap();
+    let src = CheckpointFile::open(&input).unwrap();
     let tensors: Vec<(String, Tensor)> = src
         .entries()
         .iter()
-        .map(|(name, dtype, shape)| {
-            let kind = match dtype {
-                safetensors::Dtype::F32 => Kind::Float,
-                safetensors::Dtype::I64 => Kind::Int64,
-                safetensors::Dtype::BF16 => Kind::BFloat16,
-                other => panic!("{name}: dtype {other:?} not handled by this benchmark"),
-            };
-            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            (name.clone(), Tensor::from_data_size(&src.read(name).unwrap(), &dims, kind))
+        .map(|e| {
+            let kind = train::checkpoint::dtype::to_kind(e.dtype)
+                .unwrap_or_else(|| panic!("{}: dtype {:?} not handled by this benchmark", e.name, e.dtype));
+            let dims: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            (e.name.clone(), Tensor::from_data_size(&src.read(&e.name).unwrap(), &dims, kind))
         })
         .collect();
     let raw: u64 = tensors.iter().map(|(_, t)| train::checkpoint::format::tensor_bytes(t)).sum();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::checkpoint::convert;
+use crate::checkpoint::{tools, CheckpointFile, Integrity};
 use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, PlanArgs, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
 use crate::{memory, report, run};
@@ -163,7 +163,7 @@ fn ckpt(cmd: CkptCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         CkptCommand::Inspect { path, json } => {
-            let report = convert::inspect(&path)?;
+            let report = tools::inspect(&path)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
@@ -174,16 +174,30 @@ fn ckpt(cmd: CkptCommand) -> Result<()> {
             }
         }
         CkptCommand::Verify { path } => {
-            let n = convert::AnyCheckpoint::open(&path)?.verify()?;
-            writeln!(out, "ok: {} is sound ({n} tensors checked)", path.display())?;
+            let v = CheckpointFile::open(&path)?.verify()?;
+            match v.integrity {
+                Integrity::Checked => writeln!(
+                    out,
+                    "ok: {} is sound ({} tensors and the metadata checked against their checksums)",
+                    path.display(),
+                    v.tensors
+                )?,
+                Integrity::NotChecked => writeln!(
+                    out,
+                    "readable, not checked: {} ({} tensors read; the file carries no checksums, so damage cannot be \
+                     detected)",
+                    path.display(),
+                    v.tensors
+                )?,
+            }
         }
         CkptCommand::Convert { input, output } => {
-            let bytes = convert::convert(&input, &output, false)?;
+            let bytes = tools::convert(&input, &output, false)?;
             writeln!(out, "wrote {} ({bytes} bytes)", output.display())?;
         }
         CkptCommand::Strip { path, output } => {
             let target = output.unwrap_or_else(|| path.clone());
-            let bytes = convert::convert(&path, &target, true)?;
+            let bytes = tools::convert(&path, &target, true)?;
             writeln!(out, "wrote {} without optimizer state ({bytes} bytes)", target.display())?;
         }
     }
@@ -209,18 +223,18 @@ fn plan(args: &PlanArgs) -> Result<()> {
     let resolved = config::resolve(&request(&args.config, flags))?;
     let cfg = &resolved.config;
     let device = crate::device::select(cfg.run.device).map_err(run::RunError::Device)?;
-    let sizes = match &args.checkpoint {
-        Some(path) => {
-            let mut sizes = memory::plan::sizes_of(path, 0)?;
-            sizes.model = sizes.weights;
-            sizes
+    let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
+    let sizes = match &file {
+        // Planned from scratch: the model is not on the device yet, and is the weights' size.
+        Some(file) => {
+            let s = memory::plan::sizes_of(file);
+            memory::strategy::Sizes { model: s.weights, ..s }
         }
-        None => run::model_sizes(cfg)?,
+        None => run::measure::model_sizes(cfg)?,
     };
-    let plan = memory::plan::make(&cfg.memory, device, sizes, &memory::probe::Nvml)
-        .map_err(|why| config::ConfigError::Invalid { key: "memory.strategy".into(), message: why })?;
-    let measured = match (&args.checkpoint, args.execute) {
-        (Some(path), true) => Some(run::measure_load(cfg, path)?),
+    let plan = memory::plan::make(&cfg.memory, device, sizes, &memory::probe::Nvml);
+    let measured = match (&file, args.execute) {
+        (Some(file), true) => Some(run::measure::measure_load(cfg, file)?),
         _ => None,
     };
     let mut out = std::io::stdout().lock();

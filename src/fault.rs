@@ -19,6 +19,27 @@ pub fn is_oom_message(msg: &str) -> bool {
     m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("failed to allocate")
 }
 
+/// The message of a panic payload (libtorch errors arrive as panics from tch's infallible
+/// calls, with the error as a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Keeps out-of-memory panics, which the training loop recovers from, out of stderr; any
+/// other panic is printed as usual.
+pub fn quiet_oom_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_oom_message(&panic_message(info.payload())) {
+            previous(info);
+        }
+    }));
+}
+
 #[cfg(feature = "fault-injection")]
 fn injected(kind: &str, value: &str) -> bool {
     std::env::var("INJECT_FAULTS").map(|v| v.split(',').any(|f| f.trim() == format!("{kind}:{value}"))).unwrap_or(false)

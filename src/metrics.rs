@@ -1,4 +1,5 @@
-//! `metrics.jsonl`: one JSON object per completed epoch, appended as the run goes.
+//! `metrics.jsonl`: one JSON object per line, tagged by `kind` (`step`, `epoch`, `event`),
+//! appended as the run goes.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -117,6 +118,11 @@ impl MetricsLog {
     /// The log at `path` (created on first append).
     pub fn new(path: PathBuf) -> Self {
         Self { path }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends one line (an epoch's line is flushed to disk; step lines are not, for speed).

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{Meta, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
+use crate::checkpoint::{Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::config::{Config, ScheduleConfig};
 use crate::data::{epoch_batches, Dataset, Split, Task};
 use crate::model::{self, Model, ModelError};
@@ -50,14 +50,8 @@ pub struct Trainer {
     pub optimizer: Box<dyn Optimizer>,
     /// The device everything lives on.
     pub device: Device,
-    /// Epochs completed.
-    pub epoch: u32,
-    /// Optimiser steps taken.
-    pub step: u64,
-    /// Batches of epoch `epoch + 1` already trained.
-    pub batches_into_epoch: u64,
-    /// Sum of per-example losses over those batches.
-    pub partial_loss_sum: f64,
+    /// Where the run stands (what a checkpoint records).
+    pub position: Position,
     /// Mean training loss of the last completed epoch (NaN before the first).
     pub last_train_loss: f64,
     /// Evaluation after the last completed epoch (NaN before the first).
@@ -96,10 +90,7 @@ impl Trainer {
             bf16: cfg.training.precision == crate::config::Precision::Bf16,
             optimizer,
             device,
-            epoch: 0,
-            step: 0,
-            batches_into_epoch: 0,
-            partial_loss_sum: 0.0,
+            position: Position::default(),
             last_train_loss: f64::NAN,
             last_eval: EvalStats { loss: f64::NAN, accuracy: f64::NAN },
             seed: cfg.training.seed,
@@ -122,20 +113,20 @@ impl Trainer {
     /// The batches of the epoch after `self.epoch`, all of them (a resumed run skips the
     /// first `batches_into_epoch`).
     pub fn epoch_plan(&self, examples: usize) -> Vec<Vec<i64>> {
-        epoch_batches(examples, self.batch_size, self.seed, self.epoch + 1)
+        epoch_batches(examples, self.batch_size, self.seed, self.position.epoch + 1)
     }
 
     /// One optimiser step on a batch already on the device: the schedule's learning rate,
     /// `grad_accum_steps` micro-batches whose gradients add up to the full batch's, optional
     /// clipping, the update. Advances the step and position counters.
     pub fn train_step(&mut self, xs: &Tensor, ys: &Tensor) -> StepOutcome {
-        tch::manual_seed(mix(self.seed, self.step));
-        let lr = self.schedule.lr_at(self.step, self.base_lr, self.total_steps);
+        tch::manual_seed(mix(self.seed, self.position.step));
+        let lr = self.schedule.lr_at(self.position.step, self.base_lr, self.total_steps);
         self.optimizer.set_lr(lr);
         self.optimizer.zero_grad();
         let n = xs.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
-        crate::fault::check_step(self.step + 1);
+        crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
         for (x, y) in xs.split(micro, 0).iter().zip(ys.split(micro, 0).iter()) {
             let m = x.size()[0];
@@ -152,9 +143,9 @@ impl Trainer {
             clip_grad_norm(&self.trainable, max_norm);
         }
         self.optimizer.step();
-        self.step += 1;
-        self.batches_into_epoch += 1;
-        self.partial_loss_sum += loss_sum;
+        self.position.step += 1;
+        self.position.batches_into_epoch += 1;
+        self.position.partial_loss_sum += loss_sum;
         StepOutcome { loss: loss_sum / n as f64, samples: n as usize, lr }
     }
 
@@ -181,10 +172,8 @@ impl Trainer {
     /// Closes the epoch after its last step: advances the epoch counter and returns the
     /// mean training loss over its `examples`.
     pub fn finish_epoch(&mut self, examples: usize) -> f64 {
-        let loss = self.partial_loss_sum / examples as f64;
-        self.epoch += 1;
-        self.batches_into_epoch = 0;
-        self.partial_loss_sum = 0.0;
+        let loss = self.position.partial_loss_sum / examples as f64;
+        self.position = Position { epoch: self.position.epoch + 1, step: self.position.step, ..Position::default() };
         self.last_train_loss = loss;
         loss
     }
@@ -228,16 +217,14 @@ impl Trainer {
     pub fn checkpoint_meta(&self, config_sha256: &str) -> Meta {
         Meta {
             format_version: FORMAT_VERSION,
-            epoch: self.epoch,
-            step: self.step,
-            batches_into_epoch: self.batches_into_epoch,
-            partial_loss_sum: self.partial_loss_sum,
+            position: self.position,
+            batch_size: Some(self.batch_size as u32),
             train_loss: self.last_train_loss,
             val_loss: self.last_eval.loss,
             val_accuracy: self.last_eval.accuracy,
             has_optimizer_state: true,
             optimizer: serde_json::to_value(self.optimizer.config()).expect("plain struct"),
-            lr_scheduler: self.schedule.state(self.step, self.base_lr, self.total_steps),
+            lr_scheduler: self.schedule.state(self.position.step, self.base_lr, self.total_steps),
             rng: RngState { seed: self.seed, scheme: RNG_SCHEME.into() },
             config_sha256: config_sha256.into(),
             tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
@@ -245,11 +232,8 @@ impl Trainer {
     }
 
     /// Restores the position and last losses recorded in a checkpoint's metadata.
-    pub fn restore_position(&mut self, meta: &Meta) {
-        self.epoch = meta.epoch;
-        self.step = meta.step;
-        self.batches_into_epoch = meta.batches_into_epoch;
-        self.partial_loss_sum = meta.partial_loss_sum;
+    pub fn restore(&mut self, meta: &Meta) {
+        self.position = meta.position;
         self.last_train_loss = meta.train_loss;
         self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
     }

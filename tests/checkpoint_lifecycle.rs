@@ -89,7 +89,7 @@ fn a_bit_flip_in_latest_is_caught_by_its_checksum_and_skipped() {
     assert!(err.contains("fails its checksum"), "{err}");
     let log = run_ok(ws.path(), "r", &["training.epochs=3"]);
     assert!(log.contains("fails its checksum") && log.contains("epoch-0002.safetensors"), "{log}");
-    assert_eq!(CheckpointFile::open(&latest).unwrap().meta().epoch, 3);
+    assert_eq!(CheckpointFile::open(&latest).unwrap().meta().unwrap().epoch(), 3);
 }
 
 #[test]
@@ -105,9 +105,10 @@ fn sigterm_saves_the_exact_position_and_resume_matches_an_uninterrupted_run() {
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("stop requested"), "{stderr}");
-    let meta = CheckpointFile::open(&ws.path().join("a/checkpoints/latest.safetensors")).unwrap().meta().clone();
-    assert!(meta.epoch < 4, "{meta:?}");
-    eprintln!("SIGTERM landed at epoch {} + {} batches", meta.epoch, meta.batches_into_epoch);
+    let meta =
+        CheckpointFile::open(&ws.path().join("a/checkpoints/latest.safetensors")).unwrap().meta().unwrap().clone();
+    assert!(meta.epoch() < 4, "{meta:?}");
+    eprintln!("SIGTERM landed at epoch {} + {} batches", meta.epoch(), meta.position.batches_into_epoch);
 
     let resumed = run_ok(ws.path(), "a", &extra);
     assert!(resumed.contains("resumed"), "{resumed}");
@@ -122,8 +123,8 @@ fn sigterm_saves_the_exact_position_and_resume_matches_an_uninterrupted_run() {
         assert!(
             fa.read(name).unwrap() == fb.read(name).unwrap(),
             "tensor `{name}` differs after a SIGTERM at epoch {} batch {}",
-            meta.epoch,
-            meta.batches_into_epoch
+            meta.epoch(),
+            meta.position.batches_into_epoch
         );
     }
     assert_eq!(a.len(), b.len());
@@ -162,7 +163,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_checkpoint() {
         }
     }
     // And the run resumes from where the kills left it.
-    let epoch = CheckpointFile::open(&ckpt.join("latest.safetensors")).map(|f| f.meta().epoch).unwrap_or(0);
+    let epoch = CheckpointFile::open(&ckpt.join("latest.safetensors")).map(|f| f.meta().unwrap().epoch()).unwrap_or(0);
     let target = format!("training.epochs={}", epoch + 1);
     let log = run_ok(ws.path(), "k", &["training.batch_size=64", "model.mlp.hidden=[256]", &target]);
     assert!(epoch == 0 || log.contains("resumed"), "{log}");

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use predicates::prelude::*;
 use sha2::{Digest, Sha256};
-use train::checkpoint::convert::AnyCheckpoint;
+use train::checkpoint::CheckpointFile;
 
 fn python_files() -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,11 +21,11 @@ fn python_files() -> (tempfile::TempDir, serde_json::Value) {
 }
 
 fn sha256s(path: &Path) -> HashMap<String, String> {
-    let ckpt = AnyCheckpoint::open(path).unwrap();
+    let ckpt = CheckpointFile::open(path).unwrap();
     ckpt.entries()
         .iter()
-        .map(|(n, _, _)| {
-            (n.clone(), Sha256::digest(ckpt.read(n).unwrap()).iter().map(|b| format!("{b:02x}")).collect())
+        .map(|e| {
+            (e.name.clone(), Sha256::digest(ckpt.read(&e.name).unwrap()).iter().map(|b| format!("{b:02x}")).collect())
         })
         .collect()
 }
@@ -139,7 +139,7 @@ fn strip_drops_optimizer_state_and_keeps_weights() {
     for (name, sha) in &after {
         assert_eq!(&before[name], sha, "{name}");
     }
-    assert!(!AnyCheckpoint::open(&stripped).unwrap().meta().unwrap().has_optimizer_state);
+    assert!(!CheckpointFile::open(&stripped).unwrap().meta().unwrap().has_optimizer_state);
     // In place.
     ckpt(ws.path(), &["strip", latest.to_str().unwrap()]).success();
     assert_eq!(sha256s(&latest), after);

@@ -58,11 +58,11 @@ fn two_epoch_run_writes_exactly_the_promised_files() {
     assert_eq!(optimizer_tensors(&ckpt.join("latest.safetensors")), 12);
 
     let latest = CheckpointFile::open(&ckpt.join("latest.safetensors")).unwrap();
-    let meta = latest.meta();
-    assert_eq!((meta.epoch, meta.step), (2, 2 * 512 / 32));
+    let meta = latest.meta().unwrap();
+    assert_eq!((meta.epoch(), meta.step()), (2, 2 * 512 / 32));
     assert!(meta.has_optimizer_state && meta.train_loss.is_finite() && meta.val_loss.is_finite());
     assert_eq!(meta.optimizer["kind"], "adamw");
-    assert!(!CheckpointFile::open(&ckpt.join("epoch-0001.safetensors")).unwrap().meta().has_optimizer_state);
+    assert!(!CheckpointFile::open(&ckpt.join("epoch-0001.safetensors")).unwrap().meta().unwrap().has_optimizer_state);
 
     let metrics = MetricsLog::read(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
@@ -123,7 +123,7 @@ fn ultra_low_memory_compresses_and_resumes_with_a_fresh_optimizer() {
     let log = run(ws.path(), &["--experiment", "ultra_low_memory"], &["training.epochs=2".into()]);
     assert!(log.contains("(memory.load_optimizer_state is false): the optimizer starts fresh"), "{log}");
     assert!(log.contains("resumed"), "{log}");
-    assert_eq!(CheckpointFile::open(&ckpt.join("latest.tckpt")).unwrap().meta().epoch, 2);
+    assert_eq!(CheckpointFile::open(&ckpt.join("latest.tckpt")).unwrap().meta().unwrap().epoch(), 2);
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn a_corrupt_latest_is_skipped_for_the_newest_good_checkpoint() {
     let log = run(ws.path(), &["--experiment", "standard"], &["training.epochs=3".into()]);
     assert!(log.contains("skipping unreadable checkpoint") || log.contains("cannot resume from"), "{log}");
     assert!(log.contains("epoch-0002.safetensors") && log.contains("resumed"), "{log}");
-    assert_eq!(CheckpointFile::open(&latest).unwrap().meta().epoch, 3);
+    assert_eq!(CheckpointFile::open(&latest).unwrap().meta().unwrap().epoch(), 3);
 }
 
 #[test]

@@ -110,8 +110,8 @@ fn a_mid_epoch_checkpoint_resumes_exactly() {
     // Stop inside epoch 2 (step 21 = epoch 1 + 5 batches), then continue.
     run(d, "cut", &[&base[..], &["training.max_steps=21"]].concat());
     let latest = d.join("cut/checkpoints/latest.safetensors");
-    let meta = CheckpointFile::open(&latest).unwrap().meta().clone();
-    assert_eq!((meta.epoch, meta.batches_into_epoch, meta.step), (1, 5, 21));
+    let meta = CheckpointFile::open(&latest).unwrap().meta().unwrap().clone();
+    assert_eq!((meta.epoch(), meta.position.batches_into_epoch, meta.step()), (1, 5, 21));
     let resumed = run(d, "cut", &base);
     assert!(resumed.contains("resumed"), "{resumed}");
     let a = CheckpointFile::open(&d.join("full/checkpoints/latest.safetensors")).unwrap();

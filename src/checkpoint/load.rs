@@ -15,8 +15,10 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::format::{kind_of, CheckpointFile, Entry};
-use super::{CheckpointError, OPTIMIZER_PREFIX};
+use super::dtype::to_kind;
+use super::source::{CheckpointFile, Entry};
+use super::{CheckpointError, Meta, OPTIMIZER_PREFIX};
+use crate::config::OptimizerKind;
 pub use crate::memory::strategy::Strategy;
 use crate::optim::Optimizer;
 
@@ -35,8 +37,8 @@ pub struct LoadOutcome {
     pub unexpected: Vec<String>,
 }
 
-/// Loads `file` into `vars` (the model's named variables, on `device`) and, unless the
-/// strategy is `model_only`, restores `optimizer` from the file's state when it has some.
+/// Loads `file` into `vars` (the model's named variables, on `device`) and, when given an
+/// `optimizer`, replaces its state with the file's (see [`restore_optimizer`] for when to).
 /// `strict`: every variable must be present and no other weights may be; otherwise the
 /// differences are reported in the outcome. Shapes and dtypes must match either way; every
 /// tensor is checked against its checksum as it is read. A load that fails partway (a
@@ -106,24 +108,22 @@ pub fn load_into(
     }
     outcome.weights = present.len();
 
-    if let (Some(optimizer), true) = (optimizer, strategy.loads_optimizer()) {
-        if file.meta().has_optimizer_state {
-            let mut state = HashMap::new();
-            for e in file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)) {
-                let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
-                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
-            }
-            outcome.optimizer_tensors = state.len();
-            optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
-            outcome.optimizer_restored = true;
+    if let Some(optimizer) = optimizer {
+        let mut state = HashMap::new();
+        for e in file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)) {
+            let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
+            state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
         }
+        outcome.optimizer_tensors = state.len();
+        optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
+        outcome.optimizer_restored = true;
     }
     Ok(outcome)
 }
 
 fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
     let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-    if shape != var.size() || kind_of(e.dtype) != Some(var.kind()) {
+    if shape != var.size() || to_kind(e.dtype) != Some(var.kind()) {
         return Err(CheckpointError::Mismatch {
             path: path.to_path_buf(),
             tensor: e.name.clone(),
@@ -137,7 +137,7 @@ fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
 /// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
 /// no intermediate buffer), checked against its checksum.
 fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
-    let kind: Kind = kind_of(e.dtype).ok_or_else(|| CheckpointError::Malformed {
+    let kind: Kind = to_kind(e.dtype).ok_or_else(|| CheckpointError::Malformed {
         path: file.path().to_path_buf(),
         reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
     })?;
@@ -151,6 +151,36 @@ fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointErr
         file.read_into(&e.name, out)?;
     }
     Ok(t)
+}
+
+/// Whether to restore the optimiser from a checkpoint, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptimizerRestore {
+    /// Load its state.
+    Restore,
+    /// Start it fresh, for this reason (logged).
+    Fresh(String),
+}
+
+/// The one rule for restoring optimiser state: only with a strategy that loads it (not
+/// `model_only`, which `memory.load_optimizer_state: false` forces), from a file that holds
+/// some, written by the same kind of optimiser.
+pub fn restore_optimizer(strategy: Strategy, meta: &Meta, configured: OptimizerKind) -> OptimizerRestore {
+    let saved = meta.optimizer.get("kind").and_then(|k| k.as_str());
+    let ours = serde_json::to_value(configured).ok().and_then(|k| k.as_str().map(str::to_string));
+    if !strategy.loads_optimizer() {
+        OptimizerRestore::Fresh("loading with model_only: momentum and moment estimates start fresh".into())
+    } else if !meta.has_optimizer_state {
+        OptimizerRestore::Fresh("the checkpoint holds no optimizer state".into())
+    } else if saved != ours.as_deref() {
+        OptimizerRestore::Fresh(format!(
+            "the checkpoint's optimizer is {}, the configured one {}",
+            saved.unwrap_or("unknown"),
+            ours.as_deref().unwrap_or("unknown")
+        ))
+    } else {
+        OptimizerRestore::Restore
+    }
 }
 
 /// Whether a load failed because the device ran out of memory (the case a cheaper
@@ -176,9 +206,15 @@ pub fn load_checkpoint_memory_efficient(
     device: Device,
 ) -> Result<EpochLosses, CheckpointError> {
     let file = CheckpointFile::open(path)?;
-    load_into(&file, &vs.variables(), Some(optimizer), device, Strategy::MemoryEfficient, true)?;
-    let m = file.meta();
-    Ok((m.epoch, m.train_loss, m.val_loss))
+    let m = file.meta_or_imported();
+    let restore = restore_optimizer(Strategy::MemoryEfficient, &m, optimizer.config().kind);
+    if let OptimizerRestore::Fresh(why) = &restore {
+        tracing::info!("the optimizer starts fresh: {why}");
+        optimizer.reset_state();
+    }
+    let optimizer = (restore == OptimizerRestore::Restore).then_some(optimizer);
+    load_into(&file, &vs.variables(), optimizer, device, Strategy::MemoryEfficient, true)?;
+    Ok((m.epoch(), m.train_loss, m.val_loss))
 }
 
 /// Loads only the weights of `path` into the model held by `vs` (the seed guide's
@@ -191,5 +227,33 @@ pub fn load_model_only(
 ) -> Result<(u32, f64, LoadOutcome), CheckpointError> {
     let file = CheckpointFile::open(path)?;
     let outcome = load_into(&file, &vs.variables(), None, vs.device(), Strategy::ModelOnly, strict)?;
-    Ok((file.meta().epoch, file.meta().train_loss, outcome))
+    let m = file.meta_or_imported();
+    Ok((m.epoch(), m.train_loss, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_optimizer_is_restored_only_from_state_of_its_own_kind() {
+        let m = Meta::sample("adamw", true);
+        assert_eq!(restore_optimizer(Strategy::MemoryEfficient, &m, OptimizerKind::Adamw), OptimizerRestore::Restore);
+        assert_eq!(restore_optimizer(Strategy::Standard, &m, OptimizerKind::Adamw), OptimizerRestore::Restore);
+        let OptimizerRestore::Fresh(why) = restore_optimizer(Strategy::Standard, &m, OptimizerKind::Sgd) else {
+            panic!("another optimizer kind must start fresh")
+        };
+        assert!(why.contains("adamw") && why.contains("sgd"), "{why}");
+    }
+
+    #[test]
+    fn model_only_and_weights_only_files_start_the_optimizer_fresh() {
+        let m = Meta::sample("adamw", true);
+        assert!(matches!(restore_optimizer(Strategy::ModelOnly, &m, OptimizerKind::Adamw), OptimizerRestore::Fresh(_)));
+        let weights_only = Meta::sample("adamw", false);
+        assert!(matches!(
+            restore_optimizer(Strategy::MemoryEfficient, &weights_only, OptimizerKind::Adamw),
+            OptimizerRestore::Fresh(_)
+        ));
+    }
 }

@@ -1,19 +1,24 @@
-//! Checkpoints: what a checkpoint file holds ([`format`]), how a run folder keeps them
-//! ([`store`]), and loading one into a model and optimiser ([`load`]).
+//! Checkpoints: what a checkpoint file holds and how it is written ([`format`]), the one
+//! reader of every kind of checkpoint file ([`source`]), how a run folder keeps them
+//! ([`store`], [`saver`], [`retention`]), loading one into a model and optimiser ([`load`]),
+//! and the `train ckpt` tools ([`tools`]).
 //!
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
-pub mod convert;
+pub mod dtype;
 pub mod format;
 pub mod load;
 pub mod retention;
 pub mod saver;
+pub mod source;
 pub mod store;
+pub mod tools;
 
 use std::path::PathBuf;
 
-pub use format::{CheckpointFile, Meta, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
+pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
+pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
 
 /// Everything that can go wrong reading or writing a checkpoint; each names the file and,
 /// where one is at fault, the tensor.
@@ -42,6 +47,12 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The damaged tensor.
         tensor: String,
+    },
+    /// The metadata does not match its own checksum: it was altered after it was written.
+    #[error("checkpoint {path} is corrupt: its metadata fails its checksum")]
+    MetadataCorrupt {
+        /// The file.
+        path: PathBuf,
     },
     /// Not enough free disk space to write a checkpoint; nothing was written.
     #[error(

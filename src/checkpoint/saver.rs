@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
-use super::format::{read_meta, tensor_bytes, CheckpointFile, Meta};
+use super::format::{tensor_bytes, Meta};
 use super::retention::{self, EpochEntry, Policy};
+use super::source::CheckpointFile;
 use super::store::{self, Role};
 use super::{CheckpointError, OPTIMIZER_PREFIX};
 
@@ -171,7 +172,7 @@ fn perform(
     if request.epoch_file {
         let mut meta = request.meta.clone();
         meta.has_optimizer_state = request.epoch_with_optimizer;
-        let written = store::write_atomic(dir, Role::Epoch(meta.epoch), request.compress, &weights, &meta)?;
+        let written = store::write_atomic(dir, Role::Epoch(meta.epoch()), request.compress, &weights, &meta)?;
         report.written.push(written);
     }
     let (latest, size) = store::write_atomic(dir, Role::Latest, request.compress, tensors, &request.meta)?;
@@ -188,7 +189,7 @@ fn perform(
         .into_iter()
         .filter_map(|(path, role)| match role {
             Role::Epoch(epoch) => {
-                let val_loss = read_meta(&path).ok().map(|m| m.val_loss);
+                let val_loss = CheckpointFile::open(&path).ok().and_then(|f| f.meta().map(|m| m.val_loss));
                 Some((path, EpochEntry { epoch, val_loss }))
             }
             Role::Latest => None,

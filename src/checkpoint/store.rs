@@ -2,10 +2,12 @@
 //! which one to resume from.
 //!
 //! ```text
-//! <run>/checkpoints/epoch-0001.safetensors[.zst]   one per epoch (every_n_epochs)
-//! <run>/checkpoints/latest.safetensors[.zst]       rewritten after every epoch, always
-//!                                                  with optimiser state
-//! <run>/checkpoints/.tmp-*                         in-flight writes; never read
+//! <run>/checkpoints/epoch-0001.safetensors   one per epoch (every_n_epochs); `.tckpt`
+//!                                            when memory.compress_checkpoints is on
+//! <run>/checkpoints/latest.safetensors       rewritten after every epoch (and every
+//!                                            checkpoint.every_n_steps), always with
+//!                                            optimiser state
+//! <run>/checkpoints/.tmp-*                   in-flight writes; never read
 //! ```
 
 use std::fs;
@@ -13,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
-use super::format::{self, read_meta, Meta, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use super::format::{self, Meta, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use super::source::CheckpointFile;
 use super::CheckpointError;
 use crate::atomic::{self, TEMP_PREFIX};
 
@@ -92,30 +95,37 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
     Ok(removed)
 }
 
-/// The checkpoints of a folder, sorted for resuming.
-#[derive(Debug, Default)]
+/// The checkpoints of a folder, opened once and sorted for resuming.
+#[derive(Default)]
 pub struct Candidates {
     /// Best first: the furthest along (epoch, then step), and among equals one with
-    /// optimiser state, then `latest`.
-    pub loadable: Vec<(PathBuf, Meta)>,
-    /// Files whose metadata cannot be read, with the reason, for the caller to report.
+    /// optimiser state, then `latest`. Each is open, its metadata read and checked.
+    pub loadable: Vec<CheckpointFile>,
+    /// Files that cannot be opened or are not `train`'s, with the reason, for the caller
+    /// to report.
     pub unreadable: Vec<CheckpointError>,
 }
 
-/// Ranks the checkpoints in `dir` for resuming, reading only their metadata.
+/// Opens the checkpoints in `dir` (headers only) and ranks them for resuming.
 pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
     let mut good = Vec::new();
     let mut unreadable = Vec::new();
     for (path, role) in list(dir)? {
-        match read_meta(&path) {
-            Ok(meta) => good.push((path, meta, role)),
+        match CheckpointFile::open(&path) {
+            Ok(file) if file.meta().is_some() => good.push((file, role)),
+            Ok(_) => unreadable.push(CheckpointError::Malformed {
+                path,
+                reason: "has no train metadata, so it was not written by this run".into(),
+            }),
             Err(e) => unreadable.push(e),
         }
     }
-    good.sort_by(|(_, a, ra), (_, b, rb)| {
-        (b.epoch, b.step, b.has_optimizer_state, *rb).cmp(&(a.epoch, a.step, a.has_optimizer_state, *ra))
-    });
-    Ok(Candidates { loadable: good.into_iter().map(|(p, m, _)| (p, m)).collect(), unreadable })
+    let key = |f: &CheckpointFile| {
+        let m = f.meta().expect("kept only with metadata");
+        (m.position.epoch, m.position.step, m.has_optimizer_state)
+    };
+    good.sort_by(|(a, ra), (b, rb)| (key(b), *rb).cmp(&(key(a), *ra)));
+    Ok(Candidates { loadable: good.into_iter().map(|(f, _)| f).collect(), unreadable })
 }
 
 /// Writes a checkpoint to `dir/<name>` atomically and durably (see [`crate::atomic`]).

@@ -539,13 +539,7 @@ impl Config {
         if !(0.0..1.0).contains(&self.memory.safety_margin) {
             return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", self.memory.safety_margin));
         }
-        let m = &self.memory;
-        let constraints = crate::memory::strategy::Constraints {
-            choice: m.strategy,
-            memory_efficient: m.checkpoint_memory_efficient,
-            load_optimizer_state: m.load_optimizer_state,
-        };
-        if let Err(why) = crate::memory::strategy::choose(&Default::default(), None, 0.0, &constraints) {
+        if let Err(why) = crate::memory::strategy::Constraints::of(&self.memory).check() {
             return invalid("memory.strategy", why);
         }
         if self.checkpoint.every_n_epochs == 0 {

@@ -4,7 +4,10 @@
 //! The order of an epoch is a pure function of (seed, epoch), so a resumed run visits the
 //! examples in exactly the order an uninterrupted one would, with no sampler state to save.
 
+mod files;
 pub mod idx;
+
+pub use files::check_files;
 
 use std::path::{Path, PathBuf};
 

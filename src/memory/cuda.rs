@@ -73,3 +73,22 @@ mod tests {
         let _ = empty_cache();
     }
 }
+
+/// Caps libtorch's CUDA caching allocator at `limit` bytes of GPU `index`, through its
+/// `per_process_memory_fraction` setting, before the first allocation reads it.
+pub fn limit_vram(limit: u64, index: usize) {
+    match super::probe::GpuProbe::memory(&super::probe::Nvml, index as u32) {
+        Ok(m) if m.total > 0 => {
+            let fraction = (limit as f64 / m.total as f64).min(1.0);
+            let mut conf = std::env::var("PYTORCH_CUDA_ALLOC_CONF").unwrap_or_default();
+            if !conf.is_empty() {
+                conf.push(',');
+            }
+            conf.push_str(&format!("per_process_memory_fraction:{fraction:.6}"));
+            // Set before any CUDA allocation, while no other thread reads the environment.
+            std::env::set_var("PYTORCH_CUDA_ALLOC_CONF", &conf);
+            tracing::info!(limit, total = m.total, fraction, "memory.vram_limit: capping the CUDA caching allocator");
+        }
+        Ok(_) | Err(_) => tracing::warn!("memory.vram_limit is set but the GPU's size is unknown: not applied"),
+    }
+}

@@ -1,16 +1,13 @@
 //! A loading plan: the memory figures (probed or assumed), the predicted peak of each
 //! strategy and the choice, as `train plan` prints it and as a run logs it.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use serde::Serialize;
+use std::collections::BTreeMap;
 use tch::Device;
 
 use super::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
 use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
-use crate::checkpoint::convert::inspect;
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointFile, OPTIMIZER_PREFIX};
 use crate::config::MemoryConfig;
 
 /// The memory the checkpoint will be loaded into, and where the figure came from.
@@ -44,16 +41,19 @@ pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget 
     }
 }
 
-/// The byte counts of a checkpoint file (any format `train ckpt` reads), for a model of
-/// `model_bytes` already on the device (0 when it is already counted out of the budget).
-pub fn sizes_of(path: &Path, model_bytes: u64) -> Result<Sizes, CheckpointError> {
-    let i = inspect(path)?;
-    Ok(Sizes {
-        model: model_bytes,
-        weights: i.model_bytes,
-        optimizer: i.optimizer_bytes,
-        largest: i.largest_tensor_bytes,
-    })
+/// The byte counts of an open checkpoint (any kind), for a model already on the device
+/// (its bytes are then out of the budget: `model` is 0; set it to plan a load from scratch).
+pub fn sizes_of(file: &CheckpointFile) -> Sizes {
+    let (mut weights, mut optimizer, mut largest) = (0, 0, 0);
+    for e in file.entries() {
+        if e.name.starts_with(OPTIMIZER_PREFIX) {
+            optimizer += e.bytes;
+        } else {
+            weights += e.bytes;
+        }
+        largest = largest.max(e.bytes);
+    }
+    Sizes { model: 0, weights, optimizer, largest }
 }
 
 /// A plan, as `train plan --json` prints it (field names stable).
@@ -79,17 +79,14 @@ pub struct Plan {
     pub host: HostMemory,
 }
 
-/// Chooses how to load: probe (or assumption), sizes, constraints.
-pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, gpu: &dyn GpuProbe) -> Result<Plan, String> {
+/// Chooses how to load: probe (or assumption), sizes, and the constraints that
+/// configuration validation already checked.
+pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, gpu: &dyn GpuProbe) -> Plan {
     let b = budget(cfg, device, gpu);
-    let constraints = Constraints {
-        choice: cfg.strategy,
-        memory_efficient: cfg.checkpoint_memory_efficient,
-        load_optimizer_state: cfg.load_optimizer_state,
-    };
-    let Decision { strategy, reason } = strategy::choose(&sizes, b.free_bytes, cfg.safety_margin, &constraints)?;
+    let constraints = Constraints::of(cfg);
+    let Decision { strategy, reason } = strategy::choose(&sizes, b.free_bytes, cfg.safety_margin, &constraints);
     let predicted_peak_bytes = strategy::allowed(&constraints).into_iter().map(|s| (s.name(), sizes.peak(s))).collect();
-    Ok(Plan {
+    Plan {
         strategy,
         reason,
         free_vram_bytes: b.free_bytes,
@@ -99,7 +96,7 @@ pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, gpu: &dyn GpuProbe
         sizes,
         gpu: b.gpu,
         host: probe::host(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +108,7 @@ mod tests {
     fn an_assumed_figure_overrides_the_probe_and_is_named() {
         let cfg = MemoryConfig { assume_free_vram: Some(bytesize::ByteSize::gib(6)), ..MemoryConfig::default() };
         let sizes = Sizes { model: 1 << 30, weights: 1 << 30, optimizer: 2 << 30, largest: 1 << 26 };
-        let plan = make(&cfg, Device::Cuda(0), sizes, &probe::Nvml).unwrap();
+        let plan = make(&cfg, Device::Cuda(0), sizes, &probe::Nvml);
         assert_eq!(plan.source, "memory.assume_free_vram");
         assert_eq!(plan.free_vram_bytes, Some(6 << 30));
         assert_eq!(plan.strategy, Strategy::MemoryEfficient);
@@ -120,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_cpu_run_plans_against_host_memory() {
-        let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), &probe::Nvml).unwrap();
+        let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), &probe::Nvml);
         assert_eq!(plan.source, "host");
         assert!(plan.free_vram_bytes.unwrap() > 0);
     }

@@ -102,6 +102,44 @@ pub struct Constraints {
     pub load_optimizer_state: bool,
 }
 
+impl Constraints {
+    /// The constraints `cfg` sets. [`Constraints::check`] (run once, by configuration
+    /// validation) has ruled out contradictions by then.
+    pub fn of(cfg: &crate::config::MemoryConfig) -> Self {
+        Self {
+            choice: cfg.strategy,
+            memory_efficient: cfg.checkpoint_memory_efficient,
+            load_optimizer_state: cfg.load_optimizer_state,
+        }
+    }
+
+    /// The strategy `memory.strategy` names, or `None` for `auto`.
+    pub fn explicit(&self) -> Option<Strategy> {
+        match self.choice {
+            StrategyChoice::Auto => None,
+            StrategyChoice::Standard => Some(Strategy::Standard),
+            StrategyChoice::MemoryEfficient => Some(Strategy::MemoryEfficient),
+            StrategyChoice::ModelOnly => Some(Strategy::ModelOnly),
+        }
+    }
+
+    /// An explicit `memory.strategy` outside what the seed switches allow is an error naming
+    /// both keys.
+    pub fn check(&self) -> Result<(), String> {
+        match self.explicit() {
+            Some(s) if !allowed(self).contains(&s) => {
+                let why = if !self.load_optimizer_state {
+                    "memory.load_optimizer_state is false"
+                } else {
+                    "memory.checkpoint_memory_efficient is true"
+                };
+                Err(format!("memory.strategy is {} but {why}", s.name()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A decision and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
@@ -125,30 +163,16 @@ pub fn allowed(c: &Constraints) -> Vec<Strategy> {
 
 /// Chooses a strategy. `budget` is the free memory (`None`: unknown, as on a CPU-only run
 /// without a figure), `margin` the fraction kept in reserve (0.1 = predicted peaks must fit
-/// in 90% of the free memory). An explicit `memory.strategy` outside what the other switches
-/// allow is an error naming both keys.
-pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) -> Result<Decision, String> {
-    let allowed = allowed(c);
-    let explicit = match c.choice {
-        StrategyChoice::Auto => None,
-        StrategyChoice::Standard => Some(Strategy::Standard),
-        StrategyChoice::MemoryEfficient => Some(Strategy::MemoryEfficient),
-        StrategyChoice::ModelOnly => Some(Strategy::ModelOnly),
-    };
-    if let Some(s) = explicit {
-        if !allowed.contains(&s) {
-            let why = if !c.load_optimizer_state {
-                "memory.load_optimizer_state is false"
-            } else {
-                "memory.checkpoint_memory_efficient is true"
-            };
-            return Err(format!("memory.strategy is {} but {why}", s.name()));
-        }
-        return Ok(Decision { strategy: s, reason: format!("memory.strategy is {}", s.name()) });
+/// in 90% of the free memory). An explicit `memory.strategy` is taken as it is: validation
+/// ([`Constraints::check`]) refused those the other switches rule out.
+pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) -> Decision {
+    if let Some(s) = c.explicit() {
+        return Decision { strategy: s, reason: format!("memory.strategy is {}", s.name()) };
     }
+    let allowed = allowed(c);
     let Some(free) = budget else {
         let s = allowed[0];
-        return Ok(Decision { strategy: s, reason: format!("free memory unknown: {}, the fastest allowed", s.name()) });
+        return Decision { strategy: s, reason: format!("free memory unknown: {}, the fastest allowed", s.name()) };
     };
     let usable = (free as f64 * (1.0 - margin)) as u64;
     let gib = |b: u64| bytesize::ByteSize(b).to_string();
@@ -170,11 +194,11 @@ pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) 
             if !skipped.is_empty() {
                 reason.push_str(&format!("; {}", skipped.join(", ")));
             }
-            Ok(Decision { strategy: s, reason })
+            Decision { strategy: s, reason }
         }
         None => {
             let s = *allowed.last().expect("model_only is always allowed");
-            Ok(Decision {
+            Decision {
                 strategy: s,
                 reason: format!(
                     "nothing is predicted to fit ({} needs {}, {} usable): trying {} anyway",
@@ -183,7 +207,7 @@ pub fn choose(sizes: &Sizes, budget: Option<u64>, margin: f64, c: &Constraints) 
                     gib(usable),
                     s.name()
                 ),
-            })
+            }
         }
     }
 }
@@ -214,7 +238,7 @@ mod tests {
         for w in [1, 2, 4, 8] {
             let sizes = adam(w * GIB);
             for free_gib in 1..=48u64 {
-                let d = choose(&sizes, Some(free_gib * GIB), 0.1, &AUTO).unwrap();
+                let d = choose(&sizes, Some(free_gib * GIB), 0.1, &AUTO);
                 let usable = (free_gib * GIB) as f64 * 0.9;
                 let fits = |s: Strategy| sizes.peak(s) as f64 <= usable;
                 let expected = Strategy::ALL.into_iter().find(|s| fits(*s)).unwrap_or(Strategy::ModelOnly);
@@ -231,8 +255,8 @@ mod tests {
     fn the_margin_is_kept_in_reserve() {
         let sizes = adam(GIB);
         // standard needs 4 GiB: fits in 4.5 GiB with 10% margin, not in 4.2 GiB.
-        assert_eq!(choose(&sizes, Some(GIB * 9 / 2), 0.1, &AUTO).unwrap().strategy, Strategy::Standard);
-        assert_eq!(choose(&sizes, Some(GIB * 42 / 10), 0.1, &AUTO).unwrap().strategy, Strategy::MemoryEfficient);
+        assert_eq!(choose(&sizes, Some(GIB * 9 / 2), 0.1, &AUTO).strategy, Strategy::Standard);
+        assert_eq!(choose(&sizes, Some(GIB * 42 / 10), 0.1, &AUTO).strategy, Strategy::MemoryEfficient);
     }
 
     #[test]
@@ -240,30 +264,30 @@ mod tests {
         let sizes = adam(GIB);
         let huge = Some(1000 * GIB);
         let efficient = Constraints { memory_efficient: true, ..AUTO };
-        assert_eq!(choose(&sizes, huge, 0.1, &efficient).unwrap().strategy, Strategy::MemoryEfficient);
+        assert_eq!(choose(&sizes, huge, 0.1, &efficient).strategy, Strategy::MemoryEfficient);
         let no_opt = Constraints { load_optimizer_state: false, ..AUTO };
-        assert_eq!(choose(&sizes, huge, 0.1, &no_opt).unwrap().strategy, Strategy::ModelOnly);
+        assert_eq!(choose(&sizes, huge, 0.1, &no_opt).strategy, Strategy::ModelOnly);
     }
 
     #[test]
     fn an_explicit_choice_wins_unless_the_switches_forbid_it() {
         let sizes = adam(GIB);
         let c = Constraints { choice: StrategyChoice::Standard, ..AUTO };
-        assert_eq!(choose(&sizes, Some(GIB), 0.1, &c).unwrap().strategy, Strategy::Standard);
+        assert_eq!(choose(&sizes, Some(GIB), 0.1, &c).strategy, Strategy::Standard);
         let c = Constraints { choice: StrategyChoice::Standard, memory_efficient: true, ..AUTO };
-        assert!(choose(&sizes, None, 0.1, &c).unwrap_err().contains("checkpoint_memory_efficient"));
+        assert!(c.check().unwrap_err().contains("checkpoint_memory_efficient"));
         let c = Constraints { choice: StrategyChoice::MemoryEfficient, load_optimizer_state: false, ..AUTO };
-        assert!(choose(&sizes, None, 0.1, &c).unwrap_err().contains("load_optimizer_state"));
+        assert!(c.check().unwrap_err().contains("load_optimizer_state"));
     }
 
     #[test]
     fn unknown_free_memory_takes_the_fastest_allowed() {
-        assert_eq!(choose(&adam(GIB), None, 0.1, &AUTO).unwrap().strategy, Strategy::Standard);
+        assert_eq!(choose(&adam(GIB), None, 0.1, &AUTO).strategy, Strategy::Standard);
     }
 
     #[test]
     fn nothing_fitting_still_tries_the_cheapest_and_says_so() {
-        let d = choose(&adam(10 * GIB), Some(GIB), 0.1, &AUTO).unwrap();
+        let d = choose(&adam(10 * GIB), Some(GIB), 0.1, &AUTO);
         assert_eq!(d.strategy, Strategy::ModelOnly);
         assert!(d.reason.contains("nothing is predicted to fit"), "{}", d.reason);
     }

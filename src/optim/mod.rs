@@ -78,6 +78,17 @@ pub fn build(cfg: &OptimizerConfig, mut params: Vec<Param>) -> Box<dyn Optimizer
     }
 }
 
+/// Bytes of state the configured optimiser holds once every parameter has taken a step,
+/// for parameters of `param_bytes` in all, `params` of them: Adam keeps two moments of each
+/// parameter's size and an int64 step per parameter; SGD one momentum buffer, if any.
+pub fn state_bytes(cfg: &OptimizerConfig, param_bytes: u64, params: u64) -> u64 {
+    match cfg.kind {
+        OptimizerKind::Adam | OptimizerKind::Adamw => 2 * param_bytes + 8 * params,
+        OptimizerKind::Sgd if cfg.momentum > 0.0 => param_bytes,
+        OptimizerKind::Sgd => 0,
+    }
+}
+
 /// Checks that a loaded state tensor can stand in for `like` and returns it on `like`'s device.
 fn adopt(name: &str, loaded: Tensor, like: &Tensor) -> Result<Tensor, OptimError> {
     if loaded.size() != like.size() || loaded.kind() != like.kind() {

@@ -1,0 +1,463 @@
+//! The one reader of checkpoint files, whatever wrote them: resume, `train plan` and every
+//! `train ckpt` tool open files through [`CheckpointFile`], so they agree on what a file
+//! holds and whether it is sound.
+//!
+//! | kind | told by | tensors | checked on read |
+//! |---|---|---|---|
+//! | ours, `*.safetensors` | name, and `format` = `train.checkpoint` in the metadata | positioned reads, one at a time | each tensor's xxh3 and the metadata's own |
+//! | ours, `*.tckpt` | the compressed format's magic | decoded one at a time | the format's per-tensor and index checksums |
+//! | foreign safetensors (Hugging Face, `safetensors.torch.save_file`) | no `train.checkpoint` metadata | positioned reads | nothing: there are no checksums |
+//! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip or pickle magic | read from the archive | nothing |
+//!
+//! Opening reads the header (or the compressed format's index, or the pickle) once, checks
+//! its sizes against the file's length before allocating, and refuses anything that is not a
+//! regular file (a FIFO would block a reader forever). Tensor data is read only when asked for.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Dtype;
+use serde::{Deserialize, Serialize};
+
+use super::dtype;
+use super::format::{checksum_hex, Meta, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use super::CheckpointError;
+
+/// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Keys under which `torch.save`d dicts commonly nest a model's state dict, tried in order.
+const PYTORCH_MODEL_KEYS: &[&str] = &["model_state_dict", "state_dict", "model"];
+/// File-name endings of `torch.save` files.
+const PYTORCH_SUFFIXES: &[&str] = &[".pt", ".pth", ".bin"];
+
+/// The file kinds a checkpoint can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Plain safetensors (ours, or anyone's).
+    Safetensors,
+    /// The compressed format.
+    Compressed,
+    /// A `torch.save` pickle (zip or legacy).
+    Pytorch,
+}
+
+impl FileKind {
+    /// The kind of `path` from its first bytes (the compressed format's magic, a zip or a
+    /// pickle), falling back to its name; an unknown name with unknown content is an error.
+    fn detect(path: &Path, prefix: &[u8]) -> Result<Self, CheckpointError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if train_ckpt::is_ckpt(prefix) {
+            return Ok(Self::Compressed);
+        }
+        // A zip archive (torch.save since 1.6) or a pickle's PROTO opcode (legacy torch.save).
+        if prefix.starts_with(b"PK\x03\x04") || prefix.first() == Some(&0x80) {
+            return Ok(Self::Pytorch);
+        }
+        if name.ends_with(COMPRESSED_SUFFIX) {
+            Ok(Self::Compressed)
+        } else if name.ends_with(PLAIN_SUFFIX) {
+            Ok(Self::Safetensors)
+        } else if PYTORCH_SUFFIXES.iter().any(|e| name.ends_with(e)) {
+            Ok(Self::Pytorch)
+        } else {
+            Err(CheckpointError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "unknown checkpoint format: expected a name ending in {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or .bin"
+                ),
+            })
+        }
+    }
+
+    /// The kind a file of this name would be written as (for output paths, which do not
+    /// exist yet).
+    pub fn of_name(path: &Path) -> Result<Self, CheckpointError> {
+        Self::detect(path, &[])
+    }
+}
+
+/// One tensor of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Offset of its bytes from the start of a plain file's data section (0 otherwise).
+    begin: u64,
+}
+
+/// Where an open checkpoint's tensor bytes come from.
+enum Body {
+    /// A plain file, read with positioned reads (no mapping: only what is asked for is read,
+    /// and nothing stays resident in this process afterwards).
+    Plain { file: File, data_start: u64 },
+    /// The compressed format, whose reader decodes (and checks) one tensor at a time.
+    Compressed(Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>),
+    /// A PyTorch archive.
+    Pytorch(HashMap<String, pytorch_reader::Tensor>),
+}
+
+/// How much of a file [`CheckpointFile::verify`] could check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integrity {
+    /// Every tensor and the metadata matched their checksums.
+    Checked,
+    /// Every tensor was read, but the file carries no checksums to check them against.
+    NotChecked,
+}
+
+/// What [`CheckpointFile::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Tensors read.
+    pub tensors: usize,
+    /// Whether they could be checked.
+    pub integrity: Integrity,
+}
+
+/// An opened checkpoint of any kind: header, metadata and checksums read (once) and
+/// checked; tensors read one at a time, on demand, and checked where the file allows.
+pub struct CheckpointFile {
+    path: PathBuf,
+    kind: FileKind,
+    body: Body,
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    /// The raw metadata map (a foreign file's own, or what a pickle records).
+    metadata: HashMap<String, String>,
+    /// `train`'s metadata, when the file is ours.
+    meta: Option<Meta>,
+    /// Per-tensor xxh3 (plain files of ours; the compressed format checks its own).
+    checksums: Option<HashMap<String, String>>,
+}
+
+impl CheckpointFile {
+    /// Opens `path`: refuses non-regular files, reads and validates the header (sizes
+    /// checked against the file's length before anything is allocated), the metadata and
+    /// the checksums. Tensor data is not read.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+        let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
+        if path.as_os_str().is_empty() {
+            return Err(malformed("the path is empty".into()));
+        }
+        // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+        let stat = std::fs::metadata(path).map_err(io)?;
+        if !stat.is_file() {
+            return Err(malformed("not a regular file".into()));
+        }
+        let file = File::open(path).map_err(io)?;
+        let mut prefix = [0u8; 8];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut prefix, 0).map_err(io)?;
+        let kind = FileKind::detect(path, &prefix[..n])?;
+        let (body, entries, metadata, checksums) = match kind {
+            FileKind::Safetensors => open_plain(file, stat.len()).map_err(malformed)?,
+            FileKind::Compressed => open_compressed(file).map_err(malformed)?,
+            FileKind::Pytorch => open_pytorch(path).map_err(malformed)?,
+        };
+        if entries.is_empty() {
+            // Nothing in it could be loaded or checked; a pickle of something else reads so.
+            return Err(malformed("holds no tensors".into()));
+        }
+        let ours = super::format::claims_ours(&metadata);
+        let (meta, checksums) = if ours {
+            let meta = Meta::from_map(&metadata).map_err(|e| match e {
+                super::format::MetaError::Corrupt => CheckpointError::MetadataCorrupt { path: path.to_path_buf() },
+                super::format::MetaError::Invalid(reason) => malformed(reason),
+            })?;
+            let checksums = match (kind, checksums) {
+                (FileKind::Safetensors, None) => return Err(malformed(format!("metadata lacks `{CHECKSUMS_KEY}`"))),
+                (FileKind::Safetensors, Some(sums)) => {
+                    if let Some(e) = entries.iter().find(|e| !sums.contains_key(&e.name)) {
+                        return Err(malformed(format!("no checksum for tensor `{}`", e.name)));
+                    }
+                    Some(sums)
+                }
+                _ => None,
+            };
+            (Some(meta), checksums)
+        } else {
+            (None, None)
+        };
+        let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        Ok(Self { path: path.to_path_buf(), kind, body, entries, by_name, metadata, meta, checksums })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's kind.
+    pub fn kind(&self) -> FileKind {
+        self.kind
+    }
+
+    /// `train`'s metadata; `None` for a file `train` did not write.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+
+    /// `train`'s metadata, or for a foreign file what it records (epoch, losses) with
+    /// markers for the rest: no optimiser state, an RNG scheme no run uses.
+    pub fn meta_or_imported(&self) -> Meta {
+        self.meta.clone().unwrap_or_else(|| super::tools::imported_meta(&self.metadata))
+    }
+
+    /// The raw metadata map: for a foreign file whatever it records (a pickle's `epoch`,
+    /// `train_loss`, ... when they are numbers).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Every tensor's name, dtype, shape and size, in file order (by name for PyTorch).
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Every tensor's name, in file order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The entry of tensor `name`.
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// Whether the file's tensors carry checksums (ours do; foreign files do not).
+    pub fn is_checksummed(&self) -> bool {
+        self.meta.is_some()
+    }
+
+    /// Reads tensor `name` into `out` (exactly its size) and checks it where the file has
+    /// checksums.
+    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), CheckpointError> {
+        let malformed = |reason: String| CheckpointError::Malformed { path: self.path.clone(), reason };
+        let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
+        if out.len() as u64 != e.bytes {
+            return Err(malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
+        }
+        match &self.body {
+            Body::Plain { file, data_start } => {
+                std::os::unix::fs::FileExt::read_exact_at(file, out, data_start + e.begin)
+                    .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+                if let Some(sums) = &self.checksums {
+                    if checksum_hex(out) != sums[name] {
+                        return Err(CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() });
+                    }
+                }
+                Ok(())
+            }
+            Body::Compressed(reader) => reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .read_tensor_into(name, out)
+                .map_err(|err| codec_error(&self.path, name, err)),
+            Body::Pytorch(tensors) => {
+                let bytes = tensors[name].read().map_err(|err| malformed(format!("tensor `{name}`: {err}")))?;
+                if bytes.len() != out.len() {
+                    return Err(malformed(format!("tensor `{name}` holds {} bytes, not {}", bytes.len(), out.len())));
+                }
+                out.copy_from_slice(&bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads tensor `name` into a new buffer, checked as [`Self::read_into`] does.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
+        let bytes = self.entry(name).map_or(0, |e| e.bytes) as usize;
+        let mut out = vec![0u8; bytes];
+        self.read_into(name, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads every tensor, one at a time, checking each where the file has checksums.
+    pub fn verify(&self) -> Result<Verification, CheckpointError> {
+        let largest = self.entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
+        let mut buf = vec![0u8; largest];
+        for e in &self.entries {
+            self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
+        }
+        let integrity = if self.is_checksummed() { Integrity::Checked } else { Integrity::NotChecked };
+        Ok(Verification { tensors: self.entries.len(), integrity })
+    }
+}
+
+type Opened = (Body, Vec<Entry>, HashMap<String, String>, Option<HashMap<String, String>>);
+
+/// The parsed JSON header of a safetensors file.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "__metadata__")]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(flatten)]
+    tensors: HashMap<String, HeaderTensor>,
+}
+
+#[derive(Deserialize)]
+struct HeaderTensor {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+fn open_plain(file: File, total: u64) -> Result<Opened, String> {
+    let mut len = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut len, 0)
+        .map_err(|e| format!("cannot read the header length: {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(format!(
+            "header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit: not a safetensors file, or a damaged one"
+        ));
+    }
+    let data_start = 8 + len;
+    let data_len = total
+        .checked_sub(data_start)
+        .ok_or_else(|| format!("truncated: the header claims {len} bytes, the file has {total}"))?;
+    let mut header = vec![0u8; len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 8)
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let header: Header = serde_json::from_slice(&header).map_err(|e| format!("header: {e}"))?;
+    let entries = entries_of(&header, data_len)?;
+    let checksums = match header.metadata.as_ref().and_then(|m| m.get(CHECKSUMS_KEY)) {
+        Some(j) => Some(serde_json::from_str(j).map_err(|e| format!("metadata `{CHECKSUMS_KEY}`: {e}"))?),
+        None => None,
+    };
+    Ok((Body::Plain { file, data_start }, entries, header.metadata.unwrap_or_default(), checksums))
+}
+
+/// The entries of a header, checked: known dtypes, each tensor's byte range matches its
+/// dtype and shape (checked arithmetic), and the ranges tile the data section exactly, as
+/// safetensors requires.
+fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
+    let mut entries = Vec::with_capacity(header.tensors.len());
+    for (name, t) in &header.tensors {
+        let dtype: Dtype = serde_json::from_value(serde_json::Value::String(t.dtype.clone()))
+            .map_err(|_| format!("tensor `{name}` has dtype {}, which this version does not read", t.dtype))?;
+        let (begin, end) = t.data_offsets;
+        let bits = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.bitsize()))
+            .ok_or_else(|| format!("tensor `{name}`: shape {:?} overflows", t.shape))?;
+        if bits % 8 != 0 || end < begin || end - begin != (bits / 8) as u64 {
+            return Err(format!("tensor `{name}`: offsets {begin}..{end} do not fit {dtype:?} {:?}", t.shape));
+        }
+        entries.push(Entry { name: name.clone(), dtype, shape: t.shape.clone(), begin, bytes: end - begin });
+    }
+    entries.sort_by_key(|e| e.begin);
+    let mut at = 0;
+    for e in &entries {
+        if e.begin != at {
+            return Err(format!("tensor `{}` starts at {}, expected {at}", e.name, e.begin));
+        }
+        at += e.bytes;
+    }
+    if at != data_len {
+        return Err(format!("truncated or padded: tensors cover {at} bytes of a {data_len}-byte data section"));
+    }
+    Ok(entries)
+}
+
+fn open_compressed(file: File) -> Result<Opened, String> {
+    // Opening reads the header, trailer and index (checked against its own checksum) only.
+    let reader = train_ckpt::Reader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
+    let entries = reader
+        .tensors()
+        .iter()
+        .map(|t| Entry {
+            name: t.name.clone(),
+            dtype: dtype::from_compressed(t.dtype),
+            shape: t.shape.clone(),
+            begin: 0,
+            bytes: t.raw_len,
+        })
+        .collect();
+    let metadata = reader.metadata().clone().into_iter().collect();
+    Ok((Body::Compressed(Box::new(std::sync::Mutex::new(reader))), entries, metadata, None))
+}
+
+fn open_pytorch(path: &Path) -> Result<Opened, String> {
+    let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| format!("PyTorch file: {e}"))?;
+    let all = reader.into_tensors();
+    // A nested checkpoint dict: take the model's state dict; otherwise the file is one.
+    let prefix =
+        PYTORCH_MODEL_KEYS.iter().map(|k| format!("{k}.")).find(|p| all.keys().any(|n| n.starts_with(p.as_str())));
+    let mut tensors = HashMap::new();
+    let mut skipped = Vec::new();
+    for (name, t) in all {
+        match &prefix {
+            Some(p) => match name.strip_prefix(p.as_str()) {
+                Some(short) => {
+                    tensors.insert(short.to_string(), t);
+                }
+                None => skipped.push(name),
+            },
+            None => {
+                tensors.insert(name, t);
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        skipped.sort();
+        tracing::warn!(
+            path = %path.display(),
+            skipped = skipped.len(),
+            first = %skipped[0],
+            "tensors outside the model's state dict are not imported (PyTorch optimizer state is keyed by parameter \
+             index, which the file does not tie to names); the optimizer will start fresh"
+        );
+    }
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (name, t) in &tensors {
+        let dtype = dtype::from_pytorch(t.dtype())
+            .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.dtype()))?;
+        entries.push(Entry {
+            name: name.clone(),
+            dtype,
+            shape: t.shape().to_vec(),
+            begin: 0,
+            bytes: t.byte_len() as u64,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut metadata = HashMap::new();
+    if let Ok(pytorch_reader::PickleValue::Dict(top)) = pytorch_reader::PytorchReader::read_pickle_data(path, None) {
+        for key in ["epoch", "step", "train_loss", "val_loss"] {
+            match top.get(key) {
+                Some(pytorch_reader::PickleValue::Int(v)) => {
+                    metadata.insert(key.to_string(), v.to_string());
+                }
+                Some(pytorch_reader::PickleValue::Float(v)) => {
+                    metadata.insert(key.to_string(), v.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((Body::Pytorch(tensors), entries, metadata, None))
+}
+
+/// A compressed-format read error as ours: damaged data is [`CheckpointError::Corrupt`]
+/// (naming the tensor), anything else malformed.
+fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> CheckpointError {
+    match err {
+        train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
+            CheckpointError::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
+        }
+        other => CheckpointError::Malformed { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}

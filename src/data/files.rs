@@ -1,0 +1,29 @@
+//! Checking that the configured data files exist without reading them (`--dry-run`, and
+//! before a run takes its folder).
+
+use std::path::{Path, PathBuf};
+
+use super::DataError;
+use crate::config::{DataConfig, DataKind};
+
+/// The IDX files a `data.kind: idx` folder must hold (each plain or gzipped).
+const IDX_FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+/// Checks that the configured data files exist, without reading them.
+pub fn check_files(cfg: &DataConfig) -> Result<(), DataError> {
+    let files: Vec<(PathBuf, PathBuf)> = match (cfg.kind, &cfg.path) {
+        (DataKind::Idx, _) => {
+            IDX_FILES.iter().map(|stem| (cfg.dir.join(stem), cfg.dir.join(format!("{stem}.gz")))).collect()
+        }
+        (_, Some(path)) => vec![(path.clone(), path.clone())],
+        (_, None) => Vec::new(),
+    };
+    for (plain, alt) in files {
+        if !plain.is_file() && !alt.is_file() {
+            let dir = plain.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Err(DataError::Missing { path: alt, dir });
+        }
+    }
+    Ok(())
+}

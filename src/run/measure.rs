@@ -1,0 +1,69 @@
+//! What `train plan` needs from a run without running it: the sizes of the configured
+//! model and its optimiser state, and a real load measured (`--execute`).
+
+use std::time::Instant;
+
+use super::{resume, RunError};
+use crate::checkpoint::format::tensor_bytes;
+use crate::checkpoint::{CheckpointFile, Strategy};
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::memory::{self, strategy::Sizes};
+use crate::training::Trainer;
+
+/// The sizes a plan needs when there is no checkpoint yet: the configured model built on the
+/// CPU, and the state its optimiser will hold. Loads the data set for the model's input shape.
+pub fn model_sizes(cfg: &Config) -> Result<Sizes, RunError> {
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let trainer = Trainer::new(cfg, &data, tch::Device::Cpu)?;
+    let vars = trainer.variables();
+    let model: u64 = vars.values().map(tensor_bytes).sum();
+    let largest = vars.values().map(tensor_bytes).max().unwrap_or(0);
+    let optimizer = crate::optim::state_bytes(&cfg.training.optimizer, model, vars.len() as u64);
+    Ok(Sizes { model, weights: model, optimizer, largest })
+}
+
+/// What loading a checkpoint actually took, measured (`train plan --execute`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MeasuredLoad {
+    /// The strategy that succeeded (after any step down).
+    pub strategy: Strategy,
+    /// Wall time of the load.
+    pub seconds: f64,
+    /// Peak host RSS during the load above the RSS just before it (model included before).
+    pub host_peak_above_start_bytes: Option<u64>,
+    /// Peak bytes allocated on the CUDA device during the load (`None` on the CPU).
+    pub device_peak_allocated_bytes: Option<u64>,
+    /// Bytes allocated on the CUDA device before the load (the model).
+    pub device_allocated_before_bytes: Option<u64>,
+}
+
+/// Builds the configured model on the configured device and loads `file` into it as a run
+/// would (plan, strategy, step-down), measuring time and peak memory. Writes nothing.
+pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
+    let device = crate::device::select(cfg.run.device).map_err(RunError::Device)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let mut trainer = Trainer::new(cfg, &data, device)?;
+    drop(data);
+    let cuda = match device {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
+    };
+    let before = cuda.and_then(memory::cuda::stats).map(|s| s.allocated);
+    if let Some(i) = cuda {
+        memory::cuda::reset_peak(i);
+    }
+    memory::probe::reset_peak_rss();
+    let rss_before = memory::probe::host().rss;
+    let start = Instant::now();
+    let strategy = resume::load_planned(cfg, &mut trainer, file)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let host = memory::probe::host();
+    Ok(MeasuredLoad {
+        strategy,
+        seconds,
+        host_peak_above_start_bytes: host.peak_rss.zip(rss_before).map(|(p, b)| p.saturating_sub(b)),
+        device_peak_allocated_bytes: cuda.and_then(memory::cuda::stats).map(|s| s.peak_allocated),
+        device_allocated_before_bytes: before,
+    })
+}

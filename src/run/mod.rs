@@ -1,0 +1,261 @@
+//! One training run, start to finish, in phases:
+//!
+//! 1. signal handlers ([`signals`]), device, then the run folder locked ([`folder`]);
+//! 2. under the lock, where to start from ([`resume::plan`]); a refusal leaves the disk as it
+//!    was found;
+//! 3. data, model, and the resume itself ([`resume`]);
+//! 4. the epochs ([`train_loop`]), whose saves and stops follow [`policy`];
+//! 5. the last save waited for.
+//!
+//! [`measure`] serves `train plan`: model sizes and a measured load, without training.
+
+pub mod folder;
+pub mod measure;
+pub mod policy;
+pub mod resume;
+pub mod signals;
+pub mod train_loop;
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+pub use folder::{output_dir, RunFolder, CONFIG_FILE, DEFAULT_RUN_NAME, METRICS_FILE};
+pub use resume::ResumePlan;
+
+use crate::checkpoint::retention::Policy;
+use crate::checkpoint::saver::Saver;
+use crate::checkpoint::CheckpointError;
+use crate::config::{Config, ConfigError, Resolved};
+use crate::data::{DataError, Dataset};
+use crate::device;
+use crate::metrics::EpochMetrics;
+use crate::training::Trainer;
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data set could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The model cannot be built for the data.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// The requested device does not exist.
+    #[error("{0}")]
+    Device(String),
+    /// `--resume never` over a folder that holds an earlier run's checkpoints.
+    #[error(
+        "{dir} already holds checkpoints of an earlier run; use --resume auto to continue it, or another --output-dir"
+    )]
+    ExistingRun {
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
+    /// Out of device memory with no cheaper way left to load or train.
+    #[error("{detail}: {}", OOM_ADVICE)]
+    OutOfMemory {
+        /// What ran out and where.
+        detail: String,
+    },
+    /// `run.output_dir` names something that is not a folder.
+    #[error("run.output_dir {path} exists and is not a folder; choose another --output-dir")]
+    NotAFolder {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The checkpoint `run.resume` names cannot be opened.
+    #[error("run.resume: {0}")]
+    ResumeFrom(CheckpointError),
+    /// A checkpoint's position does not fit this run's epochs.
+    #[error("cannot resume from {path}: {why}")]
+    Position {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// Another process holds the run folder.
+    #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
+    Busy {
+        /// The run folder.
+        dir: PathBuf,
+    },
+    /// Writing the run folder failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// Whether the user's input is at fault (exit code 2) rather than the run (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_)
+                | Self::Device(_)
+                | Self::ExistingRun { .. }
+                | Self::Busy { .. }
+                | Self::NotAFolder { .. }
+                | Self::Position { .. }
+                | Self::Data(DataError::Missing { .. })
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// The checkpoint it resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+    /// Epochs trained by this invocation.
+    pub epochs_trained: u32,
+    /// The metrics of the last epoch trained, if any.
+    pub last: Option<EpochMetrics>,
+    /// Stopped early by SIGTERM/SIGINT (after saving `latest`, when there was anything to save).
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    fn stopped_early(output_dir: PathBuf, interrupted: bool) -> Self {
+        Self { output_dir, resumed_from: None, epochs_trained: 0, last: None, interrupted }
+    }
+}
+
+/// SHA-256 of the configuration's JSON form, recorded in checkpoints.
+pub fn config_sha256(config: &Config) -> String {
+    let json = serde_json::to_vec(config).expect("the config schema serializes to JSON");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs training as configured. With `dry_run`, checks and reports the plan and writes nothing.
+pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunError> {
+    // First, so a stop during start-up is a clean stop too.
+    let mut stop = signals::StopFlag::install()
+        .map_err(|source| RunError::Io { path: PathBuf::from("<signal handlers>"), source })?;
+    let cfg = &resolved.config;
+    let out = output_dir(resolved);
+    if let Some(n) = cfg.run.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    if cfg.training.precision == crate::config::Precision::Bf16 {
+        if !device.is_cuda() {
+            return Err(RunError::Device(format!(
+                "training.precision bf16 uses CUDA autocast, but the run is on {}; use fp32 on the CPU",
+                device::name(device)
+            )));
+        }
+        crate::memory::cuda::autocast_bf16();
+    }
+    if dry_run {
+        crate::data::check_files(&cfg.data)?;
+        let folder = RunFolder::acquire_existing(&out)?;
+        let ckpt_dir = out.join(crate::checkpoint::store::DIR_NAME);
+        let plan = resume::plan(cfg, &ckpt_dir)?;
+        drop(folder);
+        tracing::info!(
+            output_dir = %out.display(),
+            device = device::name(device),
+            resume = ?plan,
+            "dry run: configuration, data files and resume plan check out; nothing written"
+        );
+        return Ok(RunSummary::stopped_early(out, false));
+    }
+
+    // The lock comes before any look inside the folder: fresh or resume is decided under it.
+    crate::data::check_files(&cfg.data)?;
+    let folder = RunFolder::acquire(&out)?;
+    let started = match start(cfg, &folder, device, &stop) {
+        Ok(Some(started)) => started,
+        // Until training starts nothing is written: a refused or stopped start leaves the
+        // disk as it found it.
+        Ok(None) => {
+            folder.release_unused();
+            return Ok(RunSummary::stopped_early(out, true));
+        }
+        Err(e) => {
+            folder.release_unused();
+            return Err(e);
+        }
+    };
+    let Started { data, mut trainer, resumed_from } = started;
+    let log = folder.prepare(cfg, trainer.position.step)?;
+    if trainer.position.epoch >= cfg.training.epochs {
+        tracing::info!(
+            epoch = trainer.position.epoch,
+            epochs = cfg.training.epochs,
+            "run already complete; raise training.epochs to train further"
+        );
+    }
+    let policy = Policy { keep_last: cfg.checkpoint.keep_last, keep_best: cfg.checkpoint.keep_best };
+    let mut saver = Saver::new(folder.checkpoints(), policy, cfg.checkpoint.async_save);
+    crate::fault::quiet_oom_panics();
+    let first_epoch = trainer.position.epoch;
+    let sha = config_sha256(cfg);
+    let end = train_loop::Loop { cfg, data: &data, saver: &mut saver, log: &log, stop: &stop, config_sha256: &sha }
+        .run(&mut trainer)?;
+    saver.finish()?;
+    stop.settle();
+    Ok(RunSummary {
+        output_dir: out,
+        resumed_from,
+        epochs_trained: trainer.position.epoch - first_epoch,
+        last: end.last,
+        interrupted: end.interrupted,
+    })
+}
+
+/// A run ready to train.
+struct Started {
+    data: Dataset,
+    trainer: Trainer,
+    resumed_from: Option<PathBuf>,
+}
+
+/// Everything between taking the folder and training, writing nothing: where to start
+/// from, the data, the model, the resume. `None` when a stop was requested meanwhile.
+fn start(
+    cfg: &Config,
+    folder: &RunFolder,
+    device: tch::Device,
+    stop: &signals::StopFlag,
+) -> Result<Option<Started>, RunError> {
+    let plan = resume::plan(cfg, &folder.checkpoints())?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    tracing::info!(
+        train = data.train.len(),
+        val = data.val.len(),
+        task = ?data.task,
+        dir = %cfg.data.dir.display(),
+        "data loaded"
+    );
+    if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
+        crate::memory::cuda::limit_vram(limit.as_u64(), i);
+    }
+    let mut trainer = Trainer::new(cfg, &data, device)?;
+    if stop.raised() {
+        tracing::warn!("stop requested during start-up: nothing to save");
+        return Ok(None);
+    }
+    let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;
+    Ok(Some(Started { data, trainer, resumed_from }))
+}
+
+/// The seed guide's advice, for when no cheaper way to load or train is left.
+const OOM_ADVICE: &str = "out of memory with no cheaper strategy left. Try, in order: a smaller \
+training.batch_size; a larger training.grad_accum_steps (same effective batch, less memory); \
+memory.checkpoint_memory_efficient: true; memory.load_optimizer_state: false (the \
+ultra_low_memory profile); a smaller model";

@@ -1,0 +1,231 @@
+//! Where a run starts from: finding and ranking checkpoints, choosing how to load each
+//! (memory plan, stepping down on out-of-memory), and what to restore.
+//!
+//! Every candidate is opened once: the file ranked is the file loaded. The decisions are
+//! pure functions ([`check_position`] here, and the optimiser rule
+//! [`checkpoint::load::restore_optimizer`]) tested without training.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::RunError;
+use crate::checkpoint::load::{restore_optimizer, OptimizerRestore};
+use crate::checkpoint::{self, store, CheckpointError, CheckpointFile, Meta, Strategy};
+use crate::config::{Config, ResumeSpec};
+use crate::memory;
+use crate::training::{Trainer, RNG_SCHEME};
+
+/// Where a run starts from, decided under the run folder's lock from metadata alone.
+pub enum ResumePlan {
+    /// From scratch.
+    Fresh,
+    /// From these checkpoints, open, best first (`auto` tries each until one loads).
+    From(Vec<CheckpointFile>),
+}
+
+impl std::fmt::Debug for ResumePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fresh => f.write_str("fresh"),
+            Self::From(files) => f.debug_list().entries(files.iter().map(|c| c.path().display())).finish(),
+        }
+    }
+}
+
+/// Decides where to resume from, per `run.resume`.
+pub fn plan(cfg: &Config, ckpt_dir: &std::path::Path) -> Result<ResumePlan, RunError> {
+    match &cfg.run.resume {
+        ResumeSpec::Never => {
+            if store::list(ckpt_dir)?.is_empty() {
+                Ok(ResumePlan::Fresh)
+            } else {
+                Err(RunError::ExistingRun { dir: ckpt_dir.to_path_buf() })
+            }
+        }
+        ResumeSpec::Path(p) => Ok(ResumePlan::From(vec![CheckpointFile::open(p).map_err(RunError::ResumeFrom)?])),
+        ResumeSpec::Auto => {
+            let found = store::candidates(ckpt_dir)?;
+            for e in &found.unreadable {
+                tracing::warn!("skipping unreadable checkpoint: {e}");
+            }
+            if found.loadable.is_empty() {
+                Ok(ResumePlan::Fresh)
+            } else {
+                Ok(ResumePlan::From(found.loadable))
+            }
+        }
+    }
+}
+
+/// Checks that a checkpoint's position fits this run's epochs: a checkpoint taken
+/// mid-epoch resumes at its batch, which only means the same samples with the same
+/// `training.batch_size` and data. `batches` is the epoch's batch count now.
+pub fn check_position(meta: &Meta, batch_size: u32, batches: u64) -> Result<(), String> {
+    let p = &meta.position;
+    if p.batches_into_epoch == 0 {
+        return Ok(());
+    }
+    if meta.batch_size.is_some_and(|b| b != batch_size) {
+        return Err(format!(
+            "it was saved {} batches into epoch {} with training.batch_size {}, and this run uses {batch_size}: \
+             resume with --set training.batch_size={}, or from an epoch checkpoint (--resume \
+             <run>/checkpoints/epoch-NNNN...)",
+            p.batches_into_epoch,
+            p.epoch + 1,
+            meta.batch_size.unwrap_or_default(),
+            meta.batch_size.unwrap_or_default(),
+        ));
+    }
+    if p.batches_into_epoch > batches {
+        return Err(format!(
+            "it was saved {} batches into epoch {}, but an epoch now has {batches} batches (training.batch_size or \
+             data.train_limit changed): resume with the settings it was saved with, or from an epoch checkpoint",
+            p.batches_into_epoch,
+            p.epoch + 1
+        ));
+    }
+    Ok(())
+}
+
+/// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
+/// reported and the next one tried; an explicit path must load. The loading strategy is
+/// chosen per checkpoint from free memory (see [`crate::memory::plan`]); an out-of-memory
+/// error steps down to the next cheaper strategy.
+pub fn resume(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    plan: &ResumePlan,
+    train_examples: usize,
+) -> Result<Option<PathBuf>, RunError> {
+    let ResumePlan::From(files) = plan else {
+        tracing::info!("starting fresh");
+        return Ok(None);
+    };
+    let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
+    let batches = train_examples.div_ceil(cfg.training.batch_size as usize) as u64;
+    let mut last_error = None;
+    for file in files {
+        let meta = file.meta_or_imported();
+        let result = check_position(&meta, cfg.training.batch_size, batches)
+            .map_err(|why| RunError::Position { path: file.path().to_path_buf(), why })
+            .and_then(|()| load_planned(cfg, trainer, file).map(|_| ()));
+        match result {
+            Ok(()) => return Ok(Some(file.path().to_path_buf())),
+            Err(e) if !explicit && !matches!(e, RunError::OutOfMemory { .. }) => {
+                tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", file.path().display());
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Every candidate failed: starting over would overwrite them, so stop and say why.
+    Err(last_error.expect("plan has at least one file"))
+}
+
+/// Chooses a strategy for `file` and loads it into `trainer`, stepping down on
+/// out-of-memory errors. Returns the strategy that succeeded.
+pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) -> Result<Strategy, RunError> {
+    // The model is already on the device, so the free figure excludes it: plan with model 0.
+    let plan = memory::plan::make(&cfg.memory, trainer.device, memory::plan::sizes_of(file), &memory::probe::Nvml);
+    tracing::info!(
+        strategy = plan.strategy.name(),
+        source = %plan.source,
+        free_bytes = ?plan.free_vram_bytes,
+        reason = %plan.reason,
+        "loading plan"
+    );
+    let mut strategy = plan.strategy;
+    loop {
+        match load_one(cfg, trainer, file, strategy) {
+            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
+                memory::cuda::empty_cache();
+                match strategy.cheaper() {
+                    Some(next) => {
+                        tracing::warn!(
+                            "out of memory loading {} with {}; stepping down to {}",
+                            file.path().display(),
+                            strategy.name(),
+                            next.name()
+                        );
+                        strategy = next;
+                    }
+                    None => {
+                        return Err(RunError::OutOfMemory { detail: format!("loading {}: {e}", file.path().display()) })
+                    }
+                }
+            }
+            other => {
+                // Return what staging left cached in the allocator (torch.cuda.empty_cache()).
+                memory::cuda::empty_cache();
+                return other.map(|()| strategy).map_err(RunError::from);
+            }
+        }
+    }
+}
+
+fn load_one(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    file: &CheckpointFile,
+    strategy: Strategy,
+) -> Result<(), CheckpointError> {
+    let start = Instant::now();
+    let meta = file.meta_or_imported();
+    let restore = restore_optimizer(strategy, &meta, cfg.training.optimizer.kind);
+    if let OptimizerRestore::Fresh(why) = &restore {
+        tracing::info!("the optimizer starts fresh: {why}");
+    }
+    if file.meta().is_none() {
+        tracing::warn!(
+            path = %file.path().display(),
+            epoch = meta.epoch(),
+            "not a train checkpoint: initialising the model from its weights (names must match the model's); \
+             optimizer and schedule start fresh from the position it records"
+        );
+    } else if meta.rng.scheme != RNG_SCHEME || meta.rng.seed != cfg.training.seed {
+        tracing::warn!(
+            saved_seed = meta.rng.seed,
+            "checkpoint was made with another seed or RNG scheme: the continuation will not match an uninterrupted run"
+        );
+    }
+    trainer.optimizer.reset_state();
+    let vars = trainer.variables();
+    let optimizer = if restore == OptimizerRestore::Restore { Some(&mut *trainer.optimizer) } else { None };
+    let outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    trainer.restore(&meta);
+    tracing::info!(
+        path = %file.path().display(),
+        epoch = meta.epoch(),
+        step = meta.step(),
+        strategy = strategy.name(),
+        weights = outcome.weights,
+        optimizer_tensors = outcome.optimizer_tensors,
+        seconds = format_args!("{:.3}", start.elapsed().as_secs_f64()),
+        "resumed"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mid_epoch_checkpoint_needs_the_batch_size_it_was_saved_with() {
+        let mut m = Meta::sample("adamw", true);
+        assert!(check_position(&m, 64, 10).is_ok(), "an epoch boundary resumes with any batch size");
+        m.position.batches_into_epoch = 5;
+        assert!(check_position(&m, 32, 10).is_ok());
+        let why = check_position(&m, 64, 10).unwrap_err();
+        assert!(why.contains("training.batch_size=32"), "{why}");
+    }
+
+    #[test]
+    fn a_position_past_the_end_of_the_epoch_is_refused() {
+        let mut m = Meta::sample("adamw", true);
+        m.batch_size = None;
+        m.position.batches_into_epoch = 10;
+        assert!(check_position(&m, 32, 4).unwrap_err().contains("4 batches"));
+        assert!(check_position(&m, 32, 10).is_ok());
+    }
+}

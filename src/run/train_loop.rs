@@ -1,0 +1,221 @@
+//! The epochs of a run: batches in, steps taken (retried with a smaller micro-batch when
+//! one runs out of memory), metrics written, and saves and stops as [`super::policy`]
+//! says.
+
+use std::time::Instant;
+
+use super::policy::{self, AfterStep, Cadence, Stop};
+use super::signals::StopFlag;
+use super::RunError;
+use crate::checkpoint::saver::{SaveRequest, Saver};
+use crate::config::Config;
+use crate::data::{Dataset, Prefetcher};
+use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
+use crate::progress::Progress;
+use crate::training::{StepOutcome, Trainer};
+
+/// What the loop needs besides the trainer.
+pub struct Loop<'a> {
+    /// The configuration.
+    pub cfg: &'a Config,
+    /// The data.
+    pub data: &'a Dataset,
+    /// Writes checkpoints.
+    pub saver: &'a mut Saver,
+    /// The run's metrics.
+    pub log: &'a MetricsLog,
+    /// Set by SIGTERM/SIGINT.
+    pub stop: &'a StopFlag,
+    /// SHA-256 of the configuration, recorded in checkpoints.
+    pub config_sha256: &'a str,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Default)]
+pub struct LoopEnd {
+    /// The metrics of the last epoch completed, if any.
+    pub last: Option<EpochMetrics>,
+    /// Stopped by a signal, after saving `latest`.
+    pub interrupted: bool,
+}
+
+impl Loop<'_> {
+    fn save(&mut self, trainer: &Trainer, epoch_file: bool) -> Result<f64, RunError> {
+        let request = SaveRequest {
+            tensors: trainer.checkpoint_tensors(true),
+            meta: trainer.checkpoint_meta(self.config_sha256),
+            epoch_file,
+            epoch_with_optimizer: self.cfg.memory.save_optimizer_in_epoch_checkpoints,
+            compress: self.cfg.memory.compress_checkpoints,
+        };
+        Ok(self.saver.submit(request)?.0)
+    }
+
+    fn append(&self, line: &MetricsLine) -> Result<(), RunError> {
+        self.log.append(line).map_err(|source| RunError::Io { path: self.log.path().to_path_buf(), source })
+    }
+
+    /// Trains from the trainer's position to `training.epochs` (or a stop).
+    pub fn run(&mut self, trainer: &mut Trainer) -> Result<LoopEnd, RunError> {
+        let cfg = self.cfg;
+        let cadence = Cadence::of(cfg);
+        let total = cfg.training.epochs;
+        let mut end = LoopEnd::default();
+        let run_start = Instant::now();
+        while trainer.position.epoch < total {
+            let epoch = trainer.position.epoch + 1;
+            let _span = tracing::info_span!("epoch", epoch).entered();
+            let batches = trainer.epoch_plan(self.data.train.len());
+            // resume::check_position made sure the position lies inside this epoch.
+            let skip = trainer.position.batches_into_epoch as usize;
+            let mut progress =
+                Progress::start(epoch, total, batches.len() as u64, skip as u64, cfg.training.log_every_n_steps);
+            let train_start = Instant::now();
+            let mut samples = 0;
+            let mut lr = cfg.training.optimizer.lr;
+            for (xs, ys) in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device) {
+                let step = self.step_with_retry(trainer, &xs, &ys)?;
+                samples += step.samples;
+                lr = step.lr;
+                let rate = progress.step(trainer.position.step, step.loss, step.lr, step.samples);
+                if trainer.position.step.is_multiple_of(cfg.training.log_every_n_steps) {
+                    self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
+                }
+                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, self.stop.raised()) {
+                    AfterStep::Continue => {}
+                    AfterStep::Save => {
+                        self.save(trainer, false)?;
+                    }
+                    AfterStep::SaveAndStop(why) => {
+                        progress.finish();
+                        match why {
+                            Stop::Signal => tracing::warn!(
+                                epoch,
+                                batch = trainer.position.batches_into_epoch,
+                                "stop requested: saving `latest` and exiting"
+                            ),
+                            Stop::MaxSteps => {
+                                tracing::info!(
+                                    step = trainer.position.step,
+                                    "reached training.max_steps: saving `latest`"
+                                )
+                            }
+                        }
+                        self.save(trainer, false)?;
+                        end.interrupted = why == Stop::Signal;
+                        return Ok(end);
+                    }
+                }
+            }
+            progress.finish();
+            let train_seconds = train_start.elapsed().as_secs_f64();
+            let train_loss = trainer.finish_epoch(self.data.train.len());
+            let eval_start = Instant::now();
+            let eval = trainer.evaluate(&self.data.val);
+            let eval_seconds = eval_start.elapsed().as_secs_f64();
+            trainer.last_eval = eval;
+
+            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop.raised());
+            let blocked = self.save(trainer, decision.epoch_file)?;
+            let m = EpochMetrics {
+                epoch,
+                step: trainer.position.step,
+                train_loss,
+                val_loss: eval.loss,
+                val_accuracy: eval.accuracy,
+                lr,
+                train_seconds,
+                samples_per_sec: samples as f64 / train_seconds.max(f64::EPSILON),
+                eval_seconds,
+                checkpoint_blocked_seconds: blocked,
+                host_rss_bytes: crate::memory::probe::host().rss,
+            };
+            self.append(&MetricsLine::Epoch(m.clone()))?;
+            tracing::info!(
+                epoch,
+                of = total,
+                train_loss = format_args!("{:.4}", m.train_loss),
+                val_loss = format_args!("{:.4}", m.val_loss),
+                val_accuracy = format_args!("{:.4}", m.val_accuracy),
+                samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
+                checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
+                "epoch done"
+            );
+            end.last = Some(m);
+            match decision.stop {
+                Some(Stop::Signal) => {
+                    tracing::warn!(epoch, "stop requested: exiting after the epoch's checkpoint");
+                    end.interrupted = true;
+                    return Ok(end);
+                }
+                Some(Stop::MaxSteps) => {
+                    tracing::info!(step = trainer.position.step, "reached training.max_steps");
+                    return Ok(end);
+                }
+                None => {}
+            }
+        }
+        Ok(end)
+    }
+
+    /// One step; a step that runs out of memory has not updated anything yet (the optimiser
+    /// steps after every micro-batch went through), so it is retried with half the
+    /// micro-batch and twice the accumulation: the same effective batch.
+    fn step_with_retry(
+        &self,
+        trainer: &mut Trainer,
+        xs: &tch::Tensor,
+        ys: &tch::Tensor,
+    ) -> Result<StepOutcome, RunError> {
+        loop {
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.train_step(xs, ys)));
+            let panic = match attempt {
+                Ok(step) => return Ok(step),
+                Err(panic) => panic,
+            };
+            let msg = crate::fault::panic_message(panic.as_ref());
+            if !crate::fault::is_oom_message(&msg) {
+                std::panic::resume_unwind(panic);
+            }
+            crate::memory::cuda::empty_cache();
+            let n = xs.size()[0];
+            let step = trainer.position.step + 1;
+            if !trainer.halve_micro_batch(n) {
+                return Err(RunError::OutOfMemory { detail: format!("training step {step}: {msg}") });
+            }
+            let accum = trainer.grad_accum_steps;
+            let micro = (n + accum - 1) / accum;
+            tracing::warn!(
+                step,
+                grad_accum_steps = accum,
+                micro_batch = micro,
+                "out of memory: halving the micro-batch, doubling gradient accumulation"
+            );
+            self.append(&MetricsLine::Event(EventMetrics {
+                step,
+                event: "oom_recovery".into(),
+                grad_accum_steps: accum as u32,
+                micro_batch: micro as u32,
+                detail: msg,
+            }))?;
+        }
+    }
+}
+
+fn step_line(trainer: &Trainer, epoch: u32, step: &StepOutcome, rate: f64, run_start: Instant) -> MetricsLine {
+    let device_stats = match trainer.device {
+        tch::Device::Cuda(i) => crate::memory::cuda::stats(i),
+        _ => None,
+    };
+    MetricsLine::Step(StepMetrics {
+        epoch,
+        step: trainer.position.step,
+        loss: step.loss,
+        lr: step.lr,
+        samples_per_sec: rate,
+        elapsed_seconds: run_start.elapsed().as_secs_f64(),
+        host_rss_bytes: crate::memory::probe::host().rss,
+        device_allocated_bytes: device_stats.map(|s| s.allocated),
+        device_peak_allocated_bytes: device_stats.map(|s| s.peak_allocated),
+    })
+}

@@ -21,6 +21,10 @@ pub const EXIT_INTERRUPTED: u8 = 75;
 
 /// Runs the command `cli` asks for; returns the exit code of a command that succeeded.
 pub fn dispatch(cli: Cli) -> Result<u8> {
+    let is_run = matches!(cli.command, None | Some(Command::Run(_)));
+    if !is_run {
+        run::signals::early::release();
+    }
     match cli.command {
         None => train(&cli.run),
         Some(Command::Run(args)) => train(&args),

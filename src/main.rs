@@ -2,6 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// SIGTERM/SIGINT are caught from before libtorch's initialisers run, so a job preempted
+/// during start-up still exits 75 (see `train::run::signals`). Only an executable's own
+/// `.preinit_array` runs that early, hence here rather than in the library.
+#[used]
+#[link_section = ".preinit_array"]
+static EARLY_SIGNALS: extern "C" fn() = train::run::signals::early::install;
+
 fn main() -> ExitCode {
     let cli = train::cli::Cli::parse();
     train::logging::init(cli.log_format);

@@ -119,6 +119,21 @@ impl RunFolder {
     }
 }
 
+impl RunFolder {
+    /// Cuts `log` back to the furthest position any checkpoint in the folder holds (after a
+    /// failed save). Best effort: the run is failing already, and the next start truncates
+    /// to the checkpoint it resumes from anyway.
+    pub fn truncate_metrics_to_checkpoints(&self, log: &MetricsLog) {
+        let step = store::candidates(&self.checkpoints())
+            .ok()
+            .and_then(|c| c.loadable.first().and_then(|f| f.meta().map(|m| m.step())))
+            .unwrap_or(0);
+        if let Err(e) = log.truncate_after(step) {
+            tracing::warn!("cannot cut {} back to step {step}: {e}", log.path().display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

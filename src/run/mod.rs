@@ -205,9 +205,17 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     crate::fault::quiet_oom_panics();
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(cfg);
-    let end = train_loop::Loop { cfg, data: &data, saver: &mut saver, log: &log, stop: &stop, config_sha256: &sha }
-        .run(&mut trainer)?;
-    saver.finish()?;
+    let trained = train_loop::Loop { cfg, data: &data, saver: &mut saver, log: &log, stop: &stop, config_sha256: &sha }
+        .run(&mut trainer);
+    let end = match trained.and_then(|end| saver.finish().map(|_| end).map_err(RunError::from)) {
+        Ok(end) => end,
+        Err(e) => {
+            // A failed save (a full disk, say) must not leave metrics claiming epochs that no
+            // checkpoint holds: cut them back to what `latest` on disk records.
+            folder.truncate_metrics_to_checkpoints(&log);
+            return Err(e);
+        }
+    };
     stop.settle();
     Ok(RunSummary {
         output_dir: out,

@@ -35,6 +35,7 @@ mod error;
 mod format;
 mod parallel;
 mod reader;
+mod shuffle;
 mod writer;
 
 pub use dtype::Dtype;

@@ -41,7 +41,7 @@ mod writer;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use format::{
-    is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
+    is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MIN_FORMAT_VERSION, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
     TRAILER_MAGIC,
 };
 pub use reader::Reader;

@@ -75,6 +75,9 @@ pub struct Writer<W: Write> {
     /// Tensors smaller than a chunk, copied, waiting to be coded together.
     batch: Vec<(Job, Vec<u8>)>,
     batch_bytes: usize,
+    /// Output buffers of the last window, reused: a fresh buffer per chunk costs a page fault
+    /// per 4 KiB written (a fifth of the coding time, measured).
+    spare: Vec<Vec<u8>>,
 }
 
 /// One tensor to code: everything its entry says but where it lands and how it was stored.
@@ -87,8 +90,9 @@ struct Job {
     chunk_elems: usize,
 }
 
-/// One chunk's output: its checksum, its planes' entries and its stored bytes.
-type Coded = (u64, Vec<PlaneEntry>, Vec<u8>);
+/// One chunk's output: its job, its checksum, its planes' entries and where its stored bytes
+/// are in its group's buffer.
+type Coded = (usize, u64, Vec<PlaneEntry>, std::ops::Range<usize>);
 
 impl<W: Write> Writer<W> {
     /// Starts a file with the default options, writing its 16-byte header.
@@ -113,6 +117,7 @@ impl<W: Write> Writer<W> {
             chunk_bytes: options.chunk_bytes,
             batch: Vec::new(),
             batch_bytes: 0,
+            spare: Vec::new(),
         })
     }
 
@@ -218,42 +223,45 @@ impl<W: Write> Writer<W> {
         let mut next = pieces.next();
         while next.is_some() {
             // A window of whole chunks, in groups of consecutive small ones.
-            let mut groups: Vec<Vec<(usize, &[u8])>> = Vec::new();
+            let mut groups: Vec<(Vec<(usize, &[u8])>, Vec<u8>)> = Vec::new();
             let (mut total, mut group_bytes) = (0usize, 0usize);
             while let Some((j, piece)) = next {
                 if total > 0 && total + piece.len() > window_bytes {
                     break;
                 }
                 if groups.is_empty() || group_bytes + piece.len() > GROUP_BYTES {
-                    groups.push(Vec::new());
+                    groups.push((Vec::new(), self.spare.pop().unwrap_or_default()));
                     group_bytes = 0;
                 }
-                groups.last_mut().expect("a group").push((j, piece));
+                groups.last_mut().expect("a group").0.push((j, piece));
                 group_bytes += piece.len();
                 total += piece.len();
                 next = pieces.next();
             }
-            let results = map_with(&mut self.encoders, groups, |enc, group| {
-                group
+            let results = map_with(&mut self.encoders, groups, |enc, (group, mut out)| {
+                out.clear();
+                let coded = group
                     .into_iter()
                     .map(|(j, piece)| {
                         let job = &jobs[j].0;
-                        let mut out = Vec::with_capacity(piece.len());
+                        let start = out.len();
                         let planes = enc
                             .encode(job.encoding, job.dtype, job.row, piece, &mut out)
                             .map_err(|source| Error::Compress { name: job.name.clone(), source })?;
-                        Ok((j, (xxhash_rust::xxh3::xxh3_64(piece), planes, out)))
+                        Ok((j, xxhash_rust::xxh3::xxh3_64(piece), planes, start..out.len()))
                     })
-                    .collect::<Result<Vec<(usize, Coded)>>>()
+                    .collect::<Result<Vec<Coded>>>();
+                (coded, out)
             });
-            for group in results {
-                for (j, (sum, planes, bytes)) in group? {
-                    self.w.write_all(&bytes)?;
-                    self.pos += bytes.len() as u64;
+            for (group, out) in results {
+                for (j, sum, planes, range) in group? {
+                    self.w.write_all(&out[range.clone()])?;
+                    self.pos += range.len() as u64;
                     coded[j].0.push(sum);
                     coded[j].1.push(planes);
-                    coded[j].2 += bytes.len() as u64;
+                    coded[j].2 += range.len() as u64;
                 }
+                self.spare.push(out);
             }
         }
         // Records follow each other in job order; an empty tensor's is empty.

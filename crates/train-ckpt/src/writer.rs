@@ -90,6 +90,10 @@ struct Job {
     chunk_elems: usize,
 }
 
+/// Consecutive chunks (their job and bytes) coded by one thread, and the buffer their stored
+/// bytes go to.
+type Group<'a> = (Vec<(usize, &'a [u8])>, Vec<u8>);
+
 /// One chunk's output: its job, its checksum, its planes' entries and where its stored bytes
 /// are in its group's buffer.
 type Coded = (usize, u64, Vec<PlaneEntry>, std::ops::Range<usize>);
@@ -223,7 +227,7 @@ impl<W: Write> Writer<W> {
         let mut next = pieces.next();
         while next.is_some() {
             // A window of whole chunks, in groups of consecutive small ones.
-            let mut groups: Vec<(Vec<(usize, &[u8])>, Vec<u8>)> = Vec::new();
+            let mut groups: Vec<Group<'_>> = Vec::new();
             let (mut total, mut group_bytes) = (0usize, 0usize);
             while let Some((j, piece)) = next {
                 if total > 0 && total + piece.len() > window_bytes {

@@ -325,6 +325,6 @@ fn read_tensors_into_refuses_wrong_lengths_and_unknown_names() {
     let mut r = open(&file).unwrap();
     let mut short = vec![0; tensors[0].data.len() - 1];
     assert!(matches!(r.read_tensors_into(&mut [("w", &mut short[..])]), Err(Error::LengthMismatch { .. })));
-    let mut any = vec![0; 4];
+    let mut any = [0; 4];
     assert!(matches!(r.read_tensors_into(&mut [("nope", &mut any[..])]), Err(Error::TensorNotFound { .. })));
 }

@@ -401,9 +401,8 @@ fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
     if stored != e.stored_len {
         return Err(invalid(name, format!("stored_len {} but its planes add up to {stored}", e.stored_len)));
     }
-    let hex = |s: &str| {
-        parse_hex64(s).ok_or_else(|| invalid(name, format!("checksum {s:?} is not 16 lowercase hex digits")))
-    };
+    let hex =
+        |s: &str| parse_hex64(s).ok_or_else(|| invalid(name, format!("checksum {s:?} is not 16 lowercase hex digits")));
     let checksum = match (version, &e.xxh3, &e.chunk_xxh3) {
         (1, Some(x), None) => Checksum::Tensor(hex(x)?),
         (2, None, Some(sums)) if sums.len() == e.chunks.len() => {

@@ -43,8 +43,8 @@ mod writer;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use format::{
-    is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MIN_FORMAT_VERSION, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
-    TRAILER_MAGIC,
+    is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
+    MIN_FORMAT_VERSION, TRAILER_MAGIC,
 };
 pub use reader::Reader;
 pub use writer::{Writer, WriterOptions};

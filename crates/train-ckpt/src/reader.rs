@@ -237,7 +237,8 @@ impl<R: Read + Seek> Reader<R> {
             let mut window = Vec::new();
             let (mut stored_total, mut raw_total) = (0usize, 0usize);
             while let Some((k, c, at, stored, raw)) = pending {
-                let over = stored_total + stored > window_bytes || (scratch.is_some() && raw_total + raw > window_bytes);
+                let over =
+                    stored_total + stored > window_bytes || (scratch.is_some() && raw_total + raw > window_bytes);
                 if !window.is_empty() && over {
                     break;
                 }
@@ -293,7 +294,11 @@ impl<R: Read + Seek> Reader<R> {
             if let (Some(h), Checksum::Tensor(expected)) = (hasher, &layouts[tensors[k]].checksum) {
                 let found = h.digest();
                 if found != *expected {
-                    return Err(Error::ChecksumMismatch { name: infos[tensors[k]].name.clone(), expected: *expected, found });
+                    return Err(Error::ChecksumMismatch {
+                        name: infos[tensors[k]].name.clone(),
+                        expected: *expected,
+                        found,
+                    });
                 }
             }
         }

@@ -163,7 +163,8 @@ mod simd {
             // (STEP * size bytes long).
             unsafe {
                 let load = |k: usize| _mm_loadu_si128(planes[k].as_ptr().add(s * STEP).cast());
-                let store = |dst: &mut [u8], k: usize, x: __m128i| _mm_storeu_si128(dst.as_mut_ptr().add(16 * k).cast(), x);
+                let store =
+                    |dst: &mut [u8], k: usize, x: __m128i| _mm_storeu_si128(dst.as_mut_ptr().add(16 * k).cast(), x);
                 if size == 2 {
                     let (p0, p1) = (load(0), load(1));
                     let mut a = _mm_unpacklo_epi8(p0, p1);

@@ -13,8 +13,7 @@ use std::io::Write;
 use crate::codec::ChunkEncoder;
 use crate::error::{Error, Result};
 use crate::format::{
-    self, hex64, Encoding, Entry, Index, PlaneEntry, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK,
-    MAX_TENSORS,
+    self, hex64, Encoding, Entry, Index, PlaneEntry, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
 };
 use crate::parallel::{default_threads, map_with};
 use crate::Dtype;

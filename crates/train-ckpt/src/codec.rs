@@ -324,17 +324,9 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
     for block in (0..blocks).step_by(step) {
         let range = block * ESTIMATE_BLOCK..plane.len().min((block + 1) * ESTIMATE_BLOCK);
         let len = range.len();
-        let mut hist = [0u32; 256];
-        if lag == 0 {
-            for &b in &plane[range] {
-                hist[b as usize] += 1;
-            }
-        } else {
-            for i in range {
-                let before = if i >= lag { plane[i - lag] } else { 0 };
-                hist[plane[i].wrapping_sub(before) as usize] += 1;
-            }
-        }
+        let mut diff = [0u8; ESTIMATE_BLOCK];
+        let bytes = if lag == 0 { &plane[range] } else { differences(plane, range, lag, &mut diff) };
+        let hist = histogram(bytes);
         per_block_bits += block_bits(&hist, len) + TABLE_BITS;
         for (a, h) in all.iter_mut().zip(hist) {
             *a += h;
@@ -343,6 +335,45 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
     }
     let one_code_bits = entropy(&all, n) * n as f64;
     (one_code_bits / n as f64, per_block_bits / n as f64)
+}
+
+/// The differences at distance `lag` of `plane[range]` (`p[i] - p[i-lag]`, wrapping; `p[i]`
+/// for `i < lag`), in `out`. In two straight loops over slices, which the compiler vectorises.
+fn differences<'o>(plane: &[u8], range: std::ops::Range<usize>, lag: usize, out: &'o mut [u8]) -> &'o [u8] {
+    let out = &mut out[..range.len()];
+    // Positions below `lag` have nothing before them.
+    let first = lag.saturating_sub(range.start).min(range.len());
+    out[..first].copy_from_slice(&plane[range.start..range.start + first]);
+    let now = &plane[range.start + first..range.end];
+    let before = &plane[range.start + first - lag..range.end - lag];
+    for ((d, &b), &a) in out[first..].iter_mut().zip(now).zip(before) {
+        *d = b.wrapping_sub(a);
+    }
+    out
+}
+
+/// Byte counts of `bytes`. Four tables, merged at the end: a plane of few distinct values
+/// (exponents) would otherwise increment the same counter back to back, and each increment
+/// waits for the one before it to reach memory (four times slower, measured).
+fn histogram(bytes: &[u8]) -> [u32; 256] {
+    let mut tables = [[0u32; 256]; 4];
+    let mut quads = bytes.chunks_exact(4);
+    for q in &mut quads {
+        tables[0][q[0] as usize] += 1;
+        tables[1][q[1] as usize] += 1;
+        tables[2][q[2] as usize] += 1;
+        tables[3][q[3] as usize] += 1;
+    }
+    for &b in quads.remainder() {
+        tables[0][b as usize] += 1;
+    }
+    let mut hist = tables[0];
+    for t in &tables[1..] {
+        for (h, c) in hist.iter_mut().zip(t) {
+            *h += c;
+        }
+    }
+    hist
 }
 
 /// Bits of an ideal order-0 code for a block of `n <= ESTIMATE_BLOCK` bytes with histogram
@@ -404,77 +435,21 @@ fn delta_decode(plane: &mut [u8], lag: usize) {
 /// Splits whole elements into planes: plane k gets byte k (little-endian) of each element,
 /// after a one-bit left rotation for `FloatPlanes`.
 pub(crate) fn split(encoding: Encoding, dtype: Dtype, data: &[u8], planes: &mut Vec<Vec<u8>>) {
-    let rotate = encoding == Encoding::FloatPlanes;
     let n = data.len() / dtype.size();
     planes.resize_with(dtype.size(), Vec::new);
     for p in planes.iter_mut() {
         p.clear();
         p.resize(n, 0);
     }
-    match dtype.size() {
-        2 => split2(data, rotate, planes),
-        4 => split4(data, rotate, planes),
-        8 => split8(data, rotate, planes),
-        size => unreachable!("no planes for {size}-byte elements"),
-    }
+    let mut outs: Vec<&mut [u8]> = planes.iter_mut().map(Vec::as_mut_slice).collect();
+    crate::shuffle::split(data, encoding == Encoding::FloatPlanes, &mut outs);
 }
 
 /// Inverse of [`split`]: writes whole elements to `out` from the planes.
 pub(crate) fn merge(encoding: Encoding, dtype: Dtype, planes: &[&[u8]], out: &mut [u8]) {
-    let rotate = encoding == Encoding::FloatPlanes;
-    match dtype.size() {
-        2 => merge2(planes, rotate, out),
-        4 => merge4(planes, rotate, out),
-        8 => merge8(planes, rotate, out),
-        size => unreachable!("no planes for {size}-byte elements"),
-    }
+    debug_assert_eq!(planes.len(), dtype.size());
+    crate::shuffle::merge(planes, encoding == Encoding::FloatPlanes, out);
 }
-
-/// Defines the split and merge of one element width, on the native word so that the rotation
-/// is one instruction and the loops have no bounds checks left in them.
-macro_rules! planes_of {
-    ($split:ident, $merge:ident, $word:ty, $n:literal) => {
-        fn $split(data: &[u8], rotate: bool, planes: &mut [Vec<u8>]) {
-            let mut planes = planes.iter_mut();
-            let mut outs: [&mut [u8]; $n] =
-                std::array::from_fn(|_| planes.next().expect("one plane per byte").as_mut_slice());
-            let n = data.len() / $n;
-            for out in &mut outs {
-                *out = &mut std::mem::take(out)[..n];
-            }
-            for (i, e) in data.chunks_exact($n).enumerate() {
-                let mut x = <$word>::from_le_bytes(e.try_into().expect("whole element"));
-                if rotate {
-                    x = x.rotate_left(1);
-                }
-                let bytes = x.to_le_bytes();
-                for k in 0..$n {
-                    outs[k][i] = bytes[k];
-                }
-            }
-        }
-
-        fn $merge(planes: &[&[u8]], rotate: bool, out: &mut [u8]) {
-            let n = out.len() / $n;
-            let ins: [&[u8]; $n] = std::array::from_fn(|k| &planes[k][..n]);
-            for (i, e) in out.chunks_exact_mut($n).enumerate() {
-                let mut bytes = [0u8; $n];
-                for k in 0..$n {
-                    bytes[k] = ins[k][i];
-                }
-                let mut x = <$word>::from_le_bytes(bytes);
-                if rotate {
-                    x = x.rotate_right(1);
-                }
-                e.copy_from_slice(&x.to_le_bytes());
-            }
-        }
-    };
-}
-
-planes_of!(split2, merge2, u16, 2);
-planes_of!(split4, merge4, u32, 4);
-planes_of!(split8, merge8, u64, 8);
 
 /// A zstd context that codes its input as literals only (Huffman, no LZ matches), through
 /// `ZSTD_compressSequences` with no sequences. The output is an ordinary zstd frame. zstd's

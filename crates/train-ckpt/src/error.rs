@@ -25,7 +25,7 @@ pub enum Error {
     #[error("bad trailer: the last 8 bytes are not the trailer magic (file truncated or damaged)")]
     BadTrailer,
     /// The file was written by a newer (or invalid) version of the format.
-    #[error("unsupported format version {found} (this reader reads version {supported})")]
+    #[error("unsupported format version {found} (this reader reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// The version in the file.
         found: u32,
@@ -33,7 +33,7 @@ pub enum Error {
         supported: u32,
     },
     /// The reserved flags word is not zero: a feature this reader does not know is in use.
-    #[error("unsupported flags {flags:#010x} (version 1 defines none)")]
+    #[error("unsupported flags {flags:#010x} (versions 1 and 2 define none)")]
     UnsupportedFlags {
         /// The flags word in the file.
         flags: u32,

@@ -5,7 +5,7 @@
 //! 0                 8           12        16                                 I            I+N       I+N+32
 //! +-----------------+-----------+---------+-- tensor records ---------------+------------+--------------+
 //! | MAGIC (8 bytes) | version   | flags   | chunk 0: plane 0 | plane 1 | .. | index:     | trailer      |
-//! | 89 'TRNCK' \r\n | u32 LE =1 | u32 = 0 | chunk 1: ...     (tensor 0)    | JSON,      | (32 bytes,   |
+//! | 89 'TRNCK' \r\n | u32 LE =2 | u32 = 0 | chunk 1: ...     (tensor 0)    | JSON,      | (32 bytes,   |
 //! |                 |           |         | chunk 0: ...     (tensor 1) .. | N bytes    | see Trailer) |
 //! +-----------------+-----------+---------+----------------------------------+------------+--------------+
 //! ```
@@ -27,8 +27,14 @@ pub const MAGIC: [u8; 8] = *b"\x89TRNCK\r\n";
 /// Last 8 bytes of every file: a writer that stopped before the end leaves none.
 pub const TRAILER_MAGIC: [u8; 8] = *b"TRNCKIDX";
 
-/// The format version this crate writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes and the newest it reads. Version 2 replaced each
+/// tensor's checksum with one per chunk, so that a reader checks every chunk on the thread
+/// that decoded it, while its bytes are still in that core's cache.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this crate reads. Version 1 files (one checksum per tensor) are
+/// read, never written.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// Bytes before the first tensor record: magic, version, flags.
 pub const HEADER_LEN: u64 = 16;
@@ -69,24 +75,24 @@ pub(crate) fn header() -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // h[12..16]: flags, none defined in version 1.
+    // h[12..16]: flags, none defined in versions 1 and 2.
     h
 }
 
-/// Checks the magic, the version and the flags.
-pub(crate) fn check_header(h: &[u8; HEADER_LEN as usize]) -> Result<()> {
+/// Checks the magic, the version and the flags; returns the version.
+pub(crate) fn check_header(h: &[u8; HEADER_LEN as usize]) -> Result<u32> {
     if h[..8] != MAGIC {
         return Err(Error::NotACheckpoint);
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version == 0 || version > FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let flags = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
     if flags != 0 {
         return Err(Error::UnsupportedFlags { flags });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The fixed-size end of the file: where the index is and what it hashes to.
@@ -207,8 +213,13 @@ pub(crate) struct Entry {
     pub offset: u64,
     pub stored_len: u64,
     pub raw_len: u64,
-    pub xxh3: String,
+    /// Version 1 only: xxh3-64 of the tensor's raw bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
     pub chunk_elems: u64,
+    /// Version 2 only: xxh3-64 of each chunk's raw bytes, one per entry of `chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_xxh3: Option<Vec<String>>,
     pub chunks: Vec<Vec<PlaneEntry>>,
 }
 
@@ -235,6 +246,15 @@ pub struct TensorInfo {
     pub stored_len: u64,
 }
 
+/// What a tensor's checksums cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Checksum {
+    /// Version 1: xxh3-64 of the whole tensor's raw bytes.
+    Tensor(u64),
+    /// Version 2: xxh3-64 of each chunk's raw bytes, in chunk order.
+    Chunks(Vec<u64>),
+}
+
 /// A tensor's entry after validation: the reader trusts every number in it.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -242,9 +262,17 @@ pub(crate) struct Layout {
     /// Row length in each plane, for `RowDeltaZstd`.
     pub row: usize,
     pub offset: u64,
-    pub xxh3: u64,
+    pub checksum: Checksum,
     pub chunk_elems: u64,
     pub chunks: Vec<Vec<PlaneEntry>>,
+}
+
+impl Layout {
+    /// Raw bytes of chunk `c` of a tensor of `raw_len` bytes of `elem`-byte elements.
+    pub(crate) fn chunk_raw_len(&self, c: usize, raw_len: u64, elem: u64) -> u64 {
+        let numel = raw_len / elem;
+        self.chunk_elems.min(numel - c as u64 * self.chunk_elems) * elem
+    }
 }
 
 /// Formats a checksum as the index stores it.
@@ -258,9 +286,10 @@ fn parse_hex64(s: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Checks an index against the format's rules and the place of the tensor records,
-/// `HEADER_LEN..records_end`. Records must tile that range in index order, with no gap.
-pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo>, Vec<Layout>)> {
+/// Checks an index of a file of format `version` against the format's rules and the place of
+/// the tensor records, `HEADER_LEN..records_end`. Records must tile that range in index order,
+/// with no gap.
+pub(crate) fn validate(index: Index, records_end: u64, version: u32) -> Result<(Vec<TensorInfo>, Vec<Layout>)> {
     if index.tensors.len() > MAX_TENSORS {
         return Err(Error::TooManyTensors { count: index.tensors.len(), max: MAX_TENSORS });
     }
@@ -275,7 +304,7 @@ pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo
         if entry.offset != next {
             return Err(invalid(&entry.name, format!("record at offset {}, expected {next}", entry.offset)));
         }
-        let (info, layout) = validate_entry(entry)?;
+        let (info, layout) = validate_entry(entry, version)?;
         next = next.checked_add(info.stored_len).filter(|&n| n <= records_end).ok_or_else(|| {
             invalid(
                 &info.name,
@@ -295,7 +324,7 @@ pub(crate) fn validate(index: Index, records_end: u64) -> Result<(Vec<TensorInfo
 }
 
 /// Checks one entry on its own: shape, lengths, encoding, chunks, checksum text.
-fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
+fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
     let name = e.name.as_str();
     if e.shape.len() > MAX_RANK {
         return Err(invalid(name, format!("rank {} exceeds the limit of {MAX_RANK}", e.shape.len())));
@@ -372,8 +401,19 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
     if stored != e.stored_len {
         return Err(invalid(name, format!("stored_len {} but its planes add up to {stored}", e.stored_len)));
     }
-    let xxh3 = parse_hex64(&e.xxh3)
-        .ok_or_else(|| invalid(name, format!("checksum {:?} is not 16 lowercase hex digits", e.xxh3)))?;
+    let hex =
+        |s: &str| parse_hex64(s).ok_or_else(|| invalid(name, format!("checksum {s:?} is not 16 lowercase hex digits")));
+    let checksum = match (version, &e.xxh3, &e.chunk_xxh3) {
+        (1, Some(x), None) => Checksum::Tensor(hex(x)?),
+        (2, None, Some(sums)) if sums.len() == e.chunks.len() => {
+            Checksum::Chunks(sums.iter().map(|s| hex(s)).collect::<Result<_>>()?)
+        }
+        (2, None, Some(sums)) => {
+            return Err(invalid(name, format!("{} chunk checksums for {} chunks", sums.len(), e.chunks.len())))
+        }
+        (1, _, _) => return Err(invalid(name, "a version-1 entry needs `xxh3` and no `chunk_xxh3`")),
+        _ => return Err(invalid(name, "a version-2 entry needs `chunk_xxh3` and no `xxh3`")),
+    };
     Ok((
         TensorInfo { name: e.name, dtype: e.dtype, shape, raw_len, stored_len: stored },
         Layout {
@@ -381,7 +421,7 @@ fn validate_entry(e: Entry) -> Result<(TensorInfo, Layout)> {
             // At most raw_len, which fits in usize; 1 for a scalar.
             row: e.encoding.row_len(e.dtype, e.shape.last().copied().unwrap_or(1)) as usize,
             offset: e.offset,
-            xxh3,
+            checksum,
             chunk_elems: e.chunk_elems,
             chunks: e.chunks,
         },
@@ -403,15 +443,16 @@ mod tests {
             offset: HEADER_LEN,
             stored_len: 40,
             raw_len: 40,
-            xxh3: hex64(7),
+            xxh3: None,
             chunk_elems: 4,
+            chunk_xxh3: Some(vec![hex64(7), hex64(8), hex64(9)]),
             chunks: vec![chunk(4), chunk(4), chunk(2)],
         }
     }
 
     fn check(e: Entry) -> Result<(Vec<TensorInfo>, Vec<Layout>)> {
         let end = e.offset + e.stored_len;
-        validate(Index { metadata: BTreeMap::new(), tensors: vec![e] }, end)
+        validate(Index { metadata: BTreeMap::new(), tensors: vec![e] }, end, FORMAT_VERSION)
     }
 
     fn reason(e: Entry) -> String {
@@ -420,16 +461,21 @@ mod tests {
 
     #[test]
     fn header_is_magic_version_then_zero_flags() {
-        assert_eq!(header(), *b"\x89TRNCK\r\n\x01\x00\x00\x00\x00\x00\x00\x00");
-        assert!(check_header(&header()).is_ok());
+        assert_eq!(header(), *b"\x89TRNCK\r\n\x02\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(check_header(&header()).unwrap(), 2);
+        let mut v1 = header();
+        v1[8] = 1;
+        assert_eq!(check_header(&v1).unwrap(), 1);
         assert!(is_ckpt(&header()));
     }
 
     #[test]
     fn rejects_newer_version_and_unknown_flags() {
         let mut h = header();
-        h[8] = 2;
-        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 2, .. })));
+        h[8] = 3;
+        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 3, .. })));
+        h[8] = 0;
+        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 0, .. })));
         let mut h = header();
         h[12] = 1;
         assert!(matches!(check_header(&h), Err(Error::UnsupportedFlags { flags: 1 })));
@@ -448,7 +494,26 @@ mod tests {
     fn accepts_a_consistent_entry() {
         let (infos, layouts) = check(entry()).unwrap();
         assert_eq!(infos[0].shape, [2, 5]);
-        assert_eq!(layouts[0].xxh3, 7);
+        assert_eq!(layouts[0].checksum, Checksum::Chunks(vec![7, 8, 9]));
+    }
+
+    #[test]
+    fn each_version_takes_its_own_checksums() {
+        let mut v1 = entry();
+        v1.chunk_xxh3 = None;
+        v1.xxh3 = Some(hex64(5));
+        let end = v1.offset + v1.stored_len;
+        let index = |e: &Entry| Index { metadata: BTreeMap::new(), tensors: vec![e.clone()] };
+        let (_, layouts) = validate(index(&v1), end, 1).unwrap();
+        assert_eq!(layouts[0].checksum, Checksum::Tensor(5));
+        assert!(validate(index(&v1), end, 2).unwrap_err().to_string().contains("version-2 entry"));
+        assert!(validate(index(&entry()), end, 1).unwrap_err().to_string().contains("version-1 entry"));
+        let mut both = entry();
+        both.xxh3 = Some(hex64(5));
+        assert!(reason(both).contains("version-2 entry"));
+        let mut short = entry();
+        short.chunk_xxh3.as_mut().unwrap().pop();
+        assert!(reason(short).contains("2 chunk checksums for 3 chunks"));
     }
 
     #[test]
@@ -476,7 +541,7 @@ mod tests {
         e.chunk_elems = MAX_CHUNK_BYTES;
         assert!(reason(e).contains("outside"));
         let mut e = entry();
-        e.xxh3 = "XYZ".into();
+        e.chunk_xxh3.as_mut().unwrap()[1] = "XYZ".into();
         assert!(reason(e).contains("hex"));
         let mut e = entry();
         e.dtype = Dtype::I32;
@@ -486,14 +551,21 @@ mod tests {
     #[test]
     fn rejects_records_that_do_not_tile_the_data() {
         let e = entry();
-        let err = validate(Index { metadata: BTreeMap::new(), tensors: vec![e.clone()] }, e.offset + e.stored_len + 1)
-            .unwrap_err();
+        let err = validate(
+            Index { metadata: BTreeMap::new(), tensors: vec![e.clone()] },
+            e.offset + e.stored_len + 1,
+            FORMAT_VERSION,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("index starts at"), "{err}");
         let mut twice = e.clone();
         twice.offset += e.stored_len;
-        let err =
-            validate(Index { metadata: BTreeMap::new(), tensors: vec![e.clone(), twice] }, e.offset + 2 * e.stored_len)
-                .unwrap_err();
+        let err = validate(
+            Index { metadata: BTreeMap::new(), tensors: vec![e.clone(), twice] },
+            e.offset + 2 * e.stored_len,
+            FORMAT_VERSION,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::DuplicateName { .. }));
     }
 }

@@ -3,8 +3,10 @@
 //! Floats are split into byte planes (the exponent plane compresses well, the mantissa planes
 //! barely and are stored as they are) and each plane of each chunk is zstd-coded, in parallel.
 //! The index sits at the end of the file, so a [`Writer`] streams tensors as they come and a
-//! [`Reader`] seeks to the index and then reads one tensor at a time. Every tensor carries an
-//! xxh3-64 of its raw bytes, checked on read.
+//! [`Reader`] seeks to the index and then reads tensors on request: one at a time, or many at
+//! once with [`Reader::read_tensors_into`], whose chunks are decoded in parallel across tensors
+//! straight into the caller's buffers. Every chunk carries an xxh3-64 of its raw bytes (format
+//! version 2; version-1 files, one checksum per tensor, are still read), checked on read.
 //!
 //! The crate knows nothing of models or frameworks: tensors are a name, a [`Dtype`], a shape
 //! and little-endian bytes, as in safetensors. The byte layout is specified in
@@ -35,13 +37,14 @@ mod error;
 mod format;
 mod parallel;
 mod reader;
+mod shuffle;
 mod writer;
 
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use format::{
     is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
-    TRAILER_MAGIC,
+    MIN_FORMAT_VERSION, TRAILER_MAGIC,
 };
 pub use reader::Reader;
 pub use writer::{Writer, WriterOptions};

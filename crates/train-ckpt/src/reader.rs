@@ -1,19 +1,29 @@
-//! The reader: loads the trailer and index only, then decodes one tensor at a time, a window
-//! of chunks at a time, verifying each tensor's checksum.
+//! The reader: loads the trailer and index only, then decodes tensors on request, a window of
+//! chunks at a time, on every thread it is given, verifying every checksum.
+//!
+//! Decoding works on chunks, whichever tensors they belong to: [`Reader::read_tensors_into`]
+//! lays the chunks of all the tensors asked for out in file order, reads a window of their
+//! stored bytes with one read per contiguous run, and decodes the window's chunks in parallel
+//! straight into the caller's buffers. A version-2 chunk is checked against its own checksum
+//! by the thread that decoded it, while its bytes are still in that core's cache; a version-1
+//! tensor (one checksum for the whole tensor) is hashed in order after each window.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::codec::ChunkDecoder;
 use crate::error::{Error, Result};
-use crate::format::{self, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
+use crate::format::{self, Checksum, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
 use crate::parallel::{default_threads, map_with};
 
-/// Chunks read and decoded per thread at a time: keeps both cores busy while the reader
-/// holds only a few chunks' worth of compressed bytes.
-const CHUNKS_PER_THREAD: usize = 4;
+/// Stored bytes read and decoded per thread at a time: four chunks at the writer's default
+/// size. Enough work per window (a few milliseconds) that starting the window's threads costs
+/// little and one slow chunk leaves the other threads idle briefly; small enough that a reader
+/// holds a few MiB beyond the caller's buffers.
+const WINDOW_BYTES_PER_THREAD: usize = 4 << 20;
 
 /// Compression ratio up to which `read_tensor` allocates a tensor's whole length up front.
 /// Real checkpoints compress 1.1-2x; only constant tensors compress more.
@@ -22,9 +32,10 @@ const PLAUSIBLE_RATIO: u64 = 16;
 /// Reads a checkpoint from any seekable source (a file, a cursor over bytes).
 ///
 /// Opening reads only the header, the trailer and the index, validated before use; tensors
-/// are read on request, so memory stays at one tensor (or, for [`Reader::verify`], a few
-/// chunks) whatever the file's size. Nothing a file contains can make the reader panic or
-/// allocate more than the file's own numbers, checked against its length, allow.
+/// are read on request, so memory stays at the caller's buffers and a few chunks (or, for
+/// [`Reader::verify`], a few chunks only) whatever the file's size. Nothing a file contains can
+/// make the reader panic or allocate more than the file's own numbers, checked against its
+/// length, allow.
 pub struct Reader<R> {
     r: R,
     metadata: BTreeMap<String, String>,
@@ -33,6 +44,24 @@ pub struct Reader<R> {
     by_name: HashMap<String, usize>,
     decoders: Vec<ChunkDecoder>,
     buf: Vec<u8>,
+}
+
+/// One chunk to decode: which, where its stored bytes lie in the window buffer, and where its
+/// raw bytes go.
+struct Unit<'d> {
+    tensor: usize,
+    chunk: usize,
+    file_offset: u64,
+    stored: Range<usize>,
+    dest: &'d mut [u8],
+}
+
+/// Where decoded chunks go.
+enum Dest<'d> {
+    /// The caller's buffers, one per tensor asked for, each exactly the tensor's raw length.
+    Buffers(Vec<&'d mut [u8]>),
+    /// A scratch window that each window's chunks overwrite.
+    Scratch,
 }
 
 impl<R: Read + Seek> Reader<R> {
@@ -55,7 +84,7 @@ impl<R: Read + Seek> Reader<R> {
             });
         }
         head?;
-        format::check_header(&header)?;
+        let version = format::check_header(&header)?;
         if file_len < HEADER_LEN + TRAILER_LEN {
             return Err(Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN });
         }
@@ -71,7 +100,7 @@ impl<R: Read + Seek> Reader<R> {
         }
         let index: Index = serde_json::from_slice(&index)?;
         let metadata = index.metadata.clone();
-        let (infos, layouts) = format::validate(index, trailer.index_offset)?;
+        let (infos, layouts) = format::validate(index, trailer.index_offset, version)?;
         let by_name = infos.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let threads = if threads == 0 { default_threads() } else { threads };
         let decoders = (0..threads).map(|_| ChunkDecoder::new()).collect::<Result<_, _>>()?;
@@ -93,60 +122,72 @@ impl<R: Read + Seek> Reader<R> {
         self.by_name.get(name).map(|&i| &self.infos[i])
     }
 
-    /// Decodes a tensor and verifies its checksum.
+    /// Decodes a tensor and verifies its checksums.
     pub fn read_tensor(&mut self, name: &str) -> Result<Vec<u8>> {
         let i = self.position(name)?;
-        // Reserve the whole tensor unless it claims to expand more than checkpoints do; then
-        // the buffer grows as chunks decode, so a lying file cannot make the reader allocate
-        // more than its real bytes decode to.
         let info = &self.infos[i];
-        let mut out = Vec::with_capacity(info.raw_len.min(info.stored_len.saturating_mul(PLAUSIBLE_RATIO)) as usize);
-        let mut hasher = Xxh3Default::new();
-        self.decode(i, |window_len, fill| {
-            let start = out.len();
-            out.resize(start + window_len, 0);
-            fill(&mut out[start..])?;
-            hasher.update(&out[start..]);
+        if info.raw_len <= info.stored_len.saturating_mul(PLAUSIBLE_RATIO) {
+            // raw_len fits in usize: validation checked it.
+            let mut out = vec![0u8; info.raw_len as usize];
+            self.decode(&[i], Dest::Buffers(vec![&mut out]), |_, _| Ok(()))?;
+            return Ok(out);
+        }
+        // The tensor claims to expand more than checkpoints do: let the buffer grow as chunks
+        // decode, so that a lying file cannot make the reader allocate more than its real
+        // bytes decode to.
+        let mut out = Vec::new();
+        self.decode(&[i], Dest::Scratch, |_, bytes| {
+            out.extend_from_slice(bytes);
             Ok(())
         })?;
-        self.check(i, hasher.digest())?;
         Ok(out)
     }
 
     /// Decodes a tensor into `out`, which must be exactly its raw length, and verifies its
-    /// checksum. On error `out` holds partial data.
+    /// checksums. On error `out` holds partial data.
     pub fn read_tensor_into(&mut self, name: &str, out: &mut [u8]) -> Result<()> {
-        let i = self.position(name)?;
-        if out.len() as u64 != self.infos[i].raw_len {
-            return Err(Error::LengthMismatch {
-                name: name.into(),
-                expected: self.infos[i].raw_len,
-                got: out.len() as u64,
-            });
+        self.read_tensors_into(&mut [(name, out)])
+    }
+
+    /// Decodes several tensors, each into its buffer (exactly the tensor's raw length), and
+    /// verifies every checksum. Their chunks are decoded in parallel across tensors as well as
+    /// within them, so many small tensors keep every thread as busy as one large one; the file
+    /// is read in order whatever the order of `targets`. The first error in file order is
+    /// returned, naming its tensor; on error the buffers hold partial data.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), train_ckpt::Error> {
+    /// use train_ckpt::{Dtype, Reader, Writer};
+    /// let mut w = Writer::new(Vec::new())?;
+    /// w.add_tensor("a", Dtype::U8, &[3], &[1, 2, 3])?;
+    /// w.add_tensor("b", Dtype::I16, &[2], &[4, 0, 5, 0])?;
+    /// let mut r = Reader::new(std::io::Cursor::new(w.finish(Default::default())?))?;
+    /// let (mut a, mut b) = ([0u8; 3], [0u8; 4]);
+    /// r.read_tensors_into(&mut [("b", &mut b[..]), ("a", &mut a[..])])?;
+    /// assert_eq!((a, b), ([1, 2, 3], [4, 0, 5, 0]));
+    /// # Ok(()) }
+    /// ```
+    pub fn read_tensors_into(&mut self, targets: &mut [(&str, &mut [u8])]) -> Result<()> {
+        let mut order = Vec::with_capacity(targets.len());
+        for (name, out) in targets.iter() {
+            let i = self.position(name)?;
+            let expected = self.infos[i].raw_len;
+            if out.len() as u64 != expected {
+                return Err(Error::LengthMismatch { name: (*name).into(), expected, got: out.len() as u64 });
+            }
+            order.push(i);
         }
-        let mut at = 0;
-        self.decode(i, |window_len, fill| {
-            fill(&mut out[at..at + window_len])?;
-            at += window_len;
-            Ok(())
-        })?;
-        self.check(i, xxh3_64(out))
+        let mut paired: Vec<(usize, &mut [u8])> =
+            order.into_iter().zip(targets.iter_mut().map(|(_, out)| &mut **out)).collect();
+        paired.sort_by_key(|&(i, _)| i);
+        let (order, buffers): (Vec<usize>, Vec<&mut [u8]>) = paired.into_iter().unzip();
+        self.decode(&order, Dest::Buffers(buffers), |_, _| Ok(()))
     }
 
     /// Decodes every tensor and checks every checksum, holding a few chunks at a time.
     pub fn verify(&mut self) -> Result<()> {
-        let mut scratch = Vec::new();
-        for i in 0..self.infos.len() {
-            let mut hasher = Xxh3Default::new();
-            self.decode(i, |window_len, fill| {
-                scratch.resize(window_len, 0);
-                fill(&mut scratch)?;
-                hasher.update(&scratch);
-                Ok(())
-            })?;
-            self.check(i, hasher.digest())?;
-        }
-        Ok(())
+        let all: Vec<usize> = (0..self.infos.len()).collect();
+        self.decode(&all, Dest::Scratch, |_, _| Ok(()))
     }
 
     /// Gives back the underlying source.
@@ -158,67 +199,144 @@ impl<R: Read + Seek> Reader<R> {
         self.by_name.get(name).copied().ok_or_else(|| Error::TensorNotFound { name: name.into() })
     }
 
-    fn check(&self, i: usize, found: u64) -> Result<()> {
-        let expected = self.layouts[i].xxh3;
-        if found != expected {
-            return Err(Error::ChecksumMismatch { name: self.infos[i].name.clone(), expected, found });
-        }
-        Ok(())
-    }
-
-    /// Decodes tensor `i` a window of chunks at a time. For each window, `sink` gets the
-    /// window's raw length and a function that decodes the window into a slice of that length.
-    fn decode<S>(&mut self, i: usize, mut sink: S) -> Result<()>
+    /// Decodes the chunks of `tensors` (positions in the index, distinct, in file order) a
+    /// window at a time, into `dest`, checking every checksum; after each window, `each` gets
+    /// every chunk's tensor and decoded bytes, in file order.
+    fn decode<F>(&mut self, tensors: &[usize], dest: Dest<'_>, mut each: F) -> Result<()>
     where
-        S: FnMut(usize, &mut dyn FnMut(&mut [u8]) -> Result<()>) -> Result<()>,
+        F: FnMut(usize, &[u8]) -> Result<()>,
     {
         let Reader { r, infos, layouts, decoders, buf, .. } = self;
-        let (info, layout) = (&infos[i], &layouts[i]);
-        let elem = info.dtype.size() as u64;
-        let numel = info.raw_len / elem;
-        let window = decoders.len() * CHUNKS_PER_THREAD;
-        let mut offset = layout.offset;
-        for first in (0..layout.chunks.len()).step_by(window) {
-            let chunks = &layout.chunks[first..(first + window).min(layout.chunks.len())];
-            // All numbers below were validated against the file's length and each other.
-            let stored: Vec<usize> = chunks.iter().map(|planes| planes.iter().map(|p| p.1 as usize).sum()).collect();
-            let raw: Vec<usize> = (first..first + chunks.len())
-                .map(|c| (layout.chunk_elems.min(numel - c as u64 * layout.chunk_elems) * elem) as usize)
+        let window_bytes = decoders.len() * WINDOW_BYTES_PER_THREAD;
+        // Version-1 tensors are hashed whole, in order, on this thread.
+        let mut hashers: Vec<Option<Xxh3Default>> = tensors
+            .iter()
+            .map(|&i| matches!(layouts[i].checksum, Checksum::Tensor(_)).then(Xxh3Default::new))
+            .collect();
+        let (mut buffers, mut scratch) = match dest {
+            Dest::Buffers(b) => (Some(b), None),
+            Dest::Scratch => (None, Some(Vec::new())),
+        };
+        // Every chunk, in file order: (position in `tensors`, chunk, file offset, stored, raw).
+        let mut chunks = tensors.iter().enumerate().flat_map(|(k, &i)| {
+            let (info, layout) = (&infos[i], &layouts[i]);
+            let elem = info.dtype.size() as u64;
+            let mut offset = layout.offset;
+            layout.chunks.iter().enumerate().map(move |(c, planes)| {
+                // All numbers were validated against the file's length and each other.
+                let stored: u64 = planes.iter().map(|p| p.1).sum();
+                let at = offset;
+                offset += stored;
+                (k, c, at, stored as usize, layout.chunk_raw_len(c, info.raw_len, elem) as usize)
+            })
+        });
+        let mut pending = chunks.next();
+        while pending.is_some() {
+            // Gather one window: whole chunks, at least one, up to `window_bytes` stored and
+            // (when decoding into scratch) raw.
+            let mut window = Vec::new();
+            let (mut stored_total, mut raw_total) = (0usize, 0usize);
+            while let Some((k, c, at, stored, raw)) = pending {
+                let over =
+                    stored_total + stored > window_bytes || (scratch.is_some() && raw_total + raw > window_bytes);
+                if !window.is_empty() && over {
+                    break;
+                }
+                window.push((k, c, at, stored_total..stored_total + stored, raw_total..raw_total + raw));
+                stored_total += stored;
+                raw_total += raw;
+                pending = chunks.next();
+            }
+            // One read per run of contiguous records.
+            buf.resize(stored_total, 0);
+            let mut run = 0;
+            while run < window.len() {
+                let mut end = run + 1;
+                while end < window.len() && window[end].2 == window[end - 1].2 + window[end - 1].3.len() as u64 {
+                    end += 1;
+                }
+                read_at(r, window[run].2, &mut buf[window[run].3.start..window[end - 1].3.end])?;
+                run = end;
+            }
+            let mut scratch_window = scratch.as_mut().map(|s: &mut Vec<u8>| {
+                s.resize(raw_total, 0);
+                &mut s[..]
+            });
+            let units: Vec<Unit<'_>> = window
+                .iter()
+                .map(|(k, c, at, stored, raw)| {
+                    let dest = match (&mut buffers, &mut scratch_window) {
+                        (Some(b), _) => {
+                            let (head, rest) = std::mem::take(&mut b[*k]).split_at_mut(raw.len());
+                            b[*k] = rest;
+                            head
+                        }
+                        (None, Some(s)) => {
+                            let (head, rest) = std::mem::take(s).split_at_mut(raw.len());
+                            *s = rest;
+                            head
+                        }
+                        (None, None) => unreachable!("one destination"),
+                    };
+                    Unit { tensor: tensors[*k], chunk: *c, file_offset: *at, stored: stored.clone(), dest }
+                })
                 .collect();
-            buf.resize(stored.iter().sum(), 0);
-            read_at(r, offset, buf)?;
-            let window_offset = offset;
-            offset += buf.len() as u64;
-            let mut fill = |out: &mut [u8]| -> Result<()> {
-                let mut items = Vec::with_capacity(chunks.len());
-                let (mut src, mut dst) = (&buf[..], out);
-                for (k, planes) in chunks.iter().enumerate() {
-                    let (s, rest) = src.split_at(stored[k]);
-                    let (d, more) = std::mem::take(&mut dst).split_at_mut(raw[k]);
-                    items.push((k, planes.as_slice(), s, d));
-                    (src, dst) = (rest, more);
+            let ks: Vec<usize> = window.iter().map(|w| w.0).collect();
+            let decoded = decode_units(decoders, infos, layouts, buf, units)?;
+            for (k, bytes) in ks.into_iter().zip(decoded) {
+                if let Some(h) = &mut hashers[k] {
+                    h.update(bytes);
                 }
-                let results = map_with(decoders, items, |dec, (k, planes, s, d)| {
-                    dec.decode(layout.encoding, info.dtype, layout.row, planes, s, d).map_err(|e| (k, e))
-                });
-                for result in results {
-                    if let Err((k, e)) = result {
-                        let before: usize = stored[..k].iter().sum();
-                        return Err(Error::Corrupt {
-                            name: info.name.clone(),
-                            chunk: first + k,
-                            plane: e.plane,
-                            offset: window_offset + before as u64 + e.offset,
-                            reason: e.reason,
-                        });
-                    }
+                each(tensors[k], bytes)?;
+            }
+        }
+        for (k, hasher) in hashers.iter().enumerate() {
+            if let (Some(h), Checksum::Tensor(expected)) = (hasher, &layouts[tensors[k]].checksum) {
+                let found = h.digest();
+                if found != *expected {
+                    return Err(Error::ChecksumMismatch {
+                        name: infos[tensors[k]].name.clone(),
+                        expected: *expected,
+                        found,
+                    });
                 }
-                Ok(())
-            };
-            sink(raw.iter().sum(), &mut fill)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Decodes a window's chunks on every decoder's thread, each into its destination, checking
+/// version-2 chunk checksums there; returns the destinations in order, or the first error in
+/// file order.
+fn decode_units<'d>(
+    decoders: &mut [ChunkDecoder],
+    infos: &[TensorInfo],
+    layouts: &[Layout],
+    buf: &[u8],
+    units: Vec<Unit<'d>>,
+) -> Result<Vec<&'d mut [u8]>> {
+    let results = map_with(decoders, units, |dec, u: Unit<'d>| {
+        let (info, layout) = (&infos[u.tensor], &layouts[u.tensor]);
+        let planes = &layout.chunks[u.chunk];
+        dec.decode(layout.encoding, info.dtype, layout.row, planes, &buf[u.stored], u.dest).map_err(|e| {
+            Error::Corrupt {
+                name: info.name.clone(),
+                chunk: u.chunk,
+                plane: e.plane,
+                offset: u.file_offset + e.offset,
+                reason: e.reason,
+            }
+        })?;
+        if let Checksum::Chunks(sums) = &layout.checksum {
+            let found = xxh3_64(u.dest);
+            if found != sums[u.chunk] {
+                return Err(Error::ChecksumMismatch { name: info.name.clone(), expected: sums[u.chunk], found });
+            }
+        }
+        Ok(u.dest)
+    });
+    results.into_iter().collect()
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`.

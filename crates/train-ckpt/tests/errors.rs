@@ -99,10 +99,10 @@ fn rejects_bad_magic_and_foreign_formats() {
 fn rejects_newer_version_and_unknown_flags() {
     let (_, file) = sample();
     let mut newer = file.clone();
-    newer[8] = 2;
+    newer[8] = 3;
     let err = open(&newer).err().unwrap();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 2, supported: 1 }), "{err}");
-    assert!(err.to_string().contains("version 2"));
+    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 2 }), "{err}");
+    assert!(err.to_string().contains("version 3"));
     let mut flagged = file;
     flagged[15] = 0x80;
     assert!(matches!(open(&flagged), Err(Error::UnsupportedFlags { flags: 0x8000_0000 })));
@@ -204,7 +204,9 @@ fn rejects_indexes_whose_numbers_lie() {
             }),
         ),
         ("appears twice", Box::new(|i| i["tensors"][1]["name"] = json!("w"))),
-        ("hex", Box::new(|i| i["tensors"][0]["xxh3"] = json!("not hex"))),
+        ("hex", Box::new(|i| i["tensors"][0]["chunk_xxh3"][0] = json!("not hex"))),
+        ("chunk checksums for", Box::new(|i| i["tensors"][0]["chunk_xxh3"].as_array_mut().unwrap().clear())),
+        ("version-2 entry", Box::new(|i| i["tensors"][1]["xxh3"] = json!("0123456789abcdef"))),
         ("does not apply", Box::new(|i| i["tensors"][3]["encoding"] = json!("float_planes"))),
         ("unknown field", Box::new(|i| i["tensors"][0]["extra"] = json!(1))),
         ("unknown variant", Box::new(|i| i["tensors"][0]["dtype"] = json!("F128"))),
@@ -278,4 +280,51 @@ fn rejects_misuse_with_named_errors() {
     assert!(w.add_tensor("c", Dtype::U8, &[1; 65], &[0]).is_err());
     assert!(w.add_tensor("d", Dtype::U8, &[usize::MAX, 2], &[]).is_err());
     assert_eq!(tensors.len(), 4);
+}
+
+#[test]
+fn damage_in_one_tensor_of_a_batch_read_names_that_tensor() {
+    // Several tensors decoded in one call, in parallel: the damaged one is named, in a raw
+    // plane (caught by its chunk checksum) and in a zstd plane (caught by the decoder or the
+    // checksum), and the others still read on their own.
+    let (tensors, file) = sample();
+    let index = index_json(&file);
+    let n = &index["tensors"][2];
+    let mut bad = file.clone();
+    bad[n["offset"].as_u64().unwrap() as usize + 7] ^= 0x01;
+    for threads in [1, 2, 4] {
+        let mut r = Reader::with_threads(std::io::Cursor::new(&bad), threads).unwrap();
+        let mut outs: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0; t.data.len()]).collect();
+        let mut targets: Vec<(&str, &mut [u8])> =
+            tensors.iter().zip(outs.iter_mut()).map(|(t, o)| (t.name.as_str(), o.as_mut_slice())).collect();
+        let err = r.read_tensors_into(&mut targets).unwrap_err();
+        assert!(matches!(&err, Error::ChecksumMismatch { name, .. } if name == "n"), "{err}");
+        assert_eq!(r.read_tensor("w").unwrap(), tensors[0].data);
+        assert_eq!(r.read_tensor("step").unwrap(), tensors[3].data);
+    }
+    // A flipped byte in the compressed part of "w".
+    let w = &index["tensors"][0];
+    let planes = w["chunks"][0].as_array().unwrap();
+    let before: u64 = planes.iter().take_while(|p| p[0] == "raw").map(|p| p[1].as_u64().unwrap()).sum();
+    assert!(planes.iter().any(|p| p[0] != "raw"), "{planes:?}");
+    let mut bad = file.clone();
+    bad[(w["offset"].as_u64().unwrap() + before) as usize + 3] ^= 0x40;
+    let mut r = open(&bad).unwrap();
+    let mut out = vec![0; tensors[0].data.len()];
+    let mut b = vec![0; tensors[1].data.len()];
+    let err = r.read_tensors_into(&mut [("b", &mut b[..]), ("w", &mut out[..])]).unwrap_err();
+    match &err {
+        Error::ChecksumMismatch { name, .. } | Error::Corrupt { name, .. } => assert_eq!(name, "w", "{err}"),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn read_tensors_into_refuses_wrong_lengths_and_unknown_names() {
+    let (tensors, file) = sample();
+    let mut r = open(&file).unwrap();
+    let mut short = vec![0; tensors[0].data.len() - 1];
+    assert!(matches!(r.read_tensors_into(&mut [("w", &mut short[..])]), Err(Error::LengthMismatch { .. })));
+    let mut any = [0; 4];
+    assert!(matches!(r.read_tensors_into(&mut [("nope", &mut any[..])]), Err(Error::TensorNotFound { .. })));
 }

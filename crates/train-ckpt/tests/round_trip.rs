@@ -134,3 +134,52 @@ fn an_empty_file_has_no_tensors() {
     assert!(r.tensors().is_empty() && r.metadata().is_empty());
     r.verify().unwrap();
 }
+
+#[test]
+fn many_tensors_decode_into_buffers_in_one_call() {
+    // Large tensors of several chunks beside many small ones, asked for out of file order.
+    let mut tensors = vec![Tensor::weights("big", Dtype::F32, &[64, 1000], 1)];
+    for i in 0..300 {
+        tensors.push(Tensor::weights(&format!("small{i}"), Dtype::ALL[i % 10], &[i % 17 + 1, 3], i as u64));
+    }
+    tensors.push(Tensor::weights("empty", Dtype::BF16, &[0, 4], 9));
+    tensors.push(Tensor::weights("big2", Dtype::BF16, &[128, 500], 2));
+    let file = write(&tensors, &[], opts(2, 16 << 10));
+    for threads in [1, 2, 5] {
+        let mut r = Reader::with_threads(std::io::Cursor::new(&file), threads).unwrap();
+        let mut outs: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0xAA; t.data.len()]).collect();
+        let mut targets: Vec<(&str, &mut [u8])> =
+            tensors.iter().zip(outs.iter_mut()).rev().map(|(t, o)| (t.name.as_str(), o.as_mut_slice())).collect();
+        r.read_tensors_into(&mut targets).unwrap();
+        for (t, o) in tensors.iter().zip(&outs) {
+            assert!(*o == t.data, "{} differs on {threads} threads", t.name);
+        }
+    }
+}
+
+#[test]
+fn small_tensors_are_batched_without_changing_the_file() {
+    // Tensors smaller than a chunk are coded together, whatever the thread count and however
+    // they interleave with tensors of several chunks; the bytes written do not change.
+    let mut tensors = Vec::new();
+    for i in 0..200u64 {
+        tensors.push(Tensor::weights(&format!("s{i}"), Dtype::F32, &[(i as usize % 50) + 1, 7], i));
+        if i % 60 == 0 {
+            tensors.push(Tensor::weights(&format!("large{i}"), Dtype::BF16, &[100, 100], i));
+        }
+    }
+    let one = write(&tensors, &[], opts(1, 4096));
+    let three = write(&tensors, &[], opts(3, 4096));
+    assert!(one == three);
+    assert_round_trip(&tensors, opts(3, 4096));
+}
+
+#[test]
+fn records_of_batched_tensors_follow_the_order_they_were_added() {
+    let tensors: Vec<Tensor> = (0..50).map(|i| Tensor::weights(&format!("t{i}"), Dtype::I32, &[i], i as u64)).collect();
+    let file = write(&tensors, &[], WriterOptions::default());
+    let r = open(&file).unwrap();
+    let names: Vec<&str> = r.tensors().iter().map(|t| t.name.as_str()).collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
+    assert_eq!(names, expected);
+}

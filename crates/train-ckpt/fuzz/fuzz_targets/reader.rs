@@ -36,6 +36,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = reader.verify();
+    // Every tensor at once, into buffers: the parallel path across tensors. Sizes are backed
+    // by the file (validated against its length), capped so a huge claim is not allocated.
+    let infos = reader.tensors().to_vec();
+    if infos.iter().map(|t| t.raw_len).sum::<u64>() <= 64 << 20 {
+        let mut outs: Vec<Vec<u8>> = infos.iter().map(|t| vec![0; t.raw_len as usize]).collect();
+        let mut targets: Vec<(&str, &mut [u8])> =
+            infos.iter().zip(outs.iter_mut()).map(|(t, o)| (t.name.as_str(), o.as_mut_slice())).collect();
+        let _ = reader.read_tensors_into(&mut targets);
+    }
 });
 
 fn fix_index_checksum(bytes: &mut [u8]) {

@@ -140,5 +140,6 @@ pub fn assemble(version: u32, records: &[u8], index: &[u8]) -> Vec<u8> {
 /// Replaces a file's index with `index` (re-checksummed), keeping its records.
 pub fn with_index(file: &[u8], index: &serde_json::Value) -> Vec<u8> {
     let range = index_range(file);
-    assemble(1, &file[16..range.start], &serde_json::to_vec(index).unwrap())
+    let version = u32::from_le_bytes(file[8..12].try_into().unwrap());
+    assemble(version, &file[16..range.start], &serde_json::to_vec(index).unwrap())
 }

@@ -19,6 +19,8 @@ fn main() {
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
+        // No DWARF for a file that includes half of libtorch's headers (megabytes of it).
+        .debug(false)
         .compile("train_cuda_shim");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");

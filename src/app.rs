@@ -163,7 +163,8 @@ pub fn error_chain(error: &anyhow::Error) -> String {
     out
 }
 
-fn ckpt(cmd: CkptCommand) -> Result<()> {
+/// `train ckpt ...` (and the `train-ckpt` binary): touches no tensor math, so never libtorch.
+pub fn ckpt(cmd: CkptCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         CkptCommand::Inspect { path, json } => {

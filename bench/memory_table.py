@@ -150,7 +150,8 @@ def run_json(cmd: list, env=None, timeout=None) -> dict:
     """Runs a command that prints one JSON document; raises with its stderr if it fails."""
     done = subprocess.run(cmd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"exit {done.returncode}: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        shown = " ".join("<script>" if "\n" in str(c) else str(c) for c in cmd)
+        raise RuntimeError(f"exit {done.returncode}: {shown}\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 

@@ -1,7 +1,8 @@
 //! 1. Bakes libtorch's library folder into the binary's rpath, so `train` runs without
 //!    `LD_LIBRARY_PATH`. torch-sys (a direct dependency for this reason) exports the folder
 //!    it linked against as `DEP_TCH_LIBTORCH_LIB`.
-//! 2. Compiles `shim/cuda_memory.cpp` (the few libtorch calls tch does not bind) against the
+//! 2. Keeps libtorch_cuda.so among the binary's libraries (see below).
+//! 3. Compiles `shim/cuda_memory.cpp` (the few libtorch calls tch does not bind) against the
 //!    headers of that same libtorch.
 use std::path::PathBuf;
 
@@ -10,6 +11,17 @@ fn main() {
     println!("cargo:rerun-if-changed=shim/cuda_memory.cpp");
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // libtorch's CUDA backend registers itself from libtorch_cuda.so's static initialisers.
+    // Nothing in `train` calls into that library, so the linker's --as-needed (rustc's
+    // default) drops the `-ltorch_cuda` torch-sys asks for, and libtorch then sees no GPU
+    // ("libtorch sees 0 CUDA device(s)" on a machine with one). PyTorch's own CMake config
+    // links it with --no-as-needed for the same reason; so do we. `scripts/gpu-check` checks
+    // that the binary loads it.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)

@@ -13,21 +13,28 @@ Usage (from the repository root, after scripts/setup.sh):
    the peak bytes the caching allocator held.
 3. PyTorch does the same in fresh processes, from a `.pt` file holding the same tensors
    (written once with torch.save): `torch.load(map_location=device)` then
-   `load_state_dict`, and `torch.load(mmap=True)` then `load_state_dict(assign=True)`.
+   `load_state_dict`; the seed guide's memory-efficient recipe (`map_location="cpu"`, then
+   each tensor copied to the device on its own); and `torch.load(mmap=True)` then
+   `load_state_dict(assign=True)`.
 
 "Transient" is the peak above what stays resident after the load (the model, plus the
 optimizer state when it is restored): what a strategy costs beyond its result. The goal:
 memory_efficient's transient at most the largest tensor + 5%, and its time no worse than
 PyTorch's standard load.
+
+`scripts/gpu-check` imports the functions below (the GPU acceptance run measures the same
+table on the device), so they take the binary, the interpreter and the environment as
+arguments and never import torch into the calling process.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
+
+STRATEGIES = ["standard", "memory_efficient", "model_only"]
+PY_MODES = ["torch.load", "seed recipe", "torch.load(mmap)+assign"]
 
 PY_LOADER = r"""
 import json, os, sys, time, torch
@@ -45,28 +52,132 @@ layers.append(("out", torch.nn.Linear(width, 10)))
 model = torch.nn.Sequential()
 for n, l in layers: model.add_module(n, l)
 model.to(device)
-if device.startswith("cuda"):
+cuda = device.startswith("cuda")
+if cuda:
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-before_dev = torch.cuda.memory_allocated() if device.startswith("cuda") else None
+before_dev = torch.cuda.memory_allocated() if cuda else None
 open("/proc/self/clear_refs", "w").write("5")
 start_rss = rss()
 t0 = time.perf_counter()
 if mode == "torch.load":
     sd = torch.load(path, map_location=device)
     model.load_state_dict({k: v for k, v in sd.items() if "/" not in k})
+    optimizer_state = {k: v for k, v in sd.items() if "/" in k}
+elif mode == "seed recipe":
+    # The seed guide's memory-efficient load: everything to host memory, then one tensor at
+    # a time to the device (each host copy dropped once it is over).
+    sd = torch.load(path, map_location="cpu")
+    params = dict(model.state_dict(keep_vars=True))
+    optimizer_state = {}
+    with torch.no_grad():
+        for k in list(sd):
+            v = sd.pop(k)
+            if "/" in k:
+                optimizer_state[k] = v.to(device)
+            else:
+                params[k].copy_(v)
+            del v
 else:
     sd = torch.load(path, mmap=True, map_location=device)
     model.load_state_dict({k: v for k, v in sd.items() if "/" not in k}, assign=True)
-optimizer_state = {k: v for k, v in sd.items() if "/" in k}
+    optimizer_state = {k: v for k, v in sd.items() if "/" in k}
 # Touch every value, as a training step would: mmap'd tensors are read here.
 for v in list(model.state_dict().values()) + list(optimizer_state.values()):
     v.sum()
-if device.startswith("cuda"): torch.cuda.synchronize()
+if cuda: torch.cuda.synchronize()
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "host_peak_above_start_bytes": peak() - start_rss,
-    "device_peak_allocated_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+    "device_peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     "device_allocated_before_bytes": before_dev}))
 """
+
+# Writes the tensors of a .safetensors file with torch.save, reading the file itself (an
+# 8-byte header length, a JSON header, the raw bytes): the GPU machine's torch environment
+# need not have the `safetensors` package.
+TO_PT = r"""
+import json, mmap, struct, sys, torch
+src, dst = sys.argv[1], sys.argv[2]
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+with open(src, "rb") as f:
+    (n,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(n))
+    body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+out = {}
+for name, t in header.items():
+    if name == "__metadata__":
+        continue
+    begin, end = t["data_offsets"]
+    dtype = DTYPES[t["dtype"]]
+    count = (end - begin) // torch.tensor([], dtype=dtype).element_size()
+    out[name] = torch.frombuffer(body, dtype=dtype, count=count, offset=8 + n + begin).reshape(t["shape"]).clone()
+torch.save(out, dst)
+"""
+
+
+def clean_env(extra=None) -> dict:
+    """The environment for `train` and the Python loaders: no TRAIN_* (train reads those as
+    configuration and refuses unknown keys)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_")}
+    env.update(extra or {})
+    return env
+
+
+def common_args(hidden: str, data_dir: str, device: str, extra_sets=()) -> list:
+    """`train` arguments naming the model and data of the table (hidden: "8192,8192,8192")."""
+    args = ["--experiment", "standard", "--set", f"model.mlp.hidden=[{hidden}]", "--set", f"data.dir={data_dir}",
+            "--set", "data.train_limit=1024", "--set", "data.val_limit=256", "--device", device]
+    for s in extra_sets:
+        args += ["--set", s]
+    return args
+
+
+def make_checkpoint(train: str, common: list, run_dir: str, env=None, sets=("training.max_steps=1", "training.epochs=1")) -> str:
+    """Trains per `sets` (default: one AdamW step) into `run_dir`; returns latest.safetensors."""
+    ckpt = os.path.join(run_dir, "checkpoints", "latest.safetensors")
+    if not os.path.exists(ckpt):
+        cmd = [train, *common, "--output-dir", run_dir]
+        for s in sets:
+            cmd += ["--set", s]
+        done = subprocess.run(cmd, env=env or clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"making the checkpoint failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return ckpt
+
+
+def run_json(cmd: list, env=None, timeout=None) -> dict:
+    """Runs a command that prints one JSON document; raises with its stderr if it fails."""
+    done = subprocess.run(cmd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        shown = " ".join("<script>" if "\n" in str(c) else str(c) for c in cmd)
+        raise RuntimeError(f"exit {done.returncode}: {shown}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def plan(train: str, common: list, ckpt: str, extra=(), env=None, timeout=None) -> dict:
+    """`train plan --json` for `ckpt` (standard allowed, so every strategy is predicted)."""
+    cmd = [train, "plan", *common[2:], "--checkpoint", ckpt, "--json",
+           "--set", "memory.checkpoint_memory_efficient=false", *extra]
+    return run_json(cmd, env, timeout)
+
+
+def measure_train(train: str, common: list, ckpt: str, strategy: str, env=None, timeout=None) -> dict:
+    """`train plan --execute --json` with `memory.strategy=strategy`: the plan, with `measured`."""
+    return plan(train, common, ckpt, ["--execute", "--set", f"memory.strategy={strategy}"], env, timeout)
+
+
+def save_same_tensors(python: str, ckpt: str, pt: str, env=None) -> str:
+    """Writes the tensors of `ckpt` (a .safetensors file) to `pt` with torch.save, once."""
+    if not os.path.exists(pt):
+        subprocess.run([python, "-c", TO_PT, ckpt, pt + ".tmp"], env=env or clean_env(), check=True)
+        os.replace(pt + ".tmp", pt)
+    return pt
+
+
+def measure_python(python: str, pt: str, device: str, mode: str, hidden: str, env=None, timeout=None) -> dict:
+    """One PyTorch load of `pt` in a fresh process (`mode` one of PY_MODES)."""
+    return run_json([python, "-c", PY_LOADER, pt, device, mode, hidden], env, timeout)
 
 
 def main():
@@ -78,39 +189,24 @@ def main():
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="memtable-")
-    hidden = f"[{args.hidden}]"
-    common = ["--experiment", "standard", "--set", f"model.mlp.hidden={hidden}", "--set", f"data.dir={args.data}",
-              "--set", "data.train_limit=1024", "--set", "data.val_limit=256", "--device", args.device]
-    ckpt = os.path.join(work, "run", "checkpoints", "latest.safetensors")
-    if not os.path.exists(ckpt):
+    common = common_args(args.hidden, args.data, args.device)
+    if not os.path.exists(os.path.join(work, "run", "checkpoints", "latest.safetensors")):
         print(f"making the checkpoint in {work} ...", file=sys.stderr)
-        subprocess.run([args.train, *common, "--output-dir", os.path.join(work, "run"), "--set", "training.max_steps=1",
-                        "--set", "training.epochs=1"], check=True, stderr=subprocess.DEVNULL)
-    info = json.loads(subprocess.run([args.train, "ckpt", "inspect", "--json", ckpt], check=True, capture_output=True).stdout)
-    plan = json.loads(subprocess.run([args.train, "plan", *common[2:], "--checkpoint", ckpt, "--json",
-                                      "--set", "memory.checkpoint_memory_efficient=false"],
-                                     check=True, capture_output=True).stdout)
-    sizes = plan["sizes"]
-    pt = os.path.join(work, "same_tensors.pt")
-    if not os.path.exists(pt):
-        import torch
-        from safetensors.torch import load_file
-        torch.save(load_file(ckpt), pt)
+    ckpt = make_checkpoint(args.train, common, os.path.join(work, "run"))
+    sizes = plan(args.train, common, ckpt)["sizes"]
+    pt = save_same_tensors(sys.executable, ckpt, os.path.join(work, "same_tensors.pt"))
 
     rows = []
-    for strategy in ["standard", "memory_efficient", "model_only"]:
-        out = subprocess.run([args.train, "plan", *common[2:], "--checkpoint", ckpt, "--execute", "--json",
-                              "--set", f"memory.strategy={strategy}", "--set", "memory.checkpoint_memory_efficient=false"],
-                             check=True, capture_output=True).stdout
-        m = json.loads(out)["measured"]
+    for strategy in STRATEGIES:
+        p = measure_train(args.train, common, ckpt, strategy)
         resident = sizes["optimizer"] if strategy != "model_only" else 0
-        rows.append((f"train {strategy}", m, resident, os.path.getsize(ckpt), plan["predicted_peak_bytes"][strategy] - sizes["model"]))
-    for mode in ["torch.load", "torch.load(mmap)+assign"]:
-        out = subprocess.run([sys.executable, "-c", PY_LOADER, pt, args.device, mode, args.hidden],
-                             check=True, capture_output=True).stdout
-        rows.append((f"python {mode}", json.loads(out), sizes["optimizer"], os.path.getsize(pt), None))
+        rows.append((f"train {strategy}", p["measured"], resident, os.path.getsize(ckpt),
+                     p["predicted_peak_bytes"][strategy] - sizes["model"]))
+    for mode in PY_MODES:
+        m = measure_python(sys.executable, pt, args.device, mode, args.hidden)
+        rows.append((f"python {mode}", m, sizes["optimizer"], os.path.getsize(pt), None))
 
-    mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"
+    mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"  # noqa: E731
     print(f"checkpoint {ckpt}: weights {mib(sizes['weights'])} MiB, optimizer state {mib(sizes['optimizer'])} MiB, "
           f"largest tensor {mib(sizes['largest'])} MiB; device {args.device}")
     head = ("loader", "time s", "host peak MiB", "transient MiB", "predicted MiB", "device peak MiB", "file MiB")

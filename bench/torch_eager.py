@@ -19,6 +19,9 @@ What "the same work" means here (see src/training.rs, src/data/mod.rs, src/optim
   single-tensor path that `train`'s AdamW follows operation for operation. On the CPU,
   foreach=False is also what PyTorch picks by default.
 
+- device (`--device cuda`): the model lives on the device; each batch is gathered on the
+  host and copied over, as `train`'s prefetch thread does (src/data/mod.rs, `Split::batch`).
+
 Weight initialisation follows PyTorch's defaults (`train`'s differ slightly); it does not
 change the cost of a step.
 """
@@ -32,14 +35,14 @@ import struct
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def read_idx(directory: str, stem: str) -> np.ndarray:
-    """An IDX file (`stem` or `stem.gz`) as an array shaped by its header."""
+def read_idx(directory: str, stem: str) -> torch.Tensor:
+    """An IDX file (`stem` or `stem.gz`) as a uint8 tensor shaped by its header (no numpy:
+    the GPU machine's torch environment may not have it)."""
     plain = os.path.join(directory, stem)
     if os.path.exists(plain):
         with open(plain, "rb") as f:
@@ -50,7 +53,7 @@ def read_idx(directory: str, stem: str) -> np.ndarray:
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     assert zero == 0 and dtype == 0x08, f"{stem}: only unsigned-byte IDX files are expected"
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_idx(directory: str):
@@ -60,8 +63,8 @@ def load_idx(directory: str):
         images = read_idx(directory, f"{split}-images-idx3-ubyte")
         labels = read_idx(directory, f"{split}-labels-idx1-ubyte")
         n, h, w = images.shape
-        x = torch.from_numpy(images.copy()).view(n, 1, h, w).to(torch.float32) / 255.0
-        y = torch.from_numpy(labels.copy()).to(torch.int64)
+        x = images.view(n, 1, h, w).to(torch.float32) / 255.0
+        y = labels.to(torch.int64)
         splits[split] = (x, y)
     return splits["train"]
 
@@ -170,6 +173,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--foreach", action="store_true", help="AdamW's multi-tensor path instead")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a = p.parse_args()
 
     if a.threads:
@@ -193,6 +197,8 @@ def main() -> None:
             model = Cnn(*x.shape[1:], channels, a.cnn_hidden, classes)
         loss_fn = F.cross_entropy
 
+    device = torch.device(a.device)
+    model.to(device)
     n = x.shape[0]
     if a.steps * a.batch > n:
         sys.exit(f"{a.steps} steps of {a.batch} need {a.steps * a.batch} examples; the data has {n}")
@@ -207,7 +213,7 @@ def main() -> None:
     first_step_unix = None
     for s in range(a.steps):
         idx = order[s * a.batch : (s + 1) * a.batch]
-        xs, ys = x.index_select(0, idx), y.index_select(0, idx)
+        xs, ys = x.index_select(0, idx).to(device), y.index_select(0, idx).to(device)
         opt.zero_grad(set_to_none=False)
         loss = loss_fn(model(xs), ys)
         loss.backward()
@@ -222,6 +228,7 @@ def main() -> None:
         "batch": a.batch,
         "threads": torch.get_num_threads(),
         "foreach": a.foreach,
+        "device": str(device),
         "torch": torch.__version__,
         "last_loss": loss.item(),
     }

@@ -17,10 +17,11 @@ fn main() {
     // ("libtorch sees 0 CUDA device(s)" on a machine with one). PyTorch's own CMake config
     // links it with --no-as-needed for the same reason; so do we. `scripts/gpu-check` checks
     // that the binary loads it.
+    // Only the `train` binary: `train-ckpt` needs no libtorch at all.
     if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        println!("cargo:rustc-link-arg-bin=train=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg-bin=train=-ltorch_cuda");
+        println!("cargo:rustc-link-arg-bin=train=-Wl,--as-needed");
     }
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     cc::Build::new()

@@ -64,3 +64,17 @@ ensure_dataset() {
         { $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } ||
         log "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
 }
+
+# Moves a binary's debug info (line tables) into BINARY.debug beside it, linked by
+# .gnu_debuglink: the binary users copy to cluster nodes shrinks to a third, and Rust's
+# backtraces still find file and line through the link. Skipped when already done, or
+# without binutils' objcopy.
+split_debug_info() {
+    local bin=$1
+    command -v objcopy >/dev/null || { log "objcopy not found: $bin keeps its debug info"; return; }
+    if ! readelf -S "$bin" 2>/dev/null | grep -q '\.debug_line'; then
+        return
+    fi
+    objcopy --only-keep-debug "$bin" "$bin.debug"
+    objcopy --strip-debug --add-gnu-debuglink="$bin.debug" "$bin"
+}

@@ -13,4 +13,5 @@ export_build_env
 ensure_dataset
 log "building train (release)"
 cargo build --release --locked --quiet
+split_debug_info "$REPO_ROOT/target/release/train"
 log "ready: $REPO_ROOT/target/release/train"

@@ -163,8 +163,7 @@ pub fn error_chain(error: &anyhow::Error) -> String {
     out
 }
 
-/// `train ckpt ...` (and the `train-ckpt` binary): touches no tensor math, so never libtorch.
-pub fn ckpt(cmd: CkptCommand) -> Result<()> {
+fn ckpt(cmd: CkptCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
         CkptCommand::Inspect { path, json } => {
@@ -230,14 +229,11 @@ fn plan(args: &PlanArgs) -> Result<()> {
     let device = crate::device::select(cfg.run.device).map_err(run::RunError::Device)?;
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {
-        // Planned from scratch: the model is not on the device yet, and is the weights' size.
-        Some(file) => {
-            let s = memory::plan::sizes_of(file);
-            memory::strategy::Sizes { model: s.weights, ..s }
-        }
+        // Planned before the model exists: it will be the checkpoint's weights' size.
+        Some(file) => memory::plan::sizes_of(file, None),
         None => run::measure::model_sizes(cfg)?,
     };
-    let plan = memory::plan::make(&cfg.memory, device, sizes, &memory::probe::Nvml);
+    let plan = memory::plan::make(&cfg.memory, device, sizes, 0, &memory::probe::Nvml);
     let measured = match (&file, args.execute) {
         (Some(file), true) => Some(run::measure::measure_load(cfg, file)?),
         _ => None,

@@ -11,13 +11,7 @@ use std::process::Command;
 
 /// Items that fail in CPU mode because of a known defect in `train`, each with the reason.
 /// The test insists they still fail (a fix must remove the entry, and the report says so).
-const KNOWN_FAILURES: &[(&str, &str)] = &[(
-    "3. only a streamed load fits: the run picks memory_efficient and succeeds",
-    "`train plan --checkpoint` counts the model in every predicted peak (src/app.rs sets \
-     sizes.model = weights) but a run plans with model 0 (src/run.rs, load_planned), against the \
-     same memory.assume_free_vram or memory.vram_limit; so where the plan says memory_efficient \
-     the run picks standard (on a GPU under vram_limit: runs out of memory and steps down)",
-)];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 /// `PYTHON_TORCH`, else the venv scripts/setup.sh makes, if it imports torch.
 fn python_with_torch() -> Option<PathBuf> {

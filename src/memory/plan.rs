@@ -22,8 +22,13 @@ pub struct Budget {
     pub gpu: Option<GpuMemory>,
 }
 
-/// Finds the free memory for loading onto `device`.
-pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget {
+/// Finds the memory for the model and the load on `device`: what is free, plus `resident`,
+/// the bytes of a model already placed there (a probe taken after the model was built no
+/// longer counts them as free; the predicted peaks do). So a plan made before the model
+/// exists (`train plan`) and one made by a run after building it compare the same figures.
+/// An assumed figure (`memory.assume_free_vram`) is the memory before the run, as is
+/// `memory.vram_limit`, which caps the whole process.
+pub fn budget(cfg: &MemoryConfig, device: Device, resident: u64, gpu: &dyn GpuProbe) -> Budget {
     if let Some(assumed) = cfg.assume_free_vram {
         let m = Assumed(assumed.as_u64()).memory(0).ok();
         return Budget { free_bytes: Some(assumed.as_u64()), source: "memory.assume_free_vram".into(), gpu: m };
@@ -32,18 +37,19 @@ pub fn budget(cfg: &MemoryConfig, device: Device, gpu: &dyn GpuProbe) -> Budget 
         Device::Cuda(i) => match gpu.memory(i as u32) {
             Ok(m) => {
                 // With memory.vram_limit the allocator never gets more than the limit.
-                let free = cfg.vram_limit.map_or(m.free, |l| m.free.min(l.as_u64()));
+                let free = m.free + resident;
+                let free = cfg.vram_limit.map_or(free, |l| free.min(l.as_u64()));
                 Budget { free_bytes: Some(free), source: "nvml".into(), gpu: Some(m) }
             }
             Err(why) => Budget { free_bytes: None, source: why, gpu: None },
         },
-        _ => Budget { free_bytes: probe::host().available, source: "host".into(), gpu: None },
+        _ => Budget { free_bytes: probe::host().available.map(|a| a + resident), source: "host".into(), gpu: None },
     }
 }
 
-/// The byte counts of an open checkpoint (any kind), for a model already on the device
-/// (its bytes are then out of the budget: `model` is 0; set it to plan a load from scratch).
-pub fn sizes_of(file: &CheckpointFile) -> Sizes {
+/// The byte counts of an open checkpoint (any kind), for a model of `model` bytes (the
+/// checkpoint's weights, when no model is built yet).
+pub fn sizes_of(file: &CheckpointFile, model: Option<u64>) -> Sizes {
     let (mut weights, mut optimizer, mut largest) = (0, 0, 0);
     for e in file.entries() {
         if e.name.starts_with(OPTIMIZER_PREFIX) {
@@ -53,7 +59,7 @@ pub fn sizes_of(file: &CheckpointFile) -> Sizes {
         }
         largest = largest.max(e.bytes);
     }
-    Sizes { model: 0, weights, optimizer, largest }
+    Sizes { model: model.unwrap_or(weights), weights, optimizer, largest }
 }
 
 /// A plan, as `train plan --json` prints it (field names stable).
@@ -80,9 +86,9 @@ pub struct Plan {
 }
 
 /// Chooses how to load: probe (or assumption), sizes, and the constraints that
-/// configuration validation already checked.
-pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, gpu: &dyn GpuProbe) -> Plan {
-    let b = budget(cfg, device, gpu);
+/// configuration validation already checked. `resident`: see [`budget`].
+pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, resident: u64, gpu: &dyn GpuProbe) -> Plan {
+    let b = budget(cfg, device, resident, gpu);
     let constraints = Constraints::of(cfg);
     let Decision { strategy, reason } = strategy::choose(&sizes, b.free_bytes, cfg.safety_margin, &constraints);
     let predicted_peak_bytes = strategy::allowed(&constraints).into_iter().map(|s| (s.name(), sizes.peak(s))).collect();
@@ -108,7 +114,7 @@ mod tests {
     fn an_assumed_figure_overrides_the_probe_and_is_named() {
         let cfg = MemoryConfig { assume_free_vram: Some(bytesize::ByteSize::gib(6)), ..MemoryConfig::default() };
         let sizes = Sizes { model: 1 << 30, weights: 1 << 30, optimizer: 2 << 30, largest: 1 << 26 };
-        let plan = make(&cfg, Device::Cuda(0), sizes, &probe::Nvml);
+        let plan = make(&cfg, Device::Cuda(0), sizes, 0, &probe::Nvml);
         assert_eq!(plan.source, "memory.assume_free_vram");
         assert_eq!(plan.free_vram_bytes, Some(6 << 30));
         assert_eq!(plan.strategy, Strategy::MemoryEfficient);
@@ -117,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_cpu_run_plans_against_host_memory() {
-        let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), &probe::Nvml);
+        let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), 0, &probe::Nvml);
         assert_eq!(plan.source, "host");
         assert!(plan.free_vram_bytes.unwrap() > 0);
     }

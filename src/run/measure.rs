@@ -43,6 +43,10 @@ pub struct MeasuredLoad {
 pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
     let device = crate::device::select(cfg.run.device).map_err(RunError::Device)?;
     let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    // As a run does: the cap applies from the first allocation.
+    if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
+        memory::cuda::limit_vram(limit.as_u64(), i);
+    }
     let mut trainer = Trainer::new(cfg, &data, device)?;
     drop(data);
     let cuda = match device {

@@ -145,6 +145,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     // First, so a stop during start-up is a clean stop too.
     let mut stop = signals::StopFlag::install()
         .map_err(|source| RunError::Io { path: PathBuf::from("<signal handlers>"), source })?;
+    crate::fault::quiet_oom_panics();
     let cfg = &resolved.config;
     let out = output_dir(resolved);
     if let Some(n) = cfg.run.threads {
@@ -202,7 +203,6 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     }
     let policy = Policy { keep_last: cfg.checkpoint.keep_last, keep_best: cfg.checkpoint.keep_best };
     let mut saver = Saver::new(folder.checkpoints(), policy, cfg.checkpoint.async_save);
-    crate::fault::quiet_oom_panics();
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(cfg);
     let trained = train_loop::Loop { cfg, data: &data, saver: &mut saver, log: &log, stop: &stop, config_sha256: &sha }
@@ -253,7 +253,19 @@ fn start(
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
         crate::memory::cuda::limit_vram(limit.as_u64(), i);
     }
-    let mut trainer = Trainer::new(cfg, &data, device)?;
+    // Building the model is where a GPU too small for it (or a vram_limit below it) first
+    // shows: libtorch's out-of-memory error arrives as a panic from tch.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Trainer::new(cfg, &data, device)));
+    let mut trainer = match built {
+        Ok(trainer) => trainer?,
+        Err(panic) => {
+            let msg = crate::fault::panic_message(panic.as_ref());
+            if !crate::fault::is_oom_message(&msg) {
+                std::panic::resume_unwind(panic);
+            }
+            return Err(RunError::OutOfMemory { detail: format!("building the model: {msg}") });
+        }
+    };
     if stop.raised() {
         tracing::warn!("stop requested during start-up: nothing to save");
         return Ok(None);

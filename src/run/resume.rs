@@ -125,8 +125,10 @@ pub fn resume(
 /// Chooses a strategy for `file` and loads it into `trainer`, stepping down on
 /// out-of-memory errors. Returns the strategy that succeeded.
 pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) -> Result<Strategy, RunError> {
-    // The model is already on the device, so the free figure excludes it: plan with model 0.
-    let plan = memory::plan::make(&cfg.memory, trainer.device, memory::plan::sizes_of(file), &memory::probe::Nvml);
+    // The model is on the device already: counted in the peaks, and given back to the budget.
+    let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
+    let sizes = memory::plan::sizes_of(file, Some(model));
+    let plan = memory::plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
     tracing::info!(
         strategy = plan.strategy.name(),
         source = %plan.source,

@@ -23,9 +23,12 @@ use super::source::CheckpointFile;
 use super::store::{self, Role};
 use super::{CheckpointError, OPTIMIZER_PREFIX};
 
-/// Bytes of slack beyond the tensors' size when checking free space: headers and metadata
-/// (a few KiB per hundred tensors) and the file system's block rounding; plus 1% below.
-const SPACE_SLACK: u64 = 1 << 20;
+/// Bytes of slack beyond the tensors' size when checking free space: the metadata and the
+/// file system's block rounding of two files (a few KiB); plus [`SPACE_PER_TENSOR`] and 1%
+/// below. A flat 1 MiB refused a 0.82 MB save with 1.69 MB free.
+const SPACE_SLACK: u64 = 64 << 10;
+/// Header bytes per tensor (name, dtype, shape, offsets, checksum: ~150 in practice).
+const SPACE_PER_TENSOR: u64 = 512;
 
 /// What one save writes.
 pub struct SaveRequest {
@@ -160,7 +163,8 @@ fn perform(
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     let payload = all_bytes + if request.epoch_file { bytes_of(&mut weights.iter()) } else { 0 };
-    let needed = payload + payload / 100 + SPACE_SLACK;
+    let files = if request.epoch_file { 2 } else { 1 };
+    let needed = payload + payload / 100 + SPACE_SLACK + files * SPACE_PER_TENSOR * tensors.len() as u64;
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
     let available =
         fs4::available_space(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;

@@ -358,7 +358,8 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
         }
         entries.push(Entry { name: name.clone(), dtype, shape: t.shape.clone(), begin, bytes: end - begin });
     }
-    entries.sort_by_key(|e| e.begin);
+    // Empty tensors first among those sharing an offset (Python's safetensors puts them there).
+    entries.sort_by_key(|e| (e.begin, e.bytes));
     let mut at = 0;
     for e in &entries {
         if e.begin != at {

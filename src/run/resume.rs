@@ -175,7 +175,8 @@ fn load_one(
     let meta = file.meta_or_imported();
     let restore = restore_optimizer(strategy, &meta, cfg.training.optimizer.kind);
     if let OptimizerRestore::Fresh(why) = &restore {
-        tracing::info!("the optimizer starts fresh: {why}");
+        let switch = if cfg.memory.load_optimizer_state { "" } else { " (memory.load_optimizer_state is false)" };
+        tracing::info!("the optimizer starts fresh{switch}: {why}");
     }
     if file.meta().is_none() {
         tracing::warn!(

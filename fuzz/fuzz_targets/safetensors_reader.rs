@@ -1,0 +1,51 @@
+//! Feeds arbitrary bytes, as a `.safetensors` file, to the checkpoint reader that resume,
+//! `plan` and the `ckpt` tools share (`train::checkpoint::CheckpointFile`): opening, the
+//! metadata, reading every tensor and verifying must return errors, never panic, hang or
+//! allocate beyond what the file's length backs.
+//!
+//! From the repository root, with the build environment exported
+//! (`source scripts/lib.sh && export_build_env`):
+//! `cargo +nightly fuzz run --fuzz-dir fuzz safetensors_reader -- -runs=1000000`
+//! (seeds: `fuzz/corpus/safetensors_reader/`). The compressed format has its own target in
+//! `crates/train-ckpt/fuzz`.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use train::checkpoint::CheckpointFile;
+
+/// The reader takes a path (it reads with positioned reads, as on a real file), so each
+/// input is written to one scratch file on a RAM-backed folder.
+fn scratch() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        dir.join(format!("train-fuzz-{}.safetensors", std::process::id()))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    // Other kinds go to their own readers: a zip or pickle to pytorch-reader, the compressed
+    // magic to train-ckpt (fuzzed by its own target).
+    if data.starts_with(b"PK") || data.first() == Some(&0x80) || data.starts_with(&train_ckpt_magic()) {
+        return;
+    }
+    let path = scratch();
+    std::fs::write(path, data).expect("the scratch file is writable");
+    let Ok(file) = CheckpointFile::open(path) else {
+        return;
+    };
+    let total: u64 = file.entries().iter().map(|e| e.bytes).sum();
+    assert!(total <= data.len() as u64, "entries claim more bytes than the file holds");
+    let _ = file.meta_or_imported();
+    for e in file.entries() {
+        let _ = file.read(&e.name);
+    }
+    let _ = file.verify();
+});
+
+fn train_ckpt_magic() -> [u8; 8] {
+    *b"\x89TRNCK\r\n"
+}

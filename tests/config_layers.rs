@@ -324,3 +324,13 @@ fn rejects_min_lr_above_lr_and_warmup_longer_than_max_steps() {
         &["`training.schedule.warmup_steps`", "longer than training.max_steps (10)"],
     );
 }
+
+#[test]
+fn help_lists_every_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::train(dir.path()).arg("--help").assert().success().get_output().stdout.clone();
+    let help = String::from_utf8(out).unwrap();
+    for code in ["0 success", "1 runtime failure", "2 usage", "75 stopped by SIGTERM/SIGINT"] {
+        assert!(help.contains(code), "{code:?} not in:\n{help}");
+    }
+}

@@ -15,7 +15,8 @@ Examples:
   train profiles
   train report runs/ultra_low_memory -o report.svg
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.";
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (nothing written),
+  75 stopped by SIGTERM/SIGINT after saving `latest` (requeue and run again).";
 
 /// A training launcher for PyTorch-style models on small GPUs, preemptible clusters and CPUs.
 #[derive(Debug, Parser)]

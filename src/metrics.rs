@@ -1,11 +1,24 @@
 //! `metrics.jsonl`: one JSON object per line, tagged by `kind` (`step`, `epoch`, `event`),
 //! appended as the run goes.
+//!
+//! Durability rules, so that a crash at any moment leaves a file `train report` reads:
+//! - each line, newline included, goes out in one `write` on an `O_APPEND` file, so lines
+//!   of two processes or two runs never interleave;
+//! - a line is only a line once its newline is there: a last line without one is a torn
+//!   write (a crash, or a run still writing it), which readers skip with a warning and the
+//!   next append cuts off before writing;
+//! - JSON has no NaN, so a NaN loss is written as `null`, and read back as NaN.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads a number that may be `null` (how serde_json writes NaN and infinities) as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
 
 /// One line of `metrics.jsonl`, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,12 +66,16 @@ pub struct StepMetrics {
     /// Optimiser steps taken since the start of the run.
     pub step: u64,
     /// Mean loss of this step's batch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Learning rate of this step.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// Training examples per second so far this epoch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub samples_per_sec: f64,
     /// Seconds since this process started training.
+    #[serde(deserialize_with = "nan_if_null")]
     pub elapsed_seconds: f64,
     /// Resident host memory of the process, when known.
     pub host_rss_bytes: Option<u64>,
@@ -78,21 +95,29 @@ pub struct EpochMetrics {
     /// Optimiser steps taken since the start of the run.
     pub step: u64,
     /// Mean training loss over the epoch's examples.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Mean loss on the validation split.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
     /// Fraction of the validation split classified correctly.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_accuracy: f64,
     /// Learning rate in force.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// Wall time of the epoch's training steps.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_seconds: f64,
     /// Training examples per second over the epoch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub samples_per_sec: f64,
     /// Wall time of evaluation.
+    #[serde(deserialize_with = "nan_if_null")]
     pub eval_seconds: f64,
     /// Time the training thread was blocked by this epoch's checkpoint (the snapshot, plus
     /// any wait for the previous save; the writing itself runs in the background).
+    #[serde(deserialize_with = "nan_if_null")]
     pub checkpoint_blocked_seconds: f64,
     /// Resident host memory of the process at the end of the epoch, when known.
     pub host_rss_bytes: Option<u64>,
@@ -125,11 +150,14 @@ impl MetricsLog {
         &self.path
     }
 
-    /// Appends one line (an epoch's line is flushed to disk; step lines are not, for speed).
+    /// Appends one line (an epoch's line is flushed to disk; step lines are not, for speed),
+    /// in one write. A torn last line left by a crash is cut off first.
     pub fn append(&self, m: &MetricsLine) -> std::io::Result<()> {
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
-        let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
-        writeln!(f, "{line}")?;
+        let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
+        cut_torn_tail(&mut f, &self.path)?;
+        f.write_all(&line)?;
         if matches!(m, MetricsLine::Epoch(_)) {
             f.sync_data()?;
         }
@@ -137,27 +165,40 @@ impl MetricsLog {
     }
 
     /// Drops lines written after optimiser step `step` (before a crash whose checkpoint did
-    /// not survive), so a resumed run logs no step twice. Rewrites atomically.
+    /// not survive), so a resumed run logs no step twice, and a torn last line. Rewrites
+    /// atomically.
     pub fn truncate_after(&self, step: u64) -> std::io::Result<()> {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let kept: Vec<&str> = text
+        let (whole, torn) = split_torn(&text);
+        let kept: Vec<&str> = whole
             .lines()
             .filter(|l| serde_json::from_str::<MetricsLine>(l).map_or(true, |m| m.step() <= step))
             .collect();
-        if kept.len() == text.lines().count() {
+        if kept.len() == whole.lines().count() && torn.is_empty() {
             return Ok(());
         }
         write_atomic(&self.path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
     }
 
     /// Every line in the file. A line that does not parse fails the read with an
-    /// [`std::io::ErrorKind::InvalidData`] error carrying a [`BadLine`] (its line number).
+    /// [`std::io::ErrorKind::InvalidData`] error carrying a [`BadLine`] (its line number);
+    /// a last line without its newline is a torn write, skipped with a warning.
     pub fn read_all(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
-        fs::read_to_string(path)?
+        let text = fs::read_to_string(path)?;
+        let (whole, torn) = split_torn(&text);
+        if !torn.is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                line = whole.lines().count() + 1,
+                bytes = torn.len(),
+                "skipping the last line of the metrics: it has no newline (a write cut short, or still going on)"
+            );
+        }
+        whole
             .lines()
             .enumerate()
             .map(|(i, l)| {
@@ -178,6 +219,45 @@ impl MetricsLog {
             })
             .collect())
     }
+}
+
+/// `text` as its whole lines (each ending in a newline) and what follows the last newline.
+fn split_torn(text: &str) -> (&str, &str) {
+    let end = text.rfind('\n').map_or(0, |i| i + 1);
+    text.split_at(end)
+}
+
+/// Cuts `f` (opened for reading and appending) back to its last newline, so a line torn by
+/// a crash does not join the next line written.
+fn cut_torn_tail(f: &mut fs::File, path: &Path) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))?;
+    f.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Search backwards, a block at a time, for the newline that ends the last whole line.
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let keep = loop {
+        let start = end.saturating_sub(BLOCK);
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    tracing::warn!(path = %path.display(), bytes = len - keep, "cutting off a torn last line of the metrics");
+    f.set_len(keep)
 }
 
 /// Replaces `path` with `bytes` atomically and durably (see [`crate::atomic`]).

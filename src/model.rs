@@ -28,55 +28,246 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
-    /// A TorchScript file could not be loaded.
-    #[error("cannot load TorchScript module {path}: {source}")]
+    /// `model.torchscript.path` names no file.
+    #[error("model.torchscript.path {path} not found")]
+    TorchscriptMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A TorchScript file could not be loaded or run.
+    #[error("cannot load TorchScript module {path}: {reason}")]
     Torchscript {
         /// The file.
         path: PathBuf,
-        /// libtorch's error.
-        source: tch::TchError,
+        /// libtorch's message, on one line.
+        reason: String,
+    },
+    /// The configured model would not fit in memory.
+    #[error(
+        "{key} = {value} makes a model of {parameters} parameters ({}) for inputs {input_shape:?} and {outputs} \
+         outputs; training holds at least {} (weights and gradients), more than {}",
+        human(parameters.saturating_mul(PARAMETER_BYTES)),
+        human(parameters.saturating_mul(PARAMETER_BYTES * TRAINING_COPIES)),
+        limit
+    )]
+    TooLarge {
+        /// The key that sizes the model (`model.mlp.hidden`, `model.cnn`, `model.gpt`).
+        key: &'static str,
+        /// Its value, as written in YAML.
+        value: String,
+        /// The model's parameter count.
+        parameters: u128,
+        /// Shape of one input.
+        input_shape: Vec<i64>,
+        /// Outputs per example.
+        outputs: i64,
+        /// What it does not fit in: the memory available, or the absolute cap.
+        limit: String,
     },
 }
 
-/// Builds the configured model for `task` with inputs of `input_shape` (one example).
-pub fn build(cfg: &ModelConfig, root: &nn::Path, task: Task, input_shape: &[i64]) -> Result<Model, ModelError> {
-    let incompatible = |reason: &str| ModelError::Incompatible {
-        kind: format!("{:?}", cfg.kind).to_lowercase(),
-        reason: reason.to_string(),
+impl ModelError {
+    /// Whether the configuration is at fault (exit code 2) rather than a file (1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Incompatible { .. } | Self::TorchscriptMissing { .. } | Self::TooLarge { .. })
+    }
+}
+
+/// Bytes per parameter: every model is built in float32.
+const PARAMETER_BYTES: u128 = 4;
+/// Copies of the parameters any training step holds: the weights and their gradients
+/// (optimizer state comes on top; `train plan` accounts for it).
+const TRAINING_COPIES: u128 = 2;
+/// The most parameters a model may have whatever the memory probe says (2^40: 4 TiB of
+/// float32, beyond any single machine). It also keeps every layer size within libtorch's
+/// i64 dimensions, and applies where the probe has no figure.
+pub const MAX_PARAMETERS: u128 = 1 << 40;
+
+fn human(bytes: u128) -> String {
+    bytesize::ByteSize(u64::try_from(bytes).unwrap_or(u64::MAX)).to_string()
+}
+
+/// libtorch's error as one line: the message without the C++ stack frames that follow
+/// "Exception raised from", and for a TorchScript traceback its final `...Error: ...` line.
+pub fn libtorch_message(e: &tch::TchError) -> String {
+    let text = match e {
+        tch::TchError::Torch(s) => s.clone(),
+        other => other.to_string(),
     };
-    let outputs = match task {
+    let text = text.split("Exception raised from").next().unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("Error: "))
+        .or(lines.first())
+        .map_or_else(|| "libtorch gave no message".to_string(), |l| l.to_string())
+}
+
+/// Memory a model on `device` may use: the host's available memory on the CPU, the GPU's
+/// free memory on CUDA (`None` when the probe cannot tell).
+fn available_memory(device: tch::Device) -> Option<(u64, String)> {
+    match device {
+        tch::Device::Cuda(i) => {
+            let free = crate::memory::probe::GpuProbe::memory(&crate::memory::probe::Nvml, i as u32).ok()?.free;
+            Some((free, format!("the {} free on cuda:{i}", human(u128::from(free)))))
+        }
+        _ => {
+            let available = crate::memory::probe::host().available?;
+            Some((available, format!("the {} of host memory available", human(u128::from(available)))))
+        }
+    }
+}
+
+/// The parameter count of the configured model for `task` and inputs of `input_shape`,
+/// computed without allocating, after checking that the shapes can make that model.
+/// TorchScript modules bring their own parameters: `Ok(0)`.
+pub fn parameter_count(cfg: &ModelConfig, task: Task, input_shape: &[i64]) -> Result<u128, ModelError> {
+    let incompatible = |reason: String| ModelError::Incompatible { kind: kind_name(cfg.kind), reason };
+    let outputs = outputs_of(task);
+    if outputs < 1 {
+        return Err(incompatible(format!("the data has {outputs} outputs per example")));
+    }
+    let linear = |i: u128, o: u128| i * o + o;
+    let outputs = outputs as u128;
+    let dims_ok = !input_shape.is_empty() && input_shape.iter().all(|&d| d >= 1);
+    match (cfg.kind, task) {
+        (ModelKind::Torchscript, _) => Ok(0),
+        (ModelKind::Gpt, Task::LanguageModel { .. }) => {
+            let g = &cfg.gpt;
+            if input_shape != [i64::from(g.context)] {
+                return Err(incompatible(format!(
+                    "gpt needs windows of model.gpt.context bytes, these are {input_shape:?}"
+                )));
+            }
+            let d = u128::from(g.width);
+            let block = 2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
+            Ok(outputs * d + u128::from(g.context) * d + u128::from(g.depth) * block + 2 * d)
+        }
+        (ModelKind::Gpt, _) => Err(incompatible("gpt needs data.kind text".into())),
+        (_, Task::LanguageModel { .. }) => Err(incompatible("text data needs model.kind gpt".into())),
+        (_, _) if !dims_ok => Err(incompatible(format!("inputs of shape {input_shape:?} are empty"))),
+        (ModelKind::Mlp, _) => {
+            let inputs: u128 =
+                input_shape.iter().map(|&d| d as u128).try_fold(1u128, |a, d| a.checked_mul(d)).unwrap_or(u128::MAX);
+            let widths: Vec<u128> = std::iter::once(inputs)
+                .chain(cfg.mlp.hidden.iter().map(|&h| u128::from(h)))
+                .chain(std::iter::once(outputs))
+                .collect();
+            Ok(widths
+                .windows(2)
+                .fold(0u128, |sum, w| sum.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1]))))
+        }
+        (ModelKind::Cnn, _) => match *input_shape {
+            [c, h, w] if h >= 4 && w >= 4 => {
+                let (c1, c2) = (u128::from(cfg.cnn.channels[0]), u128::from(cfg.cnn.channels[1]));
+                let hidden = u128::from(cfg.cnn.hidden);
+                let flat = c2.saturating_mul((h / 4) as u128).saturating_mul((w / 4) as u128);
+                Ok(linear(c as u128 * 9, c1)
+                    .saturating_add(linear(c1 * 9, c2))
+                    .saturating_add(flat.saturating_mul(hidden).saturating_add(hidden))
+                    .saturating_add(linear(hidden, outputs)))
+            }
+            [_, h, w] => Err(incompatible(format!(
+                "cnn pools twice by 2, so it needs images of at least 4x4, these are {h}x{w}"
+            ))),
+            _ => Err(incompatible(format!("cnn needs [C, H, W] inputs, these are {input_shape:?}"))),
+        },
+    }
+}
+
+fn kind_name(kind: ModelKind) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
+fn outputs_of(task: Task) -> i64 {
+    match task {
         Task::Classification { classes } => classes,
         Task::Regression { outputs } => outputs,
         Task::LanguageModel { vocab } => vocab,
+    }
+}
+
+/// Builds the configured model for `task` with inputs of `input_shape` (one example),
+/// refusing one whose weights and gradients would not fit in the memory of `root`'s device.
+pub fn build(cfg: &ModelConfig, root: &nn::Path, task: Task, input_shape: &[i64]) -> Result<Model, ModelError> {
+    build_within(cfg, root, task, input_shape, available_memory(root.device()))
+}
+
+/// [`build`] against a given memory figure: `(bytes, how to name it in an error)`.
+pub fn build_within(
+    cfg: &ModelConfig,
+    root: &nn::Path,
+    task: Task,
+    input_shape: &[i64],
+    memory: Option<(u64, String)>,
+) -> Result<Model, ModelError> {
+    let parameters = parameter_count(cfg, task, input_shape)?;
+    let too_large = |limit: String| {
+        let (key, value) = match cfg.kind {
+            ModelKind::Mlp => ("model.mlp.hidden", format!("{:?}", cfg.mlp.hidden)),
+            ModelKind::Cnn => {
+                ("model.cnn", format!("{{channels: {:?}, hidden: {}}}", cfg.cnn.channels, cfg.cnn.hidden))
+            }
+            ModelKind::Gpt | ModelKind::Torchscript => (
+                "model.gpt",
+                format!(
+                    "{{context: {}, width: {}, depth: {}, heads: {}}}",
+                    cfg.gpt.context, cfg.gpt.width, cfg.gpt.depth, cfg.gpt.heads
+                ),
+            ),
+        };
+        ModelError::TooLarge {
+            key,
+            value,
+            parameters,
+            input_shape: input_shape.to_vec(),
+            outputs: outputs_of(task),
+            limit,
+        }
     };
+    if let Some((bytes, name)) = memory {
+        if parameters.saturating_mul(PARAMETER_BYTES * TRAINING_COPIES) > u128::from(bytes) {
+            return Err(too_large(name));
+        }
+    }
+    if parameters > MAX_PARAMETERS {
+        return Err(too_large(format!("the cap of {MAX_PARAMETERS} parameters")));
+    }
+    let outputs = outputs_of(task);
     match (cfg.kind, task) {
         (ModelKind::Gpt, Task::LanguageModel { vocab }) => Ok(Box::new(Gpt::new(root, &cfg.gpt, vocab))),
-        (ModelKind::Gpt, _) => Err(incompatible("gpt needs data.kind text")),
         (ModelKind::Torchscript, _) => {
             let path = cfg.torchscript.path.clone().expect("validated: torchscript has a path");
-            let module = tch::TrainableCModule::load(&path, root.clone())
-                .map_err(|source| ModelError::Torchscript { path: path.clone(), source })?;
+            if !path.is_file() {
+                return Err(ModelError::TorchscriptMissing { path });
+            }
+            let failed =
+                |e: tch::TchError| ModelError::Torchscript { path: path.clone(), reason: libtorch_message(&e) };
+            let module = tch::TrainableCModule::load(&path, root.clone()).map_err(failed)?;
             // Try it on two zero examples now, so a module that does not fit the data fails
             // here with a clear error instead of in the middle of training.
             let kind = if matches!(task, Task::LanguageModel { .. }) { Kind::Int64 } else { Kind::Float };
-            let probe = Tensor::zeros([&[2], input_shape].concat(), (kind, root.device()));
-            let out = tch::no_grad(|| module.forward_ts(&[probe]))
-                .map_err(|source| ModelError::Torchscript { path: path.clone(), source })?;
+            let probe = Tensor::f_zeros([&[2], input_shape].concat(), (kind, root.device())).map_err(failed)?;
+            let out = tch::no_grad(|| module.forward_ts(&[probe])).map_err(failed)?;
             if out.size().first() != Some(&2) || out.size().last() != Some(&outputs) {
-                return Err(incompatible(&format!(
-                    "{} maps inputs {input_shape:?} to {:?}; the data needs [N, {outputs}]",
-                    path.display(),
-                    &out.size()[1..]
-                )));
+                return Err(ModelError::Incompatible {
+                    kind: kind_name(cfg.kind),
+                    reason: format!(
+                        "{} maps inputs {input_shape:?} to {:?}; the data needs [N, {outputs}]",
+                        path.display(),
+                        &out.size()[1..]
+                    ),
+                });
             }
             Ok(Box::new(Scripted { module: Mutex::new((module, true)) }))
         }
-        (_, Task::LanguageModel { .. }) => Err(incompatible("text data needs model.kind gpt")),
         (ModelKind::Mlp, _) => Ok(Box::new(Mlp::new(root, input_shape.iter().product(), &cfg.mlp.hidden, outputs))),
         (ModelKind::Cnn, _) => match *input_shape {
             [c, h, w] => Ok(Box::new(Cnn::new(root, [c, h, w], cfg.cnn.channels, cfg.cnn.hidden, outputs))),
-            _ => Err(incompatible(&format!("cnn needs [C, H, W] inputs, these are {input_shape:?}"))),
+            _ => unreachable!("parameter_count accepts only [C, H, W] inputs for cnn"),
         },
+        (ModelKind::Gpt, _) => unreachable!("parameter_count refuses gpt without text data"),
     }
 }
 

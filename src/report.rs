@@ -278,8 +278,9 @@ fn lr(line: &MetricsLine) -> Option<f64> {
     }
 }
 
-/// The points of each panel, `(x, y)` in drawing order; non-finite values are left out
-/// (a diverged loss would otherwise flatten every other point against an axis).
+/// The points of each panel, `(x, y)` in drawing order. A non-finite value (a NaN loss,
+/// logged as `null`) stays in as a gap: the line stops before it and starts again after,
+/// and it never sets an axis range (it would flatten every other point against an axis).
 #[derive(Debug, Default, PartialEq)]
 struct Curves {
     /// Loss of each logged step, by step.
@@ -300,17 +301,13 @@ impl Curves {
     fn of(lines: &[MetricsLine]) -> Self {
         let at_step = |f: &dyn Fn(&MetricsLine) -> Option<f64>| -> Vec<(f64, f64)> {
             let mut points: Vec<_> = lines.iter().filter_map(|l| Some((l.step() as f64, f(l)?))).collect();
-            points.retain(|p| p.1.is_finite());
             // Step and epoch lines of one step may come in either order: keep each series
             // monotone in x (a stable sort keeps file order within a step).
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             points
         };
         let epoch = |f: &dyn Fn(&EpochMetrics) -> f64, by_epoch: bool| -> Vec<(f64, f64)> {
-            epoch_lines(lines)
-                .map(|e| (if by_epoch { f64::from(e.epoch) } else { e.step as f64 }, f(e)))
-                .filter(|p| p.1.is_finite())
-                .collect()
+            epoch_lines(lines).map(|e| (if by_epoch { f64::from(e.epoch) } else { e.step as f64 }, f(e))).collect()
         };
         Self {
             step_loss: at_step(&|l| match l {
@@ -329,7 +326,8 @@ impl Curves {
 /// The range of `values` with 5% room on each side; `fallback` when there are none, and a
 /// range of positive width around a single value.
 fn span(values: impl Iterator<Item = f64>, fallback: Range<f64>) -> Range<f64> {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return fallback;
     }
@@ -339,7 +337,7 @@ fn span(values: impl Iterator<Item = f64>, fallback: Range<f64>) -> Range<f64> {
 
 /// The top of an axis that starts at zero: 10% above the largest value (1 without one).
 fn upper(points: &[(f64, f64)]) -> f64 {
-    let max = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    let max = points.iter().map(|p| p.1).filter(|v| v.is_finite()).fold(0.0, f64::max);
     if max > 0.0 {
         max * 1.1
     } else {
@@ -423,7 +421,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, c: &Curv
     let steps = 0.0..c.step_loss.iter().chain(&c.lr).chain(&c.rss_mib).map(|p| p.0).fold(1.0, f64::max);
     let whole = |v: &f64| if v.fract() == 0.0 { format!("{v:.0}") } else { String::new() };
 
-    let loss_points = c.step_loss.len() + c.train_loss.len() + c.val_loss.len();
+    let loss_points = [&c.step_loss, &c.train_loss, &c.val_loss].iter().map(|s| finite(s)).sum::<usize>();
     let losses = c.step_loss.iter().chain(&c.train_loss).chain(&c.val_loss).map(|p| p.1);
     let loss_axes = Axes {
         caption: "Loss",
@@ -492,9 +490,10 @@ fn one_curve<DB: DrawingBackend>(
     marker: u32,
     missing: &str,
 ) -> DrawResult<(), DB> {
-    let mut chart = panel(area, axes, !points.is_empty())?;
+    let empty = finite(points) == 0;
+    let mut chart = panel(area, axes, !empty)?;
     series(&mut chart, points, style, marker, "")?;
-    no_data(area, points.is_empty(), missing)
+    no_data(area, empty, missing)
 }
 
 /// A panel's frame, caption, grid and labelled axes.
@@ -525,8 +524,19 @@ fn panel<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
-/// Draws `points` as a line (with markers of radius `marker` when non-zero), in the legend
-/// under `label` unless it is empty.
+/// How many of `points` have a finite value.
+fn finite(points: &[(f64, f64)]) -> usize {
+    points.iter().filter(|p| p.1.is_finite()).count()
+}
+
+/// The runs of consecutive finite points: the pieces of a line broken by non-finite values.
+fn segments(points: &[(f64, f64)]) -> Vec<&[(f64, f64)]> {
+    points.split(|p| !p.1.is_finite()).filter(|s| !s.is_empty()).collect()
+}
+
+/// Draws `points` as a line broken at non-finite values (with markers of radius `marker`
+/// when non-zero; a point standing alone between gaps always gets one), in the legend under
+/// `label` unless it is empty.
 fn series<DB: DrawingBackend>(
     chart: &mut Chart<'_, DB>,
     points: &[(f64, f64)],
@@ -534,12 +544,12 @@ fn series<DB: DrawingBackend>(
     marker: u32,
     label: &str,
 ) -> DrawResult<(), DB> {
-    if points.is_empty() {
-        return Ok(());
-    }
-    let drawn = chart.draw_series(LineSeries::new(points.iter().copied(), style).point_size(marker))?;
-    if !label.is_empty() {
-        drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style.stroke_width(2)));
+    for (i, piece) in segments(points).into_iter().enumerate() {
+        let size = if piece.len() == 1 { marker.max(2) } else { marker };
+        let drawn = chart.draw_series(LineSeries::new(piece.iter().copied(), style).point_size(size))?;
+        if i == 0 && !label.is_empty() {
+            drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style.stroke_width(2)));
+        }
     }
     Ok(())
 }
@@ -662,14 +672,27 @@ mod tests {
     }
 
     #[test]
-    fn curves_skip_non_finite_values_and_missing_memory() {
+    fn curves_keep_non_finite_values_as_gaps_and_skip_missing_memory() {
         let c = Curves::of(&run());
-        assert_eq!(c.step_loss, [(10.0, 2.0), (20.0, 1.5), (30.0, 1.0)]);
+        assert_eq!(c.step_loss[..3], [(10.0, 2.0), (20.0, 1.5), (30.0, 1.0)]);
+        assert!(c.step_loss.len() == 4 && c.step_loss[3].0 == 40.0 && c.step_loss[3].1.is_nan());
+        assert_eq!(segments(&c.step_loss), [&c.step_loss[..3]]);
         assert_eq!(c.val_loss, [(20.0, 0.9), (40.0, 0.7), (60.0, 0.8)]);
         assert_eq!(c.val_accuracy.iter().map(|p| p.0).collect::<Vec<_>>(), [1.0, 2.0, 3.0]);
         let rss_steps: Vec<f64> = c.rss_mib.iter().map(|p| p.0).collect();
         assert_eq!(rss_steps, [10.0, 20.0, 20.0, 40.0, 40.0, 60.0]);
         assert_eq!(c.lr.len(), run().len());
+    }
+
+    #[test]
+    fn a_line_is_broken_where_a_value_is_not_finite() {
+        let nan = f64::NAN;
+        let points = [(1.0, 1.0), (2.0, nan), (3.0, 3.0), (4.0, 4.0), (5.0, f64::INFINITY), (6.0, nan), (7.0, 7.0)];
+        assert_eq!(segments(&points), [&points[..1], &points[2..4], &points[6..]]);
+        let y = span(points.iter().map(|p| p.1), 0.0..1.0);
+        assert!(y.start > 0.6 && y.start < 1.0 && y.end > 7.0 && y.end < 7.4, "{y:?}");
+        assert!((upper(&points) - 7.7).abs() < 1e-9);
+        assert!(segments(&[(1.0, nan)]).is_empty());
     }
 
     #[test]

@@ -268,3 +268,69 @@ fn rejects_missing_data_before_writing_anything() {
         &["nowhere/train-images-idx3-ubyte.gz not found", "data.dir"],
     );
 }
+
+#[test]
+fn rejects_run_threads_beyond_four_per_core() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    refused(|_| {}, &["--set", "run.threads=100000"], &[], &["`run.threads`", "is 100000", "4 per core"]);
+    let limit = format!("run.threads={}", 4 * cores + 1);
+    refused(|_| {}, &["--set", &limit], &[], &["`run.threads`"]);
+    let ok = format!("run.threads={}", 4 * cores);
+    show(Path::new("."), &["--set", &ok], &[]);
+}
+
+#[test]
+fn rejects_a_fixed_size_list_of_the_wrong_length() {
+    refused(
+        |_| {},
+        &["--set", "training.optimizer.betas=[0.9, 0.99, 0.5]"],
+        &[],
+        &[
+            "`training.optimizer.betas`",
+            "--set training.optimizer.betas",
+            "invalid length 3, expected exactly 2 values",
+        ],
+    );
+    refused(|_| {}, &["--set", "training.optimizer.betas=[0.9]"], &[], &["`training.optimizer.betas`", "length 1"]);
+    refused(|_| {}, &["--set", "model.cnn.channels=[8, 16, 32]"], &[], &["`model.cnn.channels`", "length 3"]);
+}
+
+#[test]
+fn rejects_absurd_optimizer_values_naming_the_key() {
+    for (set, key) in [
+        ("training.optimizer.dampening=.nan", "`training.optimizer.dampening`"),
+        ("training.optimizer.dampening=-5", "`training.optimizer.dampening`"),
+        ("training.optimizer.momentum=1e300", "`training.optimizer.momentum`"),
+        ("training.optimizer.momentum=.nan", "`training.optimizer.momentum`"),
+        ("training.optimizer.lr=1e308", "`training.optimizer.lr`"),
+        ("training.optimizer.lr=.inf", "`training.optimizer.lr`"),
+    ] {
+        refused(|_| {}, &["--set", "training.optimizer.kind=sgd", "--set", set], &[], &[key, "must be in"]);
+    }
+}
+
+#[test]
+fn rejects_min_lr_above_lr_and_warmup_longer_than_max_steps() {
+    refused(
+        |_| {},
+        &["--set", "training.schedule.kind=cosine", "--set", "training.schedule.min_lr=0.1"],
+        &[],
+        &["`training.schedule.min_lr`", "above training.optimizer.lr"],
+    );
+    refused(
+        |_| {},
+        &["--set", "training.schedule.warmup_steps=100", "--set", "training.max_steps=10"],
+        &[],
+        &["`training.schedule.warmup_steps`", "longer than training.max_steps (10)"],
+    );
+}
+
+#[test]
+fn help_lists_every_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::train(dir.path()).arg("--help").assert().success().get_output().stdout.clone();
+    let help = String::from_utf8(out).unwrap();
+    for code in ["0 success", "1 runtime failure", "2 usage", "75 stopped by SIGTERM/SIGINT"] {
+        assert!(help.contains(code), "{code:?} not in:\n{help}");
+    }
+}

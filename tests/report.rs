@@ -119,11 +119,85 @@ fn an_unknown_picture_format_fails_before_drawing() {
 }
 
 #[test]
-fn a_torn_metrics_line_fails_naming_file_and_line() {
+fn a_torn_last_line_is_skipped_with_a_warning() {
     let run = run_folder();
     let path = run.path().join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("{\"kind\": \"step\", \"epo");
     std::fs::write(&path, text).unwrap();
-    report(run.path(), &["."]).code(1).stderr(predicate::str::contains("metrics.jsonl: line 16 is not a metrics line"));
+    let out = report(run.path(), &[".", "--json"]).success();
+    let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(json["steps"], 120);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(stderr.contains("skipping the last line") && stderr.contains("line=16"), "{stderr}");
+}
+
+#[test]
+fn a_bad_line_in_the_middle_fails_naming_file_and_line() {
+    let run = run_folder();
+    let path = run.path().join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(3, "{\"kind\": \"step\", \"epo");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    report(run.path(), &["."]).code(1).stderr(predicate::str::contains("metrics.jsonl: line 4 is not a metrics line"));
+}
+
+#[test]
+fn a_line_torn_by_a_crash_is_cut_off_before_the_next_run_appends() {
+    let run = run_folder();
+    let path = run.path().join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    // A crash in the middle of writing a line (the old writer's JSON without its newline).
+    text.push_str(&serde_json::to_string(&MetricsLine::Epoch(epoch_line(4, f64::NAN))).unwrap());
+    std::fs::write(&path, text).unwrap();
+    // The resumed run's first line.
+    MetricsLog::new(path.clone()).append(&MetricsLine::Epoch(epoch_line(4, 0.5))).unwrap();
+    let lines = MetricsLog::read_all(&path).unwrap();
+    assert_eq!(lines.len(), 16);
+    assert_eq!(lines[15], MetricsLine::Epoch(epoch_line(4, 0.5)));
+    report(run.path(), &["."]).success();
+}
+
+#[test]
+fn a_nan_loss_is_drawn_as_a_gap_not_an_error() {
+    let run = run_folder();
+    let log = MetricsLog::new(run.path().join("metrics.jsonl"));
+    log.append(&MetricsLine::Step(StepMetrics {
+        epoch: 4,
+        step: 130,
+        loss: f64::NAN,
+        lr: 1e-3,
+        samples_per_sec: 900.0,
+        elapsed_seconds: 13.0,
+        host_rss_bytes: None,
+        device_allocated_bytes: None,
+        device_peak_allocated_bytes: None,
+    }))
+    .unwrap();
+    log.append(&MetricsLine::Epoch(epoch_line(4, f64::NAN))).unwrap();
+    let text = std::fs::read_to_string(run.path().join("metrics.jsonl")).unwrap();
+    assert!(text.contains("\"loss\":null"), "serde_json writes NaN as null");
+    let lines = MetricsLog::read_all(&run.path().join("metrics.jsonl")).unwrap();
+    assert!(matches!(&lines[15], MetricsLine::Step(s) if s.loss.is_nan()));
+    let out = report(run.path(), &[".", "--json", "-o", "r.svg"]).success();
+    let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!((json["epochs_completed"].clone(), json["final_val_loss"].clone()), (4.into(), serde_json::Value::Null));
+    assert_eq!(json["best_val_loss"], 0.6);
+}
+
+fn epoch_line(epoch: u32, val_loss: f64) -> EpochMetrics {
+    EpochMetrics {
+        epoch,
+        step: u64::from(epoch) * 40,
+        train_loss: 0.5,
+        val_loss,
+        val_accuracy: 0.8,
+        lr: 1e-3,
+        train_seconds: 4.0,
+        samples_per_sec: 1000.0,
+        eval_seconds: 0.5,
+        checkpoint_blocked_seconds: 0.125,
+        host_rss_bytes: Some(512 << 20),
+    }
 }

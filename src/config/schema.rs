@@ -44,7 +44,8 @@ pub struct RunConfig {
     pub output_dir: Option<PathBuf>,
     /// `auto` (continue from the newest checkpoint of the run), `never`, or a checkpoint path.
     pub resume: ResumeSpec,
-    /// libtorch intra-op threads; `None` leaves libtorch's default (one per core).
+    /// libtorch intra-op threads; `None` leaves libtorch's default (one per core). At most
+    /// [`MAX_THREADS_PER_CORE`] times the cores this process may use.
     pub threads: Option<u32>,
 }
 
@@ -144,6 +145,7 @@ impl Default for MlpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CnnConfig {
     /// Output channels of the two convolutions.
+    #[serde(deserialize_with = "exactly_n")]
     pub channels: [u32; 2],
     /// Width of the fully connected hidden layer.
     pub hidden: u32,
@@ -256,17 +258,21 @@ impl Default for TrainingConfig {
 pub struct OptimizerConfig {
     /// `sgd`, `adam` or `adamw`.
     pub kind: OptimizerKind,
-    /// Learning rate.
+    /// Learning rate, in (0, [`MAX_LR`]].
     pub lr: f64,
-    /// Adam/AdamW: decay rates of the first and second moment estimates.
+    /// Adam/AdamW: decay rates of the first and second moment estimates: exactly two, each
+    /// in [0, 1).
+    #[serde(deserialize_with = "exactly_n")]
     pub betas: [f64; 2],
     /// Adam/AdamW: term added to the denominator for numerical stability.
     pub eps: f64,
     /// L2 penalty (SGD, Adam) or decoupled weight decay (AdamW).
     pub weight_decay: f64,
-    /// SGD: momentum factor (0 disables the momentum buffer).
+    /// SGD: momentum factor, in [0, 1) (0 disables the momentum buffer; at 1 or more the
+    /// buffer never decays and the steps grow without bound).
     pub momentum: f64,
-    /// SGD: dampening for momentum.
+    /// SGD: dampening for momentum, in [0, 1] (the share of each gradient left out of the
+    /// buffer; outside it the gradient is amplified or reversed).
     pub dampening: f64,
     /// SGD: Nesterov momentum.
     pub nesterov: bool,
@@ -459,6 +465,28 @@ impl From<ResumeSpec> for String {
     }
 }
 
+/// Deserializes a fixed-size array from a sequence of exactly `N` values. serde's own
+/// array impl stops reading after `N` and figment does not complain about the rest, so
+/// `betas: [0.9, 0.99, 0.5]` was silently cut to two values.
+fn exactly_n<'de, D, T, const N: usize>(deserializer: D) -> Result<[T; N], D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let values = Vec::<T>::deserialize(deserializer)?;
+    let len = values.len();
+    values.try_into().map_err(|_| serde::de::Error::invalid_length(len, &format!("exactly {N} values").as_str()))
+}
+
+/// The largest learning rate accepted: far above any in use (large-batch SGD with linear
+/// scaling peaks in the tens), low enough that a typo such as `1e308` is caught.
+pub const MAX_LR: f64 = 100.0;
+
+/// `run.threads` may be at most this many times the cores the process may use
+/// (`std::thread::available_parallelism`): beyond one thread per hardware thread, libtorch's
+/// intra-op pool only adds contention; the slack covers CPU quotas that hide cores.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
 impl Config {
     /// Checks the relations serde cannot express. Every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -471,8 +499,8 @@ impl Config {
         if t.batch_size == 0 {
             return invalid("training.batch_size", "must be at least 1".into());
         }
-        if !(o.lr.is_finite() && o.lr > 0.0) {
-            return invalid("training.optimizer.lr", format!("must be a positive number, got {}", o.lr));
+        if !(o.lr.is_finite() && o.lr > 0.0 && o.lr <= MAX_LR) {
+            return invalid("training.optimizer.lr", format!("must be in (0, {MAX_LR}], got {}", o.lr));
         }
         if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
             return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
@@ -483,8 +511,11 @@ impl Config {
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
         }
-        if !(o.momentum.is_finite() && o.momentum >= 0.0) {
-            return invalid("training.optimizer.momentum", format!("must be >= 0, got {}", o.momentum));
+        if !(0.0..1.0).contains(&o.momentum) {
+            return invalid("training.optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
+        }
+        if !(0.0..=1.0).contains(&o.dampening) {
+            return invalid("training.optimizer.dampening", format!("must be in [0, 1], got {}", o.dampening));
         }
         if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
             return invalid(
@@ -517,6 +548,24 @@ impl Config {
         if !(sch.min_lr.is_finite() && sch.min_lr >= 0.0) {
             return invalid("training.schedule.min_lr", format!("must be >= 0, got {}", sch.min_lr));
         }
+        if sch.kind == ScheduleKind::Cosine && sch.min_lr > o.lr {
+            return invalid(
+                "training.schedule.min_lr",
+                format!(
+                    "is {}, above training.optimizer.lr ({}): cosine decays from lr down to min_lr",
+                    sch.min_lr, o.lr
+                ),
+            );
+        }
+        if let Some(max) = t.max_steps.filter(|&m| sch.warmup_steps > m) {
+            return invalid(
+                "training.schedule.warmup_steps",
+                format!(
+                    "is {}, longer than training.max_steps ({max}): the rate would never reach lr",
+                    sch.warmup_steps
+                ),
+            );
+        }
         if self.checkpoint.every_n_steps == Some(0) {
             return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
         }
@@ -547,6 +596,16 @@ impl Config {
         }
         if self.run.threads == Some(0) {
             return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if let Some(n) = self.run.threads.filter(|&n| n as usize > MAX_THREADS_PER_CORE * cores) {
+            return invalid(
+                "run.threads",
+                format!(
+                    "is {n}, more than {MAX_THREADS_PER_CORE} per core ({cores} cores here: at most {})",
+                    MAX_THREADS_PER_CORE * cores
+                ),
+            );
         }
         if self.data.train_limit == Some(0) || self.data.val_limit == Some(0) {
             return invalid("data", "train_limit and val_limit must be at least 1 when set".into());

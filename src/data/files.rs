@@ -16,8 +16,10 @@ pub fn check_files(cfg: &DataConfig) -> Result<(), DataError> {
         (DataKind::Idx, _) => {
             IDX_FILES.iter().map(|stem| (cfg.dir.join(stem), cfg.dir.join(format!("{stem}.gz")))).collect()
         }
-        (_, Some(path)) => vec![(path.clone(), path.clone())],
-        (_, None) => Vec::new(),
+        (_, Some(path)) if !path.is_file() => {
+            return Err(DataError::NotFound { key: "data.path", path: path.clone() });
+        }
+        (_, _) => Vec::new(),
     };
     for (plain, alt) in files {
         if !plain.is_file() && !alt.is_file() {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{DataConfig, DataKind};
@@ -44,6 +45,24 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// A file a configuration key names is not there.
+    #[error("{key} {path} not found")]
+    NotFound {
+        /// The key naming the file (`data.path`).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Loading the data set would need more host memory than there is.
+    #[error("data file {path} needs {} of host memory once loaded, the host has {} available", bytesize::ByteSize(*needed), bytesize::ByteSize(*available))]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Bytes it would take.
+        needed: u64,
+        /// Bytes available (`MemAvailable`).
+        available: u64,
+    },
     /// The data section of the configuration is incomplete.
     #[error("{0}")]
     Config(String),
@@ -58,6 +77,20 @@ pub enum DataError {
         reason: String,
     },
 }
+
+impl DataError {
+    /// Whether the configuration is at fault (a file it names is missing), so the exit code
+    /// is the usage one (2), rather than the data (1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Missing { .. } | Self::NotFound { .. } | Self::Config(_))
+    }
+}
+
+/// The most classes a classification data set may have. The output layer has one row per
+/// class, so a stray label such as 2^40 would otherwise ask for terabytes; the largest
+/// label sets in use (ImageNet-21k: 21,841; extreme classification: a few million) stay
+/// well below 2^24.
+pub const MAX_CLASSES: i64 = 1 << 24;
 
 /// One split of a data set, on the host.
 #[derive(Debug)]
@@ -204,8 +237,8 @@ fn split_tail(inputs: Tensor, targets: Tensor, val: usize) -> (Split, Split) {
 }
 
 fn load_idx(cfg: &DataConfig) -> Result<Dataset, DataError> {
-    let (train, train_shape) = load_idx_split(&cfg.dir, "train")?;
-    let (val, val_shape) = load_idx_split(&cfg.dir, "t10k")?;
+    let (train, train_shape, train_classes) = load_idx_split(&cfg.dir, "train")?;
+    let (val, val_shape, val_classes) = load_idx_split(&cfg.dir, "t10k")?;
     if train_shape != val_shape {
         return Err(DataError::Mismatch {
             split: "t10k",
@@ -213,16 +246,18 @@ fn load_idx(cfg: &DataConfig) -> Result<Dataset, DataError> {
             reason: format!("images are {val_shape:?}, the train split's are {train_shape:?}"),
         });
     }
-    let classes = train.targets.max().int64_value(&[]).max(val.targets.max().int64_value(&[])) + 1;
     Ok(Dataset {
         train,
         val,
-        task: Task::Classification { classes },
+        task: Task::Classification { classes: train_classes.max(val_classes) },
         input_shape: vec![1, train_shape[0], train_shape[1]],
     })
 }
 
-fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2]), DataError> {
+/// One split: `[N, 1, H, W]` float images in [0, 1], `[N]` labels, `[H, W]` and the number
+/// of classes its labels imply. Refuses empty splits and empty images before any tensor is
+/// made (libtorch fails on them deep inside the model).
+fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2], i64), DataError> {
     let images = idx::read_idx(dir, &format!("{split}-images-idx3-ubyte"))?;
     let labels = idx::read_idx(dir, &format!("{split}-labels-idx1-ubyte"))?;
     let mismatch = |reason: String| DataError::Mismatch { split, dir: dir.to_path_buf(), reason };
@@ -235,18 +270,31 @@ fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2]), 
     if images.dims[0] != labels.dims[0] {
         return Err(mismatch(format!("{} images but {} labels", images.dims[0], labels.dims[0])));
     }
+    if images.dims[0] == 0 {
+        return Err(mismatch("it holds no examples".into()));
+    }
+    if images.dims[1] == 0 || images.dims[2] == 0 {
+        return Err(mismatch(format!("its images are {}x{} pixels", images.dims[1], images.dims[2])));
+    }
+    // IDX sizes are u32, so these fit an i64; labels are bytes, so at most 256 classes.
     let n = images.dims[0] as i64;
     let (h, w) = (images.dims[1] as i64, images.dims[2] as i64);
+    let classes = i64::from(*labels.data.iter().max().expect("checked: at least one label")) + 1;
     let x = Tensor::from_slice(&images.data).view([n, 1, h, w]).to_kind(Kind::Float) / 255.0;
     let y = Tensor::from_slice(&labels.data).to_kind(Kind::Int64);
-    Ok((Split { inputs: x, targets: y }, [h, w]))
+    Ok((Split { inputs: x, targets: y }, [h, w], classes))
 }
 
 /// A text file as non-overlapping windows of `context` bytes; each window's targets are the
 /// same bytes shifted by one. The last `val_fraction` of the windows are the validation split.
 fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
     let path = required_path(cfg)?;
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    if context == 0 {
+        return Err(DataError::Config("model.gpt.context must be at least 1".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
+    // Every byte becomes an int64 token.
+    check_host_memory(path, (bytes.len() as u64).saturating_mul(8))?;
     let windows = bytes.len().saturating_sub(1) / context;
     let val = val_count(windows, cfg.val_fraction, path)?;
     let tokens = Tensor::from_slice(&bytes[..windows * context + 1]).to_kind(Kind::Int64);
@@ -256,36 +304,162 @@ fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
     Ok(Dataset { train, val, task: Task::LanguageModel { vocab: BYTE_VOCAB }, input_shape: vec![context as i64] })
 }
 
+/// A file named by `data.path` that cannot be read: not there (a configuration error), or
+/// unreadable.
+fn read_error(path: &Path, source: std::io::Error) -> DataError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        DataError::NotFound { key: "data.path", path: path.to_path_buf() }
+    } else {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Refuses to load `path` when it would take more than the host's available memory.
+fn check_host_memory(path: &Path, needed: u64) -> Result<(), DataError> {
+    match crate::memory::probe::host().available {
+        Some(available) if needed > available => {
+            Err(DataError::TooLarge { path: path.to_path_buf(), needed, available })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The safetensors dtypes `x` may have (all become float32), with libtorch's kind for each.
+const INPUT_DTYPES: &[(Dtype, Kind)] = &[
+    (Dtype::F64, Kind::Double),
+    (Dtype::F32, Kind::Float),
+    (Dtype::F16, Kind::Half),
+    (Dtype::BF16, Kind::BFloat16),
+    (Dtype::I64, Kind::Int64),
+    (Dtype::I32, Kind::Int),
+    (Dtype::I16, Kind::Int16),
+    (Dtype::I8, Kind::Int8),
+    (Dtype::U8, Kind::Uint8),
+    // Read as bytes: a file may hold values other than 0 and 1, which a C++ bool must not.
+    (Dtype::BOOL, Kind::Uint8),
+];
+
+/// The safetensors dtypes `y` may have: integers are classes, floats regression targets.
+const TARGET_DTYPES: &[(Dtype, Kind)] = &[
+    (Dtype::F64, Kind::Double),
+    (Dtype::F32, Kind::Float),
+    (Dtype::F16, Kind::Half),
+    (Dtype::BF16, Kind::BFloat16),
+    (Dtype::I64, Kind::Int64),
+    (Dtype::I32, Kind::Int),
+    (Dtype::I16, Kind::Int16),
+    (Dtype::I8, Kind::Int8),
+    (Dtype::U8, Kind::Uint8),
+];
+
+fn dtype_names(table: &[(Dtype, Kind)]) -> String {
+    table.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// A safetensors file with tensors `x` (`[N, ...]`, any float or integer dtype, used as
 /// float32) and `y` (`[N]` integers: classes; or `[N]`/`[N, K]` floats: regression targets).
+///
+/// Everything is checked on the header before a tensor is made: dtypes, that no dimension
+/// is 0, that `x` and `y` agree on N, that the values fit in host memory; class labels are
+/// checked (0 ..= [`MAX_CLASSES`]) before the model sizes its output layer by them.
 fn load_tensors(cfg: &DataConfig) -> Result<Dataset, DataError> {
     let path = required_path(cfg)?;
     let format = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
-    let mut found: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(path).map_err(|e| format(e.to_string()))?.into_iter().collect();
-    let x = found.remove("x").ok_or_else(|| format("no tensor `x`".into()))?;
-    let y = found.remove("y").ok_or_else(|| format("no tensor `y`".into()))?;
-    let n = x.size().first().copied().unwrap_or(0);
-    if y.size().first() != Some(&n) || !(1..=2).contains(&y.dim()) {
-        return Err(format(format!(
-            "`x` is {:?} and `y` is {:?}: need [N, ...] and [N] or [N, K]",
-            x.size(),
-            y.size()
-        )));
+    let file = std::fs::File::open(path).map_err(|source| read_error(path, source))?;
+    // Mapped rather than read, so the file's bytes are not held twice on the way into tensors.
+    // SAFETY: the map is only read, and only within this function. Were another process to
+    // truncate the file meanwhile, a read of the lost pages would fault (SIGBUS): the caveat
+    // of every mapped reader (Python's `safetensors.safe_open` maps the same way), accepted
+    // for a data file that nothing rewrites during a run.
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| format(explain_safetensors_error(&map, &e)))?;
+    let x = st.tensor("x").map_err(|_| format("no tensor `x`".into()))?;
+    let y = st.tensor("y").map_err(|_| format("no tensor `y`".into()))?;
+    let x_kind = kind_of("x", x.dtype(), INPUT_DTYPES).map_err(format)?;
+    let y_kind = kind_of("y", y.dtype(), TARGET_DTYPES).map_err(format)?;
+    let (x_shape, y_shape) = (x.shape(), y.shape());
+    let shapes = || format!("`x` is {x_shape:?} and `y` is {y_shape:?}");
+    if x_shape.len() < 2 || !(1..=2).contains(&y_shape.len()) || y_shape[0] != x_shape[0] {
+        return Err(format(format!("{}: need [N, ...] and [N] or [N, K]", shapes())));
     }
-    let (task, y) = if y.is_floating_point() {
-        let outputs = if y.dim() == 2 { y.size()[1] } else { 1 };
-        (Task::Regression { outputs }, y.to_kind(Kind::Float).view([n, outputs]))
-    } else {
-        if y.dim() != 1 || y.min().int64_value(&[]) < 0 {
-            return Err(format("integer `y` must be [N] class indices >= 0".into()));
+    if x_shape.contains(&0) || y_shape.contains(&0) {
+        return Err(format(format!("{}: no dimension may be 0", shapes())));
+    }
+    let floating = matches!(y_kind, Kind::Double | Kind::Float | Kind::Half | Kind::BFloat16);
+    if !floating && y_shape.len() != 1 {
+        return Err(format(format!("{}: integer `y` must be [N] class indices", shapes())));
+    }
+    // No dimension is 0 and the header matched the data's length, so every size is at most
+    // the file's length: these conversions and products do not overflow.
+    let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    let n = x_shape[0];
+    let val = val_count(n, cfg.val_fraction, path)?;
+    let x_elems = x_shape.iter().product::<usize>() as u64;
+    let y_elems = y_shape.iter().product::<usize>() as u64;
+    // libtorch's copy of each tensor, then its float32 (x, float y) or int64 (y) form.
+    let needed = x.data().len() as u64 + 4 * x_elems + y.data().len() as u64 + 8 * y_elems;
+    check_host_memory(path, needed)?;
+    let tensor = |name: &str, view: &safetensors::tensor::TensorView<'_>, kind: Kind| {
+        // libtorch copies as many bytes as the shape says: never more than the slice holds.
+        let elements = view.shape().iter().product::<usize>();
+        if view.data().len() != elements * kind.elt_size_in_bytes() {
+            return Err(format(format!("tensor `{name}`: {} bytes for shape {:?}", view.data().len(), view.shape())));
         }
-        (Task::Classification { classes: y.max().int64_value(&[]) + 1 }, y.to_kind(Kind::Int64))
+        Tensor::f_from_data_size(view.data(), &dims(view.shape()), kind)
+            .map_err(|e| format(format!("tensor `{name}`: {}", crate::model::libtorch_message(&e))))
     };
-    let input_shape = x.size()[1..].to_vec();
-    let val = val_count(n as usize, cfg.val_fraction, path)?;
-    let (train, val) = split_tail(x.to_kind(Kind::Float), y, val);
+    let xt = tensor("x", &x, x_kind)?.to_kind(Kind::Float);
+    let yt = tensor("y", &y, y_kind)?;
+    let (task, yt) = if floating {
+        let outputs = if y_shape.len() == 2 { y_shape[1] as i64 } else { 1 };
+        (Task::Regression { outputs }, yt.to_kind(Kind::Float).view([n as i64, outputs]))
+    } else {
+        let yt = yt.to_kind(Kind::Int64);
+        let (lo, hi) = (yt.min().int64_value(&[]), yt.max().int64_value(&[]));
+        if lo < 0 || hi >= MAX_CLASSES {
+            return Err(format(format!(
+                "`y` holds class {}: classes must be in 0..{MAX_CLASSES}",
+                if lo < 0 { lo } else { hi }
+            )));
+        }
+        (Task::Classification { classes: hi + 1 }, yt)
+    };
+    let input_shape = dims(&x_shape[1..]);
+    let (train, val) = split_tail(xt, yt, val);
     Ok(Dataset { train, val, task, input_shape })
+}
+
+/// The libtorch kind of tensor `name`'s dtype, or which dtype is not supported.
+fn kind_of(name: &str, dtype: Dtype, table: &[(Dtype, Kind)]) -> Result<Kind, String> {
+    table.iter().find(|(d, _)| *d == dtype).map(|(_, k)| *k).ok_or_else(|| {
+        format!("tensor `{name}` has dtype {dtype}, which is not supported (supported: {})", dtype_names(table))
+    })
+}
+
+/// The safetensors crate's error, made specific where it can be: a header naming a dtype
+/// the crate does not know fails to deserialize as a whole, so its `x`/`y` entries are read
+/// as plain JSON to say which dtype it is.
+fn explain_safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
+    let header = bytes
+        .get(..8)
+        .map(|n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok());
+    if let Some(header) = header {
+        for (name, table) in [("x", INPUT_DTYPES), ("y", TARGET_DTYPES)] {
+            if let Some(dtype) = header[name]["dtype"].as_str() {
+                if !table.iter().any(|(d, _)| d.to_string() == dtype) {
+                    return format!(
+                        "tensor `{name}` has dtype {dtype}, which is not supported (supported: {})",
+                        dtype_names(table)
+                    );
+                }
+            }
+        }
+    }
+    format!("not a readable safetensors file: {e}")
 }
 
 /// Assembles batches on a background thread, a couple ahead of the training loop, so the

@@ -100,16 +100,19 @@ pub enum RunError {
 impl RunError {
     /// Whether the user's input is at fault (exit code 2) rather than the run (exit code 1).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Self::Config(_)
-                | Self::Device(_)
-                | Self::ExistingRun { .. }
-                | Self::Busy { .. }
-                | Self::NotAFolder { .. }
-                | Self::Position { .. }
-                | Self::Data(DataError::Missing { .. })
-        )
+        match self {
+            Self::Data(e) => e.is_usage(),
+            Self::Model(e) => e.is_usage(),
+            _ => matches!(
+                self,
+                Self::Config(_)
+                    | Self::Device(_)
+                    | Self::ExistingRun { .. }
+                    | Self::Busy { .. }
+                    | Self::NotAFolder { .. }
+                    | Self::Position { .. }
+            ),
+        }
     }
 }
 

@@ -266,8 +266,7 @@ fn a_full_disk_fails_the_save_clearly_and_keeps_earlier_checkpoints() {
     }
     assert!(checkpoint_files(&ckpt).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")));
     // Regression (hardening report): metrics claimed the epoch whose save failed.
-    let epochs: Vec<u32> =
-        MetricsLog::read(&disk.join("run/metrics.jsonl")).unwrap().iter().map(|m| m.epoch).collect();
+    let epochs: Vec<u32> = MetricsLog::read(&disk.join("run/metrics.jsonl")).unwrap().iter().map(|m| m.epoch).collect();
     assert_eq!(epochs, [1], "metrics hold only what `latest` holds");
 }
 

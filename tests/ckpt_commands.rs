@@ -159,7 +159,9 @@ fn verify_fails_on_damage_and_bad_input_names_the_file() {
     ckpt(d, &["verify", "torn.safetensors"]).code(1).stderr(predicate::str::contains("torn.safetensors"));
     ckpt(d, &["verify", "missing.safetensors"]).code(1).stderr(predicate::str::contains("missing.safetensors"));
     ckpt(d, &["convert", "ours.safetensors", "out.pt"]).code(1).stderr(predicate::str::contains("not supported"));
+    std::fs::write(d.join("notes.txt"), "not a checkpoint").unwrap();
     ckpt(d, &["inspect", "notes.txt"]).code(1).stderr(predicate::str::contains("unknown checkpoint format"));
+    ckpt(d, &["inspect", "absent.txt"]).code(1).stderr(predicate::str::contains("absent.txt: No such file"));
     // A header claiming an absurd length is refused without allocating it.
     let mut huge = (u64::MAX / 2).to_le_bytes().to_vec();
     huge.extend_from_slice(b"{}");
@@ -178,7 +180,12 @@ fn verify_and_convert_are_linear_in_the_tensor_count() {
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
         .iter()
         .enumerate()
-        .map(|(i, b)| (format!("layer{i}.weight"), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], b).unwrap()))
+        .map(|(i, b)| {
+            (
+                format!("layer{i}.weight"),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], b).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(d.join("many.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     for args in [

@@ -76,7 +76,8 @@ fn cpu_mode_measures_every_check_it_can_and_passes() {
     for id in [1, 2, 3, 4, 5, 6] {
         assert!(passed_checks.contains(&id), "check {id} passed nothing in CPU mode:\n{stdout}");
     }
-    let statuses: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        report["checks"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
     assert_eq!(statuses.len(), 7, "{statuses:?}");
     assert_eq!(report["checks"][6]["status"], "SKIP");
     assert_eq!(done.status.code(), Some(if KNOWN_FAILURES.is_empty() { 0 } else { 1 }), "{stdout}\n{stderr}");

@@ -7,10 +7,12 @@
 mod load;
 mod profiles;
 mod schema;
+mod validate;
 
 pub use load::{resolve, FlagOverride, Origin, Request, Resolved, ENV_PREFIX};
 pub use profiles::{profile, Profile, PROFILES};
 pub use schema::*;
+pub use validate::{MAX_LR, MAX_THREADS_PER_CORE};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,160 @@
+//! Validation: every relation between keys that serde cannot express, checked once, after
+//! the layers are merged; each error names its key. Nothing after this sees an unchecked
+//! value.
+
+use super::schema::*;
+use super::ConfigError;
+
+/// The largest learning rate accepted: far above any in use (large-batch SGD with linear
+/// scaling peaks in the tens), low enough that a typo such as `1e308` is caught.
+pub const MAX_LR: f64 = 100.0;
+
+/// `run.threads` may be at most this many times the cores the process may use
+/// (`std::thread::available_parallelism`): beyond one thread per hardware thread, libtorch's
+/// intra-op pool only adds contention; the slack covers CPU quotas that hide cores.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+impl Config {
+    /// Checks the relations serde cannot express. Every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.to_string(), message });
+        let t = &self.training;
+        let o = &t.optimizer;
+        if t.epochs == 0 {
+            return invalid("training.epochs", "must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            return invalid("training.batch_size", "must be at least 1".into());
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0 && o.lr <= MAX_LR) {
+            return invalid("training.optimizer.lr", format!("must be in (0, {MAX_LR}], got {}", o.lr));
+        }
+        if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
+            return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return invalid("training.optimizer.eps", format!("must be a positive number, got {}", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return invalid("training.optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
+        }
+        if !(0.0..=1.0).contains(&o.dampening) {
+            return invalid("training.optimizer.dampening", format!("must be in [0, 1], got {}", o.dampening));
+        }
+        if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
+            return invalid(
+                "training.optimizer.nesterov",
+                "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)".into(),
+            );
+        }
+        if self.model.mlp.hidden.contains(&0) {
+            return invalid("model.mlp.hidden", "layer widths must be at least 1".into());
+        }
+        if self.model.cnn.channels.contains(&0) || self.model.cnn.hidden == 0 {
+            return invalid("model.cnn", "channels and hidden must be at least 1".into());
+        }
+        if t.grad_accum_steps == 0 || t.grad_accum_steps > t.batch_size {
+            return invalid(
+                "training.grad_accum_steps",
+                format!("must be between 1 and training.batch_size ({})", t.batch_size),
+            );
+        }
+        if let Some(c) = t.clip_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return invalid("training.clip_grad_norm", format!("must be a positive number, got {c}"));
+        }
+        if t.log_every_n_steps == 0 {
+            return invalid("training.log_every_n_steps", "must be at least 1".into());
+        }
+        let sch = &t.schedule;
+        if sch.kind == ScheduleKind::Step && (sch.step_size == 0 || !(sch.gamma.is_finite() && sch.gamma > 0.0)) {
+            return invalid("training.schedule", "step needs step_size >= 1 and gamma > 0".into());
+        }
+        if !(sch.min_lr.is_finite() && sch.min_lr >= 0.0) {
+            return invalid("training.schedule.min_lr", format!("must be >= 0, got {}", sch.min_lr));
+        }
+        if sch.kind == ScheduleKind::Cosine && sch.min_lr > o.lr {
+            return invalid(
+                "training.schedule.min_lr",
+                format!(
+                    "is {}, above training.optimizer.lr ({}): cosine decays from lr down to min_lr",
+                    sch.min_lr, o.lr
+                ),
+            );
+        }
+        if let Some(max) = t.max_steps.filter(|&m| sch.warmup_steps > m) {
+            return invalid(
+                "training.schedule.warmup_steps",
+                format!(
+                    "is {}, longer than training.max_steps ({max}): the rate would never reach lr",
+                    sch.warmup_steps
+                ),
+            );
+        }
+        if self.checkpoint.every_n_steps == Some(0) {
+            return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
+        }
+        let g = &self.model.gpt;
+        if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || !g.width.is_multiple_of(g.heads) {
+            return invalid(
+                "model.gpt",
+                "context, width, depth and heads must be >= 1, and heads must divide width".into(),
+            );
+        }
+        if self.model.kind == ModelKind::Torchscript && self.model.torchscript.path.is_none() {
+            return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path".into());
+        }
+        if self.data.kind != DataKind::Idx && self.data.path.is_none() {
+            return invalid("data.path", format!("data.kind {:?} needs a file", self.data.kind).to_lowercase());
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return invalid("data.val_fraction", format!("must be in (0, 1), got {}", self.data.val_fraction));
+        }
+        if !(0.0..1.0).contains(&self.memory.safety_margin) {
+            return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", self.memory.safety_margin));
+        }
+        if let Err(why) = crate::memory::strategy::Constraints::of(&self.memory).check() {
+            return invalid("memory.strategy", why);
+        }
+        if self.checkpoint.every_n_epochs == 0 {
+            return invalid("checkpoint.every_n_epochs", "must be at least 1".into());
+        }
+        if self.run.threads == Some(0) {
+            return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if let Some(n) = self.run.threads.filter(|&n| n as usize > MAX_THREADS_PER_CORE * cores) {
+            return invalid(
+                "run.threads",
+                format!(
+                    "is {n}, more than {MAX_THREADS_PER_CORE} per core ({cores} cores here: at most {})",
+                    MAX_THREADS_PER_CORE * cores
+                ),
+            );
+        }
+        if self.data.train_limit == Some(0) || self.data.val_limit == Some(0) {
+            return invalid("data", "train_limit and val_limit must be at least 1 when set".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_offending_key() {
+        let mut c = Config::default();
+        c.training.optimizer.betas = [0.9, 1.0];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("training.optimizer.betas"), "{err}");
+    }
+}

@@ -15,6 +15,8 @@ use crate::{memory, report, run};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for failures while running.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a run whose loss became NaN or infinite (`training.on_nonfinite: stop`).
+pub const EXIT_DIVERGED: u8 = 3;
 /// Exit code of a run stopped by SIGTERM/SIGINT after saving `latest`: job scripts requeue
 /// on it (`EX_TEMPFAIL` from sysexits.h: "try again later").
 pub const EXIT_INTERRUPTED: u8 = 75;
@@ -39,7 +41,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
 /// The exit code for an error from [`dispatch`].
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(e) = error.downcast_ref::<run::RunError>() {
-        return if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE };
+        return match e {
+            run::RunError::NonFinite { .. } => EXIT_DIVERGED,
+            e if e.is_usage() => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        };
     }
     if error.downcast_ref::<config::ConfigError>().is_some() {
         return EXIT_USAGE;

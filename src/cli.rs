@@ -16,7 +16,10 @@ Examples:
   train report runs/ultra_low_memory -o report.svg
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (nothing written),
-  75 stopped by SIGTERM/SIGINT after saving `latest` (requeue and run again).";
+  3 the loss became NaN or infinite (training.on_nonfinite: stop; `latest` keeps the last
+  finite state), 75 stopped by SIGTERM/SIGINT after saving `latest` (requeue and run again;
+  also during start-up, with nothing to save), 130 a second signal before that save finished
+  (the previous `latest` stays).";
 
 /// A training launcher for PyTorch-style models on small GPUs, preemptible clusters and CPUs.
 #[derive(Debug, Parser)]

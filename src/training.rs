@@ -13,7 +13,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
-use crate::config::{Config, ScheduleConfig};
+use crate::config::{Config, OnNonfinite, ScheduleConfig};
 use crate::data::{epoch_batches, Dataset, Split, Task};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
@@ -30,6 +30,9 @@ pub struct StepOutcome {
     pub samples: usize,
     /// Learning rate used.
     pub lr: f64,
+    /// Whether the update was applied (not when the loss was not finite, unless
+    /// `training.on_nonfinite` is `continue`).
+    pub applied: bool,
 }
 
 /// Results of an evaluation.
@@ -67,6 +70,7 @@ pub struct Trainer {
     /// Micro-batches per optimiser step (doubled when a step runs out of memory).
     pub grad_accum_steps: i64,
     clip_grad_norm: Option<f64>,
+    on_nonfinite: OnNonfinite,
 }
 
 impl Trainer {
@@ -102,6 +106,7 @@ impl Trainer {
                 * data.train.len().div_ceil(cfg.training.batch_size as usize) as u64,
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
+            on_nonfinite: cfg.training.on_nonfinite,
         })
     }
 
@@ -139,6 +144,16 @@ impl Trainer {
             }
             loss_sum += loss.double_value(&[]) * m as f64;
         }
+        let loss = loss_sum / n as f64;
+        if !loss.is_finite() && self.on_nonfinite != OnNonfinite::Continue {
+            self.optimizer.zero_grad();
+            if self.on_nonfinite == OnNonfinite::SkipStep {
+                // The batch is used up; its loss stays out of the epoch's mean.
+                self.position.step += 1;
+                self.position.batches_into_epoch += 1;
+            }
+            return StepOutcome { loss, samples: n as usize, lr, applied: false };
+        }
         if let Some(max_norm) = self.clip_grad_norm {
             clip_grad_norm(&self.trainable, max_norm);
         }
@@ -146,7 +161,7 @@ impl Trainer {
         self.position.step += 1;
         self.position.batches_into_epoch += 1;
         self.position.partial_loss_sum += loss_sum;
-        StepOutcome { loss: loss_sum / n as f64, samples: n as usize, lr }
+        StepOutcome { loss, samples: n as usize, lr, applied: true }
     }
 
     /// Runs `f` under bfloat16 autocast when `training.precision` is `bf16` (CUDA).
@@ -229,6 +244,12 @@ impl Trainer {
             config_sha256: config_sha256.into(),
             tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
         }
+    }
+
+    /// Whether every weight is finite (no checkpoint is written otherwise).
+    pub fn weights_finite(&self) -> bool {
+        let _guard = tch::no_grad_guard();
+        self.vs.variables().values().all(|t| !t.is_floating_point() || t.isfinite().all().int64_value(&[]) != 0)
     }
 
     /// Restores the position and last losses recorded in a checkpoint's metadata.

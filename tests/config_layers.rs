@@ -330,7 +330,14 @@ fn help_lists_every_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let out = common::train(dir.path()).arg("--help").assert().success().get_output().stdout.clone();
     let help = String::from_utf8(out).unwrap();
-    for code in ["0 success", "1 runtime failure", "2 usage", "75 stopped by SIGTERM/SIGINT"] {
+    for code in [
+        "0 success",
+        "1 runtime failure",
+        "2 usage",
+        "3 the loss became NaN",
+        "75 stopped by SIGTERM/SIGINT",
+        "130 a second signal",
+    ] {
         assert!(help.contains(code), "{code:?} not in:\n{help}");
     }
 }

@@ -176,3 +176,71 @@ fn a_torchscript_module_trains_and_checkpoints() {
     cmd.assert().failure().stderr(predicates::str::contains("model.pt"));
     assert!(!d.join("bad").exists());
 }
+
+/// Writes `x` [rows, 4] f32 and `y` [rows] i64 (two classes); the first `poisoned` rows
+/// hold an infinity, so any batch with one of them has a non-finite loss (the last 10% of
+/// rows are the validation split).
+fn write_poisoned_tensors(path: &Path, rows: usize, poisoned: usize) {
+    let x: Vec<u8> = (0..rows * 4)
+        .flat_map(|i| if i / 4 < poisoned { f32::INFINITY } else { (i % 7) as f32 * 0.1 }.to_le_bytes())
+        .collect();
+    let y: Vec<u8> = (0..rows as i64).flat_map(|i| (i % 2).to_le_bytes()).collect();
+    let views = vec![
+        ("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, 4], &x).unwrap()),
+        ("y", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows], &y).unwrap()),
+    ];
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Regression (hardening report): a NaN loss was logged as `null`, the run exited 0 with
+/// NaN checkpoints, and `train report` then failed. Now `training.on_nonfinite` decides,
+/// no checkpoint ever holds non-finite weights, and the report draws the gap.
+#[test]
+fn a_non_finite_loss_stops_skips_or_continues_without_poisoning_latest() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    // Every training row poisoned for `stop` and `continue`; three of them for `skip_step`.
+    write_poisoned_tensors(&d.join("all.safetensors"), 100, 100);
+    write_poisoned_tensors(&d.join("some.safetensors"), 100, 3);
+    let base = |file: &str| {
+        vec![
+            "data.kind=tensors".to_string(),
+            format!("data.path={}", d.join(file).display()),
+            "training.batch_size=10".into(),
+            "training.epochs=2".into(),
+            "training.log_every_n_steps=1".into(),
+            "model.mlp.hidden=[8]".into(),
+        ]
+    };
+    let cmd = |out: &str, file: &str, policy: &str| {
+        let mut c = common::train(d);
+        c.args(["--output-dir", out, "--set", "run.device=cpu", "--set", &format!("training.on_nonfinite={policy}")]);
+        for s in base(file) {
+            c.args(["--set", &s]);
+        }
+        c
+    };
+
+    let stop = cmd("stop", "all.safetensors", "stop").assert().code(3).get_output().clone();
+    let stderr = String::from_utf8_lossy(&stop.stderr);
+    assert!(stderr.contains("the loss diverged at step 1"), "{stderr}");
+    assert!(!d.join("stop/checkpoints/latest.safetensors").exists(), "no checkpoint of a diverged state");
+    common::train(d).args(["report", "stop", "--json"]).assert().success();
+
+    cmd("skip", "some.safetensors", "skip_step").assert().success();
+    let latest = CheckpointFile::open(&d.join("skip/checkpoints/latest.safetensors")).unwrap();
+    for e in latest.entries() {
+        let bytes = latest.read(&e.name).unwrap();
+        if e.dtype == safetensors::Dtype::F32 {
+            assert!(bytes.chunks(4).all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite()), "{}", e.name);
+        }
+    }
+    let events = MetricsLog::read_all(&d.join("skip/metrics.jsonl")).unwrap();
+    assert!(events.iter().any(|l| matches!(l, MetricsLine::Event(e) if e.event == "nonfinite_loss")));
+    common::train(d).args(["report", "skip"]).assert().success();
+
+    let cont = cmd("continue", "all.safetensors", "continue").assert().success().get_output().clone();
+    let stderr = String::from_utf8_lossy(&cont.stderr);
+    assert!(stderr.contains("weights are not finite: checkpoint not written"), "{stderr}");
+    assert!(!d.join("continue/checkpoints/latest.safetensors").exists());
+}

@@ -235,6 +235,22 @@ pub struct TrainingConfig {
     /// Stop once this many optimiser steps have been taken in total (saving `latest` at the
     /// exact position, even mid-epoch); running again without it continues. `None`: no limit.
     pub max_steps: Option<u64>,
+    /// What a step whose loss is NaN or infinite does (the update is not applied unless
+    /// `continue`): `stop` the run (exit 3, `latest` left at the last finite state),
+    /// `skip_step` (go on with the next batch), or `continue` (apply it anyway).
+    pub on_nonfinite: OnNonfinite,
+}
+
+/// `training.on_nonfinite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonfinite {
+    /// End the run with exit code 3 and the step that diverged.
+    Stop,
+    /// Leave the weights as they were and go on with the next batch.
+    SkipStep,
+    /// Apply the update anyway (checkpoints are still never written with non-finite weights).
+    Continue,
 }
 
 impl Default for TrainingConfig {
@@ -250,6 +266,7 @@ impl Default for TrainingConfig {
             log_every_n_steps: 100,
             precision: Precision::Fp32,
             max_steps: None,
+            on_nonfinite: OnNonfinite::Stop,
         }
     }
 }

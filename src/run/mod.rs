@@ -81,6 +81,17 @@ pub enum RunError {
         /// Why, and what to do.
         why: String,
     },
+    /// A step's loss was NaN or infinite and `training.on_nonfinite` is `stop`.
+    #[error(
+        "the loss diverged at step {step} (loss {loss}): stopped, `latest` holds the last finite state. Try a lower \
+         training.optimizer.lr, training.clip_grad_norm, or training.on_nonfinite: skip_step"
+    )]
+    NonFinite {
+        /// The optimiser step that diverged (1-based).
+        step: u64,
+        /// Its loss.
+        loss: f64,
+    },
     /// Another process holds the run folder.
     #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
     Busy {

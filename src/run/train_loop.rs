@@ -8,7 +8,7 @@ use super::policy::{self, AfterStep, Cadence, Stop};
 use super::signals::StopFlag;
 use super::RunError;
 use crate::checkpoint::saver::{SaveRequest, Saver};
-use crate::config::Config;
+use crate::config::{Config, OnNonfinite};
 use crate::data::{Dataset, Prefetcher};
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
 use crate::progress::Progress;
@@ -41,6 +41,15 @@ pub struct LoopEnd {
 
 impl Loop<'_> {
     fn save(&mut self, trainer: &Trainer, epoch_file: bool) -> Result<f64, RunError> {
+        if !trainer.weights_finite() {
+            // training.on_nonfinite: continue let a bad update through. The last finite
+            // `latest` is worth more than this one.
+            tracing::error!(
+                step = trainer.position.step,
+                "weights are not finite: checkpoint not written, `latest` keeps the last finite state"
+            );
+            return Ok(0.0);
+        }
         let request = SaveRequest {
             tensors: trainer.checkpoint_tensors(true),
             meta: trainer.checkpoint_meta(self.config_sha256),
@@ -49,6 +58,25 @@ impl Loop<'_> {
             compress: self.cfg.memory.compress_checkpoints,
         };
         Ok(self.saver.submit(request)?.0)
+    }
+
+    /// Logs and records a step whose loss was not finite.
+    fn nonfinite(&self, trainer: &Trainer, epoch: u32, step: &StepOutcome, run_start: Instant) -> Result<(), RunError> {
+        let at = trainer.position.step + u64::from(self.cfg.training.on_nonfinite == OnNonfinite::Stop);
+        tracing::warn!(
+            step = at,
+            loss = step.loss,
+            on_nonfinite = ?self.cfg.training.on_nonfinite,
+            "the loss is not finite: the update was not applied"
+        );
+        self.append(&step_line(trainer, epoch, step, 0.0, run_start))?;
+        self.append(&MetricsLine::Event(EventMetrics {
+            step: at,
+            event: "nonfinite_loss".into(),
+            grad_accum_steps: trainer.grad_accum_steps as u32,
+            micro_batch: 0,
+            detail: format!("loss {}", step.loss),
+        }))
     }
 
     fn append(&self, line: &MetricsLine) -> Result<(), RunError> {
@@ -75,6 +103,13 @@ impl Loop<'_> {
             let mut lr = cfg.training.optimizer.lr;
             for (xs, ys) in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device) {
                 let step = self.step_with_retry(trainer, &xs, &ys)?;
+                if !step.applied {
+                    self.nonfinite(trainer, epoch, &step, run_start)?;
+                    if cfg.training.on_nonfinite == OnNonfinite::Stop {
+                        progress.finish();
+                        return Err(RunError::NonFinite { step: trainer.position.step + 1, loss: step.loss });
+                    }
+                }
                 samples += step.samples;
                 lr = step.lr;
                 let rate = progress.step(trainer.position.step, step.loss, step.lr, step.samples);

@@ -67,7 +67,7 @@ fn main() {
         .entries()
         .iter()
         .map(|e| {
-            let kind = train::checkpoint::dtype::to_kind(e.dtype)
+            let kind = train::dtype::to_kind(e.dtype)
                 .unwrap_or_else(|| panic!("{}: dtype {:?} not handled by this benchmark", e.name, e.dtype));
             let dims: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
             (e.name.clone(), Tensor::from_data_size(&src.read(&e.name).unwrap(), &dims, kind))

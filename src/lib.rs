@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dtype;
 pub mod fault;
 pub mod logging;
 pub mod memory;

@@ -252,7 +252,7 @@ impl HostTensor {
     /// Copies `t` to the host if it is elsewhere; makes it contiguous.
     pub(crate) fn new(name: &str, t: &Tensor) -> Result<Self, String> {
         let tensor = t.to_device(Device::Cpu).contiguous();
-        let dtype = super::dtype::from_kind(tensor.kind())
+        let dtype = crate::dtype::from_kind(tensor.kind())
             .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         let len = tensor_bytes(&tensor) as usize;
@@ -359,7 +359,7 @@ pub(crate) fn write_compressed_views<V: View + Copy>(
 ) -> Result<u64, String> {
     let mut writer = train_ckpt::Writer::new(BufWriter::new(&mut *out)).map_err(|e| e.to_string())?;
     for (name, v) in views {
-        let dtype = super::dtype::to_compressed(v.dtype())
+        let dtype = crate::dtype::to_compressed(v.dtype())
             .ok_or_else(|| format!("tensor `{name}`: dtype {:?} has no compressed encoding", v.dtype()))?;
         writer.add_tensor(name, dtype, v.shape(), &v.data()).map_err(|e| e.to_string())?;
     }

@@ -15,10 +15,10 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::dtype::to_kind;
 use super::source::{CheckpointFile, Entry};
 use super::{CheckpointError, Meta, OPTIMIZER_PREFIX};
 use crate::config::OptimizerKind;
+use crate::dtype::to_kind;
 pub use crate::memory::strategy::Strategy;
 use crate::optim::Optimizer;
 

@@ -5,7 +5,6 @@
 //!
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
-pub mod dtype;
 pub mod format;
 pub mod load;
 pub mod retention;

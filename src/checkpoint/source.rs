@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
-use super::dtype;
 use super::format::{checksum_hex, Meta, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
 use super::CheckpointError;
+use crate::dtype;
 
 /// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
 const MAX_HEADER_BYTES: u64 = 100_000_000;

@@ -6,14 +6,16 @@
 
 mod files;
 pub mod idx;
+mod prefetch;
+mod tensors;
 
 pub use files::check_files;
+pub use prefetch::Prefetcher;
 
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{DataConfig, DataKind};
@@ -205,7 +207,7 @@ impl Dataset {
         let ds = match cfg.kind {
             DataKind::Idx => load_idx(cfg)?,
             DataKind::Text => load_text(cfg, context)?,
-            DataKind::Tensors => load_tensors(cfg)?,
+            DataKind::Tensors => tensors::load(cfg)?,
         };
         Ok(Self { train: ds.train.head(cfg.train_limit), val: ds.val.head(cfg.val_limit), ..ds })
     }
@@ -321,192 +323,6 @@ fn check_host_memory(path: &Path, needed: u64) -> Result<(), DataError> {
             Err(DataError::TooLarge { path: path.to_path_buf(), needed, available })
         }
         _ => Ok(()),
-    }
-}
-
-/// The safetensors dtypes `x` may have (all become float32), with libtorch's kind for each.
-const INPUT_DTYPES: &[(Dtype, Kind)] = &[
-    (Dtype::F64, Kind::Double),
-    (Dtype::F32, Kind::Float),
-    (Dtype::F16, Kind::Half),
-    (Dtype::BF16, Kind::BFloat16),
-    (Dtype::I64, Kind::Int64),
-    (Dtype::I32, Kind::Int),
-    (Dtype::I16, Kind::Int16),
-    (Dtype::I8, Kind::Int8),
-    (Dtype::U8, Kind::Uint8),
-    // Read as bytes: a file may hold values other than 0 and 1, which a C++ bool must not.
-    (Dtype::BOOL, Kind::Uint8),
-];
-
-/// The safetensors dtypes `y` may have: integers are classes, floats regression targets.
-const TARGET_DTYPES: &[(Dtype, Kind)] = &[
-    (Dtype::F64, Kind::Double),
-    (Dtype::F32, Kind::Float),
-    (Dtype::F16, Kind::Half),
-    (Dtype::BF16, Kind::BFloat16),
-    (Dtype::I64, Kind::Int64),
-    (Dtype::I32, Kind::Int),
-    (Dtype::I16, Kind::Int16),
-    (Dtype::I8, Kind::Int8),
-    (Dtype::U8, Kind::Uint8),
-];
-
-fn dtype_names(table: &[(Dtype, Kind)]) -> String {
-    table.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>().join(", ")
-}
-
-/// A safetensors file with tensors `x` (`[N, ...]`, any float or integer dtype, used as
-/// float32) and `y` (`[N]` integers: classes; or `[N]`/`[N, K]` floats: regression targets).
-///
-/// Everything is checked on the header before a tensor is made: dtypes, that no dimension
-/// is 0, that `x` and `y` agree on N, that the values fit in host memory; class labels are
-/// checked (0 ..= [`MAX_CLASSES`]) before the model sizes its output layer by them.
-fn load_tensors(cfg: &DataConfig) -> Result<Dataset, DataError> {
-    let path = required_path(cfg)?;
-    let format = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
-    let file = std::fs::File::open(path).map_err(|source| read_error(path, source))?;
-    // Mapped rather than read, so the file's bytes are not held twice on the way into tensors.
-    // SAFETY: the map is only read, and only within this function. Were another process to
-    // truncate the file meanwhile, a read of the lost pages would fault (SIGBUS): the caveat
-    // of every mapped reader (Python's `safetensors.safe_open` maps the same way), accepted
-    // for a data file that nothing rewrites during a run.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| format(explain_safetensors_error(&map, &e)))?;
-    let x = st.tensor("x").map_err(|_| format("no tensor `x`".into()))?;
-    let y = st.tensor("y").map_err(|_| format("no tensor `y`".into()))?;
-    let x_kind = kind_of("x", x.dtype(), INPUT_DTYPES).map_err(format)?;
-    let y_kind = kind_of("y", y.dtype(), TARGET_DTYPES).map_err(format)?;
-    let (x_shape, y_shape) = (x.shape(), y.shape());
-    let shapes = || format!("`x` is {x_shape:?} and `y` is {y_shape:?}");
-    if x_shape.len() < 2 || !(1..=2).contains(&y_shape.len()) || y_shape[0] != x_shape[0] {
-        return Err(format(format!("{}: need [N, ...] and [N] or [N, K]", shapes())));
-    }
-    if x_shape.contains(&0) || y_shape.contains(&0) {
-        return Err(format(format!("{}: no dimension may be 0", shapes())));
-    }
-    let floating = matches!(y_kind, Kind::Double | Kind::Float | Kind::Half | Kind::BFloat16);
-    if !floating && y_shape.len() != 1 {
-        return Err(format(format!("{}: integer `y` must be [N] class indices", shapes())));
-    }
-    // No dimension is 0 and the header matched the data's length, so every size is at most
-    // the file's length: these conversions and products do not overflow.
-    let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
-    let n = x_shape[0];
-    let val = val_count(n, cfg.val_fraction, path)?;
-    let x_elems = x_shape.iter().product::<usize>() as u64;
-    let y_elems = y_shape.iter().product::<usize>() as u64;
-    // libtorch's copy of each tensor, then its float32 (x, float y) or int64 (y) form.
-    let needed = x.data().len() as u64 + 4 * x_elems + y.data().len() as u64 + 8 * y_elems;
-    check_host_memory(path, needed)?;
-    let tensor = |name: &str, view: &safetensors::tensor::TensorView<'_>, kind: Kind| {
-        // libtorch copies as many bytes as the shape says: never more than the slice holds.
-        let elements = view.shape().iter().product::<usize>();
-        if view.data().len() != elements * kind.elt_size_in_bytes() {
-            return Err(format(format!("tensor `{name}`: {} bytes for shape {:?}", view.data().len(), view.shape())));
-        }
-        Tensor::f_from_data_size(view.data(), &dims(view.shape()), kind)
-            .map_err(|e| format(format!("tensor `{name}`: {}", crate::model::libtorch_message(&e))))
-    };
-    let xt = tensor("x", &x, x_kind)?.to_kind(Kind::Float);
-    let yt = tensor("y", &y, y_kind)?;
-    let (task, yt) = if floating {
-        let outputs = if y_shape.len() == 2 { y_shape[1] as i64 } else { 1 };
-        (Task::Regression { outputs }, yt.to_kind(Kind::Float).view([n as i64, outputs]))
-    } else {
-        let yt = yt.to_kind(Kind::Int64);
-        let (lo, hi) = (yt.min().int64_value(&[]), yt.max().int64_value(&[]));
-        if lo < 0 || hi >= MAX_CLASSES {
-            return Err(format(format!(
-                "`y` holds class {}: classes must be in 0..{MAX_CLASSES}",
-                if lo < 0 { lo } else { hi }
-            )));
-        }
-        (Task::Classification { classes: hi + 1 }, yt)
-    };
-    let input_shape = dims(&x_shape[1..]);
-    let (train, val) = split_tail(xt, yt, val);
-    Ok(Dataset { train, val, task, input_shape })
-}
-
-/// The libtorch kind of tensor `name`'s dtype, or which dtype is not supported.
-fn kind_of(name: &str, dtype: Dtype, table: &[(Dtype, Kind)]) -> Result<Kind, String> {
-    table.iter().find(|(d, _)| *d == dtype).map(|(_, k)| *k).ok_or_else(|| {
-        format!("tensor `{name}` has dtype {dtype}, which is not supported (supported: {})", dtype_names(table))
-    })
-}
-
-/// The safetensors crate's error, made specific where it can be: a header naming a dtype
-/// the crate does not know fails to deserialize as a whole, so its `x`/`y` entries are read
-/// as plain JSON to say which dtype it is.
-fn explain_safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
-    let header = bytes
-        .get(..8)
-        .map(|n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
-        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok());
-    if let Some(header) = header {
-        for (name, table) in [("x", INPUT_DTYPES), ("y", TARGET_DTYPES)] {
-            if let Some(dtype) = header[name]["dtype"].as_str() {
-                if !table.iter().any(|(d, _)| d.to_string() == dtype) {
-                    return format!(
-                        "tensor `{name}` has dtype {dtype}, which is not supported (supported: {})",
-                        dtype_names(table)
-                    );
-                }
-            }
-        }
-    }
-    format!("not a readable safetensors file: {e}")
-}
-
-/// Assembles batches on a background thread, a couple ahead of the training loop, so the
-/// loop does not wait on gathering examples and copying them to the device. Dropping it
-/// stops the thread.
-pub struct Prefetcher {
-    rx: Option<std::sync::mpsc::Receiver<(Tensor, Tensor)>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Batches assembled ahead of the loop.
-const PREFETCH_DEPTH: usize = 2;
-
-impl Prefetcher {
-    /// Yields `split`'s examples at each of `batches`, in order, on `device`.
-    pub fn new(split: &Split, batches: Vec<Vec<i64>>, device: Device) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_DEPTH);
-        // Shallow clones share the data; the thread only reads it.
-        let split = split.shallow_clone();
-        let thread = std::thread::Builder::new()
-            .name("batch-prefetch".into())
-            .spawn(move || {
-                for indices in batches {
-                    if tx.send(split.batch(&indices, device)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .expect("spawning the batch prefetch thread");
-        Self { rx: Some(rx), thread: Some(thread) }
-    }
-}
-
-impl Iterator for Prefetcher {
-    type Item = (Tensor, Tensor);
-    fn next(&mut self) -> Option<Self::Item> {
-        self.rx.as_ref()?.recv().ok()
-    }
-}
-
-impl Drop for Prefetcher {
-    fn drop(&mut self) {
-        // Closing the channel first makes a blocked sender give up.
-        self.rx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Element types across the libraries a checkpoint passes through: safetensors (the file's
+//! Element types across the libraries tensors pass through: safetensors (the file's
 //! own names, which [`Dtype`] is), libtorch ([`Kind`]), the compressed format
 //! ([`train_ckpt::Dtype`]) and PyTorch pickles ([`pytorch_reader::DType`]).
 //!

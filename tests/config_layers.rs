@@ -310,18 +310,28 @@ fn rejects_absurd_optimizer_values_naming_the_key() {
 }
 
 #[test]
-fn rejects_min_lr_above_lr_and_warmup_longer_than_max_steps() {
+fn rejects_min_lr_above_lr_and_warmup_longer_than_the_run() {
     refused(
         |_| {},
         &["--set", "training.schedule.kind=cosine", "--set", "training.schedule.min_lr=0.1"],
         &[],
         &["`training.schedule.min_lr`", "above training.optimizer.lr"],
     );
+    // 100 examples (90 after the validation split) in batches of 50: 2 steps an epoch.
     refused(
         |_| {},
-        &["--set", "training.schedule.warmup_steps=100", "--set", "training.max_steps=10"],
+        &[
+            "--set",
+            "training.schedule.warmup_steps=5",
+            "--set",
+            "training.epochs=2",
+            "--set",
+            "training.batch_size=50",
+            "--set",
+            "data.train_limit=100",
+        ],
         &[],
-        &["`training.schedule.warmup_steps`", "longer than training.max_steps (10)"],
+        &["`training.schedule.warmup_steps`", "longer than the whole run (4 steps"],
     );
 }
 

@@ -84,15 +84,7 @@ impl Config {
                 ),
             );
         }
-        if let Some(max) = t.max_steps.filter(|&m| sch.warmup_steps > m) {
-            return invalid(
-                "training.schedule.warmup_steps",
-                format!(
-                    "is {}, longer than training.max_steps ({max}): the rate would never reach lr",
-                    sch.warmup_steps
-                ),
-            );
-        }
+        // warmup_steps against the run's length needs the data's size: see `run::start`.
         if self.checkpoint.every_n_steps == Some(0) {
             return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
         }

@@ -39,8 +39,9 @@ pub fn output_dir(resolved: &Resolved) -> PathBuf {
 /// A run folder held by this process.
 pub struct RunFolder {
     root: PathBuf,
-    /// Whether this process created it (and may remove it again while it is empty).
-    created: bool,
+    /// The outermost folder this process created on the way to `root` (`root` itself, or an
+    /// ancestor), removed again by [`RunFolder::release_unused`] while empty.
+    created: Option<PathBuf>,
     /// The flock on the folder itself (no lock file is left behind), held until drop.
     _lock: File,
 }
@@ -53,7 +54,8 @@ impl RunFolder {
         if root.exists() && !root.is_dir() {
             return Err(RunError::NotAFolder { path: root.to_path_buf() });
         }
-        let created = !root.exists();
+        let created =
+            root.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
         std::fs::create_dir_all(root).map_err(io)?;
         let lock = File::open(root).map_err(io)?;
         match lock.try_lock() {
@@ -90,9 +92,12 @@ impl RunFolder {
     /// Gives the folder back as it was found: a folder this process created and left empty
     /// is removed (a refused run leaves the disk as it found it).
     pub fn release_unused(self) {
-        if self.created {
-            // Only an empty folder goes; anything else stays.
-            let _ = std::fs::remove_dir(&self.root);
+        let Some(outermost) = &self.created else { return };
+        // Only empty folders go, innermost first; anything else stays.
+        for dir in self.root.ancestors() {
+            if std::fs::remove_dir(dir).is_err() || dir == outermost {
+                break;
+            }
         }
     }
 
@@ -160,10 +165,10 @@ mod tests {
     #[test]
     fn a_folder_created_and_left_empty_is_removed_on_release() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("run");
+        let root = tmp.path().join("runs/run");
         RunFolder::acquire(&root).unwrap().release_unused();
-        assert!(!root.exists());
-        std::fs::create_dir(&root).unwrap();
+        assert!(!tmp.path().join("runs").exists(), "the parent it made goes too");
+        std::fs::create_dir_all(&root).unwrap();
         RunFolder::acquire(&root).unwrap().release_unused();
         assert!(root.exists(), "a folder that was there before stays");
     }

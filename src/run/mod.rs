@@ -264,6 +264,7 @@ fn start(
         dir = %cfg.data.dir.display(),
         "data loaded"
     );
+    check_warmup(cfg, data.train.len())?;
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
         crate::memory::cuda::limit_vram(limit.as_u64(), i);
     }
@@ -286,6 +287,28 @@ fn start(
     }
     let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;
     Ok(Some(Started { data, trainer, resumed_from }))
+}
+
+/// A warm-up longer than the whole run never reaches `training.optimizer.lr`: refused once
+/// the data's size gives the run's length (`max_steps` only stops a run early; running
+/// again continues, so it does not shorten the schedule).
+fn check_warmup(cfg: &Config, train_examples: usize) -> Result<(), RunError> {
+    let t = &cfg.training;
+    let total = u64::from(t.epochs) * train_examples.div_ceil(t.batch_size as usize) as u64;
+    if t.schedule.warmup_steps > total {
+        return Err(ConfigError::Invalid {
+            key: "training.schedule.warmup_steps".into(),
+            message: format!(
+                "is {}, longer than the whole run ({total} steps: {} epochs of {} batches): the rate would never \
+                 reach training.optimizer.lr",
+                t.schedule.warmup_steps,
+                t.epochs,
+                train_examples.div_ceil(t.batch_size as usize)
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The seed guide's advice, for when no cheaper way to load or train is left.

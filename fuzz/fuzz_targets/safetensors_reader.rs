@@ -5,8 +5,16 @@
 //!
 //! From the repository root, with the build environment exported
 //! (`source scripts/lib.sh && export_build_env`):
-//! `cargo +nightly fuzz run --fuzz-dir fuzz safetensors_reader -- -runs=1000000`
-//! (seeds: `fuzz/corpus/safetensors_reader/`). The compressed format has its own target in
+//!
+//! ```text
+//! cargo +nightly fuzz build --fuzz-dir fuzz -s none safetensors_reader
+//! LD_LIBRARY_PATH=$LIBTORCH/lib fuzz/target/x86_64-unknown-linux-gnu/release/safetensors_reader \
+//!     -runs=1000000 -max_len=65536 /tmp/corpus fuzz/corpus/safetensors_reader
+//! ```
+//!
+//! (`LD_LIBRARY_PATH`: the `train` crate links libtorch, and only its own binary carries the
+//! rpath; `-s none`: libtorch is not built with a sanitizer.) Seeds: a checkpoint of ours, a
+//! weights-only one, a foreign file. The compressed format has its own target in
 //! `crates/train-ckpt/fuzz`.
 #![no_main]
 

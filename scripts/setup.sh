@@ -12,6 +12,9 @@ cd "$REPO_ROOT"
 export_build_env
 ensure_dataset
 log "building train (release)"
-cargo build --release --locked --quiet
-split_debug_info "$REPO_ROOT/target/release/train"
+# `train`, and `train-ckpt` (the ckpt commands without libtorch, crates/train-store).
+cargo build --release --locked --quiet --workspace --bins
+for bin in train train-ckpt; do
+    split_debug_info "$REPO_ROOT/target/release/$bin"
+done
 log "ready: $REPO_ROOT/target/release/train"

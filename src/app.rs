@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::checkpoint::{tools, CheckpointFile, Integrity};
-use crate::cli::{CkptCommand, Cli, Command, ConfigArgs, ConfigCommand, PlanArgs, RunArgs, ShowArgs};
+use crate::checkpoint::CheckpointFile;
+use crate::cli::{Cli, Command, ConfigArgs, ConfigCommand, PlanArgs, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
 use crate::{memory, report, run};
 
@@ -32,7 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Run(args)) => train(&args),
         Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
         Some(Command::Profiles) => profiles().map(|()| 0),
-        Some(Command::Ckpt(cmd)) => ckpt(cmd).map(|()| 0),
+        Some(Command::Ckpt(cmd)) => train_store::cli::run(cmd).map(|()| 0),
         Some(Command::Plan(args)) => plan(&args).map(|()| 0),
         Some(Command::Report { run_dir, output, json }) => report(&run_dir, output.as_deref(), json).map(|()| 0),
     }
@@ -153,66 +153,7 @@ fn flatten(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, Strin
     }
 }
 
-/// The error and its causes on one line, each message once (typed errors often repeat
-/// their cause in their own message).
-pub fn error_chain(error: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in error.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
-}
-
-fn ckpt(cmd: CkptCommand) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match cmd {
-        CkptCommand::Inspect { path, json } => {
-            let report = tools::inspect(&path)?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                let value = serde_json::to_value(&report)?;
-                for (k, v) in value.as_object().expect("a struct serializes to an object") {
-                    writeln!(out, "{k:20} {v}")?;
-                }
-            }
-        }
-        CkptCommand::Verify { path } => {
-            let v = CheckpointFile::open(&path)?.verify()?;
-            match v.integrity {
-                Integrity::Checked => writeln!(
-                    out,
-                    "ok: {} is sound ({} tensors and the metadata checked against their checksums)",
-                    path.display(),
-                    v.tensors
-                )?,
-                Integrity::NotChecked => writeln!(
-                    out,
-                    "readable, not checked: {} ({} tensors read; the file carries no checksums, so damage cannot be \
-                     detected)",
-                    path.display(),
-                    v.tensors
-                )?,
-            }
-        }
-        CkptCommand::Convert { input, output } => {
-            let bytes = tools::convert(&input, &output, false)?;
-            writeln!(out, "wrote {} ({bytes} bytes)", output.display())?;
-        }
-        CkptCommand::Strip { path, output } => {
-            let target = output.unwrap_or_else(|| path.clone());
-            let bytes = tools::convert(&path, &target, true)?;
-            writeln!(out, "wrote {} without optimizer state ({bytes} bytes)", target.display())?;
-        }
-    }
-    Ok(())
-}
+pub use train_store::cli::error_chain;
 
 fn report(run_dir: &Path, output: Option<&Path>, json: bool) -> Result<()> {
     let summary = report::report(run_dir, output)?;

@@ -61,7 +61,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Inspect, verify, convert and strip checkpoint files.
     #[command(subcommand)]
-    Ckpt(CkptCommand),
+    Ckpt(train_store::cli::CkptCommand),
     /// Draw a run's metrics as a picture (PNG or SVG) and print a summary.
     Report {
         /// The run folder (holding metrics.jsonl).
@@ -72,40 +72,6 @@ pub enum Command {
         /// Print the summary as JSON (stable field names, see README).
         #[arg(long)]
         json: bool,
-    },
-}
-
-/// `train ckpt ...`: formats are told apart by file name: `.safetensors`,
-/// `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
-#[derive(Debug, Subcommand)]
-pub enum CkptCommand {
-    /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts.
-    Inspect {
-        /// The checkpoint file.
-        path: PathBuf,
-        /// Print JSON (stable field names, see docs/checkpoint-format.md).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check every tensor against its checksum and the file's structure; exit 0 only when sound.
-    Verify {
-        /// The checkpoint file.
-        path: PathBuf,
-    },
-    /// Convert between formats, e.g. a `torch.save` file to `.safetensors`.
-    Convert {
-        /// The file to read.
-        input: PathBuf,
-        /// The file to write (replaced atomically).
-        output: PathBuf,
-    },
-    /// Drop optimizer state, keeping weights and metadata.
-    Strip {
-        /// The checkpoint file.
-        path: PathBuf,
-        /// Write here instead of replacing PATH.
-        #[arg(short, long, value_name = "OUT")]
-        output: Option<PathBuf>,
     },
 }
 

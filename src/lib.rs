@@ -11,7 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod atomic;
+pub use train_store::atomic;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

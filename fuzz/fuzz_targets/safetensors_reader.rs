@@ -1,20 +1,16 @@
 //! Feeds arbitrary bytes, as a `.safetensors` file, to the checkpoint reader that resume,
-//! `plan` and the `ckpt` tools share (`train::checkpoint::CheckpointFile`): opening, the
+//! `plan` and the `ckpt` tools share (`train_store::CheckpointFile`): opening, the
 //! metadata, reading every tensor and verifying must return errors, never panic, hang or
 //! allocate beyond what the file's length backs.
 //!
-//! From the repository root, with the build environment exported
-//! (`source scripts/lib.sh && export_build_env`):
+//! From the repository root (no libtorch involved: the reader lives in `crates/train-store`):
 //!
 //! ```text
-//! cargo +nightly fuzz build --fuzz-dir fuzz -s none safetensors_reader
-//! LD_LIBRARY_PATH=$LIBTORCH/lib fuzz/target/x86_64-unknown-linux-gnu/release/safetensors_reader \
-//!     -runs=1000000 -max_len=65536 /tmp/corpus fuzz/corpus/safetensors_reader
+//! cargo +nightly fuzz run --fuzz-dir fuzz safetensors_reader /tmp/corpus fuzz/corpus/safetensors_reader \
+//!     -- -runs=1000000 -max_len=65536
 //! ```
 //!
-//! (`LD_LIBRARY_PATH`: the `train` crate links libtorch, and only its own binary carries the
-//! rpath; `-s none`: libtorch is not built with a sanitizer.) Seeds: a checkpoint of ours, a
-//! weights-only one, a foreign file. The compressed format has its own target in
+//! Seeds: a checkpoint of ours, a weights-only one, a foreign file. The compressed format has its own target in
 //! `crates/train-ckpt/fuzz`.
 #![no_main]
 
@@ -22,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use train::checkpoint::CheckpointFile;
+use train_store::CheckpointFile;
 
 /// The reader takes a path (it reads with positioned reads, as on a real file), so each
 /// input is written to one scratch file on a RAM-backed folder.

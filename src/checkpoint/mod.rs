@@ -6,18 +6,28 @@
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
 pub mod format;
+pub use train_store::{source, tools};
 pub mod load;
 pub mod retention;
 pub mod saver;
-pub mod source;
 pub mod store;
-pub mod tools;
 
 use std::path::PathBuf;
 
 pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
+
+impl From<train_store::Error> for CheckpointError {
+    fn from(e: train_store::Error) -> Self {
+        match e {
+            train_store::Error::Io { path, source } => Self::Io { path, source },
+            train_store::Error::Malformed { path, reason } => Self::Malformed { path, reason },
+            train_store::Error::Corrupt { path, tensor } => Self::Corrupt { path, tensor },
+            train_store::Error::MetadataCorrupt { path } => Self::MetadataCorrupt { path },
+        }
+    }
+}
 
 /// Everything that can go wrong reading or writing a checkpoint; each names the file and,
 /// where one is at fault, the tensor.

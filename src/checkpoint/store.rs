@@ -117,7 +117,7 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
                 path,
                 reason: "has no train metadata, so it was not written by this run".into(),
             }),
-            Err(e) => unreadable.push(e),
+            Err(e) => unreadable.push(e.into()),
         }
     }
     let key = |f: &CheckpointFile| {

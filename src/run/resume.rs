@@ -42,7 +42,9 @@ pub fn plan(cfg: &Config, ckpt_dir: &std::path::Path) -> Result<ResumePlan, RunE
                 Err(RunError::ExistingRun { dir: ckpt_dir.to_path_buf() })
             }
         }
-        ResumeSpec::Path(p) => Ok(ResumePlan::From(vec![CheckpointFile::open(p).map_err(RunError::ResumeFrom)?])),
+        ResumeSpec::Path(p) => {
+            Ok(ResumePlan::From(vec![CheckpointFile::open(p).map_err(|e| RunError::ResumeFrom(e.into()))?]))
+        }
         ResumeSpec::Auto => {
             let found = store::candidates(ckpt_dir)?;
             for e in &found.unreadable {

@@ -1,5 +1,5 @@
 //! `train ckpt`: inspect, verify, convert and strip, over any checkpoint the one reader
-//! ([`super::source::CheckpointFile`]) opens: ours (`*.safetensors`, `*.tckpt`), foreign
+//! ([`crate::source::CheckpointFile`]) opens: ours (`*.safetensors`, `*.tckpt`), foreign
 //! safetensors files, and `torch.save` files (`*.pt`, `*.pth`, `*.bin`; read only), either a
 //! state dict or a dict holding `model_state_dict` (or `state_dict` / `model`) with `epoch`,
 //! `train_loss`, `val_loss` beside it, as the seed guide's Python code saves them.
@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::format::{self, Meta, Position, RawTensor, PLAIN_SUFFIX};
-use super::source::{CheckpointFile, FileKind};
-use super::{CheckpointError, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::atomic;
+use crate::format::{self, Meta, Position, RawTensor, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX, PLAIN_SUFFIX};
+use crate::source::{CheckpointFile, FileKind};
+use crate::Error;
 
 /// What `train ckpt inspect` reports. The field names are stable; `null` where a format
 /// does not record the value.
@@ -53,10 +53,9 @@ pub struct Inspection {
 }
 
 /// Inspects `path` without reading tensor data.
-pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
+pub fn inspect(path: &Path) -> Result<Inspection, Error> {
     let ckpt = CheckpointFile::open(path)?;
-    let file_bytes =
-        std::fs::metadata(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?.len();
+    let file_bytes = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
     let (opt, model): (Vec<_>, Vec<_>) = ckpt.entries().iter().partition(|e| e.name.starts_with(OPTIMIZER_PREFIX));
     let model_bytes: u64 = model.iter().map(|e| e.bytes).sum();
     let optimizer_bytes: u64 = opt.iter().map(|e| e.bytes).sum();
@@ -86,10 +85,10 @@ pub fn inspect(path: &Path) -> Result<Inspection, CheckpointError> {
 /// Writes `input`'s tensors (all, or the model's only when `strip_optimizer`) to `output` in
 /// the format its name says, with `train`'s metadata (kept from the input, or made from what
 /// a foreign file records). Atomic: `output` may be `input`.
-pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64, CheckpointError> {
+pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64, Error> {
     let out_kind = FileKind::of_name(output)?;
     if out_kind == FileKind::Pytorch {
-        return Err(CheckpointError::Malformed {
+        return Err(Error::Malformed {
             path: output.to_path_buf(),
             reason: format!(
                 "writing PyTorch pickle files is not supported; write {PLAIN_SUFFIX}, which Python opens with \
@@ -98,18 +97,22 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         });
     }
     let ckpt = CheckpointFile::open(input)?;
-    let mut tensors: BTreeMap<String, RawTensor> = BTreeMap::new();
-    for e in ckpt.entries() {
-        if strip_optimizer && e.name.starts_with(OPTIMIZER_PREFIX) {
-            continue;
-        }
-        tensors.insert(e.name.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), data: ckpt.read(&e.name)? });
-    }
+    let kept: Vec<&crate::source::Entry> =
+        ckpt.entries().iter().filter(|e| !(strip_optimizer && e.name.starts_with(OPTIMIZER_PREFIX))).collect();
+    let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
+    let mut targets: Vec<(&str, &mut [u8])> =
+        kept.iter().zip(data.iter_mut()).map(|(e, d)| (e.name.as_str(), d.as_mut_slice())).collect();
+    ckpt.read_many_into(&mut targets)?;
+    let tensors: BTreeMap<String, RawTensor> = kept
+        .iter()
+        .zip(data)
+        .map(|(e, data)| (e.name.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), data }))
+        .collect();
     let has_optimizer_state = tensors.keys().any(|n| n.starts_with(OPTIMIZER_PREFIX));
     let mut meta = ckpt.meta_or_imported();
     meta.has_optimizer_state = has_optimizer_state;
     let views: Vec<(&str, &RawTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let io = |source| CheckpointError::Io { path: output.to_path_buf(), source };
+    let io = |source| Error::Io { path: output.to_path_buf(), source };
     if out_kind == FileKind::Compressed {
         drop(ckpt);
         atomic::write_atomic(output, |f| {

@@ -21,12 +21,16 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
-use super::format::{checksum_hex, Meta, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
-use super::CheckpointError;
 use crate::dtype;
+use crate::format::{checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use crate::Error;
 
 /// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// How many tensor bytes `verify` decodes at once from a compressed file: enough for the
+/// parallel decoder to keep both cores busy across many small tensors, small enough that
+/// verifying a large checkpoint never holds much of it.
+pub const VERIFY_GROUP_BYTES: u64 = 64 << 20;
 /// Keys under which `torch.save`d dicts commonly nest a model's state dict, tried in order.
 const PYTORCH_MODEL_KEYS: &[&str] = &["model_state_dict", "state_dict", "model"];
 /// File-name endings of `torch.save` files.
@@ -47,7 +51,7 @@ pub enum FileKind {
 impl FileKind {
     /// The kind of `path` from its first bytes (the compressed format's magic, a zip or a
     /// pickle), falling back to its name; an unknown name with unknown content is an error.
-    fn detect(path: &Path, prefix: &[u8]) -> Result<Self, CheckpointError> {
+    fn detect(path: &Path, prefix: &[u8]) -> Result<Self, Error> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if train_ckpt::is_ckpt(prefix) {
             return Ok(Self::Compressed);
@@ -63,7 +67,7 @@ impl FileKind {
         } else if PYTORCH_SUFFIXES.iter().any(|e| name.ends_with(e)) {
             Ok(Self::Pytorch)
         } else {
-            Err(CheckpointError::Malformed {
+            Err(Error::Malformed {
                 path: path.to_path_buf(),
                 reason: format!(
                     "unknown checkpoint format: expected a name ending in {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or .bin"
@@ -74,7 +78,7 @@ impl FileKind {
 
     /// The kind a file of this name would be written as (for output paths, which do not
     /// exist yet).
-    pub fn of_name(path: &Path) -> Result<Self, CheckpointError> {
+    pub fn of_name(path: &Path) -> Result<Self, Error> {
         Self::detect(path, &[])
     }
 }
@@ -144,9 +148,9 @@ impl CheckpointFile {
     /// Opens `path`: refuses non-regular files, reads and validates the header (sizes
     /// checked against the file's length before anything is allocated), the metadata and
     /// the checksums. Tensor data is not read.
-    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-        let malformed = |reason: String| CheckpointError::Malformed { path: path.to_path_buf(), reason };
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let malformed = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
         if path.as_os_str().is_empty() {
             return Err(malformed("the path is empty".into()));
         }
@@ -168,11 +172,11 @@ impl CheckpointFile {
             // Nothing in it could be loaded or checked; a pickle of something else reads so.
             return Err(malformed("holds no tensors".into()));
         }
-        let ours = super::format::claims_ours(&metadata);
+        let ours = crate::format::claims_ours(&metadata);
         let (meta, checksums) = if ours {
             let meta = Meta::from_map(&metadata).map_err(|e| match e {
-                super::format::MetaError::Corrupt => CheckpointError::MetadataCorrupt { path: path.to_path_buf() },
-                super::format::MetaError::Invalid(reason) => malformed(reason),
+                MetaError::Corrupt => Error::MetadataCorrupt { path: path.to_path_buf() },
+                MetaError::Invalid(reason) => malformed(reason),
             })?;
             let checksums = match (kind, checksums) {
                 (FileKind::Safetensors, None) => return Err(malformed(format!("metadata lacks `{CHECKSUMS_KEY}`"))),
@@ -210,7 +214,7 @@ impl CheckpointFile {
     /// `train`'s metadata, or for a foreign file what it records (epoch, losses) with
     /// markers for the rest: no optimiser state, an RNG scheme no run uses.
     pub fn meta_or_imported(&self) -> Meta {
-        self.meta.clone().unwrap_or_else(|| super::tools::imported_meta(&self.metadata))
+        self.meta.clone().unwrap_or_else(|| crate::tools::imported_meta(&self.metadata))
     }
 
     /// The raw metadata map: for a foreign file whatever it records (a pickle's `epoch`,
@@ -241,8 +245,8 @@ impl CheckpointFile {
 
     /// Reads tensor `name` into `out` (exactly its size) and checks it where the file has
     /// checksums.
-    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), CheckpointError> {
-        let malformed = |reason: String| CheckpointError::Malformed { path: self.path.clone(), reason };
+    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
+        let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
         let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
         if out.len() as u64 != e.bytes {
             return Err(malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
@@ -250,10 +254,10 @@ impl CheckpointFile {
         match &self.body {
             Body::Plain { file, data_start } => {
                 std::os::unix::fs::FileExt::read_exact_at(file, out, data_start + e.begin)
-                    .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+                    .map_err(|source| Error::Io { path: self.path.clone(), source })?;
                 if let Some(sums) = &self.checksums {
                     if checksum_hex(out) != sums[name] {
-                        return Err(CheckpointError::Corrupt { path: self.path.clone(), tensor: name.to_string() });
+                        return Err(Error::Corrupt { path: self.path.clone(), tensor: name.to_string() });
                     }
                 }
                 Ok(())
@@ -274,24 +278,88 @@ impl CheckpointFile {
         }
     }
 
+    /// Reads several tensors into their buffers (each exactly its tensor's size), checked as
+    /// [`Self::read_into`] does. A compressed file decodes them all in parallel, across
+    /// tensors as well as within them; other kinds read them one after another.
+    pub fn read_many_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<(), Error> {
+        let Body::Compressed(reader) = &self.body else {
+            for (name, out) in targets.iter_mut() {
+                self.read_into(name, out)?;
+            }
+            return Ok(());
+        };
+        for (name, out) in targets.iter() {
+            let e = self.entry(name).ok_or_else(|| self.malformed(format!("no tensor `{name}`")))?;
+            if out.len() as u64 != e.bytes {
+                return Err(self.malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
+            }
+        }
+        let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        reader.read_tensors_into(targets).map_err(|err| {
+            // The error names the damaged tensor among the many read.
+            let tensor = match &err {
+                train_ckpt::Error::ChecksumMismatch { name, .. } | train_ckpt::Error::Corrupt { name, .. } => {
+                    name.clone()
+                }
+                _ => targets.first().map(|(n, _)| n.to_string()).unwrap_or_default(),
+            };
+            codec_error(&self.path, &tensor, err)
+        })
+    }
+
+    fn malformed(&self, reason: String) -> Error {
+        Error::Malformed { path: self.path.clone(), reason }
+    }
+
     /// Reads tensor `name` into a new buffer, checked as [`Self::read_into`] does.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
+    pub fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
         let bytes = self.entry(name).map_or(0, |e| e.bytes) as usize;
         let mut out = vec![0u8; bytes];
         self.read_into(name, &mut out)?;
         Ok(out)
     }
 
-    /// Reads every tensor, one at a time, checking each where the file has checksums.
-    pub fn verify(&self) -> Result<Verification, CheckpointError> {
-        let largest = self.entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
-        let mut buf = vec![0u8; largest];
-        for e in &self.entries {
-            self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
+    /// Reads every tensor, checking each where the file has checksums. Plain files are read
+    /// one tensor at a time; compressed ones in groups of up to [`VERIFY_GROUP_BYTES`],
+    /// decoded in parallel across tensors as well as within them.
+    pub fn verify(&self) -> Result<Verification, Error> {
+        match &self.body {
+            Body::Compressed(_) => {
+                for group in groups(&self.entries, VERIFY_GROUP_BYTES) {
+                    let mut bufs: Vec<Vec<u8>> = group.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
+                    let mut targets: Vec<(&str, &mut [u8])> =
+                        group.iter().zip(bufs.iter_mut()).map(|(e, b)| (e.name.as_str(), b.as_mut_slice())).collect();
+                    self.read_many_into(&mut targets)?;
+                }
+            }
+            _ => {
+                let largest = self.entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
+                let mut buf = vec![0u8; largest];
+                for e in &self.entries {
+                    self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
+                }
+            }
         }
         let integrity = if self.is_checksummed() { Integrity::Checked } else { Integrity::NotChecked };
         Ok(Verification { tensors: self.entries.len(), integrity })
     }
+}
+
+/// Consecutive runs of `entries` of at most `limit` bytes each (a larger tensor alone).
+fn groups(entries: &[Entry], limit: u64) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, e) in entries.iter().enumerate() {
+        if i > start && bytes + e.bytes > limit {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += e.bytes;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
 }
 
 type Opened = (Body, Vec<Entry>, HashMap<String, String>, Option<HashMap<String, String>>);
@@ -452,13 +520,13 @@ fn open_pytorch(path: &Path) -> Result<Opened, String> {
     Ok((Body::Pytorch(tensors), entries, metadata, None))
 }
 
-/// A compressed-format read error as ours: damaged data is [`CheckpointError::Corrupt`]
+/// A compressed-format read error as ours: damaged data is [`Error::Corrupt`]
 /// (naming the tensor), anything else malformed.
-fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> CheckpointError {
+fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> Error {
     match err {
         train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. } => {
-            CheckpointError::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
+            Error::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
         }
-        other => CheckpointError::Malformed { path: path.to_path_buf(), reason: other.to_string() },
+        other => Error::Malformed { path: path.to_path_buf(), reason: other.to_string() },
     }
 }

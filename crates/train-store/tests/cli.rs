@@ -1,0 +1,65 @@
+//! The `train-ckpt` binary: the `ckpt` commands without libtorch.
+
+use std::path::Path;
+use std::process::Command;
+
+use safetensors::tensor::TensorView;
+use train_store::format::{serialize_views, Meta};
+
+fn train_ckpt(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_train-ckpt")).current_dir(dir).args(args).output().unwrap()
+}
+
+/// A checkpoint of ours: two weights and an optimizer slot, sealed metadata.
+fn write_checkpoint(path: &Path) {
+    let a: Vec<u8> = (0..64u32).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let b: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let views = [
+        ("fc.weight", TensorView::new(safetensors::Dtype::F32, vec![8, 8], &a).unwrap()),
+        ("fc.bias", TensorView::new(safetensors::Dtype::F32, vec![8], &b).unwrap()),
+        ("optimizer/fc.bias/exp_avg", TensorView::new(safetensors::Dtype::F32, vec![8], &b).unwrap()),
+    ];
+    let views: Vec<(&str, &TensorView)> = views.iter().map(|(n, v)| (*n, v)).collect();
+    let bytes = serialize_views(path, &views, &Meta::sample("adamw", true)).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn the_binary_needs_no_libtorch() {
+    let out = Command::new("readelf").args(["-d", env!("CARGO_BIN_EXE_train-ckpt")]).output();
+    let Ok(out) = out else {
+        eprintln!("skipped: readelf is not installed");
+        return;
+    };
+    let needed = String::from_utf8_lossy(&out.stdout);
+    assert!(needed.contains("NEEDED"), "{needed}");
+    assert!(!needed.contains("torch") && !needed.contains("c10"), "{needed}");
+}
+
+#[test]
+fn verify_inspect_convert_and_strip_work_without_libtorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.safetensors"));
+    for args in [
+        &["verify", "a.safetensors"][..],
+        &["convert", "a.safetensors", "a.tckpt"],
+        &["verify", "a.tckpt"],
+        &["strip", "a.tckpt", "-o", "w.tckpt"],
+    ] {
+        let out = train_ckpt(d, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = train_ckpt(d, &["verify", "a.tckpt"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is sound (3 tensors"));
+    let out = train_ckpt(d, &["inspect", "--json", "w.tckpt"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((j["tensors"].as_u64(), j["has_optimizer_state"].as_bool()), (Some(2), Some(false)));
+    // Damage is caught and named, exit 1, as `train ckpt` does.
+    let mut bytes = std::fs::read(d.join("a.tckpt")).unwrap();
+    bytes[40] ^= 0x10;
+    std::fs::write(d.join("bad.tckpt"), bytes).unwrap();
+    let out = train_ckpt(d, &["verify", "bad.tckpt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.tckpt"));
+}

@@ -80,21 +80,34 @@ pub fn load_into(
     let torch = |source| CheckpointError::Torch { path: path.clone(), source };
     match strategy {
         Strategy::MemoryEfficient | Strategy::ModelOnly => {
+            // Host parameters are read into in place: no staging copy at all, and a
+            // compressed file decodes them in parallel, across tensors as well as within
+            // them. A checksum is checked after its read, so a damaged file can leave
+            // parameters overwritten; the load then fails and the caller reloads.
+            let in_place = |var: &Tensor| var.device() == Device::Cpu && var.is_contiguous();
+            let mut starts: Vec<usize> =
+                present.iter().filter(|(e, v)| in_place(v) && e.bytes > 0).map(|(_, v)| v.data_ptr() as usize).collect();
+            starts.sort_unstable();
+            let distinct = starts.windows(2).all(|w| w[0] != w[1]);
+            let mut targets: Vec<(&str, &mut [u8])> = Vec::new();
             for (e, var) in &present {
-                if var.device() == Device::Cpu && var.is_contiguous() && e.bytes > 0 {
-                    // A host parameter is read into in place: no staging copy at all. Its
-                    // checksum is checked after the read, so a damaged file can leave this
-                    // parameter overwritten; the load then fails and the caller reloads.
+                if in_place(var) && e.bytes > 0 {
                     // SAFETY: `var` is a contiguous host tensor whose shape and dtype `check`
                     // matched to the entry, so it spans exactly `e.bytes` bytes; gradients are
-                    // off and nothing else reads it during the load.
+                    // off and nothing else reads it during the load. No two targets share
+                    // memory (`distinct`), or they are read one at a time below.
                     let out = unsafe { std::slice::from_raw_parts_mut(var.data_ptr() as *mut u8, e.bytes as usize) };
-                    file.read_into(&e.name, out)?;
-                } else {
+                    if distinct {
+                        targets.push((e.name.as_str(), out));
+                    } else {
+                        file.read_into(&e.name, out)?;
+                    }
+                } else if e.bytes > 0 || !in_place(var) {
                     let host = read_tensor(file, e)?;
                     var.shallow_clone().f_copy_(&host).map_err(torch)?;
                 }
             }
+            file.read_many_into(&mut targets)?;
         }
         Strategy::Standard => {
             let mut staged = Vec::with_capacity(present.len());

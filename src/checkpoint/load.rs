@@ -85,8 +85,11 @@ pub fn load_into(
             // them. A checksum is checked after its read, so a damaged file can leave
             // parameters overwritten; the load then fails and the caller reloads.
             let in_place = |var: &Tensor| var.device() == Device::Cpu && var.is_contiguous();
-            let mut starts: Vec<usize> =
-                present.iter().filter(|(e, v)| in_place(v) && e.bytes > 0).map(|(_, v)| v.data_ptr() as usize).collect();
+            let mut starts: Vec<usize> = present
+                .iter()
+                .filter(|(e, v)| in_place(v) && e.bytes > 0)
+                .map(|(_, v)| v.data_ptr() as usize)
+                .collect();
             starts.sort_unstable();
             let distinct = starts.windows(2).all(|w| w[0] != w[1]);
             let mut targets: Vec<(&str, &mut [u8])> = Vec::new();

@@ -124,7 +124,7 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
         let m = f.meta().expect("kept only with metadata");
         (m.position.epoch, m.position.step, m.has_optimizer_state)
     };
-    good.sort_by(|(a, ra), (b, rb)| (key(b), *rb).cmp(&(key(a), *ra)));
+    good.sort_by_key(|(f, role)| std::cmp::Reverse((key(f), *role)));
     Ok(Candidates { loadable: good.into_iter().map(|(f, _)| f).collect(), unreadable })
 }
 

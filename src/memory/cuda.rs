@@ -57,23 +57,6 @@ pub fn autocast_bf16() -> bool {
     unsafe { train_cuda_autocast_bf16() == 0 }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// On a machine without a GPU every call answers "unavailable" instead of failing.
-    #[test]
-    fn calls_are_safe_without_a_gpu() {
-        if tch::Cuda::is_available() {
-            eprintln!("skipped: a CUDA device is present");
-            return;
-        }
-        assert_eq!(stats(0), None);
-        assert_eq!(mem_info(0), None);
-        let _ = empty_cache();
-    }
-}
-
 /// Caps libtorch's CUDA caching allocator at `limit` bytes of GPU `index`, through its
 /// `per_process_memory_fraction` setting, before the first allocation reads it.
 pub fn limit_vram(limit: u64, index: usize) {
@@ -90,5 +73,22 @@ pub fn limit_vram(limit: u64, index: usize) {
             tracing::info!(limit, total = m.total, fraction, "memory.vram_limit: capping the CUDA caching allocator");
         }
         Ok(_) | Err(_) => tracing::warn!("memory.vram_limit is set but the GPU's size is unknown: not applied"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without a GPU every call answers "unavailable" instead of failing.
+    #[test]
+    fn calls_are_safe_without_a_gpu() {
+        if tch::Cuda::is_available() {
+            eprintln!("skipped: a CUDA device is present");
+            return;
+        }
+        assert_eq!(stats(0), None);
+        assert_eq!(mem_info(0), None);
+        let _ = empty_cache();
     }
 }

@@ -45,6 +45,7 @@ pub(super) fn upper(points: &[(f64, f64)]) -> f64 {
     }
 }
 
+/// The picture as the bytes of a file of `format`; `path` only names it in errors.
 pub(super) fn render(path: &Path, format: Format, title: &str, curves: &Curves) -> Result<Vec<u8>, ReportError> {
     let draw_error = |reason: String| ReportError::Draw { path: path.to_path_buf(), reason };
     register_embedded_font().map_err(draw_error)?;

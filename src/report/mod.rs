@@ -323,8 +323,6 @@ fn title(summary: &Summary) -> String {
     format!("{name}: {} epochs, {} optimizer steps", summary.epochs_completed, summary.steps)
 }
 
-/// The picture as the bytes of a file of `format`; `path` only names it in errors.
-
 #[cfg(test)]
 mod tests {
     use super::draw::{segments, span, upper};

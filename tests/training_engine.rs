@@ -156,9 +156,21 @@ fn a_torchscript_module_trains_and_checkpoints() {
     let latest = CheckpointFile::open(&d.join("ts/checkpoints/latest.safetensors")).unwrap();
     let names = latest.names().into_iter().map(String::from).collect::<Vec<_>>();
     assert!(
-        names.contains(&"fc_weight".to_string()) && names.contains(&"optimizer/head_bias/exp_avg".to_string()),
+        names.contains(&"fc.weight".to_string()) && names.contains(&"optimizer/head.bias/exp_avg".to_string()),
         "{names:?}"
     );
+    // The checkpoint's weights load into the Python module itself, strictly.
+    let check = format!(
+        "import torch; from safetensors.torch import load_file\n\
+         m = torch.jit.load('{}')\n\
+         sd = {{k: v for k, v in load_file('{}').items() if not k.startswith('optimizer/')}}\n\
+         m.load_state_dict(sd, strict=True)\n\
+         assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())\n",
+        d.join("model.pt").display(),
+        d.join("ts/checkpoints/latest.safetensors").display()
+    );
+    let out = std::process::Command::new(common::python()).args(["-c", &check]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A module that does not fit the data is refused before training, naming the file.
     let mut cmd = common::train(d);
     cmd.args([

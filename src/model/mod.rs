@@ -1,8 +1,8 @@
 //! The models, built from `model:` into a [`tch::nn::VarStore`] for a data set's task.
 //!
 //! Parameter names are PyTorch's (`fc1.weight`, `h.0.attn.c_attn.weight`), so checkpoints
-//! read like a `state_dict` in Python. TorchScript modules keep their own names with `.`
-//! replaced by `_` (a `VarStore` reserves `.` for nesting).
+//! read like a `state_dict` in Python, TorchScript modules' included (each dot a level of
+//! nesting in the `VarStore`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -75,6 +75,29 @@ impl ModelError {
     pub fn is_usage(&self) -> bool {
         matches!(self, Self::Incompatible { .. } | Self::TorchscriptMissing { .. } | Self::TooLarge { .. })
     }
+}
+
+/// Registers a TorchScript module's parameters in the `VarStore` under their PyTorch names
+/// (`layer1.0.conv1.weight`: one path segment per dot, as our own models nest), sharing
+/// storage with the module, so training updates the module and checkpoints line up with the
+/// Python module's `state_dict()`. (tch's `TrainableCModule` flattens the names to
+/// `layer1_0_conv1_weight`.)
+fn register_parameters(module: &tch::CModule, root: &nn::Path) -> Result<(), tch::TchError> {
+    for (name, tensor) in module.named_parameters()? {
+        let trainable = tensor.requires_grad();
+        match name.rsplit_once('.') {
+            Some((prefix, last)) => {
+                let mut segments = prefix.split('.');
+                let first = segments.next().expect("split yields at least one segment");
+                let path = segments.fold(root.sub(first), |p, s| p.sub(s));
+                let _shared = path.add(last, tensor, trainable);
+            }
+            None => {
+                let _shared = root.add(&name, tensor, trainable);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes per parameter: every model is built in float32.
@@ -248,7 +271,8 @@ pub fn build_within(
             }
             let failed =
                 |e: tch::TchError| ModelError::Torchscript { path: path.clone(), reason: libtorch_message(&e) };
-            let module = tch::TrainableCModule::load(&path, root.clone()).map_err(failed)?;
+            let module = tch::CModule::load_on_device(&path, root.device()).map_err(failed)?;
+            register_parameters(&module, root).map_err(failed)?;
             // Try it on two zero examples now, so a module that does not fit the data fails
             // here with a clear error instead of in the middle of training.
             let kind = if matches!(task, Task::LanguageModel { .. }) { Kind::Int64 } else { Kind::Float };

@@ -151,7 +151,7 @@ impl ModuleT for Gpt {
 
 /// A TorchScript module; remembers its train/eval mode to switch only when it changes.
 pub(super) struct Scripted {
-    pub(super) module: Mutex<(tch::TrainableCModule, bool)>,
+    pub(super) module: Mutex<(tch::CModule, bool)>,
 }
 
 impl std::fmt::Debug for Scripted {

@@ -158,7 +158,9 @@ fn verify_fails_on_damage_and_bad_input_names_the_file() {
     ckpt(d, &["verify", "flipped.safetensors"]).code(1).stderr(predicate::str::contains("fails its checksum"));
     ckpt(d, &["verify", "torn.safetensors"]).code(1).stderr(predicate::str::contains("torn.safetensors"));
     ckpt(d, &["verify", "missing.safetensors"]).code(1).stderr(predicate::str::contains("missing.safetensors"));
-    ckpt(d, &["convert", "ours.safetensors", "out.pt"]).code(1).stderr(predicate::str::contains("not supported"));
+    ckpt(d, &["convert", "ours.safetensors", "out.pt"]).code(1).stderr(
+        predicate::str::contains("cannot write checkpoint out.pt").and(predicate::str::contains("not supported")),
+    );
     std::fs::write(d.join("notes.txt"), "not a checkpoint").unwrap();
     ckpt(d, &["inspect", "notes.txt"]).code(1).stderr(predicate::str::contains("unknown checkpoint format"));
     ckpt(d, &["inspect", "absent.txt"]).code(1).stderr(predicate::str::contains("absent.txt: No such file"));

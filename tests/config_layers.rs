@@ -351,3 +351,9 @@ fn help_lists_every_exit_code() {
         assert!(help.contains(code), "{code:?} not in:\n{help}");
     }
 }
+
+/// Regression (hardening report): `--resume ''` said "checkpoint : No such file".
+#[test]
+fn rejects_an_empty_resume_path_naming_the_key() {
+    refused(|_| {}, &["--resume", ""], &[], &["`run.resume`", "is empty"]);
+}

@@ -25,6 +25,7 @@ impl From<train_store::Error> for CheckpointError {
             train_store::Error::Malformed { path, reason } => Self::Malformed { path, reason },
             train_store::Error::Corrupt { path, tensor } => Self::Corrupt { path, tensor },
             train_store::Error::MetadataCorrupt { path } => Self::MetadataCorrupt { path },
+            train_store::Error::Unwritable { path, reason } => Self::Unwritable { path, reason },
         }
     }
 }
@@ -62,6 +63,14 @@ pub enum CheckpointError {
     MetadataCorrupt {
         /// The file.
         path: PathBuf,
+    },
+    /// The output cannot be written in the format its name asks for.
+    #[error("cannot write checkpoint {path}: {reason}")]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to write instead.
+        reason: String,
     },
     /// Not enough free disk space to write a checkpoint; nothing was written.
     #[error(

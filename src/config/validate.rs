@@ -113,6 +113,9 @@ impl Config {
         if self.checkpoint.every_n_epochs == 0 {
             return invalid("checkpoint.every_n_epochs", "must be at least 1".into());
         }
+        if matches!(&self.run.resume, ResumeSpec::Path(p) if p.as_os_str().is_empty()) {
+            return invalid("run.resume", "is empty: give `auto`, `never` or a checkpoint's path".into());
+        }
         if self.run.threads == Some(0) {
             return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
         }

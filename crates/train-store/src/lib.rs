@@ -49,6 +49,14 @@ pub enum Error {
         /// The damaged tensor.
         tensor: String,
     },
+    /// The output cannot be written in the format its name asks for.
+    #[error("cannot write checkpoint {path}: {reason}")]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to write instead.
+        reason: String,
+    },
     /// The metadata does not match its own checksum: it was altered after it was written.
     #[error("checkpoint {path} is corrupt: its metadata fails its checksum")]
     MetadataCorrupt {

@@ -88,7 +88,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, Error> {
 pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64, Error> {
     let out_kind = FileKind::of_name(output)?;
     if out_kind == FileKind::Pytorch {
-        return Err(Error::Malformed {
+        return Err(Error::Unwritable {
             path: output.to_path_buf(),
             reason: format!(
                 "writing PyTorch pickle files is not supported; write {PLAIN_SUFFIX}, which Python opens with \

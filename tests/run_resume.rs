@@ -190,3 +190,24 @@ fn resume_from_an_explicit_path_with_a_wrong_model_names_the_tensor() {
 }
 
 use predicates::prelude::PredicateBooleanExt;
+
+/// Regression (hardening report): resuming a mid-epoch checkpoint with a larger batch size
+/// panicked ("range start index 10 out of range"), on every retry. Now the position is
+/// checked first: exit 2, naming the batch size it was saved with; an epoch checkpoint
+/// resumes with any batch size.
+#[test]
+fn a_mid_epoch_checkpoint_refuses_another_batch_size_with_advice() {
+    let ws = workspace();
+    let d = ws.path();
+    // 512 examples in batches of 32: 16 a step; stop after 10 steps, 10 batches in.
+    run(d, &["--output-dir", "r"], &["training.max_steps=10".into()]);
+    let mut cmd = common::train(d);
+    cmd.args(["--output-dir", "r"]);
+    let mut sets = common::quick_sets(&d.join("data"));
+    sets.push("training.batch_size=128".into());
+    let out = common::with_sets(&mut cmd, &sets).assert().code(2).get_output().clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("training.batch_size=32") && !stderr.contains("panicked"), "{stderr}");
+    // The same batch size resumes.
+    run(d, &["--output-dir", "r"], &["training.epochs=1".into()]);
+}

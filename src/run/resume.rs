@@ -113,7 +113,9 @@ pub fn resume(
             .and_then(|()| load_planned(cfg, trainer, file).map(|_| ()));
         match result {
             Ok(()) => return Ok(Some(file.path().to_path_buf())),
-            Err(e) if !explicit && !matches!(e, RunError::OutOfMemory { .. }) => {
+            // A changed batch size is the user's to settle (the error says how), not a reason
+            // to fall back to an older checkpoint and drop progress.
+            Err(e) if !explicit && !matches!(e, RunError::OutOfMemory { .. } | RunError::Position { .. }) => {
                 tracing::warn!("cannot resume from {}: {e}; trying an older checkpoint", file.path().display());
                 last_error = Some(e);
             }

@@ -138,7 +138,7 @@ fn a_torchscript_module_trains_and_checkpoints() {
     common::run_python(&common::repo().join("tests/reference/export_torchscript.py"), &[d.to_str().unwrap()]);
     let model = format!("model.torchscript.path={}", d.join("model.pt").display());
     let data = format!("data.path={}", d.join("data.safetensors").display());
-    run(
+    let log = run(
         d,
         "ts",
         &[
@@ -159,6 +159,12 @@ fn a_torchscript_module_trains_and_checkpoints() {
         names.contains(&"fc.weight".to_string()) && names.contains(&"optimizer/head.bias/exp_avg".to_string()),
         "{names:?}"
     );
+    assert!(!log.contains("was traced"), "a scripted module is not frozen: {log}");
+    // A module traced in eval mode trains with BatchNorm frozen: said, not silent.
+    let traced = format!("model.torchscript.path={}", d.join("traced_eval.pt").display());
+    let log_traced =
+        run(d, "traced", &["model.kind=torchscript", &traced, "data.kind=tensors", &data, "training.epochs=1"]);
+    assert!(log_traced.contains("traced in eval mode") && log_traced.contains("torch.jit.script"), "{log_traced}");
     // The checkpoint's weights load into the Python module itself, strictly.
     let check = format!(
         "import torch; from safetensors.torch import load_file\n\

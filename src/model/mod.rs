@@ -13,7 +13,10 @@ use tch::{Kind, Tensor};
 use crate::config::{ModelConfig, ModelKind};
 use crate::data::Task;
 
+mod frozen;
 mod nets;
+
+pub use frozen::{frozen_mode, Frozen};
 
 use nets::{Cnn, Gpt, Mlp, Scripted};
 
@@ -271,6 +274,20 @@ pub fn build_within(
             }
             let failed =
                 |e: tch::TchError| ModelError::Torchscript { path: path.clone(), reason: libtorch_message(&e) };
+            match frozen_mode(&path) {
+                Some(Frozen::Eval(op)) => tracing::warn!(
+                    path = %path.display(),
+                    "{op} runs in eval mode whatever the mode: the module was traced in eval mode \
+                     (torch.jit.trace bakes the mode in), so BatchNorm statistics stay frozen and dropout off \
+                     while training; export it with torch.jit.script"
+                ),
+                Some(Frozen::Train(op)) => tracing::warn!(
+                    path = %path.display(),
+                    "{op} runs in train mode whatever the mode: the module was traced in train mode, so \
+                     evaluation uses batch statistics and dropout; export it with torch.jit.script"
+                ),
+                None => {}
+            }
             let module = tch::CModule::load_on_device(&path, root.device()).map_err(failed)?;
             register_parameters(&module, root).map_err(failed)?;
             // Try it on two zero examples now, so a module that does not fit the data fails

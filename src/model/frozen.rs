@@ -1,0 +1,97 @@
+//! Spotting a TorchScript module whose train/eval behaviour was frozen by `torch.jit.trace`.
+//!
+//! Tracing records the operations one call ran, with their arguments as constants: a module
+//! traced in eval mode calls `torch.batch_norm(..., False, ...)` and `torch.dropout(x, p,
+//! False)` forever after, so training it updates weights with BatchNorm's running statistics
+//! frozen and no dropout, silently (the hardening report measured loss 1.40 against 0.80
+//! after 50 steps on a resnet). A scripted module passes `training` instead. The archive
+//! keeps the module's code as text, so the constant is there to read, without running the
+//! module (which, in train mode, would move BatchNorm's running statistics).
+
+use std::io::Read;
+use std::path::Path;
+
+/// Operations whose behaviour depends on train/eval mode, with the argument that says which.
+const MODE_OPS: &[&str] = &[
+    "torch.batch_norm(",
+    "torch.dropout(",
+    "torch.feature_dropout(",
+    "torch.alpha_dropout(",
+    "torch.feature_alpha_dropout(",
+    "torch.instance_norm(",
+];
+
+/// What the module's code fixes the mode of mode-dependent operations to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frozen {
+    /// Eval mode: `operation` (and maybe others) always runs as in evaluation.
+    Eval(String),
+    /// Train mode: always as in training, evaluation included.
+    Train(String),
+}
+
+/// Reads the code a TorchScript archive carries and says whether a mode-dependent operation
+/// has its mode fixed by a constant; `None` when none has, or the file cannot be read as
+/// an archive (loading it reports that).
+pub fn frozen_mode(path: &Path) -> Option<Frozen> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut archive = zip::ZipArchive::new(file).ok()?;
+    for i in 0..archive.len() {
+        let Ok(mut entry) = archive.by_index(i) else { continue };
+        let Ok(name) = entry.name().map(|n| n.into_owned()) else { continue };
+        if !name.contains("/code/") || !name.ends_with(".py") || entry.size() > 16 << 20 {
+            continue;
+        }
+        let mut code = String::new();
+        if entry.read_to_string(&mut code).is_err() {
+            continue;
+        }
+        if let Some(found) = frozen_in(&code) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The first mode-dependent call in `code` whose arguments hold a literal `False` or `True`.
+fn frozen_in(code: &str) -> Option<Frozen> {
+    for op in MODE_OPS {
+        for (at, _) in code.match_indices(op) {
+            let args = &code[at + op.len()..];
+            let args = &args[..args.find(')').unwrap_or(args.len())];
+            let name = op.trim_end_matches('(').to_string();
+            // The mode is the only boolean argument these take besides batch_norm's and
+            // instance_norm's trailing `cudnn_enabled`/`use_input_stats` flags, which come
+            // after it: the first literal decides.
+            let first = args.split(',').map(str::trim).find(|a| *a == "False" || *a == "True");
+            match first {
+                Some("False") => return Some(Frozen::Eval(name)),
+                Some("True") => return Some(Frozen::Train(name)),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traced_eval_mode_batch_norm_is_frozen_in_eval() {
+        let code =
+            "input = torch.batch_norm(argument_1, weight, bias, running_mean, running_var, False, 0.1, 1e-05, True)";
+        assert_eq!(frozen_in(code), Some(Frozen::Eval("torch.batch_norm".into())));
+        assert_eq!(frozen_in("_0 = torch.dropout(argument_1, 0.5, True)"), Some(Frozen::Train("torch.dropout".into())));
+    }
+
+    #[test]
+    fn scripted_calls_that_pass_the_training_flag_are_not_frozen() {
+        let code =
+            "_0 = torch.batch_norm(input, weight, bias, running_mean, running_var, bn_training, 0.1, 1e-05, True)\n\
+                    _1 = torch.dropout(input, self.p, self.training)";
+        assert_eq!(frozen_in(code), None);
+        assert_eq!(frozen_in("return torch.linear(x, weight, bias)"), None);
+    }
+}

@@ -11,14 +11,15 @@
 use std::io::Read;
 use std::path::Path;
 
-/// Operations whose behaviour depends on train/eval mode, with the argument that says which.
-const MODE_OPS: &[&str] = &[
-    "torch.batch_norm(",
-    "torch.dropout(",
-    "torch.feature_dropout(",
-    "torch.alpha_dropout(",
-    "torch.feature_alpha_dropout(",
-    "torch.instance_norm(",
+/// Operations whose behaviour depends on train/eval mode, with the position of the argument
+/// that says which (`training`, or `use_input_stats` for instance norm).
+const MODE_OPS: &[(&str, usize)] = &[
+    ("torch.batch_norm(", 5),
+    ("torch.instance_norm(", 5),
+    ("torch.dropout(", 2),
+    ("torch.feature_dropout(", 2),
+    ("torch.alpha_dropout(", 2),
+    ("torch.feature_alpha_dropout(", 2),
 ];
 
 /// What the module's code fixes the mode of mode-dependent operations to.
@@ -53,18 +54,12 @@ pub fn frozen_mode(path: &Path) -> Option<Frozen> {
     None
 }
 
-/// The first mode-dependent call in `code` whose arguments hold a literal `False` or `True`.
+/// The first mode-dependent call in `code` whose mode argument is a literal.
 fn frozen_in(code: &str) -> Option<Frozen> {
-    for op in MODE_OPS {
+    for (op, position) in MODE_OPS {
         for (at, _) in code.match_indices(op) {
-            let args = &code[at + op.len()..];
-            let args = &args[..args.find(')').unwrap_or(args.len())];
             let name = op.trim_end_matches('(').to_string();
-            // The mode is the only boolean argument these take besides batch_norm's and
-            // instance_norm's trailing `cudnn_enabled`/`use_input_stats` flags, which come
-            // after it: the first literal decides.
-            let first = args.split(',').map(str::trim).find(|a| *a == "False" || *a == "True");
-            match first {
+            match arguments(&code[at + op.len()..]).get(*position).map(String::as_str) {
                 Some("False") => return Some(Frozen::Eval(name)),
                 Some("True") => return Some(Frozen::Train(name)),
                 _ => {}
@@ -72,6 +67,27 @@ fn frozen_in(code: &str) -> Option<Frozen> {
         }
     }
     None
+}
+
+/// The top-level arguments of a call, from just after its `(` to its matching `)`.
+fn arguments(text: &str) -> Vec<String> {
+    let (mut args, mut current, mut depth) = (Vec::new(), String::new(), 0usize);
+    for c in text.chars() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' if depth == 0 => break,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(current.trim().to_string());
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    args.push(current.trim().to_string());
+    args
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::fs::File;
 use std::path::Path;
+use train_store::Error as FileError;
 
 use safetensors::tensor::{Dtype, View};
 use tch::{Device, Tensor};
@@ -61,7 +62,7 @@ pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) 
         .iter()
         .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
         .collect::<Result<_, _>>()
-        .map_err(|reason| CheckpointError::Malformed { path: path.to_path_buf(), reason })?;
+        .map_err(|reason| FileError::Malformed { path: path.to_path_buf(), reason })?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     Ok(serialize_views(path, &views, meta)?)
 }

@@ -18,60 +18,14 @@ pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZE
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
 
-impl From<train_store::Error> for CheckpointError {
-    fn from(e: train_store::Error) -> Self {
-        match e {
-            train_store::Error::Io { path, source } => Self::Io { path, source },
-            train_store::Error::Malformed { path, reason } => Self::Malformed { path, reason },
-            train_store::Error::Corrupt { path, tensor } => Self::Corrupt { path, tensor },
-            train_store::Error::MetadataCorrupt { path } => Self::MetadataCorrupt { path },
-            train_store::Error::Unwritable { path, reason } => Self::Unwritable { path, reason },
-        }
-    }
-}
-
 /// Everything that can go wrong reading or writing a checkpoint; each names the file and,
 /// where one is at fault, the tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// The file system refused.
-    #[error("checkpoint {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The bytes are not a checkpoint this version can read.
-    #[error("checkpoint {path} is not readable: {reason}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A tensor's bytes do not match its checksum: the file was damaged after it was written.
-    #[error("checkpoint {path} is corrupt: tensor `{tensor}` fails its checksum")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// The damaged tensor.
-        tensor: String,
-    },
-    /// The metadata does not match its own checksum: it was altered after it was written.
-    #[error("checkpoint {path} is corrupt: its metadata fails its checksum")]
-    MetadataCorrupt {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The output cannot be written in the format its name asks for.
-    #[error("cannot write checkpoint {path}: {reason}")]
-    Unwritable {
-        /// The file.
-        path: PathBuf,
-        /// Why, and what to write instead.
-        reason: String,
-    },
+    /// Reading or writing the file itself (I/O, a malformed or damaged file, an unwritable
+    /// format): `train-store`'s error, which names the file and the tensor.
+    #[error(transparent)]
+    File(#[from] train_store::Error),
     /// Not enough free disk space to write a checkpoint; nothing was written.
     #[error(
         "not enough disk space in {dir} for a checkpoint: need about {needed} bytes, {available} available; earlier checkpoints are untouched"

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+use train_store::Error as FileError;
 
 use tch::{Device, Tensor};
 
@@ -165,9 +166,8 @@ fn perform(
     let payload = all_bytes + if request.epoch_file { bytes_of(&mut weights.iter()) } else { 0 };
     let files = if request.epoch_file { 2 } else { 1 };
     let needed = payload + payload / 100 + SPACE_SLACK + files * SPACE_PER_TENSOR * tensors.len() as u64;
-    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
-    let available =
-        fs4::available_space(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
+    let available = fs4::available_space(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
     if available < needed {
         return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed, available });
     }
@@ -202,7 +202,7 @@ fn perform(
     let entries: Vec<EpochEntry> = epochs.iter().map(|(_, e)| *e).collect();
     for epoch in retention::to_delete(&entries, policy, latest_verified) {
         for (path, _) in epochs.iter().filter(|(_, e)| e.epoch == epoch) {
-            std::fs::remove_file(path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+            std::fs::remove_file(path).map_err(|source| FileError::Io { path: path.clone(), source })?;
             tracing::info!(path = %path.display(), "checkpoint rotated away");
             report.deleted.push(path.clone());
         }

@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use train_store::Error as FileError;
 
 use tch::Tensor;
 
@@ -64,11 +65,11 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
         let name = entry.file_name();
         if let Some((role, _)) = name.to_str().and_then(parse_name) {
             out.push((entry.path(), role));
@@ -83,12 +84,12 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(CheckpointError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
     };
     let mut removed = 0;
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.path().is_file() {
-            fs::remove_file(entry.path()).map_err(|source| CheckpointError::Io { path: entry.path(), source })?;
+            fs::remove_file(entry.path()).map_err(|source| FileError::Io { path: entry.path(), source })?;
             removed += 1;
         }
     }
@@ -113,10 +114,13 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
     for (path, role) in list(dir)? {
         match CheckpointFile::open(&path) {
             Ok(file) if file.meta().is_some() => good.push((file, role)),
-            Ok(_) => unreadable.push(CheckpointError::Malformed {
-                path,
-                reason: "has no train metadata, so it was not written by this run".into(),
-            }),
+            Ok(_) => unreadable.push(
+                FileError::Malformed {
+                    path,
+                    reason: "has no train metadata, so it was not written by this run".into(),
+                }
+                .into(),
+            ),
             Err(e) => unreadable.push(e.into()),
         }
     }
@@ -139,7 +143,7 @@ pub fn write_atomic(
 ) -> Result<(PathBuf, u64), CheckpointError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| CheckpointError::Io { path, source }
+        move |source| FileError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(file_name(role, compressed));
@@ -154,7 +158,7 @@ pub fn write_atomic(
     if role == Role::Latest {
         let other = dir.join(file_name(role, !compressed));
         match fs::remove_file(&other) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&other)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&other)(e).into()),
             _ => {}
         }
     }

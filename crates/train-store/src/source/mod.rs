@@ -106,8 +106,6 @@ enum Body {
     Compressed {
         /// The reader, which owns the file.
         reader: Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>,
-        /// The file's descriptor, for read-ahead advice; valid while `reader` lives.
-        fd: std::os::fd::RawFd,
     },
     /// A PyTorch archive.
     Pytorch(HashMap<String, pytorch_reader::Tensor>),
@@ -286,7 +284,7 @@ impl CheckpointFile {
     /// [`Self::read_into`] does. A compressed file decodes them all in parallel, across
     /// tensors as well as within them; other kinds read them one after another.
     pub fn read_many_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<(), Error> {
-        let Body::Compressed { reader, fd } = &self.body else {
+        let Body::Compressed { reader } = &self.body else {
             for (name, out) in targets.iter_mut() {
                 self.read_into(name, out)?;
             }
@@ -298,10 +296,6 @@ impl CheckpointFile {
                 return Err(self.malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
             }
         }
-        // The decoder reads a window, then decodes it: ask the kernel to read the file ahead
-        // meanwhile, so a cold read overlaps decoding instead of alternating with it.
-        // SAFETY: `fd` is the open file `reader` owns; the call only advises the page cache.
-        unsafe { libc::posix_fadvise(*fd, 0, 0, libc::POSIX_FADV_WILLNEED) };
         let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         reader.read_tensors_into(targets).map_err(|err| {
             // The error names the damaged tensor among the many read.

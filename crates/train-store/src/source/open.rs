@@ -98,7 +98,6 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
 }
 
 pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     // Opening reads the header, trailer and index (checked against its own checksum) only.
     let reader = train_ckpt::Reader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
     let entries = reader
@@ -113,7 +112,7 @@ pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
         })
         .collect();
     let metadata = reader.metadata().clone().into_iter().collect();
-    Ok((Body::Compressed { reader: Box::new(std::sync::Mutex::new(reader)), fd }, entries, metadata, None))
+    Ok((Body::Compressed { reader: Box::new(std::sync::Mutex::new(reader)) }, entries, metadata, None))
 }
 
 pub(super) fn open_pytorch(path: &Path) -> Result<Opened, String> {

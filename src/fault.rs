@@ -29,6 +29,21 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// Runs `f`, turning a libtorch out-of-memory panic into `Err` with its message; any other
+/// panic goes on unwinding. (tch's infallible calls panic with libtorch's error.)
+pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => Ok(value),
+        Err(panic) => {
+            let msg = panic_message(panic.as_ref());
+            if !is_oom_message(&msg) {
+                std::panic::resume_unwind(panic);
+            }
+            Err(msg)
+        }
+    }
+}
+
 /// Keeps out-of-memory panics, which the training loop recovers from, out of stderr; any
 /// other panic is printed as usual.
 pub fn quiet_oom_panics() {

@@ -102,8 +102,7 @@ impl Trainer {
             trainable,
             schedule: cfg.training.schedule.clone(),
             base_lr: cfg.training.optimizer.lr,
-            total_steps: u64::from(cfg.training.epochs)
-                * data.train.len().div_ceil(cfg.training.batch_size as usize) as u64,
+            total_steps: u64::from(cfg.training.epochs) * cfg.training.batches_per_epoch(data.train.len()),
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,

@@ -32,17 +32,9 @@ fn run_folder() -> tempfile::TempDir {
             .unwrap();
         }
         log.append(&MetricsLine::Epoch(EpochMetrics {
-            epoch,
-            step: u64::from(epoch) * 40,
             train_loss: 1.0 / f64::from(epoch),
-            val_loss: [0.9, 0.6, 0.7][epoch as usize - 1],
             val_accuracy: 0.7 + 0.05 * f64::from(epoch),
-            lr: 1e-3,
-            train_seconds: 4.0,
-            samples_per_sec: 1000.0,
-            eval_seconds: 0.5,
-            checkpoint_blocked_seconds: 0.125,
-            host_rss_bytes: Some(512 << 20),
+            ..epoch_line(epoch, [0.9, 0.6, 0.7][epoch as usize - 1])
         }))
         .unwrap();
     }

@@ -58,20 +58,20 @@ impl View for &HostTensor {
 /// Serializes a checkpoint of `tensors` (copied to the host first when elsewhere) with
 /// `meta` and the per-tensor checksums. `path` only names the file in errors.
 pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>, CheckpointError> {
-    let host: Vec<(String, HostTensor)> = tensors
-        .iter()
-        .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
-        .collect::<Result<_, _>>()
-        .map_err(|reason| FileError::Malformed { path: path.to_path_buf(), reason })?;
+    let host = on_host(tensors).map_err(|reason| FileError::Malformed { path: path.to_path_buf(), reason })?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     Ok(serialize_views(path, &views, meta)?)
+}
+
+/// Every tensor as a [`HostTensor`], under its name.
+fn on_host(tensors: &[(String, Tensor)]) -> Result<Vec<(String, HostTensor)>, String> {
+    tensors.iter().map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h))).collect()
 }
 
 /// Writes `tensors` and `meta` to `out` in the compressed format (copied to the host first
 /// when elsewhere); returns the file's size.
 pub(crate) fn write_compressed(out: &mut File, tensors: &[(String, Tensor)], meta: &Meta) -> Result<u64, String> {
-    let host: Vec<(String, HostTensor)> =
-        tensors.iter().map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h))).collect::<Result<_, _>>()?;
+    let host = on_host(tensors)?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     write_compressed_views(out, &views, meta)
 }

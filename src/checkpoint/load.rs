@@ -106,7 +106,7 @@ pub fn load_into(
                     } else {
                         file.read_into(&e.name, out)?;
                     }
-                } else if e.bytes > 0 || !in_place(var) {
+                } else if !in_place(var) {
                     let host = read_tensor(file, e)?;
                     var.shallow_clone().f_copy_(&host).map_err(torch)?;
                 }

@@ -253,6 +253,13 @@ pub enum OnNonfinite {
     Continue,
 }
 
+impl TrainingConfig {
+    /// Optimiser steps in an epoch of `examples` training examples (the last batch may be short).
+    pub fn batches_per_epoch(&self, examples: usize) -> u64 {
+        examples.div_ceil(self.batch_size as usize) as u64
+    }
+}
+
 impl Default for TrainingConfig {
     fn default() -> Self {
         Self {

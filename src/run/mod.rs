@@ -175,8 +175,8 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         }
         crate::memory::cuda::autocast_bf16();
     }
+    crate::data::check_files(&cfg.data)?;
     if dry_run {
-        crate::data::check_files(&cfg.data)?;
         let folder = RunFolder::acquire_existing(&out)?;
         let ckpt_dir = out.join(crate::checkpoint::store::DIR_NAME);
         let plan = resume::plan(cfg, &ckpt_dir)?;
@@ -191,7 +191,6 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     }
 
     // The lock comes before any look inside the folder: fresh or resume is decided under it.
-    crate::data::check_files(&cfg.data)?;
     let folder = RunFolder::acquire(&out)?;
     let started = match start(cfg, &folder, device, &stop) {
         Ok(Some(started)) => started,
@@ -270,17 +269,8 @@ fn start(
     }
     // Building the model is where a GPU too small for it (or a vram_limit below it) first
     // shows: libtorch's out-of-memory error arrives as a panic from tch.
-    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Trainer::new(cfg, &data, device)));
-    let mut trainer = match built {
-        Ok(trainer) => trainer?,
-        Err(panic) => {
-            let msg = crate::fault::panic_message(panic.as_ref());
-            if !crate::fault::is_oom_message(&msg) {
-                std::panic::resume_unwind(panic);
-            }
-            return Err(RunError::OutOfMemory { detail: format!("building the model: {msg}") });
-        }
-    };
+    let mut trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
+        .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
     if stop.raised() {
         tracing::warn!("stop requested during start-up: nothing to save");
         return Ok(None);
@@ -294,16 +284,15 @@ fn start(
 /// again continues, so it does not shorten the schedule).
 fn check_warmup(cfg: &Config, train_examples: usize) -> Result<(), RunError> {
     let t = &cfg.training;
-    let total = u64::from(t.epochs) * train_examples.div_ceil(t.batch_size as usize) as u64;
+    let batches = t.batches_per_epoch(train_examples);
+    let total = u64::from(t.epochs) * batches;
     if t.schedule.warmup_steps > total {
         return Err(ConfigError::Invalid {
             key: "training.schedule.warmup_steps".into(),
             message: format!(
                 "is {}, longer than the whole run ({total} steps: {} epochs of {} batches): the rate would never \
                  reach training.optimizer.lr",
-                t.schedule.warmup_steps,
-                t.epochs,
-                train_examples.div_ceil(t.batch_size as usize)
+                t.schedule.warmup_steps, t.epochs, batches
             ),
         }
         .into());

@@ -104,7 +104,7 @@ pub fn resume(
         return Ok(None);
     };
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
-    let batches = train_examples.div_ceil(cfg.training.batch_size as usize) as u64;
+    let batches = cfg.training.batches_per_epoch(train_examples);
     let mut last_error = None;
     for file in files {
         let meta = file.meta_or_imported();

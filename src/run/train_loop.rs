@@ -203,15 +203,10 @@ impl Loop<'_> {
         ys: &tch::Tensor,
     ) -> Result<StepOutcome, RunError> {
         loop {
-            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.train_step(xs, ys)));
-            let panic = match attempt {
+            let msg = match crate::fault::catch_oom(|| trainer.train_step(xs, ys)) {
                 Ok(step) => return Ok(step),
-                Err(panic) => panic,
+                Err(msg) => msg,
             };
-            let msg = crate::fault::panic_message(panic.as_ref());
-            if !crate::fault::is_oom_message(&msg) {
-                std::panic::resume_unwind(panic);
-            }
             crate::memory::cuda::empty_cache();
             let n = xs.size()[0];
             let step = trainer.position.step + 1;

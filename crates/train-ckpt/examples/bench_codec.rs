@@ -11,13 +11,17 @@
 //! (`optimizer/<param>/exp_avg` and `exp_avg_sq`); each group is measured as stored (fp32)
 //! and converted to bf16 (round to nearest even). Times are the best of `RUNS` runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use train_ckpt::{Dtype, Reader, Writer, WriterOptions};
+
+use common::best;
 
 const RUNS: usize = 5;
 
@@ -127,15 +131,15 @@ fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
 
     let all: Vec<u8> = tensors.iter().flat_map(|t| t.data.iter().copied()).collect();
     let zstd_once = |frame: &Vec<u8>, compress| -> Result<Codec> {
-        let (back, decompress) = best(|| Ok(zstd::bulk::decompress(frame, all.len())?))?;
+        let (back, decompress) = best(RUNS, || Ok(zstd::bulk::decompress(frame, all.len())?))?;
         if back != all {
             bail!("zstd does not round-trip");
         }
         Ok(Codec { stored: frame.len(), compress, decompress })
     };
-    let (frame, time) = best(|| Ok(zstd::bulk::compress(&all, 3)?))?;
+    let (frame, time) = best(RUNS, || Ok(zstd::bulk::compress(&all, 3)?))?;
     let zstd = zstd_once(&frame, time)?;
-    let (frame, time) = best(|| {
+    let (frame, time) = best(RUNS, || {
         let mut c = zstd::bulk::Compressor::new(3)?;
         c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(threads as u32))?;
         Ok(c.compress(&all)?)
@@ -148,14 +152,14 @@ fn measure(tensors: &[Tensor], threads: usize) -> Result<Row> {
 fn measure_ours(tensors: &[Tensor], threads: usize) -> Result<Codec> {
     let raw: usize = tensors.iter().map(|t| t.data.len()).sum();
     let options = WriterOptions { threads, ..WriterOptions::default() };
-    let (file, compress) = best(|| {
+    let (file, compress) = best(RUNS, || {
         let mut w = Writer::with_options(Vec::with_capacity(raw), options.clone())?;
         for t in tensors {
             w.add_tensor(&t.name, t.dtype, &t.shape, &t.data)?;
         }
         Ok(w.finish(BTreeMap::new())?)
     })?;
-    let (_, decompress) = best(|| {
+    let (_, decompress) = best(RUNS, || {
         let mut r = Reader::with_threads(Cursor::new(&file), threads)?;
         for t in tensors {
             std::hint::black_box(r.read_tensor(&t.name)?);
@@ -169,19 +173,6 @@ fn measure_ours(tensors: &[Tensor], threads: usize) -> Result<Codec> {
         }
     }
     Ok(Codec { stored: file.len(), compress, decompress })
-}
-
-/// Runs `f` RUNS times; returns its last result and its shortest time.
-fn best<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, Duration)> {
-    let mut fastest = Duration::MAX;
-    let mut last = None;
-    for _ in 0..RUNS {
-        let start = Instant::now();
-        let out = f()?;
-        fastest = fastest.min(start.elapsed());
-        last = Some(out);
-    }
-    Ok((last.expect("RUNS > 0"), fastest))
 }
 
 fn mbps(bytes: usize, time: Duration) -> f64 {

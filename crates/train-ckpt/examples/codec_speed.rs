@@ -13,13 +13,16 @@
 //! GB = 10^9 bytes of raw tensor data. No process start-up (and no libtorch) is counted.
 //! Prints one JSON object per file on a line starting with `json: `, then a table.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use train_ckpt::{Dtype, Reader, Writer, WriterOptions};
+
+use common::best;
 
 fn dtype(d: StDtype) -> Result<Dtype> {
     Ok(match d {
@@ -138,21 +141,4 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `f` `runs` times; returns its last result and its shortest time.
-fn best<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, Duration)> {
-    let mut fastest = Duration::MAX;
-    let mut last = None;
-    for _ in 0..runs {
-        let start = Instant::now();
-        let out = f()?;
-        fastest = fastest.min(start.elapsed());
-        last = Some(out);
-    }
-    match last {
-        Some(out) => Ok((out, fastest)),
-        // Not measured (--only): run once for the result, report no time.
-        None => Ok((f()?, Duration::ZERO)),
-    }
 }

@@ -103,10 +103,7 @@ enum Body {
     /// and nothing stays resident in this process afterwards).
     Plain { file: File, data_start: u64 },
     /// The compressed format, whose reader decodes (and checks) one tensor at a time.
-    Compressed {
-        /// The reader, which owns the file.
-        reader: Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>,
-    },
+    Compressed(Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>),
     /// A PyTorch archive.
     Pytorch(HashMap<String, pytorch_reader::Tensor>),
 }
@@ -249,10 +246,7 @@ impl CheckpointFile {
     /// checksums.
     pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
         let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
-        let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
-        if out.len() as u64 != e.bytes {
-            return Err(malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
-        }
+        let e = self.entry_sized(name, out.len())?;
         match &self.body {
             Body::Plain { file, data_start } => {
                 std::os::unix::fs::FileExt::read_exact_at(file, out, data_start + e.begin)
@@ -264,7 +258,7 @@ impl CheckpointFile {
                 }
                 Ok(())
             }
-            Body::Compressed { reader, .. } => reader
+            Body::Compressed(reader) => reader
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .read_tensor_into(name, out)
@@ -284,17 +278,14 @@ impl CheckpointFile {
     /// [`Self::read_into`] does. A compressed file decodes them all in parallel, across
     /// tensors as well as within them; other kinds read them one after another.
     pub fn read_many_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<(), Error> {
-        let Body::Compressed { reader } = &self.body else {
+        let Body::Compressed(reader) = &self.body else {
             for (name, out) in targets.iter_mut() {
                 self.read_into(name, out)?;
             }
             return Ok(());
         };
         for (name, out) in targets.iter() {
-            let e = self.entry(name).ok_or_else(|| self.malformed(format!("no tensor `{name}`")))?;
-            if out.len() as u64 != e.bytes {
-                return Err(self.malformed(format!("tensor `{name}` is {} bytes, not {}", e.bytes, out.len())));
-            }
+            self.entry_sized(name, out.len())?;
         }
         let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         reader.read_tensors_into(targets).map_err(|err| {
@@ -309,8 +300,14 @@ impl CheckpointFile {
         })
     }
 
-    fn malformed(&self, reason: String) -> Error {
-        Error::Malformed { path: self.path.clone(), reason }
+    /// The entry of tensor `name`, which a buffer of `len` bytes must exactly hold.
+    fn entry_sized(&self, name: &str, len: usize) -> Result<&Entry, Error> {
+        let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
+        let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
+        if len as u64 != e.bytes {
+            return Err(malformed(format!("tensor `{name}` is {} bytes, not {len}", e.bytes)));
+        }
+        Ok(e)
     }
 
     /// Reads tensor `name` into a new buffer, checked as [`Self::read_into`] does.
@@ -326,7 +323,7 @@ impl CheckpointFile {
     /// decoded in parallel across tensors as well as within them.
     pub fn verify(&self) -> Result<Verification, Error> {
         match &self.body {
-            Body::Compressed { .. } => {
+            Body::Compressed(_) => {
                 for group in groups(&self.entries, VERIFY_GROUP_BYTES) {
                     let mut bufs: Vec<Vec<u8>> = group.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
                     let mut targets: Vec<(&str, &mut [u8])> =

@@ -112,7 +112,7 @@ pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
         })
         .collect();
     let metadata = reader.metadata().clone().into_iter().collect();
-    Ok((Body::Compressed { reader: Box::new(std::sync::Mutex::new(reader)) }, entries, metadata, None))
+    Ok((Body::Compressed(Box::new(std::sync::Mutex::new(reader))), entries, metadata, None))
 }
 
 pub(super) fn open_pytorch(path: &Path) -> Result<Opened, String> {

@@ -100,9 +100,15 @@ pub fn resume(
     train_examples: usize,
 ) -> Result<Option<PathBuf>, RunError> {
     let ResumePlan::From(files) = plan else {
-        tracing::info!("starting fresh");
+        match &cfg.model.init_from {
+            Some(path) => init(cfg, trainer, path)?,
+            None => tracing::info!("starting fresh"),
+        }
         return Ok(None);
     };
+    if let Some(path) = &cfg.model.init_from {
+        tracing::info!(init_from = %path.display(), "resuming, so model.init_from is not used: the checkpoints continue from it");
+    }
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
     let batches = cfg.training.batches_per_epoch(train_examples);
     let mut last_error = None;
@@ -167,6 +173,41 @@ pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) 
             }
         }
     }
+}
+
+/// Starts a fresh run from the weights in `path` (`model.init_from`), with the loading
+/// strategy the memory plan chooses for them, stepping down on out-of-memory errors as a
+/// resume does. The optimizer stays fresh and the position at step 0.
+fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(), RunError> {
+    let file = CheckpointFile::open(path).map_err(|e| RunError::InitFrom(e.into()))?;
+    let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
+    let sizes = memory::plan::sizes_of(&file, Some(model));
+    let plan = memory::plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
+    let mut strategy = plan.strategy;
+    let start = Instant::now();
+    let report = loop {
+        let vars = trainer.variables();
+        match checkpoint::init_from(&file, &vars, trainer.device, strategy, cfg.model.init_strict) {
+            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
+                memory::cuda::empty_cache();
+                strategy = strategy.cheaper().ok_or_else(|| RunError::OutOfMemory {
+                    detail: format!("initialising from {}: {e}", path.display()),
+                })?;
+            }
+            other => {
+                memory::cuda::empty_cache();
+                break other.map_err(RunError::InitFrom)?;
+            }
+        }
+    };
+    let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
+    if report.is_exact() {
+        tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());
+    } else {
+        tracing::warn!(seconds, strategy = strategy.name(), "{} (model.init_strict refuses this):", report.summary());
+        tracing::warn!("differences between {} and the model:\n{}", path.display(), report.table().trim_end());
+    }
+    Ok(())
 }
 
 fn load_one(

@@ -99,13 +99,7 @@ pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
     let file_bytes = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
     let summary = ckpt.optimizer_summary()?;
     // A PyTorch optimizer state dict's tensors are those under its key (or the whole file).
-    let pytorch_state = match &summary {
-        Some(s) if s.source != "train" => {
-            let prefix = if s.source == "state_dict" { String::new() } else { format!("{}.", s.source) };
-            Some(prefix)
-        }
-        _ => None,
-    };
+    let pytorch_state = ckpt.pytorch_optimizer_prefix();
     let role = |e: &Entry, beside: bool| {
         if !beside {
             if e.name.starts_with(OPTIMIZER_PREFIX) {

@@ -371,6 +371,8 @@ impl CheckpointFile {
                     let mut v = serde_json::to_value(g).expect("a param group serializes");
                     let fields = v.as_object_mut().expect("a struct serializes to an object");
                     fields.insert("params".into(), g.params.len().into());
+                    // A hyper-parameter the group does not have is left out, not `null`.
+                    fields.retain(|_, v| !v.is_null());
                     if let Some(serde_json::Value::Object(other)) = fields.remove("other") {
                         fields.extend(other);
                     }
@@ -411,6 +413,13 @@ impl CheckpointFile {
 }
 
 impl CheckpointFile {
+    /// The dotted-name prefix of a `torch.save` file's optimizer state tensors among
+    /// [`Self::other_entries`] (`optimizer_state_dict.`, or `""` for a bare state dict);
+    /// `None` when it holds no optimizer state dict.
+    pub(crate) fn pytorch_optimizer_prefix(&self) -> Option<String> {
+        self.pickle.as_ref()?.optimizer.as_ref().map(OptimizerAt::prefix)
+    }
+
     /// The optimizer state dict of a `torch.save` file, and how many parameters have a
     /// `step`. With `read_scalars` false no tensor is read: a `step` or hyper-parameter held
     /// in a tensor reads as `None`.
@@ -559,5 +568,52 @@ impl CheckpointFile {
             OptimizerAt::Key(k) => Some(k.clone()),
         };
         Ok(Some((PytorchOptimizer { path: self.path.clone(), key, param_groups, state }, steps)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_element_tensors_read_as_numbers_in_every_dtype() {
+        assert_eq!(scalar_of(Dtype::F32, &0.25f32.to_le_bytes()), Some(0.25));
+        assert_eq!(scalar_of(Dtype::F64, &(-1.5f64).to_le_bytes()), Some(-1.5));
+        assert_eq!(scalar_of(Dtype::I64, &7i64.to_le_bytes()), Some(7.0));
+        assert_eq!(scalar_of(Dtype::I32, &(-3i32).to_le_bytes()), Some(-3.0));
+        assert_eq!(scalar_of(Dtype::U8, &[200]), Some(200.0));
+        assert_eq!(scalar_of(Dtype::BOOL, &[1]), Some(1.0));
+        // bfloat16 0.25 is f32 0.25's upper half; float16 0.125 is 0x3000, 65504 is 0x7bff.
+        assert_eq!(scalar_of(Dtype::BF16, &((0.25f32.to_bits() >> 16) as u16).to_le_bytes()), Some(0.25));
+        assert_eq!(scalar_of(Dtype::F16, &0x3000u16.to_le_bytes()), Some(0.125));
+        assert_eq!(scalar_of(Dtype::F16, &0x7bffu16.to_le_bytes()), Some(65504.0));
+        assert_eq!(scalar_of(Dtype::F16, &0xc000u16.to_le_bytes()), Some(-2.0));
+        assert_eq!(scalar_of(Dtype::F16, &0x0001u16.to_le_bytes()), Some(2f64.powi(-24)));
+        assert_eq!(scalar_of(Dtype::F16, &0x7c00u16.to_le_bytes()), Some(f64::INFINITY));
+        assert!(scalar_of(Dtype::F16, &0x7e00u16.to_le_bytes()).unwrap().is_nan());
+        // More than one element (or a torn one) is not a number.
+        assert_eq!(scalar_of(Dtype::F32, &[0; 8]), None);
+        assert_eq!(scalar_of(Dtype::F32, &[0; 3]), None);
+        assert_eq!(scalar_of(Dtype::I64, &[]), None);
+    }
+
+    #[test]
+    fn an_optimizer_state_dict_is_found_at_the_root_or_under_its_usual_keys() {
+        let opt = || {
+            PickleValue::Dict(HashMap::from([
+                ("state".to_string(), PickleValue::Dict(HashMap::new())),
+                ("param_groups".to_string(), PickleValue::List(Vec::new())),
+            ]))
+        };
+        let PickleValue::Dict(bare) = opt() else { unreachable!() };
+        assert_eq!(OptimizerAt::find(&bare), Some(OptimizerAt::Root));
+        for key in OPTIMIZER_KEYS {
+            let root = HashMap::from([(key.to_string(), opt()), ("epoch".to_string(), PickleValue::Int(1))]);
+            assert_eq!(OptimizerAt::find(&root), Some(OptimizerAt::Key(key.to_string())));
+            assert_eq!(OptimizerAt::Key(key.to_string()).prefix(), format!("{key}."));
+        }
+        // A dict that merely has a `state` key is not one.
+        let root = HashMap::from([("optimizer".to_string(), PickleValue::Dict(HashMap::new()))]);
+        assert_eq!(OptimizerAt::find(&root), None);
     }
 }

@@ -9,6 +9,10 @@
 //! | foreign safetensors (Hugging Face, `safetensors.torch.save_file`) | no `train.checkpoint` metadata | positioned reads | nothing: there are no checksums |
 //! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip or pickle magic | read from the archive | nothing |
 //!
+//! A `torch.save` file's weights are its model state dict; what it holds beside them (an
+//! optimizer's state dict, a 0-d `loss`) is in [`CheckpointFile::other_entries`], and
+//! [`CheckpointFile::pytorch_optimizer`] reads the optimizer state dict's structure.
+//!
 //! Opening reads the header (or the compressed format's index, or the pickle) once, checks
 //! its sizes against the file's length before allocating, and refuses anything that is not a
 //! regular file (a FIFO would block a reader forever). Tensor data is read only when asked for.

@@ -180,7 +180,11 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
     let mut metadata = HashMap::new();
     for key in SCALAR_KEYS {
         let value = match root.get(*key) {
-            Some(pytorch_reader::PickleValue::Int(v)) => Some(*v as f64),
+            // Kept exact: a step count may exceed what an f64 holds exactly.
+            Some(pytorch_reader::PickleValue::Int(v)) => {
+                metadata.insert(key.to_string(), v.to_string());
+                continue;
+            }
             Some(pytorch_reader::PickleValue::Float(v)) => Some(*v),
             // A 0-d tensor (`'loss': loss.detach()`): read its few bytes.
             Some(pytorch_reader::PickleValue::Unsupported(_)) => {

@@ -8,6 +8,7 @@
 
 pub mod format;
 pub use train_store::{source, tools};
+pub mod import;
 pub mod init;
 pub mod load;
 pub mod retention;

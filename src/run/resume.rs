@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::RunError;
-use crate::checkpoint::load::{restore_optimizer, OptimizerRestore};
-use crate::checkpoint::{self, store, CheckpointError, CheckpointFile, Meta, Strategy};
+use crate::checkpoint::load::{is_out_of_memory, restore_optimizer, OptimizerRestore};
+use crate::checkpoint::{self, import, store, CheckpointError, CheckpointFile, FileKind, Meta, Strategy};
 use crate::config::{Config, ResumeSpec};
 use crate::memory;
 use crate::training::{Trainer, RNG_SCHEME};
@@ -219,7 +219,10 @@ fn load_one(
     let start = Instant::now();
     let meta = file.meta_or_imported();
     let restore = restore_optimizer(strategy, &meta, cfg.training.optimizer.kind);
-    if let OptimizerRestore::Fresh(why) = &restore {
+    // A torch.save file's optimizer state is keyed by parameter index, not name: imported
+    // below, after the weights, when its numbering lines up with the model's parameters.
+    let import = file.kind() == FileKind::Pytorch && strategy.loads_optimizer();
+    if let (OptimizerRestore::Fresh(why), false) = (&restore, import) {
         let switch = if cfg.memory.load_optimizer_state { "" } else { " (memory.load_optimizer_state is false)" };
         tracing::info!("the optimizer starts fresh{switch}: {why}");
     }
@@ -239,7 +242,25 @@ fn load_one(
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
     let optimizer = if restore == OptimizerRestore::Restore { Some(&mut *trainer.optimizer) } else { None };
-    let outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    let mut outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    if import {
+        let params = import::parameters_in_order(&trainer.vs);
+        match import::import_pytorch_optimizer(file, &params, &mut *trainer.optimizer, trainer.device) {
+            Ok(Some(n)) => {
+                tracing::info!(
+                    parameters = n,
+                    "imported the PyTorch optimizer state (matched by parameter order; hyper-parameters are the configured ones)"
+                );
+                outcome.optimizer_tensors = n;
+            }
+            Ok(None) => tracing::info!("the optimizer starts fresh: the file holds no optimizer state"),
+            Err(e) if is_out_of_memory(&e) => return Err(e),
+            Err(e) => {
+                trainer.optimizer.reset_state();
+                tracing::warn!("the optimizer starts fresh: cannot import the file's optimizer state: {e}");
+            }
+        }
+    }
     trainer.restore(&meta);
     tracing::info!(
         path = %file.path().display(),

@@ -165,6 +165,14 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         });
     }
     let ckpt = CheckpointFile::open(input)?;
+    if let Some(summary) = ckpt.optimizer_summary()? {
+        tracing::warn!(
+            path = %input.display(),
+            parameters = summary.parameters_with_state,
+            "the file's PyTorch optimizer state (keyed by parameter index, not name) is not converted: the \
+             optimizer will start fresh from the converted file; `train --resume` on the original imports it"
+        );
+    }
     let kept: Vec<&crate::source::Entry> =
         ckpt.entries().iter().filter(|e| !(strip_optimizer && e.name.starts_with(OPTIMIZER_PREFIX))).collect();
     let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();

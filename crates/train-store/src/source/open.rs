@@ -203,21 +203,11 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
         }
     }
 
-    let state_tensors =
-        optimizer_prefix.as_deref().map_or(0, |p| others.iter().filter(|e| e.name.starts_with(p)).count());
     let beside: Vec<&str> = others
         .iter()
         .map(|e| e.name.as_str())
         .filter(|n| !SCALAR_KEYS.contains(n) && !optimizer_prefix.as_deref().is_some_and(|p| n.starts_with(p)))
         .collect();
-    if warn && state_tensors > 0 && !model.is_empty() {
-        tracing::warn!(
-            path = %path.display(),
-            tensors = state_tensors,
-            "the file's PyTorch optimizer state is not loaded (it is keyed by parameter index, not name): the \
-             optimizer will start fresh"
-        );
-    }
     if let Some(first) = beside.first().filter(|_| warn) {
         tracing::warn!(
             path = %path.display(),

@@ -1,7 +1,9 @@
 """The PyTorch eager reference that `train_speed.py` races `train` against.
 
 One process trains one of `train`'s built-in models (mlp, cnn, gpt; same layer sizes as
-src/model.rs) with the work `train` does per step, then prints one JSON line on stdout:
+src/model.rs) or torchvision's resnet18 (which `train` runs as a TorchScript export of the
+same module, `--prepare` below) with the work `train` does per step, then prints one JSON
+line on stdout:
 
     {"first_step_unix": <time.time() at the end of step 1>,
      "step_end": [<perf_counter() seconds at the end of step 1, 2, ...>], "batch": B, ...}
@@ -9,9 +11,10 @@ src/model.rs) with the work `train` does per step, then prints one JSON line on 
 What "the same work" means here (see src/training.rs, src/data/mod.rs, src/optim/adam.rs):
 
 - data: the whole data set loaded as `train` loads it (both IDX splits, gunzipped, as float
-  images / 255; or the text file as int64 windows of `context` bytes, the last
-  `val_fraction` held out), then each batch gathered with `index_select` from the
-  in-memory tensors along a seeded permutation;
+  images / 255; the text file as int64 windows of `context` bytes, the last
+  `val_fraction` held out; or, for resnet18, the safetensors file's `x` float32 and `y`
+  int64, the last `val_fraction` held out), then each batch gathered with `index_select`
+  from the in-memory tensors along a seeded permutation;
 - step: `zero_grad(set_to_none=False)` (train zeroes the gradients in place), forward,
   cross-entropy, backward, `loss.item()` (train reads the loss back with `double_value`
   every step too), `optimizer.step()`;
@@ -23,7 +26,16 @@ What "the same work" means here (see src/training.rs, src/data/mod.rs, src/optim
   host and copied over, as `train`'s prefetch thread does (src/data/mod.rs, `Split::batch`).
 
 Weight initialisation follows PyTorch's defaults (`train`'s differ slightly); it does not
-change the cost of a step.
+change the cost of a step. resnet18 starts from the very weights `train` starts from:
+
+    python torch_eager.py --model resnet18 --prepare DIR --train-examples N --seed S
+
+writes, once, DIR/resnet18.pt (`torch.jit.script` of torchvision's resnet18(num_classes=10),
+seeded random weights, with the `state_dict_keys` extra file, as README.md's TorchScript
+recipe does), DIR/resnet18_init.safetensors (the same module's `state_dict()`, which the
+eager run loads with `--init`) and DIR/resnet18_data.safetensors (synthetic CIFAR-sized
+images, x [M, 3, 32, 32] float32 and y [M] int64, M chosen so that N examples are left for
+training after `train` holds out the last `--val-fraction`).
 """
 
 import argparse
@@ -38,6 +50,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+RESNET_CLASSES = 10
 
 
 def read_idx(directory: str, stem: str) -> torch.Tensor:
@@ -80,6 +94,50 @@ def load_text(path: str, context: int, val_fraction: float):
     x = tokens[: windows * context].view(windows, context)
     y = tokens[1 : windows * context + 1].view(windows, context)
     t = windows - val
+    return x[:t], y[:t]
+
+
+def val_count(n: int, val_fraction: float) -> int:
+    """`train`'s validation count (src/data/mod.rs): Rust's f64::round, at least one."""
+    return max(math.floor(n * val_fraction + 0.5), 1)
+
+
+def prepare_resnet18(out: str, train_examples: int, val_fraction: float, seed: int) -> None:
+    """Writes resnet18.pt, resnet18_init.safetensors and resnet18_data.safetensors (see the
+    module docstring). Imports torchvision and safetensors only here and for resnet18 runs."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=RESNET_CLASSES)
+    keys = list(model.state_dict().keys())
+    torch.jit.save(
+        torch.jit.script(model), os.path.join(out, "resnet18.pt"), _extra_files={"state_dict_keys": "\n".join(keys)}
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "resnet18_init.safetensors"))
+    n = train_examples
+    while n - val_count(n, val_fraction) < train_examples:
+        n += 1
+    # Learnable on purpose (the class is a brighter band of one colour channel), like
+    # tests/reference/export_vision.py; every class occurs, so `train` counts 10 classes.
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % RESNET_CLASSES
+    y = y[torch.randperm(n, generator=g)]
+    x = 0.5 * torch.randn(n, 3, 32, 32, generator=g)
+    for c in range(RESNET_CLASSES):
+        rows = (y == c).nonzero().flatten()
+        x[rows, c % 3, (c // 3) * 8 : (c // 3) * 8 + 8, :] += 1.5
+    save_file({"x": x.contiguous(), "y": y.to(torch.int64)}, os.path.join(out, "resnet18_data.safetensors"))
+
+
+def load_tensors(path: str, val_fraction: float):
+    """The safetensors file's `x` (float32) and `y` (int64), as `train`'s data.kind tensors
+    loads them; the training part (all but the last `val_fraction`)."""
+    from safetensors.torch import load_file
+
+    arrays = load_file(path)
+    x, y = arrays["x"].to(torch.float32), arrays["y"].to(torch.int64)
+    t = x.shape[0] - val_count(x.shape[0], val_fraction)
     return x[:t], y[:t]
 
 
@@ -153,13 +211,17 @@ class Gpt(nn.Module):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["mlp", "cnn", "gpt"], required=True)
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--model", choices=["mlp", "cnn", "gpt", "resnet18"], required=True)
+    p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--text", help="text file for gpt")
+    p.add_argument("--data", help="resnet18: the safetensors data file (x, y) that --prepare wrote")
+    p.add_argument("--init", help="resnet18: the initial state_dict (safetensors) that --prepare wrote")
+    p.add_argument("--prepare", metavar="DIR", help="resnet18: write the model, its weights and data to DIR, then exit")
+    p.add_argument("--train-examples", type=int, default=2048, help="with --prepare: training examples (default 2048)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--mlp-hidden", default="256,128")
     p.add_argument("--cnn-channels", default="32,64")
@@ -176,6 +238,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a = p.parse_args()
 
+    if a.prepare:
+        if a.model != "resnet18":
+            p.error("--prepare is for --model resnet18")
+        prepare_resnet18(a.prepare, a.train_examples, a.val_fraction, a.seed)
+        return
+    if a.steps is None:
+        p.error("--steps is required")
+    if a.model == "resnet18" and not (a.data and a.init):
+        p.error("--model resnet18 needs --data and --init (from --prepare)")
+
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -186,6 +258,15 @@ def main() -> None:
         def loss_fn(out, target):
             return F.cross_entropy(out.view(-1, out.shape[-1]), target.view(-1))
 
+    elif a.model == "resnet18":
+        import torchvision
+        from safetensors.torch import load_file
+
+        x, y = load_tensors(a.data, a.val_fraction)
+        model = torchvision.models.resnet18(num_classes=RESNET_CLASSES)
+        # The exported module's own initial weights and BatchNorm buffers.
+        model.load_state_dict(load_file(a.init), strict=True)
+        loss_fn = F.cross_entropy
     else:
         x, y = load_idx(a.data_dir)
         classes = int(y.max()) + 1

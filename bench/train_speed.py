@@ -1,8 +1,8 @@
 """Training speed of `train` against an equivalent PyTorch eager loop, side by side.
 
-For each model (mlp, cnn, gpt) both tools train the same architecture on the same data with
-the same batch size, thread count and AdamW settings, each in a fresh subprocess, and this
-prints one table:
+For each model (mlp, cnn, gpt, resnet18) both tools train the same architecture on the same
+data with the same batch size, thread count and AdamW settings, each in a fresh subprocess,
+and this prints one table:
 
     model | batch | threads | train samples/s | torch samples/s | ratio | train start-up s | torch start-up s
 
@@ -12,6 +12,13 @@ the wall-clock time at the end of step `warmup` to the end of step `last`. `trai
 those times in its `metrics.jsonl` step lines (`elapsed_seconds`, with
 `training.log_every_n_steps = warmup`, so it also pays for writing those lines); the Python
 loop records `time.perf_counter()` after each step.
+
+resnet18 is torchvision's resnet18(num_classes=10) with seeded random weights on synthetic
+3x32x32 images (2048 training examples, or steps x batch if more, plus `train`'s validation
+tenth), written once into the work folder by `torch_eager.py --prepare`: `train` runs a
+`torch.jit.script` export of the module (model.kind torchscript, data.kind tensors) and the
+eager loop loads that same module's state_dict into torchvision's resnet18, so both start
+from the same weights. Its default batch is 32.
 
 Start-up: separate runs of one step each; wall time from just before the subprocess is
 spawned to the end of the first optimiser step. For `train`, the timestamp of its first
@@ -53,7 +60,11 @@ FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 LICENSES = Path("/usr/share/common-licenses")
 
 # Steps per run when --steps is not given: each run takes a few seconds on 2 cores.
-DEFAULT_STEPS = {"mlp": 200, "cnn": 40, "gpt": 20}
+DEFAULT_STEPS = {"mlp": 200, "cnn": 40, "gpt": 20, "resnet18": 20}
+# Batch size when --batch is not given (128 is train's default).
+DEFAULT_BATCH = {"resnet18": 32}
+# resnet18's synthetic data: training examples (more if --steps x --batch needs them).
+RESNET_TRAIN_EXAMPLES = 2048
 # Fashion-MNIST's training split.
 IDX_TRAIN_EXAMPLES = 60000
 # train's defaults for data.kind text and model.gpt (src/config/schema.rs).
@@ -138,15 +149,24 @@ def run(cmd: list, env: dict, stdout_path: Path, stderr_path: Path) -> float:
     return t0
 
 
-def check_train_bin(path: Path, env: dict) -> None:
-    """Refuses a binary older than the features this benchmark drives (gpt, max_steps)."""
-    probe = [str(path), "config", "show", "--set", "model.kind=gpt", "--set", "training.max_steps=1"]
-    done = subprocess.run(probe, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(
-            f"{path} cannot run this benchmark (it needs model.kind gpt and training.max_steps): "
-            f"{done.stderr.strip()}; rebuild it or pass --train-bin"
-        )
+def check_train_bin(path: Path, env: dict, models: list) -> None:
+    """Refuses a binary older than the features this benchmark drives (gpt, max_steps, and
+    for resnet18 TorchScript models and safetensors data)."""
+    kinds = [["model.kind=gpt"]]
+    if "resnet18" in models:
+        kinds.append(["model.kind=torchscript", "model.torchscript.path=resnet18.pt", "data.kind=tensors",
+                      "data.path=resnet18_data.safetensors"])
+    for sets in kinds:
+        kind = sets[0].split("=", 1)[1]
+        probe = [str(path), "config", "show", "--set", "training.max_steps=1"]
+        for s in sets:
+            probe += ["--set", s]
+        done = subprocess.run(probe, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(
+                f"{path} cannot run this benchmark (it needs model.kind {kind} and training.max_steps): "
+                f"{done.stderr.strip()}; rebuild it or pass --train-bin"
+            )
 
 
 class Bench:
@@ -156,6 +176,9 @@ class Bench:
         self.env = clean_env()
         self.runs = 0
         self.text = None
+        # resnet18's files from `torch_eager.py --prepare` and its training-example count.
+        self.resnet = None
+        self.resnet_examples = 0
         # Busy share of the CPUs just before each timed run (with --wait-idle).
         self.busy_before = []
 
@@ -168,12 +191,31 @@ class Bench:
         d.mkdir()
         return d
 
+    def batch(self, model: str) -> int:
+        return self.a.batch or DEFAULT_BATCH.get(model, 128)
+
+    def prepare_resnet18(self, examples: int) -> None:
+        """Writes resnet18's TorchScript export, initial weights and data (untimed, once)."""
+        if self.resnet is not None and self.resnet_examples >= examples:
+            return
+        d = self.tmp / "resnet18"
+        d.mkdir(exist_ok=True)
+        cmd = [sys.executable, str(EAGER), "--model", "resnet18", "--prepare", str(d)]
+        cmd += ["--train-examples", str(examples), "--seed", str(SEED), "--val-fraction", str(VAL_FRACTION)]
+        run(cmd, self.env, d / "prepare.stdout", d / "prepare.stderr")
+        self.resnet = {
+            "module": d / "resnet18.pt",
+            "init": d / "resnet18_init.safetensors",
+            "data": d / "resnet18_data.safetensors",
+        }
+        self.resnet_examples = examples
+
     def train_cmd(self, model: str, steps: int, log_every: int, out: Path) -> list:
         a = self.a
         sets = {
             "run.threads": a.threads,
-            "model.kind": model,
-            "training.batch_size": a.batch,
+            "model.kind": "torchscript" if model == "resnet18" else model,
+            "training.batch_size": self.batch(model),
             "training.epochs": 1,
             "training.max_steps": steps,
             "training.log_every_n_steps": log_every,
@@ -184,10 +226,17 @@ class Bench:
             "training.optimizer.eps": ADAMW["eps"],
             "training.optimizer.weight_decay": ADAMW["weight_decay"],
             # Only reached if the steps cover the whole split; keep that evaluation short.
-            "data.val_limit": a.batch,
+            "data.val_limit": self.batch(model),
         }
         if model == "gpt":
             sets.update({"data.kind": "text", "data.path": str(self.text)})
+        elif model == "resnet18":
+            sets.update({
+                "model.torchscript.path": str(self.resnet["module"]),
+                "data.kind": "tensors",
+                "data.path": str(self.resnet["data"]),
+                "data.val_fraction": VAL_FRACTION,
+            })
         else:
             sets["data.dir"] = a.data_dir
         cmd = [str(a.train_bin), "--output-dir", str(out / "run"), "--device", "cpu", "--resume", "never"]
@@ -197,19 +246,37 @@ class Bench:
 
     def torch_cmd(self, model: str, steps: int) -> list:
         a = self.a
-        cmd = [sys.executable, str(EAGER), "--model", model, "--steps", str(steps), "--batch", str(a.batch)]
+        cmd = [sys.executable, str(EAGER), "--model", model, "--steps", str(steps), "--batch", str(self.batch(model))]
         cmd += ["--threads", str(a.threads), "--seed", str(SEED), "--data-dir", a.data_dir]
         cmd += ["--lr", str(ADAMW["lr"]), "--betas", ",".join(map(str, ADAMW["betas"]))]
         cmd += ["--eps", str(ADAMW["eps"]), "--weight-decay", str(ADAMW["weight_decay"])]
         if model == "gpt":
             cmd += ["--text", str(self.text)]
+        elif model == "resnet18":
+            cmd += ["--data", str(self.resnet["data"]), "--init", str(self.resnet["init"])]
+            cmd += ["--val-fraction", str(VAL_FRACTION)]
         if a.torch_foreach:
             cmd.append("--foreach")
         return cmd
 
+    def check_train_threads(self, run_dir: Path) -> None:
+        """`train` writes its resolved configuration to config.yaml in the run folder; its
+        run.threads must be the --threads that the Python loop passes to
+        torch.set_num_threads (checked on the Python side from its own report)."""
+        path = run_dir / "config.yaml"
+        section, threads = None, None
+        for line in path.read_text().splitlines():
+            if line and not line[0].isspace():
+                section = line.split(":", 1)[0]
+            elif section == "run" and line.strip().startswith("threads:"):
+                threads = line.split(":", 1)[1].strip()
+        if threads != str(self.a.threads):
+            raise BenchError(f"{path}: run.threads is {threads}, not --threads {self.a.threads}")
+
     def train_throughput(self, model: str, steps: int, warmup: int) -> float:
         d = self._dir(f"train-{model}")
         run(self.train_cmd(model, steps, warmup, d), self.env, d / "stdout", d / "stderr")
+        self.check_train_threads(d / "run")
         elapsed = {}
         for line in (d / "run" / "metrics.jsonl").read_text().splitlines():
             m = json.loads(line)
@@ -218,14 +285,17 @@ class Bench:
         last = steps - steps % warmup
         if warmup not in elapsed or last not in elapsed:
             raise BenchError(f"{d}/run/metrics.jsonl lacks the step lines {warmup} and {last}")
-        return (last - warmup) * self.a.batch / (elapsed[last] - elapsed[warmup])
+        return (last - warmup) * self.batch(model) / (elapsed[last] - elapsed[warmup])
 
     def torch_throughput(self, model: str, steps: int, warmup: int) -> float:
         d = self._dir(f"torch-{model}")
         run(self.torch_cmd(model, steps), self.env, d / "stdout", d / "stderr")
-        ends = json.loads((d / "stdout").read_text())["step_end"]
+        result = json.loads((d / "stdout").read_text())
+        if result["threads"] != self.a.threads:
+            raise BenchError(f"{d}/stdout: torch ran with {result['threads']} threads, not --threads {self.a.threads}")
+        ends = result["step_end"]
         last = steps - steps % warmup
-        return (last - warmup) * self.a.batch / (ends[last - 1] - ends[warmup - 1])
+        return (last - warmup) * self.batch(model) / (ends[last - 1] - ends[warmup - 1])
 
     def train_startup(self, model: str) -> float:
         d = self._dir(f"train-{model}-startup")
@@ -246,11 +316,14 @@ class Bench:
         steps = a.steps or DEFAULT_STEPS[model]
         if steps < 2 * a.warmup:
             raise BenchError(f"--steps {steps} leaves nothing to time after --warmup {a.warmup}")
+        batch = self.batch(model)
         examples = IDX_TRAIN_EXAMPLES
         if model == "gpt":
-            self.text = text_corpus(self.tmp / "corpus.txt", (steps + 1) * a.batch)
-        elif steps * a.batch > examples:
-            raise BenchError(f"{steps} steps of {a.batch} exceed Fashion-MNIST's {examples} examples")
+            self.text = text_corpus(self.tmp / "corpus.txt", (steps + 1) * batch)
+        elif model == "resnet18":
+            self.prepare_resnet18(max(RESNET_TRAIN_EXAMPLES, steps * batch))
+        elif steps * batch > examples:
+            raise BenchError(f"{steps} steps of {batch} exceed Fashion-MNIST's {examples} examples")
         raw = {k: [] for k in ("train_sps", "torch_sps", "train_startup_s", "torch_startup_s")}
         for r in range(a.repeats):
             pairs = [
@@ -274,7 +347,7 @@ class Bench:
         med = {k: statistics.median(v) for k, v in raw.items()}
         return {
             "model": model,
-            "batch": a.batch,
+            "batch": batch,
             "threads": a.threads,
             "steps": steps,
             "timed_steps": [a.warmup + 1, steps - steps % a.warmup],
@@ -301,6 +374,11 @@ class Bench:
             run(cmd, self.env, d / "stdout", d / "stderr")
 
 
+def rate(samples_per_s: float) -> str:
+    """Whole samples/s, with one decimal below 100 (resnet18 on a few cores)."""
+    return f"{samples_per_s:.0f}" if samples_per_s >= 100 else f"{samples_per_s:.1f}"
+
+
 def table(rows: list, stat: str = "median") -> str:
     head = [
         "model", "batch", "threads", "train samples/s", "torch samples/s", "ratio (train/torch)",
@@ -309,7 +387,7 @@ def table(rows: list, stat: str = "median") -> str:
     rows = [{**r, **r["best"], "ratio": r["best"]["train_sps"] / r["best"]["torch_sps"]} if stat == "best" else r for r in rows]
     body = [
         [
-            r["model"], str(r["batch"]), str(r["threads"]), f"{r['train_sps']:.0f}", f"{r['torch_sps']:.0f}",
+            r["model"], str(r["batch"]), str(r["threads"]), rate(r["train_sps"]), rate(r["torch_sps"]),
             f"{r['ratio']:.2f}", f"{r['train_startup_s']:.2f}", f"{r['torch_startup_s']:.2f}",
         ]
         for r in rows
@@ -324,10 +402,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for both tools (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is reported")
-    p.add_argument("--models", default="mlp,cnn,gpt", help="comma-separated, of mlp, cnn, gpt")
+    p.add_argument("--models", default="mlp,cnn,gpt", help="comma-separated, of mlp, cnn, gpt, resnet18")
     p.add_argument("--steps", type=int, help=f"optimiser steps per run (default per model: {DEFAULT_STEPS})")
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the timing (default 5)")
-    p.add_argument("--batch", type=int, default=128, help="batch size (default 128, train's default)")
+    p.add_argument(
+        "--batch", type=int, help=f"batch size (default 128, train's default; per model: {DEFAULT_BATCH})"
+    )
     p.add_argument("--train-bin", type=Path, default=default_train_bin(), help="the train binary")
     p.add_argument("--data-dir", default=FASHION_MNIST, help="Fashion-MNIST IDX folder")
     p.add_argument("--torch-foreach", action="store_true", help="AdamW(foreach=True) in the Python loop")
@@ -347,7 +427,7 @@ def main() -> int:
     bad = [m for m in models if m not in DEFAULT_STEPS]
     if bad or not models:
         p.error(f"--models: unknown {bad}; choose from {list(DEFAULT_STEPS)}")
-    if a.threads < 1 or a.repeats < 1 or a.warmup < 1 or a.batch < 1:
+    if a.threads < 1 or a.repeats < 1 or a.warmup < 1 or (a.batch is not None and a.batch < 1):
         p.error("--threads, --repeats, --warmup and --batch must be at least 1")
     if not a.train_bin.exists():
         p.error(f"--train-bin {a.train_bin} does not exist")
@@ -365,7 +445,7 @@ def main() -> int:
         a.train_bin = Path(shutil.copy2(a.train_bin, tmp / "train"))
         binary["sha256"] = hashlib.sha256(a.train_bin.read_bytes()).hexdigest()
         bench = Bench(a, tmp)
-        check_train_bin(a.train_bin, bench.env)
+        check_train_bin(a.train_bin, bench.env, models)
         bench.prime()
         rows = [bench.measure(m) for m in models]
     except BenchError as e:

@@ -218,3 +218,53 @@ fn hugging_face_bert_and_gpt2_train_on_their_own_loss_from_npz_and_load_back_str
         &["model.torchscript.inputs=[input_ids]", "model.torchscript.labels=labels", "data.targets=input_ids"],
     );
 }
+
+#[test]
+fn an_image_folder_of_png_and_jpeg_files_trains_and_a_broken_file_is_named() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    // torchvision's ImageFolder layout, written by Pillow: three classes (numbered in sorted
+    // order: ant, bee, cat), each a colour, 40x48 images resized to 32x32; PNG and JPEG mixed.
+    let script = "import os, random\n\
+        from PIL import Image\n\
+        random.seed(0)\n\
+        colours = {'cat': (220, 40, 40), 'ant': (40, 220, 40), 'bee': (40, 40, 220)}\n\
+        for split, n in (('train', 24), ('val', 6)):\n\
+        \x20   for c, rgb in colours.items():\n\
+        \x20       os.makedirs(f'imgs/{split}/{c}', exist_ok=True)\n\
+        \x20       for i in range(n):\n\
+        \x20           noisy = tuple(max(0, min(255, v + random.randint(-60, 60))) for v in rgb)\n\
+        \x20           ext = 'png' if i % 2 else 'jpg'\n\
+        \x20           Image.new('RGB', (48, 40), noisy).save(f'imgs/{split}/{c}/{i:03}.{ext}')\n\
+        open('imgs/train/cat/notes.txt', 'w').write('not an image')\n";
+    let status = std::process::Command::new(common::python()).current_dir(d).args(["-c", script]).status().unwrap();
+    assert!(status.success());
+    let sets = |out: &str| {
+        let mut cmd = common::train(d);
+        cmd.args(["--output-dir", out]);
+        for s in [
+            "run.device=cpu",
+            "data.kind=image_folder",
+            "data.dir=imgs",
+            "data.image_size=[32, 32]",
+            "model.kind=cnn",
+            "model.cnn={channels: [8, 16], hidden: 32}",
+            "training.batch_size=8",
+            "training.epochs=4",
+            "training.optimizer.lr=3e-3",
+        ] {
+            cmd.args(["--set", s]);
+        }
+        cmd
+    };
+    let out = sets("img").assert().success().get_output().clone();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("classes=3 train=72 val=18"), "{log}");
+    let m = MetricsLog::read(&d.join("img/metrics.jsonl")).unwrap();
+    assert!(m[3].train_loss < 0.5 * m[0].train_loss && m[3].val_accuracy > 0.9, "{m:?}");
+    // A file with an image's extension that is not one is refused, named.
+    std::fs::write(d.join("imgs/train/bee/broken.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+    let out = sets("broken").assert().failure().get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.jpg") && err.contains("cannot decode"), "{err}");
+}

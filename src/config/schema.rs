@@ -199,6 +199,10 @@ pub struct DataConfig {
     /// `tensors` and `npz`: the array holding the targets (the inputs are `x`, or the
     /// arrays `model.torchscript.inputs` names).
     pub targets: String,
+    /// `image_folder`: the `[height, width]` every image is resized to.
+    pub image_size: [u32; 2],
+    /// `image_folder`: 3 (RGB) or 1 (grayscale).
+    pub channels: u32,
 }
 
 /// The data sources.
@@ -213,6 +217,9 @@ pub enum DataKind {
     Tensors,
     /// A NumPy `.npz` archive (`numpy.savez`) of named arrays, read as `tensors` is.
     Npz,
+    /// Images (PNG, JPEG) in torchvision's `ImageFolder` layout under `data.dir`: one
+    /// subfolder per class, optionally inside `train/` and `val/` (or `test/`).
+    ImageFolder,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.
@@ -228,6 +235,8 @@ impl Default for DataConfig {
             train_limit: None,
             val_limit: None,
             targets: "y".into(),
+            image_size: [32, 32],
+            channels: 3,
         }
     }
 }

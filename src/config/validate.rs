@@ -106,8 +106,23 @@ impl Config {
         if self.model.kind == ModelKind::Torchscript && self.model.torchscript.path.is_none() {
             return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path".into());
         }
-        if self.data.kind != DataKind::Idx && self.data.path.is_none() {
+        if !matches!(self.data.kind, DataKind::Idx | DataKind::ImageFolder) && self.data.path.is_none() {
             return invalid("data.path", format!("data.kind {:?} needs a file", self.data.kind).to_lowercase());
+        }
+        if self.data.kind == DataKind::ImageFolder {
+            let [h, w] = self.data.image_size;
+            if h == 0 || w == 0 || h > 8192 || w > 8192 {
+                return invalid(
+                    "data.image_size",
+                    format!("each size must be in 1..=8192, got {:?}", self.data.image_size),
+                );
+            }
+            if !matches!(self.data.channels, 1 | 3) {
+                return invalid(
+                    "data.channels",
+                    format!("must be 1 (grayscale) or 3 (RGB), got {}", self.data.channels),
+                );
+            }
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return invalid("data.val_fraction", format!("must be in (0, 1), got {}", self.data.val_fraction));

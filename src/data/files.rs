@@ -16,6 +16,10 @@ pub fn check_files(cfg: &DataConfig) -> Result<(), DataError> {
         (DataKind::Idx, _) => {
             IDX_FILES.iter().map(|stem| (cfg.dir.join(stem), cfg.dir.join(format!("{stem}.gz")))).collect()
         }
+        (DataKind::ImageFolder, _) if !cfg.dir.is_dir() => {
+            return Err(DataError::NotFound { key: "data.dir", path: cfg.dir.clone() });
+        }
+        (DataKind::ImageFolder, _) => Vec::new(),
         (_, Some(path)) if !path.is_file() => {
             return Err(DataError::NotFound { key: "data.path", path: path.clone() });
         }

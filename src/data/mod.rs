@@ -6,6 +6,7 @@
 
 mod files;
 pub mod idx;
+mod image_folder;
 mod prefetch;
 mod tensors;
 
@@ -222,6 +223,7 @@ impl Dataset {
             DataKind::Idx => load_idx(cfg)?,
             DataKind::Text => load_text(cfg, context)?,
             DataKind::Tensors | DataKind::Npz => tensors::load(cfg, inputs)?,
+            DataKind::ImageFolder => image_folder::load(cfg)?,
         };
         Ok(Self { train: ds.train.head(cfg.train_limit), val: ds.val.head(cfg.val_limit), ..ds })
     }

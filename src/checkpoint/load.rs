@@ -115,8 +115,13 @@ pub fn load_into(
         }
         Strategy::Standard => {
             let mut staged = Vec::with_capacity(present.len());
-            for (e, _) in &present {
-                staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
+            if device == Device::Cpu {
+                let entries: Vec<&Entry> = present.iter().map(|(e, _)| *e).collect();
+                staged = read_tensors(file, &entries)?;
+            } else {
+                for (e, _) in &present {
+                    staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
+                }
             }
             for ((_, var), t) in present.iter().zip(&staged) {
                 var.shallow_clone().f_copy_(t).map_err(torch)?;
@@ -127,9 +132,19 @@ pub fn load_into(
 
     if let Some(optimizer) = optimizer {
         let mut state = HashMap::new();
-        for e in file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)) {
-            let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
-            state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+        let entries: Vec<&Entry> = file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)).collect();
+        if device == Device::Cpu {
+            // The host tensors are the state: read them all in one parallel read (a compressed
+            // file decodes across tensors, reading overlapping decoding).
+            for (e, t) in entries.iter().zip(read_tensors(file, &entries)?) {
+                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+            }
+        } else {
+            // One at a time, so that the host holds one tensor on its way to the device.
+            for e in &entries {
+                let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
+                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+            }
         }
         outcome.optimizer_tensors = state.len();
         optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
@@ -154,20 +169,36 @@ fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
 /// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
 /// no intermediate buffer), checked against its checksum.
 fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
-    let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
-        path: file.path().to_path_buf(),
-        reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
-    })?;
-    let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-    let t = Tensor::empty(shape.as_slice(), (kind, Device::Cpu));
-    if e.bytes > 0 {
-        // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its shape
-        // and dtype are the entry's, whose size the header check tied to `e.bytes`); nothing
-        // else refers to it while the slice is alive.
-        let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
-        file.read_into(&e.name, out)?;
+    Ok(read_tensors(file, &[e])?.pop().expect("one tensor per entry"))
+}
+
+/// Reads tensors into new host tensors of their shapes, in one
+/// [`CheckpointFile::read_many_into`] (parallel across tensors for a compressed file), each
+/// checked against its checksum.
+fn read_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    let mut tensors = Vec::with_capacity(entries.len());
+    for e in entries {
+        let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
+            path: file.path().to_path_buf(),
+            reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
+        })?;
+        let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        tensors.push(Tensor::empty(shape.as_slice(), (kind, Device::Cpu)));
     }
-    Ok(t)
+    let mut targets: Vec<(&str, &mut [u8])> = Vec::with_capacity(entries.len());
+    for (e, t) in entries.iter().zip(&tensors) {
+        if e.bytes > 0 {
+            // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its
+            // shape and dtype are the entry's, whose size the header check tied to `e.bytes`);
+            // each is a separate allocation, and nothing else refers to it while the slice is
+            // alive.
+            targets.push((e.name.as_str(), unsafe {
+                std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize)
+            }));
+        }
+    }
+    file.read_many_into(&mut targets)?;
+    Ok(tensors)
 }
 
 /// Whether to restore the optimiser from a checkpoint, and why not.

@@ -88,4 +88,3 @@ fn version_1_damage_is_still_caught_by_the_tensor_checksum() {
     assert!(r.read_tensor("w").is_ok());
     assert!(matches!(r.verify(), Err(Error::ChecksumMismatch { .. })));
 }
-

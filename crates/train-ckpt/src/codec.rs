@@ -38,6 +38,9 @@ const TRIAL_BYTES: usize = 64 << 10;
 /// before it: those decode faster, and a sample is only a sample.
 const CODER_MARGIN: f64 = 0.02;
 
+/// Planes shorter than this are coded by the first of `CODERS` without trying the others.
+const SMALL_PLANE: usize = 8 << 10;
+
 /// Blocks of a plane sampled for the entropy estimate: 16 blocks of 4 KiB spread over it.
 const ESTIMATE_BLOCKS: usize = 16;
 
@@ -155,7 +158,11 @@ impl ChunkEncoder {
         let start = src.len().saturating_sub(TRIAL_BYTES) / 2;
         let sample = &src[start..src.len().min(start + TRIAL_BYTES)];
         let mut best: Option<(Coder, usize)> = None;
-        for coder in CODERS {
+        // A small plane (a bias, a norm's weight) is coded by the first coder only: trying the
+        // others costs more than the few bytes they could save, and a checkpoint of a large
+        // model has tens of thousands of such planes.
+        let coders = if src.len() < SMALL_PLANE { &CODERS[..1] } else { &CODERS[..] };
+        for &coder in coders {
             if matches!(coder, Coder::Literals { block } if block < MAX_BLOCK) && !varies {
                 continue;
             }
@@ -426,6 +433,20 @@ fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
 /// one code for all blocks, and with one code per block (plus the cost of its table), as the
 /// literal coders with large and small blocks would do.
 fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
+    if plane.len() <= ESTIMATE_BLOCK {
+        // One block (a small plane): one histogram, and the per-block code is the one code
+        // plus its table. The same figures as below, at a fraction of the fixed cost, which
+        // is what counts on the many small planes of a large model's biases and norms.
+        let n = plane.len().max(1);
+        let mut diff = [0u8; ESTIMATE_BLOCK];
+        let bytes = if lag == 0 { plane } else { differences(plane, 0..plane.len(), lag, &mut diff) };
+        let mut hist = [0u32; 256];
+        for &b in bytes {
+            hist[b as usize] += 1;
+        }
+        let bits = block_bits(&hist, bytes.len());
+        return (bits / n as f64, (bits + TABLE_BITS) / n as f64);
+    }
     let mut all = [0u32; 256];
     let mut per_block_bits = 0.0;
     let blocks = plane.len().div_ceil(ESTIMATE_BLOCK);

@@ -38,8 +38,13 @@ const TRIAL_BYTES: usize = 64 << 10;
 /// before it: those decode faster, and a sample is only a sample.
 const CODER_MARGIN: f64 = 0.02;
 
-/// Planes shorter than this are coded by the first of `CODERS` without trying the others.
+/// Planes shorter than this are coded by the first of `CODERS` without trying the others,
+/// unless their estimate is below `HUFFMAN_FLOOR_BITS`.
 const SMALL_PLANE: usize = 8 << 10;
+
+/// Estimated bits per byte below which LZ may beat Huffman literals (which cost at least one
+/// bit a byte unless the whole block is one byte repeated).
+const HUFFMAN_FLOOR_BITS: f64 = 1.5;
 
 /// Blocks of a plane sampled for the entropy estimate: 16 blocks of 4 KiB spread over it.
 const ESTIMATE_BLOCKS: usize = 16;
@@ -129,7 +134,7 @@ impl ChunkEncoder {
                 filter = Some(Filter { codec: Codec::RankOneZstd, varies: per_block < one_code, bits });
             }
         }
-        let Some(Filter { codec, varies, .. }) = filter else {
+        let Some(Filter { codec, varies, bits }) = filter else {
             self.delta = scratch;
             return raw(out);
         };
@@ -141,7 +146,7 @@ impl ChunkEncoder {
                 scratch.as_slice()
             }
         };
-        let entry = match self.compress(src, varies)? {
+        let entry = match self.compress(src, varies, bits)? {
             best if best.len() < plane.len() => {
                 out.extend_from_slice(best);
                 PlaneEntry(codec, best.len() as u64)
@@ -154,14 +159,15 @@ impl ChunkEncoder {
 
     /// Codes `src` as one zstd frame with the coder that does best on a sample of it; the
     /// literal coders with small blocks are tried only if its statistics `vary` along it.
-    fn compress(&mut self, src: &[u8], varies: bool) -> io::Result<&[u8]> {
+    fn compress(&mut self, src: &[u8], varies: bool, bits: f64) -> io::Result<&[u8]> {
         let start = src.len().saturating_sub(TRIAL_BYTES) / 2;
         let sample = &src[start..src.len().min(start + TRIAL_BYTES)];
         let mut best: Option<(Coder, usize)> = None;
         // A small plane (a bias, a norm's weight) is coded by the first coder only: trying the
         // others costs more than the few bytes they could save, and a checkpoint of a large
-        // model has tens of thousands of such planes.
-        let coders = if src.len() < SMALL_PLANE { &CODERS[..1] } else { &CODERS[..] };
+        // model has tens of thousands of such planes. Unless it is nearly constant: Huffman
+        // codes take at least a bit a byte, and LZ's matches go far below.
+        let coders = if src.len() < SMALL_PLANE && bits >= HUFFMAN_FLOOR_BITS { &CODERS[..1] } else { &CODERS[..] };
         for &coder in coders {
             if matches!(coder, Coder::Literals { block } if block < MAX_BLOCK) && !varies {
                 continue;

@@ -44,7 +44,7 @@ const SMALL_PLANE: usize = 8 << 10;
 
 /// Estimated bits per byte below which LZ may beat Huffman literals (which cost at least one
 /// bit a byte unless the whole block is one byte repeated).
-const HUFFMAN_FLOOR_BITS: f64 = 1.5;
+const HUFFMAN_FLOOR_BITS: f64 = 0.8;
 
 /// Blocks of a plane sampled for the entropy estimate: 16 blocks of 4 KiB spread over it.
 const ESTIMATE_BLOCKS: usize = 16;

@@ -79,6 +79,17 @@ pub fn load_into(
     }
     let _guard = tch::no_grad_guard();
     let torch = |source| CheckpointError::Torch { path: path.clone(), source };
+    let opt_entries: Vec<&Entry> = if optimizer.is_some() {
+        file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)).collect()
+    } else {
+        Vec::new()
+    };
+    // On the CPU the optimizer's host tensors are its state: made now, they are read in the
+    // same parallel read as the weights (a compressed file then decodes the whole checkpoint
+    // in one pass, reading ahead all the way). Elsewhere they are read after the weights,
+    // one at a time on their way to the device.
+    let opt_host =
+        if optimizer.is_some() && device == Device::Cpu { Some(empty_tensors(file, &opt_entries)?) } else { None };
     match strategy {
         Strategy::MemoryEfficient | Strategy::ModelOnly => {
             // Host parameters are read into in place: no staging copy at all, and a
@@ -111,13 +122,21 @@ pub fn load_into(
                     var.shallow_clone().f_copy_(&host).map_err(torch)?;
                 }
             }
+            if let Some(host) = &opt_host {
+                targets.extend(host_targets(&opt_entries, host));
+            }
             file.read_many_into(&mut targets)?;
         }
         Strategy::Standard => {
             let mut staged = Vec::with_capacity(present.len());
             if device == Device::Cpu {
                 let entries: Vec<&Entry> = present.iter().map(|(e, _)| *e).collect();
-                staged = read_tensors(file, &entries)?;
+                staged = empty_tensors(file, &entries)?;
+                let mut targets = host_targets(&entries, &staged);
+                if let Some(host) = &opt_host {
+                    targets.extend(host_targets(&opt_entries, host));
+                }
+                file.read_many_into(&mut targets)?;
             } else {
                 for (e, _) in &present {
                     staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
@@ -132,16 +151,13 @@ pub fn load_into(
 
     if let Some(optimizer) = optimizer {
         let mut state = HashMap::new();
-        let entries: Vec<&Entry> = file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)).collect();
-        if device == Device::Cpu {
-            // The host tensors are the state: read them all in one parallel read (a compressed
-            // file decodes across tensors, reading overlapping decoding).
-            for (e, t) in entries.iter().zip(read_tensors(file, &entries)?) {
+        if let Some(host) = opt_host {
+            // Read above, with the weights.
+            for (e, t) in opt_entries.iter().zip(host) {
                 state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
             }
         } else {
-            // One at a time, so that the host holds one tensor on its way to the device.
-            for e in &entries {
+            for e in &opt_entries {
                 let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
                 state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
             }
@@ -176,29 +192,42 @@ fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointErr
 /// [`CheckpointFile::read_many_into`] (parallel across tensors for a compressed file), each
 /// checked against its checksum.
 fn read_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
-    let mut tensors = Vec::with_capacity(entries.len());
-    for e in entries {
-        let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
-            path: file.path().to_path_buf(),
-            reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
-        })?;
-        let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-        tensors.push(Tensor::empty(shape.as_slice(), (kind, Device::Cpu)));
-    }
-    let mut targets: Vec<(&str, &mut [u8])> = Vec::with_capacity(entries.len());
-    for (e, t) in entries.iter().zip(&tensors) {
-        if e.bytes > 0 {
+    let tensors = empty_tensors(file, entries)?;
+    file.read_many_into(&mut host_targets(entries, &tensors))?;
+    Ok(tensors)
+}
+
+/// New, uninitialised host tensors of the entries' shapes and dtypes.
+fn empty_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    entries
+        .iter()
+        .map(|e| {
+            let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
+                path: file.path().to_path_buf(),
+                reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
+            })?;
+            let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            Ok(Tensor::empty(shape.as_slice(), (kind, Device::Cpu)))
+        })
+        .collect()
+}
+
+/// The bytes of `tensors` (made by [`empty_tensors`] from `entries`) as read targets, leaving
+/// out empty ones.
+fn host_targets<'a>(entries: &'a [&Entry], tensors: &'a [Tensor]) -> Vec<(&'a str, &'a mut [u8])> {
+    entries
+        .iter()
+        .zip(tensors)
+        .filter(|(e, _)| e.bytes > 0)
+        .map(|(e, t)| {
             // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its
             // shape and dtype are the entry's, whose size the header check tied to `e.bytes`);
-            // each is a separate allocation, and nothing else refers to it while the slice is
-            // alive.
-            targets.push((e.name.as_str(), unsafe {
-                std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize)
-            }));
-        }
-    }
-    file.read_many_into(&mut targets)?;
-    Ok(tensors)
+            // each is a separate allocation, and nothing else reads or writes it while the
+            // slice is alive (the tensors are not used until the read is done).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
+            (e.name.as_str(), bytes)
+        })
+        .collect()
 }
 
 /// Whether to restore the optimiser from a checkpoint, and why not.

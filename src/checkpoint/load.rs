@@ -88,7 +88,7 @@ pub fn load_into(
     // same parallel read as the weights (a compressed file then decodes the whole checkpoint
     // in one pass, reading ahead all the way). Elsewhere they are read after the weights,
     // one at a time on their way to the device.
-    let opt_host =
+    let mut opt_host =
         if optimizer.is_some() && device == Device::Cpu { Some(empty_tensors(file, &opt_entries)?) } else { None };
     match strategy {
         Strategy::MemoryEfficient | Strategy::ModelOnly => {
@@ -122,7 +122,7 @@ pub fn load_into(
                     var.shallow_clone().f_copy_(&host).map_err(torch)?;
                 }
             }
-            if let Some(host) = &opt_host {
+            if let Some(host) = &mut opt_host {
                 targets.extend(host_targets(&opt_entries, host));
             }
             file.read_many_into(&mut targets)?;
@@ -132,8 +132,8 @@ pub fn load_into(
             if device == Device::Cpu {
                 let entries: Vec<&Entry> = present.iter().map(|(e, _)| *e).collect();
                 staged = empty_tensors(file, &entries)?;
-                let mut targets = host_targets(&entries, &staged);
-                if let Some(host) = &opt_host {
+                let mut targets = host_targets(&entries, &mut staged);
+                if let Some(host) = &mut opt_host {
                     targets.extend(host_targets(&opt_entries, host));
                 }
                 file.read_many_into(&mut targets)?;
@@ -192,8 +192,8 @@ fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointErr
 /// [`CheckpointFile::read_many_into`] (parallel across tensors for a compressed file), each
 /// checked against its checksum.
 fn read_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
-    let tensors = empty_tensors(file, entries)?;
-    file.read_many_into(&mut host_targets(entries, &tensors))?;
+    let mut tensors = empty_tensors(file, entries)?;
+    file.read_many_into(&mut host_targets(entries, &mut tensors))?;
     Ok(tensors)
 }
 
@@ -214,7 +214,7 @@ fn empty_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor
 
 /// The bytes of `tensors` (made by [`empty_tensors`] from `entries`) as read targets, leaving
 /// out empty ones.
-fn host_targets<'a>(entries: &'a [&Entry], tensors: &'a [Tensor]) -> Vec<(&'a str, &'a mut [u8])> {
+fn host_targets<'a>(entries: &'a [&Entry], tensors: &'a mut [Tensor]) -> Vec<(&'a str, &'a mut [u8])> {
     entries
         .iter()
         .zip(tensors)

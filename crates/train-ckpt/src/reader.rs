@@ -10,8 +10,8 @@
 //!
 //! A reader made with [`Reader::from_file`] does not read a window into a buffer: it maps the
 //! window's bytes and the decoding threads read them straight from the page cache, so nothing
-//! is copied before decoding, and on a cold cache the disk reads the window ahead (the kernel is
-//! asked for it when the window before it starts) while the threads decode the one before:
+//! is copied before decoding; and the kernel is asked to read the next 32 MiB of the file
+//! ahead (`posix_fadvise`), so on a cold cache the disk reads while the threads decode:
 //! reading and decoding overlap instead of taking turns.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 
-use memmap2::{Advice, Mmap, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
@@ -34,10 +34,11 @@ use crate::parallel::{default_threads, map_with};
 /// holds a few MiB beyond the caller's buffers.
 const WINDOW_BYTES_PER_THREAD: usize = 4 << 20;
 
-/// File bytes a mapped window spans per thread. Larger than a read window: a mapped window
-/// costs no buffer, only mapped pages of the page cache (unmapped when the window is done), and
-/// fewer windows mean fewer points where one thread waits for the others to finish.
-const MAPPED_WINDOW_BYTES_PER_THREAD: usize = 16 << 20;
+/// File bytes the kernel is asked to read ahead of the window being decoded, when windows are
+/// mapped. Pages read ahead sit in the page cache, not in this process's memory (a mapped
+/// window's pages count as its resident memory while it is decoded, so windows stay as small
+/// as read windows); reading this far ahead keeps a disk busy while windows decode.
+const READ_AHEAD_BYTES: u64 = 32 << 20;
 
 /// Compression ratio up to which `read_tensor` allocates a tensor's whole length up front.
 /// Real checkpoints compress 1.1-2x; only constant tensors compress more.
@@ -84,7 +85,7 @@ enum Dest<'d> {
 impl Reader<File> {
     /// Opens a file, decoding with `threads` threads (0: one per available core) straight from
     /// the file's pages: each window of stored bytes is mapped rather than read into a buffer,
-    /// and the kernel is asked to read the next window while this one decodes. On a file in the
+    /// and the kernel is asked to read the next 32 MiB ahead while this window decodes. On a file in the
     /// page cache this saves copying the stored bytes; on a cold one, reading overlaps decoding.
     /// A window that cannot be mapped (a file system without `mmap`) is read as
     /// [`Reader::with_threads`] reads it.
@@ -280,12 +281,16 @@ impl<R: Read + Seek> Reader<R> {
             })
         });
         let mapped = mapped.as_ref();
-        let limit = if mapped.is_some() { decoders.len() * MAPPED_WINDOW_BYTES_PER_THREAD } else { window_bytes };
+        let limit = window_bytes;
+        // Where the records asked for end, and how far the kernel was asked to read.
+        let records_end = tensors.last().map_or(0, |&i| layouts[i].offset + infos[i].stored_len);
+        let mut advised = 0u64;
         let decode_raw = scratch.is_some();
         let mut pending = chunks.next();
         // Gathers one window: whole chunks in file order, at least one, up to `limit` bytes of
-        // the file (mapped: the span from its first chunk to the end of its last; read: the
-        // stored bytes) and, when decoding into scratch, `limit` raw bytes.
+        // the file (mapped: the span from its first chunk to the end of its last, which is what
+        // the window keeps resident; read: the stored bytes) and, when decoding into scratch,
+        // `limit` raw bytes.
         let mut gather = || {
             pending?;
             let mut window: Vec<WindowChunk> = Vec::new();
@@ -313,6 +318,14 @@ impl<R: Read + Seek> Reader<R> {
             (w, map)
         });
         while let Some((window, map)) = next.take() {
+            if let (Some(file), Some(last)) = (mapped, window.last()) {
+                let from = advised.max(window[0].at);
+                let to = (last.at + last.stored as u64 + READ_AHEAD_BYTES).min(records_end);
+                if to > from {
+                    will_need(file, from, to);
+                    advised = to;
+                }
+            }
             next = gather().map(|w| {
                 let map = mapped.and_then(|file| map_window(file, &w));
                 (w, map)
@@ -408,9 +421,9 @@ struct WindowChunk {
     raw: Range<usize>,
 }
 
-/// Maps the file bytes a window's chunks span and asks the kernel to read them ahead (they are
-/// read from the page cache, or wait for the disk, as the decoding threads touch them); `None`
-/// where the file cannot be mapped, and the window is then read into a buffer instead.
+/// Maps the file bytes a window's chunks span (the decoding threads read them from the page
+/// cache, or wait for the disk, as they touch them); `None` where the file cannot be mapped,
+/// and the window is then read into a buffer instead.
 fn map_window(file: &File, window: &[WindowChunk]) -> Option<Mmap> {
     let (first, last) = (window.first()?, window.last()?);
     let len = (last.at + last.stored as u64 - first.at) as usize;
@@ -421,11 +434,24 @@ fn map_window(file: &File, window: &[WindowChunk]) -> Option<Mmap> {
     // the file's length when the reader opened it. Mapping is sound as long as the file is not
     // truncated while mapped (a read would then raise SIGBUS); `Reader::from_file` documents
     // that requirement, and checkpoints are replaced by renaming, never rewritten in place.
-    let map = unsafe { MmapOptions::new().offset(first.at).len(len).map(file) }.ok()?;
-    // Advice only: a kernel that ignores it reads on demand.
-    let _ = map.advise(Advice::WillNeed);
-    Some(map)
+    unsafe { MmapOptions::new().offset(first.at).len(len).map(file) }.ok()
 }
+
+/// Asks the kernel to read `from..to` of `file` into the page cache, without waiting for it.
+/// Advice only: a kernel that ignores it reads on demand.
+#[cfg(target_os = "linux")]
+fn will_need(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open (borrowed
+    // from `file`) for the duration of the call.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn will_need(_: &File, _: u64, _: u64) {}
 
 /// Decodes a window's chunks on every decoder's thread, each into its destination, checking
 /// version-2 chunk checksums there; returns the destinations in order, or the first error in

@@ -79,6 +79,17 @@ pub fn load_into(
     }
     let _guard = tch::no_grad_guard();
     let torch = |source| CheckpointError::Torch { path: path.clone(), source };
+    let opt_entries: Vec<&Entry> = if optimizer.is_some() {
+        file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)).collect()
+    } else {
+        Vec::new()
+    };
+    // On the CPU the optimizer's host tensors are its state: made now, they are read in the
+    // same parallel read as the weights (a compressed file then decodes the whole checkpoint
+    // in one pass, reading ahead all the way). Elsewhere they are read after the weights,
+    // one at a time on their way to the device.
+    let mut opt_host =
+        if optimizer.is_some() && device == Device::Cpu { Some(empty_tensors(file, &opt_entries)?) } else { None };
     match strategy {
         Strategy::MemoryEfficient | Strategy::ModelOnly => {
             // Host parameters are read into in place: no staging copy at all, and a
@@ -111,12 +122,25 @@ pub fn load_into(
                     var.shallow_clone().f_copy_(&host).map_err(torch)?;
                 }
             }
+            if let Some(host) = &mut opt_host {
+                targets.extend(host_targets(&opt_entries, host));
+            }
             file.read_many_into(&mut targets)?;
         }
         Strategy::Standard => {
             let mut staged = Vec::with_capacity(present.len());
-            for (e, _) in &present {
-                staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
+            if device == Device::Cpu {
+                let entries: Vec<&Entry> = present.iter().map(|(e, _)| *e).collect();
+                staged = empty_tensors(file, &entries)?;
+                let mut targets = host_targets(&entries, &mut staged);
+                if let Some(host) = &mut opt_host {
+                    targets.extend(host_targets(&opt_entries, host));
+                }
+                file.read_many_into(&mut targets)?;
+            } else {
+                for (e, _) in &present {
+                    staged.push(read_tensor(file, e)?.f_to_device(device).map_err(torch)?);
+                }
             }
             for ((_, var), t) in present.iter().zip(&staged) {
                 var.shallow_clone().f_copy_(t).map_err(torch)?;
@@ -127,9 +151,16 @@ pub fn load_into(
 
     if let Some(optimizer) = optimizer {
         let mut state = HashMap::new();
-        for e in file.entries().iter().filter(|e| e.name.starts_with(OPTIMIZER_PREFIX)) {
-            let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
-            state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+        if let Some(host) = opt_host {
+            // Read above, with the weights.
+            for (e, t) in opt_entries.iter().zip(host) {
+                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+            }
+        } else {
+            for e in &opt_entries {
+                let t = read_tensor(file, e)?.f_to_device(device).map_err(torch)?;
+                state.insert(e.name[OPTIMIZER_PREFIX.len()..].to_string(), t);
+            }
         }
         outcome.optimizer_tensors = state.len();
         optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
@@ -154,20 +185,49 @@ fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
 /// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
 /// no intermediate buffer), checked against its checksum.
 pub(super) fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
-    let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
-        path: file.path().to_path_buf(),
-        reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
-    })?;
-    let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-    let t = Tensor::empty(shape.as_slice(), (kind, Device::Cpu));
-    if e.bytes > 0 {
-        // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its shape
-        // and dtype are the entry's, whose size the header check tied to `e.bytes`); nothing
-        // else refers to it while the slice is alive.
-        let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
-        file.read_into(&e.name, out)?;
-    }
-    Ok(t)
+    Ok(read_tensors(file, &[e])?.pop().expect("one tensor per entry"))
+}
+
+/// Reads tensors into new host tensors of their shapes, in one
+/// [`CheckpointFile::read_many_into`] (parallel across tensors for a compressed file), each
+/// checked against its checksum.
+fn read_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    let mut tensors = empty_tensors(file, entries)?;
+    file.read_many_into(&mut host_targets(entries, &mut tensors))?;
+    Ok(tensors)
+}
+
+/// New, uninitialised host tensors of the entries' shapes and dtypes.
+fn empty_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    entries
+        .iter()
+        .map(|e| {
+            let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
+                path: file.path().to_path_buf(),
+                reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
+            })?;
+            let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            Ok(Tensor::empty(shape.as_slice(), (kind, Device::Cpu)))
+        })
+        .collect()
+}
+
+/// The bytes of `tensors` (made by [`empty_tensors`] from `entries`) as read targets, leaving
+/// out empty ones.
+fn host_targets<'a>(entries: &'a [&Entry], tensors: &'a mut [Tensor]) -> Vec<(&'a str, &'a mut [u8])> {
+    entries
+        .iter()
+        .zip(tensors)
+        .filter(|(e, _)| e.bytes > 0)
+        .map(|(e, t)| {
+            // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its
+            // shape and dtype are the entry's, whose size the header check tied to `e.bytes`);
+            // each is a separate allocation, and nothing else reads or writes it while the
+            // slice is alive (the tensors are not used until the read is done).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
+            (e.name.as_str(), bytes)
+        })
+        .collect()
 }
 
 /// Whether to restore the optimiser from a checkpoint, and why not.

@@ -38,6 +38,14 @@ const TRIAL_BYTES: usize = 64 << 10;
 /// before it: those decode faster, and a sample is only a sample.
 const CODER_MARGIN: f64 = 0.02;
 
+/// Planes shorter than this are coded by the first of `CODERS` without trying the others,
+/// unless their estimate is below `HUFFMAN_FLOOR_BITS`.
+const SMALL_PLANE: usize = 8 << 10;
+
+/// Estimated bits per byte below which LZ may beat Huffman literals (which cost at least one
+/// bit a byte unless the whole block is one byte repeated).
+const HUFFMAN_FLOOR_BITS: f64 = 0.8;
+
 /// Blocks of a plane sampled for the entropy estimate: 16 blocks of 4 KiB spread over it.
 const ESTIMATE_BLOCKS: usize = 16;
 
@@ -86,34 +94,59 @@ impl ChunkEncoder {
         out: &mut Vec<u8>,
     ) -> io::Result<Vec<PlaneEntry>> {
         if encoding == Encoding::Bytes {
-            return Ok(vec![self.encode_plane(data, row, out)?]);
+            return Ok(vec![self.encode_plane(data, row, false, out)?]);
         }
         let mut planes = std::mem::take(&mut self.planes);
         split(encoding, dtype, data, &mut planes);
-        let entries = planes.iter().map(|plane| self.encode_plane(plane, row, out)).collect();
+        // Only a float's top plane (its exponent bits) is tried with a rank-one prediction:
+        // mantissa planes are close to noise, and integers have no such structure to find.
+        let top = planes.len() - 1;
+        let entries = planes
+            .iter()
+            .enumerate()
+            .map(|(k, plane)| self.encode_plane(plane, row, encoding == Encoding::FloatPlanes && k == top, out))
+            .collect();
         self.planes = planes;
         entries
     }
 
-    /// Stores one plane the cheapest way found: raw, or zstd of the plane or of its
-    /// differences along the element or row. `row` is the tensor's row length in this plane.
-    fn encode_plane(&mut self, plane: &[u8], row: usize, out: &mut Vec<u8>) -> io::Result<PlaneEntry> {
+    /// Stores one plane the cheapest way found: raw, or zstd of the plane, of its
+    /// differences along the element or row, or (when `rank_one`) of what is left after a
+    /// prediction per row and per column. `row` is the tensor's row length in this plane.
+    fn encode_plane(&mut self, plane: &[u8], row: usize, rank_one: bool, out: &mut Vec<u8>) -> io::Result<PlaneEntry> {
         let raw = |out: &mut Vec<u8>| -> io::Result<PlaneEntry> {
             out.extend_from_slice(plane);
             Ok(PlaneEntry(Codec::Raw, plane.len() as u64))
         };
-        let Some(Filter { codec, varies }) = choose_filter(plane, row) else {
+        let mut scratch = std::mem::take(&mut self.delta);
+        let mut filter = choose_filter(plane, row);
+        let mut predicted = false;
+        if rank_one && plane.len() >= RANK_ONE_MIN_ROWS * row && row >= 2 {
+            rank_one_encode(plane, row, &mut scratch);
+            let residual = &scratch[row + plane.len().div_ceil(row)..];
+            let (one_code, per_block) = estimate_bits(residual, 0);
+            // The predictions cost about as much as their own length at 4 bits a byte.
+            let overhead = 4.0 * (row + plane.len().div_ceil(row)) as f64 / plane.len() as f64;
+            let bits = one_code.min(per_block) + overhead;
+            let best = filter.map_or(RAW_ENTROPY_BITS, |f| f.bits);
+            if bits < best * (1.0 - RANK_ONE_MARGIN) {
+                predicted = true;
+                filter = Some(Filter { codec: Codec::RankOneZstd, varies: per_block < one_code, bits });
+            }
+        }
+        let Some(Filter { codec, varies, bits }) = filter else {
+            self.delta = scratch;
             return raw(out);
         };
-        let mut scratch = std::mem::take(&mut self.delta);
-        let src = match codec.lag(row) {
-            0 => plane,
-            lag => {
+        let src = match (predicted, codec.lag(row)) {
+            (true, _) => scratch.as_slice(),
+            (false, 0) => plane,
+            (false, lag) => {
                 delta_encode(plane, lag, &mut scratch);
                 scratch.as_slice()
             }
         };
-        let entry = match self.compress(src, varies)? {
+        let entry = match self.compress(src, varies, bits)? {
             best if best.len() < plane.len() => {
                 out.extend_from_slice(best);
                 PlaneEntry(codec, best.len() as u64)
@@ -126,11 +159,16 @@ impl ChunkEncoder {
 
     /// Codes `src` as one zstd frame with the coder that does best on a sample of it; the
     /// literal coders with small blocks are tried only if its statistics `vary` along it.
-    fn compress(&mut self, src: &[u8], varies: bool) -> io::Result<&[u8]> {
+    fn compress(&mut self, src: &[u8], varies: bool, bits: f64) -> io::Result<&[u8]> {
         let start = src.len().saturating_sub(TRIAL_BYTES) / 2;
         let sample = &src[start..src.len().min(start + TRIAL_BYTES)];
         let mut best: Option<(Coder, usize)> = None;
-        for coder in CODERS {
+        // A small plane (a bias, a norm's weight) is coded by the first coder only: trying the
+        // others costs more than the few bytes they could save, and a checkpoint of a large
+        // model has tens of thousands of such planes. Unless it is nearly constant: Huffman
+        // codes take at least a bit a byte, and LZ's matches go far below.
+        let coders = if src.len() < SMALL_PLANE && bits >= HUFFMAN_FLOOR_BITS { &CODERS[..1] } else { &CODERS[..] };
+        for &coder in coders {
             if matches!(coder, Coder::Literals { block } if block < MAX_BLOCK) && !varies {
                 continue;
             }
@@ -202,6 +240,8 @@ const CODERS: [Coder; 5] = [
 pub(crate) struct ChunkDecoder {
     zstd: zstd::bulk::Decompressor<'static>,
     planes: Vec<Vec<u8>>,
+    /// A rank-one frame's decoded bytes (predictions and residuals).
+    frame: Vec<u8>,
 }
 
 /// Why a plane did not decode: its position in the chunk, its offset in the chunk's stored
@@ -215,7 +255,7 @@ pub(crate) struct PlaneError {
 
 impl ChunkDecoder {
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(ChunkDecoder { zstd: zstd::bulk::Decompressor::new()?, planes: Vec::new() })
+        Ok(ChunkDecoder { zstd: zstd::bulk::Decompressor::new()?, planes: Vec::new(), frame: Vec::new() })
     }
 
     /// Decodes one chunk's stored bytes into `out`. The caller has validated the entries
@@ -230,11 +270,8 @@ impl ChunkDecoder {
         out: &mut [u8],
     ) -> Result<(), PlaneError> {
         if encoding == Encoding::Bytes {
-            return decode_plane(&mut self.zstd, entries[0], row, stored, out).map_err(|reason| PlaneError {
-                plane: 0,
-                offset: 0,
-                reason,
-            });
+            return decode_plane(&mut self.zstd, &mut self.frame, entries[0], row, stored, out)
+                .map_err(|reason| PlaneError { plane: 0, offset: 0, reason });
         }
         let elems = out.len() / dtype.size();
         self.planes.resize_with(entries.len(), Vec::new);
@@ -247,11 +284,8 @@ impl ChunkDecoder {
                 sources.push(bytes);
             } else {
                 scratch.resize(elems, 0);
-                decode_plane(&mut self.zstd, entry, row, bytes, scratch).map_err(|reason| PlaneError {
-                    plane: p,
-                    offset: at as u64,
-                    reason,
-                })?;
+                decode_plane(&mut self.zstd, &mut self.frame, entry, row, bytes, scratch)
+                    .map_err(|reason| PlaneError { plane: p, offset: at as u64, reason })?;
                 sources.push(scratch);
             }
             at += len;
@@ -261,9 +295,11 @@ impl ChunkDecoder {
     }
 }
 
-/// Decodes one plane into `out`, which has the plane's raw length.
+/// Decodes one plane into `out`, which has the plane's raw length; `frame` is scratch for
+/// rank-one frames.
 fn decode_plane(
     zstd: &mut zstd::bulk::Decompressor<'static>,
+    frame: &mut Vec<u8>,
     PlaneEntry(codec, _): PlaneEntry,
     row: usize,
     stored: &[u8],
@@ -278,6 +314,18 @@ fn decode_plane(
             }
             delta_decode(out, codec.lag(row));
         }
+        Codec::RankOneZstd => {
+            // Validation checked that the codec applies to this plane and row.
+            let len = crate::format::rank_one_len(out.len() as u64, row as u64)
+                .ok_or_else(|| format!("rank-one plane of {} bytes with rows of {row}", out.len()))?
+                as usize;
+            frame.resize(len, 0);
+            let n = zstd.decompress_to_buffer(stored, &mut frame[..]).map_err(|e| e.to_string())?;
+            if n != len {
+                return Err(format!("{n} bytes decoded, {len} expected"));
+            }
+            rank_one_decode(frame, row, out);
+        }
     }
     Ok(())
 }
@@ -289,6 +337,81 @@ struct Filter {
     /// Per-block codes are estimated to beat one code for the whole plane: worth trying the
     /// literal coders with small blocks.
     varies: bool,
+    /// Estimated bits per byte after the filter.
+    bits: f64,
+}
+
+/// Fewest rows in a chunk's plane for a rank-one prediction to be tried: its predictions
+/// cost a byte per column and per row, and a median of a few rows predicts little.
+const RANK_ONE_MIN_ROWS: usize = 16;
+
+/// How much lower (as a fraction) the estimate after a rank-one prediction must be than the
+/// best other filter's: it costs one more pass over the plane to decode.
+const RANK_ONE_MARGIN: f64 = 0.02;
+
+/// Rows sampled per column for its prediction (a median): enough to find a column's level,
+/// few enough to cost little beside coding the plane.
+const RANK_ONE_SAMPLE_ROWS: usize = 31;
+
+/// Replaces `out` with `c | w | d` for `plane` with rows of `row` bytes (the last row may be
+/// short): `c[j]` the median of a sample of column `j`, `w[r]` the median of row `r` less the
+/// column predictions (differences taken as signed bytes), and
+/// `d[i] = p[i] - c[i mod row] - w[i div row]` (wrapping). The predictions are the writer's
+/// choice; any `c` and `w` decode.
+fn rank_one_encode(plane: &[u8], row: usize, out: &mut Vec<u8>) {
+    let rows = plane.len().div_ceil(row);
+    let full = plane.len() / row;
+    out.clear();
+    out.resize(row + rows + plane.len(), 0);
+    let (c, rest) = out.split_at_mut(row);
+    let (w, d) = rest.split_at_mut(rows);
+    // Column predictions from evenly spaced full rows.
+    let sample = full.min(RANK_ONE_SAMPLE_ROWS);
+    let picked: Vec<usize> = (0..sample).map(|k| k * full / sample).collect();
+    let mut column = Vec::with_capacity(sample);
+    for (j, cj) in c.iter_mut().enumerate() {
+        column.clear();
+        column.extend(picked.iter().map(|&r| plane[r * row + j]));
+        let mid = column.len() / 2;
+        *cj = *column.select_nth_unstable(mid).1;
+    }
+    // Row predictions: the median of each row's differences from its columns', as signed
+    // bytes, from a histogram.
+    for (r, (wr, line)) in w.iter_mut().zip(plane.chunks(row)).enumerate() {
+        let out_line = &mut d[r * row..r * row + line.len()];
+        let mut hist = [0u32; 256];
+        for ((o, &p), &cj) in out_line.iter_mut().zip(line).zip(c.iter()) {
+            *o = p.wrapping_sub(cj);
+            hist[*o as usize] += 1;
+        }
+        // Signed order: -128..=127 is bytes 128..=255 then 0..=127.
+        let half = (line.len() as u32).div_ceil(2);
+        let mut seen = 0;
+        *wr = (128..256)
+            .chain(0..128)
+            .find(|&b| {
+                seen += hist[b];
+                seen >= half
+            })
+            .unwrap_or(0) as u8;
+        let wr = *wr;
+        for o in out_line.iter_mut() {
+            *o = o.wrapping_sub(wr);
+        }
+    }
+}
+
+/// Inverse of [`rank_one_encode`]: `frame` holds `c | w | d`; writes the plane to `out`.
+fn rank_one_decode(frame: &[u8], row: usize, out: &mut [u8]) {
+    let rows = out.len().div_ceil(row);
+    let (c, rest) = frame.split_at(row);
+    let (w, d) = rest.split_at(rows);
+    for ((line, residual), &wr) in out.chunks_mut(row).zip(d.chunks(row)).zip(w) {
+        // In slices the compiler vectorises.
+        for ((o, &x), &cj) in line.iter_mut().zip(residual).zip(c) {
+            *o = x.wrapping_add(cj).wrapping_add(wr);
+        }
+    }
 }
 
 /// Picks the filter before zstd (none, differences along the elements, differences along
@@ -305,7 +428,7 @@ fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
         let bits = one_code.min(per_block);
         if best.map_or(true, |(_, b)| bits < b) {
             let varies = per_block < one_code;
-            best = Some((Filter { codec, varies }, bits));
+            best = Some((Filter { codec, varies, bits }, bits));
         }
     }
     best.filter(|&(_, bits)| bits < RAW_ENTROPY_BITS).map(|(filter, _)| filter)
@@ -316,6 +439,20 @@ fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
 /// one code for all blocks, and with one code per block (plus the cost of its table), as the
 /// literal coders with large and small blocks would do.
 fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
+    if plane.len() <= ESTIMATE_BLOCK {
+        // One block (a small plane): one histogram, and the per-block code is the one code
+        // plus its table. The same figures as below, at a fraction of the fixed cost, which
+        // is what counts on the many small planes of a large model's biases and norms.
+        let n = plane.len().max(1);
+        let mut diff = [0u8; ESTIMATE_BLOCK];
+        let bytes = if lag == 0 { plane } else { differences(plane, 0..plane.len(), lag, &mut diff) };
+        let mut hist = [0u32; 256];
+        for &b in bytes {
+            hist[b as usize] += 1;
+        }
+        let bits = block_bits(&hist, bytes.len());
+        return (bits / n as f64, (bits + TABLE_BITS) / n as f64);
+    }
     let mut all = [0u32; 256];
     let mut per_block_bits = 0.0;
     let blocks = plane.len().div_ceil(ESTIMATE_BLOCK);
@@ -591,15 +728,49 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        assert_eq!(enc.encode_plane(&noise, 64, &mut out).unwrap(), PlaneEntry(Codec::Raw, 4096));
+        assert_eq!(enc.encode_plane(&noise, 64, false, &mut out).unwrap(), PlaneEntry(Codec::Raw, 4096));
         let ramp: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
-        let PlaneEntry(codec, len) = enc.encode_plane(&ramp, 64, &mut out).unwrap();
+        let PlaneEntry(codec, len) = enc.encode_plane(&ramp, 64, false, &mut out).unwrap();
         assert_eq!(codec, Codec::DeltaZstd);
         assert!(len < 100, "{len}");
         let mut dec = ChunkDecoder::new().unwrap();
         let mut back = vec![0; 4096];
-        decode_plane(&mut dec.zstd, PlaneEntry(codec, len), 64, &out[4096..], &mut back).unwrap();
+        decode_plane(&mut dec.zstd, &mut dec.frame, PlaneEntry(codec, len), 64, &out[4096..], &mut back).unwrap();
         assert_eq!(back, ramp);
+    }
+
+    #[test]
+    fn a_plane_of_row_plus_column_levels_is_predicted_and_round_trips() {
+        // Exponent-like bytes: a level per row plus one per column, plus a little noise.
+        let (rows, row) = (64usize, 300usize);
+        let mut x = 7u64;
+        let plane: Vec<u8> = (0..rows * row)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let noise = ((x >> 60) % 3) as u8;
+                100u8.wrapping_add((i / row * 7 % 23) as u8).wrapping_add((i % row * 13 % 31) as u8) + noise
+            })
+            .collect();
+        let mut enc = ChunkEncoder::new().unwrap();
+        let mut out = Vec::new();
+        let entry = enc.encode_plane(&plane, row, true, &mut out).unwrap();
+        assert_eq!(entry.0, Codec::RankOneZstd);
+        // Without the prediction the same plane codes larger.
+        let mut plain = Vec::new();
+        let without = enc.encode_plane(&plane, row, false, &mut plain).unwrap();
+        assert!(entry.1 < without.1, "{entry:?} vs {without:?}");
+        let mut dec = ChunkDecoder::new().unwrap();
+        let mut back = vec![0; plane.len()];
+        decode_plane(&mut dec.zstd, &mut dec.frame, entry, row, &out, &mut back).unwrap();
+        assert_eq!(back, plane);
+        // A short last row round-trips too.
+        let short = &plane[..plane.len() - 17];
+        let mut frame = Vec::new();
+        rank_one_encode(short, row, &mut frame);
+        assert_eq!(frame.len(), row + rows + short.len());
+        let mut back = vec![0; short.len()];
+        rank_one_decode(&frame, row, &mut back);
+        assert_eq!(back, short);
     }
 
     #[test]

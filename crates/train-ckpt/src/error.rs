@@ -33,7 +33,7 @@ pub enum Error {
         supported: u32,
     },
     /// The reserved flags word is not zero: a feature this reader does not know is in use.
-    #[error("unsupported flags {flags:#010x} (versions 1 and 2 define none)")]
+    #[error("unsupported flags {flags:#010x} (versions 1 to 3 define none)")]
     UnsupportedFlags {
         /// The flags word in the file.
         flags: u32,

@@ -29,8 +29,9 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"TRNCKIDX";
 
 /// The format version this crate writes and the newest it reads. Version 2 replaced each
 /// tensor's checksum with one per chunk, so that a reader checks every chunk on the thread
-/// that decoded it, while its bytes are still in that core's cache.
-pub const FORMAT_VERSION: u32 = 2;
+/// that decoded it, while its bytes are still in that core's cache. Version 3 added the
+/// `rank_one_zstd` codec (a plane less a per-column and a per-row prediction).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version this crate reads. Version 1 files (one checksum per tensor) are
 /// read, never written.
@@ -75,7 +76,7 @@ pub(crate) fn header() -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // h[12..16]: flags, none defined in versions 1 and 2.
+    // h[12..16]: flags, none defined in versions 1 to 3.
     h
 }
 
@@ -185,6 +186,12 @@ pub(crate) enum Codec {
     /// One zstd frame of the differences between rows: `d[i] = p[i] - p[i-r]` (wrapping),
     /// `d[i] = p[i]` for `i < r`, where `r` is the tensor's row length in this plane.
     RowDeltaZstd,
+    /// Version 3 on. One zstd frame of `c | w | d`: `c` (`r` bytes) a prediction per column,
+    /// `w` (`ceil(L / r)` bytes) one per row, and `d[i] = p[i] - c[i mod r] - w[i div r]`
+    /// (wrapping), where `L` is the plane's length and `r` the tensor's row length in this
+    /// plane. For planes whose values are about a row's level plus a column's, such as the
+    /// exponents of an optimizer's moments (close to rank one, as Adafactor observes).
+    RankOneZstd,
 }
 
 impl Codec {
@@ -194,8 +201,17 @@ impl Codec {
             Codec::Raw | Codec::Zstd => 0,
             Codec::DeltaZstd => 1,
             Codec::RowDeltaZstd => row,
+            // Not a difference: see `rank_one_len`.
+            Codec::RankOneZstd => 0,
         }
     }
+}
+
+/// Bytes a `RankOneZstd` frame decodes to for a plane of `len` bytes with rows of `row`
+/// bytes: the column predictions, the row predictions, the residuals; `None` where the codec
+/// does not apply (rows of fewer than 2 bytes, or fewer than 2 rows).
+pub(crate) fn rank_one_len(len: u64, row: u64) -> Option<u64> {
+    (row >= 2 && len >= row.checked_mul(2)?).then(|| row + len.div_ceil(row) + len)
 }
 
 /// One plane's entry in the index: `[codec, stored length]`.
@@ -375,6 +391,7 @@ fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
         ));
     }
     let planes = e.encoding.planes(e.dtype);
+    let row = e.encoding.row_len(e.dtype, e.shape.last().copied().unwrap_or(1));
     let mut stored = 0u64;
     for (c, chunk) in e.chunks.iter().enumerate() {
         let elems = e.chunk_elems.min(numel - c as u64 * e.chunk_elems);
@@ -387,6 +404,12 @@ fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
                 Codec::Raw => len == raw,
                 Codec::Zstd | Codec::DeltaZstd | Codec::RowDeltaZstd => {
                     len > 0 && len <= raw && raw <= len.saturating_mul(MAX_EXPANSION)
+                }
+                Codec::RankOneZstd => {
+                    version >= 3
+                        && rank_one_len(raw, row).is_some_and(|decoded| {
+                            len > 0 && len <= raw && decoded <= len.saturating_mul(MAX_EXPANSION)
+                        })
                 }
             };
             if !ok {
@@ -405,21 +428,21 @@ fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
         |s: &str| parse_hex64(s).ok_or_else(|| invalid(name, format!("checksum {s:?} is not 16 lowercase hex digits")));
     let checksum = match (version, &e.xxh3, &e.chunk_xxh3) {
         (1, Some(x), None) => Checksum::Tensor(hex(x)?),
-        (2, None, Some(sums)) if sums.len() == e.chunks.len() => {
+        (2.., None, Some(sums)) if sums.len() == e.chunks.len() => {
             Checksum::Chunks(sums.iter().map(|s| hex(s)).collect::<Result<_>>()?)
         }
-        (2, None, Some(sums)) => {
+        (2.., None, Some(sums)) => {
             return Err(invalid(name, format!("{} chunk checksums for {} chunks", sums.len(), e.chunks.len())))
         }
         (1, _, _) => return Err(invalid(name, "a version-1 entry needs `xxh3` and no `chunk_xxh3`")),
-        _ => return Err(invalid(name, "a version-2 entry needs `chunk_xxh3` and no `xxh3`")),
+        _ => return Err(invalid(name, format!("a version-{version} entry needs `chunk_xxh3` and no `xxh3`"))),
     };
     Ok((
         TensorInfo { name: e.name, dtype: e.dtype, shape, raw_len, stored_len: stored },
         Layout {
             encoding: e.encoding,
             // At most raw_len, which fits in usize; 1 for a scalar.
-            row: e.encoding.row_len(e.dtype, e.shape.last().copied().unwrap_or(1)) as usize,
+            row: row as usize,
             offset: e.offset,
             checksum,
             chunk_elems: e.chunk_elems,
@@ -461,19 +484,21 @@ mod tests {
 
     #[test]
     fn header_is_magic_version_then_zero_flags() {
-        assert_eq!(header(), *b"\x89TRNCK\r\n\x02\x00\x00\x00\x00\x00\x00\x00");
-        assert_eq!(check_header(&header()).unwrap(), 2);
-        let mut v1 = header();
-        v1[8] = 1;
-        assert_eq!(check_header(&v1).unwrap(), 1);
+        assert_eq!(header(), *b"\x89TRNCK\r\n\x03\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(check_header(&header()).unwrap(), 3);
+        for older in [1, 2] {
+            let mut h = header();
+            h[8] = older;
+            assert_eq!(check_header(&h).unwrap(), u32::from(older));
+        }
         assert!(is_ckpt(&header()));
     }
 
     #[test]
     fn rejects_newer_version_and_unknown_flags() {
         let mut h = header();
-        h[8] = 3;
-        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 3, .. })));
+        h[8] = 4;
+        assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 4, .. })));
         h[8] = 0;
         assert!(matches!(check_header(&h), Err(Error::UnsupportedVersion { found: 0, .. })));
         let mut h = header();
@@ -507,10 +532,11 @@ mod tests {
         let (_, layouts) = validate(index(&v1), end, 1).unwrap();
         assert_eq!(layouts[0].checksum, Checksum::Tensor(5));
         assert!(validate(index(&v1), end, 2).unwrap_err().to_string().contains("version-2 entry"));
+        assert!(validate(index(&v1), end, 3).unwrap_err().to_string().contains("version-3 entry"));
         assert!(validate(index(&entry()), end, 1).unwrap_err().to_string().contains("version-1 entry"));
         let mut both = entry();
         both.xxh3 = Some(hex64(5));
-        assert!(reason(both).contains("version-2 entry"));
+        assert!(reason(both).contains("version-3 entry"));
         let mut short = entry();
         short.chunk_xxh3.as_mut().unwrap().pop();
         assert!(reason(short).contains("2 chunk checksums for 3 chunks"));
@@ -546,6 +572,34 @@ mod tests {
         let mut e = entry();
         e.dtype = Dtype::I32;
         assert!(reason(e).contains("does not apply"));
+    }
+
+    #[test]
+    fn rank_one_planes_need_version_3_and_two_rows() {
+        // A [4, 5] F32 tensor in one chunk: planes of 20 bytes, rows of 5.
+        let mut e = entry();
+        e.shape = vec![4, 5];
+        e.raw_len = 80;
+        e.stored_len = 80 - 20 + 6;
+        e.chunk_elems = 20;
+        e.chunk_xxh3 = Some(vec![hex64(1)]);
+        e.chunks = vec![vec![PlaneEntry(Codec::Raw, 20); 4]];
+        e.chunks[0][3] = PlaneEntry(Codec::RankOneZstd, 6);
+        assert!(check(e.clone()).is_ok());
+        let end = e.offset + e.stored_len;
+        let index = Index { metadata: BTreeMap::new(), tensors: vec![e.clone()] };
+        assert!(validate(index, end, 2).unwrap_err().to_string().contains("RankOneZstd"));
+        // One row only, or rows of one byte: the codec does not apply.
+        let mut one_row = e.clone();
+        one_row.shape = vec![1, 20];
+        assert!(reason(one_row).contains("RankOneZstd"));
+        let mut column = e;
+        column.shape = vec![20, 1];
+        assert!(reason(column).contains("RankOneZstd"));
+        assert_eq!(rank_one_len(20, 5), Some(5 + 4 + 20));
+        assert_eq!(rank_one_len(21, 5), Some(5 + 5 + 21));
+        assert_eq!(rank_one_len(9, 5), None);
+        assert_eq!(rank_one_len(u64::MAX, u64::MAX / 2 + 1), None);
     }
 
     #[test]

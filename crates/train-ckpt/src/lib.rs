@@ -5,8 +5,11 @@
 //! The index sits at the end of the file, so a [`Writer`] streams tensors as they come and a
 //! [`Reader`] seeks to the index and then reads tensors on request: one at a time, or many at
 //! once with [`Reader::read_tensors_into`], whose chunks are decoded in parallel across tensors
-//! straight into the caller's buffers. Every chunk carries an xxh3-64 of its raw bytes (format
-//! version 2; version-1 files, one checksum per tensor, are still read), checked on read.
+//! straight into the caller's buffers ([`Reader::from_file`] decodes from mapped windows of the
+//! file, so reading overlaps decoding). Every chunk carries an xxh3-64 of its raw bytes
+//! (format versions 2 and 3; version-1 files, one checksum per tensor, are still read),
+//! checked on read. Version 3 adds a codec that codes a float's exponent plane less a
+//! prediction per row and per column (for optimizer moments, which are close to rank one).
 //!
 //! The crate knows nothing of models or frameworks: tensors are a name, a [`Dtype`], a shape
 //! and little-endian bytes, as in safetensors. The byte layout is specified in

@@ -7,10 +7,19 @@
 //! straight into the caller's buffers. A version-2 chunk is checked against its own checksum
 //! by the thread that decoded it, while its bytes are still in that core's cache; a version-1
 //! tensor (one checksum for the whole tensor) is hashed in order after each window.
+//!
+//! A reader made with [`Reader::from_file`] does not read a window into a buffer: it maps the
+//! window's bytes and the decoding threads read them straight from the page cache, so nothing
+//! is copied before decoding; and the kernel is asked to read the next 32 MiB of the file
+//! ahead (`posix_fadvise`), so on a cold cache the disk reads while the threads decode:
+//! reading and decoding overlap instead of taking turns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
+
+use memmap2::{Mmap, MmapOptions};
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
@@ -25,6 +34,12 @@ use crate::parallel::{default_threads, map_with};
 /// holds a few MiB beyond the caller's buffers.
 const WINDOW_BYTES_PER_THREAD: usize = 4 << 20;
 
+/// File bytes the kernel is asked to read ahead of the window being decoded, when windows are
+/// mapped. Pages read ahead sit in the page cache, not in this process's memory (a mapped
+/// window's pages count as its resident memory while it is decoded, so windows stay as small
+/// as read windows); reading this far ahead keeps a disk busy while windows decode.
+const READ_AHEAD_BYTES: u64 = 32 << 20;
+
 /// Compression ratio up to which `read_tensor` allocates a tensor's whole length up front.
 /// Real checkpoints compress 1.1-2x; only constant tensors compress more.
 const PLAUSIBLE_RATIO: u64 = 16;
@@ -38,6 +53,9 @@ const PLAUSIBLE_RATIO: u64 = 16;
 /// length, allow.
 pub struct Reader<R> {
     r: R,
+    /// The same file, when the reader maps windows of it instead of reading them
+    /// ([`Reader::from_file`]).
+    mapped: Option<File>,
     metadata: BTreeMap<String, String>,
     infos: Vec<TensorInfo>,
     layouts: Vec<Layout>,
@@ -62,6 +80,38 @@ enum Dest<'d> {
     Buffers(Vec<&'d mut [u8]>),
     /// A scratch window that each window's chunks overwrite.
     Scratch,
+}
+
+impl Reader<File> {
+    /// Opens a file, decoding with `threads` threads (0: one per available core) straight from
+    /// the file's pages: each window of stored bytes is mapped rather than read into a buffer,
+    /// and the kernel is asked to read the next 32 MiB ahead while this window decodes. On a file in the
+    /// page cache this saves copying the stored bytes; on a cold one, reading overlaps decoding.
+    /// A window that cannot be mapped (a file system without `mmap`) is read as
+    /// [`Reader::with_threads`] reads it.
+    ///
+    /// The file must not be truncated while a read is in progress: touching a mapped page past
+    /// its new end raises SIGBUS. Files that are replaced by renaming a new one into place, as
+    /// checkpoints are, are safe; so is deleting or renaming the file.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use train_ckpt::{Dtype, Reader, Writer};
+    /// let path = std::env::temp_dir().join(format!("train-ckpt-doc-{}.tckpt", std::process::id()));
+    /// let mut w = Writer::new(std::fs::File::create(&path)?)?;
+    /// w.add_tensor("w", Dtype::F32, &[2], &[0, 0, 128, 63, 0, 0, 0, 64])?;
+    /// w.finish(Default::default())?;
+    /// let mut r = Reader::from_file(std::fs::File::open(&path)?, 0)?;
+    /// assert_eq!(r.read_tensor("w")?, [0, 0, 128, 63, 0, 0, 0, 64]);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_file(file: File, threads: usize) -> Result<Self> {
+        let handle = file.try_clone()?;
+        let mut reader = Self::with_threads(file, threads)?;
+        reader.mapped = Some(handle);
+        Ok(reader)
+    }
 }
 
 impl<R: Read + Seek> Reader<R> {
@@ -104,7 +154,7 @@ impl<R: Read + Seek> Reader<R> {
         let by_name = infos.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let threads = if threads == 0 { default_threads() } else { threads };
         let decoders = (0..threads).map(|_| ChunkDecoder::new()).collect::<Result<_, _>>()?;
-        Ok(Reader { r, metadata, infos, layouts, by_name, decoders, buf: Vec::new() })
+        Ok(Reader { r, mapped: None, metadata, infos, layouts, by_name, decoders, buf: Vec::new() })
     }
 
     /// The string pairs the writer stored.
@@ -206,7 +256,7 @@ impl<R: Read + Seek> Reader<R> {
     where
         F: FnMut(usize, &[u8]) -> Result<()>,
     {
-        let Reader { r, infos, layouts, decoders, buf, .. } = self;
+        let Reader { r, mapped, infos, layouts, decoders, buf, .. } = self;
         let window_bytes = decoders.len() * WINDOW_BYTES_PER_THREAD;
         // Version-1 tensors are hashed whole, in order, on this thread.
         let mut hashers: Vec<Option<Xxh3Default>> = tensors
@@ -230,59 +280,114 @@ impl<R: Read + Seek> Reader<R> {
                 (k, c, at, stored as usize, layout.chunk_raw_len(c, info.raw_len, elem) as usize)
             })
         });
+        let mapped = mapped.as_ref();
+        let limit = window_bytes;
+        // Where the records asked for end, and how far the kernel was asked to read.
+        let records_end = tensors.last().map_or(0, |&i| layouts[i].offset + infos[i].stored_len);
+        let mut advised = 0u64;
+        let decode_raw = scratch.is_some();
         let mut pending = chunks.next();
-        while pending.is_some() {
-            // Gather one window: whole chunks, at least one, up to `window_bytes` stored and
-            // (when decoding into scratch) raw.
-            let mut window = Vec::new();
+        // Gathers one window: whole chunks in file order, at least one, up to `limit` bytes of
+        // the file (mapped: the span from its first chunk to the end of its last, which is what
+        // the window keeps resident; read: the stored bytes) and, when decoding into scratch,
+        // `limit` raw bytes.
+        let mut gather = || {
+            pending?;
+            let mut window: Vec<WindowChunk> = Vec::new();
+            let raw_limit = if decode_raw { window_bytes } else { usize::MAX };
             let (mut stored_total, mut raw_total) = (0usize, 0usize);
             while let Some((k, c, at, stored, raw)) = pending {
-                let over =
-                    stored_total + stored > window_bytes || (scratch.is_some() && raw_total + raw > window_bytes);
-                if !window.is_empty() && over {
+                let size = match (mapped, window.first()) {
+                    (Some(_), Some(first)) => (at + stored as u64 - first.at) as usize,
+                    _ => stored_total + stored,
+                };
+                if !window.is_empty() && (size > limit || raw_total + raw > raw_limit) {
                     break;
                 }
-                window.push((k, c, at, stored_total..stored_total + stored, raw_total..raw_total + raw));
+                window.push(WindowChunk { k, chunk: c, at, stored, raw: raw_total..raw_total + raw });
                 stored_total += stored;
                 raw_total += raw;
                 pending = chunks.next();
             }
-            // One read per run of contiguous records.
-            buf.resize(stored_total, 0);
-            let mut run = 0;
-            while run < window.len() {
-                let mut end = run + 1;
-                while end < window.len() && window[end].2 == window[end - 1].2 + window[end - 1].3.len() as u64 {
-                    end += 1;
+            Some(window)
+        };
+        // The window being decoded and the next, mapped one window ahead so that the kernel
+        // reads the next while this one decodes.
+        let mut next = gather().map(|w| {
+            let map = mapped.and_then(|file| map_window(file, &w));
+            (w, map)
+        });
+        while let Some((window, map)) = next.take() {
+            if let (Some(file), Some(last)) = (mapped, window.last()) {
+                let from = advised.max(window[0].at);
+                let to = (last.at + last.stored as u64 + READ_AHEAD_BYTES).min(records_end);
+                if to > from {
+                    will_need(file, from, to);
+                    advised = to;
                 }
-                read_at(r, window[run].2, &mut buf[window[run].3.start..window[end - 1].3.end])?;
-                run = end;
             }
+            next = gather().map(|w| {
+                let map = mapped.and_then(|file| map_window(file, &w));
+                (w, map)
+            });
+            let raw_total = window.last().map_or(0, |w| w.raw.end);
+            // Where each chunk's stored bytes lie in `src`.
+            let (src, stored): (&[u8], Vec<Range<usize>>) = match &map {
+                Some(map) => {
+                    let base = window[0].at;
+                    (
+                        &map[..],
+                        window.iter().map(|w| (w.at - base) as usize..(w.at - base) as usize + w.stored).collect(),
+                    )
+                }
+                None => {
+                    // One read per run of contiguous records.
+                    let mut ranges = Vec::with_capacity(window.len());
+                    let mut total = 0;
+                    for w in &window {
+                        ranges.push(total..total + w.stored);
+                        total += w.stored;
+                    }
+                    buf.resize(total, 0);
+                    let mut run = 0;
+                    while run < window.len() {
+                        let mut end = run + 1;
+                        while end < window.len() && window[end].at == window[end - 1].at + window[end - 1].stored as u64
+                        {
+                            end += 1;
+                        }
+                        read_at(r, window[run].at, &mut buf[ranges[run].start..ranges[end - 1].end])?;
+                        run = end;
+                    }
+                    (&buf[..], ranges)
+                }
+            };
             let mut scratch_window = scratch.as_mut().map(|s: &mut Vec<u8>| {
                 s.resize(raw_total, 0);
                 &mut s[..]
             });
             let units: Vec<Unit<'_>> = window
                 .iter()
-                .map(|(k, c, at, stored, raw)| {
+                .zip(stored)
+                .map(|(w, stored)| {
                     let dest = match (&mut buffers, &mut scratch_window) {
                         (Some(b), _) => {
-                            let (head, rest) = std::mem::take(&mut b[*k]).split_at_mut(raw.len());
-                            b[*k] = rest;
+                            let (head, rest) = std::mem::take(&mut b[w.k]).split_at_mut(w.raw.len());
+                            b[w.k] = rest;
                             head
                         }
                         (None, Some(s)) => {
-                            let (head, rest) = std::mem::take(s).split_at_mut(raw.len());
+                            let (head, rest) = std::mem::take(s).split_at_mut(w.raw.len());
                             *s = rest;
                             head
                         }
                         (None, None) => unreachable!("one destination"),
                     };
-                    Unit { tensor: tensors[*k], chunk: *c, file_offset: *at, stored: stored.clone(), dest }
+                    Unit { tensor: tensors[w.k], chunk: w.chunk, file_offset: w.at, stored, dest }
                 })
                 .collect();
-            let ks: Vec<usize> = window.iter().map(|w| w.0).collect();
-            let decoded = decode_units(decoders, infos, layouts, buf, units)?;
+            let ks: Vec<usize> = window.iter().map(|w| w.k).collect();
+            let decoded = decode_units(decoders, infos, layouts, src, units)?;
             for (k, bytes) in ks.into_iter().zip(decoded) {
                 if let Some(h) = &mut hashers[k] {
                     h.update(bytes);
@@ -305,6 +410,48 @@ impl<R: Read + Seek> Reader<R> {
         Ok(())
     }
 }
+
+/// One chunk of a window: its position in the tensors asked for, its index in its tensor, its
+/// record's file offset and stored length, and where its raw bytes go in the window.
+struct WindowChunk {
+    k: usize,
+    chunk: usize,
+    at: u64,
+    stored: usize,
+    raw: Range<usize>,
+}
+
+/// Maps the file bytes a window's chunks span (the decoding threads read them from the page
+/// cache, or wait for the disk, as they touch them); `None` where the file cannot be mapped,
+/// and the window is then read into a buffer instead.
+fn map_window(file: &File, window: &[WindowChunk]) -> Option<Mmap> {
+    let (first, last) = (window.first()?, window.last()?);
+    let len = (last.at + last.stored as u64 - first.at) as usize;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: the map is only read, and only within the records the index validated against
+    // the file's length when the reader opened it. Mapping is sound as long as the file is not
+    // truncated while mapped (a read would then raise SIGBUS); `Reader::from_file` documents
+    // that requirement, and checkpoints are replaced by renaming, never rewritten in place.
+    unsafe { MmapOptions::new().offset(first.at).len(len).map(file) }.ok()
+}
+
+/// Asks the kernel to read `from..to` of `file` into the page cache, without waiting for it.
+/// Advice only: a kernel that ignores it reads on demand.
+#[cfg(target_os = "linux")]
+fn will_need(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open (borrowed
+    // from `file`) for the duration of the call.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn will_need(_: &File, _: u64, _: u64) {}
 
 /// Decodes a window's chunks on every decoder's thread, each into its destination, checking
 /// version-2 chunk checksums there; returns the destinations in order, or the first error in

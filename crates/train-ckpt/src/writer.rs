@@ -157,7 +157,14 @@ impl<W: Write> Writer<W> {
             Encoding::Planes
         };
         let row = encoding.row_len(dtype, shape.last().map_or(1, |&d| d as u64)) as usize;
-        let chunk_elems = (self.chunk_bytes / size).clamp(1, MAX_CHUNK_BYTES as usize / size);
+        let mut chunk_elems = (self.chunk_bytes / size).clamp(1, MAX_CHUNK_BYTES as usize / size);
+        // Chunks of whole rows when a row fits in one, so that every chunk's planes start at
+        // a row's start: a rank-one prediction (per column of a chunk) then lines up with the
+        // tensor's columns.
+        let last = shape.last().copied().unwrap_or(1);
+        if data.len() > chunk_elems * size && (1..=chunk_elems).contains(&last) {
+            chunk_elems -= chunk_elems % last;
+        }
         let job = Job {
             name: name.to_owned(),
             dtype,

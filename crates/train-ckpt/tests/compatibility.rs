@@ -5,6 +5,9 @@
 //! chunk_bytes: 4096 }` and the metadata below. It holds every encoding and every codec:
 //! `float_planes` with raw and zstd planes, `planes` with `delta_zstd`, `bytes` with
 //! `row_delta_zstd`, an empty tensor and a scalar, a tensor of several chunks.
+//!
+//! `fixtures/v2.ckpt` was written by the version-2 writer (commit 87205c2, before version 3)
+//! from the same tensors, options and metadata.
 
 mod common;
 
@@ -14,6 +17,7 @@ use common::{noise, Tensor};
 use train_ckpt::{Dtype, Error, Reader};
 
 const V1: &[u8] = include_bytes!("fixtures/v1.ckpt");
+const V2: &[u8] = include_bytes!("fixtures/v2.ckpt");
 
 fn v1_tensors() -> Vec<Tensor> {
     let ramp: Vec<u8> = (0..2000i64).flat_map(|i| (i * 3).to_le_bytes()).collect();
@@ -36,10 +40,27 @@ fn v1_tensors() -> Vec<Tensor> {
 
 #[test]
 fn version_1_files_read_bit_for_bit() {
-    assert_eq!(V1[8..12], 1u32.to_le_bytes(), "the fixture is a version-1 file");
+    reads_bit_for_bit(V1, 1);
+}
+
+#[test]
+fn version_2_files_read_bit_for_bit() {
+    reads_bit_for_bit(V2, 2);
+    // Through mapped windows too.
+    let path = std::env::temp_dir().join(format!("train-ckpt-v2-{}.ckpt", std::process::id()));
+    std::fs::write(&path, V2).unwrap();
+    let mut r = Reader::from_file(std::fs::File::open(&path).unwrap(), 2).unwrap();
+    for t in v1_tensors() {
+        assert!(r.read_tensor(&t.name).unwrap() == t.data, "{} differs", t.name);
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+fn reads_bit_for_bit(file: &[u8], version: u32) {
+    assert_eq!(file[8..12], version.to_le_bytes(), "the fixture is a version-{version} file");
     let tensors = v1_tensors();
     for threads in [1, 2, 3] {
-        let mut r = Reader::with_threads(Cursor::new(V1), threads).unwrap();
+        let mut r = Reader::with_threads(Cursor::new(file), threads).unwrap();
         assert_eq!(r.metadata()["epoch"], "2");
         assert_eq!(r.metadata()["format"], "train.checkpoint");
         assert_eq!(r.tensors().len(), tensors.len());

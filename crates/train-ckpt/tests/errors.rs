@@ -99,10 +99,10 @@ fn rejects_bad_magic_and_foreign_formats() {
 fn rejects_newer_version_and_unknown_flags() {
     let (_, file) = sample();
     let mut newer = file.clone();
-    newer[8] = 3;
+    newer[8] = 4;
     let err = open(&newer).err().unwrap();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 2 }), "{err}");
-    assert!(err.to_string().contains("version 3"));
+    assert!(matches!(err, Error::UnsupportedVersion { found: 4, supported: 3 }), "{err}");
+    assert!(err.to_string().contains("version 4"));
     let mut flagged = file;
     flagged[15] = 0x80;
     assert!(matches!(open(&flagged), Err(Error::UnsupportedFlags { flags: 0x8000_0000 })));
@@ -206,7 +206,7 @@ fn rejects_indexes_whose_numbers_lie() {
         ("appears twice", Box::new(|i| i["tensors"][1]["name"] = json!("w"))),
         ("hex", Box::new(|i| i["tensors"][0]["chunk_xxh3"][0] = json!("not hex"))),
         ("chunk checksums for", Box::new(|i| i["tensors"][0]["chunk_xxh3"].as_array_mut().unwrap().clear())),
-        ("version-2 entry", Box::new(|i| i["tensors"][1]["xxh3"] = json!("0123456789abcdef"))),
+        ("version-3 entry", Box::new(|i| i["tensors"][1]["xxh3"] = json!("0123456789abcdef"))),
         ("does not apply", Box::new(|i| i["tensors"][3]["encoding"] = json!("float_planes"))),
         ("unknown field", Box::new(|i| i["tensors"][0]["extra"] = json!(1))),
         ("unknown variant", Box::new(|i| i["tensors"][0]["dtype"] = json!("F128"))),

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
@@ -111,7 +110,7 @@ enum Body {
     /// and nothing stays resident in this process afterwards).
     Plain { file: File, data_start: u64 },
     /// The compressed format, whose reader decodes (and checks) one tensor at a time.
-    Compressed(Box<std::sync::Mutex<train_ckpt::Reader<BufReader<File>>>>),
+    Compressed(Box<std::sync::Mutex<train_ckpt::Reader<File>>>),
     /// A PyTorch archive.
     Pytorch(HashMap<String, pytorch_reader::Tensor>),
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use safetensors::tensor::Dtype;
@@ -99,8 +98,9 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
 }
 
 pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
-    // Opening reads the header, trailer and index (checked against its own checksum) only.
-    let reader = train_ckpt::Reader::new(BufReader::new(file)).map_err(|e| e.to_string())?;
+    // Opening reads the header, trailer and index (checked against its own checksum) only;
+    // tensors are decoded straight from the file's mapped pages, reading overlapping decoding.
+    let reader = train_ckpt::Reader::from_file(file, 0).map_err(|e| e.to_string())?;
     let entries = reader
         .tensors()
         .iter()

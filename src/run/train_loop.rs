@@ -1,6 +1,10 @@
 //! The epochs of a run: batches in, steps taken (retried with a smaller micro-batch when
 //! one runs out of memory), metrics written, and saves and stops as [`super::policy`]
 //! says.
+//!
+//! In a data-parallel job every rank runs this loop in lockstep: the stop request is agreed
+//! by an all-reduce each step (so all ranks save and stop at the same step), and only rank 0
+//! has a saver and a metrics log, the others waiting at a barrier after each save.
 
 use std::time::Instant;
 
@@ -10,6 +14,7 @@ use super::RunError;
 use crate::checkpoint::saver::{SaveRequest, Saver};
 use crate::config::{Config, OnNonfinite};
 use crate::data::{Dataset, Prefetcher};
+use crate::distributed::Dist;
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
 use crate::progress::Progress;
 use crate::training::{StepOutcome, Trainer};
@@ -20,10 +25,12 @@ pub struct Loop<'a> {
     pub cfg: &'a Config,
     /// The data.
     pub data: &'a Dataset,
-    /// Writes checkpoints.
-    pub saver: &'a mut Saver,
-    /// The run's metrics.
-    pub log: &'a MetricsLog,
+    /// Writes checkpoints (rank 0 of a data-parallel job only).
+    pub saver: Option<&'a mut Saver>,
+    /// The run's metrics (rank 0 of a data-parallel job only).
+    pub log: Option<&'a MetricsLog>,
+    /// The data-parallel job, if any.
+    pub dist: Option<&'a Dist>,
     /// Set by SIGTERM/SIGINT.
     pub stop: &'a StopFlag,
     /// SHA-256 of the configuration, recorded in checkpoints.
@@ -57,7 +64,23 @@ impl Loop<'_> {
             epoch_with_optimizer: self.cfg.memory.save_optimizer_in_epoch_checkpoints,
             compress: self.cfg.memory.compress_checkpoints,
         };
-        Ok(self.saver.submit(request)?.0)
+        let blocked = match self.saver.as_deref_mut() {
+            Some(saver) => saver.submit(request)?.0,
+            None => 0.0,
+        };
+        if let Some(d) = self.dist {
+            d.barrier()?;
+        }
+        Ok(blocked)
+    }
+
+    /// Whether to stop: a signal here, or in a data-parallel job on any rank (every rank
+    /// gets the same answer, so all of them stop at the same step).
+    fn stop_requested(&self) -> Result<bool, RunError> {
+        match self.dist {
+            Some(d) => Ok(d.any(self.stop.raised())?),
+            None => Ok(self.stop.raised()),
+        }
     }
 
     /// Logs and records a step whose loss was not finite.
@@ -80,7 +103,8 @@ impl Loop<'_> {
     }
 
     fn append(&self, line: &MetricsLine) -> Result<(), RunError> {
-        self.log.append(line).map_err(|source| RunError::Io { path: self.log.path().to_path_buf(), source })
+        let Some(log) = self.log else { return Ok(()) };
+        log.append(line).map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })
     }
 
     /// Trains from the trainer's position to `training.epochs` (or a stop).
@@ -116,7 +140,8 @@ impl Loop<'_> {
                 if trainer.position.step.is_multiple_of(cfg.training.log_every_n_steps) {
                     self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
                 }
-                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, self.stop.raised()) {
+                let stop = self.stop_requested()?;
+                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, stop) {
                     AfterStep::Continue => {}
                     AfterStep::Save => {
                         self.save(trainer, false)?;
@@ -150,7 +175,7 @@ impl Loop<'_> {
             let eval_seconds = eval_start.elapsed().as_secs_f64();
             trainer.last_eval = eval;
 
-            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop.raised());
+            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop_requested()?);
             let blocked = self.save(trainer, decision.epoch_file)?;
             let m = EpochMetrics {
                 epoch,
@@ -204,7 +229,7 @@ impl Loop<'_> {
     ) -> Result<StepOutcome, RunError> {
         loop {
             let msg = match crate::fault::catch_oom(|| trainer.train_step(xs, ys)) {
-                Ok(step) => return Ok(step),
+                Ok(step) => return Ok(step?),
                 Err(msg) => msg,
             };
             crate::memory::cuda::empty_cache();

@@ -132,7 +132,9 @@ int train_dist_init(const char* host, int port, int rank, int world, int is_serv
     opts.port = static_cast<std::uint16_t>(port);
     opts.isServer = is_server != 0;
     opts.numWorkers = static_cast<std::size_t>(world);
-    opts.waitWorkers = is_server != 0;
+    // Every rank counts itself in (the server waits for all `world` of them); as Python's
+    // TCPStore(wait_for_workers=True).
+    opts.waitWorkers = true;
     opts.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);

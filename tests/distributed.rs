@@ -253,9 +253,11 @@ fn a_killed_rank_ends_the_other_within_the_timeout_and_the_job_resumes_from_late
     assert!(!status.success(), "rank 0 carried on without rank 1:\n{log}");
     assert!(waited < Duration::from_secs(10 + 5), "rank 0 took {waited:?} to notice");
     assert!(log.contains("rank 1 (pid"), "the error does not name the lost rank:\n{log}");
-    // `latest` is intact and mid-epoch; the whole job started again continues from it.
-    let (_, step, into) = position(&latest(&job));
-    assert!(step >= 3 && into > 0);
+    // `latest` is intact; the whole job started again continues from it.
+    let check = CheckpointFile::open(&latest(&job)).unwrap().verify().unwrap();
+    assert_eq!(check.integrity, train::checkpoint::Integrity::Checked);
+    let (_, step, _) = position(&latest(&job));
+    assert!(step >= 3, "latest is at step {step}");
     let mut again = slurm_job(&job, &s, free_port());
     for (rank, c) in again.iter_mut().enumerate() {
         assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));

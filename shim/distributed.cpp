@@ -17,15 +17,16 @@
 // construction it is used only through c10d::Backend's virtual interface. No gloo function
 // is called here.
 //
-// Why not c10d::Reducer (DDP's engine, which overlaps the all-reduce with backward): it
-// hooks the parameters' gradient accumulators and must be told, before every backward, which
-// outputs the graph starts from (`prepare_for_backward`); tch exposes neither the graph
-// outputs' autograd edges nor a way to run the Reducer's hooks with its bucket views as the
-// parameters' `.grad`, and its constructor signature changes between releases. This shim
-// does what DDP does without overlap instead: after the last micro-batch's backward, the
-// gradients go out in buckets (flattened, all of them issued before the first is waited
-// for), which also gives gradient accumulation's "no all-reduce before the last
-// micro-batch" for free. bench/README.md measures the time it costs per step.
+// Gradients, two ways (`distributed.overlap`):
+// - c10d::Reducer, DDP's own engine: hooks on the parameters' gradient accumulators all-reduce
+//   each bucket as soon as backward has produced its gradients, overlapping communication
+//   with the rest of backward, and average them. tch's backward is libtorch's autograd
+//   engine, so the hooks fire as under Python; `train_dist_reducer_prepare` is DDP's
+//   prepare_for_forward/prepare_for_backward([]) (no unused parameters), called before the
+//   last micro-batch's backward only (DDP's no_sync for the ones before).
+// - bucketed all-reduce after backward (`train_dist_allreduce_grads`): the same buckets, all
+//   issued together once backward is done, no overlap.
+// bench/README.md measures both.
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -33,10 +34,12 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
 #ifdef TRAIN_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -50,6 +53,9 @@ struct Dist {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   int device_index;  // -1 on the CPU
+  // The Reducer takes a ProcessGroup (the front over the backend), made when attached.
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  std::shared_ptr<c10d::Reducer> reducer;
 };
 
 void set_err(char* err, size_t len, const std::string& msg) {
@@ -156,7 +162,7 @@ int train_dist_init(const char* host, int port, int rank, int world, int is_serv
       return -3;
 #endif
     }
-    *out = new Dist{store, pg, device_index};
+    *out = new Dist{store, pg, device_index, {}, {}};
     return 0;
   });
 }
@@ -198,6 +204,49 @@ int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double
       works[i]->wait();
       unflatten_into(flats[i][0], buckets[i]);
     }
+    return 0;
+  });
+}
+
+// Attaches DDP's Reducer to `params` (in the order the model defines them): buckets of at
+// most `bucket_bytes` (the first 1 MiB, as DDP's default), in reverse order, as DDP
+// assigns them to approximate the order backward produces gradients in.
+int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t bucket_bytes, char* err,
+                              size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    if (!d->group) {
+      bool cuda = d->device_index >= 0;
+      auto type = cuda ? c10d::ProcessGroup::BackendType::NCCL : c10d::ProcessGroup::BackendType::GLOO;
+      d->group = c10::make_intrusive<c10d::ProcessGroup>(d->store, d->backend->getRank(), d->backend->getSize());
+      d->group->setBackend(cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU, type, d->backend);
+      d->group->setDefaultBackend(type);
+    }
+    std::vector<at::Tensor> ps;
+    for (size_t i = 0; i < n; ++i) ps.push_back(*params[i]);
+    std::vector<bool> sparse(n, false);
+    auto first = static_cast<size_t>(c10d::kDefaultFirstBucketBytes);
+    auto assigned = c10d::compute_bucket_assignment_by_size(ps, {first, static_cast<size_t>(bucket_bytes)}, sparse);
+    auto buckets = std::get<0>(assigned);
+    std::reverse(buckets.begin(), buckets.end());
+    d->reducer.reset();
+    d->reducer = std::make_shared<c10d::Reducer>(ps, buckets, d->group, sparse, bucket_bytes,
+                                                 /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false,
+                                                 std::unordered_map<size_t, std::string>{},
+                                                 static_cast<int64_t>(first), /*skip_all_reduce_unused_params=*/false,
+                                                 /*use_python_reducer=*/false, std::vector<int64_t>{});
+    return 0;
+  });
+}
+
+// The next backward is the step's last: its gradients are all-reduced (averaged) as they
+// are produced.
+int train_dist_reducer_prepare(void* dist, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    if (!d->reducer) throw std::runtime_error("no Reducer attached");
+    d->reducer->prepare_for_forward();
+    d->reducer->prepare_for_backward({});
     return 0;
   });
 }

@@ -15,12 +15,15 @@ pub struct DistributedConfig {
     /// How long a rank waits for the others (the rendezvous, any collective) before it
     /// gives up with an error instead of hanging: `90s`, `10m`, `1h`, `500ms`.
     pub timeout: Timeout,
+    /// Average gradients with DDP's own engine (c10d's Reducer), bucket by bucket while
+    /// backward still runs; `false`: in buckets once backward is done (no overlap).
+    pub overlap: bool,
 }
 
 impl Default for DistributedConfig {
     fn default() -> Self {
         // PyTorch's default for NCCL; long enough for a slow checkpoint save on rank 0.
-        Self { backend: BackendChoice::Auto, timeout: Timeout(Duration::from_secs(600)) }
+        Self { backend: BackendChoice::Auto, timeout: Timeout(Duration::from_secs(600)), overlap: true }
     }
 }
 

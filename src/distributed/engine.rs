@@ -47,6 +47,15 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn train_dist_barrier(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_reducer_attach(
+        dist: *mut c_void,
+        params: *const *mut torch_sys::C_tensor,
+        n: usize,
+        bucket_bytes: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_reducer_prepare(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
     fn train_dist_store_set(
         dist: *mut c_void,
         key: *const c_char,
@@ -189,6 +198,21 @@ impl ProcessGroup {
         let ptrs: Vec<*mut torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
         // SAFETY: as in `allreduce_grads`.
         self.call(|d, e| unsafe { train_dist_broadcast(d, ptrs.as_ptr(), ptrs.len(), e, ERR_LEN) })
+    }
+
+    /// Attaches DDP's Reducer to `params` (the model's trainable parameters, in the same
+    /// order on every rank), with buckets of at most `bucket_bytes`.
+    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64) -> Result<(), String> {
+        let ptrs: Vec<*mut torch_sys::C_tensor> = params.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        // SAFETY: as in `allreduce_grads`; the Reducer keeps its own references.
+        self.call(|d, e| unsafe { train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, e, ERR_LEN) })
+    }
+
+    /// Arms the Reducer: the next backward's gradients are averaged over the ranks as
+    /// backward produces them.
+    pub fn prepare_backward(&self) -> Result<(), String> {
+        // SAFETY: no arguments besides the group.
+        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, e, ERR_LEN) })
     }
 
     /// Waits until every rank got here.

@@ -14,6 +14,8 @@ pub mod config;
 pub mod engine;
 pub mod env;
 
+use std::cell::Cell;
+
 use tch::{Device, Kind, Tensor};
 
 pub use config::{BackendChoice, DistributedConfig, Timeout};
@@ -92,6 +94,8 @@ pub struct Dist {
     device: Device,
     peers: Vec<Option<Peer>>,
     host: String,
+    /// DDP's Reducer is attached: gradients are averaged during backward.
+    overlap: Cell<bool>,
 }
 
 fn hostname() -> String {
@@ -102,6 +106,22 @@ fn hostname() -> String {
         return String::new();
     }
     std::ffi::CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie waiting for its parent (a
+/// killed rank stays one until torchrun or srun reaps it).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    // The state follows the command name in parentheses, which may itself hold spaces.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()), Some('Z' | 'X'))
+        }
+        Err(_) => true,
+    }
 }
 
 impl Dist {
@@ -148,7 +168,7 @@ impl Dist {
             },
         })?;
         let host = hostname();
-        let mut dist = Self { group, device, peers: Vec::new(), host, launch };
+        let mut dist = Self { group, device, peers: Vec::new(), host, launch, overlap: Cell::new(false) };
         dist.exchange_peers()?;
         tracing::info!(
             rank = dist.launch.rank,
@@ -173,21 +193,26 @@ impl Dist {
         Ok(())
     }
 
-    /// A failure of `what`, naming a rank on this host whose process has exited.
+    /// A failure of `what`, naming a rank on this host whose process has exited. The peer
+    /// that reset the connection may take a moment to die after it did, so the look is
+    /// repeated for up to a second (this is the failure path only).
     fn lost(&self, what: &str, message: String) -> DistError {
-        let gone: Vec<String> = self
-            .peers
-            .iter()
-            .enumerate()
-            .filter_map(|(r, p)| {
-                let p = p.as_ref()?;
-                // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
-                let dead = p.host == self.host
-                    && unsafe { libc::kill(p.pid, 0) } != 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-                dead.then(|| format!("rank {r} (pid {}) is gone", p.pid))
-            })
-            .collect();
+        let mut gone = Vec::new();
+        for _ in 0..10 {
+            gone = self
+                .peers
+                .iter()
+                .enumerate()
+                .filter_map(|(r, p)| {
+                    let p = p.as_ref()?;
+                    (p.host == self.host && !process_alive(p.pid)).then(|| format!("rank {r} (pid {}) is gone", p.pid))
+                })
+                .collect();
+            if !gone.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let lost = if gone.is_empty() { String::new() } else { format!(": {}", gone.join(", ")) };
         DistError::Lost { rank: self.launch.rank, what: what.into(), lost, message }
     }
@@ -211,6 +236,29 @@ impl Dist {
     /// the global batch), over the ranks.
     pub fn reduce_gradients(&self, params: &[Tensor], share: f64) -> Result<(), DistError> {
         self.group.allreduce_grads(params, share, BUCKET_BYTES).map_err(|m| self.lost("the gradient all-reduce", m))
+    }
+
+    /// Hands `params`' gradients to DDP's Reducer, which averages them during backward
+    /// (`distributed.overlap`); [`Dist::reduce_gradients`] is then not used.
+    pub fn attach_reducer(&self, params: &[Tensor]) -> Result<(), DistError> {
+        self.group.attach_reducer(params, BUCKET_BYTES).map_err(|m| self.lost("attaching DDP's Reducer", m))?;
+        self.overlap.set(true);
+        Ok(())
+    }
+
+    /// Whether gradients are averaged during backward (the Reducer is attached).
+    pub fn overlaps(&self) -> bool {
+        self.overlap.get()
+    }
+
+    /// With the Reducer: the next backward is the step's last, to be all-reduced.
+    pub fn prepare_backward(&self) -> Result<(), DistError> {
+        self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))
+    }
+
+    /// A backward (whose hooks all-reduce with the Reducer) that failed.
+    pub fn backward_failed(&self, message: String) -> DistError {
+        self.lost("backward with the gradient all-reduce", message)
     }
 
     /// `values` summed over the ranks.

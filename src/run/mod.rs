@@ -234,8 +234,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     if let Some(d) = &dist {
         let start = resumed_from.clone().map_or(ranks::LeaderStart::Fresh, ranks::LeaderStart::From);
         ranks::announce(Some(d), &start)?;
-        trainer.dist = Some(Rc::clone(d));
-        ranks::sync_start(d, &trainer)?;
+        ranks::join(d, &mut trainer, cfg)?;
     }
     let log = folder.prepare(user_cfg, trainer.position.step)?;
     if let Some(d) = &dist {

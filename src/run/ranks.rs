@@ -102,12 +102,19 @@ pub fn announce(dist: Option<&Dist>, start: &LeaderStart) -> Result<(), RunError
     Ok(())
 }
 
-/// Gives every rank rank 0's parameters and buffers (after a fresh start or a resume).
-pub fn sync_start(dist: &Dist, trainer: &Trainer) -> Result<(), DistError> {
+/// Makes `trainer` one rank of the job: rank 0's parameters and buffers copied to every
+/// rank (after a fresh start or a resume), and, with `distributed.overlap`, DDP's Reducer
+/// attached to its parameters.
+pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &Config) -> Result<(), DistError> {
     let mut vars: Vec<(String, tch::Tensor)> = trainer.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
-    dist.broadcast(&tensors)
+    dist.broadcast(&tensors)?;
+    if cfg.distributed.overlap {
+        dist.attach_reducer(&trainer.vs.trainable_variables())?;
+    }
+    trainer.dist = Some(Rc::clone(dist));
+    Ok(())
 }
 
 /// A rank other than 0: waits for rank 0's start, loads the same checkpoint, and trains
@@ -132,8 +139,7 @@ pub fn follow(
     let mut trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
         .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
     let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;
-    trainer.dist = Some(Rc::clone(dist));
-    sync_start(dist, &trainer)?;
+    join(dist, &mut trainer, cfg)?;
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(user_cfg);
     let end = Loop { cfg, data: &data, saver: None, log: None, dist: Some(dist), stop, config_sha256: &sha }

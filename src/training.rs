@@ -146,14 +146,9 @@ impl Trainer {
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
-        // With DDP's Reducer the gradients are averaged over the ranks during the last
-        // backward, so each rank's loss is weighted by its share of the global batch first
-        // (times the world, which the average divides by): that needs the global count now.
-        let overlap = self.dist.as_ref().filter(|d| d.overlaps()).cloned();
-        let global_n = match &overlap {
-            Some(d) => d.sum(&[n as f64])?[0],
-            None => n as f64,
-        };
+        if let Some(d) = &self.dist {
+            d.begin_step(n)?;
+        }
         // A rank's share of a short last batch can be empty: no forward, zero gradients.
         let micro_batches =
             if n == 0 { Vec::new() } else { xs.split(micro, 0).into_iter().zip(ys.split(micro, 0)).collect() };
@@ -161,26 +156,15 @@ impl Trainer {
             let m = x.size()[0];
             let loss = self.autocast(|| loss(self.task, &self.model.forward_t(x, true), y));
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
-            if let Some(d) = &overlap {
-                if i + 1 == micro_batches.len() {
-                    d.prepare_backward()?;
-                }
-                let weight = m as f64 * f64::from(d.world()) / global_n;
-                (&loss * weight).f_backward().map_err(|e| d.backward_failed(e.to_string()))?;
-            } else if m == n {
-                loss.backward();
-            } else {
-                (&loss * (m as f64 / n as f64)).backward();
+            match &self.dist {
+                Some(d) => d.backward(&loss, m, n, i + 1 == micro_batches.len())?,
+                None if m == n => loss.backward(),
+                None => (&loss * (m as f64 / n as f64)).backward(),
             }
             loss_sum += loss.double_value(&[]) * m as f64;
         }
-        if let (Some(d), true) = (&overlap, micro_batches.is_empty()) {
-            // No examples here this step: the Reducer still needs every gradient (zeros).
-            d.prepare_backward()?;
-            let zero = self.trainable.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b);
-            if let Some(zero) = zero {
-                zero.f_backward().map_err(|e| d.backward_failed(e.to_string()))?;
-            }
+        if let (Some(d), true) = (&self.dist, micro_batches.is_empty()) {
+            d.backward_nothing(&self.trainable)?;
         }
         let (loss_sum, total) = match &self.dist {
             Some(d) => match d.sum(&[loss_sum, n as f64])?[..] {

@@ -96,6 +96,23 @@ pub struct Dist {
     host: String,
     /// DDP's Reducer is attached: gradients are averaged during backward.
     overlap: Cell<bool>,
+    /// With the Reducer: the examples of this step's global batch ([`Dist::begin_step`]).
+    global_n: Cell<f64>,
+    /// Where the steps' time between the ranks went, since [`Dist::take_times`].
+    times: Cell<CommTimes>,
+}
+
+/// Seconds spent, summed over steps, in what a data-parallel step adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommTimes {
+    /// Steps counted.
+    pub steps: u64,
+    /// The last micro-batch's backward (with the Reducer, its all-reduce waits are inside).
+    pub last_backward: f64,
+    /// The gradient all-reduce after backward (without the Reducer).
+    pub allreduce_after: f64,
+    /// The small all-reduces: the step's example count and loss, the stop flag.
+    pub small: f64,
 }
 
 fn hostname() -> String {
@@ -168,7 +185,16 @@ impl Dist {
             },
         })?;
         let host = hostname();
-        let mut dist = Self { group, device, peers: Vec::new(), host, launch, overlap: Cell::new(false) };
+        let mut dist = Self {
+            group,
+            device,
+            peers: Vec::new(),
+            host,
+            launch,
+            overlap: Cell::new(false),
+            global_n: Cell::new(0.0),
+            times: Cell::new(CommTimes::default()),
+        };
         dist.exchange_peers()?;
         tracing::info!(
             rank = dist.launch.rank,
@@ -235,7 +261,10 @@ impl Dist {
     /// Sums every parameter's gradient, each scaled by `share` first (this rank's part of
     /// the global batch), over the ranks.
     pub fn reduce_gradients(&self, params: &[Tensor], share: f64) -> Result<(), DistError> {
-        self.group.allreduce_grads(params, share, BUCKET_BYTES).map_err(|m| self.lost("the gradient all-reduce", m))
+        let start = std::time::Instant::now();
+        self.group.allreduce_grads(params, share, BUCKET_BYTES).map_err(|m| self.lost("the gradient all-reduce", m))?;
+        self.add_time(|t| t.allreduce_after += start.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Hands `params`' gradients to DDP's Reducer, which averages them during backward
@@ -251,28 +280,80 @@ impl Dist {
         self.overlap.get()
     }
 
-    /// With the Reducer: the next backward is the step's last, to be all-reduced.
-    pub fn prepare_backward(&self) -> Result<(), DistError> {
-        self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))
+    fn add_time(&self, f: impl FnOnce(&mut CommTimes)) {
+        let mut t = self.times.get();
+        f(&mut t);
+        self.times.set(t);
     }
 
-    /// A backward (whose hooks all-reduce with the Reducer) that failed.
-    pub fn backward_failed(&self, message: String) -> DistError {
-        self.lost("backward with the gradient all-reduce", message)
+    /// The times since the last call, and a fresh count.
+    pub fn take_times(&self) -> CommTimes {
+        self.times.take()
+    }
+
+    /// A step starts with `n` examples on this rank. With the Reducer, which averages the
+    /// ranks' gradients during backward, each rank's loss must be weighted by its share of
+    /// the global batch before backward, so the global count is summed now.
+    pub fn begin_step(&self, n: i64) -> Result<(), DistError> {
+        self.add_time(|t| t.steps += 1);
+        if self.overlaps() {
+            self.global_n.set(self.sum(&[n as f64])?[0]);
+        }
+        Ok(())
+    }
+
+    /// Backward of a micro-batch of `m` of this rank's `n` examples, `last` of the step:
+    /// - with the Reducer, the loss weighted by `m × world / global` (the Reducer divides the
+    ///   sum by the world) and, for the last, the Reducer armed first (DDP's `no_sync` for the
+    ///   ones before);
+    /// - without, weighted by `m / n` as a single process does; the sum over the ranks, each
+    ///   scaled by its share, comes after ([`Dist::reduce_gradients`]).
+    pub fn backward(&self, loss: &Tensor, m: i64, n: i64, last: bool) -> Result<(), DistError> {
+        let weight = if self.overlaps() {
+            m as f64 * f64::from(self.world()) / self.global_n.get()
+        } else {
+            m as f64 / n as f64
+        };
+        if last && self.overlaps() {
+            self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
+        }
+        let start = std::time::Instant::now();
+        (loss * weight).f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
+        if last {
+            self.add_time(|t| t.last_backward += start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// A step in which this rank has no examples (its share of a short last batch): with
+    /// the Reducer, which needs every gradient of every rank, a backward of zeros.
+    pub fn backward_nothing(&self, params: &[Tensor]) -> Result<(), DistError> {
+        if !self.overlaps() {
+            return Ok(());
+        }
+        self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
+        if let Some(zero) = params.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
+            zero.f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// `values` summed over the ranks.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let start = std::time::Instant::now();
         let t = Tensor::from_slice(values).to_device(self.device);
         self.group.allreduce(&t, false).map_err(|m| self.lost("an all-reduce", m))?;
+        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
         Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double))
             .map_err(|e| self.lost("an all-reduce", e.to_string()))
     }
 
     /// Whether `flag` is set on any rank: every rank gets the same answer.
     pub fn any(&self, flag: bool) -> Result<bool, DistError> {
+        let start = std::time::Instant::now();
         let t = Tensor::from_slice(&[i32::from(flag)]).to_device(self.device);
         self.group.allreduce(&t, true).map_err(|m| self.lost("the stop-flag all-reduce", m))?;
+        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
         Ok(t.int64_value(&[0]) != 0)
     }
 

@@ -169,6 +169,20 @@ impl Loop<'_> {
             }
             progress.finish();
             let train_seconds = train_start.elapsed().as_secs_f64();
+            if let Some(d) = self.dist {
+                let t = d.take_times();
+                let per_step = |s: f64| format!("{:.3}", s * 1e3 / t.steps.max(1) as f64);
+                tracing::info!(
+                    epoch,
+                    rank = d.rank(),
+                    steps = t.steps,
+                    overlap = d.overlaps(),
+                    last_backward_ms = per_step(t.last_backward),
+                    allreduce_after_backward_ms = per_step(t.allreduce_after),
+                    small_allreduces_ms = per_step(t.small),
+                    "data parallel: time per step"
+                );
+            }
             let train_loss = trainer.finish_epoch(self.data.train.len());
             let eval_start = Instant::now();
             let eval = trainer.evaluate(&self.data.val);

@@ -147,7 +147,7 @@ impl Trainer {
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
         if let Some(d) = &self.dist {
-            d.begin_step(n)?;
+            d.begin_step(self.position.step, n)?;
         }
         // A rank's share of a short last batch can be empty: no forward, zero gradients.
         let micro_batches =

@@ -96,8 +96,8 @@ pub struct Dist {
     host: String,
     /// DDP's Reducer is attached: gradients are averaged during backward.
     overlap: Cell<bool>,
-    /// With the Reducer: the examples of this step's global batch ([`Dist::begin_step`]).
-    global_n: Cell<f64>,
+    /// With the Reducer: the step and the examples of its global batch ([`Dist::begin_step`]).
+    global_n: Cell<Option<(u64, f64)>>,
     /// Where the steps' time between the ranks went, since [`Dist::take_times`].
     times: Cell<CommTimes>,
 }
@@ -192,7 +192,7 @@ impl Dist {
             host,
             launch,
             overlap: Cell::new(false),
-            global_n: Cell::new(0.0),
+            global_n: Cell::new(None),
             times: Cell::new(CommTimes::default()),
         };
         dist.exchange_peers()?;
@@ -291,14 +291,18 @@ impl Dist {
         self.times.take()
     }
 
-    /// A step starts with `n` examples on this rank. With the Reducer, which averages the
-    /// ranks' gradients during backward, each rank's loss must be weighted by its share of
-    /// the global batch before backward, so the global count is summed now.
-    pub fn begin_step(&self, n: i64) -> Result<(), DistError> {
-        self.add_time(|t| t.steps += 1);
-        if self.overlaps() {
-            self.global_n.set(self.sum(&[n as f64])?[0]);
+    /// Step `step` starts with `n` examples on this rank. With the Reducer, which averages
+    /// the ranks' gradients during backward, each rank's loss must be weighted by its share
+    /// of the global batch before backward, so the global count is summed now, once per
+    /// step: a step retried on this rank alone (out of memory, smaller micro-batches) must
+    /// not add a collective the other ranks do not make.
+    pub fn begin_step(&self, step: u64, n: i64) -> Result<(), DistError> {
+        if self.global_n.get().is_some_and(|(s, _)| s == step) {
+            return Ok(());
         }
+        self.add_time(|t| t.steps += 1);
+        let global = if self.overlaps() { self.sum(&[n as f64])?[0] } else { f64::NAN };
+        self.global_n.set(Some((step, global)));
         Ok(())
     }
 
@@ -310,7 +314,8 @@ impl Dist {
     ///   scaled by its share, comes after ([`Dist::reduce_gradients`]).
     pub fn backward(&self, loss: &Tensor, m: i64, n: i64, last: bool) -> Result<(), DistError> {
         let weight = if self.overlaps() {
-            m as f64 * f64::from(self.world()) / self.global_n.get()
+            let global = self.global_n.get().map_or(f64::NAN, |(_, g)| g);
+            m as f64 * f64::from(self.world()) / global
         } else {
             m as f64 / n as f64
         };

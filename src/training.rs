@@ -144,11 +144,11 @@ impl Trainer {
         self.optimizer.zero_grad();
         let n = xs.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
-        crate::fault::check_step(self.position.step + 1);
-        let mut loss_sum = 0.0;
         if let Some(d) = &self.dist {
             d.begin_step(self.position.step, n)?;
         }
+        crate::fault::check_step(self.position.step + 1);
+        let mut loss_sum = 0.0;
         // A rank's share of a short last batch can be empty: no forward, zero gradients.
         let micro_batches =
             if n == 0 { Vec::new() } else { xs.split(micro, 0).into_iter().zip(ys.split(micro, 0)).collect() };

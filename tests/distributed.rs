@@ -117,11 +117,19 @@ fn torchrun_job(torchrun: &Path, out: &Path, sets: &[String]) -> Output {
 
 /// Two ranks started by hand with the variables `srun` sets, stderr to `log-<rank>`.
 fn slurm_job(out: &Path, sets: &[String], port: u16) -> Vec<Child> {
+    slurm_job_with(out, sets, port, &[])
+}
+
+/// [`slurm_job`], with `rank1_env` set for rank 1 only.
+fn slurm_job_with(out: &Path, sets: &[String], port: u16, rank1_env: &[(&str, &str)]) -> Vec<Child> {
     (0..2)
         .map(|rank| {
             let log = std::fs::File::create(out.with_file_name(format!("log-{rank}"))).unwrap();
-            command(&binary())
-                .args(args(out, sets))
+            let mut cmd = command(&binary());
+            if rank == 1 {
+                cmd.envs(rank1_env.iter().copied());
+            }
+            cmd.args(args(out, sets))
                 .env("SLURM_PROCID", rank.to_string())
                 .env("SLURM_NTASKS", "2")
                 .env("SLURM_LOCALID", rank.to_string())
@@ -214,6 +222,21 @@ fn two_ranks_with_slurm_variables_and_accumulation_match_one_rank() {
     for (rank, child) in ranks.iter_mut().enumerate() {
         assert!(child.wait().unwrap().success(), "rank {rank}:\n{}", log_of(&two, rank));
     }
+    assert_close(&latest(&one), &latest(&two), 1e-5);
+}
+
+#[test]
+fn an_out_of_memory_retry_on_one_rank_keeps_the_ranks_in_step() {
+    let ws = workspace();
+    let (one, two) = (ws.path().join("one"), ws.path().join("two"));
+    single(&one, &sets(ws.path(), 32, &[]));
+    // Rank 1's step 3 fails once (the test build's fault injection): it halves its
+    // micro-batch and retries alone, with DDP's Reducer armed only on the retry's last.
+    let mut ranks = slurm_job_with(&two, &sets(ws.path(), 16, &[]), free_port(), &[("INJECT_FAULTS", "oom-step:3")]);
+    for (rank, child) in ranks.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success(), "rank {rank}:\n{}", log_of(&two, rank));
+    }
+    assert!(log_of(&two, 1).contains("halving the micro-batch"), "no retry on rank 1:\n{}", log_of(&two, 1));
     assert_close(&latest(&one), &latest(&two), 1e-5);
 }
 

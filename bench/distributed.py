@@ -52,8 +52,8 @@ def run(args, name: str, ranks: int, batch: int, overlap: bool, work: Path) -> d
     out = work / name
     sets = [f"data.dir={args.data_dir}", f"model.mlp.hidden=[{args.hidden}]", f"training.batch_size={batch}",
             f"data.train_limit={args.steps * args.batch * 2}", "data.val_limit=256", "training.epochs=1",
-            "run.device=cpu", "run.threads=1", f"distributed.overlap={'true' if overlap else 'false'}",
-            "checkpoint.async_save=true"]
+            f"run.device={args.device}", f"distributed.overlap={'true' if overlap else 'false'}",
+            "checkpoint.async_save=true", *(["run.threads=1"] if args.device == "cpu" else [])]
     cmd = [args.train_bin, "--log-format", "json", "--output-dir", str(out), "--resume", "never",
            *sum((["--set", s] for s in sets), [])]
     if ranks > 1:
@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64, help="per-rank batch B")
     ap.add_argument("--steps", type=int, default=100, help="global steps per run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu (Gloo, one thread per rank) or cuda (NCCL, one GPU per rank)")
     ap.add_argument("--json", help="write every run here")
     args = ap.parse_args()
     variants = [("1 rank, batch B", 1, args.batch, False), ("1 rank, batch 2B", 1, 2 * args.batch, False),
@@ -94,8 +95,9 @@ def main():
         for r in range(args.repeats):
             for name, ranks, batch, overlap in variants:
                 results[name].append(run(args, f"{r}-{ranks}-{batch}-{overlap}", ranks, batch, overlap, Path(work)))
-    print(f"mlp 784-{args.hidden.replace(',', '-')}-10, B = {args.batch}, {args.steps} global steps, one thread per "
-          f"rank, {os.cpu_count()} CPUs (shared), median of {args.repeats}\n")
+    per_rank = "one thread per rank" if args.device == "cpu" else "one GPU per rank"
+    print(f"mlp 784-{args.hidden.replace(',', '-')}-10, B = {args.batch}, {args.steps} global steps on {args.device}, "
+          f"{per_rank}, {os.cpu_count()} CPUs, median of {args.repeats}\n")
     print("| run | samples/s | last backward ms/step | all-reduce after backward ms/step | small all-reduces ms/step |")
     print("|---|--:|--:|--:|--:|")
     for name, *_ in variants:

@@ -66,9 +66,10 @@ fn gloo_include() -> PathBuf {
     );
 }
 
-/// The include folders holding CUDA's runtime headers (`cuda_runtime_api.h` and the
-/// `crt/host_config.h` it includes, which the wheel's `nvidia/cu13` lacks: it comes with
-/// the CUDA toolkit) and `nccl.h` for this libtorch, when all are found: the wheel's `site-packages/nvidia/*/include`, then `$CUDA_HOME/include`.
+/// The include folders holding CUDA's runtime headers (`cuda_runtime_api.h`, and the
+/// `crt/host_config.h` and CCCL's `nv/target` they include, which the wheel leaves out:
+/// `scripts/lib.sh` adds them from PyPI's nvidia-cuda-crt and nvidia-cuda-cccl, or a CUDA
+/// toolkit has them) and `nccl.h` for this libtorch, when all are found: the wheel's `site-packages/nvidia/*/include`, then `$CUDA_HOME/include`.
 fn cuda_nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let mut dirs = Vec::new();
@@ -84,7 +85,7 @@ fn cuda_nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
     }
     dirs.push(PathBuf::from("/usr/local/cuda/include"));
     let has = |name: &str| dirs.iter().any(|d| d.join(name).exists());
-    (has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nccl.h"))
+    (has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nv/target") && has("nccl.h"))
         .then(|| dirs.into_iter().filter(|d| d.exists()).collect())
 }
 
@@ -113,8 +114,9 @@ fn distributed_shim(lib: &Path, include: &Path) {
             println!("cargo:rustc-link-lib=dylib=torch_cuda");
         }
         None => println!(
-            "cargo:warning=building without NCCL: libtorch_cuda.so, the CUDA toolkit's headers (crt/host_config.h; \
-             set CUDA_HOME) or nccl.h not found, so distributed.backend nccl will be refused"
+            "cargo:warning=building without NCCL: libtorch_cuda.so, CUDA's crt/host_config.h and nv/target \
+             (scripts/setup.sh installs them; or set CUDA_HOME) or nccl.h not found, so distributed.backend nccl \
+             will be refused"
         ),
     }
     build.compile("train_dist_shim");

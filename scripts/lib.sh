@@ -65,6 +65,24 @@ ensure_dataset() {
         log "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
 }
 
+# The two CUDA header packages the wheel leaves out and ProcessGroupNCCL.hpp needs
+# (cuda_runtime.h includes crt/host_config.h, cuda_fp16.h includes CCCL's nv/target), into the
+# venv's nvidia/cu13/include beside the runtime headers the wheel brings. With them build.rs
+# compiles NCCL into the distributed shim; without them `train` has Gloo only (the build
+# says so). Headers only, about 10 MB, matching the wheel's CUDA 13.0.
+ensure_cuda_headers() {
+    [ -x "$TORCH_VENV/bin/python" ] || return 0
+    local inc
+    inc=$("$TORCH_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "include"))')
+    if [ -f "$inc/crt/host_config.h" ] && [ -f "$inc/nv/target" ]; then
+        return
+    fi
+    log "installing CUDA's crt and CCCL headers into the venv (for NCCL in the distributed shim)"
+    "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" ||
+        log "could not install nvidia-cuda-crt/nvidia-cuda-cccl: train will be built without NCCL"
+}
+
 # Gloo's headers (Debian's libgloo-dev), which the build needs: libtorch's ProcessGroupGloo.hpp
 # includes them and the PyPI wheel does not ship them (see shim/distributed.cpp for why the
 # 2022 Debian snapshot is safe to compile against). Headers only: nothing links to Debian's

@@ -2,8 +2,9 @@
 //!    `LD_LIBRARY_PATH`. torch-sys (a direct dependency for this reason) exports the folder
 //!    it linked against as `DEP_TCH_LIBTORCH_LIB`.
 //! 2. Keeps libtorch_cuda.so among the binary's libraries (see below).
-//! 3. Compiles `shim/cuda_memory.cpp` (the few libtorch calls tch does not bind) against the
-//!    headers of that same libtorch.
+//! 3. Compiles the shims (the few libtorch calls tch does not bind) against the headers of
+//!    that same libtorch: `shim/cuda_memory.cpp` (allocator statistics) and
+//!    `shim/script_module.cpp` (TorchScript modules with their buffers and named inputs).
 //! 4. Compiles `shim/distributed.cpp` (c10d: TCPStore, ProcessGroupGloo, ProcessGroupNCCL)
 //!    against them too. Gloo's own headers come from Debian's `libgloo-dev` (the wheel does not
 //!    ship them); NCCL is compiled in where libtorch has its CUDA library and the CUDA and
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=shim/cuda_memory.cpp");
+    println!("cargo:rerun-if-changed=shim/script_module.cpp");
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // libtorch's CUDA backend registers itself from libtorch_cuda.so's static initialisers.
@@ -31,6 +33,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("shim/cuda_memory.cpp")
+        .file("shim/script_module.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -38,7 +41,7 @@ fn main() {
         .warnings(false)
         // No DWARF for a file that includes half of libtorch's headers (megabytes of it).
         .debug(false)
-        .compile("train_cuda_shim");
+        .compile("train_shim");
     distributed_shim(&lib, &include);
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");

@@ -14,21 +14,31 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# The marker is written only after every pip install succeeded, so an interrupted
-# install is redone rather than trusted.
-venv_ready() { [ -f "$TORCH_VENV/.train-ready" ]; }
+# What the venv holds besides torch: the Python peers the tests use (safetensors, numpy), and
+# models nobody here wrote, built from code in tests/reference/ (torchvision's resnet18,
+# Hugging Face transformers' BERT and GPT-2, with random weights: no model hub is reached).
+PYTHON_PACKAGES="torch==$TORCH_VERSION torchvision==0.26.0 transformers==5.24.0 safetensors numpy"
+
+# The marker holds the package list it was made with, and is written only after every pip
+# install succeeded: an interrupted install is redone rather than trusted, and a venv made
+# with an older list gets the packages added since.
+venv_ready() { [ "$(cat "$TORCH_VENV/.train-ready" 2>/dev/null)" = "$PYTHON_PACKAGES" ]; }
 
 ensure_venv() {
     if venv_ready; then
         log "torch $TORCH_VERSION venv ready at $TORCH_VENV"
         return
     fi
-    log "creating torch $TORCH_VERSION venv at $TORCH_VENV (about 4.5 GB, a few minutes)"
-    mkdir -p "$(dirname "$TORCH_VENV")"
-    python3 -m venv "$TORCH_VENV"
-    "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "torch==$TORCH_VERSION" safetensors numpy
-    touch "$TORCH_VENV/.train-ready"
+    if [ ! -x "$TORCH_VENV/bin/python" ]; then
+        log "creating torch $TORCH_VERSION venv at $TORCH_VENV (about 4.5 GB, a few minutes)"
+        mkdir -p "$(dirname "$TORCH_VENV")"
+        python3 -m venv "$TORCH_VENV"
+    else
+        log "updating the packages of the venv at $TORCH_VENV"
+    fi
+    # shellcheck disable=SC2086 # the list is words
+    "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PYTHON_PACKAGES
+    printf '%s' "$PYTHON_PACKAGES" >"$TORCH_VENV/.train-ready"
 }
 
 # Exports what torch-sys's build script and the tests need.

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::checkpoint::CheckpointFile;
-use crate::cli::{Cli, Command, ConfigArgs, ConfigCommand, PlanArgs, RunArgs, ShowArgs};
+use crate::cli::{Cli, Command, ConfigArgs, ConfigCommand, EvalArgs, PlanArgs, RunArgs, ShowArgs};
 use crate::config::{self, FlagOverride, Origin, Request, PROFILES};
 use crate::{memory, report, run};
 
@@ -34,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Profiles) => profiles().map(|()| 0),
         Some(Command::Ckpt(cmd)) => train_store::cli::run(cmd).map(|()| 0),
         Some(Command::Plan(args)) => plan(&args).map(|()| 0),
+        Some(Command::Eval(args)) => eval(&args).map(|()| 0),
         Some(Command::Report { run_dir, output, json }) => report(&run_dir, output.as_deref(), json).map(|()| 0),
     }
 }
@@ -66,13 +67,19 @@ fn request(args: &ConfigArgs, flags: Vec<FlagOverride>) -> Request {
 fn train(args: &RunArgs) -> Result<u8> {
     let mut flags = Vec::new();
     if let Some(v) = &args.resume {
-        flags.push(FlagOverride { flag: "--resume", key: "run.resume", value: v.clone() });
+        flags.push(FlagOverride::new("--resume", "run.resume", v.clone()));
+    }
+    if let Some(v) = &args.init_from {
+        flags.push(FlagOverride::new("--init-from", "model.init_from", v.display().to_string()));
+    }
+    if args.init_strict {
+        flags.push(FlagOverride::switch("--init-strict", "model.init_strict"));
     }
     if let Some(v) = &args.device {
-        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
+        flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
     if let Some(v) = &args.output_dir {
-        flags.push(FlagOverride { flag: "--output-dir", key: "run.output_dir", value: v.display().to_string() });
+        flags.push(FlagOverride::new("--output-dir", "run.output_dir", v.display().to_string()));
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
     tracing::debug!(layers = ?resolved.layers, "configuration resolved");
@@ -194,10 +201,32 @@ fn report(run_dir: &Path, output: Option<&Path>, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn eval(args: &EvalArgs) -> Result<()> {
+    let mut flags = Vec::new();
+    if let Some(v) = &args.device {
+        flags.push(FlagOverride::new("--device", "run.device", v.clone()));
+    }
+    let resolved = config::resolve(&request(&args.config, flags))?;
+    let e = run::evaluate::evaluate(&resolved.config, &args.checkpoint)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?;
+    } else {
+        writeln!(out, "checkpoint {} (epoch {}, step {})", e.checkpoint.display(), e.epoch, e.step)?;
+        writeln!(out, "examples   {}", e.examples)?;
+        writeln!(out, "loss       {:.6}", e.loss)?;
+        match e.accuracy {
+            Some(a) => writeln!(out, "accuracy   {a:.4}")?,
+            None => writeln!(out, "accuracy   - (regression)")?,
+        }
+    }
+    Ok(())
+}
+
 fn plan(args: &PlanArgs) -> Result<()> {
     let mut flags = Vec::new();
     if let Some(v) = &args.device {
-        flags.push(FlagOverride { flag: "--device", key: "run.device", value: v.clone() });
+        flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
     let cfg = &resolved.config;

@@ -59,6 +59,9 @@ pub enum Command {
     /// Show how a checkpoint would be loaded: free memory, predicted peak of each strategy,
     /// the choice and why. Changes nothing.
     Plan(PlanArgs),
+    /// A checkpoint's loss and accuracy on the validation data (IDX: the test split), without
+    /// training. Writes nothing.
+    Eval(EvalArgs),
     /// Inspect, verify, convert and strip checkpoint files.
     #[command(subcommand)]
     Ckpt(train_store::cli::CkptCommand),
@@ -73,6 +76,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `train eval ...`
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Configuration sources: the model and data the checkpoint was trained with.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The checkpoint (any format `train ckpt` reads; names and shapes must match the model).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Device: `auto`, `cpu`, `cuda` or `cuda:N`. Sets run.device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Print JSON: `checkpoint`, `epoch`, `step`, `examples`, `loss`, `accuracy` (null for
+    /// regression), `seconds`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `train config ...`
@@ -106,6 +127,13 @@ pub struct RunArgs {
     /// Continue from a checkpoint: `auto` (the run's newest), `never`, or a file. Sets run.resume.
     #[arg(long, value_name = "auto|never|PATH")]
     pub resume: Option<String>,
+    /// Start a fresh run from these weights (fine-tuning): ours, safetensors or a
+    /// torch.save file. Sets model.init_from.
+    #[arg(long, value_name = "PATH")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: refuse any mismatch between file and model. Sets model.init_strict.
+    #[arg(long)]
+    pub init_strict: bool,
     /// Device: `auto`, `cpu`, `cuda` or `cuda:N`. Sets run.device.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,

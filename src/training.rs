@@ -82,7 +82,10 @@ impl Trainer {
     pub fn new(cfg: &Config, data: &Dataset, device: Device) -> Result<Self, ModelError> {
         tch::manual_seed(cfg.training.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape)?;
+        // Two examples of the data (one if that is all), for a TorchScript module to be tried on.
+        let probe_rows: Vec<i64> = (0..data.train.len().min(2) as i64).collect();
+        let (probe, probe_targets) = data.train.batch(&probe_rows, device);
+        let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape, Some((&probe, &probe_targets)))?;
         let params = vs
             .variables()
             .into_iter()
@@ -137,12 +140,12 @@ impl Trainer {
     /// backward (none before it, as DDP's `no_sync`), the loss and the example count are
     /// summed over the ranks, and the gradients too, each rank's weighted by its share of
     /// the examples, so every rank applies the gradient of the whole global batch's mean.
-    pub fn train_step(&mut self, xs: &Tensor, ys: &Tensor) -> Result<StepOutcome, DistError> {
+    pub fn train_step(&mut self, xs: &[Tensor], ys: &Tensor) -> Result<StepOutcome, DistError> {
         tch::manual_seed(mix(self.seed, self.position.step));
         let lr = self.schedule.lr_at(self.position.step, self.base_lr, self.total_steps);
         self.optimizer.set_lr(lr);
         self.optimizer.zero_grad();
-        let n = xs.size()[0];
+        let n = ys.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
         if let Some(d) = &self.dist {
             d.begin_step(self.position.step, n)?;
@@ -150,20 +153,25 @@ impl Trainer {
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
         // A rank's share of a short last batch can be empty: no forward, zero gradients.
-        let micro_batches =
-            if n == 0 { Vec::new() } else { xs.split(micro, 0).into_iter().zip(ys.split(micro, 0)).collect() };
-        for (i, (x, y)) in micro_batches.iter().enumerate() {
-            let m = x.size()[0];
-            let loss = self.autocast(|| loss(self.task, &self.model.forward_t(x, true), y));
+        let y_parts = if n == 0 { Vec::new() } else { ys.split(micro, 0) };
+        let input_parts: Vec<Vec<Tensor>> =
+            if n == 0 { Vec::new() } else { xs.iter().map(|x| x.split(micro, 0)).collect() };
+        for (i, y) in y_parts.iter().enumerate() {
+            let x: Vec<Tensor> = input_parts.iter().map(|parts| parts[i].shallow_clone()).collect();
+            let m = y.size()[0];
+            let loss = self.autocast(|| {
+                let out = self.model.forward(&x, Some(y), true);
+                out.loss.unwrap_or_else(|| loss(self.task, &out.logits, y))
+            });
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
             match &self.dist {
-                Some(d) => d.backward(&loss, m, n, i + 1 == micro_batches.len())?,
+                Some(d) => d.backward(&loss, m, n, i + 1 == y_parts.len())?,
                 None if m == n => loss.backward(),
                 None => (&loss * (m as f64 / n as f64)).backward(),
             }
             loss_sum += loss.double_value(&[]) * m as f64;
         }
-        if let (Some(d), true) = (&self.dist, micro_batches.is_empty()) {
+        if let (Some(d), true) = (&self.dist, y_parts.is_empty()) {
             d.backward_nothing(&self.trainable)?;
         }
         let (loss_sum, total) = match &self.dist {
@@ -234,13 +242,23 @@ impl Trainer {
         let indices: Vec<i64> = (0..n as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
             let (xs, ys) = split.batch(chunk, self.device);
-            let (out, batch_loss) = self.autocast(|| {
-                let out = self.model.forward_t(&xs, false);
-                let l = loss(self.task, &out, &ys);
-                (out, l)
+            let (out, own_loss, batch_loss) = self.autocast(|| {
+                let out = self.model.forward(&xs, Some(&ys), false);
+                let own = out.loss.is_some();
+                let l = out.loss.unwrap_or_else(|| loss(self.task, &out.logits, &ys));
+                (out.logits, own, l)
             });
             loss_sum += batch_loss.double_value(&[]) * chunk.len() as f64;
             if !matches!(self.task, Task::Regression { .. }) {
+                // A language model that computes its own loss from unshifted labels (Hugging
+                // Face's convention) predicts at position t the token at t + 1.
+                let (out, ys) = match self.task {
+                    Task::LanguageModel { .. } if own_loss => {
+                        let t = ys.size()[1];
+                        (out.narrow(1, 0, t - 1), ys.narrow(1, 1, t - 1))
+                    }
+                    _ => (out, ys),
+                };
                 let hits = out.argmax(-1, false).eq_tensor(&ys);
                 correct += hits.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
                 counted += hits.numel() as f64;
@@ -298,7 +316,11 @@ impl Trainer {
 fn loss(task: Task, out: &Tensor, targets: &Tensor) -> Tensor {
     match task {
         Task::Classification { .. } => out.cross_entropy_for_logits(targets),
-        Task::LanguageModel { vocab } => out.view([-1, vocab]).cross_entropy_for_logits(&targets.view([-1])),
+        // A TorchScript module's vocabulary may be larger than the ids the data holds.
+        Task::LanguageModel { .. } => {
+            let vocab = *out.size().last().expect("logits have a vocabulary dimension");
+            out.view([-1, vocab]).cross_entropy_for_logits(&targets.view([-1]))
+        }
         Task::Regression { .. } => out.mse_loss(targets, tch::Reduction::Mean),
     }
 }

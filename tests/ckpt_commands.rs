@@ -60,7 +60,7 @@ fn a_seed_guide_pth_converts_tensor_for_tensor_and_resumes() {
     let d = dir.path();
     ckpt(d, &["convert", "guide.pth", "guide.safetensors"])
         .success()
-        .stderr(predicate::str::contains("optimizer will start fresh"));
+        .stderr(predicate::str::contains("optimizer will start fresh").and(predicate::str::contains("parameters=4")));
     ckpt(d, &["convert", "state_dict.pt", "plain.safetensors"]).success();
     assert_same(&sha256s(&d.join("guide.safetensors")), &expected["model"]);
     assert_same(&sha256s(&d.join("plain.safetensors")), &expected["model"]);
@@ -81,6 +81,33 @@ fn a_seed_guide_pth_converts_tensor_for_tensor_and_resumes() {
         .assert()
         .success()
         .stderr(predicate::str::contains("holds no optimizer state").and(predicate::str::contains("epoch=3")));
+}
+
+#[test]
+fn resuming_a_seed_guide_pth_keeps_its_adam_moments() {
+    let (dir, _) = python_files();
+    let d = dir.path();
+    common::make_dataset(&d.join("data"), 128, 32);
+    // guide.pth holds an Adam state after 2 steps for fc1/out, keyed by parameter index.
+    let mut cmd = common::train(d);
+    cmd.args(["--resume", "guide.pth", "--output-dir", "r"]);
+    cmd.args(["--set", "training.optimizer.kind=adam", "--set", "training.epochs=4", "--set", "training.max_steps=1"]);
+    let out = common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("imported the PyTorch optimizer state") && log.contains("parameters=4"), "{log}");
+    // One more step on top of the imported two: PyTorch's step counts carried over.
+    let latest = train::checkpoint::CheckpointFile::open(&d.join("r/checkpoints/latest.safetensors")).unwrap();
+    for p in ["fc1.weight", "fc1.bias", "out.weight", "out.bias"] {
+        let step = latest.read(&format!("optimizer/{p}/step")).unwrap();
+        assert_eq!(i64::from_le_bytes(step[..8].try_into().unwrap()), 3, "{p}");
+    }
+    // An optimizer that keeps other state (SGD's momentum) cannot take Adam's: fresh, said.
+    let mut cmd = common::train(d);
+    cmd.args(["--resume", "guide.pth", "--output-dir", "s"]);
+    cmd.args(["--set", "training.optimizer.kind=sgd", "--set", "training.epochs=4", "--set", "training.max_steps=1"]);
+    let out = common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("cannot import the file's optimizer state") && log.contains("exp_avg"), "{log}");
 }
 
 #[test]

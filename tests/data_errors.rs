@@ -132,7 +132,7 @@ fn tensors_with_zero_rows_or_features_or_a_scalar_x_are_refused() {
     safetensors(&p, &[("x", "F32", &[0, 4], &[]), ("y", "I64", &[0], &[])]);
     refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "no dimension may be 0"]);
     safetensors(&p, &[("x", "F32", &[], &f32s(1)), ("y", "I64", &[1], &i64s(&[0]))]);
-    refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "`x` is []", "need [N, ...]"]);
+    refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "`x` is []", "need inputs [N, ...]"]);
 }
 
 #[test]
@@ -150,15 +150,10 @@ fn f8_data_names_the_unsupported_dtype() {
     let ws = tempfile::tempdir().unwrap();
     let p = ws.path().join("d.safetensors");
     safetensors(&p, &[("x", "F8_E4M3", &[10, 2], &[0; 20]), ("y", "I64", &[10], &i64s(&[0; 10]))]);
-    refused(
-        ws.path(),
-        &tensors_sets(&p),
-        1,
-        &["d.safetensors", "tensor `x` has dtype F8_E4M3, which is not supported"],
-    );
+    refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "array `x` has dtype F8_E4M3, which is not supported"]);
     // A dtype the safetensors crate itself does not know.
     safetensors(&p, &[("x", "F32", &[10, 2], &f32s(20)), ("y", "Q4", &[10], &[0; 10])]);
-    refused(ws.path(), &tensors_sets(&p), 1, &["tensor `y` has dtype Q4, which is not supported"]);
+    refused(ws.path(), &tensors_sets(&p), 1, &["array `y` has dtype Q4, which is not supported"]);
 }
 
 #[test]

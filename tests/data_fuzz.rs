@@ -123,9 +123,9 @@ fn model_config(rng: &mut impl Rng, kind: ModelKind) -> ModelConfig {
 /// Builds `cfg` for `task` and runs it on `inputs`, if it builds within the budget.
 fn build_and_run(cfg: &ModelConfig, task: Task, shape: &[i64], inputs: &Tensor) -> Result<(), String> {
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = model::build_within(cfg, &vs.root(), task, shape, Some((BUDGET, "the test's budget".into())))
+    let m = model::build_within(cfg, &vs.root(), task, shape, Some((BUDGET, "the test's budget".into())), None)
         .map_err(|e| e.to_string())?;
-    let out = tch::no_grad(|| m.forward_t(inputs, false));
+    let out = tch::no_grad(|| m.forward(&[inputs.shallow_clone()], None, false).logits);
     assert_eq!(out.size()[0], inputs.size()[0]);
     Ok(())
 }
@@ -147,10 +147,10 @@ fn random_shapes_sizes_and_dtypes_never_panic() {
         let what = format!("case {case} (seed {seed}): x {x:?}, y {y:?}", x = (&x.0, &x.1), y = (&y.0, &y.1));
         write_safetensors(&path, &[("x", x), ("y", y)]);
         let cfg = DataConfig { kind: DataKind::Tensors, path: Some(path.clone()), ..DataConfig::default() };
-        let data = catch_unwind(AssertUnwindSafe(|| Dataset::load(&cfg, 8))).unwrap_or_else(|_| panic!("{what}"));
+        let data = catch_unwind(AssertUnwindSafe(|| Dataset::load(&cfg, 8, &[]))).unwrap_or_else(|_| panic!("{what}"));
         let Ok(data) = data else { continue };
         loaded += 1;
-        let inputs = data.train.inputs.narrow(0, 0, data.train.len().min(2) as i64);
+        let inputs = data.train.inputs[0].narrow(0, 0, data.train.len().min(2) as i64);
         for kind in [ModelKind::Mlp, ModelKind::Cnn] {
             let model = model_config(&mut rng, kind);
             let full = Config { model: model.clone(), ..Config::default() };

@@ -262,3 +262,72 @@ fn a_non_finite_loss_stops_skips_or_continues_without_poisoning_latest() {
     assert!(stderr.contains("weights are not finite: checkpoint not written"), "{stderr}");
     assert!(!d.join("continue/checkpoints/latest.safetensors").exists());
 }
+
+#[test]
+fn early_stopping_ends_the_run_keeps_the_best_epoch_and_stays_stopped() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 256, 64);
+    let data = format!("data.dir={}", d.join("data").display());
+    // No epoch can improve on the first by more than 100: the first stays the best, and with
+    // a patience of 1 the run ends after epoch 2 instead of 5.
+    let sets = [
+        data.as_str(),
+        "training.batch_size=64",
+        "model.mlp.hidden=[16]",
+        "training.epochs=5",
+        "training.early_stopping={metric: val_loss, patience: 1, min_delta: 100}",
+        "checkpoint.keep_last=1",
+    ];
+    let log = run(d, "es", &sets);
+    assert!(log.contains("early stopping"), "{log}");
+    let m = epochs(&d.join("es"));
+    assert_eq!(m.len(), 2, "{m:?}");
+    // The epoch with the lowest validation loss is named, and its checkpoint kept.
+    let best = if m[1].val_loss <= m[0].val_loss { 2 } else { 1 };
+    let file = format!("epoch-{best:04}.safetensors");
+    assert!(log.contains(&format!("epoch-{best:04}")), "{log}");
+    let files = common::files_under(&d.join("es/checkpoints"));
+    assert!(files.contains(&file), "the best epoch is kept: {files:?}");
+    // Running again does not train on: the metrics already say it plateaued.
+    let again = run(d, "es", &sets);
+    assert!(again.contains("early stopping"), "{again}");
+    assert_eq!(epochs(&d.join("es")).len(), 2);
+    // A patience of 0 is refused, naming the key.
+    let mut cmd = common::train(d);
+    cmd.args(["--output-dir", "bad", "--set", &data, "--set", "training.early_stopping={patience: 0}"]);
+    cmd.assert().code(2).stderr(predicates::str::contains("training.early_stopping.patience"));
+}
+
+#[test]
+fn eval_reports_the_loss_and_accuracy_the_run_logged() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 256, 64);
+    let data = format!("data.dir={}", d.join("data").display());
+    let sets = [data.as_str(), "training.batch_size=64", "model.mlp.hidden=[16]", "training.epochs=2"];
+    run(d, "r", &sets);
+    let m = epochs(&d.join("r"));
+    let mut cmd = common::train(d);
+    cmd.args(["eval", "--checkpoint", "r/checkpoints/epoch-0002.safetensors", "--json", "--device", "cpu"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.assert().success().get_output().stdout.clone();
+    let e: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((e["epoch"].as_u64(), e["examples"].as_u64()), (Some(2), Some(64)));
+    assert!((e["loss"].as_f64().unwrap() - m[1].val_loss).abs() < 1e-6, "{e} vs {:?}", m[1]);
+    assert!((e["accuracy"].as_f64().unwrap() - m[1].val_accuracy).abs() < 1e-9, "{e}");
+    // A checkpoint of another model is refused, naming the tensor.
+    let mut cmd = common::train(d);
+    cmd.args([
+        "eval",
+        "--checkpoint",
+        "r/checkpoints/latest.safetensors",
+        "--set",
+        &data,
+        "--set",
+        "model.mlp.hidden=[8]",
+    ]);
+    cmd.assert().failure().stderr(predicates::str::contains("fc1"));
+}

@@ -153,7 +153,7 @@ fn check(path: &Path, e: &Entry, var: &Tensor) -> Result<(), CheckpointError> {
 
 /// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
 /// no intermediate buffer), checked against its checksum.
-fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
+pub(super) fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
     let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
         path: file.path().to_path_buf(),
         reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),

@@ -1,12 +1,15 @@
 //! Checkpoints: what a checkpoint file holds and how it is written ([`format`]), the one
 //! reader of every kind of checkpoint file ([`source`]), how a run folder keeps them
-//! ([`store`], [`saver`], [`retention`]), loading one into a model and optimiser ([`load`]),
+//! ([`store`], [`saver`], [`retention`]), loading one into a model and optimiser ([`load`])
+//! or initialising a model from one ([`init`]),
 //! and the `train ckpt` tools ([`tools`]).
 //!
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
 pub mod format;
 pub use train_store::{source, tools};
+pub mod import;
+pub mod init;
 pub mod load;
 pub mod retention;
 pub mod saver;
@@ -15,6 +18,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
+pub use init::{init_from, InitReport};
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
 
@@ -65,6 +69,14 @@ pub enum CheckpointError {
         expected: String,
         /// What the file has.
         found: String,
+    },
+    /// `model.init_strict` and the file does not match the model exactly.
+    #[error("{path} does not match the model (model.init_strict is on):\n{table}")]
+    InitMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Every difference, as [`init::InitReport::table`] lays them out.
+        table: String,
     },
     /// The optimiser rejected the saved state.
     #[error("checkpoint {path}: {source}")]

@@ -193,8 +193,9 @@ fn perform(
         .into_iter()
         .filter_map(|(path, role)| match role {
             Role::Epoch(epoch) => {
-                let val_loss = CheckpointFile::open(&path).ok().and_then(|f| f.meta().map(|m| m.val_loss));
-                Some((path, EpochEntry { epoch, val_loss }))
+                let meta = CheckpointFile::open(&path).ok().and_then(|f| f.meta().cloned());
+                let (val_loss, val_accuracy) = (meta.as_ref().map(|m| m.val_loss), meta.map(|m| m.val_accuracy));
+                Some((path, EpochEntry { epoch, val_loss, val_accuracy }))
             }
             Role::Latest => None,
         })

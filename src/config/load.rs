@@ -40,15 +40,28 @@ pub struct Request {
     pub flags: Vec<FlagOverride>,
 }
 
-/// A command-line flag that sets one key, such as `--device cuda` → `run.device`.
+/// A command-line flag that sets one key, such as `--device cuda` → `run.device`, or a
+/// switch such as `--init-strict` → `model.init_strict: true`.
 #[derive(Debug, Clone)]
 pub struct FlagOverride {
     /// The flag as the user typed it, for provenance (`--device`).
     pub flag: &'static str,
     /// The dotted key it sets.
     pub key: &'static str,
-    /// The value, taken as a string.
-    pub value: String,
+    /// The value, taken as a string; `None` for a switch, which sets `true`.
+    pub value: Option<String>,
+}
+
+impl FlagOverride {
+    /// A flag with a value, taken as a string.
+    pub fn new(flag: &'static str, key: &'static str, value: impl Into<String>) -> Self {
+        Self { flag, key, value: Some(value.into()) }
+    }
+
+    /// A switch: the flag alone sets the boolean key to `true`.
+    pub fn switch(flag: &'static str, key: &'static str) -> Self {
+        Self { flag, key, value: None }
+    }
 }
 
 /// Where one leaf value of the final configuration came from.
@@ -171,8 +184,11 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
     }
 
     for flag in &request.flags {
-        let value = Value::from(flag.value.clone());
-        layers.push(single(format!("{} {}", flag.flag, flag.value), flag.key, value));
+        let (value, source) = match &flag.value {
+            Some(v) => (Value::from(v.clone()), format!("{} {v}", flag.flag)),
+            None => (Value::from(true), flag.flag.to_string()),
+        };
+        layers.push(single(source, flag.key, value));
     }
     Ok(layers)
 }

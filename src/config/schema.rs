@@ -74,6 +74,14 @@ pub struct ModelConfig {
     pub gpt: GptConfig,
     /// Settings of a TorchScript model.
     pub torchscript: TorchscriptConfig,
+    /// Weights to start a fresh run from (fine-tuning): ours, safetensors (Hugging Face's
+    /// included) or a `torch.save` state dict / `{'model_state_dict': ...}` file. Matching
+    /// names and shapes are loaded, the rest reported; the optimizer starts fresh at step 0.
+    /// Ignored when the run resumes (its checkpoints already descend from these weights).
+    pub init_from: Option<PathBuf>,
+    /// With `init_from`: refuse any difference (a name missing on either side, another
+    /// shape) instead of reporting it.
+    pub init_strict: bool,
 }
 
 impl Default for ModelConfig {
@@ -84,6 +92,8 @@ impl Default for ModelConfig {
             cnn: CnnConfig::default(),
             gpt: GptConfig::default(),
             torchscript: TorchscriptConfig::default(),
+            init_from: None,
+            init_strict: false,
         }
     }
 }
@@ -129,6 +139,14 @@ impl Default for GptConfig {
 pub struct TorchscriptConfig {
     /// The `.pt` file `torch.jit.save` wrote; its `forward` maps a batch of inputs to outputs.
     pub path: Option<PathBuf>,
+    /// Inputs passed to `forward` by keyword, each the data array of that name, with its
+    /// integer or float kind kept (`[input_ids, attention_mask]`). Empty: one positional
+    /// input, the array `x` as float32.
+    pub inputs: Vec<String>,
+    /// Also pass the targets, as this keyword (`labels`): a module that then returns its own
+    /// loss (a tuple `(loss, logits, ...)` or a dict with `loss`, as Hugging Face models do)
+    /// is trained on that loss.
+    pub labels: Option<String>,
 }
 
 /// `model.mlp:`
@@ -181,6 +199,9 @@ pub struct DataConfig {
     pub train_limit: Option<u64>,
     /// Use only the first N validation examples; `None` uses all.
     pub val_limit: Option<u64>,
+    /// `tensors` and `npz`: the array holding the targets (the inputs are `x`, or the
+    /// arrays `model.torchscript.inputs` names).
+    pub targets: String,
 }
 
 /// The data sources.
@@ -193,6 +214,8 @@ pub enum DataKind {
     Text,
     /// A safetensors file with `x` and `y`.
     Tensors,
+    /// A NumPy `.npz` archive (`numpy.savez`) of named arrays, read as `tensors` is.
+    Npz,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.
@@ -207,6 +230,7 @@ impl Default for DataConfig {
             val_fraction: 0.1,
             train_limit: None,
             val_limit: None,
+            targets: "y".into(),
         }
     }
 }
@@ -242,6 +266,39 @@ pub struct TrainingConfig {
     /// `continue`): `stop` the run (exit 3, `latest` left at the last finite state),
     /// `skip_step` (go on with the next batch), or `continue` (apply it anyway).
     pub on_nonfinite: OnNonfinite,
+    /// End the run once the validation metric stops improving. `None`: train every epoch.
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// `training.early_stopping:` end the run when `metric` has not improved by more than
+/// `min_delta` for `patience` epochs. The checkpoint of the best epoch is kept (retention's
+/// `keep_best` follows the same metric).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStopping {
+    /// `val_loss` (lower is better) or `val_accuracy` (higher is better).
+    pub metric: StopMetric,
+    /// Epochs without improvement before stopping (at least 1).
+    pub patience: u32,
+    /// The smallest change that counts as an improvement (>= 0).
+    pub min_delta: f64,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        Self { metric: StopMetric::ValLoss, patience: 3, min_delta: 0.0 }
+    }
+}
+
+/// The metric early stopping and `keep_best` watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Validation loss; lower is better.
+    #[default]
+    ValLoss,
+    /// Validation accuracy; higher is better.
+    ValAccuracy,
 }
 
 /// `training.on_nonfinite`.
@@ -277,6 +334,7 @@ impl Default for TrainingConfig {
             precision: Precision::Fp32,
             max_steps: None,
             on_nonfinite: OnNonfinite::Stop,
+            early_stopping: None,
         }
     }
 }

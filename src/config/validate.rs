@@ -26,6 +26,14 @@ impl Config {
         if t.batch_size == 0 {
             return invalid("training.batch_size", "must be at least 1".into());
         }
+        if let Some(e) = &t.early_stopping {
+            if e.patience == 0 {
+                return invalid("training.early_stopping.patience", "must be at least 1 epoch".into());
+            }
+            if !(e.min_delta.is_finite() && e.min_delta >= 0.0) {
+                return invalid("training.early_stopping.min_delta", format!("must be >= 0, got {}", e.min_delta));
+            }
+        }
         if !(o.lr.is_finite() && o.lr > 0.0 && o.lr <= MAX_LR) {
             return invalid("training.optimizer.lr", format!("must be in (0, {MAX_LR}], got {}", o.lr));
         }

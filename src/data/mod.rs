@@ -94,11 +94,16 @@ impl DataError {
 /// well below 2^24.
 pub const MAX_CLASSES: i64 = 1 << 24;
 
+/// A batch: the model's inputs (see [`Split::inputs`]) and the targets.
+pub type Batch = (Vec<Tensor>, Tensor);
+
 /// One split of a data set, on the host.
 #[derive(Debug)]
 pub struct Split {
-    /// `[N, ...]` model inputs: float images, int64 token windows, or float features.
-    pub inputs: Tensor,
+    /// `[N, ...]` model inputs: float images, int64 token windows, or float features; several
+    /// for a TorchScript module that takes named inputs (`model.torchscript.inputs`), in
+    /// that order.
+    pub inputs: Vec<Tensor>,
     /// `[N, ...]` targets: int64 classes, int64 next tokens, or float values.
     pub targets: Tensor,
 }
@@ -120,19 +125,26 @@ impl Split {
     /// prefetch thread, a libtorch parallel op would start a second OpenMP team, whose
     /// spinning threads slow every training step (measured: 0.47x PyTorch's speed on the
     /// default MLP with `index_select`; see bench/README.md).
-    pub fn batch(&self, indices: &[i64], device: Device) -> (Tensor, Tensor) {
-        (gather_rows(&self.inputs, indices).to_device(device), gather_rows(&self.targets, indices).to_device(device))
+    pub fn batch(&self, indices: &[i64], device: Device) -> Batch {
+        let inputs = self.inputs.iter().map(|t| gather_rows(t, indices).to_device(device)).collect();
+        (inputs, gather_rows(&self.targets, indices).to_device(device))
     }
 
     fn shallow_clone(&self) -> Self {
-        Self { inputs: self.inputs.shallow_clone(), targets: self.targets.shallow_clone() }
+        Self { inputs: self.inputs.iter().map(Tensor::shallow_clone).collect(), targets: self.targets.shallow_clone() }
+    }
+
+    /// Examples `start .. start + len`.
+    fn rows(&self, start: i64, len: i64) -> Self {
+        Self {
+            inputs: self.inputs.iter().map(|t| t.narrow(0, start, len)).collect(),
+            targets: self.targets.narrow(0, start, len),
+        }
     }
 
     fn head(self, limit: Option<u64>) -> Self {
         match limit {
-            Some(l) if (l as usize) < self.len() => {
-                Self { inputs: self.inputs.narrow(0, 0, l as i64), targets: self.targets.narrow(0, 0, l as i64) }
-            }
+            Some(l) if (l as usize) < self.len() => self.rows(0, l as i64),
             _ => self,
         }
     }
@@ -202,12 +214,14 @@ pub struct Dataset {
 pub const BYTE_VOCAB: i64 = 256;
 
 impl Dataset {
-    /// Loads the data set `cfg` describes. `context` is the window length of text data.
-    pub fn load(cfg: &DataConfig, context: usize) -> Result<Self, DataError> {
+    /// Loads the data set `cfg` describes. `context` is the window length of text data;
+    /// `inputs` the arrays a TorchScript module takes by name (`model.torchscript.inputs`;
+    /// empty: the one input `x`), read from `tensors` and `npz` data.
+    pub fn load(cfg: &DataConfig, context: usize, inputs: &[String]) -> Result<Self, DataError> {
         let ds = match cfg.kind {
             DataKind::Idx => load_idx(cfg)?,
             DataKind::Text => load_text(cfg, context)?,
-            DataKind::Tensors => tensors::load(cfg)?,
+            DataKind::Tensors | DataKind::Npz => tensors::load(cfg, inputs)?,
         };
         Ok(Self { train: ds.train.head(cfg.train_limit), val: ds.val.head(cfg.val_limit), ..ds })
     }
@@ -229,13 +243,11 @@ fn val_count(n: usize, fraction: f64, path: &Path) -> Result<usize, DataError> {
     Ok(val)
 }
 
-fn split_tail(inputs: Tensor, targets: Tensor, val: usize) -> (Split, Split) {
+fn split_tail(inputs: Vec<Tensor>, targets: Tensor, val: usize) -> (Split, Split) {
     let n = targets.size()[0];
     let t = n - val as i64;
-    (
-        Split { inputs: inputs.narrow(0, 0, t), targets: targets.narrow(0, 0, t) },
-        Split { inputs: inputs.narrow(0, t, val as i64), targets: targets.narrow(0, t, val as i64) },
-    )
+    let all = Split { inputs, targets };
+    (all.rows(0, t), all.rows(t, val as i64))
 }
 
 fn load_idx(cfg: &DataConfig) -> Result<Dataset, DataError> {
@@ -284,7 +296,7 @@ fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2], i
     let classes = i64::from(*labels.data.iter().max().expect("checked: at least one label")) + 1;
     let x = Tensor::from_slice(&images.data).view([n, 1, h, w]).to_kind(Kind::Float) / 255.0;
     let y = Tensor::from_slice(&labels.data).to_kind(Kind::Int64);
-    Ok((Split { inputs: x, targets: y }, [h, w], classes))
+    Ok((Split { inputs: vec![x], targets: y }, [h, w], classes))
 }
 
 /// A text file as non-overlapping windows of `context` bytes; each window's targets are the
@@ -302,7 +314,7 @@ fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
     let tokens = Tensor::from_slice(&bytes[..windows * context + 1]).to_kind(Kind::Int64);
     let inputs = tokens.narrow(0, 0, (windows * context) as i64).view([windows as i64, context as i64]);
     let targets = tokens.narrow(0, 1, (windows * context) as i64).view([windows as i64, context as i64]);
-    let (train, val) = split_tail(inputs, targets, val);
+    let (train, val) = split_tail(vec![inputs], targets, val);
     Ok(Dataset { train, val, task: Task::LanguageModel { vocab: BYTE_VOCAB }, input_shape: vec![context as i64] })
 }
 

@@ -1,14 +1,14 @@
 //! Batches assembled ahead of the training loop.
 
-use tch::{Device, Tensor};
+use tch::Device;
 
-use super::Split;
+use super::{Batch, Split};
 
 /// Assembles batches on a background thread, a couple ahead of the training loop, so the
 /// loop does not wait on gathering examples and copying them to the device. Dropping it
 /// stops the thread.
 pub struct Prefetcher {
-    rx: Option<std::sync::mpsc::Receiver<(Tensor, Tensor)>>,
+    rx: Option<std::sync::mpsc::Receiver<Batch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -36,7 +36,7 @@ impl Prefetcher {
 }
 
 impl Iterator for Prefetcher {
-    type Item = (Tensor, Tensor);
+    type Item = Batch;
     fn next(&mut self) -> Option<Self::Item> {
         self.rx.as_ref()?.recv().ok()
     }

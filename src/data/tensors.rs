@@ -1,12 +1,24 @@
-//! Data sets from a safetensors file of `x`/`y`: dtypes, shapes, sizes and labels checked
-//! on the header before any tensor is made.
+//! Data sets of named arrays: a safetensors file (`data.kind: tensors`) or a NumPy `.npz`
+//! archive (`data.kind: npz`, as `numpy.savez` writes it). The model's inputs are the arrays
+//! `model.torchscript.inputs` names (default: the one array `x`), the targets the array
+//! `data.targets` names (default `y`). Dtypes, shapes, sizes and labels are checked on the
+//! headers before any tensor is made.
+//!
+//! - The single default input `x` becomes float32 (images stored as bytes, say).
+//! - Named inputs keep their kind: integers (token ids, attention masks) become int64,
+//!   floats float32.
+//! - Integer targets `[N]` are classes, `[N, T]` token ids (a language model, vocabulary the
+//!   largest id + 1); float targets `[N]` or `[N, K]` are regression values.
+
+use std::fs::File;
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
 use super::*;
 
-/// The safetensors dtypes `x` may have (all become float32).
+/// The dtypes an input may have.
 const INPUT_DTYPES: &[Dtype] = &[
     Dtype::F64,
     Dtype::F32,
@@ -20,7 +32,7 @@ const INPUT_DTYPES: &[Dtype] = &[
     Dtype::BOOL,
 ];
 
-/// The safetensors dtypes `y` may have: integers are classes, floats regression targets.
+/// The dtypes targets may have: integers are classes or token ids, floats regression targets.
 const TARGET_DTYPES: &[Dtype] =
     &[Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64, Dtype::I32, Dtype::I16, Dtype::I8, Dtype::U8];
 
@@ -28,114 +40,286 @@ fn dtype_names(table: &[Dtype]) -> String {
     table.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// A safetensors file with tensors `x` (`[N, ...]`, any float or integer dtype, used as
-/// float32) and `y` (`[N]` integers: classes; or `[N]`/`[N, K]` floats: regression targets).
+fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
+}
+
+/// One array's header: its dtype (safetensors' names, the common vocabulary) and shape.
+#[derive(Debug, Clone)]
+struct Header {
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// An open file of named arrays.
+enum Arrays {
+    /// Mapped rather than read, so the file's bytes are not held twice on the way into
+    /// tensors.
+    Safetensors(memmap2::Mmap),
+    Npz(zip::ZipArchive<File>),
+}
+
+impl Arrays {
+    fn open(cfg: &DataConfig, path: &Path) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|source| read_error(path, source))?;
+        match cfg.kind {
+            DataKind::Npz => zip::ZipArchive::new(file).map(Self::Npz).map_err(|e| DataError::Format {
+                path: path.to_path_buf(),
+                reason: format!("not a readable .npz (zip) archive: {e}"),
+            }),
+            _ => {
+                // SAFETY: the map is only read, and only while loading. Were another process
+                // to truncate the file meanwhile, a read of the lost pages would fault
+                // (SIGBUS): the caveat of every mapped reader (Python's
+                // `safetensors.safe_open` maps the same way), accepted for a data file that
+                // nothing rewrites during a run.
+                let map = unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+                SafeTensors::deserialize(&map).map_err(|e| DataError::Format {
+                    path: path.to_path_buf(),
+                    reason: explain_safetensors_error(&map, &e),
+                })?;
+                Ok(Self::Safetensors(map))
+            }
+        }
+    }
+
+    /// The names of the arrays held, for errors.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match self {
+            Self::Safetensors(map) => SafeTensors::deserialize(map)
+                .map(|st| st.names().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
+            Self::Npz(zip) => {
+                zip.file_names().filter_map(|n| n.ok()).map(|n| n.trim_end_matches(".npy").to_string()).collect()
+            }
+        };
+        names.sort();
+        names
+    }
+
+    fn missing(&self, name: &str) -> String {
+        format!("no array `{name}` (it holds: {})", self.names().join(", "))
+    }
+
+    fn header(&mut self, name: &str) -> Result<Header, String> {
+        if !self.names().iter().any(|n| n == name) {
+            return Err(self.missing(name));
+        }
+        match self {
+            Self::Safetensors(map) => {
+                let st = SafeTensors::deserialize(map).map_err(|e| e.to_string())?;
+                let t = st.tensor(name).map_err(|e| e.to_string())?;
+                Ok(Header { dtype: t.dtype(), shape: t.shape().to_vec() })
+            }
+            Self::Npz(zip) => {
+                let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;
+                let npy = npyz::NpyFile::new(entry).map_err(|e| format!("array `{name}`: not a .npy array: {e}"))?;
+                npy_header(name, &npy)
+            }
+        }
+    }
+
+    /// The array as a host tensor of its own kind (booleans as bytes).
+    fn tensor(&mut self, name: &str, header: &Header) -> Result<Tensor, String> {
+        let dims: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
+        let kind = kind_of(header.dtype);
+        match self {
+            Self::Safetensors(map) => {
+                let st = SafeTensors::deserialize(map).map_err(|e| e.to_string())?;
+                let view = st.tensor(name).map_err(|e| e.to_string())?;
+                // libtorch copies as many bytes as the shape says: never more than the slice holds.
+                let elements = view.shape().iter().product::<usize>();
+                if view.data().len() != elements * kind.elt_size_in_bytes() {
+                    return Err(format!("array `{name}`: {} bytes for shape {:?}", view.data().len(), view.shape()));
+                }
+                Tensor::f_from_data_size(view.data(), &dims, kind)
+                    .map_err(|e| format!("array `{name}`: {}", crate::model::libtorch_message(&e)))
+            }
+            Self::Npz(zip) => {
+                let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;
+                let npy = npyz::NpyFile::new(entry).map_err(|e| format!("array `{name}`: {e}"))?;
+                let bad = |e: std::io::Error| format!("array `{name}`: {e}");
+                let t = match header.dtype {
+                    Dtype::F64 => Tensor::from_slice(&npy.into_vec::<f64>().map_err(bad)?),
+                    Dtype::F32 => Tensor::from_slice(&npy.into_vec::<f32>().map_err(bad)?),
+                    Dtype::I64 => Tensor::from_slice(&npy.into_vec::<i64>().map_err(bad)?),
+                    Dtype::I32 => Tensor::from_slice(&npy.into_vec::<i32>().map_err(bad)?),
+                    Dtype::I16 => Tensor::from_slice(&npy.into_vec::<i16>().map_err(bad)?),
+                    Dtype::I8 => Tensor::from_slice(&npy.into_vec::<i8>().map_err(bad)?),
+                    Dtype::U8 => Tensor::from_slice(&npy.into_vec::<u8>().map_err(bad)?),
+                    Dtype::BOOL => {
+                        let bytes: Vec<u8> = npy.into_vec::<bool>().map_err(bad)?.into_iter().map(u8::from).collect();
+                        Tensor::from_slice(&bytes)
+                    }
+                    other => return Err(format!("array `{name}` has dtype {other}, which .npz data cannot hold here")),
+                };
+                if t.numel() != header.shape.iter().product::<usize>() {
+                    return Err(format!("array `{name}`: {} values for shape {:?}", t.numel(), header.shape));
+                }
+                Ok(t.view(dims.as_slice()))
+            }
+        }
+    }
+}
+
+/// A `.npy` header in safetensors' terms: C order, little- or big-endian numbers.
+fn npy_header<R: std::io::Read>(name: &str, npy: &npyz::NpyFile<R>) -> Result<Header, String> {
+    use npyz::TypeChar;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(format!("array `{name}` is in Fortran order; save it with numpy.ascontiguousarray"));
+    }
+    let npyz::DType::Plain(ty) = npy.dtype() else {
+        return Err(format!("array `{name}` is a structured array; save plain numeric arrays"));
+    };
+    let dtype = match (ty.type_char(), ty.size_field()) {
+        (TypeChar::Bool, 1) => Dtype::BOOL,
+        (TypeChar::Int, 1) => Dtype::I8,
+        (TypeChar::Int, 2) => Dtype::I16,
+        (TypeChar::Int, 4) => Dtype::I32,
+        (TypeChar::Int, 8) => Dtype::I64,
+        (TypeChar::Uint, 1) => Dtype::U8,
+        (TypeChar::Float, 4) => Dtype::F32,
+        (TypeChar::Float, 8) => Dtype::F64,
+        _ => {
+            return Err(format!(
+                "array `{name}` has NumPy dtype {ty}, which is not supported (supported: bool, int8/16/32/64, uint8, \
+                 float32, float64)"
+            ))
+        }
+    };
+    let shape = npy
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("array `{name}`: dimension {d} is too large")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Header { dtype, shape })
+}
+
+/// The libtorch kind an array of `dtype` is read as (booleans as bytes: a file may hold
+/// values other than 0 and 1, which a C++ bool must not).
+fn kind_of(dtype: Dtype) -> Kind {
+    if dtype == Dtype::BOOL {
+        Kind::Uint8
+    } else {
+        crate::dtype::to_kind(dtype).expect("every accepted dtype has a kind")
+    }
+}
+
+/// Loads the arrays named `inputs` (empty: the one array `x`) and `data.targets`, split into
+/// training and validation examples (the last `val_fraction`).
 ///
-/// Everything is checked on the header before a tensor is made: dtypes, that no dimension
-/// is 0, that `x` and `y` agree on N, that the values fit in host memory; class labels are
+/// Everything is checked on the headers before a tensor is made: dtypes, that no dimension
+/// is 0, that all arrays agree on N, that the values fit in host memory; class labels are
 /// checked (0 ..= [`MAX_CLASSES`]) before the model sizes its output layer by them.
-pub(super) fn load(cfg: &DataConfig) -> Result<Dataset, DataError> {
+pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataError> {
     let path = required_path(cfg)?;
     let format = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
-    let file = std::fs::File::open(path).map_err(|source| read_error(path, source))?;
-    // Mapped rather than read, so the file's bytes are not held twice on the way into tensors.
-    // SAFETY: the map is only read, and only within this function. Were another process to
-    // truncate the file meanwhile, a read of the lost pages would fault (SIGBUS): the caveat
-    // of every mapped reader (Python's `safetensors.safe_open` maps the same way), accepted
-    // for a data file that nothing rewrites during a run.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| format(explain_safetensors_error(&map, &e)))?;
-    let x = st.tensor("x").map_err(|_| format("no tensor `x`".into()))?;
-    let y = st.tensor("y").map_err(|_| format("no tensor `y`".into()))?;
-    let x_kind = kind_of("x", x.dtype(), INPUT_DTYPES).map_err(format)?;
-    let y_kind = kind_of("y", y.dtype(), TARGET_DTYPES).map_err(format)?;
-    let (x_shape, y_shape) = (x.shape(), y.shape());
-    let shapes = || format!("`x` is {x_shape:?} and `y` is {y_shape:?}");
-    if x_shape.len() < 2 || !(1..=2).contains(&y_shape.len()) || y_shape[0] != x_shape[0] {
-        return Err(format(format!("{}: need [N, ...] and [N] or [N, K]", shapes())));
+    let named = !inputs.is_empty();
+    let input_names: Vec<String> = if named { inputs.to_vec() } else { vec!["x".into()] };
+    let target_name = cfg.targets.as_str();
+    let mut arrays = Arrays::open(cfg, path)?;
+    let mut headers = Vec::with_capacity(input_names.len());
+    for name in &input_names {
+        let h = arrays.header(name).map_err(format)?;
+        check_dtype(name, h.dtype, INPUT_DTYPES).map_err(format)?;
+        headers.push(h);
     }
-    if x_shape.contains(&0) || y_shape.contains(&0) {
+    let y = arrays.header(target_name).map_err(format)?;
+    check_dtype(target_name, y.dtype, TARGET_DTYPES).map_err(format)?;
+    let shapes = || {
+        input_names
+            .iter()
+            .zip(&headers)
+            .map(|(n, h)| format!("`{n}` is {:?}", h.shape))
+            .chain(std::iter::once(format!("`{target_name}` is {:?}", y.shape)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let n = y.shape.first().copied().unwrap_or(0);
+    let inputs_ok = headers.iter().all(|h| h.shape.len() >= 2 && h.shape[0] == n);
+    if !inputs_ok || !(1..=2).contains(&y.shape.len()) {
+        return Err(format(format!("{}: need inputs [N, ...] and targets [N] or [N, K] with one N", shapes())));
+    }
+    if headers.iter().chain(std::iter::once(&y)).any(|h| h.shape.contains(&0)) {
         return Err(format(format!("{}: no dimension may be 0", shapes())));
     }
-    let floating = matches!(y_kind, Kind::Double | Kind::Float | Kind::Half | Kind::BFloat16);
-    if !floating && y_shape.len() != 1 {
-        return Err(format(format!("{}: integer `y` must be [N] class indices", shapes())));
+    let floating = is_float(y.dtype);
+    if !floating && y.shape.len() == 2 && !named {
+        return Err(format(format!(
+            "{}: integer `{target_name}` [N, T] (token ids) needs named inputs (model.torchscript.inputs)",
+            shapes()
+        )));
     }
-    // No dimension is 0 and the header matched the data's length, so every size is at most
+    // No dimension is 0 and the headers matched the data's length, so every size is at most
     // the file's length: these conversions and products do not overflow.
-    let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
-    let n = x_shape[0];
-    let val = val_count(n, cfg.val_fraction, path)?;
-    let x_elems = x_shape.iter().product::<usize>() as u64;
-    let y_elems = y_shape.iter().product::<usize>() as u64;
-    // libtorch's copy of each tensor, then its float32 (x, float y) or int64 (y) form.
-    let needed = x.data().len() as u64 + 4 * x_elems + y.data().len() as u64 + 8 * y_elems;
+    let elements = |h: &Header| h.shape.iter().product::<usize>() as u64;
+    let native = |h: &Header| elements(h) * kind_of(h.dtype).elt_size_in_bytes() as u64;
+    // libtorch's copy of each array, then its converted form (at most 8 bytes a value).
+    let needed: u64 = headers.iter().chain(std::iter::once(&y)).map(|h| native(h) + 8 * elements(h)).sum();
     check_host_memory(path, needed)?;
-    let tensor = |name: &str, view: &safetensors::tensor::TensorView<'_>, kind: Kind| {
-        // libtorch copies as many bytes as the shape says: never more than the slice holds.
-        let elements = view.shape().iter().product::<usize>();
-        if view.data().len() != elements * kind.elt_size_in_bytes() {
-            return Err(format(format!("tensor `{name}`: {} bytes for shape {:?}", view.data().len(), view.shape())));
-        }
-        Tensor::f_from_data_size(view.data(), &dims(view.shape()), kind)
-            .map_err(|e| format(format!("tensor `{name}`: {}", crate::model::libtorch_message(&e))))
-    };
-    let xt = tensor("x", &x, x_kind)?.to_kind(Kind::Float);
-    let yt = tensor("y", &y, y_kind)?;
+    let val = val_count(n, cfg.val_fraction, path)?;
+
+    let mut tensors = Vec::with_capacity(headers.len());
+    for (name, h) in input_names.iter().zip(&headers) {
+        let t = arrays.tensor(name, h).map_err(format)?;
+        // The default `x` is always float32 (the built-in models' input); named inputs keep
+        // integer ids as int64, as embedding layers need.
+        let kind = if !named || is_float(h.dtype) { Kind::Float } else { Kind::Int64 };
+        tensors.push(t.to_kind(kind));
+    }
+    let yt = arrays.tensor(target_name, &y).map_err(format)?;
     let (task, yt) = if floating {
-        let outputs = if y_shape.len() == 2 { y_shape[1] as i64 } else { 1 };
+        let outputs = if y.shape.len() == 2 { y.shape[1] as i64 } else { 1 };
         (Task::Regression { outputs }, yt.to_kind(Kind::Float).view([n as i64, outputs]))
     } else {
         let yt = yt.to_kind(Kind::Int64);
         let (lo, hi) = (yt.min().int64_value(&[]), yt.max().int64_value(&[]));
         if lo < 0 || hi >= MAX_CLASSES {
             return Err(format(format!(
-                "`y` holds class {}: classes must be in 0..{MAX_CLASSES}",
+                "`{target_name}` holds {} {}: they must be in 0..{MAX_CLASSES}",
+                if y.shape.len() == 2 { "token id" } else { "class" },
                 if lo < 0 { lo } else { hi }
             )));
         }
-        (Task::Classification { classes: hi + 1 }, yt)
+        let task = if y.shape.len() == 2 {
+            Task::LanguageModel { vocab: hi + 1 }
+        } else {
+            Task::Classification { classes: hi + 1 }
+        };
+        (task, yt)
     };
-    let input_shape = dims(&x_shape[1..]);
-    let (train, val) = split_tail(xt, yt, val);
+    let input_shape = headers[0].shape[1..].iter().map(|&d| d as i64).collect();
+    let (train, val) = split_tail(tensors, yt, val);
     Ok(Dataset { train, val, task, input_shape })
 }
 
-/// The libtorch kind of tensor `name`'s dtype, or which dtype is not supported.
-fn kind_of(name: &str, dtype: Dtype, table: &[Dtype]) -> Result<Kind, String> {
-    if !table.contains(&dtype) {
-        return Err(format!(
-            "tensor `{name}` has dtype {dtype}, which is not supported (supported: {})",
-            dtype_names(table)
-        ));
-    }
-    // Booleans are read as bytes: a file may hold values other than 0 and 1, which a C++
-    // bool must not.
-    Ok(if dtype == Dtype::BOOL {
-        Kind::Uint8
+/// Refuses a dtype outside `table`, naming the array.
+fn check_dtype(name: &str, dtype: Dtype, table: &[Dtype]) -> Result<(), String> {
+    if table.contains(&dtype) {
+        Ok(())
     } else {
-        crate::dtype::to_kind(dtype).expect("every listed dtype has a kind")
-    })
+        Err(format!("array `{name}` has dtype {dtype}, which is not supported (supported: {})", dtype_names(table)))
+    }
 }
 
 /// The safetensors crate's error, made specific where it can be: a header naming a dtype
-/// the crate does not know fails to deserialize as a whole, so its `x`/`y` entries are read
-/// as plain JSON to say which dtype it is.
+/// the crate does not know fails to deserialize as a whole, so its entries are read as
+/// plain JSON to say which array and which dtype it is.
 fn explain_safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
     let header = bytes
         .get(..8)
         .map(|n| u64::from_le_bytes(n.try_into().expect("8 bytes")))
         .and_then(|n| usize::try_from(n).ok())
         .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
-        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok());
+        .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(h).ok());
     if let Some(header) = header {
-        for (name, table) in [("x", INPUT_DTYPES), ("y", TARGET_DTYPES)] {
-            if let Some(dtype) = header[name]["dtype"].as_str() {
-                if !table.iter().any(|d| d.to_string() == dtype) {
+        for (name, entry) in header.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
+            if let Some(dtype) = entry["dtype"].as_str() {
+                if !INPUT_DTYPES.iter().any(|d| d.to_string() == dtype) {
                     return format!(
-                        "tensor `{name}` has dtype {dtype}, which is not supported (supported: {})",
-                        dtype_names(table)
+                        "array `{name}` has dtype {dtype}, which is not supported (supported: {})",
+                        dtype_names(INPUT_DTYPES)
                     );
                 }
             }

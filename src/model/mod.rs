@@ -5,7 +5,6 @@
 //! nesting in the `VarStore`).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -13,16 +12,44 @@ use tch::{Kind, Tensor};
 use crate::config::{ModelConfig, ModelKind};
 use crate::data::Task;
 
-mod frozen;
+mod archive;
 mod nets;
+pub mod script;
 
-pub use frozen::{frozen_mode, Frozen};
+pub use archive::{frozen_mode, state_dict_keys, Frozen, STATE_DICT_KEYS};
 
 use nets::{Cnn, Gpt, Mlp, Scripted};
+use script::{ScriptError, ScriptModule};
 
-/// A model the training loop can drive: a function of a batch, with its parameters held in
-/// the `VarStore` it was built in.
-pub type Model = Box<dyn ModuleT + Send>;
+/// What a forward pass gives: the outputs, and the loss when the model computed its own.
+#[derive(Debug)]
+pub struct Forward {
+    /// `[N, outputs]` logits or values (`[N, T, vocab]` for a language model).
+    pub logits: Tensor,
+    /// The module's own loss (a TorchScript module given labels, as Hugging Face's are).
+    pub loss: Option<Tensor>,
+}
+
+/// A network the training loop can drive: a function of a batch's inputs (one, or several
+/// a TorchScript module takes by name) and, for a module that computes its own loss, its
+/// targets; its parameters are held in the `VarStore` it was built in.
+pub trait Network: Send + std::fmt::Debug {
+    /// Runs the network in train (`train`) or eval mode.
+    fn forward(&self, inputs: &[Tensor], targets: Option<&Tensor>, train: bool) -> Forward;
+}
+
+/// The built-in networks, functions of one input.
+#[derive(Debug)]
+struct Builtin<M>(M);
+
+impl<M: ModuleT + Send + std::fmt::Debug> Network for Builtin<M> {
+    fn forward(&self, inputs: &[Tensor], _targets: Option<&Tensor>, train: bool) -> Forward {
+        Forward { logits: self.0.forward_t(&inputs[0], train), loss: None }
+    }
+}
+
+/// A model the training loop can drive.
+pub type Model = Box<dyn Network>;
 
 /// Why a model cannot be built for a data set.
 #[derive(Debug, thiserror::Error)]
@@ -80,25 +107,29 @@ impl ModelError {
     }
 }
 
-/// Registers a TorchScript module's parameters in the `VarStore` under their PyTorch names
-/// (`layer1.0.conv1.weight`: one path segment per dot, as our own models nest), sharing
-/// storage with the module, so training updates the module and checkpoints line up with the
-/// Python module's `state_dict()`. (tch's `TrainableCModule` flattens the names to
-/// `layer1_0_conv1_weight`.)
-fn register_parameters(module: &tch::CModule, root: &nn::Path) -> Result<(), tch::TchError> {
-    for (name, tensor) in module.named_parameters()? {
-        let trainable = tensor.requires_grad();
-        match name.rsplit_once('.') {
+/// Registers a TorchScript module's parameters and buffers in the `VarStore` under their
+/// PyTorch names (`layer1.0.bn1.running_mean`: one path segment per dot, as our own models
+/// nest), sharing storage with the module, so training updates the module, checkpoints hold
+/// everything its `state_dict()` holds, and resume restores it. Buffers are registered as
+/// not trainable, so the optimizer leaves them to the module's own updates.
+///
+/// `state_keys`, the Python module's `state_dict()` keys when the archive lists them (see
+/// [`STATE_DICT_KEYS`]), leaves out the buffers it lacks: those Python registered
+/// `persistent=False`, constants the archive itself restores.
+fn register_tensors(module: &ScriptModule, root: &nn::Path, state_keys: Option<&[String]>) -> Result<(), ScriptError> {
+    let parameters = module.named_parameters()?.into_iter().map(|(n, t)| (n, t.requires_grad(), t));
+    let persistent = |name: &String| state_keys.is_none_or(|keys| keys.contains(name));
+    let buffers = module.named_buffers()?.into_iter().filter(|(n, _)| persistent(n)).map(|(n, t)| (n, false, t));
+    for (name, trainable, tensor) in parameters.chain(buffers) {
+        let (path, last) = match name.rsplit_once('.') {
             Some((prefix, last)) => {
                 let mut segments = prefix.split('.');
                 let first = segments.next().expect("split yields at least one segment");
-                let path = segments.fold(root.sub(first), |p, s| p.sub(s));
-                let _shared = path.add(last, tensor, trainable);
+                (segments.fold(root.sub(first), |p, s| p.sub(s)), last)
             }
-            None => {
-                let _shared = root.add(&name, tensor, trainable);
-            }
-        }
+            None => (root.clone(), name.as_str()),
+        };
+        let _shared = path.add(last, tensor, trainable);
     }
     Ok(())
 }
@@ -124,14 +155,7 @@ pub fn libtorch_message(e: &tch::TchError) -> String {
         tch::TchError::Torch(s) => s.clone(),
         other => other.to_string(),
     };
-    let text = text.split("Exception raised from").next().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("Error: "))
-        .or(lines.first())
-        .map_or_else(|| "libtorch gave no message".to_string(), |l| l.to_string())
+    script::one_line(&text)
 }
 
 /// Memory a model on `device` may use: the host's available memory on the CPU, the GPU's
@@ -220,8 +244,16 @@ fn outputs_of(task: Task) -> i64 {
 
 /// Builds the configured model for `task` with inputs of `input_shape` (one example),
 /// refusing one whose weights and gradients would not fit in the memory of `root`'s device.
-pub fn build(cfg: &ModelConfig, root: &nn::Path, task: Task, input_shape: &[i64]) -> Result<Model, ModelError> {
-    build_within(cfg, root, task, input_shape, available_memory(root.device()))
+/// `probe`, a couple of the data's examples (inputs and targets) on that device, is what a
+/// TorchScript module is tried on before training (zeros of `input_shape` without one).
+pub fn build(
+    cfg: &ModelConfig,
+    root: &nn::Path,
+    task: Task,
+    input_shape: &[i64],
+    probe: Option<(&[Tensor], &Tensor)>,
+) -> Result<Model, ModelError> {
+    build_within(cfg, root, task, input_shape, available_memory(root.device()), probe)
 }
 
 /// [`build`] against a given memory figure: `(bytes, how to name it in an error)`.
@@ -231,6 +263,7 @@ pub fn build_within(
     task: Task,
     input_shape: &[i64],
     memory: Option<(u64, String)>,
+    probe: Option<(&[Tensor], &Tensor)>,
 ) -> Result<Model, ModelError> {
     let parameters = parameter_count(cfg, task, input_shape)?;
     let too_large = |limit: String| {
@@ -266,14 +299,12 @@ pub fn build_within(
     }
     let outputs = outputs_of(task);
     match (cfg.kind, task) {
-        (ModelKind::Gpt, Task::LanguageModel { vocab }) => Ok(Box::new(Gpt::new(root, &cfg.gpt, vocab))),
+        (ModelKind::Gpt, Task::LanguageModel { vocab }) => Ok(Box::new(Builtin(Gpt::new(root, &cfg.gpt, vocab)))),
         (ModelKind::Torchscript, _) => {
             let path = cfg.torchscript.path.clone().expect("validated: torchscript has a path");
             if !path.is_file() {
                 return Err(ModelError::TorchscriptMissing { path });
             }
-            let failed =
-                |e: tch::TchError| ModelError::Torchscript { path: path.clone(), reason: libtorch_message(&e) };
             match frozen_mode(&path) {
                 Some(Frozen::Eval(op)) => tracing::warn!(
                     path = %path.display(),
@@ -288,14 +319,30 @@ pub fn build_within(
                 ),
                 None => {}
             }
-            let module = tch::CModule::load_on_device(&path, root.device()).map_err(failed)?;
-            register_parameters(&module, root).map_err(failed)?;
-            // Try it on two zero examples now, so a module that does not fit the data fails
-            // here with a clear error instead of in the middle of training.
-            let kind = if matches!(task, Task::LanguageModel { .. }) { Kind::Int64 } else { Kind::Float };
-            let probe = Tensor::f_zeros([&[2], input_shape].concat(), (kind, root.device())).map_err(failed)?;
-            let out = tch::no_grad(|| module.forward_ts(&[probe])).map_err(failed)?;
-            if out.size().first() != Some(&2) || out.size().last() != Some(&outputs) {
+            let failed = |e: ScriptError| ModelError::Torchscript { path: path.clone(), reason: e.0 };
+            let mut module = ScriptModule::load(&path, root.device()).map_err(failed)?;
+            register_tensors(&module, root, state_dict_keys(&path).as_deref()).map_err(failed)?;
+            // Try it on two examples now, so a module that does not fit the data fails here
+            // with a clear error instead of in the middle of training. In eval mode, so the
+            // probe leaves BatchNorm's running statistics as they are.
+            module.set_training(false).map_err(failed)?;
+            let zeros;
+            let (probe, targets) = match probe {
+                Some((inputs, targets)) => (inputs, Some(targets)),
+                None => {
+                    let kind = if matches!(task, Task::LanguageModel { .. }) { Kind::Int64 } else { Kind::Float };
+                    zeros = [Tensor::f_zeros([&[2], input_shape].concat(), (kind, root.device()))
+                        .map_err(|e| failed(ScriptError(libtorch_message(&e))))?];
+                    (&zeros[..], None)
+                }
+            };
+            let scripted = Scripted::new(module, &cfg.torchscript);
+            let out = tch::no_grad(|| scripted.try_forward(probe, targets)).map_err(failed)?.logits;
+            let n = probe[0].size()[0];
+            // A TorchScript module may have more outputs than the data uses (a vocabulary
+            // larger than the ids seen, a class absent from the data), not fewer.
+            let fits = out.size().first() == Some(&n) && out.size().last().is_some_and(|&o| o >= outputs);
+            if !fits {
                 return Err(ModelError::Incompatible {
                     kind: kind_name(cfg.kind),
                     reason: format!(
@@ -305,11 +352,13 @@ pub fn build_within(
                     ),
                 });
             }
-            Ok(Box::new(Scripted { module: Mutex::new((module, true)) }))
+            Ok(Box::new(scripted))
         }
-        (ModelKind::Mlp, _) => Ok(Box::new(Mlp::new(root, input_shape.iter().product(), &cfg.mlp.hidden, outputs))),
+        (ModelKind::Mlp, _) => {
+            Ok(Box::new(Builtin(Mlp::new(root, input_shape.iter().product(), &cfg.mlp.hidden, outputs))))
+        }
         (ModelKind::Cnn, _) => match *input_shape {
-            [c, h, w] => Ok(Box::new(Cnn::new(root, [c, h, w], cfg.cnn.channels, cfg.cnn.hidden, outputs))),
+            [c, h, w] => Ok(Box::new(Builtin(Cnn::new(root, [c, h, w], cfg.cnn.channels, cfg.cnn.hidden, outputs)))),
             _ => unreachable!("parameter_count accepts only [C, H, W] inputs for cnn"),
         },
         (ModelKind::Gpt, _) => unreachable!("parameter_count refuses gpt without text data"),
@@ -324,8 +373,8 @@ mod tests {
     fn names(kind: ModelKind, task: Task, shape: &[i64], input: Tensor) -> Vec<String> {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = ModelConfig { kind, ..ModelConfig::default() };
-        let model = build(&cfg, &vs.root(), task, shape).unwrap();
-        let out = model.forward_t(&input, false);
+        let model = build(&cfg, &vs.root(), task, shape, None).unwrap();
+        let out = model.forward(&[input], None, false).logits;
         assert_eq!(out.size()[0], 2);
         let mut names: Vec<String> = vs.variables().into_keys().collect();
         names.sort();
@@ -371,11 +420,11 @@ mod tests {
     fn gpt_is_causal() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let cfg = ModelConfig { kind: ModelKind::Gpt, ..ModelConfig::default() };
-        let model = build(&cfg, &vs.root(), Task::LanguageModel { vocab: 256 }, &[64]).unwrap();
+        let model = build(&cfg, &vs.root(), Task::LanguageModel { vocab: 256 }, &[64], None).unwrap();
         let a = Tensor::randint(256, [1, 64], (Kind::Int64, tch::Device::Cpu));
         let b = a.copy();
         let _ = b.narrow(1, 40, 24).fill_(7);
-        let (la, lb) = (model.forward_t(&a, false), model.forward_t(&b, false));
+        let (la, lb) = (model.forward(&[a], None, false).logits, model.forward(&[b], None, false).logits);
         // Positions before the change see the same prefix, so the same outputs.
         assert!(la.narrow(1, 0, 40).allclose(&lb.narrow(1, 0, 40), 1e-5, 1e-5, false));
         assert!(!la.narrow(1, 40, 24).allclose(&lb.narrow(1, 40, 24), 1e-5, 1e-5, false));
@@ -385,8 +434,8 @@ mod tests {
     fn mismatched_models_and_data_are_refused() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let gpt = ModelConfig { kind: ModelKind::Gpt, ..ModelConfig::default() };
-        assert!(build(&gpt, &vs.root(), TEN, &[1, 28, 28]).unwrap_err().to_string().contains("data.kind text"));
+        assert!(build(&gpt, &vs.root(), TEN, &[1, 28, 28], None).unwrap_err().to_string().contains("data.kind text"));
         let cnn = ModelConfig { kind: ModelKind::Cnn, ..ModelConfig::default() };
-        assert!(build(&cnn, &vs.root(), TEN, &[20]).is_err());
+        assert!(build(&cnn, &vs.root(), TEN, &[20], None).is_err());
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Mutex;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+use super::script::{Input, Output, ScriptError, ScriptModule};
+use super::{Forward, Network};
+
 /// Fully connected layers with ReLU between them: `fc1`, `fc2`, ..., `out`.
 #[derive(Debug)]
 pub(super) struct Mlp {
@@ -149,9 +152,15 @@ impl ModuleT for Gpt {
     }
 }
 
-/// A TorchScript module; remembers its train/eval mode to switch only when it changes.
+/// A TorchScript module: its inputs passed by position (one) or by the keywords
+/// `model.torchscript.inputs` names, the targets as the `labels` keyword when configured.
 pub(super) struct Scripted {
-    pub(super) module: Mutex<(tch::CModule, bool)>,
+    /// The module and the mode it is in (true: training).
+    module: Mutex<(ScriptModule, bool)>,
+    /// Keywords of the inputs, in the data's order; empty: one positional input.
+    inputs: Vec<String>,
+    /// Keyword of the targets, when the module takes them.
+    labels: Option<String>,
 }
 
 impl std::fmt::Debug for Scripted {
@@ -160,20 +169,44 @@ impl std::fmt::Debug for Scripted {
     }
 }
 
-impl ModuleT for Scripted {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut guard = self.module.lock().expect("no panic while holding the module");
-        let (module, mode) = &mut *guard;
-        if *mode != train {
-            if train {
-                module.set_train();
-            } else {
-                module.set_eval();
+impl Scripted {
+    /// Wraps `module` (in eval mode) for the contract `cfg` configures.
+    pub(super) fn new(module: ScriptModule, cfg: &crate::config::TorchscriptConfig) -> Self {
+        Self { module: Mutex::new((module, false)), inputs: cfg.inputs.clone(), labels: cfg.labels.clone() }
+    }
+
+    /// One forward pass in the module's current mode.
+    pub(super) fn try_forward(&self, inputs: &[Tensor], targets: Option<&Tensor>) -> Result<Output, ScriptError> {
+        let guard = self.module.lock().expect("no panic while holding the module");
+        let mut args: Vec<Input<'_>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, tensor)| Input { name: self.inputs.get(i).map(String::as_str), tensor })
+            .collect();
+        let labels = match (&self.labels, targets) {
+            (Some(name), Some(t)) => {
+                args.push(Input { name: Some(name), tensor: t });
+                true
             }
-            *mode = train;
+            _ => false,
+        };
+        guard.0.forward(&args, labels)
+    }
+}
+
+impl Network for Scripted {
+    fn forward(&self, inputs: &[Tensor], targets: Option<&Tensor>, train: bool) -> Forward {
+        {
+            let mut guard = self.module.lock().expect("no panic while holding the module");
+            let (module, mode) = &mut *guard;
+            if *mode != train {
+                module.set_training(train).unwrap_or_else(|e| panic!("TorchScript train/eval switch failed: {e}"));
+                *mode = train;
+            }
         }
-        // `build` ran the module once on a batch of this shape, so a failure here is libtorch's
-        // own (out of memory, say), which the loop cannot continue from.
-        module.forward_ts(&[xs]).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"))
+        // `build` ran the module once on examples of this data, so a failure here is
+        // libtorch's own (out of memory, say), which the loop cannot continue from.
+        let out = self.try_forward(inputs, targets).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
+        Forward { logits: out.logits, loss: out.loss }
     }
 }

@@ -14,7 +14,7 @@ use crate::training::Trainer;
 /// The sizes a plan needs when there is no checkpoint yet: the configured model built on the
 /// CPU, and the state its optimiser will hold. Loads the data set for the model's input shape.
 pub fn model_sizes(cfg: &Config) -> Result<Sizes, RunError> {
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     let trainer = Trainer::new(cfg, &data, tch::Device::Cpu)?;
     let vars = trainer.variables();
     let model: u64 = vars.values().map(tensor_bytes).sum();
@@ -42,7 +42,7 @@ pub struct MeasuredLoad {
 /// would (plan, strategy, step-down), measuring time and peak memory. Writes nothing.
 pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
     let device = crate::device::select(cfg.run.device).map_err(RunError::Device)?;
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     // As a run does: the cap applies from the first allocation.
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
         memory::cuda::limit_vram(limit.as_u64(), i);

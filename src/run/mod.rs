@@ -10,6 +10,7 @@
 //!
 //! [`measure`] serves `train plan`: model sizes and a measured load, without training.
 
+pub mod evaluate;
 pub mod folder;
 pub mod measure;
 pub mod policy;
@@ -77,6 +78,9 @@ pub enum RunError {
     /// The checkpoint `run.resume` names cannot be opened.
     #[error("run.resume: {0}")]
     ResumeFrom(CheckpointError),
+    /// `model.init_from` names a file that cannot initialise the model.
+    #[error("model.init_from: {0}")]
+    InitFrom(CheckpointError),
     /// A checkpoint's position does not fit this run's epochs.
     #[error("cannot resume from {path}: {why}")]
     Position {
@@ -262,7 +266,11 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             "run already complete; raise training.epochs to train further"
         );
     }
-    let policy = Policy { keep_last: cfg.checkpoint.keep_last, keep_best: cfg.checkpoint.keep_best };
+    let policy = Policy {
+        keep_last: cfg.checkpoint.keep_last,
+        keep_best: cfg.checkpoint.keep_best,
+        best_by: cfg.training.early_stopping.as_ref().map_or(Default::default(), |e| e.metric),
+    };
     let mut saver = Saver::new(folder.checkpoints(), policy, cfg.checkpoint.async_save);
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(user_cfg);
@@ -315,7 +323,7 @@ fn start(
     stop: &signals::StopFlag,
 ) -> Result<Option<Started>, RunError> {
     let plan = resume::plan(cfg, &folder.checkpoints())?;
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),

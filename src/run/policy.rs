@@ -7,7 +7,7 @@
 //! | an epoch | always save `latest`; also `epoch-NNNN` every `checkpoint.every_n_epochs` and after the last epoch; then stop for a stop request (unless that was the last epoch anyway) or `max_steps` |
 
 use crate::checkpoint::Position;
-use crate::config::Config;
+use crate::config::{Config, EarlyStopping, StopMetric};
 
 /// The settings the rules read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,50 @@ pub fn after_epoch(c: &Cadence, pos: &Position, stop_requested: bool) -> AfterEp
     AfterEpoch { epoch_file: pos.epoch.is_multiple_of(c.every_n_epochs) || last, stop }
 }
 
+/// Where early stopping stands after the epochs of `history` (each epoch's validation
+/// metric, in order; NaN never improves).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plateau {
+    /// The epoch with the best metric (1-based; the later one on ties): the checkpoint
+    /// `keep_best` keeps.
+    pub best_epoch: u32,
+    /// Its metric.
+    pub best: f64,
+    /// Epochs since the metric last improved by more than `min_delta`.
+    pub since: u32,
+}
+
+/// `training.early_stopping`'s rule: an epoch improves when its metric beats the best so far
+/// by more than `min_delta`; the run stops once `patience` epochs have passed since the last
+/// improvement. `None` while no epoch has a metric (see [`Plateau::stops`]).
+pub fn plateau(history: &[f64], rule: &EarlyStopping) -> Option<Plateau> {
+    let better = |v: f64, best: f64, delta: f64| match rule.metric {
+        StopMetric::ValLoss => v < best - delta,
+        StopMetric::ValAccuracy => v > best + delta,
+    };
+    let (mut improved, mut best): (Option<(usize, f64)>, Option<(usize, f64)>) = (None, None);
+    for (i, &v) in history.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        if improved.is_none_or(|(_, b)| better(v, b, rule.min_delta)) {
+            improved = Some((i, v));
+        }
+        if best.is_none_or(|(_, b)| !better(b, v, 0.0)) {
+            best = Some((i, v));
+        }
+    }
+    let ((last, _), (i, value)) = (improved?, best?);
+    Some(Plateau { best_epoch: i as u32 + 1, best: value, since: (history.len() - 1 - last) as u32 })
+}
+
+impl Plateau {
+    /// Whether the run stops here under `rule`.
+    pub fn stops(&self, rule: &EarlyStopping) -> bool {
+        self.since >= rule.patience
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +195,22 @@ mod tests {
         let c = Cadence { max_steps: Some(20), ..PLAIN };
         assert_eq!(after_epoch(&c, &at(2, 20, 0), false).stop, Some(Stop::MaxSteps));
         assert_eq!(after_epoch(&c, &at(1, 10, 0), false).stop, None);
+    }
+
+    #[test]
+    fn early_stopping_waits_patience_epochs_after_the_best_counting_only_real_improvements() {
+        let rule = EarlyStopping { metric: StopMetric::ValLoss, patience: 2, min_delta: 0.01 };
+        assert_eq!(plateau(&[], &rule), None);
+        let p = plateau(&[1.0, 0.8, 0.795, 0.9], &rule).unwrap();
+        // 0.795 is not 0.01 better than 0.8: the last improvement was two epochs ago, though
+        // epoch 3 has the lowest loss (the checkpoint kept).
+        assert_eq!((p.best_epoch, p.best, p.since), (3, 0.795, 2));
+        assert!(p.stops(&rule));
+        let p = plateau(&[1.0, 0.8, 0.7], &rule).unwrap();
+        assert!(!p.stops(&rule));
+        assert_eq!(plateau(&[f64::NAN, f64::NAN], &rule), None);
+        let acc = EarlyStopping { metric: StopMetric::ValAccuracy, patience: 1, min_delta: 0.0 };
+        let p = plateau(&[0.5, 0.9, 0.9], &acc).unwrap();
+        assert_eq!((p.best_epoch, p.since, p.stops(&acc)), (3, 1, true));
     }
 }

@@ -135,7 +135,7 @@ pub fn follow(
         LeaderStart::Stopped => return Ok(RunSummary::stopped_early(out.to_path_buf(), true)),
         LeaderStart::Failed(m) => return Err(DistError::LeaderFailed(m).into()),
     };
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize)?;
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     let mut trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
         .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
     let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::RunError;
-use crate::checkpoint::load::{restore_optimizer, OptimizerRestore};
-use crate::checkpoint::{self, store, CheckpointError, CheckpointFile, Meta, Strategy};
+use crate::checkpoint::load::{is_out_of_memory, restore_optimizer, OptimizerRestore};
+use crate::checkpoint::{self, import, store, CheckpointError, CheckpointFile, FileKind, Meta, Strategy};
 use crate::config::{Config, ResumeSpec};
 use crate::memory;
 use crate::training::{Trainer, RNG_SCHEME};
@@ -100,9 +100,15 @@ pub fn resume(
     train_examples: usize,
 ) -> Result<Option<PathBuf>, RunError> {
     let ResumePlan::From(files) = plan else {
-        tracing::info!("starting fresh");
+        match &cfg.model.init_from {
+            Some(path) => init(cfg, trainer, path)?,
+            None => tracing::info!("starting fresh"),
+        }
         return Ok(None);
     };
+    if let Some(path) = &cfg.model.init_from {
+        tracing::info!(init_from = %path.display(), "resuming, so model.init_from is not used: the checkpoints continue from it");
+    }
     let explicit = matches!(cfg.run.resume, ResumeSpec::Path(_));
     let batches = cfg.training.batches_per_epoch(train_examples);
     let mut last_error = None;
@@ -169,6 +175,41 @@ pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) 
     }
 }
 
+/// Starts a fresh run from the weights in `path` (`model.init_from`), with the loading
+/// strategy the memory plan chooses for them, stepping down on out-of-memory errors as a
+/// resume does. The optimizer stays fresh and the position at step 0.
+fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(), RunError> {
+    let file = CheckpointFile::open(path).map_err(|e| RunError::InitFrom(e.into()))?;
+    let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
+    let sizes = memory::plan::sizes_of(&file, Some(model));
+    let plan = memory::plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
+    let mut strategy = plan.strategy;
+    let start = Instant::now();
+    let report = loop {
+        let vars = trainer.variables();
+        match checkpoint::init_from(&file, &vars, trainer.device, strategy, cfg.model.init_strict) {
+            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
+                memory::cuda::empty_cache();
+                strategy = strategy.cheaper().ok_or_else(|| RunError::OutOfMemory {
+                    detail: format!("initialising from {}: {e}", path.display()),
+                })?;
+            }
+            other => {
+                memory::cuda::empty_cache();
+                break other.map_err(RunError::InitFrom)?;
+            }
+        }
+    };
+    let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
+    if report.is_exact() {
+        tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());
+    } else {
+        tracing::warn!(seconds, strategy = strategy.name(), "{} (model.init_strict refuses this):", report.summary());
+        tracing::warn!("differences between {} and the model:\n{}", path.display(), report.table().trim_end());
+    }
+    Ok(())
+}
+
 fn load_one(
     cfg: &Config,
     trainer: &mut Trainer,
@@ -178,7 +219,10 @@ fn load_one(
     let start = Instant::now();
     let meta = file.meta_or_imported();
     let restore = restore_optimizer(strategy, &meta, cfg.training.optimizer.kind);
-    if let OptimizerRestore::Fresh(why) = &restore {
+    // A torch.save file's optimizer state is keyed by parameter index, not name: imported
+    // below, after the weights, when its numbering lines up with the model's parameters.
+    let import = file.kind() == FileKind::Pytorch && strategy.loads_optimizer();
+    if let (OptimizerRestore::Fresh(why), false) = (&restore, import) {
         let switch = if cfg.memory.load_optimizer_state { "" } else { " (memory.load_optimizer_state is false)" };
         tracing::info!("the optimizer starts fresh{switch}: {why}");
     }
@@ -198,7 +242,25 @@ fn load_one(
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
     let optimizer = if restore == OptimizerRestore::Restore { Some(&mut *trainer.optimizer) } else { None };
-    let outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    let mut outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    if import {
+        let params = import::parameters_in_order(&trainer.vs);
+        match import::import_pytorch_optimizer(file, &params, &mut *trainer.optimizer, trainer.device) {
+            Ok(Some(n)) => {
+                tracing::info!(
+                    parameters = n,
+                    "imported the PyTorch optimizer state (matched by parameter order; hyper-parameters are the configured ones)"
+                );
+                outcome.optimizer_tensors = n;
+            }
+            Ok(None) => tracing::info!("the optimizer starts fresh: the file holds no optimizer state"),
+            Err(e) if is_out_of_memory(&e) => return Err(e),
+            Err(e) => {
+                trainer.optimizer.reset_state();
+                tracing::warn!("the optimizer starts fresh: cannot import the file's optimizer state: {e}");
+            }
+        }
+    }
     trainer.restore(&meta);
     tracing::info!(
         path = %file.path().display(),

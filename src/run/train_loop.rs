@@ -12,7 +12,7 @@ use super::policy::{self, AfterStep, Cadence, Stop};
 use super::signals::StopFlag;
 use super::RunError;
 use crate::checkpoint::saver::{SaveRequest, Saver};
-use crate::config::{Config, OnNonfinite};
+use crate::config::{Config, OnNonfinite, StopMetric};
 use crate::data::{Dataset, Prefetcher};
 use crate::distributed::Dist;
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
@@ -102,6 +102,53 @@ impl Loop<'_> {
         }))
     }
 
+    /// Whether `training.early_stopping` ends the run now. In a data-parallel job only rank 0
+    /// has the metrics, and its decision is every rank's.
+    fn plateaued(&self, trainer: &Trainer) -> Result<bool, RunError> {
+        let here = self.plateaued_here(trainer)?;
+        match self.dist {
+            Some(d) => Ok(d.any(here)?),
+            None => Ok(here),
+        }
+    }
+
+    /// Whether `training.early_stopping` ends the run now, judged on every epoch the run's
+    /// metrics record (a resumed run included); says so when it does.
+    fn plateaued_here(&self, trainer: &Trainer) -> Result<bool, RunError> {
+        let (Some(rule), Some(log)) = (&self.cfg.training.early_stopping, self.log) else { return Ok(false) };
+        let epochs = match MetricsLog::read(log.path()) {
+            Ok(epochs) => epochs,
+            // A fresh run writes its first line at its first step.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(RunError::Io { path: log.path().to_path_buf(), source }),
+        };
+        let history: Vec<f64> = epochs
+            .iter()
+            .filter(|m| m.epoch <= trainer.position.epoch)
+            .map(|m| match rule.metric {
+                StopMetric::ValLoss => m.val_loss,
+                StopMetric::ValAccuracy => m.val_accuracy,
+            })
+            .collect();
+        match policy::plateau(&history, rule) {
+            Some(p) if p.stops(rule) => {
+                tracing::info!(
+                    best_epoch = p.best_epoch,
+                    best = p.best,
+                    patience = rule.patience,
+                    "early stopping: {:?} has not improved by more than {} for {} epochs; the best epoch's checkpoint \
+                     is kept (epoch-{:04}, unless checkpoint.every_n_epochs skipped it)",
+                    rule.metric,
+                    rule.min_delta,
+                    p.since,
+                    p.best_epoch
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn append(&self, line: &MetricsLine) -> Result<(), RunError> {
         let Some(log) = self.log else { return Ok(()) };
         log.append(line).map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })
@@ -115,6 +162,9 @@ impl Loop<'_> {
         let mut end = LoopEnd::default();
         let run_start = Instant::now();
         while trainer.position.epoch < total {
+            if self.plateaued(trainer)? {
+                return Ok(end);
+            }
             let epoch = trainer.position.epoch + 1;
             let _span = tracing::info_span!("epoch", epoch).entered();
             let batches = trainer.epoch_plan(self.data.train.len());
@@ -238,7 +288,7 @@ impl Loop<'_> {
     fn step_with_retry(
         &self,
         trainer: &mut Trainer,
-        xs: &tch::Tensor,
+        xs: &[tch::Tensor],
         ys: &tch::Tensor,
     ) -> Result<StepOutcome, RunError> {
         loop {
@@ -247,7 +297,7 @@ impl Loop<'_> {
                 Err(msg) => msg,
             };
             crate::memory::cuda::empty_cache();
-            let n = xs.size()[0];
+            let n = ys.size()[0];
             let step = trainer.position.step + 1;
             if !trainer.halve_micro_batch(n) {
                 return Err(RunError::OutOfMemory { detail: format!("training step {step}: {msg}") });

@@ -15,13 +15,18 @@ use crate::tools;
 /// `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
 #[derive(Debug, Subcommand)]
 pub enum CkptCommand {
-    /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts.
+    /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts, and the
+    /// optimizer state it holds (a `torch.save` file's `optimizer_state_dict` included).
     Inspect {
         /// The checkpoint file.
         path: PathBuf,
         /// Print JSON (stable field names, see docs/checkpoint-format.md).
         #[arg(long)]
         json: bool,
+        /// Also list every tensor: name, dtype, shape, bytes and whether it is the model's,
+        /// the optimizer's or other (no tensor data is read).
+        #[arg(long)]
+        tensors: bool,
     },
     /// Check every tensor against its checksum and the file's structure; exit 0 only when sound.
     Verify {
@@ -49,14 +54,21 @@ pub enum CkptCommand {
 pub fn run(cmd: CkptCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        CkptCommand::Inspect { path, json } => {
-            let report = tools::inspect(&path)?;
+        CkptCommand::Inspect { path, json, tensors } => {
+            let report = tools::inspect(&path, tensors)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 let value = serde_json::to_value(&report)?;
                 for (k, v) in value.as_object().expect("a struct serializes to an object") {
-                    writeln!(out, "{k:20} {v}")?;
+                    match (k.as_str(), &report.optimizer) {
+                        ("tensor_list", _) => {}
+                        ("optimizer", Some(o)) => writeln!(out, "{k:20} {}", o.describe())?,
+                        _ => writeln!(out, "{k:20} {v}")?,
+                    }
+                }
+                if let Some(list) = &report.tensor_list {
+                    write_tensor_table(&mut out, list)?;
                 }
             }
         }
@@ -87,6 +99,19 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
             let bytes = tools::convert(&path, &target, true)?;
             writeln!(out, "wrote {} without optimizer state ({bytes} bytes)", target.display())?;
         }
+    }
+    Ok(())
+}
+
+/// `ckpt inspect --tensors`' table: one line per tensor, columns aligned.
+fn write_tensor_table(out: &mut impl Write, list: &[tools::TensorInfo]) -> std::io::Result<()> {
+    let width = list.iter().map(|t| t.entry.name.len()).max().unwrap_or(0).max(4);
+    writeln!(out)?;
+    writeln!(out, "{:width$}  {:9}  {:5}  {:>12}  shape", "name", "role", "dtype", "bytes")?;
+    for t in list {
+        let role = serde_json::to_value(t.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let dtype = format!("{:?}", t.entry.dtype);
+        writeln!(out, "{:width$}  {role:9}  {dtype:5}  {:>12}  {:?}", t.entry.name, t.entry.bytes, t.entry.shape)?;
     }
     Ok(())
 }

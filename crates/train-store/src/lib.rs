@@ -19,7 +19,10 @@ pub mod tools;
 use std::path::PathBuf;
 
 pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
-pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
+pub use source::{
+    Assigned, CheckpointFile, Entry, FileKind, Integrity, OptimizerSummary, ParamGroup, ParamState, PytorchOptimizer,
+    Verification,
+};
 
 /// What can go wrong reading or writing a checkpoint file; each names the file and, where
 /// one is at fault, the tensor.
@@ -55,6 +58,14 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// Why, and what to write instead.
+        reason: String,
+    },
+    /// A PyTorch optimizer's state cannot be matched to the model's parameters.
+    #[error("the optimizer state in {path} does not fit the model: {reason}")]
+    OptimizerMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The first conflict.
         reason: String,
     },
     /// The metadata does not match its own checksum: it was altered after it was written.

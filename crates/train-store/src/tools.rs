@@ -2,7 +2,8 @@
 //! ([`crate::source::CheckpointFile`]) opens: ours (`*.safetensors`, `*.tckpt`), foreign
 //! safetensors files, and `torch.save` files (`*.pt`, `*.pth`, `*.bin`; read only), either a
 //! state dict or a dict holding `model_state_dict` (or `state_dict` / `model`) with `epoch`,
-//! `train_loss`, `val_loss` beside it, as the seed guide's Python code saves them.
+//! `train_loss`, `val_loss` or `loss` (Python numbers or 0-d tensors) and
+//! `optimizer_state_dict` beside it, as the seed guide's Python code saves them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use crate::atomic;
 use crate::format::{self, Meta, Position, RawTensor, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX, PLAIN_SUFFIX};
-use crate::source::{CheckpointFile, FileKind};
+use crate::source::{CheckpointFile, Entry, FileKind, OptimizerSummary};
 use crate::Error;
 
 /// What `train ckpt inspect` reports. The field names are stable; `null` where a format
@@ -32,34 +33,98 @@ pub struct Inspection {
     pub epoch: Option<u32>,
     /// Optimiser steps taken.
     pub step: Option<u64>,
-    /// Training loss of the last epoch.
+    /// Training loss of the last epoch (a foreign file's `train_loss`, else its `loss`).
     pub train_loss: Option<f64>,
     /// Validation loss of the last epoch.
     pub val_loss: Option<f64>,
-    /// Number of tensors.
+    /// Number of tensors: the model's and the optimizer's (ours), or for a `torch.save`
+    /// file every tensor it holds (its model state dict, optimizer state and the rest).
     pub tensors: usize,
     /// Bytes of model tensors (uncompressed).
     pub model_bytes: u64,
     /// Bytes of optimiser-state tensors (uncompressed).
     pub optimizer_bytes: u64,
+    /// Number of optimiser-state tensors (ours: `optimizer/...`; a `torch.save` file's: the
+    /// tensors of its optimizer state dict, `step` included where it is a tensor).
+    pub optimizer_tensors: usize,
     /// Bytes of the largest tensor (what a streaming load holds at once).
     pub largest_tensor_bytes: u64,
     /// Whether optimiser state is present.
     pub has_optimizer_state: bool,
+    /// What the optimiser state is: kind, parameters with state, each slot's count
+    /// (`exp_avg`, `momentum_buffer`, `step`, ...) and a PyTorch file's param groups;
+    /// `null` when there is none.
+    pub optimizer: Option<OptimizerSummary>,
     /// Size of the file.
     pub file_bytes: u64,
     /// (model + optimiser bytes) / file bytes.
     pub compression_ratio: f64,
+    /// With `--tensors`: every tensor's name, dtype, shape and bytes, model first (ours:
+    /// in file order; a `torch.save` file: by name, then the tensors beside the model's by
+    /// their dotted path in the pickle). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor_list: Option<Vec<TensorInfo>>,
 }
 
-/// Inspects `path` without reading tensor data.
-pub fn inspect(path: &Path) -> Result<Inspection, Error> {
-    let ckpt = CheckpointFile::open(path)?;
+/// One tensor as `ckpt inspect --tensors` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Its name and layout.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// `model`, `optimizer` (ours or a PyTorch optimizer state dict's) or `other` (a
+    /// `torch.save` file's tensors beside both, such as a 0-d `loss`).
+    pub role: TensorRole,
+}
+
+/// What a listed tensor is part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorRole {
+    /// The model's weights and buffers.
+    Model,
+    /// Optimiser state.
+    Optimizer,
+    /// Anything else a `torch.save` file holds beside them.
+    Other,
+}
+
+/// Inspects `path` without reading tensor data (but for the few bytes of a `torch.save`
+/// file's 0-d `epoch`/`loss` tensors); with `list_tensors`, lists every tensor.
+///
+/// Opens anything [`CheckpointFile::open`] does, and a bare PyTorch optimizer state dict
+/// (`torch.save(optimizer.state_dict())`) besides.
+pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
+    let ckpt = CheckpointFile::open_to_inspect(path)?;
     let file_bytes = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
-    let (opt, model): (Vec<_>, Vec<_>) = ckpt.entries().iter().partition(|e| e.name.starts_with(OPTIMIZER_PREFIX));
-    let model_bytes: u64 = model.iter().map(|e| e.bytes).sum();
-    let optimizer_bytes: u64 = opt.iter().map(|e| e.bytes).sum();
-    let largest_tensor_bytes = ckpt.entries().iter().map(|e| e.bytes).max().unwrap_or(0);
+    let summary = ckpt.optimizer_summary()?;
+    // A PyTorch optimizer state dict's tensors are those under its key (or the whole file).
+    let pytorch_state = ckpt.pytorch_optimizer_prefix();
+    let role = |e: &Entry, beside: bool| {
+        if !beside {
+            if e.name.starts_with(OPTIMIZER_PREFIX) {
+                TensorRole::Optimizer
+            } else {
+                TensorRole::Model
+            }
+        } else if pytorch_state.as_deref().is_some_and(|p| e.name.starts_with(p)) {
+            TensorRole::Optimizer
+        } else {
+            TensorRole::Other
+        }
+    };
+    let all: Vec<TensorInfo> = ckpt
+        .entries()
+        .iter()
+        .map(|e| (e, false))
+        .chain(ckpt.other_entries().iter().map(|e| (e, true)))
+        .map(|(e, beside)| TensorInfo { entry: e.clone(), role: role(e, beside) })
+        .collect();
+    let bytes_of = |r: TensorRole| all.iter().filter(|t| t.role == r).map(|t| t.entry.bytes).sum::<u64>();
+    let model_bytes = bytes_of(TensorRole::Model);
+    let optimizer_bytes = bytes_of(TensorRole::Optimizer);
+    let optimizer_tensors = all.iter().filter(|t| t.role == TensorRole::Optimizer).count();
+    let largest_tensor_bytes = all.iter().map(|t| t.entry.bytes).max().unwrap_or(0);
     let meta = ckpt.meta();
     let number = |k: &str| ckpt.metadata().get(k).and_then(|v| v.parse::<f64>().ok());
     Ok(Inspection {
@@ -70,15 +135,18 @@ pub fn inspect(path: &Path) -> Result<Inspection, Error> {
         format_version: meta.map(|m| m.format_version),
         epoch: meta.map(Meta::epoch).or_else(|| number("epoch").map(|v| v as u32)),
         step: meta.map(Meta::step).or_else(|| number("step").map(|v| v as u64)),
-        train_loss: meta.map(|m| m.train_loss).or_else(|| number("train_loss")),
+        train_loss: meta.map(|m| m.train_loss).or_else(|| number("train_loss")).or_else(|| number("loss")),
         val_loss: meta.map(|m| m.val_loss).or_else(|| number("val_loss")),
-        tensors: ckpt.entries().len(),
+        tensors: all.len(),
         model_bytes,
         optimizer_bytes,
+        optimizer_tensors,
         largest_tensor_bytes,
-        has_optimizer_state: !opt.is_empty(),
+        has_optimizer_state: summary.is_some(),
+        optimizer: summary,
         file_bytes,
         compression_ratio: (model_bytes + optimizer_bytes) as f64 / file_bytes.max(1) as f64,
+        tensor_list: list_tensors.then_some(all),
     })
 }
 
@@ -97,6 +165,14 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         });
     }
     let ckpt = CheckpointFile::open(input)?;
+    if let Some(summary) = ckpt.optimizer_summary()? {
+        tracing::warn!(
+            path = %input.display(),
+            parameters = summary.parameters_with_state,
+            "the file's PyTorch optimizer state (keyed by parameter index, not name) is not converted: the \
+             optimizer will start fresh from the converted file; `train --resume` on the original imports it"
+        );
+    }
     let kept: Vec<&crate::source::Entry> =
         ckpt.entries().iter().filter(|e| !(strip_optimizer && e.name.starts_with(OPTIMIZER_PREFIX))).collect();
     let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
@@ -126,7 +202,9 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
     }
 }
 
-/// Metadata for a file `train` did not write: what it records, and markers for the rest
+/// Metadata for a file `train` did not write: what it records (`epoch`, `step`,
+/// `train_loss` or else `loss`, `val_loss`: numbers, or 0-d tensors read as numbers when the
+/// file was opened), and markers for the rest
 /// (no optimiser kind, an RNG scheme no run uses, so a resume from it says so).
 pub(crate) fn imported_meta(found: &HashMap<String, String>) -> Meta {
     let get = |k: &str| found.get(k).and_then(|v| v.parse::<f64>().ok());
@@ -139,7 +217,8 @@ pub(crate) fn imported_meta(found: &HashMap<String, String>) -> Meta {
             partial_loss_sum: 0.0,
         },
         batch_size: None,
-        train_loss: get("train_loss").unwrap_or(f64::NAN),
+        // The seed guide's scripts save the epoch's training loss as `loss`.
+        train_loss: get("train_loss").or_else(|| get("loss")).unwrap_or(f64::NAN),
         val_loss: get("val_loss").unwrap_or(f64::NAN),
         val_accuracy: f64::NAN,
         has_optimizer_state: false,

@@ -63,3 +63,40 @@ fn verify_inspect_convert_and_strip_work_without_libtorch() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.tckpt"));
 }
+
+#[test]
+fn inspect_lists_every_tensor_of_our_files_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.safetensors"));
+    assert!(train_ckpt(d, &["convert", "a.safetensors", "a.tckpt"]).status.success());
+    for file in ["a.safetensors", "a.tckpt"] {
+        let out = train_ckpt(d, &["inspect", "--json", "--tensors", file]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = j["tensor_list"].as_array().unwrap();
+        let row = |n: &str| list.iter().find(|t| t["name"] == n).unwrap_or_else(|| panic!("{file}: no {n}")).clone();
+        assert_eq!(list.len(), 3, "{file}");
+        assert_eq!(
+            row("fc.weight"),
+            serde_json::json!({"name": "fc.weight", "dtype": "F32", "shape": [8, 8], "bytes": 256, "role": "model"})
+        );
+        assert_eq!(row("optimizer/fc.bias/exp_avg")["role"], "optimizer");
+        assert_eq!((j["optimizer_tensors"].as_u64(), j["optimizer_bytes"].as_u64()), (Some(1), Some(32)));
+        let o = &j["optimizer"];
+        assert_eq!((o["source"].as_str(), o["kind"].as_str()), (Some("train"), Some("adamw")), "{file}");
+        assert_eq!((o["parameters_with_state"].as_u64(), &o["slots"]), (Some(1), &serde_json::json!({"exp_avg": 1})));
+
+        let out = train_ckpt(d, &["inspect", "--tensors", file]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().any(|l| l.starts_with("fc.bias ") && l.contains("F32") && l.ends_with("[8]")), "{text}");
+        assert!(text.contains("adamw in train: state for 1 parameters (exp_avg ×1)"), "{text}");
+    }
+    // A damaged tensor does not stop the listing: nothing is read.
+    let mut bytes = std::fs::read(d.join("a.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(d.join("b.safetensors"), bytes).unwrap();
+    assert!(train_ckpt(d, &["inspect", "--tensors", "b.safetensors"]).status.success());
+    assert_eq!(train_ckpt(d, &["verify", "b.safetensors"]).status.code(), Some(1));
+}

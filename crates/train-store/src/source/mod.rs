@@ -9,6 +9,10 @@
 //! | foreign safetensors (Hugging Face, `safetensors.torch.save_file`) | no `train.checkpoint` metadata | positioned reads | nothing: there are no checksums |
 //! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip or pickle magic | read from the archive | nothing |
 //!
+//! A `torch.save` file's weights are its model state dict; what it holds beside them (an
+//! optimizer's state dict, a 0-d `loss`) is in [`CheckpointFile::other_entries`], and
+//! [`CheckpointFile::pytorch_optimizer`] reads the optimizer state dict's structure.
+//!
 //! Opening reads the header (or the compressed format's index, or the pickle) once, checks
 //! its sizes against the file's length before allocating, and refuses anything that is not a
 //! regular file (a FIFO would block a reader forever). Tensor data is read only when asked for.
@@ -25,8 +29,10 @@ use crate::format::{checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUF
 use crate::Error;
 
 mod open;
+mod pytorch;
 
 use open::{open_compressed, open_plain, open_pytorch};
+pub use pytorch::{Assigned, OptimizerSummary, ParamGroup, ParamState, PytorchOptimizer};
 
 /// How many tensor bytes `verify` decodes at once from a compressed file: enough for the
 /// parallel decoder to keep both cores busy across many small tensors, small enough that
@@ -82,8 +88,9 @@ impl FileKind {
     }
 }
 
-/// One tensor of a checkpoint.
-#[derive(Debug, Clone, PartialEq)]
+/// One tensor of a checkpoint. Serializes as `{name, dtype, shape, bytes}`, the dtype by
+/// its safetensors name (`F32`, `BF16`, `I64`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     /// Its name.
     pub name: String,
@@ -94,6 +101,7 @@ pub struct Entry {
     /// Its size in bytes.
     pub bytes: u64,
     /// Offset of its bytes from the start of a plain file's data section (0 otherwise).
+    #[serde(skip)]
     begin: u64,
 }
 
@@ -127,6 +135,18 @@ pub struct Verification {
     pub integrity: Integrity,
 }
 
+/// What a file is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Its weights (resume, convert, verify, plan): it must hold some; what a `torch.save`
+    /// file holds beside them, and a load leaves out, is logged.
+    Load,
+    /// A report of what it holds.
+    Inspect,
+    /// A PyTorch optimizer state dict, with or without weights.
+    Optimizer,
+}
+
 /// An opened checkpoint of any kind: header, metadata and checksums read (once) and
 /// checked; tensors read one at a time, on demand, and checked where the file allows.
 pub struct CheckpointFile {
@@ -141,13 +161,51 @@ pub struct CheckpointFile {
     meta: Option<Meta>,
     /// Per-tensor xxh3 (plain files of ours; the compressed format checks its own).
     checksums: Option<HashMap<String, String>>,
+    /// A `torch.save` file's tensors outside the model's state dict (optimizer state, a 0-d
+    /// loss), by their dotted path in the pickle.
+    others: Vec<Entry>,
+    others_by_name: HashMap<String, usize>,
+    /// A `torch.save` file's pickle tree.
+    pickle: Option<pytorch::Pickle>,
 }
 
 impl CheckpointFile {
     /// Opens `path`: refuses non-regular files, reads and validates the header (sizes
     /// checked against the file's length before anything is allocated), the metadata and
-    /// the checksums. Tensor data is not read.
+    /// the checksums. Tensor data is not read (but for the few bytes of a `torch.save`
+    /// file's 0-d `epoch`/`loss` tensors).
+    ///
+    /// A file without model tensors is refused; [`Self::open_pytorch_optimizer`] opens a
+    /// bare PyTorch optimizer state dict.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        Self::open_as(path, Purpose::Load)
+    }
+
+    /// Opens `path` as [`Self::open`] does, for `ckpt inspect`: a bare PyTorch optimizer
+    /// state dict is accepted (no model tensors), and nothing is said about what a load
+    /// would leave out (the report says it).
+    pub(crate) fn open_to_inspect(path: &Path) -> Result<Self, Error> {
+        Self::open_as(path, Purpose::Inspect)
+    }
+
+    /// Opens a `torch.save` file for its optimizer state ([`Self::pytorch_optimizer`]): a
+    /// checkpoint dict holding `optimizer_state_dict` (and usually the model's weights, in
+    /// [`Self::entries`]), or a bare `torch.save(optimizer.state_dict())`, whose
+    /// [`Self::entries`] are then empty. Refuses a file without optimizer state, naming it.
+    pub fn open_pytorch_optimizer(path: &Path) -> Result<(Self, PytorchOptimizer), Error> {
+        let file = Self::open_as(path, Purpose::Optimizer)?;
+        match file.pytorch_optimizer()? {
+            Some(opt) => Ok((file, opt)),
+            None => Err(Error::Malformed {
+                path: path.to_path_buf(),
+                reason: "holds no PyTorch optimizer state (no `optimizer_state_dict`, or a dict of `state` and \
+                         `param_groups`)"
+                    .into(),
+            }),
+        }
+    }
+
+    fn open_as(path: &Path, purpose: Purpose) -> Result<Self, Error> {
         let io = |source| Error::Io { path: path.to_path_buf(), source };
         let malformed = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
         if path.as_os_str().is_empty() {
@@ -162,14 +220,26 @@ impl CheckpointFile {
         let mut prefix = [0u8; 8];
         let n = std::os::unix::fs::FileExt::read_at(&file, &mut prefix, 0).map_err(io)?;
         let kind = FileKind::detect(path, &prefix[..n])?;
-        let (body, entries, metadata, checksums) = match kind {
-            FileKind::Safetensors => open_plain(file, stat.len()).map_err(malformed)?,
-            FileKind::Compressed => open_compressed(file).map_err(malformed)?,
-            FileKind::Pytorch => open_pytorch(path).map_err(malformed)?,
+        let (opened, extra) = match kind {
+            FileKind::Safetensors => (open_plain(file, stat.len()).map_err(malformed)?, None),
+            FileKind::Compressed => (open_compressed(file).map_err(malformed)?, None),
+            FileKind::Pytorch => {
+                let (opened, extra) = open_pytorch(path, purpose == Purpose::Load).map_err(malformed)?;
+                (opened, Some(extra))
+            }
         };
+        let (body, entries, metadata, checksums) = opened;
+        let (others, pickle) = extra.map_or((Vec::new(), None), |x| (x.others, Some(x.pickle)));
         if entries.is_empty() {
-            // Nothing in it could be loaded or checked; a pickle of something else reads so.
-            return Err(malformed("holds no tensors".into()));
+            let optimizer = pickle.as_ref().is_some_and(|p| p.optimizer.is_some());
+            if !(optimizer && purpose != Purpose::Load) {
+                // Nothing in it could be loaded or checked; a pickle of something else reads so.
+                return Err(malformed(if optimizer {
+                    "holds a PyTorch optimizer state dict but no model weights".into()
+                } else {
+                    "holds no tensors".into()
+                }));
+            }
         }
         let ours = crate::format::claims_ours(&metadata);
         let (meta, checksums) = if ours {
@@ -192,7 +262,20 @@ impl CheckpointFile {
             (None, None)
         };
         let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
-        Ok(Self { path: path.to_path_buf(), kind, body, entries, by_name, metadata, meta, checksums })
+        let others_by_name = others.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            kind,
+            body,
+            entries,
+            by_name,
+            metadata,
+            meta,
+            checksums,
+            others,
+            others_by_name,
+            pickle,
+        })
     }
 
     /// The file's path.
@@ -237,13 +320,27 @@ impl CheckpointFile {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
+    /// The tensors a `torch.save` file holds beside the model's weights (its optimizer
+    /// state, a 0-d `loss`, ...), by their dotted path in the pickle
+    /// (`optimizer_state_dict.state.0.exp_avg`), sorted by name. Never among
+    /// [`Self::entries`], never loaded as weights; [`Self::read_into`] reads them. Empty for
+    /// every other kind of file.
+    pub fn other_entries(&self) -> &[Entry] {
+        &self.others
+    }
+
+    /// The entry of a tensor beside the model's weights (see [`Self::other_entries`]).
+    pub fn other_entry(&self, name: &str) -> Option<&Entry> {
+        self.others_by_name.get(name).map(|&i| &self.others[i])
+    }
+
     /// Whether the file's tensors carry checksums (ours do; foreign files do not).
     pub fn is_checksummed(&self) -> bool {
         self.meta.is_some()
     }
 
-    /// Reads tensor `name` into `out` (exactly its size) and checks it where the file has
-    /// checksums.
+    /// Reads tensor `name` (one of [`Self::entries`] or [`Self::other_entries`]) into `out`
+    /// (exactly its size) and checks it where the file has checksums.
     pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
         let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
         let e = self.entry_sized(name, out.len())?;
@@ -303,7 +400,10 @@ impl CheckpointFile {
     /// The entry of tensor `name`, which a buffer of `len` bytes must exactly hold.
     fn entry_sized(&self, name: &str, len: usize) -> Result<&Entry, Error> {
         let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
-        let e = self.entry(name).ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
+        let e = self
+            .entry(name)
+            .or_else(|| self.other_entry(name))
+            .ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
         if len as u64 != e.bytes {
             return Err(malformed(format!("tensor `{name}` is {} bytes, not {len}", e.bytes)));
         }
@@ -312,13 +412,14 @@ impl CheckpointFile {
 
     /// Reads tensor `name` into a new buffer, checked as [`Self::read_into`] does.
     pub fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
-        let bytes = self.entry(name).map_or(0, |e| e.bytes) as usize;
+        let bytes = self.entry(name).or_else(|| self.other_entry(name)).map_or(0, |e| e.bytes) as usize;
         let mut out = vec![0u8; bytes];
         self.read_into(name, &mut out)?;
         Ok(out)
     }
 
-    /// Reads every tensor, checking each where the file has checksums. Plain files are read
+    /// Reads every tensor (a `torch.save` file's [`Self::other_entries`] too), checking each
+    /// where the file has checksums. Plain files are read
     /// one tensor at a time; compressed ones in groups of up to [`VERIFY_GROUP_BYTES`],
     /// decoded in parallel across tensors as well as within them.
     pub fn verify(&self) -> Result<Verification, Error> {
@@ -332,15 +433,16 @@ impl CheckpointFile {
                 }
             }
             _ => {
-                let largest = self.entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
+                let all = || self.entries.iter().chain(&self.others);
+                let largest = all().map(|e| e.bytes).max().unwrap_or(0) as usize;
                 let mut buf = vec![0u8; largest];
-                for e in &self.entries {
+                for e in all() {
                     self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
                 }
             }
         }
         let integrity = if self.is_checksummed() { Integrity::Checked } else { Integrity::NotChecked };
-        Ok(Verification { tensors: self.entries.len(), integrity })
+        Ok(Verification { tensors: self.entries.len() + self.others.len(), integrity })
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use safetensors::tensor::Dtype;
 use serde::Deserialize;
 
+use super::pytorch::{scalar_of, OptimizerAt, Pickle, SCALAR_KEYS};
 use super::{Body, Entry};
 use crate::dtype;
 use crate::format::CHECKSUMS_KEY;
@@ -115,63 +116,105 @@ pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
     Ok((Body::Compressed(Box::new(std::sync::Mutex::new(reader))), entries, metadata, None))
 }
 
-pub(super) fn open_pytorch(path: &Path) -> Result<Opened, String> {
+/// What opening a `torch.save` file gives beside [`Opened`]: the tensors outside the
+/// model's state dict (by their dotted path in the pickle) and the pickle's tree.
+pub(super) struct PytorchExtra {
+    pub(super) others: Vec<Entry>,
+    pub(super) pickle: Pickle,
+}
+
+/// Opens a `torch.save` file: the model's state dict (a nested one under
+/// [`PYTORCH_MODEL_KEYS`], else the file's tensors but an optimizer's), the tensors beside
+/// it, the scalars of [`SCALAR_KEYS`] (numbers, or tensors of one element, read here), and
+/// where its optimizer state dict is. Reads no other tensor data. With `warn`, logs what a
+/// load of the weights leaves out (the optimizer state, other tensors).
+pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchExtra), String> {
     let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| format!("PyTorch file: {e}"))?;
     let all = reader.into_tensors();
-    // A nested checkpoint dict: take the model's state dict; otherwise the file is one.
+    let root = match pytorch_reader::PytorchReader::read_pickle_data(path, None) {
+        Ok(pytorch_reader::PickleValue::Dict(root)) => root,
+        Ok(_) => return Err("PyTorch file: the pickle's root is not a dict".into()),
+        Err(e) => return Err(format!("PyTorch file: {e}")),
+    };
+    let optimizer = OptimizerAt::find(&root);
+    // A nested checkpoint dict: take the model's state dict; otherwise the file is one (but
+    // for an optimizer's state dict, nested or the whole file).
     let prefix =
         PYTORCH_MODEL_KEYS.iter().map(|k| format!("{k}.")).find(|p| all.keys().any(|n| n.starts_with(p.as_str())));
+    let optimizer_prefix = optimizer.as_ref().map(OptimizerAt::prefix);
     let mut tensors = HashMap::new();
-    let mut skipped = Vec::new();
+    let mut model = Vec::new();
+    let mut others = Vec::new();
     for (name, t) in all {
-        match &prefix {
-            Some(p) => match name.strip_prefix(p.as_str()) {
-                Some(short) => {
-                    tensors.insert(short.to_string(), t);
-                }
-                None => skipped.push(name),
-            },
-            None => {
-                tensors.insert(name, t);
-            }
-        }
-    }
-    if !skipped.is_empty() {
-        skipped.sort();
-        tracing::warn!(
-            path = %path.display(),
-            skipped = skipped.len(),
-            first = %skipped[0],
-            "tensors outside the model's state dict are not imported (PyTorch optimizer state is keyed by parameter \
-             index, which the file does not tie to names); the optimizer will start fresh"
-        );
-    }
-    let mut entries = Vec::with_capacity(tensors.len());
-    for (name, t) in &tensors {
         let dtype = dtype::from_pytorch(t.dtype())
             .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.dtype()))?;
-        entries.push(Entry {
-            name: name.clone(),
+        let short = match (&prefix, &optimizer_prefix) {
+            (Some(p), _) => name.strip_prefix(p.as_str()).map(str::to_string),
+            (None, Some(o)) if name.starts_with(o.as_str()) => None,
+            (None, _) => Some(name.clone()),
+        };
+        let entry = |name: &str| Entry {
+            name: name.to_string(),
             dtype,
             shape: t.shape().to_vec(),
             begin: 0,
             bytes: t.byte_len() as u64,
-        });
-    }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut metadata = HashMap::new();
-    if let Ok(pytorch_reader::PickleValue::Dict(top)) = pytorch_reader::PytorchReader::read_pickle_data(path, None) {
-        for key in ["epoch", "step", "train_loss", "val_loss"] {
-            match top.get(key) {
-                Some(pytorch_reader::PickleValue::Int(v)) => {
-                    metadata.insert(key.to_string(), v.to_string());
-                }
-                Some(pytorch_reader::PickleValue::Float(v)) => {
-                    metadata.insert(key.to_string(), v.to_string());
-                }
-                _ => {}
+        };
+        let key = match short {
+            Some(short) => {
+                model.push(entry(&short));
+                short
             }
+            None => {
+                others.push(entry(&name));
+                name
+            }
+        };
+        if tensors.insert(key.clone(), t).is_some() {
+            return Err(format!("two tensors are named `{key}`: a model tensor and one beside the model's state dict"));
         }
     }
-    Ok((Body::Pytorch(tensors), entries, metadata, None))
+    model.sort_by(|a, b| a.name.cmp(&b.name));
+    others.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut metadata = HashMap::new();
+    for key in SCALAR_KEYS {
+        let value = match root.get(*key) {
+            // Kept exact: a step count may exceed what an f64 holds exactly.
+            Some(pytorch_reader::PickleValue::Int(v)) => {
+                metadata.insert(key.to_string(), v.to_string());
+                continue;
+            }
+            Some(pytorch_reader::PickleValue::Float(v)) => Some(*v),
+            // A 0-d tensor (`'loss': loss.detach()`): read its few bytes.
+            Some(pytorch_reader::PickleValue::Unsupported(_)) => {
+                match (others.iter().find(|e| e.name == *key), tensors.get(*key)) {
+                    (Some(e), Some(t)) => {
+                        let bytes = t.read().map_err(|err| format!("tensor `{key}`: {err}"))?;
+                        scalar_of(e.dtype, &bytes)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(v) = value {
+            metadata.insert(key.to_string(), v.to_string());
+        }
+    }
+
+    let beside: Vec<&str> = others
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|n| !SCALAR_KEYS.contains(n) && !optimizer_prefix.as_deref().is_some_and(|p| n.starts_with(p)))
+        .collect();
+    if let Some(first) = beside.first().filter(|_| warn) {
+        tracing::warn!(
+            path = %path.display(),
+            skipped = beside.len(),
+            first = %first,
+            "tensors outside the model's state dict are not loaded as weights"
+        );
+    }
+    Ok(((Body::Pytorch(tensors), model, metadata, None), PytorchExtra { others, pickle: Pickle { root, optimizer } }))
 }

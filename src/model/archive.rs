@@ -1,4 +1,8 @@
-//! Spotting a TorchScript module whose train/eval behaviour was frozen by `torch.jit.trace`.
+//! What a TorchScript archive's files say without running the module: whether
+//! `torch.jit.trace` froze its train/eval behaviour, and which tensors its Python module's
+//! `state_dict()` holds.
+//!
+//! ## Frozen modes
 //!
 //! Tracing records the operations one call ran, with their arguments as constants: a module
 //! traced in eval mode calls `torch.batch_norm(..., False, ...)` and `torch.dropout(x, p,
@@ -35,23 +39,41 @@ pub enum Frozen {
 /// has its mode fixed by a constant; `None` when none has, or the file cannot be read as
 /// an archive (loading it reports that).
 pub fn frozen_mode(path: &Path) -> Option<Frozen> {
-    let file = std::fs::File::open(path).ok()?;
-    let mut archive = zip::ZipArchive::new(file).ok()?;
+    texts(path, |name| name.contains("/code/") && name.ends_with(".py")).iter().find_map(|code| frozen_in(code))
+}
+
+/// The name of the extra file (`torch.jit.save(..., _extra_files={STATE_DICT_KEYS: ...})`)
+/// in which an export lists its Python module's `state_dict()` keys, one per line.
+/// TorchScript itself forgets which buffers were registered `persistent=False` (Hugging
+/// Face's `position_ids`, say); with this list, checkpoints leave them out, as
+/// `state_dict()` does, so they load into the Python module with `strict=True`.
+pub const STATE_DICT_KEYS: &str = "state_dict_keys";
+
+/// The keys the archive's [`STATE_DICT_KEYS`] extra file lists; `None` without one.
+pub fn state_dict_keys(path: &Path) -> Option<Vec<String>> {
+    let suffix = format!("/extra/{STATE_DICT_KEYS}");
+    let text = texts(path, |name| name.ends_with(&suffix)).into_iter().next()?;
+    Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
+/// The text of each archive entry whose name `wanted` accepts (entries over 16 MiB, or not
+/// UTF-8, skipped); none when the file is not a zip archive (loading it reports that).
+fn texts(path: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(mut archive) = zip::ZipArchive::new(file) else { return Vec::new() };
+    let mut out = Vec::new();
     for i in 0..archive.len() {
         let Ok(mut entry) = archive.by_index(i) else { continue };
         let Ok(name) = entry.name().map(|n| n.into_owned()) else { continue };
-        if !name.contains("/code/") || !name.ends_with(".py") || entry.size() > 16 << 20 {
+        if !wanted(&name) || entry.size() > 16 << 20 {
             continue;
         }
-        let mut code = String::new();
-        if entry.read_to_string(&mut code).is_err() {
-            continue;
-        }
-        if let Some(found) = frozen_in(&code) {
-            return Some(found);
+        let mut text = String::new();
+        if entry.read_to_string(&mut text).is_ok() {
+            out.push(text);
         }
     }
-    None
+    out
 }
 
 /// The first mode-dependent call in `code` whose mode argument is a literal.
@@ -59,7 +81,13 @@ fn frozen_in(code: &str) -> Option<Frozen> {
     for (op, position) in MODE_OPS {
         for (at, _) in code.match_indices(op) {
             let name = op.trim_end_matches('(').to_string();
-            match arguments(&code[at + op.len()..]).get(*position).map(String::as_str) {
+            let args = arguments(&code[at + op.len()..]);
+            // Dropout with p = 0 does nothing in either mode (a Hugging Face config with
+            // dropout off, traced): nothing is frozen.
+            if op.contains("dropout") && args.get(1).and_then(|p| p.parse::<f64>().ok()) == Some(0.0) {
+                continue;
+            }
+            match args.get(*position).map(String::as_str) {
                 Some("False") => return Some(Frozen::Eval(name)),
                 Some("True") => return Some(Frozen::Train(name)),
                 _ => {}
@@ -109,5 +137,14 @@ mod tests {
                     _1 = torch.dropout(input, self.p, self.training)";
         assert_eq!(frozen_in(code), None);
         assert_eq!(frozen_in("return torch.linear(x, weight, bias)"), None);
+    }
+
+    #[test]
+    fn a_traced_dropout_of_zero_changes_nothing_so_is_not_frozen() {
+        assert_eq!(frozen_in("_0 = torch.dropout(x, 0., True)"), None);
+        assert_eq!(
+            frozen_in("_0 = torch.dropout(x, 0.10000000000000001, True)"),
+            Some(Frozen::Train("torch.dropout".into()))
+        );
     }
 }

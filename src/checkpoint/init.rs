@@ -1,0 +1,231 @@
+//! Initialising a model from existing weights, for fine-tuning (`model.init_from`,
+//! `--init-from`): any file [`CheckpointFile`] reads (ours, a Hugging Face or other
+//! safetensors file, a `torch.save` state dict or `{'model_state_dict': ...}` dict).
+//!
+//! Unlike a resume, the run starts at step 0 with a fresh optimizer, and by default the
+//! match is loose, like PyTorch's `load_state_dict(strict=False)`: weights whose name and
+//! shape match are loaded (float weights converted to the model's dtype: a bf16 file
+//! initialises a float32 model), and the rest is reported in one table: names the file
+//! lacks (they keep their fresh initialisation), names the model lacks, and shape
+//! mismatches (a new classification head, say). With `model.init_strict` any of those is
+//! an error. A file saved from a `DistributedDataParallel` or `torch.compile` wrapper, whose
+//! names all carry `module.` or `_orig_mod.`, matches without it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tch::{Device, Tensor};
+
+use super::load::{load_into, read_tensor};
+use super::{CheckpointError, CheckpointFile, Entry, Strategy, OPTIMIZER_PREFIX};
+use crate::dtype::to_kind;
+
+/// Prefixes wrappers put before every name (`DistributedDataParallel`, `torch.compile`).
+const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
+
+/// A tensor whose shape differs between the file and the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// The model's name for it.
+    pub name: String,
+    /// Its shape in the file.
+    pub file: Vec<usize>,
+    /// Its shape in the model.
+    pub model: Vec<i64>,
+}
+
+/// What an initialisation matched, loaded and left.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InitReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Model tensors loaded from the file.
+    pub loaded: usize,
+    /// Of those, the ones converted to the model's dtype: (name, file dtype).
+    pub converted: Vec<(String, String)>,
+    /// Model tensors the file lacks: they keep their fresh initialisation.
+    pub missing: Vec<String>,
+    /// File tensors the model lacks (by the file's name).
+    pub unexpected: Vec<String>,
+    /// Same name, another shape: the model's tensor keeps its fresh initialisation.
+    pub mismatched: Vec<ShapeMismatch>,
+    /// A wrapper prefix removed from the file's names, if any.
+    pub stripped_prefix: Option<String>,
+}
+
+impl InitReport {
+    /// Whether every model tensor was loaded and every file tensor used.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    /// The differences as one table: `status  name  file  model`, one row per tensor.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 4]> = Vec::new();
+        for m in &self.mismatched {
+            rows.push(["shape differs".into(), m.name.clone(), format!("{:?}", m.file), format!("{:?}", m.model)]);
+        }
+        for n in &self.missing {
+            rows.push(["not in file".into(), n.clone(), "-".into(), "fresh".into()]);
+        }
+        for n in &self.unexpected {
+            rows.push(["not in model".into(), n.clone(), "unused".into(), "-".into()]);
+        }
+        let header = ["status".to_string(), "tensor".into(), "file".into(), "model".into()];
+        let widths: Vec<usize> = (0..4)
+            .map(|i| rows.iter().chain(std::iter::once(&header)).map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+        }
+        out
+    }
+
+    /// One line for the log: counts, and what was adapted.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "initialised {} tensors from {}: {} not in the file, {} not in the model, {} of another shape",
+            self.loaded,
+            self.path.display(),
+            self.missing.len(),
+            self.unexpected.len(),
+            self.mismatched.len()
+        );
+        if !self.converted.is_empty() {
+            let _ = write!(s, "; {} converted from {}", self.converted.len(), self.converted[0].1);
+        }
+        if let Some(p) = &self.stripped_prefix {
+            let _ = write!(s, "; the file's `{p}` prefix removed");
+        }
+        s
+    }
+}
+
+fn is_float(kind: tch::Kind) -> bool {
+    matches!(kind, tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16)
+}
+
+/// How each model tensor pairs with the file, decided from the header alone.
+fn match_names<'f>(
+    weights: &[&'f Entry],
+    vars: &HashMap<String, Tensor>,
+    report: &mut InitReport,
+) -> Vec<(&'f Entry, String)> {
+    let direct = weights.iter().filter(|e| vars.contains_key(&e.name)).count();
+    let prefix = if direct > 0 {
+        None
+    } else {
+        WRAPPER_PREFIXES.iter().copied().find(|p| {
+            weights.iter().all(|e| e.name.starts_with(p))
+                && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
+        })
+    };
+    report.stripped_prefix = prefix.map(String::from);
+    let model_name = |e: &Entry| prefix.map_or(e.name.clone(), |p| e.name[p.len()..].to_string());
+    let mut pairs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in weights {
+        let name = model_name(e);
+        match vars.get(&name) {
+            None => report.unexpected.push(e.name.clone()),
+            Some(var) => {
+                seen.insert(name.clone());
+                let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+                if shape != var.size() {
+                    report.mismatched.push(ShapeMismatch { name, file: e.shape.clone(), model: var.size() });
+                } else {
+                    pairs.push((*e, name));
+                }
+            }
+        }
+    }
+    report.missing = vars.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+    report.missing.sort();
+    report.unexpected.sort();
+    report.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
+    pairs
+}
+
+/// Loads the weights of `file` that fit into `vars` (the model's variables, on `device`),
+/// with `strategy` (as a resume would, weights only). With `strict`, any difference is an
+/// error listing them all, and nothing is loaded. The caller starts the optimizer fresh.
+pub fn init_from(
+    file: &CheckpointFile,
+    vars: &HashMap<String, Tensor>,
+    device: Device,
+    strategy: Strategy,
+    strict: bool,
+) -> Result<InitReport, CheckpointError> {
+    let path = file.path().to_path_buf();
+    let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
+    let mut report = InitReport { path: path.clone(), ..InitReport::default() };
+    let pairs = match_names(&weights, vars, &mut report);
+    // A dtype libtorch cannot hold, or integer data for a float tensor (or the reverse),
+    // is a mismatch the user must see, not a silent conversion.
+    let mut same = HashMap::new();
+    let mut convert = Vec::new();
+    for (e, name) in pairs {
+        let var = &vars[&name];
+        match to_kind(e.dtype) {
+            Some(kind) if kind == var.kind() => {
+                same.insert(e.name.clone(), var.shallow_clone());
+            }
+            Some(kind) if is_float(kind) && var.is_floating_point() => {
+                report.converted.push((name.clone(), format!("{:?}", e.dtype)));
+                convert.push((e, var.shallow_clone()));
+            }
+            _ => {
+                return Err(CheckpointError::Mismatch {
+                    path,
+                    tensor: e.name.clone(),
+                    expected: format!("{:?} {:?}", var.kind(), var.size()),
+                    found: format!("{:?} {:?}", e.dtype, e.shape),
+                })
+            }
+        }
+    }
+    if strict && !report.is_exact() {
+        return Err(CheckpointError::InitMismatch { path, table: report.table() });
+    }
+    let outcome = load_into(file, &same, None, device, strategy, false)?;
+    let _guard = tch::no_grad_guard();
+    for (e, var) in &convert {
+        // One tensor at a time through host memory, whatever the strategy: converting needs
+        // the file's copy anyway.
+        let host = read_tensor(file, e)?;
+        var.shallow_clone().f_copy_(&host).map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
+    }
+    report.loaded = outcome.weights + convert.len();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_every_difference_under_one_header() {
+        let report = InitReport {
+            path: "w.pth".into(),
+            loaded: 2,
+            missing: vec!["fc.bias".into()],
+            unexpected: vec!["pooler.dense.weight".into()],
+            mismatched: vec![ShapeMismatch { name: "fc.weight".into(), file: vec![1000, 512], model: vec![4, 512] }],
+            ..InitReport::default()
+        };
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("status") && lines[0].contains("tensor"), "{table}");
+        assert!(
+            lines[1].contains("shape differs") && lines[1].contains("[1000, 512]") && lines[1].contains("[4, 512]")
+        );
+        assert!(lines[2].contains("not in file") && lines[2].contains("fc.bias"));
+        assert!(lines[3].contains("not in model") && lines[3].contains("pooler.dense.weight"));
+        assert!(!report.is_exact());
+        assert!(report.summary().starts_with("initialised 2 tensors from w.pth: 1 not in the file"));
+    }
+}

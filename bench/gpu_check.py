@@ -19,7 +19,10 @@ that have no goal):
 4. out-of-memory recovery in training: a batch too large for memory.vram_limit.
 5. bf16: a short training.precision=bf16 run learns; its step time against fp32.
 6. speed against PyTorch eager (bench/torch_eager.py): mlp, cnn, gpt.
-7. distributed smoke: not built yet (SKIP).
+7. distributed smoke (torchrun --no-python, `python -m torch.distributed.run`): a one-rank
+   NCCL job against the same run without a launcher, and, where the machine has two GPUs, a
+   2-rank NCCL job against one process with the doubled batch (CPU mode: a 2-rank Gloo job
+   against one process with the doubled batch).
 
 Writes OUT_DIR/gpu-check.json and OUT_DIR/gpu-check.md; exits 1 if any check failed.
 This process imports no torch (so it holds no CUDA memory while `train` measures); torch runs
@@ -36,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -657,9 +661,59 @@ def check_speed(ctx: Ctx, rep: Report):
 
 # ---------------------------------------------------------------- 7. distributed
 
+DIST_TOLERANCE = {"cpu": 1e-5, "gpu": 1e-3}  # relative val_loss difference; GPU kernels are not bit-reproducible
+
+
 def check_distributed(ctx: Ctx, rep: Report):
     rep.start(7, "distributed smoke")
-    rep.row("data-parallel training", SKIP, "not built yet")
+    gpu = ctx.mode == "gpu"
+    backend = "nccl" if gpu else "gloo"
+    tol = DIST_TOLERANCE[ctx.mode]
+    sets = [f"data.dir={ctx.data}", "model.mlp.hidden=[64]", "data.train_limit=1024", "data.val_limit=128",
+            "training.epochs=1", f"distributed.backend={backend}", "distributed.timeout=120s"]
+    if ctx.m["threads"]:
+        sets.append(f"run.threads={ctx.m['threads']}")
+
+    def args(name: str, batch: int) -> list:
+        return ["--output-dir", ctx.work / name, "--device", ctx.m["device"], "--resume", "never",
+                *sum((["--set", s] for s in [*sets, f"training.batch_size={batch}"]), [])]
+
+    def val_loss(name: str, done) -> float:
+        if done.returncode != 0:
+            raise Failed(f"{name}: exit {done.returncode}: {done.stderr[-1500:]}")
+        epochs = [l for l in metrics(ctx.work / name) if l.get("kind") == "epoch"]
+        if not epochs:
+            raise Failed(f"{name}: no epoch line in its metrics")
+        return epochs[-1]["val_loss"]
+
+    def job(name: str, ranks: int, batch: int):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [ctx.python, "-m", "torch.distributed.run", "--nproc-per-node", ranks, "--master-addr", "127.0.0.1",
+               "--master-port", port, "--no-python", ctx.train, *args(name, batch)]
+        return val_loss(name, ctx.run(cmd))
+
+    def compare(item: str, ranks: int, batch: int):
+        try:
+            theirs = val_loss(f"dist-single-{ranks}", ctx.run(ctx.train_cmd(*args(f"dist-single-{ranks}", batch * ranks))))
+            ours = job(f"dist-{backend}-{ranks}", ranks, batch)
+        except Failed as e:
+            rep.row(item, FAIL, str(e)[-1500:], "the job finishes")
+            return
+        rel = abs(ours - theirs) / max(abs(theirs), 1e-12)
+        rep.judge(item, rel <= tol, f"val_loss {ours:.6f} ({ranks} x batch {batch}) vs {theirs:.6f} (1 x batch "
+                  f"{batch * ranks}): relative difference {rel:.1e}", f"<= {tol:g}", {"ranks": ours, "single": theirs})
+
+    if not gpu:
+        compare("2 Gloo ranks on loopback match one process with the doubled batch", 2, 32)
+        return
+    compare("NCCL world size 1 matches the run without a launcher", 1, 64)
+    count = ctx.py_json("import json, torch; print(json.dumps({'n': torch.cuda.device_count()}))")["n"]
+    if count >= 2:
+        compare("2 NCCL ranks match one process with the doubled batch", 2, 32)
+    else:
+        rep.row("2 NCCL ranks match one process with the doubled batch", SKIP, f"{count} GPU on this machine")
 
 
 CHECKS = [check_probe, check_loading, check_auto, check_oom, check_bf16, check_speed, check_distributed]

@@ -75,6 +75,45 @@ ensure_dataset() {
         log "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
 }
 
+# The two CUDA header packages the wheel leaves out and ProcessGroupNCCL.hpp needs
+# (cuda_runtime.h includes crt/host_config.h, cuda_fp16.h includes CCCL's nv/target), into the
+# venv's nvidia/cu13/include beside the runtime headers the wheel brings. With them build.rs
+# compiles NCCL into the distributed shim; without them `train` has Gloo only (the build
+# says so). Headers only, about 10 MB, matching the wheel's CUDA 13.0.
+ensure_cuda_headers() {
+    [ -x "$TORCH_VENV/bin/python" ] || return 0
+    local inc
+    inc=$("$TORCH_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "include"))')
+    if [ -f "$inc/crt/host_config.h" ] && [ -f "$inc/nv/target" ]; then
+        return
+    fi
+    log "installing CUDA's crt and CCCL headers into the venv (for NCCL in the distributed shim)"
+    "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*" ||
+        log "could not install nvidia-cuda-crt/nvidia-cuda-cccl: train will be built without NCCL"
+}
+
+# Gloo's headers (Debian's libgloo-dev), which the build needs: libtorch's ProcessGroupGloo.hpp
+# includes them and the PyPI wheel does not ship them (see shim/distributed.cpp for why the
+# 2022 Debian snapshot is safe to compile against). Headers only: nothing links to Debian's
+# gloo. Without root the user is told what to run; build.rs names the package too.
+ensure_gloo_headers() {
+    if [ -f /usr/include/gloo/algorithm.h ] || [ -n "${GLOO_INCLUDE_DIR:-}" ]; then
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            log "libgloo-dev is not installed and the build needs its headers; run: sudo apt-get install libgloo-dev"
+            return
+        fi
+    fi
+    log "installing libgloo-dev (gloo's headers, for the distributed shim)"
+    $sudo apt-get install -y -qq libgloo-dev >/dev/null 2>&1 ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq libgloo-dev >/dev/null; } ||
+        log "could not install libgloo-dev; set GLOO_INCLUDE_DIR to a folder holding gloo/algorithm.h"
+}
+
 # Moves a binary's debug info (line tables) into BINARY.debug beside it, linked by
 # .gnu_debuglink: the binary users copy to cluster nodes shrinks to a third, and Rust's
 # backtraces still find file and line through the link. Skipped when already done, or

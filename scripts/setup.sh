@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtualenv with torch (libtorch for tch, Python torch for the tests),
-# the Fashion-MNIST data set, and a release build of `train`.
+# the Fashion-MNIST data set, gloo's headers (libgloo-dev) and the CUDA headers NCCL needs
+# for the distributed shim, and a release build of `train`.
 #
 #   scripts/setup.sh            # everything; fast when already done
 #
@@ -11,6 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 export_build_env
 ensure_dataset
+ensure_gloo_headers
+ensure_cuda_headers
 log "building train (release)"
 # `train`, and `train-ckpt` (the ckpt commands without libtorch, crates/train-store).
 cargo build --release --locked --quiet --workspace --bins

@@ -107,6 +107,8 @@ fn train(args: &RunArgs) -> Result<u8> {
 
 fn show(args: &ShowArgs) -> Result<()> {
     let resolved = config::resolve(&request(&args.config, Vec::new()))?;
+    let launch = crate::distributed::env::detect_from_env()
+        .map_err(|e| run::RunError::Distributed(crate::distributed::DistError::Launch(e)))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({
@@ -114,10 +116,36 @@ fn show(args: &ShowArgs) -> Result<()> {
             "layers": resolved.layers,
             "config": resolved.config,
             "origins": resolved.origins,
+            "launch": launch.as_ref().map(|l| serde_json::json!({
+                "rank": l.rank,
+                "world": l.world,
+                "local_rank": l.local_rank,
+                "master_addr": l.master_addr,
+                "master_port": l.master_port,
+                "source": l.source.to_string(),
+                "agent_store": l.agent_store,
+            })),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
         writeln!(out, "# layers, lowest first: {}", resolved.layers.join(" → "))?;
+        match &launch {
+            Some(l) => writeln!(
+                out,
+                "# data parallel: rank {} of {} (local rank {}) from {}; store at {}:{}{}",
+                l.rank,
+                l.world,
+                l.local_rank,
+                l.source,
+                l.master_addr,
+                l.master_port,
+                if l.agent_store { " (torchrun's agent store)" } else { "" }
+            )?,
+            None => writeln!(
+                out,
+                "# single process: no torchrun (RANK, WORLD_SIZE) or srun (SLURM_PROCID, SLURM_NTASKS) variables"
+            )?,
+        }
         write_origins(&mut out, &resolved.origins)?;
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! - [`data`], [`model`], [`optim`], [`training`]: data sets, models, optimisers with
 //!   exportable state, and the loop;
 //! - [`checkpoint`]: the file format, the run folder's checkpoints, and loading strategies;
+//! - [`distributed`]: data-parallel jobs on libtorch's c10d (torchrun, srun);
 //! - [`run`]: one run start to finish; [`report`]: a run's metrics drawn and summed up;
 //!   [`app`] and [`cli`]: the command line.
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod dtype;
 pub mod fault;
 pub mod logging;

@@ -1,4 +1,5 @@
-//! Log set-up: tracing to stderr, readable or JSON, filtered by `RUST_LOG` (default `info`).
+//! Log set-up: tracing to stderr, readable or JSON, filtered by `RUST_LOG` (default `info`;
+//! `warn` on the ranks other than 0 of a data-parallel job).
 
 use std::io::IsTerminal;
 
@@ -8,7 +9,11 @@ use crate::cli::LogFormat;
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // In a data-parallel job only rank 0 tells the story; the others say only what went
+    // wrong (warnings and errors), unless RUST_LOG asks for more.
+    let follower = crate::distributed::env::detect_from_env().ok().flatten().is_some_and(|l| l.rank != 0);
+    let default = if follower { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal; job logs and CI get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

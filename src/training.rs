@@ -14,7 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
-use crate::data::{epoch_batches, Dataset, Split, Task};
+use crate::data::{epoch_batches, shard, Dataset, Split, Task};
+use crate::distributed::{Dist, DistError};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
 
@@ -71,6 +72,9 @@ pub struct Trainer {
     pub grad_accum_steps: i64,
     clip_grad_norm: Option<f64>,
     on_nonfinite: OnNonfinite,
+    /// The data-parallel job this rank belongs to, if any (see `crate::run::ranks`): its
+    /// share of each batch, gradients and losses summed over the ranks.
+    pub dist: Option<std::rc::Rc<Dist>>,
 }
 
 impl Trainer {
@@ -109,6 +113,7 @@ impl Trainer {
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,
+            dist: None,
         })
     }
 
@@ -118,25 +123,40 @@ impl Trainer {
     }
 
     /// The batches of the epoch after `self.epoch`, all of them (a resumed run skips the
-    /// first `batches_into_epoch`).
+    /// first `batches_into_epoch`); in a data-parallel job, this rank's share of each.
     pub fn epoch_plan(&self, examples: usize) -> Vec<Vec<i64>> {
-        epoch_batches(examples, self.batch_size, self.seed, self.position.epoch + 1)
+        let batches = epoch_batches(examples, self.batch_size, self.seed, self.position.epoch + 1);
+        match &self.dist {
+            Some(d) => batches.iter().map(|b| shard(b, d.rank() as usize, d.world() as usize)).collect(),
+            None => batches,
+        }
     }
 
     /// One optimiser step on a batch already on the device: the schedule's learning rate,
     /// `grad_accum_steps` micro-batches whose gradients add up to the full batch's, optional
     /// clipping, the update. Advances the step and position counters.
-    pub fn train_step(&mut self, xs: &[Tensor], ys: &Tensor) -> StepOutcome {
+    ///
+    /// In a data-parallel job the batch is this rank's share: after the last micro-batch's
+    /// backward (none before it, as DDP's `no_sync`), the loss and the example count are
+    /// summed over the ranks, and the gradients too, each rank's weighted by its share of
+    /// the examples, so every rank applies the gradient of the whole global batch's mean.
+    pub fn train_step(&mut self, xs: &[Tensor], ys: &Tensor) -> Result<StepOutcome, DistError> {
         tch::manual_seed(mix(self.seed, self.position.step));
         let lr = self.schedule.lr_at(self.position.step, self.base_lr, self.total_steps);
         self.optimizer.set_lr(lr);
         self.optimizer.zero_grad();
         let n = ys.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
+        if let Some(d) = &self.dist {
+            d.begin_step(self.position.step, n)?;
+        }
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
-        let input_parts: Vec<Vec<Tensor>> = xs.iter().map(|x| x.split(micro, 0)).collect();
-        for (i, y) in ys.split(micro, 0).iter().enumerate() {
+        // A rank's share of a short last batch can be empty: no forward, zero gradients.
+        let y_parts = if n == 0 { Vec::new() } else { ys.split(micro, 0) };
+        let input_parts: Vec<Vec<Tensor>> =
+            if n == 0 { Vec::new() } else { xs.iter().map(|x| x.split(micro, 0)).collect() };
+        for (i, y) in y_parts.iter().enumerate() {
             let x: Vec<Tensor> = input_parts.iter().map(|parts| parts[i].shallow_clone()).collect();
             let m = y.size()[0];
             let loss = self.autocast(|| {
@@ -144,14 +164,25 @@ impl Trainer {
                 out.loss.unwrap_or_else(|| loss(self.task, &out.logits, y))
             });
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
-            if m == n {
-                loss.backward();
-            } else {
-                (&loss * (m as f64 / n as f64)).backward();
+            match &self.dist {
+                Some(d) => d.backward(&loss, m, n, i + 1 == y_parts.len())?,
+                None if m == n => loss.backward(),
+                None => (&loss * (m as f64 / n as f64)).backward(),
             }
             loss_sum += loss.double_value(&[]) * m as f64;
         }
-        let loss = loss_sum / n as f64;
+        if let (Some(d), true) = (&self.dist, y_parts.is_empty()) {
+            d.backward_nothing(&self.trainable)?;
+        }
+        let (loss_sum, total) = match &self.dist {
+            Some(d) => match d.sum(&[loss_sum, n as f64])?[..] {
+                [sum, total] => (sum, total),
+                _ => unreachable!("a sum of two values is two values"),
+            },
+            None => (loss_sum, n as f64),
+        };
+        let loss = loss_sum / total;
+        let samples = total as usize;
         if !loss.is_finite() && self.on_nonfinite != OnNonfinite::Continue {
             self.optimizer.zero_grad();
             if self.on_nonfinite == OnNonfinite::SkipStep {
@@ -159,7 +190,10 @@ impl Trainer {
                 self.position.step += 1;
                 self.position.batches_into_epoch += 1;
             }
-            return StepOutcome { loss, samples: n as usize, lr, applied: false };
+            return Ok(StepOutcome { loss, samples, lr, applied: false });
+        }
+        if let Some(d) = self.dist.as_ref().filter(|d| !d.overlaps()) {
+            d.reduce_gradients(&self.trainable, n as f64 / total)?;
         }
         if let Some(max_norm) = self.clip_grad_norm {
             clip_grad_norm(&self.trainable, max_norm);
@@ -168,7 +202,7 @@ impl Trainer {
         self.position.step += 1;
         self.position.batches_into_epoch += 1;
         self.position.partial_loss_sum += loss_sum;
-        StepOutcome { loss, samples: n as usize, lr, applied: true }
+        Ok(StepOutcome { loss, samples, lr, applied: true })
     }
 
     /// Runs `f` under bfloat16 autocast when `training.precision` is `bf16` (CUDA).

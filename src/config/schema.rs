@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::distributed::config::{BackendChoice, DistributedConfig, Timeout};
 pub use crate::memory::strategy::StrategyChoice;
 pub use crate::schedule::{ScheduleConfig, ScheduleKind};
 pub use bytesize::ByteSize;
@@ -34,6 +35,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// When checkpoints are written.
     pub checkpoint: CheckpointConfig,
+    /// How the ranks of a data-parallel job talk to each other.
+    pub distributed: DistributedConfig,
 }
 
 /// `run:` where and how the run executes.

@@ -350,9 +350,25 @@ pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: u32) -> Vec<
     order.chunks(batch_size).map(<[i64]>::to_vec).collect()
 }
 
+/// Rank `rank`'s share of a global batch in a job of `world` ranks: every `world`-th
+/// example from the `rank`-th on, so the ranks of a job together take exactly the batch one
+/// process would (and a short last batch leaves the higher ranks fewer, maybe none).
+pub fn shard(batch: &[i64], rank: usize, world: usize) -> Vec<i64> {
+    batch.iter().skip(rank).step_by(world.max(1)).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shards_of_a_batch_are_disjoint_and_cover_it() {
+        let batch: Vec<i64> = (10..17).collect();
+        assert_eq!(shard(&batch, 0, 2), [10, 12, 14, 16]);
+        assert_eq!(shard(&batch, 1, 2), [11, 13, 15]);
+        assert_eq!(shard(&[5], 1, 2), Vec::<i64>::new());
+        assert_eq!(shard(&batch, 0, 1), batch);
+    }
 
     #[test]
     fn gathered_rows_equal_index_select() {

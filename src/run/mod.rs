@@ -1,6 +1,7 @@
 //! One training run, start to finish, in phases:
 //!
-//! 1. signal handlers ([`signals`]), device, then the run folder locked ([`folder`]);
+//! 1. signal handlers ([`signals`]), device, the data-parallel job joined if the launcher
+//!    started one ([`ranks`]), then the run folder locked ([`folder`]) by rank 0;
 //! 2. under the lock, where to start from ([`resume::plan`]); a refusal leaves the disk as it
 //!    was found;
 //! 3. data, model, and the resume itself ([`resume`]);
@@ -13,11 +14,13 @@ pub mod evaluate;
 pub mod folder;
 pub mod measure;
 pub mod policy;
+pub mod ranks;
 pub mod resume;
 pub mod signals;
 pub mod train_loop;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
@@ -30,6 +33,7 @@ use crate::checkpoint::CheckpointError;
 use crate::config::{Config, ConfigError, Resolved};
 use crate::data::{DataError, Dataset};
 use crate::device;
+use crate::distributed::{Dist, DistError};
 use crate::metrics::EpochMetrics;
 use crate::training::Trainer;
 
@@ -102,6 +106,9 @@ pub enum RunError {
         /// The run folder.
         dir: PathBuf,
     },
+    /// Between the ranks of a data-parallel job.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     /// Writing the run folder failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -118,6 +125,7 @@ impl RunError {
         match self {
             Self::Data(e) => e.is_usage(),
             Self::Model(e) => e.is_usage(),
+            Self::Distributed(e) => e.is_usage(),
             _ => matches!(
                 self,
                 Self::Config(_)
@@ -164,12 +172,16 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     let mut stop = signals::StopFlag::install()
         .map_err(|source| RunError::Io { path: PathBuf::from("<signal handlers>"), source })?;
     crate::fault::quiet_oom_panics();
-    let cfg = &resolved.config;
+    let user_cfg = &resolved.config;
+    let launch = crate::distributed::env::detect_from_env().map_err(DistError::from)?;
+    let planned = ranks::planned(user_cfg, launch.as_ref().map_or(1, |l| l.world));
+    let cfg = &*planned;
     let out = output_dir(resolved);
     if let Some(n) = cfg.run.threads {
         tch::set_num_threads(n as i32);
     }
     let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    let device = ranks::device_for(device, cfg.run.device, launch.as_ref())?;
     if cfg.training.precision == crate::config::Precision::Bf16 {
         if !device.is_cuda() {
             return Err(RunError::Device(format!(
@@ -189,28 +201,64 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             output_dir = %out.display(),
             device = device::name(device),
             resume = ?plan,
+            launch = ?launch,
             "dry run: configuration, data files and resume plan check out; nothing written"
         );
         return Ok(RunSummary::stopped_early(out, false));
     }
+    let dist = launch.map(|l| Dist::connect(l, &cfg.distributed, device)).transpose()?.map(Rc::new);
+    if let Some(d) = dist.as_ref().filter(|d| !d.is_leader()) {
+        return ranks::follow(cfg, user_cfg, d, device, &mut stop, &out);
+    }
 
     // The lock comes before any look inside the folder: fresh or resume is decided under it.
-    let folder = RunFolder::acquire(&out)?;
+    let folder = match RunFolder::acquire(&out) {
+        Ok(f) => f,
+        Err(e) => {
+            ranks::announce(dist.as_deref(), &ranks::LeaderStart::Failed(e.to_string()))?;
+            return Err(e);
+        }
+    };
     let started = match start(cfg, &folder, device, &stop) {
         Ok(Some(started)) => started,
         // Until training starts nothing is written: a refused or stopped start leaves the
         // disk as it found it.
         Ok(None) => {
             folder.release_unused();
+            ranks::announce(dist.as_deref(), &ranks::LeaderStart::Stopped)?;
             return Ok(RunSummary::stopped_early(out, true));
         }
         Err(e) => {
             folder.release_unused();
+            ranks::announce(dist.as_deref(), &ranks::LeaderStart::Failed(e.to_string()))?;
             return Err(e);
         }
     };
     let Started { data, mut trainer, resumed_from } = started;
-    let log = folder.prepare(cfg, trainer.position.step)?;
+    if let Some(d) = &dist {
+        let start = resumed_from.clone().map_or(ranks::LeaderStart::Fresh, ranks::LeaderStart::From);
+        ranks::announce(Some(d), &start)?;
+        ranks::join(d, &mut trainer, cfg)?;
+    }
+    let log = folder.prepare(user_cfg, trainer.position.step)?;
+    if let Some(d) = &dist {
+        let detail = format!(
+            "rank 0 of {} ({}); training.batch_size {} per rank, global batch {}",
+            d.world(),
+            d.launch.source,
+            user_cfg.training.batch_size,
+            cfg.training.batch_size
+        );
+        tracing::info!("data parallel: {detail}");
+        log.append(&crate::metrics::MetricsLine::Event(crate::metrics::EventMetrics {
+            step: trainer.position.step,
+            event: "data_parallel".into(),
+            grad_accum_steps: trainer.grad_accum_steps as u32,
+            micro_batch: user_cfg.training.batch_size.div_ceil(user_cfg.training.grad_accum_steps),
+            detail,
+        }))
+        .map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })?;
+    }
     if trainer.position.epoch >= cfg.training.epochs {
         tracing::info!(
             epoch = trainer.position.epoch,
@@ -225,9 +273,17 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     };
     let mut saver = Saver::new(folder.checkpoints(), policy, cfg.checkpoint.async_save);
     let first_epoch = trainer.position.epoch;
-    let sha = config_sha256(cfg);
-    let trained = train_loop::Loop { cfg, data: &data, saver: &mut saver, log: &log, stop: &stop, config_sha256: &sha }
-        .run(&mut trainer);
+    let sha = config_sha256(user_cfg);
+    let trained = train_loop::Loop {
+        cfg,
+        data: &data,
+        saver: Some(&mut saver),
+        log: Some(&log),
+        dist: dist.as_deref(),
+        stop: &stop,
+        config_sha256: &sha,
+    }
+    .run(&mut trainer);
     let end = match trained.and_then(|end| saver.finish().map(|_| end).map_err(RunError::from)) {
         Ok(end) => end,
         Err(e) => {
@@ -237,6 +293,10 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             return Err(e);
         }
     };
+    if let Some(d) = &dist {
+        // The other ranks wait here for the last save.
+        d.barrier()?;
+    }
     stop.settle();
     Ok(RunSummary {
         output_dir: out,

@@ -1,6 +1,10 @@
 //! The epochs of a run: batches in, steps taken (retried with a smaller micro-batch when
 //! one runs out of memory), metrics written, and saves and stops as [`super::policy`]
 //! says.
+//!
+//! In a data-parallel job every rank runs this loop in lockstep: the stop request is agreed
+//! by an all-reduce each step (so all ranks save and stop at the same step), and only rank 0
+//! has a saver and a metrics log, the others waiting at a barrier after each save.
 
 use std::time::Instant;
 
@@ -10,6 +14,7 @@ use super::RunError;
 use crate::checkpoint::saver::{SaveRequest, Saver};
 use crate::config::{Config, OnNonfinite, StopMetric};
 use crate::data::{Dataset, Prefetcher};
+use crate::distributed::Dist;
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
 use crate::progress::Progress;
 use crate::training::{StepOutcome, Trainer};
@@ -20,10 +25,12 @@ pub struct Loop<'a> {
     pub cfg: &'a Config,
     /// The data.
     pub data: &'a Dataset,
-    /// Writes checkpoints.
-    pub saver: &'a mut Saver,
-    /// The run's metrics.
-    pub log: &'a MetricsLog,
+    /// Writes checkpoints (rank 0 of a data-parallel job only).
+    pub saver: Option<&'a mut Saver>,
+    /// The run's metrics (rank 0 of a data-parallel job only).
+    pub log: Option<&'a MetricsLog>,
+    /// The data-parallel job, if any.
+    pub dist: Option<&'a Dist>,
     /// Set by SIGTERM/SIGINT.
     pub stop: &'a StopFlag,
     /// SHA-256 of the configuration, recorded in checkpoints.
@@ -57,7 +64,23 @@ impl Loop<'_> {
             epoch_with_optimizer: self.cfg.memory.save_optimizer_in_epoch_checkpoints,
             compress: self.cfg.memory.compress_checkpoints,
         };
-        Ok(self.saver.submit(request)?.0)
+        let blocked = match self.saver.as_deref_mut() {
+            Some(saver) => saver.submit(request)?.0,
+            None => 0.0,
+        };
+        if let Some(d) = self.dist {
+            d.barrier()?;
+        }
+        Ok(blocked)
+    }
+
+    /// Whether to stop: a signal here, or in a data-parallel job on any rank (every rank
+    /// gets the same answer, so all of them stop at the same step).
+    fn stop_requested(&self) -> Result<bool, RunError> {
+        match self.dist {
+            Some(d) => Ok(d.any(self.stop.raised())?),
+            None => Ok(self.stop.raised()),
+        }
     }
 
     /// Logs and records a step whose loss was not finite.
@@ -79,15 +102,25 @@ impl Loop<'_> {
         }))
     }
 
+    /// Whether `training.early_stopping` ends the run now. In a data-parallel job only rank 0
+    /// has the metrics, and its decision is every rank's.
+    fn plateaued(&self, trainer: &Trainer) -> Result<bool, RunError> {
+        let here = self.plateaued_here(trainer)?;
+        match self.dist {
+            Some(d) => Ok(d.any(here)?),
+            None => Ok(here),
+        }
+    }
+
     /// Whether `training.early_stopping` ends the run now, judged on every epoch the run's
     /// metrics record (a resumed run included); says so when it does.
-    fn plateaued(&self, trainer: &Trainer) -> Result<bool, RunError> {
-        let Some(rule) = &self.cfg.training.early_stopping else { return Ok(false) };
-        let epochs = match MetricsLog::read(self.log.path()) {
+    fn plateaued_here(&self, trainer: &Trainer) -> Result<bool, RunError> {
+        let (Some(rule), Some(log)) = (&self.cfg.training.early_stopping, self.log) else { return Ok(false) };
+        let epochs = match MetricsLog::read(log.path()) {
             Ok(epochs) => epochs,
             // A fresh run writes its first line at its first step.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(RunError::Io { path: self.log.path().to_path_buf(), source }),
+            Err(source) => return Err(RunError::Io { path: log.path().to_path_buf(), source }),
         };
         let history: Vec<f64> = epochs
             .iter()
@@ -117,7 +150,8 @@ impl Loop<'_> {
     }
 
     fn append(&self, line: &MetricsLine) -> Result<(), RunError> {
-        self.log.append(line).map_err(|source| RunError::Io { path: self.log.path().to_path_buf(), source })
+        let Some(log) = self.log else { return Ok(()) };
+        log.append(line).map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })
     }
 
     /// Trains from the trainer's position to `training.epochs` (or a stop).
@@ -156,7 +190,8 @@ impl Loop<'_> {
                 if trainer.position.step.is_multiple_of(cfg.training.log_every_n_steps) {
                     self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
                 }
-                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, self.stop.raised()) {
+                let stop = self.stop_requested()?;
+                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, stop) {
                     AfterStep::Continue => {}
                     AfterStep::Save => {
                         self.save(trainer, false)?;
@@ -184,13 +219,27 @@ impl Loop<'_> {
             }
             progress.finish();
             let train_seconds = train_start.elapsed().as_secs_f64();
+            if let Some(d) = self.dist {
+                let t = d.take_times();
+                let per_step = |s: f64| format!("{:.3}", s * 1e3 / t.steps.max(1) as f64);
+                tracing::info!(
+                    epoch,
+                    rank = d.rank(),
+                    steps = t.steps,
+                    overlap = d.overlaps(),
+                    last_backward_ms = per_step(t.last_backward),
+                    allreduce_after_backward_ms = per_step(t.allreduce_after),
+                    small_allreduces_ms = per_step(t.small),
+                    "data parallel: time per step"
+                );
+            }
             let train_loss = trainer.finish_epoch(self.data.train.len());
             let eval_start = Instant::now();
             let eval = trainer.evaluate(&self.data.val);
             let eval_seconds = eval_start.elapsed().as_secs_f64();
             trainer.last_eval = eval;
 
-            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop.raised());
+            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop_requested()?);
             let blocked = self.save(trainer, decision.epoch_file)?;
             let m = EpochMetrics {
                 epoch,
@@ -244,7 +293,7 @@ impl Loop<'_> {
     ) -> Result<StepOutcome, RunError> {
         loop {
             let msg = match crate::fault::catch_oom(|| trainer.train_step(xs, ys)) {
-                Ok(step) => return Ok(step),
+                Ok(step) => return Ok(step?),
                 Err(msg) => msg,
             };
             crate::memory::cuda::empty_cache();

@@ -1,0 +1,320 @@
+// libtorch's distributed engine (c10d) for data-parallel training: the TCPStore
+// rendezvous, a process group (ProcessGroupGloo on the CPU, ProcessGroupNCCL on CUDA), and
+// the few collectives a data-parallel step needs. Rust side: src/distributed/engine.rs.
+//
+// Tensors arrive as `at::Tensor*`: what tch's `Tensor::as_ptr()` points to (torch-sys's C
+// wrapper keeps an `at::Tensor*` behind its `tensor` handle).
+//
+// Every function catches C++ exceptions (c10d reports lost peers, timeouts and refused
+// sockets by throwing) and returns -1 with the message in `err`: none may cross into Rust.
+//
+// Gloo's own headers: the PyPI wheel ships ProcessGroupGloo.hpp but not gloo/*.h, which it
+// includes; Debian's libgloo-dev supplies them (scripts/lib.sh installs it, build.rs names
+// it when missing). Mixing those headers with the gloo compiled into libtorch_cpu.so is
+// safe as long as no gloo type is laid out or called from this file, and none is:
+// ProcessGroupGloo holds gloo objects only through shared_ptr (so its size does not depend
+// on gloo's headers), its Options come from the out-of-line `create_default`, and after
+// construction it is used only through c10d::Backend's virtual interface. No gloo function
+// is called here.
+//
+// Gradients, two ways (`distributed.overlap`):
+// - c10d::Reducer, DDP's own engine: hooks on the parameters' gradient accumulators all-reduce
+//   each bucket as soon as backward has produced its gradients, overlapping communication
+//   with the rest of backward, and average them. tch's backward is libtorch's autograd
+//   engine, so the hooks fire as under Python; `train_dist_reducer_prepare` is DDP's
+//   prepare_for_forward/prepare_for_backward([]) (no unused parameters), called before the
+//   last micro-batch's backward only (DDP's no_sync for the ones before).
+// - bucketed all-reduce after backward (`train_dist_allreduce_grads`): the same buckets, all
+//   issued together once backward is done, no overlap.
+// bench/README.md measures both.
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/reducer.hpp>
+#ifdef TRAIN_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Dist {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int device_index;  // -1 on the CPU
+  // The Reducer takes a ProcessGroup (the front over the backend), made when attached.
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  std::shared_ptr<c10d::Reducer> reducer;
+};
+
+void set_err(char* err, size_t len, const std::string& msg) {
+  if (err == nullptr || len == 0) return;
+  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
+  std::memcpy(err, msg.data(), n);
+  err[n] = '\0';
+}
+
+// c10::Error's what() carries a C++ backtrace after the message; the first line is what
+// a user needs.
+std::string message_of(const std::exception& e) {
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+// Runs `f`, turning any exception into `failure` with its message in `err`.
+template <typename F>
+int guarded(char* err, size_t err_len, int failure, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    set_err(err, err_len, message_of(e));
+    return failure;
+  } catch (...) {
+    set_err(err, err_len, "unknown C++ error");
+    return failure;
+  }
+}
+
+// Groups `tensors` into buckets of at most `cap` bytes of one dtype and device (a tensor
+// larger than `cap` is a bucket of its own), in order.
+std::vector<std::vector<at::Tensor>> buckets_of(const std::vector<at::Tensor>& tensors, int64_t cap) {
+  std::vector<std::vector<at::Tensor>> out;
+  int64_t bytes = 0;
+  for (const auto& t : tensors) {
+    int64_t b = t.numel() * static_cast<int64_t>(t.element_size());
+    bool fits = !out.empty() && out.back().front().scalar_type() == t.scalar_type() &&
+                out.back().front().device() == t.device() && bytes + b <= cap;
+    if (!fits) {
+      out.emplace_back();
+      bytes = 0;
+    }
+    out.back().push_back(t);
+    bytes += b;
+  }
+  return out;
+}
+
+at::Tensor flatten(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> flat;
+  flat.reserve(ts.size());
+  for (const auto& t : ts) flat.push_back(t.reshape({-1}));
+  return at::cat(flat);
+}
+
+void unflatten_into(const at::Tensor& flat, std::vector<at::Tensor>& ts) {
+  int64_t offset = 0;
+  for (auto& t : ts) {
+    t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Rendezvous and process group. `is_server`: this process hosts the TCPStore (rank 0,
+// unless torchrun's agent already hosts one). `backend`: 0 Gloo, 1 NCCL (on CUDA device
+// `device_index`). `prefix` namespaces the keys (a torchrun restart gets fresh ones).
+// Returns 0 and `*out`; -2 when the store could not be set up (the address, the port, the
+// peers not arriving in time), -3 when NCCL is not compiled in, -1 otherwise.
+int train_dist_init(const char* host, int port, int rank, int world, int is_server, int64_t timeout_ms,
+                    int backend, int device_index, const char* prefix, void** out, char* err, size_t err_len) {
+  c10::intrusive_ptr<c10d::Store> store;
+  auto timeout = std::chrono::milliseconds(timeout_ms);
+  int rc = guarded(err, err_len, -2, [&]() -> int {
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = is_server != 0;
+    opts.numWorkers = static_cast<std::size_t>(world);
+    // Every rank counts itself in (the server waits for all `world` of them); as Python's
+    // TCPStore(wait_for_workers=True).
+    opts.waitWorkers = true;
+    opts.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    return 0;
+  });
+  if (rc != 0) return rc;
+  return guarded(err, err_len, -1, [&]() -> int {
+    c10::intrusive_ptr<c10d::Backend> pg;
+    if (backend == 0) {
+      auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    } else {
+#ifdef TRAIN_WITH_NCCL
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
+#else
+      set_err(err, err_len, "this build of train has no NCCL (libtorch without CUDA)");
+      return -3;
+#endif
+    }
+    *out = new Dist{store, pg, device_index, {}, {}};
+    return 0;
+  });
+}
+
+void train_dist_free(void* dist) {
+  try {
+    delete static_cast<Dist*>(dist);
+  } catch (...) {
+  }
+}
+
+// Gradient all-reduce: every parameter's `.grad` (zeros where a rank had no examples and so
+// no backward) is multiplied by `scale` and summed over the ranks, in buckets of at most
+// `bucket_bytes` issued together.
+int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double scale, int64_t bucket_bytes,
+                               char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> grads;
+    grads.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      at::Tensor& g = params[i]->mutable_grad();
+      if (!g.defined()) g = at::zeros_like(*params[i]);
+      grads.push_back(g);
+    }
+    auto buckets = buckets_of(grads, bucket_bytes);
+    std::vector<std::vector<at::Tensor>> flats;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& b : buckets) {
+      at::Tensor flat = flatten(b);
+      if (scale != 1.0) flat.mul_(scale);
+      flats.push_back({flat});
+      c10d::AllreduceOptions opts;
+      opts.reduceOp = c10d::ReduceOp::SUM;
+      works.push_back(d->backend->allreduce(flats.back(), opts));
+    }
+    for (size_t i = 0; i < works.size(); ++i) {
+      works[i]->wait();
+      unflatten_into(flats[i][0], buckets[i]);
+    }
+    return 0;
+  });
+}
+
+// Attaches DDP's Reducer to `params` (in the order the model defines them): buckets of at
+// most `bucket_bytes` (the first 1 MiB, as DDP's default), in reverse order, as DDP
+// assigns them to approximate the order backward produces gradients in.
+int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t bucket_bytes, char* err,
+                              size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    if (!d->group) {
+      bool cuda = d->device_index >= 0;
+      auto type = cuda ? c10d::ProcessGroup::BackendType::NCCL : c10d::ProcessGroup::BackendType::GLOO;
+      d->group = c10::make_intrusive<c10d::ProcessGroup>(d->store, d->backend->getRank(), d->backend->getSize());
+      d->group->setBackend(cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU, type, d->backend);
+      d->group->setDefaultBackend(type);
+    }
+    std::vector<at::Tensor> ps;
+    for (size_t i = 0; i < n; ++i) ps.push_back(*params[i]);
+    std::vector<bool> sparse(n, false);
+    auto first = static_cast<size_t>(c10d::kDefaultFirstBucketBytes);
+    auto assigned = c10d::compute_bucket_assignment_by_size(ps, {first, static_cast<size_t>(bucket_bytes)}, sparse);
+    auto buckets = std::get<0>(assigned);
+    std::reverse(buckets.begin(), buckets.end());
+    d->reducer.reset();
+    d->reducer = std::make_shared<c10d::Reducer>(ps, buckets, d->group, sparse, bucket_bytes,
+                                                 /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false,
+                                                 std::unordered_map<size_t, std::string>{},
+                                                 static_cast<int64_t>(first), /*skip_all_reduce_unused_params=*/false,
+                                                 /*use_python_reducer=*/false, std::vector<int64_t>{});
+    return 0;
+  });
+}
+
+// The next backward is the step's last: its gradients are all-reduced (averaged) as they
+// are produced.
+int train_dist_reducer_prepare(void* dist, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    if (!d->reducer) throw std::runtime_error("no Reducer attached");
+    d->reducer->prepare_for_forward();
+    d->reducer->prepare_for_backward({});
+    return 0;
+  });
+}
+
+// In-place all-reduce of one tensor: op 0 sum, 1 max.
+int train_dist_allreduce(void* dist, at::Tensor* t, int op, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = op == 1 ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+    d->backend->allreduce(ts, opts)->wait();
+    return 0;
+  });
+}
+
+// Rank 0's values of `tensors` copied into every rank's, in place.
+int train_dist_broadcast(void* dist, at::Tensor** tensors, size_t n, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> ts;
+    for (size_t i = 0; i < n; ++i) ts.push_back(*tensors[i]);
+    for (auto& b : buckets_of(ts, int64_t{64} << 20)) {
+      std::vector<at::Tensor> flat{flatten(b)};
+      c10d::BroadcastOptions opts;
+      opts.rootRank = 0;
+      d->backend->broadcast(flat, opts)->wait();
+      unflatten_into(flat[0], b);
+    }
+    return 0;
+  });
+}
+
+int train_dist_barrier(void* dist, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    c10d::BarrierOptions opts;
+    if (d->device_index >= 0) opts.device_ids = {d->device_index};
+    d->backend->barrier(opts)->wait();
+    return 0;
+  });
+}
+
+// The store's key-value API, for small values every rank must agree on.
+int train_dist_store_set(void* dist, const char* key, const uint8_t* value, size_t len, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    d->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
+    return 0;
+  });
+}
+
+// Blocks until `key` is set (or the store's timeout). `*value` is malloc'ed: free it with
+// train_dist_free_bytes.
+int train_dist_store_get(void* dist, const char* key, uint8_t** value, size_t* len, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    auto v = d->store->get(std::string(key));
+    *len = v.size();
+    *value = static_cast<uint8_t*>(std::malloc(v.size() == 0 ? 1 : v.size()));
+    if (*value == nullptr) throw std::bad_alloc();
+    std::memcpy(*value, v.data(), v.size());
+    return 0;
+  });
+}
+
+void train_dist_free_bytes(uint8_t* value) { std::free(value); }
+
+}  // extern "C"

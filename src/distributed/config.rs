@@ -1,0 +1,111 @@
+//! `distributed:` the settings of a data-parallel job (the rank and world come from the
+//! launcher's environment, see [`super::env`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `distributed:` how the ranks of a job talk to each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// `auto` (NCCL on CUDA, Gloo on the CPU), `gloo` or `nccl`.
+    pub backend: BackendChoice,
+    /// How long a rank waits for the others (the rendezvous, any collective) before it
+    /// gives up with an error instead of hanging: `90s`, `10m`, `1h`, `500ms`.
+    pub timeout: Timeout,
+    /// Average gradients with DDP's own engine (c10d's Reducer), bucket by bucket while
+    /// backward still runs; `false`: in buckets once backward is done (no overlap).
+    pub overlap: bool,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        // PyTorch's default for NCCL; long enough for a slow checkpoint save on rank 0.
+        Self { backend: BackendChoice::Auto, timeout: Timeout(Duration::from_secs(600)), overlap: true }
+    }
+}
+
+/// `distributed.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// NCCL when the run is on CUDA, Gloo on the CPU.
+    Auto,
+    /// Gloo (CPU tensors).
+    Gloo,
+    /// NCCL (CUDA tensors).
+    Nccl,
+}
+
+/// A duration written with its unit: `500ms`, `90s`, `10m`, `1h`; more than zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Timeout(pub Duration);
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 10m or 1h"))?;
+        let ms = match unit.trim() {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" | "min" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => return Err(format!("{s:?} has no unit: write ms, s, m or h (e.g. 90s)")),
+        };
+        match ms {
+            Some(0) => Err("must be more than zero".into()),
+            Some(ms) => Ok(Self(Duration::from_millis(ms))),
+            None => Err(format!("{s:?} is too long")),
+        }
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl From<Timeout> for String {
+    fn from(t: Timeout) -> Self {
+        t.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_read_and_write_with_their_unit() {
+        for (text, ms, shown) in
+            [("90s", 90_000, "90s"), ("10m", 600_000, "10m"), ("1h", 3_600_000, "1h"), ("1500ms", 1500, "1500ms")]
+        {
+            let t = Timeout::try_from(text.to_string()).unwrap();
+            assert_eq!(t.0.as_millis(), ms);
+            assert_eq!(t.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn timeouts_without_a_unit_or_of_zero_are_refused() {
+        for bad in ["90", "0s", "s", "1.5m", "-1s", "99999999999999999999h"] {
+            assert!(Timeout::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Safe wrappers over `shim/distributed.cpp`: one c10d process group (and its TCPStore)
+//! and the collectives a data-parallel step uses. Every call returns the C++ message on
+//! failure; nothing here decides what a failure means (see [`super::Dist`]).
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+use tch::Tensor;
+
+extern "C" {
+    fn train_dist_init(
+        host: *const c_char,
+        port: i32,
+        rank: i32,
+        world: i32,
+        is_server: i32,
+        timeout_ms: i64,
+        backend: i32,
+        device_index: i32,
+        prefix: *const c_char,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_free(dist: *mut c_void);
+    fn train_dist_allreduce_grads(
+        dist: *mut c_void,
+        params: *const *mut torch_sys::C_tensor,
+        n: usize,
+        scale: f64,
+        bucket_bytes: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_allreduce(
+        dist: *mut c_void,
+        t: *mut torch_sys::C_tensor,
+        op: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_broadcast(
+        dist: *mut c_void,
+        tensors: *const *mut torch_sys::C_tensor,
+        n: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_barrier(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_reducer_attach(
+        dist: *mut c_void,
+        params: *const *mut torch_sys::C_tensor,
+        n: usize,
+        bucket_bytes: i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_reducer_prepare(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_store_set(
+        dist: *mut c_void,
+        key: *const c_char,
+        value: *const u8,
+        len: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_store_get(
+        dist: *mut c_void,
+        key: *const c_char,
+        value: *mut *mut u8,
+        len: *mut usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_free_bytes(value: *mut u8);
+}
+
+/// Room for c10d's messages (the first lines are what matter).
+const ERR_LEN: usize = 2048;
+
+/// Why [`ProcessGroup::connect`] failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The store: the address, the port (in use, unreachable) or peers not arriving in time.
+    Store(String),
+    /// NCCL was not compiled into this build.
+    NoNccl(String),
+    /// The process group.
+    Group(String),
+}
+
+/// Which c10d backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// ProcessGroupGloo: CPU tensors.
+    Gloo,
+    /// ProcessGroupNCCL on a CUDA device.
+    Nccl {
+        /// The device's index.
+        device: i32,
+    },
+}
+
+/// Where to meet the other ranks.
+pub struct Rendezvous<'a> {
+    /// The store's host.
+    pub host: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// This rank.
+    pub rank: u32,
+    /// The job's size.
+    pub world: u32,
+    /// Whether this process hosts the store.
+    pub hosts_store: bool,
+    /// The store's and the collectives' timeout.
+    pub timeout: std::time::Duration,
+    /// Namespace of this attempt's keys.
+    pub prefix: &'a str,
+}
+
+/// A c10d process group and its store.
+pub struct ProcessGroup {
+    ptr: NonNull<c_void>,
+}
+
+fn text(buf: &[u8]) -> String {
+    CStr::from_bytes_until_nul(buf).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+impl ProcessGroup {
+    /// Meets the other ranks and forms the group.
+    pub fn connect(r: &Rendezvous<'_>, backend: Backend) -> Result<Self, ConnectError> {
+        let host = cstring(r.host).map_err(ConnectError::Store)?;
+        let prefix = cstring(r.prefix).map_err(ConnectError::Store)?;
+        let (code, device) = match backend {
+            Backend::Gloo => (0, -1),
+            Backend::Nccl { device } => (1, device),
+        };
+        let mut out = std::ptr::null_mut();
+        let mut err = [0u8; ERR_LEN];
+        // SAFETY: valid C strings and buffers that outlive the call; the shim catches every
+        // C++ exception.
+        let rc = unsafe {
+            train_dist_init(
+                host.as_ptr(),
+                i32::from(r.port),
+                r.rank as i32,
+                r.world as i32,
+                i32::from(r.hosts_store),
+                r.timeout.as_millis().min(i64::MAX as u128) as i64,
+                code,
+                device,
+                prefix.as_ptr(),
+                &mut out,
+                err.as_mut_ptr().cast(),
+                ERR_LEN,
+            )
+        };
+        match (rc, NonNull::new(out)) {
+            (0, Some(ptr)) => Ok(Self { ptr }),
+            (-2, _) => Err(ConnectError::Store(text(&err))),
+            (-3, _) => Err(ConnectError::NoNccl(text(&err))),
+            _ => Err(ConnectError::Group(text(&err))),
+        }
+    }
+
+    fn call(&self, f: impl FnOnce(*mut c_void, *mut c_char) -> i32) -> Result<(), String> {
+        let mut err = [0u8; ERR_LEN];
+        match f(self.ptr.as_ptr(), err.as_mut_ptr().cast()) {
+            0 => Ok(()),
+            _ => Err(text(&err)),
+        }
+    }
+
+    /// Multiplies every parameter's gradient by `scale` and sums it over the ranks, in
+    /// buckets of at most `bucket_bytes`. A parameter without a gradient gets zeros.
+    pub fn allreduce_grads(&self, params: &[Tensor], scale: f64, bucket_bytes: i64) -> Result<(), String> {
+        let ptrs: Vec<*mut torch_sys::C_tensor> = params.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        // SAFETY: the pointers are live `at::Tensor*` owned by `params` for the call.
+        self.call(|d, e| unsafe {
+            train_dist_allreduce_grads(d, ptrs.as_ptr(), ptrs.len(), scale, bucket_bytes, e, ERR_LEN)
+        })
+    }
+
+    /// Sums (`max == false`) or takes the maximum of `t` over the ranks, in place.
+    pub fn allreduce(&self, t: &Tensor, max: bool) -> Result<(), String> {
+        // SAFETY: `t` is a live tensor for the call.
+        self.call(|d, e| unsafe { train_dist_allreduce(d, t.as_ptr() as *mut _, i32::from(max), e, ERR_LEN) })
+    }
+
+    /// Copies rank 0's values of `tensors` into every rank's, in place.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), String> {
+        let ptrs: Vec<*mut torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        // SAFETY: as in `allreduce_grads`.
+        self.call(|d, e| unsafe { train_dist_broadcast(d, ptrs.as_ptr(), ptrs.len(), e, ERR_LEN) })
+    }
+
+    /// Attaches DDP's Reducer to `params` (the model's trainable parameters, in the same
+    /// order on every rank), with buckets of at most `bucket_bytes`.
+    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64) -> Result<(), String> {
+        let ptrs: Vec<*mut torch_sys::C_tensor> = params.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        // SAFETY: as in `allreduce_grads`; the Reducer keeps its own references.
+        self.call(|d, e| unsafe { train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, e, ERR_LEN) })
+    }
+
+    /// Arms the Reducer: the next backward's gradients are averaged over the ranks as
+    /// backward produces them.
+    pub fn prepare_backward(&self) -> Result<(), String> {
+        // SAFETY: no arguments besides the group.
+        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, e, ERR_LEN) })
+    }
+
+    /// Waits until every rank got here.
+    pub fn barrier(&self) -> Result<(), String> {
+        // SAFETY: no arguments besides the group.
+        self.call(|d, e| unsafe { train_dist_barrier(d, e, ERR_LEN) })
+    }
+
+    /// Sets `key` in the store.
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        let key = cstring(key)?;
+        // SAFETY: valid key and value for the call.
+        self.call(|d, e| unsafe { train_dist_store_set(d, key.as_ptr(), value.as_ptr(), value.len(), e, ERR_LEN) })
+    }
+
+    /// `key`'s value, waiting for it to be set (up to the timeout).
+    pub fn get(&self, key: &str) -> Result<Vec<u8>, String> {
+        let key = cstring(key)?;
+        let mut value = std::ptr::null_mut();
+        let mut len = 0;
+        // SAFETY: out-pointers valid for the call.
+        self.call(|d, e| unsafe { train_dist_store_get(d, key.as_ptr(), &mut value, &mut len, e, ERR_LEN) })?;
+        // SAFETY: on success the shim malloc'ed `len` bytes at `value`; freed right after the copy.
+        let bytes = unsafe { std::slice::from_raw_parts(value, len) }.to_vec();
+        unsafe { train_dist_free_bytes(value) };
+        Ok(bytes)
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from train_dist_init and is freed once.
+        unsafe { train_dist_free(self.ptr.as_ptr()) }
+    }
+}

@@ -1,0 +1,384 @@
+//! Data-parallel training on libtorch's own distributed engine, c10d, as PyTorch's DDP
+//! does: a TCPStore rendezvous, a process group (Gloo on the CPU, NCCL on CUDA), and
+//! gradients averaged over the ranks after each step's backward.
+//!
+//! - [`env`]: which rank of which job this process is (torchrun, srun), a pure function;
+//! - [`config`]: `distributed.backend` and `distributed.timeout`;
+//! - [`engine`]: the C++ shim's process group;
+//! - [`Dist`], here: what a run asks of the group, with errors that say what was lost.
+//!
+//! What the run does with it (sharding, who writes, the coordinated stop) is in
+//! `crate::run::ranks` and the loop.
+
+pub mod config;
+pub mod engine;
+pub mod env;
+
+use std::cell::Cell;
+
+use tch::{Device, Kind, Tensor};
+
+pub use config::{BackendChoice, DistributedConfig, Timeout};
+pub use env::{Launch, LaunchError, Source};
+
+/// Gradient buckets of at most this size go out together: DDP's default `bucket_cap_mb`.
+pub const BUCKET_BYTES: i64 = 25 << 20;
+
+/// What went wrong between the ranks.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The launch environment is unusable.
+    #[error("data-parallel launch: {0}")]
+    Launch(#[from] LaunchError),
+    /// The store could not be set up: address, port, or peers not arriving.
+    #[error(
+        "cannot meet the other ranks at {addr}:{port} as rank {rank} of {world} (within distributed.timeout \
+         {timeout}): {message}"
+    )]
+    Rendezvous {
+        /// MASTER_ADDR.
+        addr: String,
+        /// MASTER_PORT.
+        port: u16,
+        /// This rank.
+        rank: u32,
+        /// The world.
+        world: u32,
+        /// The timeout.
+        timeout: Timeout,
+        /// c10d's message.
+        message: String,
+    },
+    /// The backend asked for does not fit the device or this build.
+    #[error("distributed.backend: {0}")]
+    Backend(String),
+    /// A collective (or the store after the start) failed: a rank died, hung past the
+    /// timeout, or the network failed.
+    #[error("rank {rank}: {what} failed{lost}: {message}")]
+    Lost {
+        /// This rank.
+        rank: u32,
+        /// Which operation.
+        what: String,
+        /// `, rank N (pid P) is gone` when a rank on this host has exited; else empty.
+        lost: String,
+        /// c10d's message.
+        message: String,
+    },
+    /// Rank 0 could not start the run, so neither can this rank.
+    #[error("rank 0 could not start the run: {0}")]
+    LeaderFailed(String),
+}
+
+impl DistError {
+    /// Whether the user's settings are at fault (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Launch(_) | Self::Rendezvous { .. } | Self::Backend(_))
+    }
+}
+
+/// A rank's host and process id, shared through the store at the start: when a collective
+/// fails, a rank on the same host whose process has exited is the one to name.
+#[derive(Debug, Clone)]
+struct Peer {
+    host: String,
+    pid: i32,
+}
+
+/// This process's membership of a data-parallel job.
+pub struct Dist {
+    group: engine::ProcessGroup,
+    /// Where this rank stands.
+    pub launch: Launch,
+    /// The device collectives' small tensors live on (NCCL needs CUDA tensors).
+    device: Device,
+    peers: Vec<Option<Peer>>,
+    host: String,
+    /// DDP's Reducer is attached: gradients are averaged during backward.
+    overlap: Cell<bool>,
+    /// With the Reducer: the step and the examples of its global batch ([`Dist::begin_step`]).
+    global_n: Cell<Option<(u64, f64)>>,
+    /// Where the steps' time between the ranks went, since [`Dist::take_times`].
+    times: Cell<CommTimes>,
+}
+
+/// Seconds spent, summed over steps, in what a data-parallel step adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommTimes {
+    /// Steps counted.
+    pub steps: u64,
+    /// The last micro-batch's backward (with the Reducer, its all-reduce waits are inside).
+    pub last_backward: f64,
+    /// The gradient all-reduce after backward (without the Reducer).
+    pub allreduce_after: f64,
+    /// The small all-reduces: the step's example count and loss, the stop flag.
+    pub small: f64,
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    std::ffi::CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie waiting for its parent (a
+/// killed rank stays one until torchrun or srun reaps it).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    // The state follows the command name in parentheses, which may itself hold spaces.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()), Some('Z' | 'X'))
+        }
+        Err(_) => true,
+    }
+}
+
+impl Dist {
+    /// Meets the other ranks and forms the process group for `device`.
+    pub fn connect(launch: Launch, cfg: &DistributedConfig, device: Device) -> Result<Self, DistError> {
+        let backend = match (cfg.backend, device) {
+            (BackendChoice::Auto | BackendChoice::Nccl, Device::Cuda(i)) => engine::Backend::Nccl { device: i as i32 },
+            (BackendChoice::Auto | BackendChoice::Gloo, Device::Cpu) => engine::Backend::Gloo,
+            (BackendChoice::Nccl, _) => {
+                return Err(DistError::Backend("nccl needs the run on CUDA; use gloo (or auto) on the CPU".into()))
+            }
+            (BackendChoice::Gloo, _) => {
+                return Err(DistError::Backend(
+                    "gloo here all-reduces CPU tensors; use nccl (or auto) for a run on CUDA".into(),
+                ))
+            }
+            (_, other) => return Err(DistError::Backend(format!("no backend for device {other:?}"))),
+        };
+        let prefix = format!("train/attempt-{}", launch.restart);
+        let r = engine::Rendezvous {
+            host: &launch.master_addr,
+            port: launch.master_port,
+            rank: launch.rank,
+            world: launch.world,
+            hosts_store: launch.hosts_store(),
+            timeout: cfg.timeout.0,
+            prefix: &prefix,
+        };
+        let group = engine::ProcessGroup::connect(&r, backend).map_err(|e| match e {
+            engine::ConnectError::Store(message) => DistError::Rendezvous {
+                addr: launch.master_addr.clone(),
+                port: launch.master_port,
+                rank: launch.rank,
+                world: launch.world,
+                timeout: cfg.timeout,
+                message,
+            },
+            engine::ConnectError::NoNccl(m) => DistError::Backend(m),
+            engine::ConnectError::Group(message) => DistError::Lost {
+                rank: launch.rank,
+                what: "forming the process group".into(),
+                lost: String::new(),
+                message,
+            },
+        })?;
+        let host = hostname();
+        let mut dist = Self {
+            group,
+            device,
+            peers: Vec::new(),
+            host,
+            launch,
+            overlap: Cell::new(false),
+            global_n: Cell::new(None),
+            times: Cell::new(CommTimes::default()),
+        };
+        dist.exchange_peers()?;
+        tracing::info!(
+            rank = dist.launch.rank,
+            world = dist.launch.world,
+            local_rank = dist.launch.local_rank,
+            backend = ?backend,
+            store = format_args!("{}:{}", dist.launch.master_addr, dist.launch.master_port),
+            "data parallel: joined the process group"
+        );
+        Ok(dist)
+    }
+
+    fn exchange_peers(&mut self) -> Result<(), DistError> {
+        let me = format!("{} {}", self.host, std::process::id());
+        self.group.set(&format!("peer/{}", self.launch.rank), me.as_bytes()).map_err(|m| self.lost("the store", m))?;
+        // Small jobs only: a thousand ranks would make this a thousand store reads.
+        for r in 0..self.launch.world.min(256) {
+            let v = self.group.get(&format!("peer/{r}")).map_err(|m| self.lost("the store", m))?;
+            let v = String::from_utf8_lossy(&v).into_owned();
+            self.peers.push(v.rsplit_once(' ').and_then(|(h, p)| Some(Peer { host: h.into(), pid: p.parse().ok()? })));
+        }
+        Ok(())
+    }
+
+    /// A failure of `what`, naming a rank on this host whose process has exited. The peer
+    /// that reset the connection may take a moment to die after it did, so the look is
+    /// repeated for up to a second (this is the failure path only).
+    fn lost(&self, what: &str, message: String) -> DistError {
+        let mut gone = Vec::new();
+        for _ in 0..10 {
+            gone = self
+                .peers
+                .iter()
+                .enumerate()
+                .filter_map(|(r, p)| {
+                    let p = p.as_ref()?;
+                    (p.host == self.host && !process_alive(p.pid)).then(|| format!("rank {r} (pid {}) is gone", p.pid))
+                })
+                .collect();
+            if !gone.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let lost = if gone.is_empty() { String::new() } else { format!(": {}", gone.join(", ")) };
+        DistError::Lost { rank: self.launch.rank, what: what.into(), lost, message }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> u32 {
+        self.launch.rank
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> u32 {
+        self.launch.world
+    }
+
+    /// Whether this rank writes the run folder (rank 0).
+    pub fn is_leader(&self) -> bool {
+        self.launch.rank == 0
+    }
+
+    /// Sums every parameter's gradient, each scaled by `share` first (this rank's part of
+    /// the global batch), over the ranks.
+    pub fn reduce_gradients(&self, params: &[Tensor], share: f64) -> Result<(), DistError> {
+        let start = std::time::Instant::now();
+        self.group.allreduce_grads(params, share, BUCKET_BYTES).map_err(|m| self.lost("the gradient all-reduce", m))?;
+        self.add_time(|t| t.allreduce_after += start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Hands `params`' gradients to DDP's Reducer, which averages them during backward
+    /// (`distributed.overlap`); [`Dist::reduce_gradients`] is then not used.
+    pub fn attach_reducer(&self, params: &[Tensor]) -> Result<(), DistError> {
+        self.group.attach_reducer(params, BUCKET_BYTES).map_err(|m| self.lost("attaching DDP's Reducer", m))?;
+        self.overlap.set(true);
+        Ok(())
+    }
+
+    /// Whether gradients are averaged during backward (the Reducer is attached).
+    pub fn overlaps(&self) -> bool {
+        self.overlap.get()
+    }
+
+    fn add_time(&self, f: impl FnOnce(&mut CommTimes)) {
+        let mut t = self.times.get();
+        f(&mut t);
+        self.times.set(t);
+    }
+
+    /// The times since the last call, and a fresh count.
+    pub fn take_times(&self) -> CommTimes {
+        self.times.take()
+    }
+
+    /// Step `step` starts with `n` examples on this rank. With the Reducer, which averages
+    /// the ranks' gradients during backward, each rank's loss must be weighted by its share
+    /// of the global batch before backward, so the global count is summed now, once per
+    /// step: a step retried on this rank alone (out of memory, smaller micro-batches) must
+    /// not add a collective the other ranks do not make.
+    pub fn begin_step(&self, step: u64, n: i64) -> Result<(), DistError> {
+        if self.global_n.get().is_some_and(|(s, _)| s == step) {
+            return Ok(());
+        }
+        self.add_time(|t| t.steps += 1);
+        let global = if self.overlaps() { self.sum(&[n as f64])?[0] } else { f64::NAN };
+        self.global_n.set(Some((step, global)));
+        Ok(())
+    }
+
+    /// Backward of a micro-batch of `m` of this rank's `n` examples, `last` of the step:
+    /// - with the Reducer, the loss weighted by `m × world / global` (the Reducer divides the
+    ///   sum by the world) and, for the last, the Reducer armed first (DDP's `no_sync` for the
+    ///   ones before);
+    /// - without, weighted by `m / n` as a single process does; the sum over the ranks, each
+    ///   scaled by its share, comes after ([`Dist::reduce_gradients`]).
+    pub fn backward(&self, loss: &Tensor, m: i64, n: i64, last: bool) -> Result<(), DistError> {
+        let weight = if self.overlaps() {
+            let global = self.global_n.get().map_or(f64::NAN, |(_, g)| g);
+            m as f64 * f64::from(self.world()) / global
+        } else {
+            m as f64 / n as f64
+        };
+        if last && self.overlaps() {
+            self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
+        }
+        let start = std::time::Instant::now();
+        (loss * weight).f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
+        if last {
+            self.add_time(|t| t.last_backward += start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// A step in which this rank has no examples (its share of a short last batch): with
+    /// the Reducer, which needs every gradient of every rank, a backward of zeros.
+    pub fn backward_nothing(&self, params: &[Tensor]) -> Result<(), DistError> {
+        if !self.overlaps() {
+            return Ok(());
+        }
+        self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
+        if let Some(zero) = params.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
+            zero.f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `values` summed over the ranks.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let start = std::time::Instant::now();
+        let t = Tensor::from_slice(values).to_device(self.device);
+        self.group.allreduce(&t, false).map_err(|m| self.lost("an all-reduce", m))?;
+        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
+        Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double))
+            .map_err(|e| self.lost("an all-reduce", e.to_string()))
+    }
+
+    /// Whether `flag` is set on any rank: every rank gets the same answer.
+    pub fn any(&self, flag: bool) -> Result<bool, DistError> {
+        let start = std::time::Instant::now();
+        let t = Tensor::from_slice(&[i32::from(flag)]).to_device(self.device);
+        self.group.allreduce(&t, true).map_err(|m| self.lost("the stop-flag all-reduce", m))?;
+        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
+        Ok(t.int64_value(&[0]) != 0)
+    }
+
+    /// Rank 0's values copied into every rank's `tensors`.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), DistError> {
+        self.group.broadcast(tensors).map_err(|m| self.lost("the broadcast from rank 0", m))
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self) -> Result<(), DistError> {
+        self.group.barrier().map_err(|m| self.lost("a barrier", m))
+    }
+
+    /// Rank 0 publishes `value` under `key`; every rank returns it (others wait for it).
+    pub fn share(&self, key: &str, value: Option<&str>) -> Result<String, DistError> {
+        if let (true, Some(v)) = (self.is_leader(), value) {
+            self.group.set(key, v.as_bytes()).map_err(|m| self.lost("the store", m))?;
+            return Ok(v.to_string());
+        }
+        let v = self.group.get(key).map_err(|m| self.lost("waiting for rank 0 in the store", m))?;
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+}

@@ -1,0 +1,183 @@
+//! A run as one rank of a data-parallel job (see [`crate::distributed`]).
+//!
+//! - The job is planned with the global batch (`training.batch_size` × world): the epoch
+//!   order, the steps per epoch, the schedule and a checkpoint's position are those of one
+//!   process training with that batch, so a checkpoint of a 2 × B job resumes in a 1 × 2B
+//!   run and back. Each rank trains its strided share of every batch ([`crate::data::shard`]).
+//! - Rank 0 alone takes the run folder, decides where to start from, and writes; it tells
+//!   the others through the store ([`LeaderStart`]), every rank loads that same checkpoint
+//!   (a shared file system, as torchrun and Slurm jobs have), and rank 0's parameters and
+//!   buffers are then broadcast to all.
+//! - The other ranks run [`follow`]: the same loop with no saver and no metrics log.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::resume::{self, ResumePlan};
+use super::signals::StopFlag;
+use super::train_loop::Loop;
+use super::{config_sha256, RunError, RunSummary};
+use crate::checkpoint::CheckpointFile;
+use crate::config::{Config, DeviceSpec};
+use crate::data::Dataset;
+use crate::distributed::{Dist, DistError, Launch};
+use crate::training::Trainer;
+
+/// The store key under which rank 0 announces how the run starts.
+const START_KEY: &str = "run/start";
+
+/// How rank 0 started the run, as the other ranks learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderStart {
+    /// From scratch.
+    Fresh,
+    /// From this checkpoint.
+    From(PathBuf),
+    /// A stop request arrived during start-up: nothing to train, exit 75.
+    Stopped,
+    /// Rank 0 failed to start, with its error.
+    Failed(String),
+}
+
+impl LeaderStart {
+    fn encode(&self) -> String {
+        match self {
+            Self::Fresh => "fresh".into(),
+            Self::From(p) => format!("from\n{}", p.display()),
+            Self::Stopped => "stopped".into(),
+            Self::Failed(m) => format!("failed\n{m}"),
+        }
+    }
+
+    fn decode(s: &str) -> Self {
+        match s.split_once('\n') {
+            Some(("from", p)) => Self::From(PathBuf::from(p)),
+            Some(("failed", m)) => Self::Failed(m.into()),
+            _ if s == "fresh" => Self::Fresh,
+            _ if s == "stopped" => Self::Stopped,
+            _ => Self::Failed(format!("rank 0 announced {s:?}, which this version of train does not know")),
+        }
+    }
+}
+
+/// The configuration the job is planned with: `training.batch_size` becomes the global
+/// batch. Unchanged for a single process.
+pub fn planned(cfg: &Config, world: u32) -> Cow<'_, Config> {
+    if world <= 1 {
+        return Cow::Borrowed(cfg);
+    }
+    let mut global = cfg.clone();
+    global.training.batch_size = cfg.training.batch_size * world;
+    Cow::Owned(global)
+}
+
+/// The device of a rank: on CUDA, the GPU of its local rank, unless `run.device` names one
+/// other than the first (`cuda:N`, for jobs that map GPUs to ranks themselves).
+pub fn device_for(selected: tch::Device, spec: DeviceSpec, launch: Option<&Launch>) -> Result<tch::Device, RunError> {
+    let (Some(l), tch::Device::Cuda(_)) = (launch, selected) else { return Ok(selected) };
+    if matches!(spec, DeviceSpec::Cuda(n) if n > 0) {
+        return Ok(selected);
+    }
+    let count = tch::Cuda::device_count();
+    if i64::from(l.local_rank) >= count {
+        return Err(RunError::Device(format!(
+            "local rank {} trains on cuda:{}, but libtorch sees {count} CUDA device(s) on this node: start at most \
+             {count} ranks per node (torchrun --nproc-per-node, srun --ntasks-per-node)",
+            l.local_rank, l.local_rank
+        )));
+    }
+    Ok(tch::Device::Cuda(l.local_rank as usize))
+}
+
+/// Rank 0 tells the others how the run starts (no-op for a single process).
+pub fn announce(dist: Option<&Dist>, start: &LeaderStart) -> Result<(), RunError> {
+    if let Some(d) = dist {
+        let start = match start {
+            LeaderStart::From(p) => LeaderStart::From(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+            other => other.clone(),
+        };
+        d.share(START_KEY, Some(&start.encode()))?;
+    }
+    Ok(())
+}
+
+/// Makes `trainer` one rank of the job: rank 0's parameters and buffers copied to every
+/// rank (after a fresh start or a resume), and, with `distributed.overlap`, DDP's Reducer
+/// attached to its parameters.
+pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &Config) -> Result<(), DistError> {
+    let mut vars: Vec<(String, tch::Tensor)> = trainer.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+    dist.broadcast(&tensors)?;
+    if cfg.distributed.overlap {
+        dist.attach_reducer(&trainer.vs.trainable_variables())?;
+    }
+    trainer.dist = Some(Rc::clone(dist));
+    Ok(())
+}
+
+/// A rank other than 0: waits for rank 0's start, loads the same checkpoint, and trains
+/// its share in lockstep, writing nothing.
+pub fn follow(
+    cfg: &Config,
+    user_cfg: &Config,
+    dist: &Rc<Dist>,
+    device: tch::Device,
+    stop: &mut StopFlag,
+    out: &Path,
+) -> Result<RunSummary, RunError> {
+    let plan = match LeaderStart::decode(&dist.share(START_KEY, None)?) {
+        LeaderStart::Fresh => ResumePlan::Fresh,
+        LeaderStart::From(p) => {
+            ResumePlan::From(vec![CheckpointFile::open(&p).map_err(|e| RunError::ResumeFrom(e.into()))?])
+        }
+        LeaderStart::Stopped => return Ok(RunSummary::stopped_early(out.to_path_buf(), true)),
+        LeaderStart::Failed(m) => return Err(DistError::LeaderFailed(m).into()),
+    };
+    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
+    let mut trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
+        .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
+    let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;
+    join(dist, &mut trainer, cfg)?;
+    let first_epoch = trainer.position.epoch;
+    let sha = config_sha256(user_cfg);
+    let end = Loop { cfg, data: &data, saver: None, log: None, dist: Some(dist), stop, config_sha256: &sha }
+        .run(&mut trainer)?;
+    // Rank 0's last save is done once it gets here too.
+    dist.barrier()?;
+    stop.settle();
+    Ok(RunSummary {
+        output_dir: out.to_path_buf(),
+        resumed_from,
+        epochs_trained: trainer.position.epoch - first_epoch,
+        last: end.last,
+        interrupted: end.interrupted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_announcement_round_trips() {
+        for s in [
+            LeaderStart::Fresh,
+            LeaderStart::Stopped,
+            LeaderStart::From(PathBuf::from("/runs/a b/checkpoints/latest.ckpt")),
+            LeaderStart::Failed("cannot resume:\nsecond line".into()),
+        ] {
+            assert_eq!(LeaderStart::decode(&s.encode()), s);
+        }
+        assert!(matches!(LeaderStart::decode("bogus"), LeaderStart::Failed(_)));
+    }
+
+    #[test]
+    fn a_job_is_planned_with_the_global_batch() {
+        let mut cfg = Config::default();
+        cfg.training.batch_size = 8;
+        assert_eq!(planned(&cfg, 1).training.batch_size, 8);
+        assert_eq!(planned(&cfg, 4).training.batch_size, 32);
+    }
+}

@@ -1,0 +1,386 @@
+//! Data-parallel runs through the real binary on loopback (Gloo on the CPU): started by the
+//! real `torchrun --no-python` from the torch virtualenv, or as two processes with Slurm's
+//! variables, as `srun` would. Each compares checkpoints with a single-process run that
+//! takes the same samples per step.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use train::checkpoint::CheckpointFile;
+
+/// Examples in the generated training set: 10 global batches of 32 and a short one of 9,
+/// shared 5/4 between two ranks; with a global batch of 4 (the slow tests), 82 batches and
+/// one of a single example, which leaves rank 1 nothing to train on in that step.
+const TRAIN: usize = 329;
+
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_dataset(&dir.path().join("data"), TRAIN, 64);
+    dir
+}
+
+/// `--set` arguments for a tiny run: one epoch, one thread per rank (2 cores), a short
+/// timeout so a lost rank is noticed quickly.
+fn sets(ws: &Path, batch: u32, extra: &[&str]) -> Vec<String> {
+    let mut s = vec![
+        format!("data.dir={}", ws.join("data").display()),
+        "model.mlp.hidden=[32]".into(),
+        format!("training.batch_size={batch}"),
+        "training.epochs=1".into(),
+        "run.device=cpu".into(),
+        "run.threads=1".into(),
+        "distributed.timeout=20s".into(),
+    ];
+    s.extend(extra.iter().map(|e| e.to_string()));
+    s
+}
+
+fn args(out: &Path, sets: &[String]) -> Vec<String> {
+    let mut a = vec!["--output-dir".to_string(), out.display().to_string()];
+    for s in sets {
+        a.push("--set".into());
+        a.push(s.clone());
+    }
+    a
+}
+
+fn binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("train")
+}
+
+/// A command for `train` with a clean environment of launcher and `TRAIN_*` variables.
+fn command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars() {
+        let launcher = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+            .contains(&k.as_str())
+            || k.starts_with("SLURM_")
+            || k.starts_with("TORCHELASTIC_");
+        if launcher || k.starts_with("TRAIN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// A free TCP port on loopback (released again, so a race with another program is possible
+/// but unlikely).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// torchrun from the virtualenv scripts/setup.sh makes (next to `PYTHON_TORCH`).
+fn torchrun() -> Option<PathBuf> {
+    let python = std::env::var_os("PYTHON_TORCH").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+        cache.join("train/torch-2.11.0/bin/python")
+    });
+    let t = python.parent()?.join("torchrun");
+    if t.exists() {
+        Some(t)
+    } else {
+        eprintln!("skipped: no torchrun at {} (run scripts/setup.sh or set PYTHON_TORCH)", t.display());
+        None
+    }
+}
+
+fn check(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed ({}):\n{stderr}", out.status);
+    stderr
+}
+
+/// One process, no launcher.
+fn single(out: &Path, sets: &[String]) -> String {
+    let o = command(&binary()).args(args(out, sets)).output().unwrap();
+    check(&o, "the single-process run")
+}
+
+/// Two ranks under `torchrun --no-python`.
+fn torchrun_job(torchrun: &Path, out: &Path, sets: &[String]) -> Output {
+    command(torchrun)
+        .args(["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"])
+        .arg(free_port().to_string())
+        .args(["--no-python"])
+        .arg(binary())
+        .args(args(out, sets))
+        .output()
+        .unwrap()
+}
+
+/// Two ranks started by hand with the variables `srun` sets, stderr to `log-<rank>`.
+fn slurm_job(out: &Path, sets: &[String], port: u16) -> Vec<Child> {
+    slurm_job_with(out, sets, port, &[])
+}
+
+/// [`slurm_job`], with `rank1_env` set for rank 1 only.
+fn slurm_job_with(out: &Path, sets: &[String], port: u16, rank1_env: &[(&str, &str)]) -> Vec<Child> {
+    (0..2)
+        .map(|rank| {
+            let log = std::fs::File::create(out.with_file_name(format!("log-{rank}"))).unwrap();
+            let mut cmd = command(&binary());
+            if rank == 1 {
+                cmd.envs(rank1_env.iter().copied());
+            }
+            cmd.args(args(out, sets))
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_LOCALID", rank.to_string())
+                .env("SLURM_NODEID", "0")
+                .env("SLURM_JOB_NODELIST", "localhost")
+                .env("SLURM_JOB_ID", "4242")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn log_of(out: &Path, rank: usize) -> String {
+    std::fs::read_to_string(out.with_file_name(format!("log-{rank}"))).unwrap_or_default()
+}
+
+/// The model's float tensors in a checkpoint, by name.
+fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let file = CheckpointFile::open(path).unwrap();
+    file.entries()
+        .iter()
+        .filter(|e| {
+            e.dtype == safetensors::tensor::Dtype::F32 && !e.name.starts_with(train::checkpoint::OPTIMIZER_PREFIX)
+        })
+        .map(|e| {
+            let bytes = file.read(&e.name).unwrap();
+            (e.name.clone(), bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        })
+        .collect()
+}
+
+fn latest(out: &Path) -> PathBuf {
+    out.join("checkpoints/latest.safetensors")
+}
+
+/// Every weight of `a` within `tol` of `b`'s, relative to the tensor's largest magnitude.
+fn assert_close(a: &Path, b: &Path, tol: f64) {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    assert!(!wa.is_empty());
+    for (name, x) in &wa {
+        let y = &wb[name];
+        let scale = x.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
+        let worst = x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).abs()).fold(0.0, f64::max) / scale;
+        assert!(
+            worst <= tol,
+            "{name}: relative difference {worst:e} > {tol:e} between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// The position a checkpoint holds: (epoch, step, batches into the epoch).
+fn position(path: &Path) -> (u32, u64, u64) {
+    let p = CheckpointFile::open(path).unwrap().meta().expect("our checkpoint").position;
+    (p.epoch, p.step, p.batches_into_epoch)
+}
+
+#[test]
+fn two_ranks_under_torchrun_match_one_rank_with_the_doubled_batch() {
+    let Some(torchrun) = torchrun() else { return };
+    let ws = workspace();
+    let (one, two) = (ws.path().join("one"), ws.path().join("two"));
+    single(&one, &sets(ws.path(), 32, &[]));
+    // DDP's Reducer (the default), with two micro-batches per rank: only the second's
+    // backward all-reduces.
+    let two_sets = sets(ws.path(), 16, &["training.grad_accum_steps=2"]);
+    let stderr = check(&torchrun_job(&torchrun, &two, &two_sets), "torchrun");
+    assert!(stderr.contains("training.batch_size 16 per rank, global batch 32"), "{stderr}");
+    assert_close(&latest(&one), &latest(&two), 1e-5);
+    assert_eq!(position(&latest(&two)), position(&latest(&one)));
+    // Only rank 0 wrote the metrics: one epoch line.
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"train_loss\"")).count(), 1, "{metrics}");
+}
+
+#[test]
+fn two_ranks_with_slurm_variables_and_accumulation_match_one_rank() {
+    let ws = workspace();
+    let (one, two) = (ws.path().join("one"), ws.path().join("two"));
+    // 1 rank × 32 in one micro-batch against 2 ranks × 16 in 4 micro-batches each, with the
+    // gradients all-reduced after backward (not DDP's Reducer, which the other tests use).
+    single(&one, &sets(ws.path(), 32, &[]));
+    let two_sets = sets(ws.path(), 16, &["training.grad_accum_steps=4", "distributed.overlap=false"]);
+    let mut ranks = slurm_job(&two, &two_sets, free_port());
+    for (rank, child) in ranks.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success(), "rank {rank}:\n{}", log_of(&two, rank));
+    }
+    assert_close(&latest(&one), &latest(&two), 1e-5);
+}
+
+#[test]
+fn an_out_of_memory_retry_on_one_rank_keeps_the_ranks_in_step() {
+    let ws = workspace();
+    let (one, two) = (ws.path().join("one"), ws.path().join("two"));
+    single(&one, &sets(ws.path(), 32, &[]));
+    // Rank 1's step 3 fails once (the test build's fault injection): it halves its
+    // micro-batch and retries alone, with DDP's Reducer armed only on the retry's last.
+    let mut ranks = slurm_job_with(&two, &sets(ws.path(), 16, &[]), free_port(), &[("INJECT_FAULTS", "oom-step:3")]);
+    for (rank, child) in ranks.iter_mut().enumerate() {
+        assert!(child.wait().unwrap().success(), "rank {rank}:\n{}", log_of(&two, rank));
+    }
+    assert!(log_of(&two, 1).contains("halving the micro-batch"), "no retry on rank 1:\n{}", log_of(&two, 1));
+    assert_close(&latest(&one), &latest(&two), 1e-5);
+}
+
+/// Starts a 2-rank job that saves `latest` every step, waits until `latest` is at least at
+/// step 3 (mid-epoch), and returns the ranks.
+fn job_past_step_three(out: &Path, sets: &[String], port: u16) -> Vec<Child> {
+    let mut ranks = slurm_job(out, sets, port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(latest(out).exists()
+        && CheckpointFile::open(&latest(out)).is_ok_and(|f| f.meta().is_some_and(|m| m.position.step >= 3)))
+    {
+        for (rank, c) in ranks.iter_mut().enumerate() {
+            assert!(c.try_wait().unwrap().is_none(), "rank {rank} ended early:\n{}", log_of(out, rank));
+        }
+        assert!(Instant::now() < deadline, "no checkpoint past step 3 within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ranks
+}
+
+/// Many small steps (three epochs of 83), each saving `latest`, so there is time to act
+/// mid-run.
+fn slow_sets(ws: &Path) -> Vec<String> {
+    sets(
+        ws,
+        2,
+        &["training.epochs=3", "checkpoint.every_n_steps=1", "distributed.timeout=10s", "checkpoint.async_save=false"],
+    )
+}
+
+#[test]
+fn a_killed_rank_ends_the_other_within_the_timeout_and_the_job_resumes_from_latest() {
+    let ws = workspace();
+    let (job, reference) = (ws.path().join("job"), ws.path().join("reference"));
+    let s = slow_sets(ws.path());
+    let mut ranks = job_past_step_three(&job, &s, free_port());
+    ranks[1].kill().unwrap();
+    ranks[1].wait().unwrap();
+    let killed = Instant::now();
+    let status = ranks[0].wait().unwrap();
+    let waited = killed.elapsed();
+    let log = log_of(&job, 0);
+    assert!(!status.success(), "rank 0 carried on without rank 1:\n{log}");
+    assert!(waited < Duration::from_secs(10 + 5), "rank 0 took {waited:?} to notice");
+    assert!(log.contains("rank 1 (pid"), "the error does not name the lost rank:\n{log}");
+    // `latest` is intact; the whole job started again continues from it.
+    let check = CheckpointFile::open(&latest(&job)).unwrap().verify().unwrap();
+    assert_eq!(check.integrity, train::checkpoint::Integrity::Checked);
+    let (_, step, _) = position(&latest(&job));
+    assert!(step >= 3, "latest is at step {step}");
+    let mut again = slurm_job(&job, &s, free_port());
+    for (rank, c) in again.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
+    }
+    for rank in 0..2 {
+        assert!(!log_of(&job, rank).contains("starting fresh"), "rank {rank} did not resume:\n{}", log_of(&job, rank));
+    }
+    // And ends where one process with the global batch ends.
+    single(&reference, &sets(ws.path(), 4, &["training.epochs=3"]));
+    assert_close(&latest(&reference), &latest(&job), 1e-5);
+}
+
+#[test]
+fn sigterm_to_both_ranks_saves_once_exits_75_and_resumes_as_if_uninterrupted() {
+    let ws = workspace();
+    let (job, whole) = (ws.path().join("job"), ws.path().join("whole"));
+    let s = slow_sets(ws.path());
+    let mut ranks = job_past_step_three(&job, &s, free_port());
+    for c in &ranks {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for (rank, c) in ranks.iter_mut().enumerate() {
+        assert_eq!(c.wait().unwrap().code(), Some(75), "rank {rank}:\n{}", log_of(&job, rank));
+    }
+    let (epoch, step, _) = position(&latest(&job));
+    assert!(epoch < 3 && step < 3 * 83, "stopped before the end: epoch {epoch}, step {step}");
+    let mut again = slurm_job(&job, &s, free_port());
+    for (rank, c) in again.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
+    }
+    let mut uninterrupted = slurm_job(&whole, &s, free_port());
+    for (rank, c) in uninterrupted.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "uninterrupted rank {rank}:\n{}", log_of(&whole, rank));
+    }
+    assert_eq!(weights(&latest(&job)), weights(&latest(&whole)), "resumed and uninterrupted runs differ");
+}
+
+#[test]
+fn bad_rendezvous_settings_exit_2_with_the_variable_named() {
+    let ws = workspace();
+    let out = ws.path().join("out");
+    let s = sets(ws.path(), 16, &[]);
+    let run = |envs: &[(&str, String)]| {
+        let mut cmd = command(&binary());
+        cmd.args(args(&out, &s));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (code, err) = run(&[("RANK", "0".into()), ("WORLD_SIZE", "2".into()), ("MASTER_PORT", "29500".into())]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("MASTER_ADDR"), "{err}");
+    let (code, err) = run(&[
+        ("RANK", "2".into()),
+        ("WORLD_SIZE", "2".into()),
+        ("MASTER_ADDR", "127.0.0.1".into()),
+        ("MASTER_PORT", "29500".into()),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("RANK: is 2, not below WORLD_SIZE=2"), "{err}");
+    // Rank 0 must host the store on a port another program holds.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (code, err) = run(&[
+        ("RANK", "0".into()),
+        ("WORLD_SIZE", "2".into()),
+        ("MASTER_ADDR", "127.0.0.1".into()),
+        ("MASTER_PORT", port.to_string()),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("cannot meet the other ranks at 127.0.0.1:{port}")), "{err}");
+    assert!(!out.join("checkpoints").exists(), "nothing is written before the rendezvous");
+}
+
+#[test]
+fn config_show_says_which_rank_the_launcher_made_this_process() {
+    let ws = workspace();
+    let o = command(&binary())
+        .args(["config", "show"])
+        .env("SLURM_PROCID", "3")
+        .env("SLURM_NTASKS", "8")
+        .env("SLURM_LOCALID", "1")
+        .env("SLURM_JOB_NODELIST", "gpu[07-10]")
+        .env("SLURM_JOB_ID", "77")
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("rank 3 of 8 (local rank 1) from slurm"), "{out}");
+    assert!(out.contains("gpu07:"), "{out}");
+    let o = command(&binary()).args(["config", "show"]).current_dir(ws.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("single process"));
+}

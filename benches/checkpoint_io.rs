@@ -165,8 +165,11 @@ fn main() {
     ] {
         let mut blocked = Vec::new();
         for _ in 0..repeats {
-            let mut saver =
-                Saver::new(dir.path().join("saver"), Policy { keep_last: None, keep_best: true }, background);
+            let mut saver = Saver::new(
+                dir.path().join("saver"),
+                Policy { keep_last: None, keep_best: true, best_by: Default::default() },
+                background,
+            );
             let request = SaveRequest {
                 tensors: tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
                 meta: m.clone(),

@@ -118,7 +118,9 @@ pub fn plateau(history: &[f64], rule: &EarlyStopping) -> Option<Plateau> {
         StopMetric::ValLoss => v < best - delta,
         StopMetric::ValAccuracy => v > best + delta,
     };
-    let (mut improved, mut best): (Option<(usize, f64)>, Option<(usize, f64)>) = (None, None);
+    // (epoch index, metric) of the last improvement and of the best value.
+    let mut improved: Option<(usize, f64)> = None;
+    let mut best: Option<(usize, f64)> = None;
     for (i, &v) in history.iter().enumerate() {
         if v.is_nan() {
             continue;

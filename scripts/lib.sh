@@ -56,23 +56,31 @@ export_build_env() {
     fi
 }
 
+# Installs the Debian package $1 with apt, as root or with password-less sudo. Best effort:
+# without either it logs $2 (what to run), and if apt fails it logs $3 (what to do instead).
+apt_install() {
+    local package=$1 manual=$2 fallback=$3 sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+            log "$manual"
+            return
+        fi
+    fi
+    log "installing $package"
+    $sudo apt-get install -y -qq "$package" >/dev/null 2>&1 ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$package" >/dev/null; } ||
+        log "$fallback"
+}
+
 # Fashion-MNIST from Debian (gzipped IDX files), the default data set. Best effort:
 # without root the user is told what to run, and --set data.dir=... points elsewhere.
 ensure_dataset() {
     if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
         return
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-            log "dataset-fashion-mnist is not installed; run: sudo apt-get install dataset-fashion-mnist"
-            return
-        fi
-    fi
-    log "installing dataset-fashion-mnist"
-    $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-        { $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; } ||
-        log "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
+    apt_install dataset-fashion-mnist \
+        "dataset-fashion-mnist is not installed; run: sudo apt-get install dataset-fashion-mnist" \
+        "could not install dataset-fashion-mnist; point data.dir at Fashion-MNIST IDX files"
 }
 
 # The two CUDA header packages the wheel leaves out and ProcessGroupNCCL.hpp needs
@@ -101,17 +109,9 @@ ensure_gloo_headers() {
     if [ -f /usr/include/gloo/algorithm.h ] || [ -n "${GLOO_INCLUDE_DIR:-}" ]; then
         return
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-            log "libgloo-dev is not installed and the build needs its headers; run: sudo apt-get install libgloo-dev"
-            return
-        fi
-    fi
-    log "installing libgloo-dev (gloo's headers, for the distributed shim)"
-    $sudo apt-get install -y -qq libgloo-dev >/dev/null 2>&1 ||
-        { $sudo apt-get update -qq && $sudo apt-get install -y -qq libgloo-dev >/dev/null; } ||
-        log "could not install libgloo-dev; set GLOO_INCLUDE_DIR to a folder holding gloo/algorithm.h"
+    apt_install libgloo-dev \
+        "libgloo-dev is not installed and the build needs its headers; run: sudo apt-get install libgloo-dev" \
+        "could not install libgloo-dev; set GLOO_INCLUDE_DIR to a folder holding gloo/algorithm.h"
 }
 
 # Moves a binary's debug info (line tables) into BINARY.debug beside it, linked by

@@ -23,6 +23,11 @@ pub fn to_kind(d: Dtype) -> Option<Kind> {
     TABLE.iter().find(|(t, _)| *t == d).map(|(_, k)| *k)
 }
 
+/// Whether a file dtype holds floating-point numbers (of the dtypes libtorch has a kind for).
+pub fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
 /// The file dtype of a libtorch kind.
 pub fn from_kind(k: Kind) -> Option<Dtype> {
     TABLE.iter().find(|(_, t)| *t == k).map(|(d, _)| *d)

@@ -88,12 +88,18 @@ fn resuming_a_seed_guide_pth_keeps_its_adam_moments() {
     let (dir, _) = python_files();
     let d = dir.path();
     common::make_dataset(&d.join("data"), 128, 32);
+    // One step resumed from guide.pth into `out` with optimizer `kind`; returns stderr.
+    let resume = |out: &str, kind: &str| {
+        let mut cmd = common::train(d);
+        cmd.args(["--resume", "guide.pth", "--output-dir", out]);
+        let kind = format!("training.optimizer.kind={kind}");
+        common::with_sets(&mut cmd, &[kind.as_str(), "training.epochs=4", "training.max_steps=1"]);
+        let out =
+            common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // guide.pth holds an Adam state after 2 steps for fc1/out, keyed by parameter index.
-    let mut cmd = common::train(d);
-    cmd.args(["--resume", "guide.pth", "--output-dir", "r"]);
-    cmd.args(["--set", "training.optimizer.kind=adam", "--set", "training.epochs=4", "--set", "training.max_steps=1"]);
-    let out = common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = resume("r", "adam");
     assert!(log.contains("imported the PyTorch optimizer state") && log.contains("parameters=4"), "{log}");
     // One more step on top of the imported two: PyTorch's step counts carried over.
     let latest = train::checkpoint::CheckpointFile::open(&d.join("r/checkpoints/latest.safetensors")).unwrap();
@@ -102,11 +108,7 @@ fn resuming_a_seed_guide_pth_keeps_its_adam_moments() {
         assert_eq!(i64::from_le_bytes(step[..8].try_into().unwrap()), 3, "{p}");
     }
     // An optimizer that keeps other state (SGD's momentum) cannot take Adam's: fresh, said.
-    let mut cmd = common::train(d);
-    cmd.args(["--resume", "guide.pth", "--output-dir", "s"]);
-    cmd.args(["--set", "training.optimizer.kind=sgd", "--set", "training.epochs=4", "--set", "training.max_steps=1"]);
-    let out = common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = resume("s", "sgd");
     assert!(log.contains("cannot import the file's optimizer state") && log.contains("exp_avg"), "{log}");
 }
 

@@ -11,25 +11,35 @@ use std::path::Path;
 use train::checkpoint::CheckpointFile;
 use train::metrics::MetricsLog;
 
-/// Runs `train` on the exported resnet18 and its image data in `d`, into `d/out`; returns stderr.
-fn run(d: &Path, out: &str, extra: &[&str]) -> String {
+/// The settings that train the exported resnet18 on its image data.
+const RESNET18: [&str; 5] = [
+    "run.device=cpu",
+    "model.kind=torchscript",
+    "model.torchscript.path=resnet18.pt",
+    "data.kind=tensors",
+    "data.path=images.safetensors",
+];
+
+/// `train` in `d`, into the folder `out`, with each of `sets` as a `--set`.
+fn train_in(d: &Path, out: &str, sets: &[&str]) -> assert_cmd::Command {
     let mut cmd = common::train(d);
     cmd.args(["--output-dir", out]);
-    for s in [
-        "run.device=cpu",
-        "model.kind=torchscript",
-        "model.torchscript.path=resnet18.pt",
-        "data.kind=tensors",
-        "data.path=images.safetensors",
-        "training.batch_size=16",
-        "training.epochs=2",
-        "training.optimizer.lr=1e-3",
-    ] {
-        cmd.args(["--set", s]);
-    }
-    cmd.args(extra);
+    common::with_sets(&mut cmd, sets);
+    cmd
+}
+
+/// The stderr of `cmd`, which must succeed.
+fn succeeds(mut cmd: assert_cmd::Command) -> String {
     let o = cmd.assert().success().get_output().clone();
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `train` on the exported resnet18 and its image data in `d`, into `d/out`; returns stderr.
+fn run(d: &Path, out: &str, extra: &[&str]) -> String {
+    let sets = [&RESNET18[..], &["training.batch_size=16", "training.epochs=2", "training.optimizer.lr=1e-3"]].concat();
+    let mut cmd = train_in(d, out, &sets);
+    cmd.args(extra);
+    succeeds(cmd)
 }
 
 fn export(d: &Path) {
@@ -124,17 +134,8 @@ fn fine_tuning_starts_from_torchvision_and_hugging_face_style_weights() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Strictly, the same file is refused before anything is written, with the same table.
-    let mut cmd = common::train(d);
-    cmd.args(["--output-dir", "strict", "--init-from", "hf.safetensors", "--init-strict"]);
-    for s in [
-        "run.device=cpu",
-        "model.kind=torchscript",
-        "model.torchscript.path=resnet18.pt",
-        "data.kind=tensors",
-        "data.path=images.safetensors",
-    ] {
-        cmd.args(["--set", s]);
-    }
+    let mut cmd = train_in(d, "strict", &RESNET18);
+    cmd.args(["--init-from", "hf.safetensors", "--init-strict"]);
     let out = cmd.assert().failure().get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the model (model.init_strict is on)") && err.contains("fc.weight"), "{err}");
@@ -145,27 +146,19 @@ fn fine_tuning_starts_from_torchvision_and_hugging_face_style_weights() {
 /// stopped mid-epoch then resumed; checks the loss falls, the two end bit-identical, and the
 /// checkpoint loads back into the Hugging Face model strictly with the same logits and loss.
 fn hugging_face_round_trip(d: &Path, name: &str, sets: &[&str]) {
-    let run = |out: &str, extra: &[&str]| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        let model = format!("model.torchscript.path={name}.pt");
-        let data = format!("data.path={name}.npz");
-        let base = [
-            "run.device=cpu",
-            "model.kind=torchscript",
-            &model,
-            "data.kind=npz",
-            &data,
-            "training.batch_size=16",
-            "training.epochs=3",
-            "training.optimizer.lr=3e-3",
-        ];
-        for s in base.iter().chain(sets).chain(extra) {
-            cmd.args(["--set", s]);
-        }
-        let o = cmd.assert().success().get_output().clone();
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    let model = format!("model.torchscript.path={name}.pt");
+    let data = format!("data.path={name}.npz");
+    let base = [
+        "run.device=cpu",
+        "model.kind=torchscript",
+        &model,
+        "data.kind=npz",
+        &data,
+        "training.batch_size=16",
+        "training.epochs=3",
+        "training.optimizer.lr=3e-3",
+    ];
+    let run = |out: &str, extra: &[&str]| succeeds(train_in(d, out, &[&base[..], sets, extra].concat()));
     let full = format!("{name}-full");
     let cut = format!("{name}-cut");
     run(&full, &[]);
@@ -239,32 +232,24 @@ fn an_image_folder_of_png_and_jpeg_files_trains_and_a_broken_file_is_named() {
         open('imgs/train/cat/notes.txt', 'w').write('not an image')\n";
     let status = std::process::Command::new(common::python()).current_dir(d).args(["-c", script]).status().unwrap();
     assert!(status.success());
-    let sets = |out: &str| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        for s in [
-            "run.device=cpu",
-            "data.kind=image_folder",
-            "data.dir=imgs",
-            "data.image_size=[32, 32]",
-            "model.kind=cnn",
-            "model.cnn={channels: [8, 16], hidden: 32}",
-            "training.batch_size=8",
-            "training.epochs=4",
-            "training.optimizer.lr=3e-3",
-        ] {
-            cmd.args(["--set", s]);
-        }
-        cmd
-    };
-    let out = sets("img").assert().success().get_output().clone();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let sets = [
+        "run.device=cpu",
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[32, 32]",
+        "model.kind=cnn",
+        "model.cnn={channels: [8, 16], hidden: 32}",
+        "training.batch_size=8",
+        "training.epochs=4",
+        "training.optimizer.lr=3e-3",
+    ];
+    let log = succeeds(train_in(d, "img", &sets));
     assert!(log.contains("classes=3 train=72 val=18"), "{log}");
     let m = MetricsLog::read(&d.join("img/metrics.jsonl")).unwrap();
     assert!(m[3].train_loss < 0.5 * m[0].train_loss && m[3].val_accuracy > 0.9, "{m:?}");
     // A file with an image's extension that is not one is refused, named.
     std::fs::write(d.join("imgs/train/bee/broken.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
-    let out = sets("broken").assert().failure().get_output().clone();
+    let out = train_in(d, "broken", &sets).assert().failure().get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.jpg") && err.contains("cannot decode"), "{err}");
 }

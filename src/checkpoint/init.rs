@@ -19,7 +19,7 @@ use tch::{Device, Tensor};
 
 use super::load::{load_into, read_tensor};
 use super::{CheckpointError, CheckpointFile, Entry, Strategy, OPTIMIZER_PREFIX};
-use crate::dtype::to_kind;
+use crate::dtype::{is_float, to_kind};
 
 /// Prefixes wrappers put before every name (`DistributedDataParallel`, `torch.compile`).
 const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
@@ -104,10 +104,6 @@ impl InitReport {
     }
 }
 
-fn is_float(kind: tch::Kind) -> bool {
-    matches!(kind, tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16)
-}
-
 /// How each model tensor pairs with the file, decided from the header alone.
 fn match_names<'f>(
     weights: &[&'f Entry],
@@ -173,7 +169,7 @@ pub fn init_from(
             Some(kind) if kind == var.kind() => {
                 same.insert(e.name.clone(), var.shallow_clone());
             }
-            Some(kind) if is_float(kind) && var.is_floating_point() => {
+            Some(_) if is_float(e.dtype) && var.is_floating_point() => {
                 report.converted.push((name.clone(), format!("{:?}", e.dtype)));
                 convert.push((e, var.shallow_clone()));
             }

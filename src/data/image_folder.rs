@@ -22,18 +22,10 @@ const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 /// One split's files: (path, class index).
 type Files = Vec<(PathBuf, i64)>;
 
-fn io_error(path: &Path, source: std::io::Error) -> DataError {
-    if source.kind() == std::io::ErrorKind::NotFound {
-        DataError::NotFound { key: "data.dir", path: path.to_path_buf() }
-    } else {
-        DataError::Io { path: path.to_path_buf(), source }
-    }
-}
-
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        out.push(entry.map_err(|e| io_error(dir, e))?.path());
+    for entry in std::fs::read_dir(dir).map_err(|e| read_error("data.dir", dir, e))? {
+        out.push(entry.map_err(|e| read_error("data.dir", dir, e))?.path());
     }
     out.sort();
     Ok(out)
@@ -73,9 +65,9 @@ fn numbered(files: Vec<Vec<PathBuf>>) -> Files {
 fn decode(path: &Path, channels: u32, [h, w]: [u32; 2], out: &mut [f32]) -> Result<(), DataError> {
     let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
     let img = image::ImageReader::open(path)
-        .map_err(|e| io_error(path, e))?
+        .map_err(|e| read_error("data.dir", path, e))?
         .with_guessed_format()
-        .map_err(|e| io_error(path, e))?
+        .map_err(|e| read_error("data.dir", path, e))?
         .decode()
         .map_err(|e| bad(format!("cannot decode the image: {e}")))?;
     if img.width() == 0 || img.height() == 0 {

@@ -308,7 +308,7 @@ fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
     if context == 0 {
         return Err(DataError::Config("model.gpt.context must be at least 1".into()));
     }
-    let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
+    let bytes = std::fs::read(path).map_err(|source| read_error("data.path", path, source))?;
     // Every byte becomes an int64 token.
     check_host_memory(path, (bytes.len() as u64).saturating_mul(8))?;
     let windows = bytes.len().saturating_sub(1) / context;
@@ -322,9 +322,11 @@ fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
 
 /// A file named by `data.path` that cannot be read: not there (a configuration error), or
 /// unreadable.
-fn read_error(path: &Path, source: std::io::Error) -> DataError {
+/// An I/O error on `path`, which the configuration key `key` names (or lies under): a
+/// missing file is the configuration's fault.
+fn read_error(key: &'static str, path: &Path, source: std::io::Error) -> DataError {
     if source.kind() == std::io::ErrorKind::NotFound {
-        DataError::NotFound { key: "data.path", path: path.to_path_buf() }
+        DataError::NotFound { key, path: path.to_path_buf() }
     } else {
         DataError::Io { path: path.to_path_buf(), source }
     }

@@ -17,6 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
 use super::*;
+use crate::dtype::is_float;
 
 /// The dtypes an input may have.
 const INPUT_DTYPES: &[Dtype] = &[
@@ -40,10 +41,6 @@ fn dtype_names(table: &[Dtype]) -> String {
     table.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
-}
-
 /// One array's header: its dtype (safetensors' names, the common vocabulary) and shape.
 #[derive(Debug, Clone)]
 struct Header {
@@ -54,14 +51,19 @@ struct Header {
 /// An open file of named arrays.
 enum Arrays {
     /// Mapped rather than read, so the file's bytes are not held twice on the way into
-    /// tensors.
-    Safetensors(memmap2::Mmap),
+    /// tensors; its header parsed (and checked against the file's length) once, at open.
+    Safetensors {
+        map: memmap2::Mmap,
+        /// Where the tensor data starts: after the 8-byte length and the JSON header.
+        data_start: usize,
+        header: safetensors::tensor::Metadata,
+    },
     Npz(zip::ZipArchive<File>),
 }
 
 impl Arrays {
     fn open(cfg: &DataConfig, path: &Path) -> Result<Self, DataError> {
-        let file = File::open(path).map_err(|source| read_error(path, source))?;
+        let file = File::open(path).map_err(|source| read_error("data.path", path, source))?;
         match cfg.kind {
             DataKind::Npz => zip::ZipArchive::new(file).map(Self::Npz).map_err(|e| DataError::Format {
                 path: path.to_path_buf(),
@@ -75,11 +77,11 @@ impl Arrays {
                 // nothing rewrites during a run.
                 let map = unsafe { memmap2::Mmap::map(&file) }
                     .map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-                SafeTensors::deserialize(&map).map_err(|e| DataError::Format {
+                let (n, header) = SafeTensors::read_metadata(&map).map_err(|e| DataError::Format {
                     path: path.to_path_buf(),
                     reason: explain_safetensors_error(&map, &e),
                 })?;
-                Ok(Self::Safetensors(map))
+                Ok(Self::Safetensors { data_start: 8 + n, header, map })
             }
         }
     }
@@ -87,9 +89,7 @@ impl Arrays {
     /// The names of the arrays held, for errors.
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = match self {
-            Self::Safetensors(map) => SafeTensors::deserialize(map)
-                .map(|st| st.names().into_iter().map(String::from).collect())
-                .unwrap_or_default(),
+            Self::Safetensors { header, .. } => header.tensors().into_keys().collect(),
             Self::Npz(zip) => {
                 zip.file_names().filter_map(|n| n.ok()).map(|n| n.trim_end_matches(".npy").to_string()).collect()
             }
@@ -103,14 +103,17 @@ impl Arrays {
     }
 
     fn header(&mut self, name: &str) -> Result<Header, String> {
-        if !self.names().iter().any(|n| n == name) {
+        let present = match self {
+            Self::Safetensors { header, .. } => header.info(name).is_some(),
+            Self::Npz(zip) => zip.index_for_name(&format!("{name}.npy")).is_some(),
+        };
+        if !present {
             return Err(self.missing(name));
         }
         match self {
-            Self::Safetensors(map) => {
-                let st = SafeTensors::deserialize(map).map_err(|e| e.to_string())?;
-                let t = st.tensor(name).map_err(|e| e.to_string())?;
-                Ok(Header { dtype: t.dtype(), shape: t.shape().to_vec() })
+            Self::Safetensors { header, .. } => {
+                let t = header.info(name).expect("checked above");
+                Ok(Header { dtype: t.dtype, shape: t.shape.clone() })
             }
             Self::Npz(zip) => {
                 let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;
@@ -125,15 +128,17 @@ impl Arrays {
         let dims: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
         let kind = kind_of(header.dtype);
         match self {
-            Self::Safetensors(map) => {
-                let st = SafeTensors::deserialize(map).map_err(|e| e.to_string())?;
-                let view = st.tensor(name).map_err(|e| e.to_string())?;
+            Self::Safetensors { map, data_start, header: index } => {
+                let info = index.info(name).ok_or_else(|| format!("no array `{name}`"))?;
+                let (begin, end) = info.data_offsets;
+                // read_metadata checked the offsets against the file's length.
+                let data = &map[*data_start + begin..*data_start + end];
                 // libtorch copies as many bytes as the shape says: never more than the slice holds.
-                let elements = view.shape().iter().product::<usize>();
-                if view.data().len() != elements * kind.elt_size_in_bytes() {
-                    return Err(format!("array `{name}`: {} bytes for shape {:?}", view.data().len(), view.shape()));
+                let elements = header.shape.iter().product::<usize>();
+                if data.len() != elements * kind.elt_size_in_bytes() {
+                    return Err(format!("array `{name}`: {} bytes for shape {:?}", data.len(), header.shape));
                 }
-                Tensor::f_from_data_size(view.data(), &dims, kind)
+                Tensor::f_from_data_size(data, &dims, kind)
                     .map_err(|e| format!("array `{name}`: {}", crate::model::libtorch_message(&e)))
             }
             Self::Npz(zip) => {

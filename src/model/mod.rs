@@ -337,7 +337,7 @@ pub fn build_within(
                 }
             };
             let scripted = Scripted::new(module, &cfg.torchscript);
-            let out = tch::no_grad(|| scripted.try_forward(probe, targets)).map_err(failed)?.logits;
+            let out = tch::no_grad(|| scripted.try_forward(probe, targets, false)).map_err(failed)?.logits;
             let n = probe[0].size()[0];
             // A TorchScript module may have more outputs than the data uses (a vocabulary
             // larger than the ids seen, a class absent from the data), not fewer.

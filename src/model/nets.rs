@@ -175,9 +175,20 @@ impl Scripted {
         Self { module: Mutex::new((module, false)), inputs: cfg.inputs.clone(), labels: cfg.labels.clone() }
     }
 
-    /// One forward pass in the module's current mode.
-    pub(super) fn try_forward(&self, inputs: &[Tensor], targets: Option<&Tensor>) -> Result<Output, ScriptError> {
-        let guard = self.module.lock().expect("no panic while holding the module");
+    /// One forward pass in train (`train`) or eval mode, switching the module's mode first
+    /// when it differs.
+    pub(super) fn try_forward(
+        &self,
+        inputs: &[Tensor],
+        targets: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Output, ScriptError> {
+        let mut guard = self.module.lock().expect("no panic while holding the module");
+        let (module, mode) = &mut *guard;
+        if *mode != train {
+            module.set_training(train)?;
+            *mode = train;
+        }
         let mut args: Vec<Input<'_>> = inputs
             .iter()
             .enumerate()
@@ -190,23 +201,16 @@ impl Scripted {
             }
             _ => false,
         };
-        guard.0.forward(&args, labels)
+        module.forward(&args, labels)
     }
 }
 
 impl Network for Scripted {
     fn forward(&self, inputs: &[Tensor], targets: Option<&Tensor>, train: bool) -> Forward {
-        {
-            let mut guard = self.module.lock().expect("no panic while holding the module");
-            let (module, mode) = &mut *guard;
-            if *mode != train {
-                module.set_training(train).unwrap_or_else(|e| panic!("TorchScript train/eval switch failed: {e}"));
-                *mode = train;
-            }
-        }
         // `build` ran the module once on examples of this data, so a failure here is
         // libtorch's own (out of memory, say), which the loop cannot continue from.
-        let out = self.try_forward(inputs, targets).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
+        let out =
+            self.try_forward(inputs, targets, train).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
         Forward { logits: out.logits, loss: out.loss }
     }
 }

@@ -135,6 +135,23 @@ pub fn resume(
 /// Chooses a strategy for `file` and loads it into `trainer`, stepping down on
 /// out-of-memory errors. Returns the strategy that succeeded.
 pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) -> Result<Strategy, RunError> {
+    with_planned_strategy(cfg, trainer, file, RunError::from, |trainer, strategy| {
+        load_one(cfg, trainer, file, strategy)
+    })
+    .map(|((), strategy)| strategy)
+}
+
+/// Runs `load` (one attempt at loading `file` into `trainer` with a strategy) with the
+/// strategy the memory plan chooses, stepping down to the next cheaper one on each
+/// out-of-memory error. Other errors go through `error`. Returns `load`'s value and the
+/// strategy that succeeded.
+fn with_planned_strategy<T>(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    file: &CheckpointFile,
+    error: fn(CheckpointError) -> RunError,
+    mut load: impl FnMut(&mut Trainer, Strategy) -> Result<T, CheckpointError>,
+) -> Result<(T, Strategy), RunError> {
     // The model is on the device already: counted in the peaks, and given back to the budget.
     let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
     let sizes = memory::plan::sizes_of(file, Some(model));
@@ -148,7 +165,7 @@ pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) 
     );
     let mut strategy = plan.strategy;
     loop {
-        match load_one(cfg, trainer, file, strategy) {
+        match load(trainer, strategy) {
             Err(e) if checkpoint::load::is_out_of_memory(&e) => {
                 memory::cuda::empty_cache();
                 match strategy.cheaper() {
@@ -169,7 +186,7 @@ pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) 
             other => {
                 // Return what staging left cached in the allocator (torch.cuda.empty_cache()).
                 memory::cuda::empty_cache();
-                return other.map(|()| strategy).map_err(RunError::from);
+                return other.map(|value| (value, strategy)).map_err(error);
             }
         }
     }
@@ -180,26 +197,10 @@ pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) 
 /// resume does. The optimizer stays fresh and the position at step 0.
 fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(), RunError> {
     let file = CheckpointFile::open(path).map_err(|e| RunError::InitFrom(e.into()))?;
-    let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
-    let sizes = memory::plan::sizes_of(&file, Some(model));
-    let plan = memory::plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
-    let mut strategy = plan.strategy;
     let start = Instant::now();
-    let report = loop {
-        let vars = trainer.variables();
-        match checkpoint::init_from(&file, &vars, trainer.device, strategy, cfg.model.init_strict) {
-            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
-                memory::cuda::empty_cache();
-                strategy = strategy.cheaper().ok_or_else(|| RunError::OutOfMemory {
-                    detail: format!("initialising from {}: {e}", path.display()),
-                })?;
-            }
-            other => {
-                memory::cuda::empty_cache();
-                break other.map_err(RunError::InitFrom)?;
-            }
-        }
-    };
+    let (report, strategy) = with_planned_strategy(cfg, trainer, &file, RunError::InitFrom, |trainer, strategy| {
+        checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, cfg.model.init_strict)
+    })?;
     let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
     if report.is_exact() {
         tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());

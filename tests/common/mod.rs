@@ -71,7 +71,10 @@ pub fn quick_sets(data: &Path) -> Vec<String> {
 }
 
 /// Adds each element of `sets` as a `--set` argument.
-pub fn with_sets<'a>(cmd: &'a mut assert_cmd::Command, sets: &[String]) -> &'a mut assert_cmd::Command {
+pub fn with_sets<'a, S: AsRef<std::ffi::OsStr>>(
+    cmd: &'a mut assert_cmd::Command,
+    sets: &[S],
+) -> &'a mut assert_cmd::Command {
     for s in sets {
         cmd.arg("--set").arg(s);
     }

@@ -139,7 +139,8 @@ fn refused(setup: impl FnOnce(&Path), args: &[&str], env: &[(&str, &str)], fragm
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let assert = cmd.assert().code(2);
+    // A bound, so a refusal that regresses into a hang (a FIFO) fails instead of waiting.
+    let assert = cmd.timeout(std::time::Duration::from_secs(60)).assert().code(2);
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     for f in fragments {
         assert!(stderr.contains(f), "stderr lacks {f:?}:\n{stderr}");
@@ -356,4 +357,64 @@ fn help_lists_every_exit_code() {
 #[test]
 fn rejects_an_empty_resume_path_naming_the_key() {
     refused(|_| {}, &["--resume", ""], &[], &["`run.resume`", "is empty"]);
+}
+
+#[test]
+fn a_fifo_as_config_file_is_refused_instead_of_blocking_in_open() {
+    let started = std::time::Instant::now();
+    refused(
+        |d| {
+            let fifo = std::ffi::CString::new(d.join("c.yaml").to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        },
+        &["--config", "c.yaml"],
+        &[],
+        &["cannot read config file c.yaml", "not a regular file"],
+    );
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn dev_zero_as_config_file_is_refused_without_reading_it_all() {
+    refused(|_| {}, &["--config", "/dev/zero"], &[], &["cannot read config file /dev/zero", "not a regular file"]);
+}
+
+#[test]
+fn a_config_file_over_16_mib_is_refused_naming_the_limit() {
+    refused(
+        |d| {
+            let f = std::fs::File::create(d.join("big.yaml")).unwrap();
+            // Sparse: 17 MiB of zero bytes costs no disk.
+            f.set_len(17 << 20).unwrap();
+        },
+        &["--config", "big.yaml"],
+        &[],
+        &["cannot read config file big.yaml", "larger than 16.0 MiB"],
+    );
+}
+
+#[test]
+fn deeply_nested_yaml_is_refused_quickly_naming_the_file() {
+    let started = std::time::Instant::now();
+    refused(
+        |d| std::fs::write(d.join("deep.yaml"), format!("training: {}", "[".repeat(200_000))).unwrap(),
+        &["--config", "deep.yaml"],
+        &[],
+        &["config file deep.yaml is not valid", "line 1: nested more than 64 levels deep"],
+    );
+    let block: String = (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+    refused(
+        move |d| std::fs::write(d.join("deep.yaml"), block).unwrap(),
+        &["--config", "deep.yaml"],
+        &[],
+        &["config file deep.yaml is not valid", "line 65: nested more than 64 levels deep"],
+    );
+    refused(
+        |d| std::fs::write(d.join("deep.yaml"), format!("training:\n  {}x\n", "- ".repeat(100))).unwrap(),
+        &["--config", "deep.yaml"],
+        &[],
+        &["line 2: nested more than 64 levels deep"],
+    );
+    assert!(started.elapsed().as_secs() < 20, "took {:?}", started.elapsed());
 }

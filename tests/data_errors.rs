@@ -194,3 +194,57 @@ fn a_missing_torchscript_file_is_named_in_one_line() {
     std::fs::write(ws.path().join("nope.pt"), "not a zip archive").unwrap();
     refused(ws.path(), &sets, 1, &["cannot load TorchScript module nope.pt", "PytorchStreamReader"]);
 }
+
+/// A `.npy` entry (format 1.0) holding `data` under a header that declares `shape`.
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// An `.npz` archive of `entries` (name without `.npy`, bytes), stored uncompressed.
+fn npz(path: &Path, entries: &[(&str, Vec<u8>)]) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in entries {
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+fn npz_sets(path: &Path) -> Vec<String> {
+    let mut sets = tensors_sets(path);
+    sets[0] = "data.kind=npz".into();
+    sets
+}
+
+#[test]
+fn an_npz_shape_that_overflows_is_refused_naming_array_and_file() {
+    let ws = tempfile::tempdir().unwrap();
+    let p = ws.path().join("d.npz");
+    let y = npy("<i8", "(16,)", &i64s(&[0; 16]));
+    // 2^64 float32 values declared in a 578-byte entry: the product wraps to 0 unchecked.
+    npz(&p, &[("x", npy("<f4", "(16, 1073741824, 1073741824)", &[0; 400])), ("y", y.clone())]);
+    refused(
+        ws.path(),
+        &npz_sets(&p),
+        2,
+        &["d.npz cannot be used", "array `x` declares shape [16, 1073741824, 1073741824]", "overflows"],
+    );
+    // A size that does not overflow but is more than the entry holds.
+    npz(&p, &[("x", npy("<f4", "(16, 1048576, 1024)", &[0; 400])), ("y", y)]);
+    refused(
+        ws.path(),
+        &npz_sets(&p),
+        2,
+        &["d.npz cannot be used", "array `x` declares shape [16, 1048576, 1024]", "holds only"],
+    );
+}

@@ -193,12 +193,39 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
     Ok(layers)
 }
 
+/// The largest config file read. Real ones are a few KiB; the cap keeps `--config
+/// /dev/zero`-like mistakes (a huge or endless file) from filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The deepest nesting of YAML collections accepted. serde_yaml's parser takes quadratic time
+/// in nesting depth (200 KB of `[` took 48 s); real configs nest 3 or 4 levels.
+pub const MAX_CONFIG_DEPTH: usize = 64;
+
 /// Reads a config file: its top level (minus `experiments:`) and its experiment sections.
+///
+/// Only a regular file is opened (a FIFO would block `open` forever, a device could be
+/// endless), at most [`MAX_CONFIG_BYTES`] are read, and its nesting is bounded before the
+/// YAML parser sees it.
 fn read_config_file(path: &Path) -> Result<(Dict, Dict), ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
-    let mut dict =
-        parse_yaml_dict(&text).map_err(|message| ConfigError::ParseFile { path: path.to_path_buf(), message })?;
+    use std::io::Read;
+    let read_error = |source| ConfigError::ReadFile { path: path.to_path_buf(), source };
+    let parse_error = |message| ConfigError::ParseFile { path: path.to_path_buf(), message };
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    let refuse = |why: String| read_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    if !meta.is_file() {
+        return Err(refuse("not a regular file (a folder, FIFO or device); --config needs a YAML file".into()));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)).map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "larger than {}, the most a config file may be",
+            bytesize::ByteSize(MAX_CONFIG_BYTES)
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| parse_error(format!("not UTF-8 text: {e}")))?;
+    check_nesting(&text).map_err(parse_error)?;
+    let mut dict = parse_yaml_dict(&text).map_err(parse_error)?;
     let experiments = match dict.remove(EXPERIMENTS_KEY) {
         None => Dict::new(),
         Some(v) => v.into_dict().ok_or_else(|| ConfigError::ParseFile {
@@ -207,6 +234,57 @@ fn read_config_file(path: &Path) -> Result<(Dict, Dict), ConfigError> {
         })?,
     };
     Ok((dict, experiments))
+}
+
+/// Refuses YAML nested deeper than [`MAX_CONFIG_DEPTH`], by a cheap scan rather than the
+/// parser: the depth of flow brackets (`[`, `{`; quoted text and comments skipped) and, for
+/// block style, the number of enclosing indentation levels and `- ` items of each line.
+/// Names the line where the limit is passed.
+fn check_nesting(text: &str) -> Result<(), String> {
+    let too_deep = |line: usize| {
+        Err(format!(
+            "line {}: nested more than {MAX_CONFIG_DEPTH} levels deep, the most a config file may be",
+            line + 1
+        ))
+    };
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    let mut quote: Option<char> = None;
+    for (number, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches(' ');
+        if quote.is_none() && flow == 0 && !body.is_empty() && !body.starts_with('#') {
+            // Block style: the indentation levels enclosing this line, plus its `- ` items.
+            let indent = line.len() - body.len();
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let dashes = body.split_inclusive(' ').take_while(|w| w.trim_end() == "-").count();
+            if indents.len() + dashes > MAX_CONFIG_DEPTH {
+                return too_deep(number);
+            }
+        }
+        let mut previous = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some('\''), '\'') | (Some('"'), '"') if previous != '\\' => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if previous == ' ' || previous == '\t' => break,
+                // A quote opens a scalar only where one starts (`don't` is plain text).
+                (None, '\'' | '"') if matches!(previous, ' ' | '[' | '{' | ',' | ':' | '-') => quote = Some(c),
+                (None, '[' | '{') => {
+                    flow += 1;
+                    if flow + indents.len() > MAX_CONFIG_DEPTH {
+                        return too_deep(number);
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    Ok(())
 }
 
 fn parse_yaml_dict(text: &str) -> Result<Dict, String> {

@@ -66,6 +66,15 @@ pub enum DataError {
         /// Bytes available (`MemAvailable`).
         available: u64,
     },
+    /// A data file that reads but cannot be used: sizes that overflow or exceed what the
+    /// file holds, non-finite values, an image too large to decode in the memory there is.
+    #[error("data file {path} cannot be used: {reason}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the array or image.
+        reason: String,
+    },
     /// The data section of the configuration is incomplete.
     #[error("{0}")]
     Config(String),
@@ -82,10 +91,11 @@ pub enum DataError {
 }
 
 impl DataError {
-    /// Whether the configuration is at fault (a file it names is missing), so the exit code
-    /// is the usage one (2), rather than the data (1).
+    /// Whether the configuration is at fault (a file it names is missing) or the data can
+    /// never work as it is ([`DataError::Unusable`]), so the exit code is the usage one (2),
+    /// rather than the data's (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Missing { .. } | Self::NotFound { .. } | Self::Config(_))
+        matches!(self, Self::Missing { .. } | Self::NotFound { .. } | Self::Config(_) | Self::Unusable { .. })
     }
 }
 

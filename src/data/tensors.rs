@@ -98,6 +98,15 @@ impl Arrays {
         names
     }
 
+    /// The bytes an array's entry holds once inflated, as its zip entry declares (`.npz`
+    /// only: a safetensors header is checked against the file's length at open).
+    fn stored_bytes(&mut self, name: &str) -> Option<u64> {
+        match self {
+            Self::Safetensors { .. } => None,
+            Self::Npz(zip) => zip.by_name(&format!("{name}.npy")).ok().map(|e| e.size()),
+        }
+    }
+
     fn missing(&self, name: &str) -> String {
         format!("no array `{name}` (it holds: {})", self.names().join(", "))
     }
@@ -201,6 +210,31 @@ fn npy_header<R: std::io::Read>(name: &str, npy: &npyz::NpyFile<R>) -> Result<He
     Ok(Header { dtype, shape })
 }
 
+impl Header {
+    /// The bytes the array's shape and dtype declare, or `None` when that overflows (a
+    /// hostile `.npy` header can declare `(16, 2^30, 2^30)` in a few hundred bytes).
+    fn bytes(&self) -> Option<u64> {
+        let elements = self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))?;
+        elements.checked_mul(kind_of(self.dtype).elt_size_in_bytes() as u64)
+    }
+}
+
+/// Refuses an array whose declared size overflows or exceeds what the file holds for it,
+/// before anything is allocated by it: after this, every size computed from its shape fits.
+fn check_declared_size(arrays: &mut Arrays, path: &Path, name: &str, h: &Header) -> Result<(), DataError> {
+    let unusable = |reason: String| DataError::Unusable { path: path.to_path_buf(), reason };
+    let bytes = h.bytes().ok_or_else(|| {
+        unusable(format!("array `{name}` declares shape {:?}, whose size overflows 64 bits", h.shape))
+    })?;
+    match arrays.stored_bytes(name) {
+        Some(stored) if bytes > stored => Err(unusable(format!(
+            "array `{name}` declares shape {:?} ({bytes} bytes) but its entry holds only {stored} bytes",
+            h.shape
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The libtorch kind an array of `dtype` is read as (booleans as bytes: a file may hold
 /// values other than 0 and 1, which a C++ bool must not).
 fn kind_of(dtype: Dtype) -> Kind {
@@ -228,10 +262,12 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
     for name in &input_names {
         let h = arrays.header(name).map_err(format)?;
         check_dtype(name, h.dtype, INPUT_DTYPES).map_err(format)?;
+        check_declared_size(&mut arrays, path, name, &h)?;
         headers.push(h);
     }
     let y = arrays.header(target_name).map_err(format)?;
     check_dtype(target_name, y.dtype, TARGET_DTYPES).map_err(format)?;
+    check_declared_size(&mut arrays, path, target_name, &y)?;
     let shapes = || {
         input_names
             .iter()
@@ -256,8 +292,8 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
             shapes()
         )));
     }
-    // No dimension is 0 and the headers matched the data's length, so every size is at most
-    // the file's length: these conversions and products do not overflow.
+    // Every array's declared size was checked against what the file holds for it
+    // (`check_declared_size`), so these conversions and products do not overflow.
     let elements = |h: &Header| h.shape.iter().product::<usize>() as u64;
     let native = |h: &Header| elements(h) * kind_of(h.dtype).elt_size_in_bytes() as u64;
     // libtorch's copy of each array, then its converted form (at most 8 bytes a value).

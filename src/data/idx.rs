@@ -59,7 +59,8 @@ pub fn read_idx(dir: &Path, stem: &str) -> Result<IdxArray, DataError> {
     };
     let file = std::fs::File::open(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
     let file = std::io::BufReader::new(file);
-    let available = crate::memory::probe::host().available;
+    let host = crate::memory::probe::host();
+    let available = host.available;
     let read = if compressed {
         // Multi-member: `cat a.gz b.gz` is a valid gzip file, and gzip(1) reads all of it.
         read_idx_stream(flate2::bufread::MultiGzDecoder::new(file), available)
@@ -73,6 +74,7 @@ pub fn read_idx(dir: &Path, stem: &str) -> Result<IdxArray, DataError> {
             path: path.clone(),
             needed: bytes.saturating_mul(HOST_BYTES_PER_DATA_BYTE),
             available,
+            from: host.available_from(),
         },
     })
 }

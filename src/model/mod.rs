@@ -167,8 +167,9 @@ fn available_memory(device: tch::Device) -> Option<(u64, String)> {
             Some((free, format!("the {} free on cuda:{i}", human(u128::from(free)))))
         }
         _ => {
-            let available = crate::memory::probe::host().available?;
-            Some((available, format!("the {} of host memory available", human(u128::from(available)))))
+            let host = crate::memory::probe::host();
+            let available = host.available?;
+            Some((available, format!("the {} of {} available", human(u128::from(available)), host.available_from())))
         }
     }
 }

@@ -332,6 +332,7 @@ fn start(
         "data loaded"
     );
     check_warmup(cfg, data.train.len())?;
+    policy::check_stop_metric(cfg.training.early_stopping.as_ref(), data.task)?;
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
         crate::memory::cuda::limit_vram(limit.as_u64(), i);
     }

@@ -7,7 +7,8 @@
 //! | an epoch | always save `latest`; also `epoch-NNNN` every `checkpoint.every_n_epochs` and after the last epoch; then stop for a stop request (unless that was the last epoch anyway) or `max_steps` |
 
 use crate::checkpoint::Position;
-use crate::config::{Config, EarlyStopping, StopMetric};
+use crate::config::{Config, ConfigError, EarlyStopping, StopMetric};
+use crate::data::Task;
 
 /// The settings the rules read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +144,21 @@ impl Plateau {
     }
 }
 
+/// Refuses early stopping on `val_accuracy` for a task without accuracy (regression): the
+/// metric would never improve, so the run would never stop early, and `keep_best` would
+/// keep an arbitrary epoch.
+pub fn check_stop_metric(early: Option<&EarlyStopping>, task: Task) -> Result<(), ConfigError> {
+    match (early.map(|e| e.metric), task) {
+        (Some(StopMetric::ValAccuracy), Task::Regression { .. }) => Err(ConfigError::Invalid {
+            key: "training.early_stopping.metric".into(),
+            message: "is val_accuracy, but the data's float targets make this a regression task, which has no \
+                      accuracy; use val_loss"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +167,18 @@ mod tests {
 
     fn at(epoch: u32, step: u64, batches_into_epoch: u64) -> Position {
         Position { epoch, step, batches_into_epoch, partial_loss_sum: 0.0 }
+    }
+
+    #[test]
+    fn early_stopping_on_val_accuracy_for_a_regression_task_is_refused_with_the_key_named() {
+        let on = |metric| Some(EarlyStopping { metric, ..EarlyStopping::default() });
+        let regression = Task::Regression { outputs: 1 };
+        let e = check_stop_metric(on(StopMetric::ValAccuracy).as_ref(), regression).unwrap_err();
+        assert!(e.to_string().contains("training.early_stopping.metric"), "{e}");
+        assert!(check_stop_metric(on(StopMetric::ValLoss).as_ref(), regression).is_ok());
+        assert!(check_stop_metric(None, regression).is_ok());
+        let classes = Task::Classification { classes: 3 };
+        assert!(check_stop_metric(on(StopMetric::ValAccuracy).as_ref(), classes).is_ok());
     }
 
     #[test]

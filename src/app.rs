@@ -21,6 +21,14 @@ pub const EXIT_DIVERGED: u8 = 3;
 /// on it (`EX_TEMPFAIL` from sysexits.h: "try again later").
 pub const EXIT_INTERRUPTED: u8 = 75;
 
+/// Ignores SIGXFSZ, so that a write past a file-size limit (`ulimit -f`) fails with EFBIG,
+/// which is reported naming the file, instead of killing the process with no message
+/// (exit 153).
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to "ignore" runs no code of ours.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 /// Runs the command `cli` asks for; returns the exit code of a command that succeeded.
 pub fn dispatch(cli: Cli) -> Result<u8> {
     let is_run = matches!(cli.command, None | Some(Command::Run(_)));

@@ -117,8 +117,21 @@ fn write_tensor_table(out: &mut impl Write, list: &[tools::TensorInfo]) -> std::
 }
 
 /// The error and its causes on one line, each message once (typed errors often repeat
-/// their cause in their own message).
+/// their cause in their own message). A write that failed with EFBIG says that a file-size
+/// limit (`ulimit -f`) was hit: "File too large" alone reads like a full disk.
 pub fn error_chain(error: &anyhow::Error) -> String {
+    let too_large = error.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::FileTooLarge)
+            || c.to_string().contains("File too large")
+    });
+    let mut out = error_chain_plain(error);
+    if too_large {
+        out.push_str(" (the process's file-size limit, `ulimit -f`, was reached; raise it or run without it)");
+    }
+    out
+}
+
+fn error_chain_plain(error: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in error.chain() {
         let msg = cause.to_string();

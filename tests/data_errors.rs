@@ -248,3 +248,178 @@ fn an_npz_shape_that_overflows_is_refused_naming_array_and_file() {
         &["d.npz cannot be used", "array `x` declares shape [16, 1048576, 1024]", "holds only"],
     );
 }
+
+/// An image folder `data/` with `per_class` 16x16 images in each of `classes`, as `ext`.
+fn image_folder(dir: &Path, classes: &[&str], per_class: usize, ext: &str) -> std::path::PathBuf {
+    let data = dir.join("data");
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([(x * 16) as u8, (y * 16) as u8, (c * 80 + i) as u8])
+            });
+            img.save(data.join(class).join(format!("{i}.{ext}"))).unwrap();
+        }
+    }
+    data
+}
+
+fn image_sets(data: &Path) -> Vec<String> {
+    vec![
+        "data.kind=image_folder".into(),
+        format!("data.dir={}", data.display()),
+        "data.image_size=[8, 8]".into(),
+        "data.val_fraction=0.25".into(),
+        "run.device=cpu".into(),
+        "model.mlp.hidden=[8]".into(),
+        "training.epochs=1".into(),
+    ]
+}
+
+#[test]
+fn a_half_truncated_jpeg_is_refused_naming_the_file() {
+    let ws = tempfile::tempdir().unwrap();
+    let data = image_folder(ws.path(), &["a", "b"], 4, "jpg");
+    // Large enough that the cut falls in the entropy-coded data, past every header.
+    let victim = data.join("b").join("2.jpg");
+    image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([(x ^ y) as u8, (x * y) as u8, (x + 3 * y) as u8]))
+        .save(&victim)
+        .unwrap();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    refused(ws.path(), &image_sets(&data), 1, &["b/2.jpg is malformed", "JPEG data is cut short"]);
+}
+
+#[test]
+fn an_empty_class_folder_is_refused_naming_it() {
+    let ws = tempfile::tempdir().unwrap();
+    let data = image_folder(ws.path(), &["a", "b"], 4, "png");
+    std::fs::create_dir(data.join("c_empty")).unwrap();
+    refused(ws.path(), &image_sets(&data), 2, &["c_empty cannot be used", "holds no PNG or JPEG images"]);
+}
+
+#[test]
+fn a_symlink_to_the_root_is_not_counted_as_a_class() {
+    let ws = tempfile::tempdir().unwrap();
+    let data = image_folder(ws.path(), &["a", "b"], 4, "png");
+    std::os::unix::fs::symlink("/", data.join("everything")).unwrap();
+    refused(ws.path(), &image_sets(&data), 2, &["everything cannot be used", "symbolic link to /, outside data.dir"]);
+    // A link that stays inside the data is a class like any other.
+    std::fs::remove_file(data.join("everything")).unwrap();
+    std::os::unix::fs::symlink(data.join("b"), data.join("c")).unwrap();
+    let mut cmd = common::train(ws.path());
+    common::with_sets(cmd.args(["--output-dir", "out"]), &image_sets(&data));
+    cmd.assert().success();
+}
+
+#[test]
+fn early_stopping_on_val_accuracy_for_regression_is_refused_naming_the_key() {
+    let ws = tempfile::tempdir().unwrap();
+    let p = ws.path().join("d.safetensors");
+    safetensors(&p, &[("x", "F32", &[10, 2], &f32s(20)), ("y", "F32", &[10], &f32s(10))]);
+    let mut sets = tensors_sets(&p);
+    sets.push("training.early_stopping={metric: val_accuracy, patience: 1}".into());
+    refused(ws.path(), &sets, 2, &["training.early_stopping.metric", "regression", "no accuracy"]);
+}
+
+/// A memory cgroup limited to `limit` bytes, removed on drop; `None` where this process may
+/// not make one (not root, no memory controller).
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> Option<Self> {
+        let name = format!("train-test-{}", std::process::id());
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let (dir, file) = if v2 {
+            (Path::new("/sys/fs/cgroup").join(&name), "memory.max")
+        } else {
+            (Path::new("/sys/fs/cgroup/memory").join(&name), "memory.limit_in_bytes")
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let group = Self(dir);
+        std::fs::write(group.0.join(file), limit.to_string()).ok()?;
+        Some(group)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_data_set_larger_than_its_memory_cgroup_is_refused_naming_the_cgroup() {
+    let Some(group) = MemoryCgroup::new(900 << 20) else {
+        eprintln!("skipped: cannot make a memory cgroup here");
+        return;
+    };
+    let ws = tempfile::tempdir().unwrap();
+    let p = ws.path().join("d.safetensors");
+    // 512 MiB of float32 `x` (a sparse file: zeros cost no disk): 1.5 GiB once loaded,
+    // far below the host's available memory, above the cgroup's 900 MiB.
+    let rows = 1u64 << 20;
+    let mut h = serde_json::Map::new();
+    h.insert("y".into(), serde_json::json!({"dtype": "I64", "shape": [rows], "data_offsets": [0, rows * 8]}));
+    h.insert(
+        "x".into(),
+        serde_json::json!({"dtype": "F32", "shape": [rows, 128], "data_offsets": [rows * 8, rows * 8 + rows * 512]}),
+    );
+    let mut h = serde_json::to_vec(&h).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&h).unwrap();
+    f.set_len(8 + h.len() as u64 + rows * 8 + rows * 512).unwrap();
+    drop(f);
+    let procs = group.0.join("cgroup.procs");
+    let exe = assert_cmd::cargo::cargo_bin("train");
+    let mut args = vec!["--output-dir".to_string(), "out".into()];
+    for s in tensors_sets(&p) {
+        args.extend(["--set".into(), s]);
+    }
+    let script = format!("echo $$ > {} && exec \"$@\"", procs.display());
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script, "bash"])
+        .arg(&exe)
+        .args(&args)
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("d.safetensors needs"), "{stderr}");
+    assert!(stderr.contains("cgroup limit of /sys/fs/cgroup/"), "{stderr}");
+    assert!(stderr.contains("train-test-"), "{stderr}");
+    assert!(!ws.path().join("out").exists());
+}
+
+#[test]
+fn a_file_size_limit_fails_the_save_naming_the_file_instead_of_killing_with_153() {
+    let ws = tempfile::tempdir().unwrap();
+    idx_set(ws.path(), 64, 16, (28, 28));
+    let exe = assert_cmd::cargo::cargo_bin("train");
+    let mut args = vec!["--output-dir".to_string(), "out".into()];
+    let mut sets = base(ws.path());
+    // 784 x 512 float32 weights: a 1.6 MB checkpoint, past a 256 KiB limit.
+    sets[2] = "model.mlp.hidden=[512]".into();
+    sets.push("training.epochs=1".into());
+    for s in sets {
+        args.extend(["--set".into(), s]);
+    }
+    let out = std::process::Command::new("bash")
+        .args(["-c", "ulimit -f 256 && exec \"$@\"", "bash"])
+        .arg(&exe)
+        .args(&args)
+        .current_dir(ws.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(error.contains("out/checkpoints"), "{error}");
+    assert!(error.contains("file-size limit, `ulimit -f`, was reached"), "{error}");
+}

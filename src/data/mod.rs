@@ -57,14 +57,16 @@ pub enum DataError {
         path: PathBuf,
     },
     /// Loading the data set would need more host memory than there is.
-    #[error("data file {path} needs {} of host memory once loaded, the host has {} available", bytesize::ByteSize(*needed), bytesize::ByteSize(*available))]
+    #[error("data file {path} needs {} of host memory once loaded, more than the {} of {from} available", bytesize::ByteSize(*needed), bytesize::ByteSize(*available))]
     TooLarge {
         /// The file.
         path: PathBuf,
         /// Bytes it would take.
         needed: u64,
-        /// Bytes available (`MemAvailable`).
+        /// Bytes available (`MemAvailable`, or the memory cgroup's headroom when smaller).
         available: u64,
+        /// Where `available` comes from ([`crate::memory::probe::HostMemory::available_from`]).
+        from: String,
     },
     /// A data file that reads but cannot be used: sizes that overflow or exceed what the
     /// file holds, non-finite values, an image too large to decode in the memory there is.
@@ -342,11 +344,13 @@ fn read_error(key: &'static str, path: &Path, source: std::io::Error) -> DataErr
     }
 }
 
-/// Refuses to load `path` when it would take more than the host's available memory.
+/// Refuses to load `path` when it would take more than the available memory (the host's,
+/// or its memory cgroup's when that is smaller).
 fn check_host_memory(path: &Path, needed: u64) -> Result<(), DataError> {
-    match crate::memory::probe::host().available {
+    let host = crate::memory::probe::host();
+    match host.available {
         Some(available) if needed > available => {
-            Err(DataError::TooLarge { path: path.to_path_buf(), needed, available })
+            Err(DataError::TooLarge { path: path.to_path_buf(), needed, available, from: host.available_from() })
         }
         _ => Ok(()),
     }

@@ -6,7 +6,10 @@
 //!   of two processes or two runs never interleave;
 //! - a line is only a line once its newline is there: a last line without one is a torn
 //!   write (a crash, or a run still writing it), which readers skip with a warning and the
-//!   next append cuts off before writing;
+//!   next append cuts off before writing; a line that does not parse is an error for
+//!   `train report` (naming it) and skipped with a warning by the run's own decisions
+//!   (early stopping on resume);
+//! - only a regular file is read (a FIFO would block the reader);
 //! - JSON has no NaN, so a NaN loss is written as `null`, and read back as NaN.
 
 use std::fs::{self, OpenOptions};
@@ -168,7 +171,7 @@ impl MetricsLog {
     /// not survive), so a resumed run logs no step twice, and a torn last line. Rewrites
     /// atomically.
     pub fn truncate_after(&self, step: u64) -> std::io::Result<()> {
-        let text = match fs::read_to_string(&self.path) {
+        let text = match read_regular(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
@@ -188,7 +191,14 @@ impl MetricsLog {
     /// [`std::io::ErrorKind::InvalidData`] error carrying a [`BadLine`] (its line number);
     /// a last line without its newline is a torn write, skipped with a warning.
     pub fn read_all(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
-        let text = fs::read_to_string(path)?;
+        Self::parse(path, false)
+    }
+
+    /// The lines of the file; `lenient`: a line that does not parse (garbage from a disk
+    /// error, an editor, another program) is skipped with a warning naming its number, as a
+    /// torn last line is, instead of failing the read.
+    fn parse(path: &Path, lenient: bool) -> std::io::Result<Vec<MetricsLine>> {
+        let text = read_regular(path)?;
         let (whole, torn) = split_torn(&text);
         if !torn.is_empty() {
             tracing::warn!(
@@ -198,20 +208,28 @@ impl MetricsLog {
                 "skipping the last line of the metrics: it has no newline (a write cut short, or still going on)"
             );
         }
-        whole
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|source| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, BadLine { line: i + 1, source })
-                })
-            })
-            .collect()
+        let mut lines = Vec::new();
+        for (i, l) in whole.lines().enumerate() {
+            match serde_json::from_str(l) {
+                Ok(line) => lines.push(line),
+                Err(source) if lenient => tracing::warn!(
+                    path = %path.display(),
+                    line = i + 1,
+                    "skipping line {} of the metrics: it does not parse ({source})",
+                    i + 1
+                ),
+                Err(source) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, BadLine { line: i + 1, source }))
+                }
+            }
+        }
+        Ok(lines)
     }
 
-    /// The epoch lines in the file.
+    /// The epoch lines in the file, for decisions such as early stopping: a line that does
+    /// not parse is skipped with a warning naming it rather than refusing the run.
     pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
-        Ok(Self::read_all(path)?
+        Ok(Self::parse(path, true)?
             .into_iter()
             .filter_map(|l| match l {
                 MetricsLine::Epoch(m) => Some(m),
@@ -219,6 +237,18 @@ impl MetricsLog {
             })
             .collect())
     }
+}
+
+/// The text of `path`, which must be a regular file: reading a FIFO would block until a
+/// writer comes (`train report` on one hung forever).
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    if !fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or folder); the metrics are a file that train writes",
+        ));
+    }
+    fs::read_to_string(path)
 }
 
 /// `text` as its whole lines (each ending in a newline) and what follows the last newline.

@@ -193,3 +193,18 @@ fn epoch_line(epoch: u32, val_loss: f64) -> EpochMetrics {
         host_rss_bytes: Some(512 << 20),
     }
 }
+
+#[test]
+fn a_fifo_as_metrics_file_is_refused_instead_of_hanging() {
+    let run = tempfile::tempdir().unwrap();
+    let fifo = std::ffi::CString::new(run.path().join("metrics.jsonl").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    common::train(run.path())
+        .arg("report")
+        .arg(".")
+        .timeout(std::time::Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("metrics.jsonl").and(predicate::str::contains("not a regular file")));
+}

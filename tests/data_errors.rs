@@ -423,3 +423,50 @@ fn a_file_size_limit_fails_the_save_naming_the_file_instead_of_killing_with_153(
     assert!(error.contains("out/checkpoints"), "{error}");
     assert!(error.contains("file-size limit, `ulimit -f`, was reached"), "{error}");
 }
+
+#[test]
+fn nan_data_is_refused_at_load_naming_the_array_and_index() {
+    let ws = tempfile::tempdir().unwrap();
+    let p = ws.path().join("d.safetensors");
+    let y = i64s(&[0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    let mut x: Vec<f32> = (0..20).map(|i| i as f32).collect();
+    x[7] = f32::NAN;
+    let x: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    safetensors(&p, &[("x", "F32", &[10, 2], &x), ("y", "I64", &[10], &y)]);
+    refused(ws.path(), &tensors_sets(&p), 2, &["d.safetensors cannot be used", "array `x` holds NaN at index [3, 1]"]);
+    // A float64 target beyond float32's range becomes infinite once converted.
+    let y: Vec<u8> = (0..10).flat_map(|i| if i == 4 { 1e300f64 } else { 0.5 }.to_le_bytes()).collect();
+    safetensors(&p, &[("x", "F32", &[10, 2], &f32s(20)), ("y", "F64", &[10], &y)]);
+    refused(ws.path(), &tensors_sets(&p), 2, &["array `y` holds inf at index [4]"]);
+}
+
+#[test]
+fn a_nan_resume_or_init_file_is_refused_naming_file_and_tensor_instead_of_the_lr_advice() {
+    let ws = tempfile::tempdir().unwrap();
+    let p = ws.path().join("d.safetensors");
+    safetensors(&p, &[("x", "F32", &[10, 2], &f32s(20)), ("y", "I64", &[10], &i64s(&[0, 1, 0, 1, 0, 1, 0, 1, 0, 1]))]);
+    let mut cmd = common::train(ws.path());
+    common::with_sets(cmd.args(["--output-dir", "good"]), &tensors_sets(&p));
+    cmd.arg("--set").arg("training.epochs=1").assert().success();
+    // The good run's weights, the first one poisoned with a NaN, as a plain safetensors file.
+    let latest =
+        train::checkpoint::CheckpointFile::open(&ws.path().join("good/checkpoints/latest.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    for e in latest.entries().iter().filter(|e| !e.name.starts_with(train::checkpoint::OPTIMIZER_PREFIX)) {
+        let mut bytes = latest.read(&e.name).unwrap().to_vec();
+        if tensors.is_empty() {
+            bytes[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        tensors.push((e.name.clone(), e.shape.iter().map(|&d| d as u64).collect(), bytes));
+    }
+    let first = tensors[0].0.clone();
+    let table: Vec<(&str, &str, &[u64], &[u8])> =
+        tensors.iter().map(|(n, s, b)| (n.as_str(), "F32", s.as_slice(), b.as_slice())).collect();
+    safetensors(&ws.path().join("nan.safetensors"), &table);
+    let mut sets = tensors_sets(&p);
+    sets.push("run.resume=nan.safetensors".into());
+    refused(ws.path(), &sets, 2, &["nan.safetensors", &format!("tensor `{first}` holds NaN values")]);
+    let mut sets = tensors_sets(&p);
+    sets.push("model.init_from=nan.safetensors".into());
+    refused(ws.path(), &sets, 2, &["nan.safetensors", &format!("tensor `{first}` holds NaN values")]);
+}

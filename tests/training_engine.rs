@@ -195,17 +195,18 @@ fn a_torchscript_module_trains_and_checkpoints() {
     assert!(!d.join("bad").exists());
 }
 
-/// Writes `x` [rows, 4] f32 and `y` [rows] i64 (two classes); the first `poisoned` rows
-/// hold an infinity, so any batch with one of them has a non-finite loss (the last 10% of
-/// rows are the validation split).
+/// Writes `x` [rows, 4] f32 and `y` [rows] f32 regression targets; the first `poisoned`
+/// rows' targets are `f32::MAX`, so any batch with one of them has an infinite squared
+/// error (the last 10% of rows are the validation split). The data itself is finite: data
+/// holding NaN or infinity is refused at load
+/// (`nan_data_is_refused_at_load_naming_the_array_and_index`).
 fn write_poisoned_tensors(path: &Path, rows: usize, poisoned: usize) {
-    let x: Vec<u8> = (0..rows * 4)
-        .flat_map(|i| if i / 4 < poisoned { f32::INFINITY } else { (i % 7) as f32 * 0.1 }.to_le_bytes())
-        .collect();
-    let y: Vec<u8> = (0..rows as i64).flat_map(|i| (i % 2).to_le_bytes()).collect();
+    let x: Vec<u8> = (0..rows * 4).flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes()).collect();
+    let y: Vec<u8> =
+        (0..rows).flat_map(|i| if i < poisoned { f32::MAX } else { (i % 2) as f32 }.to_le_bytes()).collect();
     let views = vec![
         ("x", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, 4], &x).unwrap()),
-        ("y", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows], &y).unwrap()),
+        ("y", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows], &y).unwrap()),
     ];
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -330,4 +331,30 @@ fn eval_reports_the_loss_and_accuracy_the_run_logged() {
         "model.mlp.hidden=[8]",
     ]);
     cmd.assert().failure().stderr(predicates::str::contains("fc1"));
+}
+
+#[test]
+fn a_garbage_metrics_line_does_not_refuse_a_resume_with_early_stopping() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::make_dataset(&d.join("data"), 128, 32);
+    let data = format!("data.dir={}", d.join("data").display());
+    let mut sets = vec![
+        data.as_str(),
+        "training.batch_size=64",
+        "model.mlp.hidden=[8]",
+        "training.epochs=1",
+        "training.early_stopping={metric: val_loss, patience: 5}",
+    ];
+    run(d, "es", &sets);
+    // A line of garbage in the middle (a disk error, an editor), newline and all.
+    let path = d.join("es/metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1, "\u{0}\u{0}garbage{");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    sets[3] = "training.epochs=2";
+    let log = run(d, "es", &sets);
+    assert!(log.contains("skipping line 2 of the metrics"), "{log}");
+    assert_eq!(epochs(&d.join("es")).len(), 2);
 }

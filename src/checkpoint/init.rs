@@ -24,6 +24,10 @@ use crate::dtype::{is_float, to_kind};
 /// Prefixes wrappers put before every name (`DistributedDataParallel`, `torch.compile`).
 const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
 
+/// The most rows of each kind (shape differs, not in file, not in model) the logged table
+/// and the strict refusal show; the rest are counted, and the full table is logged at debug.
+pub const TABLE_ROWS: usize = 20;
+
 /// A tensor whose shape differs between the file and the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeMismatch {
@@ -62,16 +66,35 @@ impl InitReport {
 
     /// The differences as one table: `status  name  file  model`, one row per tensor.
     pub fn table(&self) -> String {
+        self.table_within(usize::MAX)
+    }
+
+    /// Whether [`InitReport::table_within`] `limit` leaves rows out.
+    pub fn exceeds(&self, limit: usize) -> bool {
+        [self.mismatched.len(), self.missing.len(), self.unexpected.len()].iter().any(|&n| n > limit)
+    }
+
+    /// The table with at most `limit` rows of each kind, and a row counting the rest of a
+    /// kind: a file of 200,000 tensors made a 7.6 MB table in the log.
+    pub fn table_within(&self, limit: usize) -> String {
         let mut rows: Vec<[String; 4]> = Vec::new();
-        for m in &self.mismatched {
+        let more = |rows: &mut Vec<[String; 4]>, status: &str, n: usize| {
+            if n > limit {
+                rows.push([status.into(), format!("... and {} more", n - limit), String::new(), String::new()]);
+            }
+        };
+        for m in self.mismatched.iter().take(limit) {
             rows.push(["shape differs".into(), m.name.clone(), format!("{:?}", m.file), format!("{:?}", m.model)]);
         }
-        for n in &self.missing {
+        more(&mut rows, "shape differs", self.mismatched.len());
+        for n in self.missing.iter().take(limit) {
             rows.push(["not in file".into(), n.clone(), "-".into(), "fresh".into()]);
         }
-        for n in &self.unexpected {
+        more(&mut rows, "not in file", self.missing.len());
+        for n in self.unexpected.iter().take(limit) {
             rows.push(["not in model".into(), n.clone(), "unused".into(), "-".into()]);
         }
+        more(&mut rows, "not in model", self.unexpected.len());
         let header = ["status".to_string(), "tensor".into(), "file".into(), "model".into()];
         let widths: Vec<usize> = (0..4)
             .map(|i| rows.iter().chain(std::iter::once(&header)).map(|r| r[i].len()).max().unwrap_or(0))
@@ -184,7 +207,7 @@ pub fn init_from(
         }
     }
     if strict && !report.is_exact() {
-        return Err(CheckpointError::InitMismatch { path, table: report.table() });
+        return Err(CheckpointError::InitMismatch { path, table: report.table_within(TABLE_ROWS) });
     }
     let outcome = load_into(file, &same, None, device, strategy, false)?;
     let _guard = tch::no_grad_guard();
@@ -223,5 +246,23 @@ mod tests {
         assert!(lines[3].contains("not in model") && lines[3].contains("pooler.dense.weight"));
         assert!(!report.is_exact());
         assert!(report.summary().starts_with("initialised 2 tensors from w.pth: 1 not in the file"));
+    }
+
+    #[test]
+    fn an_init_table_of_200000_tensors_is_capped_with_the_rest_counted() {
+        let report = InitReport {
+            path: "huge.safetensors".into(),
+            unexpected: (0..200_000).map(|i| format!("layers.{i}.weight")).collect(),
+            missing: vec!["fc.bias".into()],
+            ..InitReport::default()
+        };
+        assert!(report.exceeds(TABLE_ROWS));
+        let table = report.table_within(TABLE_ROWS);
+        let lines: Vec<&str> = table.lines().collect();
+        // Header, 1 not in file, 20 not in model, one count.
+        assert_eq!(lines.len(), 23, "{table}");
+        assert!(lines[22].contains("not in model") && lines[22].contains("... and 199980 more"), "{table}");
+        assert!(table.len() < 4096, "{} bytes", table.len());
+        assert_eq!(report.table().lines().count(), 200_002);
     }
 }

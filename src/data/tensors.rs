@@ -307,12 +307,16 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
         // The default `x` is always float32 (the built-in models' input); named inputs keep
         // integer ids as int64, as embedding layers need.
         let kind = if !named || is_float(h.dtype) { Kind::Float } else { Kind::Int64 };
-        tensors.push(t.to_kind(kind));
+        let t = t.to_kind(kind);
+        check_finite(path, name, &t)?;
+        tensors.push(t);
     }
     let yt = arrays.tensor(target_name, &y).map_err(format)?;
     let (task, yt) = if floating {
         let outputs = if y.shape.len() == 2 { y.shape[1] as i64 } else { 1 };
-        (Task::Regression { outputs }, yt.to_kind(Kind::Float).view([n as i64, outputs]))
+        let yt = yt.to_kind(Kind::Float);
+        check_finite(path, target_name, &yt)?;
+        (Task::Regression { outputs }, yt.view([n as i64, outputs]))
     } else {
         let yt = yt.to_kind(Kind::Int64);
         let (lo, hi) = (yt.min().int64_value(&[]), yt.max().int64_value(&[]));
@@ -333,6 +337,36 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
     let input_shape = headers[0].shape[1..].iter().map(|&d| d as i64).collect();
     let (train, val) = split_tail(tensors, yt, val);
     Ok(Dataset { train, val, task, input_shape })
+}
+
+/// Refuses a float array holding NaN or infinity (after its conversion to float32, where a
+/// float64 beyond float32's range becomes infinite), naming the array and the first such
+/// value's index: the first batch holding it would make the loss non-finite, and the run
+/// would stop blaming the learning rate.
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), DataError> {
+    if !t.is_floating_point() {
+        return Ok(());
+    }
+    let bad = t.isfinite().logical_not();
+    if bad.any().int64_value(&[]) == 0 {
+        return Ok(());
+    }
+    let first = bad.flatten(0, -1).to_kind(Kind::Uint8).argmax(0, false).int64_value(&[]);
+    let value = t.flatten(0, -1).double_value(&[first]);
+    let mut index = Vec::new();
+    let mut rest = first;
+    for &d in t.size().iter().rev() {
+        index.push(rest % d);
+        rest /= d;
+    }
+    index.reverse();
+    Err(DataError::Unusable {
+        path: path.to_path_buf(),
+        reason: format!(
+            "array `{name}` holds {value} at index {index:?} (as float32): data must be finite; drop or repair those \
+             rows"
+        ),
+    })
 }
 
 /// Refuses a dtype outside `table`, naming the array.

@@ -100,6 +100,19 @@ pub enum RunError {
         /// Its loss.
         loss: f64,
     },
+    /// Weights loaded from a file (`--resume`, `--init-from`) hold NaN or infinite values.
+    #[error(
+        "{path}: tensor `{tensor}` holds {what} values, which no training can start from (a checkpoint of a diverged \
+         run?); resume from an earlier checkpoint (--resume PATH) or start afresh"
+    )]
+    NonFiniteWeights {
+        /// The file loaded.
+        path: PathBuf,
+        /// The first tensor (by name) that is not finite.
+        tensor: String,
+        /// `NaN` or `infinite`.
+        what: &'static str,
+    },
     /// Another process holds the run folder.
     #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
     Busy {
@@ -134,6 +147,7 @@ impl RunError {
                     | Self::Busy { .. }
                     | Self::NotAFolder { .. }
                     | Self::Position { .. }
+                    | Self::NonFiniteWeights { .. }
             ),
         }
     }

@@ -116,7 +116,8 @@ pub fn resume(
         let meta = file.meta_or_imported();
         let result = check_position(&meta, cfg.training.batch_size, batches)
             .map_err(|why| RunError::Position { path: file.path().to_path_buf(), why })
-            .and_then(|()| load_planned(cfg, trainer, file).map(|_| ()));
+            .and_then(|()| load_planned(cfg, trainer, file).map(|_| ()))
+            .and_then(|()| check_finite_weights(trainer, file.path()));
         match result {
             Ok(()) => return Ok(Some(file.path().to_path_buf())),
             // A changed batch size is the user's to settle (the error says how), not a reason
@@ -201,12 +202,43 @@ fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(
     let (report, strategy) = with_planned_strategy(cfg, trainer, &file, RunError::InitFrom, |trainer, strategy| {
         checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, cfg.model.init_strict)
     })?;
+    check_finite_weights(trainer, path)?;
     let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
     if report.is_exact() {
         tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());
     } else {
         tracing::warn!(seconds, strategy = strategy.name(), "{} (model.init_strict refuses this):", report.summary());
-        tracing::warn!("differences between {} and the model:\n{}", path.display(), report.table().trim_end());
+        let limit = checkpoint::init::TABLE_ROWS;
+        tracing::warn!(
+            "differences between {} and the model:\n{}",
+            path.display(),
+            report.table_within(limit).trim_end()
+        );
+        if report.exceeds(limit) {
+            tracing::info!("the first {limit} rows of each kind are shown; RUST_LOG=debug logs the full table");
+            tracing::debug!(
+                "every difference between {} and the model:\n{}",
+                path.display(),
+                report.table().trim_end()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses weights (and buffers) that are not all finite after loading `path`, naming the
+/// first such tensor by name: trained on, they made every loss NaN and the run stop with
+/// the learning-rate advice.
+fn check_finite_weights(trainer: &Trainer, path: &std::path::Path) -> Result<(), RunError> {
+    let vars = trainer.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &vars[name];
+        if t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0 {
+            let what = if t.isnan().any().int64_value(&[]) != 0 { "NaN" } else { "infinite" };
+            return Err(RunError::NonFiniteWeights { path: path.to_path_buf(), tensor: name.clone(), what });
+        }
     }
     Ok(())
 }

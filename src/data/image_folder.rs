@@ -103,7 +103,8 @@ fn numbered(files: Vec<Vec<PathBuf>>) -> Files {
 
 /// The most host memory decoding one image takes, from its header: the file's bytes, the
 /// decoder's full-size buffer (width x height x the decoded color type's bytes per pixel),
-/// and its conversion to `channels` bytes per pixel before the resize.
+/// and, when that type is not the one wanted, its conversion to `channels` bytes per pixel
+/// before the resize.
 fn decode_bytes(path: &Path, channels: u32) -> Result<(u64, (u32, u32)), DataError> {
     let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
     let file_len = std::fs::metadata(path).map_err(|e| read_error("data.dir", path, e))?.len();
@@ -116,7 +117,13 @@ fn decode_bytes(path: &Path, channels: u32) -> Result<(u64, (u32, u32)), DataErr
     let decoder = reader.into_decoder().map_err(|e| bad(format!("cannot read the image's header: {e}")))?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     let full = image::ImageDecoder::total_bytes(&decoder);
-    let converted = u64::from(w) * u64::from(h) * u64::from(channels);
+    // `into_rgb8`/`into_luma8` convert in a second buffer only when the decoded type differs.
+    let target = if channels == 1 { image::ColorType::L8 } else { image::ColorType::Rgb8 };
+    let converted = if image::ImageDecoder::color_type(&decoder) == target {
+        0
+    } else {
+        u64::from(w) * u64::from(h) * u64::from(channels)
+    };
     Ok((file_len.saturating_add(full).saturating_add(converted), (w, h)))
 }
 
@@ -163,12 +170,12 @@ fn decode(
     let filter = image::imageops::FilterType::Triangle;
     let plane = (h * w) as usize;
     if channels == 1 {
-        let g = image::imageops::resize(&img.to_luma8(), w, h, filter);
+        let g = image::imageops::resize(&img.into_luma8(), w, h, filter);
         for (o, p) in out.iter_mut().zip(g.pixels()) {
             *o = f32::from(p.0[0]) / 255.0;
         }
     } else {
-        let rgb = image::imageops::resize(&img.to_rgb8(), w, h, filter);
+        let rgb = image::imageops::resize(&img.into_rgb8(), w, h, filter);
         for (i, p) in rgb.pixels().enumerate() {
             for c in 0..3 {
                 out[c * plane + i] = f32::from(p.0[c]) / 255.0;

@@ -68,13 +68,18 @@ fn safetensors(path: &Path, tensors: &[(&str, &str, &[u64], &[u8])]) {
     file.write_all(&data).unwrap();
 }
 
-fn tensors_sets(path: &Path) -> Vec<String> {
+/// A small mlp on the CPU over data of `kind` at `path` (the value of `key`).
+fn sets_for(kind: &str, key: &str, path: &Path) -> Vec<String> {
     vec![
-        "data.kind=tensors".into(),
-        format!("data.path={}", path.display()),
+        format!("data.kind={kind}"),
+        format!("{key}={}", path.display()),
         "run.device=cpu".into(),
         "model.mlp.hidden=[8]".into(),
     ]
+}
+
+fn tensors_sets(path: &Path) -> Vec<String> {
+    sets_for("tensors", "data.path", path)
 }
 
 fn f32s(n: usize) -> Vec<u8> {
@@ -221,9 +226,7 @@ fn npz(path: &Path, entries: &[(&str, Vec<u8>)]) {
 }
 
 fn npz_sets(path: &Path) -> Vec<String> {
-    let mut sets = tensors_sets(path);
-    sets[0] = "data.kind=npz".into();
-    sets
+    sets_for("npz", "data.path", path)
 }
 
 #[test]
@@ -265,15 +268,9 @@ fn image_folder(dir: &Path, classes: &[&str], per_class: usize, ext: &str) -> st
 }
 
 fn image_sets(data: &Path) -> Vec<String> {
-    vec![
-        "data.kind=image_folder".into(),
-        format!("data.dir={}", data.display()),
-        "data.image_size=[8, 8]".into(),
-        "data.val_fraction=0.25".into(),
-        "run.device=cpu".into(),
-        "model.mlp.hidden=[8]".into(),
-        "training.epochs=1".into(),
-    ]
+    let mut sets = sets_for("image_folder", "data.dir", data);
+    sets.extend(["data.image_size=[8, 8]".into(), "data.val_fraction=0.25".into(), "training.epochs=1".into()]);
+    sets
 }
 
 #[test]

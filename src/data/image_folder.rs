@@ -114,7 +114,7 @@ fn decode_bytes(path: &Path, channels: u32) -> Result<(u64, (u32, u32)), DataErr
         .map_err(|e| read_error("data.dir", path, e))?;
     // Only the header is read here: the limits apply to the decode, planned from it.
     reader.no_limits();
-    let decoder = reader.into_decoder().map_err(|e| bad(format!("cannot read the image's header: {e}")))?;
+    let decoder = reader.into_decoder().map_err(|e| bad(format!("cannot decode the image's header: {e}")))?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     let full = image::ImageDecoder::total_bytes(&decoder);
     // `into_rgb8`/`into_luma8` convert in a second buffer only when the decoded type differs.

@@ -137,6 +137,24 @@ impl RunFolder {
             tracing::warn!("cannot cut {} back to step {step}: {e}", log.path().display());
         }
     }
+
+    /// After a run failed before any checkpoint was written: takes back what
+    /// [`Self::prepare`] wrote (the configuration, the metrics, an empty checkpoint folder)
+    /// and releases the folder as [`Self::release_unused`] does, so a failed first start
+    /// leaves no folder holding only `config.yaml`. A folder that holds any checkpoint file
+    /// is left as it is.
+    pub fn release_if_nothing_saved(self) {
+        let checkpoints = self.checkpoints();
+        let saved = std::fs::read_dir(&checkpoints).map_or(false, |mut d| d.next().is_some());
+        if saved {
+            return;
+        }
+        let _ = std::fs::remove_dir(&checkpoints);
+        for name in [CONFIG_FILE, METRICS_FILE] {
+            let _ = std::fs::remove_file(self.root.join(name));
+        }
+        self.release_unused();
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +178,25 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let err = RunFolder::acquire(&path).err().unwrap();
         assert!(matches!(err, RunError::NotAFolder { .. }) && err.is_usage(), "{err}");
+    }
+
+    #[test]
+    fn a_first_start_that_saved_nothing_takes_back_its_config_and_metrics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("runs/run");
+        let folder = RunFolder::acquire(&root).unwrap();
+        folder.prepare(&Config::default(), 0).unwrap();
+        std::fs::create_dir_all(folder.checkpoints()).unwrap();
+        assert!(root.join(CONFIG_FILE).exists());
+        folder.release_if_nothing_saved();
+        assert!(!tmp.path().join("runs").exists(), "nothing of the failed start is left");
+
+        let folder = RunFolder::acquire(&root).unwrap();
+        folder.prepare(&Config::default(), 0).unwrap();
+        std::fs::create_dir_all(folder.checkpoints()).unwrap();
+        std::fs::write(folder.checkpoints().join("latest.safetensors"), b"x").unwrap();
+        folder.release_if_nothing_saved();
+        assert!(root.join(CONFIG_FILE).exists(), "a folder with a checkpoint keeps its config");
     }
 
     #[test]

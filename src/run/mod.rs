@@ -100,6 +100,15 @@ pub enum RunError {
         /// Its loss.
         loss: f64,
     },
+    /// libtorch raised an error in a training step or an evaluation (the model failed on
+    /// this batch): the run cannot go on, and nothing is saved from the state it left.
+    #[error("{during}: {message}")]
+    Libtorch {
+        /// Where: `training step 12`, `evaluation after epoch 2`.
+        during: String,
+        /// libtorch's message, on one line.
+        message: String,
+    },
     /// Another process holds the run folder.
     #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
     Busy {
@@ -290,6 +299,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             // A failed save (a full disk, say) must not leave metrics claiming epochs that no
             // checkpoint holds: cut them back to what `latest` on disk records.
             folder.truncate_metrics_to_checkpoints(&log);
+            folder.release_if_nothing_saved();
             return Err(e);
         }
     };

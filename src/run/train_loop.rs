@@ -235,7 +235,9 @@ impl Loop<'_> {
             }
             let train_loss = trainer.finish_epoch(self.data.train.len());
             let eval_start = Instant::now();
-            let eval = trainer.evaluate(&self.data.val);
+            let eval = crate::fault::catch_torch(|| trainer.evaluate(&self.data.val)).map_err(|caught| {
+                RunError::Libtorch { during: format!("evaluation after epoch {epoch}"), message: caught.message() }
+            })?;
             let eval_seconds = eval_start.elapsed().as_secs_f64();
             trainer.last_eval = eval;
 
@@ -292,9 +294,13 @@ impl Loop<'_> {
         ys: &tch::Tensor,
     ) -> Result<StepOutcome, RunError> {
         loop {
-            let msg = match crate::fault::catch_oom(|| trainer.train_step(xs, ys)) {
+            let msg = match crate::fault::catch_torch(|| trainer.train_step(xs, ys)) {
                 Ok(step) => return Ok(step?),
-                Err(msg) => msg,
+                Err(caught) if caught.is_oom() => caught.message(),
+                Err(caught) => {
+                    let step = trainer.position.step + 1;
+                    return Err(RunError::Libtorch { during: format!("training step {step}"), message: caught.message() });
+                }
             };
             crate::memory::cuda::empty_cache();
             let n = ys.size()[0];

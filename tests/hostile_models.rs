@@ -1,0 +1,156 @@
+//! TorchScript modules that break training in ways a two-example eval-mode try does not
+//! see, a damaged archive and a state dict given as a module (the second hardening report,
+//! items 3 and 4, and issue 17 item 11): each is refused at start with one line and exit 2
+//! (exit 1 for a damaged file, or a failure only training meets), never a panic, and a
+//! refused start leaves no run folder behind. The modules come from
+//! `tests/reference/hostile_modules.py`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use tch::nn;
+
+/// The exported modules and their data, made once for every test here.
+fn modules() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let script = common::repo().join("tests/reference/hostile_modules.py");
+        common::run_python(&script, &[dir.path().to_str().unwrap()]);
+        dir
+    })
+    .path()
+}
+
+/// `train` on the module `name`.pt for `epochs` epochs in batches of 16, into `ws/out`.
+fn train(ws: &Path, name: &str, epochs: u32) -> std::process::Output {
+    let m = modules();
+    let mut cmd = common::train(ws);
+    cmd.args(["--output-dir", "out"]);
+    let sets = [
+        "run.device=cpu".to_string(),
+        "model.kind=torchscript".into(),
+        format!("model.torchscript.path={}", m.join(format!("{name}.pt")).display()),
+        "data.kind=tensors".into(),
+        format!("data.path={}", m.join("data.safetensors").display()),
+        "training.batch_size=16".into(),
+        format!("training.epochs={epochs}"),
+    ];
+    common::with_sets(&mut cmd, &sets);
+    cmd.output().unwrap()
+}
+
+/// Runs `name` and checks that it is refused with `code`, one `error:` line holding each
+/// of `fragments`, no panic, and no run folder left.
+fn refused(name: &str, code: i32, fragments: &[&str]) -> String {
+    let ws = tempfile::tempdir().unwrap();
+    let out = train(ws.path(), name, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{name}: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{name}: one error line: {stderr}");
+    for f in fragments {
+        assert!(errors[0].contains(f), "{name}: `{f}` not in: {}", errors[0]);
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("Exception raised from"), "{name}: {stderr}");
+    assert!(!ws.path().join("out").exists(), "{name}: a refused start leaves no folder: {:?}", common::files_under(ws.path()));
+    stderr
+}
+
+#[test]
+fn a_module_that_raises_only_in_training_is_refused_at_start() {
+    refused("raises_in_training", 2, &["train mode", "only in training"]);
+}
+
+#[test]
+fn a_module_whose_output_narrows_in_training_is_refused_at_start() {
+    refused("narrower_in_training", 2, &["train mode", "[16, 2]", "C >= 3"]);
+}
+
+#[test]
+fn a_module_that_drops_a_row_past_two_examples_is_refused_at_the_configured_batch() {
+    refused("drops_a_row", 2, &["[15, 3]", "batch of 16"]);
+}
+
+#[test]
+fn a_three_dimensional_output_is_refused_for_classes() {
+    refused("three_d", 2, &["[16, 3, 7]"]);
+}
+
+#[test]
+fn integer_and_bool_outputs_are_refused() {
+    refused("integer", 2, &["Int64", "floating point"]);
+    refused("boolean", 2, &["Bool", "floating point"]);
+}
+
+#[test]
+fn a_module_without_parameters_is_refused() {
+    refused("no_parameters", 2, &["no trainable parameters"]);
+}
+
+#[test]
+fn a_module_with_detached_outputs_is_refused() {
+    refused("detached", 2, &["detached"]);
+}
+
+#[test]
+fn a_module_that_resizes_or_reassigns_a_parameter_in_forward_is_refused() {
+    refused("resizes_a_parameter", 2, &["fc.weight"]);
+    refused("reassigns_a_parameter", 2, &["fc.weight"]);
+}
+
+#[test]
+fn a_cut_storage_record_is_refused_before_libtorch_reads_it() {
+    refused("cut_storage", 1, &["holds 4 bytes", "declares 96"]);
+}
+
+#[test]
+fn a_state_dict_given_as_a_torchscript_module_is_named_as_such() {
+    refused("state_dict", 2, &["model.torchscript.path", "torch.save file", "torch.jit.script"]);
+}
+
+#[test]
+fn a_libtorch_error_in_the_middle_of_training_is_one_line_with_exit_1() {
+    // The start-up try puts the call counter back, so the third step (of four an epoch)
+    // is the module's third train-mode call: it raises there. Nothing was saved yet, so the
+    // folder goes too.
+    let ws = tempfile::tempdir().unwrap();
+    let out = train(ws.path(), "fails_at_the_third_step", 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("training step 3") && errors[0].contains("the third call fails"), "{}", errors[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!ws.path().join("out").exists(), "{:?}", common::files_under(ws.path()));
+}
+
+#[test]
+fn the_start_up_try_leaves_batch_norm_statistics_and_weights_as_they_were() {
+    let m = modules();
+    let path = m.join("bn.pt");
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let cfg = train::config::ModelConfig {
+        kind: train::config::ModelKind::Torchscript,
+        torchscript: train::config::TorchscriptConfig { path: Some(path.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    let xs = [tch::Tensor::randn([16, 8], tch::kind::FLOAT_CPU)];
+    let ys = tch::Tensor::randint(3, [16], (tch::Kind::Int64, tch::Device::Cpu));
+    let task = train::data::Task::Classification { classes: 3 };
+    let _model = train::model::build(&cfg, &vs.root(), task, &[8], Some((&xs, &ys))).unwrap();
+    let fresh = train::model::script::ScriptModule::load(&path, tch::Device::Cpu).unwrap();
+    let variables = vs.variables();
+    let mut compared = 0;
+    for (name, want) in fresh.named_parameters().unwrap().into_iter().chain(fresh.named_buffers().unwrap()) {
+        let got = &variables[&name];
+        assert!(got.equal(&want), "{name} changed by the start-up try");
+        if let Some(g) = Some(got.grad()).filter(tch::Tensor::defined) {
+            assert_eq!(g.abs().sum(tch::Kind::Double).double_value(&[]), 0.0, "{name} keeps a gradient");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 9, "three layers' weights and biases, and BatchNorm's mean, var and count");
+}

@@ -24,7 +24,9 @@ pub const EXIT_INTERRUPTED: u8 = 75;
 /// Runs the command `cli` asks for; returns the exit code of a command that succeeded.
 pub fn dispatch(cli: Cli) -> Result<u8> {
     let is_run = matches!(cli.command, None | Some(Command::Run(_)));
-    if !is_run {
+    if is_run {
+        run::signals::early::exit_during_start_up();
+    } else {
         run::signals::early::release();
     }
     match cli.command {

@@ -54,8 +54,11 @@ impl RunFolder {
         if root.exists() && !root.is_dir() {
             return Err(RunError::NotAFolder { path: root.to_path_buf() });
         }
-        let created =
-            root.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+        let new: Vec<PathBuf> =
+            root.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+        let created = new.last().cloned();
+        // A signal during start-up ends the process from its handler: these go with it.
+        super::signals::forget_on_start_up_exit(&new);
         std::fs::create_dir_all(root).map_err(io)?;
         let lock = File::open(root).map_err(io)?;
         match lock.try_lock() {
@@ -138,15 +141,17 @@ impl RunFolder {
         }
     }
 
-    /// After a run failed before any checkpoint was written: takes back what
-    /// [`Self::prepare`] wrote (the configuration, the metrics, an empty checkpoint folder)
-    /// and releases the folder as [`Self::release_unused`] does, so a failed first start
-    /// leaves no folder holding only `config.yaml`. A folder that holds any checkpoint file
-    /// is left as it is.
+    /// After a run failed before it wrote anything worth keeping (no checkpoint file, no
+    /// metrics line): takes back what [`Self::prepare`] wrote (the configuration, the empty
+    /// metrics log, an empty checkpoint folder) and releases the folder as
+    /// [`Self::release_unused`] does, so a failed first start leaves no folder holding only
+    /// `config.yaml`. A folder with a checkpoint, or metrics to report (a diverged run's
+    /// event), is left as it is.
     pub fn release_if_nothing_saved(self) {
         let checkpoints = self.checkpoints();
-        let saved = std::fs::read_dir(&checkpoints).map_or(false, |mut d| d.next().is_some());
-        if saved {
+        let saved = std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some());
+        let logged = std::fs::metadata(self.root.join(METRICS_FILE)).is_ok_and(|m| m.len() > 0);
+        if saved || logged {
             return;
         }
         let _ = std::fs::remove_dir(&checkpoints);

@@ -249,6 +249,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         ranks::announce(Some(d), &start)?;
         ranks::join(d, &mut trainer, cfg)?;
     }
+    stop.begin_training();
     let log = folder.prepare(user_cfg, trainer.position.step)?;
     if let Some(d) = &dist {
         let detail = format!(

@@ -142,6 +142,7 @@ pub fn follow(
     join(dist, &mut trainer, cfg)?;
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(user_cfg);
+    stop.begin_training();
     let end = Loop { cfg, data: &data, saver: None, log: None, dist: Some(dist), stop, config_sha256: &sha }
         .run(&mut trainer)?;
     // Rank 0's last save is done once it gets here too.

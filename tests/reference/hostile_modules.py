@@ -106,6 +106,17 @@ class FailsAtTheThirdStep(Good):
         return self.fc(x)
 
 
+class SlowForward(Good):
+    """Spends minutes inside libtorch on every call: start-up is stuck in the try, where
+    no flag is looked at."""
+
+    def forward(self, x):
+        a = torch.ones(256, 256)
+        for _ in range(200000):
+            a = torch.tanh(a @ a * 0.001)
+        return self.fc(x) + a.sum() * 0.0
+
+
 class WithNorm(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -131,6 +142,7 @@ cases = {
     "resizes_a_parameter": ResizesAParameter,
     "reassigns_a_parameter": ReassignsAParameter,
     "fails_at_the_third_step": FailsAtTheThirdStep,
+    "slow_forward": SlowForward,
     "bn": WithNorm,
 }
 for name, cls in cases.items():

@@ -209,3 +209,14 @@ fn a_signal_while_start_up_is_stuck_inside_libtorch_exits_75_within_a_second() {
     assert!(!ws.path().join("out").exists(), "{:?}", common::files_under(ws.path()));
     eprintln!("exit 75 {late:?} after SIGTERM, start-up stuck in the module's forward");
 }
+
+/// The trust boundary (second hardening report, item 14) is said where users look.
+#[test]
+fn help_and_readme_say_that_a_torchscript_module_runs_code_and_data_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::train(dir.path()).arg("--help").assert().success().get_output().stdout.clone();
+    let help = String::from_utf8(out).unwrap();
+    assert!(help.contains("model.torchscript.path") && help.contains("runs its code"), "{help}");
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    assert!(readme.contains("**A module is a program.**") && readme.contains("never runs code"));
+}

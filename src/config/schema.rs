@@ -138,6 +138,8 @@ impl Default for GptConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TorchscriptConfig {
     /// The `.pt` file `torch.jit.save` wrote; its `forward` maps a batch of inputs to outputs.
+    /// Loading it runs its code: treat it like a program, from a source you trust (README,
+    /// "Models and data").
     pub path: Option<PathBuf>,
     /// Inputs passed to `forward` by keyword, each the data array of that name, with its
     /// integer or float kind kept (`[input_ids, attention_mask]`). Empty: one positional

@@ -208,7 +208,18 @@ fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(v) = &args.device {
         flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
-    let resolved = config::resolve(&request(&args.config, flags))?;
+    let mut sources = args.config.clone();
+    if sources.config.is_none() && sources.experiment.is_none() {
+        // A checkpoint in a run folder was trained with that folder's configuration.
+        let saved = args.checkpoint.parent().filter(|d| d.ends_with(crate::checkpoint::store::DIR_NAME)).and_then(
+            |d| Some(d.parent()?.join(run::folder::CONFIG_FILE)).filter(|c| c.is_file()),
+        );
+        if let Some(saved) = saved {
+            tracing::info!(config = %saved.display(), "no --config: using the configuration the run saved beside its checkpoints");
+            sources.config = Some(saved);
+        }
+    }
+    let resolved = config::resolve(&request(&sources, flags))?;
     let e = run::evaluate::evaluate(&resolved.config, &args.checkpoint)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -67,6 +67,7 @@ pub struct Trainer {
     schedule: ScheduleConfig,
     base_lr: f64,
     total_steps: u64,
+    batches_per_epoch: u64,
     bf16: bool,
     /// Micro-batches per optimiser step (doubled when a step runs out of memory).
     pub grad_accum_steps: i64,
@@ -112,11 +113,17 @@ impl Trainer {
             schedule: cfg.training.schedule.clone(),
             base_lr: cfg.training.optimizer.lr,
             total_steps: u64::from(cfg.training.epochs) * cfg.training.batches_per_epoch(data.train.len()),
+            batches_per_epoch: cfg.training.batches_per_epoch(data.train.len()),
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,
             dist: None,
         })
+    }
+
+    /// Optimiser steps in an epoch of this run's data.
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.batches_per_epoch
     }
 
     /// The model's variables by name (shallow clones sharing storage).

@@ -35,6 +35,16 @@ fn command(ws: &Path, name: &str, epochs: u32) -> assert_cmd::Command {
     cmd
 }
 
+/// `train` on `name`.pt for one epoch with `extra` arguments; its stderr, which must say it
+/// succeeded.
+fn trains(name: &str, extra: &[&str]) -> String {
+    let ws = tempfile::tempdir().unwrap();
+    let mut cmd = command(ws.path(), name, 1);
+    cmd.args(extra);
+    let out = cmd.assert().success().get_output().clone();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The arguments that train `name`.pt on the data for `epochs` epochs into `out`.
 fn args(name: &str, epochs: u32) -> Vec<String> {
     let m = modules();
@@ -219,4 +229,21 @@ fn help_and_readme_say_that_a_torchscript_module_runs_code_and_data_does_not() {
     assert!(help.contains("model.torchscript.path") && help.contains("runs its code"), "{help}");
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     assert!(readme.contains("**A module is a program.**") && readme.contains("never runs code"));
+}
+
+/// Regression (issue 17, item 8): `lengths` of shape [N] beside `x` [N, 8] got "need
+/// inputs [N, ...] ... with one N", although every array had N = 64.
+#[test]
+fn a_per_example_one_dimensional_named_input_is_accepted() {
+    trains("takes_lengths", &["--set", "model.torchscript.inputs=[x, lengths]"]);
+}
+
+/// Regression (issue 17, item 5): without the archive's list of `state_dict()` keys a
+/// non-persistent buffer was checkpointed, and a strict load in Python failed with nothing
+/// to say why. The start now says it, with the export line that fixes it.
+#[test]
+fn a_module_with_buffers_and_no_state_dict_keys_is_warned_about_at_start() {
+    let log = trains("bn", &[]);
+    assert!(log.contains("does not list its module's state_dict() keys") && log.contains("_extra_files"), "{log}");
+    assert!(!trains("good", &[]).contains("state_dict() keys"), "no buffers, nothing to say");
 }

@@ -136,7 +136,8 @@ fn fine_tuning_starts_from_torchvision_and_hugging_face_style_weights() {
     // Strictly, the same file is refused before anything is written, with the same table.
     let mut cmd = train_in(d, "strict", &RESNET18);
     cmd.args(["--init-from", "hf.safetensors", "--init-strict"]);
-    let out = cmd.assert().failure().get_output().clone();
+    // Exit 2 (issue 17, item 10): the command's fault, nothing written.
+    let out = cmd.assert().code(2).get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the model (model.init_strict is on)") && err.contains("fc.weight"), "{err}");
     assert!(!d.join("strict/checkpoints").exists() || common::files_under(&d.join("strict/checkpoints")).is_empty());

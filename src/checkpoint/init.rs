@@ -104,21 +104,25 @@ impl InitReport {
     }
 }
 
+/// The wrapper prefix (`module.`, `_orig_mod.`) that every weight name in a file carries
+/// and whose removal matches them to the model's names; `None` when names match as they
+/// are, or no such prefix does.
+pub(super) fn wrapper_prefix(weights: &[&Entry], vars: &HashMap<String, Tensor>) -> Option<&'static str> {
+    if weights.iter().any(|e| vars.contains_key(&e.name)) {
+        return None;
+    }
+    WRAPPER_PREFIXES.iter().copied().find(|p| {
+        weights.iter().all(|e| e.name.starts_with(p)) && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
+    })
+}
+
 /// How each model tensor pairs with the file, decided from the header alone.
 fn match_names<'f>(
     weights: &[&'f Entry],
     vars: &HashMap<String, Tensor>,
     report: &mut InitReport,
 ) -> Vec<(&'f Entry, String)> {
-    let direct = weights.iter().filter(|e| vars.contains_key(&e.name)).count();
-    let prefix = if direct > 0 {
-        None
-    } else {
-        WRAPPER_PREFIXES.iter().copied().find(|p| {
-            weights.iter().all(|e| e.name.starts_with(p))
-                && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
-        })
-    };
+    let prefix = wrapper_prefix(weights, vars);
     report.stripped_prefix = prefix.map(String::from);
     let model_name = |e: &Entry| prefix.map_or(e.name.clone(), |p| e.name[p.len()..].to_string());
     let mut pairs = Vec::new();

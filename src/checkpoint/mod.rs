@@ -43,20 +43,24 @@ pub enum CheckpointError {
         available: u64,
     },
     /// The model has a parameter the checkpoint lacks.
-    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs")]
+    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs{hint}")]
     MissingTensor {
         /// The file.
         path: PathBuf,
         /// The parameter's name.
         tensor: String,
+        /// What to do instead, when there is something (empty otherwise).
+        hint: &'static str,
     },
     /// The checkpoint has a weight the model does not.
-    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have")]
+    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have{hint}")]
     UnexpectedTensor {
         /// The file.
         path: PathBuf,
         /// The tensor's name.
         tensor: String,
+        /// What to do instead, when there is something (empty otherwise).
+        hint: &'static str,
     },
     /// Shape or dtype differ between the checkpoint and the model.
     #[error("checkpoint {path}: tensor `{tensor}` is {found}, the model needs {expected}")]
@@ -94,4 +98,19 @@ pub enum CheckpointError {
         /// libtorch's error.
         source: tch::TchError,
     },
+}
+
+impl CheckpointError {
+    /// Whether the file cannot fit this model or is not there, rather than being damaged
+    /// or failing to read: the command is at fault (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Self::MissingTensor { .. }
+            | Self::UnexpectedTensor { .. }
+            | Self::Mismatch { .. }
+            | Self::InitMismatch { .. } => true,
+            Self::File(train_store::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }

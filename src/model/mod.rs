@@ -367,7 +367,18 @@ fn build_torchscript(
     }
     let failed = |e: ScriptError| ModelError::Torchscript { path: path.clone(), reason: e.0 };
     let mut module = ScriptModule::load(&path, root.device()).map_err(failed)?;
-    register_tensors(&module, root, state_dict_keys(&path).as_deref()).map_err(failed)?;
+    let keys = state_dict_keys(&path);
+    if keys.is_none() && !module.named_buffers().map_err(failed)?.is_empty() {
+        // TorchScript keeps no trace of `persistent=False`: only the export can say.
+        tracing::warn!(
+            path = %path.display(),
+            "the archive does not list its module's state_dict() keys, so every buffer is checkpointed, \
+             non-persistent ones too (a strict load_state_dict in Python then reports them as unexpected); \
+             export with torch.jit.save(m, path, _extra_files={{\"{STATE_DICT_KEYS}\": \"\\n\".join(model.state_dict())}}) \
+             (README, Models and data)"
+        );
+    }
+    register_tensors(&module, root, keys.as_deref()).map_err(failed)?;
     // A module is saved in whatever mode it was in (scripted, usually train); `Scripted`
     // starts from eval and switches per call.
     module.set_training(false).map_err(failed)?;

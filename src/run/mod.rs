@@ -134,6 +134,9 @@ impl RunError {
         match self {
             Self::Data(e) => e.is_usage(),
             Self::Model(e) => e.is_usage(),
+            // An explicit --resume or --init-from file that is missing or does not fit the
+            // model (an `auto` resume only tries the run's own files).
+            Self::ResumeFrom(e) | Self::InitFrom(e) | Self::Checkpoint(e) => e.is_usage(),
             Self::Distributed(e) => e.is_usage(),
             _ => matches!(
                 self,

@@ -6,7 +6,7 @@ Usage: python hostile_modules.py OUT_DIR
 Writes OUT_DIR/<case>.pt for each case below, OUT_DIR/cut_storage.pt (good.pt with its first
 storage record cut to 4 bytes), OUT_DIR/state_dict.pt (torch.save of good's state dict),
 OUT_DIR/bn.pt (Linear + BatchNorm1d, scripted) and OUT_DIR/data.safetensors (x: [64, 8]
-float32, y: [64] int64 in 3 classes).
+float32, y: [64] int64 in 3 classes, lengths: [64] int64).
 """
 import sys
 import zipfile
@@ -117,6 +117,13 @@ class SlowForward(Good):
         return self.fc(x) + a.sum() * 0.0
 
 
+class TakesLengths(Good):
+    """A per-example 1-D input beside the features, as packed sequences take `lengths`."""
+
+    def forward(self, x, lengths):
+        return self.fc(x) * (lengths.float().unsqueeze(1) / 10.0)
+
+
 class WithNorm(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -143,6 +150,7 @@ cases = {
     "reassigns_a_parameter": ReassignsAParameter,
     "fails_at_the_third_step": FailsAtTheThirdStep,
     "slow_forward": SlowForward,
+    "takes_lengths": TakesLengths,
     "bn": WithNorm,
 }
 for name, cls in cases.items():
@@ -160,4 +168,5 @@ with zipfile.ZipFile(f"{out}/good.pt") as src, zipfile.ZipFile(f"{out}/cut_stora
 directions = torch.randn(3, 8)
 y = torch.randint(0, 3, (64,))
 x = directions[y] * 2.0 + 0.3 * torch.randn(64, 8)
-save_file({"x": x.contiguous(), "y": y}, f"{out}/data.safetensors")
+lengths = torch.randint(5, 15, (64,))
+save_file({"x": x.contiguous(), "y": y, "lengths": lengths}, f"{out}/data.safetensors")

@@ -342,7 +342,7 @@ fn start(
         train = data.train.len(),
         val = data.val.len(),
         task = ?data.task,
-        dir = %cfg.data.dir.display(),
+        from = %crate::data::source_of(&cfg.data).display(),
         "data loaded"
     );
     check_warmup(cfg, data.train.len())?;

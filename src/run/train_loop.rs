@@ -132,15 +132,22 @@ impl Loop<'_> {
             .collect();
         match policy::plateau(&history, rule) {
             Some(p) if p.stops(rule) => {
+                // The best value can be newer than the last improvement (a gain smaller than
+                // min_delta): say both, with the numbers written out.
+                let last_improved = history.len() as u32 - p.since;
                 tracing::info!(
                     best_epoch = p.best_epoch,
-                    best = p.best,
+                    best = %format_args!("{:.6}", p.best),
                     patience = rule.patience,
-                    "early stopping: {:?} has not improved by more than {} for {} epochs; the best epoch's checkpoint \
-                     is kept (epoch-{:04}, unless checkpoint.every_n_epochs skipped it)",
+                    "early stopping: {:?} last improved by more than {} at epoch {last_improved}, {} epochs ago \
+                     (patience {}); its best value, {:.6} at epoch {}, is kept (epoch-{:04}, unless \
+                     checkpoint.every_n_epochs skipped it)",
                     rule.metric,
                     rule.min_delta,
                     p.since,
+                    rule.patience,
+                    p.best,
+                    p.best_epoch,
                     p.best_epoch
                 );
                 Ok(true)
@@ -257,12 +264,14 @@ impl Loop<'_> {
                 host_rss_bytes: crate::memory::probe::host().rss,
             };
             self.append(&MetricsLine::Epoch(m.clone()))?;
+            // Accuracy does not apply to regression (NaN in the metrics): not shown.
+            let accuracy = Some(m.val_accuracy).filter(|a| !a.is_nan()).map(|a| format!("{a:.4}"));
             tracing::info!(
                 epoch,
                 of = total,
                 train_loss = format_args!("{:.4}", m.train_loss),
                 val_loss = format_args!("{:.4}", m.val_loss),
-                val_accuracy = format_args!("{:.4}", m.val_accuracy),
+                val_accuracy = accuracy.as_deref().map(tracing::field::display),
                 samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
                 checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
                 "epoch done"

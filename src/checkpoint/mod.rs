@@ -18,7 +18,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
-pub use init::{init_from, InitReport};
+pub use init::{init_from, InitOptions, InitReport};
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
 
@@ -82,6 +82,23 @@ pub enum CheckpointError {
         /// Every difference, as [`init::InitReport::table`] lays them out.
         table: String,
     },
+    /// `model.init_from` would load too little of the model (`model.init_min_loaded`).
+    #[error(
+        "{path} would load {loaded} of the model's {total} tensors, fewer than model.init_min_loaded ({min}) \
+         asks{hint}; to load what matches anyway, set model.init_min_loaded: 0"
+    )]
+    InitTooFew {
+        /// The file.
+        path: PathBuf,
+        /// Model tensors the file would load.
+        loaded: usize,
+        /// The model's tensors.
+        total: usize,
+        /// `model.init_min_loaded`.
+        min: f64,
+        /// The prefix mapping that would fit, when there is one (else empty).
+        hint: String,
+    },
     /// The optimiser rejected the saved state.
     #[error("checkpoint {path}: {source}")]
     Optimizer {
@@ -108,7 +125,8 @@ impl CheckpointError {
             Self::MissingTensor { .. }
             | Self::UnexpectedTensor { .. }
             | Self::Mismatch { .. }
-            | Self::InitMismatch { .. } => true,
+            | Self::InitMismatch { .. }
+            | Self::InitTooFew { .. } => true,
             Self::File(train_store::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

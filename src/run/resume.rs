@@ -199,13 +199,24 @@ fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(
     let file = CheckpointFile::open(path).map_err(|e| RunError::InitFrom(e.into()))?;
     let start = Instant::now();
     let (report, strategy) = with_planned_strategy(cfg, trainer, &file, RunError::InitFrom, |trainer, strategy| {
-        checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, cfg.model.init_strict)
+        let options = checkpoint::InitOptions {
+            strict: cfg.model.init_strict,
+            min_loaded: cfg.model.init_min_loaded,
+            prefix_map: &cfg.model.init_prefix_map,
+        };
+        checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, options)
     })?;
     let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
     if report.is_exact() {
         tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());
     } else {
-        tracing::warn!(seconds, strategy = strategy.name(), "{} (model.init_strict refuses this):", report.summary());
+        tracing::warn!(
+            seconds,
+            strategy = strategy.name(),
+            "{} (model.init_strict refuses this); {}",
+            report.summary(),
+            report.examples()
+        );
         tracing::warn!("differences between {} and the model:\n{}", path.display(), report.table().trim_end());
     }
     Ok(())

@@ -211,9 +211,11 @@ fn eval(args: &EvalArgs) -> Result<()> {
     let mut sources = args.config.clone();
     if sources.config.is_none() && sources.experiment.is_none() {
         // A checkpoint in a run folder was trained with that folder's configuration.
-        let saved = args.checkpoint.parent().filter(|d| d.ends_with(crate::checkpoint::store::DIR_NAME)).and_then(
-            |d| Some(d.parent()?.join(run::folder::CONFIG_FILE)).filter(|c| c.is_file()),
-        );
+        let saved = args
+            .checkpoint
+            .parent()
+            .filter(|d| d.ends_with(crate::checkpoint::store::DIR_NAME))
+            .and_then(|d| Some(d.parent()?.join(run::folder::CONFIG_FILE)).filter(|c| c.is_file()));
         if let Some(saved) = saved {
             tracing::info!(config = %saved.display(), "no --config: using the configuration the run saved beside its checkpoints");
             sources.config = Some(saved);

@@ -141,9 +141,9 @@ fn resume_strips_a_wrapper_prefix_and_points_weights_files_to_init_from() {
 
     resume("absent.pth", "absent").code(2).stderr(predicate::str::contains("absent.pth"));
     // Exit 2 (issue 17, item 10): a file that does not fit the model is the command's fault.
-    resume("partial.pt", "partial").code(2).stderr(
-        predicate::str::contains("has no tensor `out.bias`").and(predicate::str::contains("use --init-from")),
-    );
+    resume("partial.pt", "partial")
+        .code(2)
+        .stderr(predicate::str::contains("has no tensor `out.bias`").and(predicate::str::contains("use --init-from")));
 }
 
 #[test]

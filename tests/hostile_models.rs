@@ -77,7 +77,11 @@ fn refused(name: &str, code: i32, fragments: &[&str]) -> String {
         assert!(errors[0].contains(f), "{name}: `{f}` not in: {}", errors[0]);
     }
     assert!(!stderr.contains("panicked") && !stderr.contains("Exception raised from"), "{name}: {stderr}");
-    assert!(!ws.path().join("out").exists(), "{name}: a refused start leaves no folder: {:?}", common::files_under(ws.path()));
+    assert!(
+        !ws.path().join("out").exists(),
+        "{name}: a refused start leaves no folder: {:?}",
+        common::files_under(ws.path())
+    );
     stderr
 }
 

@@ -26,7 +26,13 @@ fn regression_run(d: &Path) -> String {
     cmd.args(["--output-dir", "reg"]);
     common::with_sets(
         &mut cmd,
-        &["run.device=cpu", "data.kind=tensors", "data.path=reg.safetensors", "training.epochs=1", "training.batch_size=16"],
+        &[
+            "run.device=cpu",
+            "data.kind=tensors",
+            "data.path=reg.safetensors",
+            "training.epochs=1",
+            "training.batch_size=16",
+        ],
     );
     let out = cmd.assert().success().get_output().clone();
     String::from_utf8_lossy(&out.stderr).into_owned()

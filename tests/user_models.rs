@@ -292,7 +292,10 @@ fn init_from_a_base_model_without_the_task_prefix_is_refused_then_mapped() {
     cmd.args(["--init-from", "minilm.safetensors"]);
     let out = cmd.assert().code(2).get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("would load 0 of the model's") && err.contains(r#"model.init_prefix_map: {"": "bert."}"#), "{err}");
+    assert!(
+        err.contains("would load 0 of the model's") && err.contains(r#"model.init_prefix_map: {"": "bert."}"#),
+        "{err}"
+    );
     assert!(!d.join("refused").exists(), "nothing written");
 
     let mut cmd = train_in(d, "mapped", &[&sets[..], &[r#"model.init_prefix_map={"": "bert."}"#]].concat());

@@ -114,7 +114,12 @@ impl InitReport {
             ("not in the model", self.unexpected.iter().map(String::as_str).collect()),
             ("shape differs", self.mismatched.iter().map(|m| m.name.as_str()).collect()),
         ];
-        kinds.into_iter().filter(|(_, n)| !n.is_empty()).map(|(k, n)| format!("{k}: {}", few(n))).collect::<Vec<_>>().join("; ")
+        kinds
+            .into_iter()
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(k, n)| format!("{k}: {}", few(n)))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// One line for the log: counts, and what was adapted.
@@ -195,14 +200,14 @@ fn mapped(name: &str, map: &BTreeMap<String, String>) -> String {
     }
 }
 
+/// A one-key `model.init_prefix_map` (file prefix, model prefix), how many names it pairs,
+/// and one pair it makes (model name, file name).
+type PrefixSuggestion<'a> = ((String, String), usize, (&'a str, &'a str));
+
 /// The one-key `model.init_prefix_map` that pairs the most file names with model names, when
 /// the two differ by a constant dotted prefix on either side (Hugging Face's base model
-/// saved without the `bert.` its task model carries, or the reverse), with how many it pairs
-/// and one example pair (model name, file name).
-fn suggest_prefix_map<'a>(
-    file: &[&'a str],
-    model: &[&'a str],
-) -> Option<((String, String), usize, (&'a str, &'a str))> {
+/// saved without the `bert.` its task model carries, or the reverse).
+fn suggest_prefix_map<'a>(file: &[&'a str], model: &[&'a str]) -> Option<PrefixSuggestion<'a>> {
     let (in_file, in_model): (std::collections::HashSet<&str>, std::collections::HashSet<&str>) =
         (file.iter().copied().collect(), model.iter().copied().collect());
     // Dotted suffixes of `name` (past each dot) that the other side holds, with the prefix.
@@ -212,6 +217,8 @@ fn suggest_prefix_map<'a>(
             .filter(|(_, rest)| other.contains(rest))
             .collect()
     };
+    // Per mapping: how many names it pairs, and the first pair.
+    #[allow(clippy::type_complexity)]
     let mut counts: HashMap<(String, String), (usize, (&str, &str))> = HashMap::new();
     for &m in model {
         for (prefix, rest) in splits(m, &in_file) {
@@ -223,7 +230,10 @@ fn suggest_prefix_map<'a>(
             counts.entry((prefix.to_string(), String::new())).or_insert((0, (rest, f))).0 += 1;
         }
     }
-    counts.into_iter().max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(k.0.len() + k.1.len()))).map(|(k, (n, e))| (k, n, e))
+    counts
+        .into_iter()
+        .max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(k.0.len() + k.1.len())))
+        .map(|(k, (n, e))| (k, n, e))
 }
 
 /// Loads the weights of `file` that fit into `vars` (the model's variables, on `device`),

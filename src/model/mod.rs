@@ -265,8 +265,9 @@ fn outputs_of(task: Task) -> i64 {
 
 /// Builds the configured model for `task` with inputs of `input_shape` (one example),
 /// refusing one whose weights and gradients would not fit in the memory of `root`'s device.
-/// `probe`, a couple of the data's examples (inputs and targets) on that device, is what a
-/// TorchScript module is tried on before training (zeros of `input_shape` without one).
+/// `probe`, a batch of the data (inputs and targets) of the size training uses, on that
+/// device, is what a TorchScript module is tried on before training (two examples of zeros
+/// of `input_shape` without one).
 pub fn build(
     cfg: &ModelConfig,
     root: &nn::Path,
@@ -387,7 +388,8 @@ fn build_torchscript(
     let (inputs, targets) = match probe {
         Some(batch) => batch,
         None => {
-            zeros = zeros_batch(task, input_shape, root.device()).map_err(|e| failed(ScriptError(libtorch_message(&e))))?;
+            zeros =
+                zeros_batch(task, input_shape, root.device()).map_err(|e| failed(ScriptError(libtorch_message(&e))))?;
             (&zeros.0[..], &zeros.1)
         }
     };
@@ -401,7 +403,9 @@ fn zeros_batch(task: Task, input_shape: &[i64], device: tch::Device) -> Result<(
     let (input_kind, targets) = match task {
         Task::Classification { .. } => (Kind::Float, Tensor::f_zeros([2], (Kind::Int64, device))?),
         Task::Regression { outputs } => (Kind::Float, Tensor::f_zeros([2, outputs], (Kind::Float, device))?),
-        Task::LanguageModel { .. } => (Kind::Int64, Tensor::f_zeros([&[2], input_shape].concat(), (Kind::Int64, device))?),
+        Task::LanguageModel { .. } => {
+            (Kind::Int64, Tensor::f_zeros([&[2], input_shape].concat(), (Kind::Int64, device))?)
+        }
     };
     Ok(([Tensor::f_zeros([&[2], input_shape].concat(), (input_kind, device))?], targets))
 }

@@ -43,11 +43,14 @@ pub(super) fn run(
     let saved: Vec<Tensor> = parameters.iter().chain(&buffers).map(|(_, t)| t.copy()).collect();
     // What each parameter is now, by value: the handles share the module's tensors, which
     // a `set_` in forward would change under them.
-    let layout: Vec<Layout> =
-        parameters.iter().map(|(n, t)| Layout { name: n.clone(), size: t.size(), data: t.data_ptr() as usize }).collect();
+    let layout: Vec<Layout> = parameters
+        .iter()
+        .map(|(n, t)| Layout { name: n.clone(), size: t.size(), data: t.data_ptr() as usize })
+        .collect();
     let mut n = targets.size()[0];
     let result = loop {
-        let (xs, ys): (Vec<Tensor>, Tensor) = (inputs.iter().map(|x| x.narrow(0, 0, n)).collect(), targets.narrow(0, 0, n));
+        let (xs, ys): (Vec<Tensor>, Tensor) =
+            (inputs.iter().map(|x| x.narrow(0, 0, n)).collect(), targets.narrow(0, 0, n));
         match both_modes(scripted, path, task, &xs, &ys, &layout) {
             Err(Failure::Oom(msg)) if n > 1 => {
                 tracing::info!(batch = n, "trying the module ran out of memory ({msg}); trying half the batch");

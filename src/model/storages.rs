@@ -145,8 +145,8 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
         let op = r.byte()?;
         match op {
             b'.' => return Ok(out),
-            0x80 => drop(r.take(1)?),  // PROTO
-            0x95 => drop(r.take(8)?),  // FRAME
+            0x80 => drop(r.take(1)?), // PROTO
+            0x95 => drop(r.take(8)?), // FRAME
             b'(' => stack.push(Rc::new(Value::Mark)),
             b')' => stack.push(Rc::new(Value::Tuple(Vec::new()))),
             0x85..=0x87 => {
@@ -185,7 +185,9 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
                 let n = match op {
                     b'X' => u64::from(u32::from_le_bytes(r.array()?)),
                     0x8c | b'U' => u64::from(r.take(1)?[0]),
-                    b'T' => u64::try_from(i32::from_le_bytes(r.array()?)).map_err(|_| at_op(at, "a negative length"))?,
+                    b'T' => {
+                        u64::try_from(i32::from_le_bytes(r.array()?)).map_err(|_| at_op(at, "a negative length"))?
+                    }
                     _ => u64::from_le_bytes(r.array()?),
                 };
                 let text = String::from_utf8_lossy(r.take(n)?).into_owned();
@@ -249,7 +251,8 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
                     b'j' => u64::from(u32::from_le_bytes(r.array()?)),
                     _ => r.line()?.parse().map_err(|_| at_op(at, "a GET without a number"))?,
                 };
-                let value = memo.get(&key).ok_or_else(|| at_op(at, &format!("memo entry {key} read before written")))?;
+                let value =
+                    memo.get(&key).ok_or_else(|| at_op(at, &format!("memo entry {key} read before written")))?;
                 stack.push(Rc::clone(value));
             }
             b'0' => drop(pop_n(&mut stack, 1, at)?),
@@ -375,13 +378,10 @@ mod tests {
     /// `(('storage', torch FloatStorage, '0', 'cpu', 24) BINPERSID` with the strings
     /// memoised and read back once, as torch's pickler writes them.
     fn pickle_declaring(numel: u8) -> Vec<u8> {
-        let mut p = vec![0x80, 2, b'('];
-        for s in ["storage"] {
-            p.push(b'X');
-            p.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            p.extend_from_slice(s.as_bytes());
-            p.extend_from_slice(&[b'q', 0]);
-        }
+        let mut p = vec![0x80, 2, b'(', b'X'];
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(b"storage");
+        p.extend_from_slice(&[b'q', 0]);
         p.extend_from_slice(b"ctorch\nFloatStorage\n");
         for s in ["0", "cpu"] {
             p.push(0x8c);

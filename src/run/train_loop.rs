@@ -308,7 +308,10 @@ impl Loop<'_> {
                 Err(caught) if caught.is_oom() => caught.message(),
                 Err(caught) => {
                     let step = trainer.position.step + 1;
-                    return Err(RunError::Libtorch { during: format!("training step {step}"), message: caught.message() });
+                    return Err(RunError::Libtorch {
+                        during: format!("training step {step}"),
+                        message: caught.message(),
+                    });
                 }
             };
             crate::memory::cuda::empty_cache();

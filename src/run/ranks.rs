@@ -108,13 +108,45 @@ pub fn announce(dist: Option<&Dist>, start: &LeaderStart) -> Result<(), RunError
 pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &Config) -> Result<(), DistError> {
     let mut vars: Vec<(String, tch::Tensor)> = trainer.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+    if dist.is_leader() && dist.world() > 1 {
+        warn_of_running_statistics(&vars);
+    }
+    let tensors: Vec<tch::Tensor> = vars.iter().map(|(_, t)| t.shallow_clone()).collect();
     dist.broadcast(&tensors)?;
     if cfg.distributed.overlap {
-        dist.attach_reducer(&trainer.vs.trainable_variables())?;
+        // The Reducer's order is the trainable variables' (the same on every rank); names
+        // come from the variables sharing their storage.
+        let params = trainer
+            .vs
+            .trainable_variables()
+            .into_iter()
+            .map(|t| {
+                let name = vars.iter().find(|(_, v)| v.data_ptr() == t.data_ptr()).map(|(n, _)| n.clone());
+                (name.unwrap_or_else(|| "an unnamed parameter".into()), t)
+            })
+            .collect();
+        dist.attach_reducer(params, cfg.distributed.find_unused_parameters)?;
     }
     trainer.dist = Some(Rc::clone(dist));
     Ok(())
+}
+
+/// BatchNorm-style running statistics (`running_mean`, `running_var`) are each rank's own
+/// during an epoch and rank 0's in a checkpoint; the user is told once, at the start.
+fn warn_of_running_statistics(vars: &[(String, tch::Tensor)]) {
+    let stats: Vec<&str> = vars
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.ends_with("running_mean") || n.ends_with("running_var"))
+        .collect();
+    if !stats.is_empty() {
+        tracing::warn!(
+            "data parallel: {} running-statistic buffer(s) ({}) are not averaged over the ranks: each rank updates \
+             its own from its share of the batch, and checkpoints hold rank 0's",
+            stats.len(),
+            crate::distributed::name_list(&stats)
+        );
+    }
 }
 
 /// A rank other than 0: waits for rank 0's start, loads the same checkpoint, and trains

@@ -518,3 +518,25 @@ fn batch_norm_running_statistics_under_data_parallel_are_warned_of_once() {
     assert!(warned[0].contains("WARN"), "{}", warned[0]);
     assert!(warned[0].contains("2 running-statistic buffer(s) (bn.running_mean, bn.running_var)"), "{}", warned[0]);
 }
+
+#[test]
+fn ranks_with_different_lr_or_batch_are_refused_with_the_key_named() {
+    let ws = workspace();
+    for (var, value, expected) in [
+        ("TRAIN_TRAINING__OPTIMIZER__LR", "0.01", "training.optimizer.lr is 0.001 on rank 0 but 0.01 on rank 1"),
+        ("TRAIN_TRAINING__BATCH_SIZE", "8", "training.batch_size is 128 on rank 0 but 8 on rank 1"),
+    ] {
+        let out = ws.path().join(format!("out-{value}"));
+        // The batch from the environment (a `--set` would override it): rank 0 the default.
+        let mut s = sets(ws.path(), 16, &[]);
+        s.retain(|s| !s.starts_with("training.batch_size"));
+        let mut ranks = slurm_job_with(&out, &s, free_port(), &[(var, value)]);
+        for (rank, child) in ranks.iter_mut().enumerate() {
+            let code = child.wait().unwrap().code();
+            let log = log_of(&out, rank);
+            assert_eq!(code, Some(2), "rank {rank} with {var}={value}:\n{log}");
+            assert!(log.contains(expected), "rank {rank} does not name the key:\n{log}");
+        }
+        assert!(!out.exists(), "{} was written", out.display());
+    }
+}

@@ -88,12 +88,15 @@ pub enum DistError {
         /// The parameters, by name.
         names: String,
     },
+    /// The ranks were started with different settings (the keys named).
+    #[error("the ranks were started with different configurations: {0}")]
+    ConfigMismatch(String),
 }
 
 impl DistError {
     /// Whether the user's settings are at fault (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Launch(_) | Self::Rendezvous { .. } | Self::Backend(_))
+        matches!(self, Self::Launch(_) | Self::Rendezvous { .. } | Self::Backend(_) | Self::ConfigMismatch(_))
     }
 }
 
@@ -448,10 +451,20 @@ impl Dist {
     /// Rank 0 publishes `value` under `key`; every rank returns it (others wait for it).
     pub fn share(&self, key: &str, value: Option<&str>) -> Result<String, DistError> {
         if let (true, Some(v)) = (self.is_leader(), value) {
-            self.group.set(key, v.as_bytes()).map_err(|m| self.lost("the store", m))?;
+            self.publish(key, v)?;
             return Ok(v.to_string());
         }
-        let v = self.group.get(key).map_err(|m| self.lost("waiting for rank 0 in the store", m))?;
+        self.read(key)
+    }
+
+    /// Sets `key` to `value` in the store.
+    pub fn publish(&self, key: &str, value: &str) -> Result<(), DistError> {
+        self.group.set(key, value.as_bytes()).map_err(|m| self.lost("the store", m))
+    }
+
+    /// `key`'s value in the store, waiting (up to the timeout) for a rank to set it.
+    pub fn read(&self, key: &str) -> Result<String, DistError> {
+        let v = self.group.get(key).map_err(|m| self.lost(&format!("waiting for {key} in the store"), m))?;
         Ok(String::from_utf8_lossy(&v).into_owned())
     }
 }

@@ -219,6 +219,9 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         return Ok(RunSummary::stopped_early(out, false));
     }
     let dist = launch.map(|l| Dist::connect(l, &cfg.distributed, device)).transpose()?.map(Rc::new);
+    if let Some(d) = &dist {
+        ranks::check_same_config(d, user_cfg)?;
+    }
     if let Some(d) = dist.as_ref().filter(|d| !d.is_leader()) {
         return ranks::follow(cfg, user_cfg, d, device, &mut stop, &out);
     }

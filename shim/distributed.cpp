@@ -22,18 +22,28 @@
 //   each bucket as soon as backward has produced its gradients, overlapping communication
 //   with the rest of backward, and average them. tch's backward is libtorch's autograd
 //   engine, so the hooks fire as under Python; `train_dist_reducer_prepare` is DDP's
-//   prepare_for_forward/prepare_for_backward([]) (no unused parameters), called before the
-//   last micro-batch's backward only (DDP's no_sync for the ones before).
+//   prepare_for_forward/prepare_for_backward, called before the last micro-batch's backward
+//   only (DDP's no_sync for the ones before).
+//   A parameter that gets no gradient in that backward (not used for the loss, on one rank
+//   or all) keeps its bucket from ever being ready: the bucket is never all-reduced and the
+//   step would go on with each rank's own gradients. With `distributed.find_unused_parameters`
+//   the Reducer is built as DDP's find_unused_parameters=True (it searches the loss's graph
+//   before backward and marks the parameters it cannot reach ready, with zeros); without,
+//   `train_dist_reducer_finished` tells after backward whether every bucket went out, and
+//   `train_dist_reached` which parameters the loss's graph reaches, to name the others.
 // - bucketed all-reduce after backward (`train_dist_allreduce_grads`): the same buckets, all
 //   issued together once backward is done, no overlap.
 // bench/README.md measures both.
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/logger.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 #ifdef TRAIN_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -45,9 +55,19 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace {
+
+// The Reducer, with one question it keeps protected answered: whether the last armed
+// backward reduced every bucket. `require_finalize_` is set when the first gradient of an
+// armed backward is ready and cleared when the last bucket has been all-reduced and copied
+// back; still set after backward means a bucket waited for a gradient that never came.
+struct TrainReducer : c10d::Reducer {
+  using c10d::Reducer::Reducer;
+  bool finished() const { return !require_finalize_; }
+};
 
 struct Dist {
   c10::intrusive_ptr<c10d::Store> store;
@@ -55,7 +75,11 @@ struct Dist {
   int device_index;  // -1 on the CPU
   // The Reducer takes a ProcessGroup (the front over the backend), made when attached.
   c10::intrusive_ptr<c10d::ProcessGroup> group;
-  std::shared_ptr<c10d::Reducer> reducer;
+  std::shared_ptr<TrainReducer> reducer;
+  // DDP's Logger for the Reducer: with find_unused_parameters, the Reducer reports through
+  // it the first step whose set of unused parameters changed, dereferencing it unchecked
+  // (a segfault without one). Python's DDP always makes one; so do we.
+  std::shared_ptr<c10d::Logger> logger;
 };
 
 void set_err(char* err, size_t len, const std::string& msg) {
@@ -162,7 +186,7 @@ int train_dist_init(const char* host, int port, int rank, int world, int is_serv
       return -3;
 #endif
     }
-    *out = new Dist{store, pg, device_index, {}, {}};
+    *out = new Dist{store, pg, device_index, {}, {}, {}};
     return 0;
   });
 }
@@ -210,9 +234,10 @@ int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double
 
 // Attaches DDP's Reducer to `params` (in the order the model defines them): buckets of at
 // most `bucket_bytes` (the first 1 MiB, as DDP's default), in reverse order, as DDP
-// assigns them to approximate the order backward produces gradients in.
-int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t bucket_bytes, char* err,
-                              size_t err_len) {
+// assigns them to approximate the order backward produces gradients in. `find_unused`:
+// DDP's find_unused_parameters.
+int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t bucket_bytes, int find_unused,
+                              char* err, size_t err_len) {
   return guarded(err, err_len, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     if (!d->group) {
@@ -229,24 +254,64 @@ int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t
     auto assigned = c10d::compute_bucket_assignment_by_size(ps, {first, static_cast<size_t>(bucket_bytes)}, sparse);
     auto buckets = std::get<0>(assigned);
     std::reverse(buckets.begin(), buckets.end());
+    d->logger.reset();
     d->reducer.reset();
-    d->reducer = std::make_shared<c10d::Reducer>(ps, buckets, d->group, sparse, bucket_bytes,
-                                                 /*find_unused_parameters=*/false, /*gradient_as_bucket_view=*/false,
-                                                 std::unordered_map<size_t, std::string>{},
-                                                 static_cast<int64_t>(first), /*skip_all_reduce_unused_params=*/false,
-                                                 /*use_python_reducer=*/false, std::vector<int64_t>{});
+    d->reducer = std::make_shared<TrainReducer>(ps, buckets, d->group, sparse, bucket_bytes,
+                                                /*find_unused_parameters=*/find_unused != 0,
+                                                /*gradient_as_bucket_view=*/false,
+                                                std::unordered_map<size_t, std::string>{}, static_cast<int64_t>(first),
+                                                /*skip_all_reduce_unused_params=*/false,
+                                                /*use_python_reducer=*/false, std::vector<int64_t>{});
+    d->logger = std::make_shared<c10d::Logger>(d->reducer);
+    d->reducer->set_logger(d->logger);
     return 0;
   });
 }
 
-// The next backward is the step's last: its gradients are all-reduced (averaged) as they
-// are produced.
-int train_dist_reducer_prepare(void* dist, char* err, size_t err_len) {
+// The next backward, of `output`, is the step's last: its gradients are all-reduced
+// (averaged) as they are produced. `output` is searched for unused parameters when the
+// Reducer was attached with `find_unused`.
+int train_dist_reducer_prepare(void* dist, at::Tensor* output, char* err, size_t err_len) {
   return guarded(err, err_len, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     if (!d->reducer) throw std::runtime_error("no Reducer attached");
     d->reducer->prepare_for_forward();
-    d->reducer->prepare_for_backward({});
+    d->reducer->prepare_for_backward({*output});
+    return 0;
+  });
+}
+
+// After the armed backward: `*finished` is 1 when every bucket was all-reduced and copied
+// back, 0 when one still waits for a gradient.
+int train_dist_reducer_finished(void* dist, int* finished, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    if (!d->reducer) throw std::runtime_error("no Reducer attached");
+    *finished = d->reducer->finished() ? 1 : 0;
+    return 0;
+  });
+}
+
+// `reached[i]` = 1 when `params[i]`'s gradient accumulator is in `output`'s autograd graph
+// (the search the Reducer makes with find_unused_parameters), else 0. The graph's edges
+// outlive backward (only saved tensors are released), so this also answers afterwards.
+int train_dist_reached(at::Tensor* output, at::Tensor** params, size_t n, uint8_t* reached, char* err,
+                       size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    std::unordered_set<torch::autograd::Node*> seen;
+    std::vector<torch::autograd::Node*> todo;
+    if (auto fn = output->grad_fn()) todo.push_back(fn.get());
+    while (!todo.empty()) {
+      auto* node = todo.back();
+      todo.pop_back();
+      if (!seen.insert(node).second) continue;
+      for (const auto& edge : node->next_edges())
+        if (edge.function) todo.push_back(edge.function.get());
+    }
+    for (size_t i = 0; i < n; ++i) {
+      auto acc = torch::autograd::impl::try_get_grad_accumulator(*params[i]);
+      reached[i] = acc && seen.count(acc.get()) ? 1 : 0;
+    }
     return 0;
   });
 }
@@ -297,6 +362,15 @@ int train_dist_store_set(void* dist, const char* key, const uint8_t* value, size
   return guarded(err, err_len, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     d->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
+    return 0;
+  });
+}
+
+// `*found` = 1 when `key` is set, without waiting.
+int train_dist_store_check(void* dist, const char* key, int* found, char* err, size_t err_len) {
+  return guarded(err, err_len, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    *found = d->store->check({std::string(key)}) ? 1 : 0;
     return 0;
   });
 }

@@ -32,7 +32,9 @@ pub fn ignore_file_size_signal() {
 /// Runs the command `cli` asks for; returns the exit code of a command that succeeded.
 pub fn dispatch(cli: Cli) -> Result<u8> {
     let is_run = matches!(cli.command, None | Some(Command::Run(_)));
-    if !is_run {
+    if is_run {
+        run::signals::early::exit_during_start_up();
+    } else {
         run::signals::early::release();
     }
     match cli.command {
@@ -214,7 +216,20 @@ fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(v) = &args.device {
         flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
-    let resolved = config::resolve(&request(&args.config, flags))?;
+    let mut sources = args.config.clone();
+    if sources.config.is_none() && sources.experiment.is_none() {
+        // A checkpoint in a run folder was trained with that folder's configuration.
+        let saved = args
+            .checkpoint
+            .parent()
+            .filter(|d| d.ends_with(crate::checkpoint::store::DIR_NAME))
+            .and_then(|d| Some(d.parent()?.join(run::folder::CONFIG_FILE)).filter(|c| c.is_file()));
+        if let Some(saved) = saved {
+            tracing::info!(config = %saved.display(), "no --config: using the configuration the run saved beside its checkpoints");
+            sources.config = Some(saved);
+        }
+    }
+    let resolved = config::resolve(&request(&sources, flags))?;
     let e = run::evaluate::evaluate(&resolved.config, &args.checkpoint)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -19,7 +19,12 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (nothin
   3 the loss became NaN or infinite (training.on_nonfinite: stop; `latest` keeps the last
   finite state), 75 stopped by SIGTERM/SIGINT after saving `latest` (requeue and run again;
   also during start-up, with nothing to save), 130 a second signal before that save finished
-  (the previous `latest` stays).";
+  (the previous `latest` stays).
+
+Trust: model.torchscript.path names a TorchScript module, and loading it runs its code
+  (__setstate__, then forward in the start-up try): treat a .pt module like a program.
+  Data files and checkpoints (.safetensors, .tckpt, .npz, torch.save files) are data:
+  reading them never runs code.";
 
 /// A training launcher for PyTorch-style models on small GPUs, preemptible clusters and CPUs.
 #[derive(Debug, Parser)]

@@ -29,6 +29,66 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// A libtorch error that reached us as a panic from one of tch's infallible calls (or
+/// from a TorchScript forward pass, which the training loop cannot continue from either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caught(String);
+
+impl Caught {
+    /// libtorch's message on one line (its `...Error: ...` line, without the C++ backtrace).
+    pub fn message(&self) -> String {
+        let text = match (self.0.find("Torch(\""), self.0.rfind("\")")) {
+            // tch's `unwrap()` shows the error's Debug form: quotes and newlines escaped.
+            (Some(start), Some(end)) if end > start + 7 => {
+                self.0[start + 7..end].replace("\\n", "\n").replace("\\\"", "\"").replace("\\'", "'")
+            }
+            _ => self.0.clone(),
+        };
+        crate::model::script::one_line(&text)
+    }
+
+    /// Whether it is libtorch's out-of-memory error.
+    pub fn is_oom(&self) -> bool {
+        is_oom_message(&self.0)
+    }
+}
+
+impl std::fmt::Display for Caught {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// Whether a panic's message is a libtorch error rather than a bug of ours (which must go
+/// on unwinding, with its backtrace).
+fn is_libtorch_panic(msg: &str) -> bool {
+    msg.contains("Torch(\"") || msg.starts_with(crate::model::FORWARD_FAILED) || is_oom_message(msg)
+}
+
+thread_local! {
+    /// How many [`catch_torch`] calls this thread is inside: their libtorch panics are
+    /// reported as errors by the caller, so the panic hook stays quiet about them.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, turning a libtorch error raised as a panic into `Err`; any other panic (a bug)
+/// goes on unwinding.
+pub fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get() - 1));
+    match result {
+        Ok(value) => Ok(value),
+        Err(panic) => {
+            let msg = panic_message(panic.as_ref());
+            if !is_libtorch_panic(&msg) {
+                std::panic::resume_unwind(panic);
+            }
+            Err(Caught(msg))
+        }
+    }
+}
+
 /// Runs `f`, turning a libtorch out-of-memory panic into `Err` with its message; any other
 /// panic goes on unwinding. (tch's infallible calls panic with libtorch's error.)
 pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, String> {
@@ -44,12 +104,14 @@ pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     }
 }
 
-/// Keeps out-of-memory panics, which the training loop recovers from, out of stderr; any
-/// other panic is printed as usual.
+/// Keeps out of stderr the panics the run recovers from or reports itself: out-of-memory
+/// errors, and libtorch errors inside [`catch_torch`]. Any other panic is printed as usual.
 pub fn quiet_oom_panics() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !is_oom_message(&panic_message(info.payload())) {
+        let msg = panic_message(info.payload());
+        let caught = CATCHING.with(|c| c.get() > 0) && is_libtorch_panic(&msg);
+        if !is_oom_message(&msg) && !caught {
             previous(info);
         }
     }));

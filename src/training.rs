@@ -67,6 +67,7 @@ pub struct Trainer {
     schedule: ScheduleConfig,
     base_lr: f64,
     total_steps: u64,
+    batches_per_epoch: u64,
     bf16: bool,
     /// Micro-batches per optimiser step (doubled when a step runs out of memory).
     pub grad_accum_steps: i64,
@@ -82,8 +83,10 @@ impl Trainer {
     pub fn new(cfg: &Config, data: &Dataset, device: Device) -> Result<Self, ModelError> {
         tch::manual_seed(cfg.training.seed as i64);
         let vs = nn::VarStore::new(device);
-        // Two examples of the data (one if that is all), for a TorchScript module to be tried on.
-        let probe_rows: Vec<i64> = (0..data.train.len().min(2) as i64).collect();
+        // A micro-batch of the configured size (all the data if it holds fewer), for a
+        // TorchScript module to be tried on as training will run it.
+        let micro = cfg.training.batch_size.div_ceil(cfg.training.grad_accum_steps.max(1)) as usize;
+        let probe_rows: Vec<i64> = (0..data.train.len().min(micro.max(1)) as i64).collect();
         let (probe, probe_targets) = data.train.batch(&probe_rows, device);
         let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape, Some((&probe, &probe_targets)))?;
         let params = vs
@@ -110,11 +113,17 @@ impl Trainer {
             schedule: cfg.training.schedule.clone(),
             base_lr: cfg.training.optimizer.lr,
             total_steps: u64::from(cfg.training.epochs) * cfg.training.batches_per_epoch(data.train.len()),
+            batches_per_epoch: cfg.training.batches_per_epoch(data.train.len()),
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,
             dist: None,
         })
+    }
+
+    /// Optimiser steps in an epoch of this run's data.
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.batches_per_epoch
     }
 
     /// The model's variables by name (shallow clones sharing storage).
@@ -161,7 +170,7 @@ impl Trainer {
             let m = y.size()[0];
             let loss = self.autocast(|| {
                 let out = self.model.forward(&x, Some(y), true);
-                out.loss.unwrap_or_else(|| loss(self.task, &out.logits, y))
+                out.loss.unwrap_or_else(|| model::task_loss(self.task, &out.logits, y))
             });
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
             match &self.dist {
@@ -245,7 +254,7 @@ impl Trainer {
             let (out, own_loss, batch_loss) = self.autocast(|| {
                 let out = self.model.forward(&xs, Some(&ys), false);
                 let own = out.loss.is_some();
-                let l = out.loss.unwrap_or_else(|| loss(self.task, &out.logits, &ys));
+                let l = out.loss.unwrap_or_else(|| model::task_loss(self.task, &out.logits, &ys));
                 (out.logits, own, l)
             });
             loss_sum += batch_loss.double_value(&[]) * chunk.len() as f64;
@@ -308,20 +317,6 @@ impl Trainer {
         self.position = meta.position;
         self.last_train_loss = meta.train_loss;
         self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
-    }
-}
-
-/// The mean loss of a batch for `task`: cross-entropy over classes or over every token's
-/// next byte, or mean squared error.
-fn loss(task: Task, out: &Tensor, targets: &Tensor) -> Tensor {
-    match task {
-        Task::Classification { .. } => out.cross_entropy_for_logits(targets),
-        // A TorchScript module's vocabulary may be larger than the ids the data holds.
-        Task::LanguageModel { .. } => {
-            let vocab = *out.size().last().expect("logits have a vocabulary dimension");
-            out.view([-1, vocab]).cross_entropy_for_logits(&targets.view([-1]))
-        }
-        Task::Regression { .. } => out.mse_loss(targets, tch::Reduction::Mean),
     }
 }
 

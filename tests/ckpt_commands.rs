@@ -89,11 +89,12 @@ fn resuming_a_seed_guide_pth_keeps_its_adam_moments() {
     let d = dir.path();
     common::make_dataset(&d.join("data"), 128, 32);
     // One step resumed from guide.pth into `out` with optimizer `kind`; returns stderr.
+    // (The global step continues at the file's 2, so the run's third step is its one step.)
     let resume = |out: &str, kind: &str| {
         let mut cmd = common::train(d);
         cmd.args(["--resume", "guide.pth", "--output-dir", out]);
         let kind = format!("training.optimizer.kind={kind}");
-        common::with_sets(&mut cmd, &[kind.as_str(), "training.epochs=4", "training.max_steps=1"]);
+        common::with_sets(&mut cmd, &[kind.as_str(), "training.epochs=4", "training.max_steps=3"]);
         let out =
             common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert().success().get_output().clone();
         String::from_utf8_lossy(&out.stderr).into_owned()
@@ -101,15 +102,48 @@ fn resuming_a_seed_guide_pth_keeps_its_adam_moments() {
     // guide.pth holds an Adam state after 2 steps for fc1/out, keyed by parameter index.
     let log = resume("r", "adam");
     assert!(log.contains("imported the PyTorch optimizer state") && log.contains("parameters=4"), "{log}");
+    // Regression (issue 17, item 3): the global step restarted at 0, so the schedule warmed
+    // up again while Adam's step went on. Both continue from the file's 2.
+    assert!(log.contains("continues at global step 2, from the optimizer state's `step`"), "{log}");
+    assert!(log.contains("tensors=12") && !log.contains("optimizer and schedule start fresh"), "{log}");
     // One more step on top of the imported two: PyTorch's step counts carried over.
     let latest = train::checkpoint::CheckpointFile::open(&d.join("r/checkpoints/latest.safetensors")).unwrap();
     for p in ["fc1.weight", "fc1.bias", "out.weight", "out.bias"] {
         let step = latest.read(&format!("optimizer/{p}/step")).unwrap();
         assert_eq!(i64::from_le_bytes(step[..8].try_into().unwrap()), 3, "{p}");
     }
+    assert_eq!(latest.meta().unwrap().step(), 3, "the run's global step is Adam's");
     // An optimizer that keeps other state (SGD's momentum) cannot take Adam's: fresh, said.
     let log = resume("s", "sgd");
     assert!(log.contains("cannot import the file's optimizer state") && log.contains("exp_avg"), "{log}");
+}
+
+/// Regression (issue 17, items 7 and 9): a DistributedDataParallel run's `.pth`, whose
+/// names carry `module.`, was refused by `--resume` (while `--init-from` dropped its
+/// optimizer); and a weights file that lacks a tensor was refused without a word about
+/// `--init-from`.
+#[test]
+fn resume_strips_a_wrapper_prefix_and_points_weights_files_to_init_from() {
+    let (dir, _) = python_files();
+    let d = dir.path();
+    common::make_dataset(&d.join("data"), 128, 32);
+    let resume = |file: &str, out: &str| {
+        let mut cmd = common::train(d);
+        cmd.args(["--resume", file, "--output-dir", out]);
+        common::with_sets(&mut cmd, &["training.optimizer.kind=adam", "training.epochs=4", "training.max_steps=3"]);
+        common::with_sets(&mut cmd, &common::quick_sets(&d.join("data"))).assert()
+    };
+    let out = resume("ddp.pth", "ddp").success().get_output().clone();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("wrapper prefix `module.`") && log.contains("parameters=4"), "{log}");
+    let latest = CheckpointFile::open(&d.join("ddp/checkpoints/latest.safetensors")).unwrap();
+    assert_eq!(latest.read("optimizer/out.bias/step").unwrap()[..8], 3i64.to_le_bytes(), "Adam's moments kept");
+
+    resume("absent.pth", "absent").code(2).stderr(predicate::str::contains("absent.pth"));
+    // Exit 2 (issue 17, item 10): a file that does not fit the model is the command's fault.
+    resume("partial.pt", "partial")
+        .code(2)
+        .stderr(predicate::str::contains("has no tensor `out.bias`").and(predicate::str::contains("use --init-from")));
 }
 
 #[test]

@@ -137,7 +137,7 @@ fn tensors_with_zero_rows_or_features_or_a_scalar_x_are_refused() {
     safetensors(&p, &[("x", "F32", &[0, 4], &[]), ("y", "I64", &[0], &[])]);
     refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "no dimension may be 0"]);
     safetensors(&p, &[("x", "F32", &[], &f32s(1)), ("y", "I64", &[1], &i64s(&[0]))]);
-    refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "`x` is []", "need inputs [N, ...]"]);
+    refused(ws.path(), &tensors_sets(&p), 1, &["d.safetensors", "`x` is []", "the first input needs [N, ...]"]);
 }
 
 #[test]

@@ -384,3 +384,165 @@ fn config_show_says_which_rank_the_launcher_made_this_process() {
     let o = command(&binary()).args(["config", "show"]).current_dir(ws.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("single process"));
 }
+
+/// Three small models nobody here wrote the layers of, scripted with `torch.jit.script` in
+/// `dir` with random weights: `unused.pt`, an LSTM classifier over the image's rows with a
+/// `nn.Linear` that forward never calls (issue 17.1's repro); `branch.pt`, whose `extra`
+/// layer runs only when the batch's first label is even, so ranks disagree on it from
+/// step to step; `norm.pt`, with `nn.BatchNorm1d`.
+fn export_models(dir: &Path) {
+    let script = "import torch\n\
+        from torch import nn\n\
+        torch.manual_seed(0)\n\
+        class Unused(nn.Module):\n\
+        \x20   def __init__(self):\n\
+        \x20       super().__init__()\n\
+        \x20       self.lstm = nn.LSTM(28, 16, batch_first=True)\n\
+        \x20       self.head = nn.Linear(16, 10)\n\
+        \x20       self.unused = nn.Linear(4, 4)\n\
+        \x20   def forward(self, x):\n\
+        \x20       out, _ = self.lstm(x.reshape(x.size(0), 28, 28))\n\
+        \x20       return self.head(out[:, -1])\n\
+        class Branch(nn.Module):\n\
+        \x20   def __init__(self):\n\
+        \x20       super().__init__()\n\
+        \x20       self.fc = nn.Linear(784, 32)\n\
+        \x20       self.extra = nn.Linear(32, 32)\n\
+        \x20       self.head = nn.Linear(32, 10)\n\
+        \x20   def forward(self, x, labels):\n\
+        \x20       h = torch.relu(self.fc(x.reshape(x.size(0), 784)))\n\
+        \x20       if int(labels[0]) % 2 == 0:\n\
+        \x20           h = h + torch.relu(self.extra(h))\n\
+        \x20       return self.head(h)\n\
+        class Norm(nn.Module):\n\
+        \x20   def __init__(self):\n\
+        \x20       super().__init__()\n\
+        \x20       self.fc = nn.Linear(784, 32)\n\
+        \x20       self.bn = nn.BatchNorm1d(32)\n\
+        \x20       self.head = nn.Linear(32, 10)\n\
+        \x20   def forward(self, x):\n\
+        \x20       return self.head(torch.relu(self.bn(self.fc(x.reshape(x.size(0), 784)))))\n\
+        for name, m in [('unused', Unused()), ('branch', Branch()), ('norm', Norm())]:\n\
+        \x20   torch.jit.script(m).save(name + '.pt')\n";
+    // From a file: torch.jit.script reads the classes' source.
+    std::fs::write(dir.join("models.py"), script).unwrap();
+    let out = Command::new(common::python()).current_dir(dir).arg("models.py").output().unwrap();
+    assert!(out.status.success(), "exporting the models failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// torchrun and a workspace holding [`export_models`]' modules; `None` (the test skipped)
+/// where the venv has no torchrun.
+fn torchrun_and_models() -> Option<(PathBuf, tempfile::TempDir)> {
+    let torchrun = torchrun()?;
+    let ws = workspace();
+    export_models(ws.path());
+    Some((torchrun, ws))
+}
+
+/// [`sets`] for the TorchScript module `name` exported by [`export_models`].
+fn model_sets(ws: &Path, name: &str, batch: u32, extra: &[&str]) -> Vec<String> {
+    let mut s = sets(ws, batch, extra);
+    s.retain(|s| !s.starts_with("model.mlp"));
+    s.push("model.kind=torchscript".into());
+    s.push(format!("model.torchscript.path={}", ws.join(format!("{name}.pt")).display()));
+    s
+}
+
+/// A job that must fail: torchrun's status and everything the ranks printed.
+fn failed(out: &Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the job succeeded:\n{text}");
+    text
+}
+
+#[test]
+fn unused_parameters_under_the_reducer_stop_the_job_naming_them_or_with_the_key_match_one_rank() {
+    let Some((torchrun, ws)) = torchrun_and_models() else { return };
+    // Without distributed.find_unused_parameters: stopped at the first step, both
+    // parameters and the key named, no checkpoint (it used to train wrong weights, exit 0).
+    let refused = ws.path().join("refused");
+    let text = failed(&torchrun_job(&torchrun, &refused, &model_sets(ws.path(), "unused", 16, &[])));
+    for expected in ["step 1: unused.", "unused.bias", "unused.weight", "set distributed.find_unused_parameters: true"]
+    {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(!latest(&refused).exists(), "a checkpoint was written");
+    // With it: the Reducer's own search, and the same weights as one rank with the
+    // doubled batch (the unused layer untouched in both).
+    let (one, two) = (ws.path().join("one"), ws.path().join("two"));
+    single(&one, &model_sets(ws.path(), "unused", 32, &[]));
+    let two_sets = model_sets(ws.path(), "unused", 16, &["distributed.find_unused_parameters=true"]);
+    let stderr = check(&torchrun_job(&torchrun, &two, &two_sets), "torchrun with find_unused_parameters");
+    assert!(!stderr.contains("running-statistic"), "a warning about buffers this model lacks:\n{stderr}");
+    // The epoch's file, not `latest`: this model's `latest` has a header of 4480 bytes, whose
+    // length's first byte (0x80) train-store's format detection takes for a pickle's.
+    let epoch = |run: &Path| run.join("checkpoints/epoch-0001.safetensors");
+    assert_close(&epoch(&one), &epoch(&two), 1e-5);
+}
+
+#[test]
+fn parameters_used_on_some_ranks_only_stop_the_job_or_with_the_key_match_the_all_reduce_after_backward() {
+    let Some((torchrun, ws)) = torchrun_and_models() else { return };
+    // SGD without momentum or decay: a zero gradient and none leave a weight alike, so the
+    // Reducer (no gradient where no rank used `extra`) and the all-reduce after backward
+    // (zeros) must agree exactly.
+    let branch = |extra: &[&str]| {
+        let mut e = vec![
+            "model.torchscript.labels=labels",
+            "training.optimizer.kind=sgd",
+            "training.optimizer.lr=0.1",
+            "training.optimizer.momentum=0",
+            "training.optimizer.weight_decay=0",
+        ];
+        e.extend_from_slice(extra);
+        model_sets(ws.path(), "branch", 16, &e)
+    };
+    let refused = ws.path().join("refused");
+    let text = failed(&torchrun_job(&torchrun, &refused, &branch(&[])));
+    for expected in ["extra.weight", "received no gradient", "distributed.find_unused_parameters"] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    // With 4 micro-batches per rank too: `extra` used in an earlier one but in no rank's
+    // last must still be averaged (the Reducer marks it used during the unarmed backwards).
+    for n in ["1", "4"] {
+        let accum = format!("training.grad_accum_steps={n}");
+        let (found, after) = (ws.path().join(format!("found-{n}")), ws.path().join(format!("after-{n}")));
+        let with_key = branch(&["distributed.find_unused_parameters=true", &accum]);
+        check(&torchrun_job(&torchrun, &found, &with_key), "find_unused");
+        check(&torchrun_job(&torchrun, &after, &branch(&["distributed.overlap=false", &accum])), "overlap=false");
+        assert_close(&latest(&after), &latest(&found), 1e-5);
+    }
+}
+
+#[test]
+fn batch_norm_running_statistics_under_data_parallel_are_warned_of_once() {
+    let Some((torchrun, ws)) = torchrun_and_models() else { return };
+    let stderr =
+        check(&torchrun_job(&torchrun, &ws.path().join("out"), &model_sets(ws.path(), "norm", 16, &[])), "norm");
+    let warned: Vec<&str> = stderr.lines().filter(|l| l.contains("running-statistic")).collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(warned[0].contains("2 running-statistic buffer(s) (bn.running_mean, bn.running_var)"), "{}", warned[0]);
+}
+
+#[test]
+fn ranks_with_different_lr_or_batch_are_refused_with_the_key_named() {
+    let ws = workspace();
+    for (var, value, expected) in [
+        ("TRAIN_TRAINING__OPTIMIZER__LR", "0.01", "training.optimizer.lr is 0.001 on rank 0 but 0.01 on rank 1"),
+        ("TRAIN_TRAINING__BATCH_SIZE", "8", "training.batch_size is 128 on rank 0 but 8 on rank 1"),
+    ] {
+        let out = ws.path().join(format!("out-{value}"));
+        // The batch from the environment (a `--set` would override it): rank 0 the default.
+        let mut s = sets(ws.path(), 16, &[]);
+        s.retain(|s| !s.starts_with("training.batch_size"));
+        let mut ranks = slurm_job_with(&out, &s, free_port(), &[(var, value)]);
+        for (rank, child) in ranks.iter_mut().enumerate() {
+            let code = child.wait().unwrap().code();
+            let log = log_of(&out, rank);
+            assert_eq!(code, Some(2), "rank {rank} with {var}={value}:\n{log}");
+            assert!(log.contains(expected), "rank {rank} does not name the key:\n{log}");
+        }
+        assert!(!out.exists(), "{} was written", out.display());
+    }
+}

@@ -288,6 +288,12 @@ fn early_stopping_ends_the_run_keeps_the_best_epoch_and_stays_stopped() {
     let best = if m[1].val_loss <= m[0].val_loss { 2 } else { 1 };
     let file = format!("epoch-{best:04}.safetensors");
     assert!(log.contains(&format!("epoch-{best:04}")), "{log}");
+    // Regression (issue 17, item 12): the text said `best=0` where the metrics had 0.007256,
+    // and "not improved for 2 epochs" while naming the last epoch as best. The value is
+    // written out, and the last improvement is told apart from the best value.
+    let value = format!("{:.6}", m[best - 1].val_loss);
+    assert!(log.contains(&format!("its best value, {value} at epoch {best}")), "{log}");
+    assert!(log.contains("last improved by more than 100 at epoch 1, 1 epochs ago"), "{log}");
     let files = common::files_under(&d.join("es/checkpoints"));
     assert!(files.contains(&file), "the best epoch is kept: {files:?}");
     // Running again does not train on: the metrics already say it plateaued.

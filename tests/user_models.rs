@@ -136,7 +136,8 @@ fn fine_tuning_starts_from_torchvision_and_hugging_face_style_weights() {
     // Strictly, the same file is refused before anything is written, with the same table.
     let mut cmd = train_in(d, "strict", &RESNET18);
     cmd.args(["--init-from", "hf.safetensors", "--init-strict"]);
-    let out = cmd.assert().failure().get_output().clone();
+    // Exit 2 (issue 17, item 10): the command's fault, nothing written.
+    let out = cmd.assert().code(2).get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match the model (model.init_strict is on)") && err.contains("fc.weight"), "{err}");
     assert!(!d.join("strict/checkpoints").exists() || common::files_under(&d.join("strict/checkpoints")).is_empty());
@@ -252,4 +253,54 @@ fn an_image_folder_of_png_and_jpeg_files_trains_and_a_broken_file_is_named() {
     let out = train_in(d, "broken", &sets).assert().failure().get_output().clone();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.jpg") && err.contains("cannot decode"), "{err}");
+}
+
+/// Regression (issue 17, item 2): a MiniLM-style file of the bare `BertModel` lacks the
+/// `bert.` of `BertForSequenceClassification`; `--init-from` loaded 0 of its tensors, said
+/// so in a WARN above a long table, and trained from scratch with exit 0. Now it is
+/// refused (exit 2) with the mapping that fits, and with that mapping it loads.
+#[test]
+fn init_from_a_base_model_without_the_task_prefix_is_refused_then_mapped() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    common::run_python(&common::repo().join("tests/reference/hf_models.py"), &["export", d.to_str().unwrap()]);
+    let script = "import sys; sys.path.insert(0, sys.argv[1])\n\
+        import hf_models, transformers\n\
+        from safetensors.torch import save_file\n\
+        base = transformers.BertModel(hf_models.bert().config, add_pooling_layer=True)\n\
+        save_file({k: v.contiguous() for k, v in base.state_dict().items()}, 'minilm.safetensors')\n";
+    let reference = common::repo().join("tests/reference");
+    let status = std::process::Command::new(common::python())
+        .current_dir(d)
+        .args(["-c", script, reference.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sets = [
+        "run.device=cpu",
+        "model.kind=torchscript",
+        "model.torchscript.path=bert.pt",
+        "model.torchscript.inputs=[input_ids, attention_mask]",
+        "model.torchscript.labels=labels",
+        "data.kind=npz",
+        "data.path=bert.npz",
+        "data.targets=labels",
+        "training.batch_size=16",
+        "training.epochs=1",
+    ];
+    let mut cmd = train_in(d, "refused", &sets);
+    cmd.args(["--init-from", "minilm.safetensors"]);
+    let out = cmd.assert().code(2).get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("would load 0 of the model's") && err.contains(r#"model.init_prefix_map: {"": "bert."}"#),
+        "{err}"
+    );
+    assert!(!d.join("refused").exists(), "nothing written");
+
+    let mut cmd = train_in(d, "mapped", &[&sets[..], &[r#"model.init_prefix_map={"": "bert."}"#]].concat());
+    cmd.args(["--init-from", "minilm.safetensors"]);
+    let log = succeeds(cmd);
+    // Every tensor but the classifier's weight and bias (and the non-persistent ids) loads.
+    assert!(log.contains("not in the file: classifier.bias, classifier.weight"), "{log}");
 }

@@ -67,16 +67,28 @@ pub fn parameters_in_order(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     ordered.into_iter().map(|(_, _, _, p)| p).collect()
 }
 
+/// What [`import_pytorch_optimizer`] brought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// Parameters that got state.
+    pub parameters: usize,
+    /// State tensors imported (moments and `step`s).
+    pub tensors: usize,
+    /// The largest `step` among them: the optimizer steps the PyTorch run took (`None` for
+    /// SGD, which counts none).
+    pub step: Option<u64>,
+}
+
 /// Imports `file`'s PyTorch optimizer state into `optimizer` (of the configured `kind`),
 /// matching PyTorch's parameter indices to `params` (the model's parameters in creation
-/// order). Returns how many parameters got state; `Ok(None)` when the file holds no
-/// optimizer state. Errors say why the state does not fit; the caller starts fresh.
+/// order). `Ok(None)` when the file holds no optimizer state. Errors say why the state does
+/// not fit; the caller starts fresh.
 pub fn import_pytorch_optimizer(
     file: &CheckpointFile,
     params: &[(String, Tensor)],
     optimizer: &mut (dyn Optimizer + 'static),
     device: Device,
-) -> Result<Option<usize>, CheckpointError> {
+) -> Result<Option<Imported>, CheckpointError> {
     let Some(saved) = file.pytorch_optimizer()? else { return Ok(None) };
     let path = file.path().to_path_buf();
     let mismatch = |reason: String| train_store::Error::OptimizerMismatch { path: path.clone(), reason };
@@ -88,6 +100,7 @@ pub fn import_pytorch_optimizer(
     let wanted = slots(kind);
     let mut state = HashMap::new();
     let mut with_state = 0;
+    let mut last_step: Option<u64> = None;
     for a in &assigned {
         let Some(s) = a.state else { continue };
         if let Some(other) = s.tensors.keys().find(|k| !wanted.contains(&k.as_str())) {
@@ -106,9 +119,11 @@ pub fn import_pytorch_optimizer(
         if kind != crate::config::OptimizerKind::Sgd {
             let step = s.step.ok_or_else(|| mismatch(format!("parameter {} (`{}`) has no `step`", a.index, a.name)))?;
             state.insert(format!("{}/step", a.name), Tensor::from(step as i64));
+            last_step = last_step.max(Some(step as u64));
         }
         with_state += 1;
     }
+    let tensors = state.len();
     optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
-    Ok(Some(with_state))
+    Ok(Some(Imported { parameters: with_state, tensors, step: last_step }))
 }

@@ -11,7 +11,7 @@
 //! an error. A file saved from a `DistributedDataParallel` or `torch.compile` wrapper, whose
 //! names all carry `module.` or `_orig_mod.`, matches without it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -20,6 +20,18 @@ use tch::{Device, Tensor};
 use super::load::{load_into, read_tensor};
 use super::{CheckpointError, CheckpointFile, Entry, Strategy, OPTIMIZER_PREFIX};
 use crate::dtype::{is_float, to_kind};
+
+/// How loosely [`init_from`] may match (`model.init_strict`, `model.init_min_loaded`,
+/// `model.init_prefix_map`).
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions<'a> {
+    /// Refuse any difference.
+    pub strict: bool,
+    /// The share of the model's tensors that must load.
+    pub min_loaded: f64,
+    /// File-name prefixes to replace before matching.
+    pub prefix_map: &'a BTreeMap<String, String>,
+}
 
 /// Prefixes wrappers put before every name (`DistributedDataParallel`, `torch.compile`).
 const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
@@ -107,6 +119,32 @@ impl InitReport {
         out
     }
 
+    /// A few names of each kind of difference, for the line before the full table:
+    /// `not in the file: a, b, c (+9 more); ...`.
+    pub fn examples(&self) -> String {
+        const SHOWN: usize = 3;
+        let few = |names: Vec<&str>| {
+            let more = names.len().saturating_sub(SHOWN);
+            let shown = names[..names.len().min(SHOWN)].join(", ");
+            if more > 0 {
+                format!("{shown} (+{more} more)")
+            } else {
+                shown
+            }
+        };
+        let kinds = [
+            ("not in the file", self.missing.iter().map(String::as_str).collect::<Vec<_>>()),
+            ("not in the model", self.unexpected.iter().map(String::as_str).collect()),
+            ("shape differs", self.mismatched.iter().map(|m| m.name.as_str()).collect()),
+        ];
+        kinds
+            .into_iter()
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(k, n)| format!("{k}: {}", few(n)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// One line for the log: counts, and what was adapted.
     pub fn summary(&self) -> String {
         let mut s = format!(
@@ -127,23 +165,32 @@ impl InitReport {
     }
 }
 
+/// The wrapper prefix (`module.`, `_orig_mod.`) that every weight name in a file carries
+/// and whose removal matches them to the model's names; `None` when names match as they
+/// are, or no such prefix does.
+pub(super) fn wrapper_prefix(weights: &[&Entry], vars: &HashMap<String, Tensor>) -> Option<&'static str> {
+    if weights.iter().any(|e| vars.contains_key(&e.name)) {
+        return None;
+    }
+    WRAPPER_PREFIXES.iter().copied().find(|p| {
+        weights.iter().all(|e| e.name.starts_with(p)) && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
+    })
+}
+
 /// How each model tensor pairs with the file, decided from the header alone.
 fn match_names<'f>(
     weights: &[&'f Entry],
     vars: &HashMap<String, Tensor>,
+    prefix_map: &BTreeMap<String, String>,
     report: &mut InitReport,
 ) -> Vec<(&'f Entry, String)> {
-    let direct = weights.iter().filter(|e| vars.contains_key(&e.name)).count();
-    let prefix = if direct > 0 {
-        None
-    } else {
-        WRAPPER_PREFIXES.iter().copied().find(|p| {
-            weights.iter().all(|e| e.name.starts_with(p))
-                && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
-        })
-    };
+    // A mapping the user gave replaces the guess at a wrapper's prefix.
+    let prefix = if prefix_map.is_empty() { wrapper_prefix(weights, vars) } else { None };
     report.stripped_prefix = prefix.map(String::from);
-    let model_name = |e: &Entry| prefix.map_or(e.name.clone(), |p| e.name[p.len()..].to_string());
+    let model_name = |e: &Entry| match prefix {
+        Some(p) => e.name[p.len()..].to_string(),
+        None => mapped(&e.name, prefix_map),
+    };
     let mut pairs = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for e in weights {
@@ -168,6 +215,50 @@ fn match_names<'f>(
     pairs
 }
 
+/// `name` with the longest key of `map` it starts with replaced by that key's value.
+fn mapped(name: &str, map: &BTreeMap<String, String>) -> String {
+    match map.iter().filter(|(k, _)| name.starts_with(k.as_str())).max_by_key(|(k, _)| k.len()) {
+        Some((k, v)) => format!("{v}{}", &name[k.len()..]),
+        None => name.to_string(),
+    }
+}
+
+/// A one-key `model.init_prefix_map` (file prefix, model prefix), how many names it pairs,
+/// and one pair it makes (model name, file name).
+type PrefixSuggestion<'a> = ((String, String), usize, (&'a str, &'a str));
+
+/// The one-key `model.init_prefix_map` that pairs the most file names with model names, when
+/// the two differ by a constant dotted prefix on either side (Hugging Face's base model
+/// saved without the `bert.` its task model carries, or the reverse).
+fn suggest_prefix_map<'a>(file: &[&'a str], model: &[&'a str]) -> Option<PrefixSuggestion<'a>> {
+    let (in_file, in_model): (std::collections::HashSet<&str>, std::collections::HashSet<&str>) =
+        (file.iter().copied().collect(), model.iter().copied().collect());
+    // Dotted suffixes of `name` (past each dot) that the other side holds, with the prefix.
+    let splits = |name: &'a str, other: &std::collections::HashSet<&str>| -> Vec<(&'a str, &'a str)> {
+        name.match_indices('.')
+            .map(|(i, _)| (&name[..=i], &name[i + 1..]))
+            .filter(|(_, rest)| other.contains(rest))
+            .collect()
+    };
+    // Per mapping: how many names it pairs, and the first pair.
+    #[allow(clippy::type_complexity)]
+    let mut counts: HashMap<(String, String), (usize, (&str, &str))> = HashMap::new();
+    for &m in model {
+        for (prefix, rest) in splits(m, &in_file) {
+            counts.entry((String::new(), prefix.to_string())).or_insert((0, (m, rest))).0 += 1;
+        }
+    }
+    for &f in file {
+        for (prefix, rest) in splits(f, &in_model) {
+            counts.entry((prefix.to_string(), String::new())).or_insert((0, (rest, f))).0 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(k.0.len() + k.1.len())))
+        .map(|(k, (n, e))| (k, n, e))
+}
+
 /// Loads the weights of `file` that fit into `vars` (the model's variables, on `device`),
 /// with `strategy` (as a resume would, weights only). With `strict`, any difference is an
 /// error listing them all, and nothing is loaded. The caller starts the optimizer fresh.
@@ -176,12 +267,33 @@ pub fn init_from(
     vars: &HashMap<String, Tensor>,
     device: Device,
     strategy: Strategy,
-    strict: bool,
+    options: InitOptions<'_>,
 ) -> Result<InitReport, CheckpointError> {
     let path = file.path().to_path_buf();
     let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
     let mut report = InitReport { path: path.clone(), ..InitReport::default() };
-    let pairs = match_names(&weights, vars, &mut report);
+    let pairs = match_names(&weights, vars, options.prefix_map, &mut report);
+    // Loading next to nothing trains from scratch under a fine-tuning run's name: refused,
+    // before anything is loaded, with the mapping that would fit when there is one.
+    if (pairs.len() as f64) < options.min_loaded * vars.len() as f64 {
+        let file_names: Vec<&str> = weights.iter().map(|e| e.name.as_str()).collect();
+        let model_names: Vec<&str> = vars.keys().map(String::as_str).collect();
+        let hint = match suggest_prefix_map(&file_names, &model_names) {
+            Some(((from, to), n, (m, f))) if n > pairs.len() => format!(
+                "; the names differ by a prefix (the model's `{m}` is the file's `{f}`): \
+                 model.init_prefix_map: {{\"{from}\": \"{to}\"}} would pair {n}"
+            ),
+            _ => String::new(),
+        };
+        return Err(CheckpointError::InitTooFew {
+            path,
+            loaded: pairs.len(),
+            total: vars.len(),
+            min: options.min_loaded,
+            hint,
+        });
+    }
+    let strict = options.strict;
     // A dtype libtorch cannot hold, or integer data for a float tensor (or the reverse),
     // is a mismatch the user must see, not a silent conversion.
     let mut same = HashMap::new();
@@ -224,6 +336,34 @@ pub fn init_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 17, item 2): MiniLM's own names lack the `bert.` of
+    /// `BertForSequenceClassification`; the refusal names the mapping.
+    #[test]
+    fn a_constant_prefix_between_file_and_model_is_found_either_way() {
+        let file = ["embeddings.word_embeddings.weight", "encoder.layer.0.output.dense.weight", "pooler.dense.bias"];
+        let model = [
+            "bert.embeddings.word_embeddings.weight",
+            "bert.encoder.layer.0.output.dense.weight",
+            "bert.pooler.dense.bias",
+            "classifier.weight",
+        ];
+        let ((from, to), n, (m, f)) = suggest_prefix_map(&file, &model).unwrap();
+        assert_eq!((from.as_str(), to.as_str(), n), ("", "bert.", 3));
+        assert_eq!(m.strip_prefix("bert."), Some(f));
+        let ((from, to), n, _) = suggest_prefix_map(&model, &file).unwrap();
+        assert_eq!((from.as_str(), to.as_str(), n), ("bert.", "", 3));
+        assert!(suggest_prefix_map(&["a.weight"], &["b.bias"]).is_none());
+    }
+
+    #[test]
+    fn the_longest_mapped_prefix_wins() {
+        let map: BTreeMap<String, String> =
+            [("".to_string(), "bert.".to_string()), ("cls.".to_string(), "classifier.".to_string())].into();
+        assert_eq!(mapped("encoder.x", &map), "bert.encoder.x");
+        assert_eq!(mapped("cls.weight", &map), "classifier.weight");
+        assert_eq!(mapped("x", &BTreeMap::new()), "x");
+    }
 
     #[test]
     fn the_table_lists_every_difference_under_one_header() {

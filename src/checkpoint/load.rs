@@ -55,6 +55,25 @@ pub fn load_into(
     let path = file.path().to_path_buf();
     crate::fault::check_load(strategy, &path)?;
     let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
+    // A state dict saved from a DistributedDataParallel or torch.compile wrapper: every name
+    // carries its prefix, which the model's names do not. Matched in the file's names.
+    let prefixed: HashMap<String, Tensor>;
+    let vars = match super::init::wrapper_prefix(&weights, vars) {
+        Some(prefix) => {
+            tracing::info!(path = %path.display(), "the file's names carry the wrapper prefix `{prefix}`: matched without it");
+            prefixed = vars.iter().map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone())).collect();
+            &prefixed
+        }
+        None => vars,
+    };
+    // A weights file (not a train checkpoint) that does not match: fine-tuning is the
+    // non-strict load.
+    let hint = if file.meta().is_none() {
+        "; it is a weights file, not a train checkpoint: to start from the weights that match, use --init-from \
+         instead of --resume (it loads what matches and reports the rest)"
+    } else {
+        ""
+    };
     let mut outcome = LoadOutcome {
         weights: 0,
         optimizer_tensors: 0,
@@ -66,10 +85,10 @@ pub fn load_into(
     outcome.unexpected.sort();
     if strict {
         if let Some(tensor) = outcome.unexpected.first() {
-            return Err(CheckpointError::UnexpectedTensor { path, tensor: tensor.clone() });
+            return Err(CheckpointError::UnexpectedTensor { path, tensor: tensor.clone(), hint });
         }
         if let Some(tensor) = outcome.missing.first() {
-            return Err(CheckpointError::MissingTensor { path, tensor: tensor.clone() });
+            return Err(CheckpointError::MissingTensor { path, tensor: tensor.clone(), hint });
         }
     }
     let present: Vec<(&Entry, &Tensor)> = weights.iter().filter_map(|e| vars.get(&e.name).map(|v| (*e, v))).collect();

@@ -18,7 +18,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
-pub use init::{init_from, InitReport};
+pub use init::{init_from, InitOptions, InitReport};
 pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
 pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
 
@@ -43,20 +43,24 @@ pub enum CheckpointError {
         available: u64,
     },
     /// The model has a parameter the checkpoint lacks.
-    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs")]
+    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs{hint}")]
     MissingTensor {
         /// The file.
         path: PathBuf,
         /// The parameter's name.
         tensor: String,
+        /// What to do instead, when there is something (empty otherwise).
+        hint: &'static str,
     },
     /// The checkpoint has a weight the model does not.
-    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have")]
+    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have{hint}")]
     UnexpectedTensor {
         /// The file.
         path: PathBuf,
         /// The tensor's name.
         tensor: String,
+        /// What to do instead, when there is something (empty otherwise).
+        hint: &'static str,
     },
     /// Shape or dtype differ between the checkpoint and the model.
     #[error("checkpoint {path}: tensor `{tensor}` is {found}, the model needs {expected}")]
@@ -78,6 +82,23 @@ pub enum CheckpointError {
         /// Every difference, as [`init::InitReport::table`] lays them out.
         table: String,
     },
+    /// `model.init_from` would load too little of the model (`model.init_min_loaded`).
+    #[error(
+        "{path} would load {loaded} of the model's {total} tensors, fewer than model.init_min_loaded ({min}) \
+         asks{hint}; to load what matches anyway, set model.init_min_loaded: 0"
+    )]
+    InitTooFew {
+        /// The file.
+        path: PathBuf,
+        /// Model tensors the file would load.
+        loaded: usize,
+        /// The model's tensors.
+        total: usize,
+        /// `model.init_min_loaded`.
+        min: f64,
+        /// The prefix mapping that would fit, when there is one (else empty).
+        hint: String,
+    },
     /// The optimiser rejected the saved state.
     #[error("checkpoint {path}: {source}")]
     Optimizer {
@@ -94,4 +115,20 @@ pub enum CheckpointError {
         /// libtorch's error.
         source: tch::TchError,
     },
+}
+
+impl CheckpointError {
+    /// Whether the file cannot fit this model or is not there, rather than being damaged
+    /// or failing to read: the command is at fault (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Self::MissingTensor { .. }
+            | Self::UnexpectedTensor { .. }
+            | Self::Mismatch { .. }
+            | Self::InitMismatch { .. }
+            | Self::InitTooFew { .. } => true,
+            Self::File(train_store::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }

@@ -82,6 +82,15 @@ pub struct ModelConfig {
     /// With `init_from`: refuse any difference (a name missing on either side, another
     /// shape) instead of reporting it.
     pub init_strict: bool,
+    /// With `init_from`: the share of the model's tensors (0 to 1) the file must load, or
+    /// the run is refused (exit 2) rather than trained from scratch by mistake. 0 loads
+    /// whatever matches.
+    pub init_min_loaded: f64,
+    /// With `init_from`: renames the file's tensors before matching, each name's longest
+    /// matching key replaced by its value (`{"": "bert."}` puts `bert.` before every name;
+    /// `{"model.": ""}` removes it). A refusal for loading too little says which mapping
+    /// would fit when the names differ by a constant prefix.
+    pub init_prefix_map: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ModelConfig {
@@ -94,6 +103,8 @@ impl Default for ModelConfig {
             torchscript: TorchscriptConfig::default(),
             init_from: None,
             init_strict: false,
+            init_min_loaded: 0.5,
+            init_prefix_map: Default::default(),
         }
     }
 }
@@ -138,6 +149,8 @@ impl Default for GptConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TorchscriptConfig {
     /// The `.pt` file `torch.jit.save` wrote; its `forward` maps a batch of inputs to outputs.
+    /// Loading it runs its code: treat it like a program, from a source you trust (README,
+    /// "Models and data").
     pub path: Option<PathBuf>,
     /// Inputs passed to `forward` by keyword, each the data array of that name, with its
     /// integer or float kind kept (`[input_ids, attention_mask]`). Empty: one positional

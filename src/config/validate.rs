@@ -103,6 +103,9 @@ impl Config {
                 "context, width, depth and heads must be >= 1, and heads must divide width".into(),
             );
         }
+        if !(0.0..=1.0).contains(&self.model.init_min_loaded) {
+            return invalid("model.init_min_loaded", format!("is {}; a share from 0 to 1", self.model.init_min_loaded));
+        }
         if self.model.kind == ModelKind::Torchscript && self.model.torchscript.path.is_none() {
             return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path".into());
         }

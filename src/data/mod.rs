@@ -241,6 +241,15 @@ impl Dataset {
     }
 }
 
+/// Where the configured data comes from: `data.dir` for IDX files and image folders,
+/// `data.path` for the kinds read from one file (the key that does not apply is not shown).
+pub fn source_of(cfg: &DataConfig) -> &Path {
+    match cfg.kind {
+        DataKind::Idx | DataKind::ImageFolder => &cfg.dir,
+        _ => cfg.path.as_deref().unwrap_or(&cfg.dir),
+    }
+}
+
 fn required_path(cfg: &DataConfig) -> Result<&Path, DataError> {
     cfg.path.as_deref().ok_or_else(|| DataError::Config(format!("data.kind {:?} needs data.path", cfg.kind)))
 }

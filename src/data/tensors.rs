@@ -278,9 +278,22 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
             .join(", ")
     };
     let n = y.shape.first().copied().unwrap_or(0);
-    let inputs_ok = headers.iter().all(|h| h.shape.len() >= 2 && h.shape[0] == n);
-    if !inputs_ok || !(1..=2).contains(&y.shape.len()) {
-        return Err(format(format!("{}: need inputs [N, ...] and targets [N] or [N, K] with one N", shapes())));
+    // The first input sizes the built-in models, so it has a feature dimension; a named
+    // input after it may hold one value per example (`lengths` [N] beside `input_ids`).
+    let rank_ok = |i: usize, h: &Header| h.shape.len() >= 2 || (named && i > 0 && h.shape.len() == 1);
+    if let Some((i, h)) = headers.iter().enumerate().find(|(i, h)| !rank_ok(*i, h)) {
+        let which = if i == 0 { "the first input needs [N, ...]" } else { "a named input needs [N] or [N, ...]" };
+        return Err(format(format!("{}: `{}` is {:?}; {which}", shapes(), input_names[i], h.shape)));
+    }
+    if let Some((name, h)) = input_names.iter().zip(&headers).find(|(_, h)| h.shape[0] != n) {
+        return Err(format(format!(
+            "{}: `{name}` has {} examples and `{target_name}` {n}: every array needs the same first dimension N",
+            shapes(),
+            h.shape[0]
+        )));
+    }
+    if !(1..=2).contains(&y.shape.len()) {
+        return Err(format(format!("{}: need targets [N] or [N, K]", shapes())));
     }
     if headers.iter().chain(std::iter::once(&y)).any(|h| h.shape.contains(&0)) {
         return Err(format(format!("{}: no dimension may be 0", shapes())));

@@ -18,12 +18,22 @@ pub struct DistributedConfig {
     /// Average gradients with DDP's own engine (c10d's Reducer), bucket by bucket while
     /// backward still runs; `false`: in buckets once backward is done (no overlap).
     pub overlap: bool,
+    /// With the Reducer (`overlap`), search each step's loss graph for parameters it does
+    /// not reach (unused, or used on some ranks only) and count them as ready with zero
+    /// gradients, as DDP's `find_unused_parameters=True`. Off, such a parameter stops the
+    /// run naming it and this key. Costs a graph search and a small all-reduce per step.
+    pub find_unused_parameters: bool,
 }
 
 impl Default for DistributedConfig {
     fn default() -> Self {
         // PyTorch's default for NCCL; long enough for a slow checkpoint save on rank 0.
-        Self { backend: BackendChoice::Auto, timeout: Timeout(Duration::from_secs(600)), overlap: true }
+        Self {
+            backend: BackendChoice::Auto,
+            timeout: Timeout(Duration::from_secs(600)),
+            overlap: true,
+            find_unused_parameters: false,
+        }
     }
 }
 

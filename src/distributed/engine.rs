@@ -52,10 +52,32 @@ extern "C" {
         params: *const *mut torch_sys::C_tensor,
         n: usize,
         bucket_bytes: i64,
+        find_unused: i32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
-    fn train_dist_reducer_prepare(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_reducer_prepare(
+        dist: *mut c_void,
+        output: *mut torch_sys::C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_reducer_finished(dist: *mut c_void, finished: *mut i32, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_reached(
+        output: *mut torch_sys::C_tensor,
+        params: *const *mut torch_sys::C_tensor,
+        n: usize,
+        reached: *mut u8,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn train_dist_store_check(
+        dist: *mut c_void,
+        key: *const c_char,
+        found: *mut i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn train_dist_store_set(
         dist: *mut c_void,
         key: *const c_char,
@@ -124,6 +146,33 @@ pub struct ProcessGroup {
     ptr: NonNull<c_void>,
 }
 
+fn pointers(tensors: &[Tensor]) -> Vec<*mut torch_sys::C_tensor> {
+    tensors.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect()
+}
+
+/// For each of `params`, whether `output`'s autograd graph reaches it (its gradient comes
+/// from `output`'s backward). Also true after that backward: the graph's edges stay.
+pub fn reached(output: &Tensor, params: &[Tensor]) -> Result<Vec<bool>, String> {
+    let ptrs = pointers(params);
+    let mut reached = vec![0u8; params.len()];
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: live tensors for the call; `reached` has room for one byte per parameter.
+    let rc = unsafe {
+        train_dist_reached(
+            output.as_ptr() as *mut _,
+            ptrs.as_ptr(),
+            ptrs.len(),
+            reached.as_mut_ptr(),
+            err.as_mut_ptr().cast(),
+            ERR_LEN,
+        )
+    };
+    match rc {
+        0 => Ok(reached.into_iter().map(|r| r != 0).collect()),
+        _ => Err(text(&err)),
+    }
+}
+
 fn text(buf: &[u8]) -> String {
     CStr::from_bytes_until_nul(buf).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
 }
@@ -180,7 +229,7 @@ impl ProcessGroup {
     /// Multiplies every parameter's gradient by `scale` and sums it over the ranks, in
     /// buckets of at most `bucket_bytes`. A parameter without a gradient gets zeros.
     pub fn allreduce_grads(&self, params: &[Tensor], scale: f64, bucket_bytes: i64) -> Result<(), String> {
-        let ptrs: Vec<*mut torch_sys::C_tensor> = params.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        let ptrs = pointers(params);
         // SAFETY: the pointers are live `at::Tensor*` owned by `params` for the call.
         self.call(|d, e| unsafe {
             train_dist_allreduce_grads(d, ptrs.as_ptr(), ptrs.len(), scale, bucket_bytes, e, ERR_LEN)
@@ -195,24 +244,45 @@ impl ProcessGroup {
 
     /// Copies rank 0's values of `tensors` into every rank's, in place.
     pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), String> {
-        let ptrs: Vec<*mut torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+        let ptrs = pointers(tensors);
         // SAFETY: as in `allreduce_grads`.
         self.call(|d, e| unsafe { train_dist_broadcast(d, ptrs.as_ptr(), ptrs.len(), e, ERR_LEN) })
     }
 
     /// Attaches DDP's Reducer to `params` (the model's trainable parameters, in the same
-    /// order on every rank), with buckets of at most `bucket_bytes`.
-    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64) -> Result<(), String> {
-        let ptrs: Vec<*mut torch_sys::C_tensor> = params.iter().map(Tensor::as_ptr).map(|p| p as *mut _).collect();
+    /// order on every rank), with buckets of at most `bucket_bytes`; `find_unused`: DDP's
+    /// `find_unused_parameters`.
+    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64, find_unused: bool) -> Result<(), String> {
+        let ptrs = pointers(params);
         // SAFETY: as in `allreduce_grads`; the Reducer keeps its own references.
-        self.call(|d, e| unsafe { train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, e, ERR_LEN) })
+        self.call(|d, e| unsafe {
+            train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, i32::from(find_unused), e, ERR_LEN)
+        })
     }
 
-    /// Arms the Reducer: the next backward's gradients are averaged over the ranks as
-    /// backward produces them.
-    pub fn prepare_backward(&self) -> Result<(), String> {
-        // SAFETY: no arguments besides the group.
-        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, e, ERR_LEN) })
+    /// Arms the Reducer: the next backward's, of `output`, gradients are averaged over the
+    /// ranks as backward produces them.
+    pub fn prepare_backward(&self, output: &Tensor) -> Result<(), String> {
+        // SAFETY: `output` is a live tensor for the call.
+        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, output.as_ptr() as *mut _, e, ERR_LEN) })
+    }
+
+    /// After the armed backward: whether the Reducer all-reduced every bucket (false: a
+    /// parameter got no gradient, and its bucket never went out).
+    pub fn reducer_finished(&self) -> Result<bool, String> {
+        let mut finished = 0;
+        // SAFETY: an out-pointer valid for the call.
+        self.call(|d, e| unsafe { train_dist_reducer_finished(d, &mut finished, e, ERR_LEN) })?;
+        Ok(finished != 0)
+    }
+
+    /// Whether a key is set in the store, without waiting for it.
+    pub fn check(&self, key: &str) -> Result<bool, String> {
+        let key = cstring(key)?;
+        let mut found = 0;
+        // SAFETY: valid key and out-pointer for the call.
+        self.call(|d, e| unsafe { train_dist_store_check(d, key.as_ptr(), &mut found, e, ERR_LEN) })?;
+        Ok(found != 0)
     }
 
     /// Waits until every rank got here.

@@ -3,7 +3,7 @@
 //! gradients averaged over the ranks after each step's backward.
 //!
 //! - [`env`]: which rank of which job this process is (torchrun, srun), a pure function;
-//! - [`config`]: `distributed.backend` and `distributed.timeout`;
+//! - [`config`]: the `distributed:` section;
 //! - [`engine`]: the C++ shim's process group;
 //! - [`Dist`], here: what a run asks of the group, with errors that say what was lost.
 //!
@@ -14,7 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod env;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use tch::{Device, Kind, Tensor};
 
@@ -23,6 +23,10 @@ pub use env::{Launch, LaunchError, Source};
 
 /// Gradient buckets of at most this size go out together: DDP's default `bucket_cap_mb`.
 pub const BUCKET_BYTES: i64 = 25 << 20;
+
+/// The store key under which a rank that stops the job on its own (a parameter without a
+/// gradient) leaves its reason, for the ranks whose collectives then fail to report.
+const FAILURE_KEY: &str = "failure";
 
 /// What went wrong between the ranks.
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +72,31 @@ pub enum DistError {
     /// Rank 0 could not start the run, so neither can this rank.
     #[error("rank 0 could not start the run: {0}")]
     LeaderFailed(String),
+    /// With DDP's Reducer and `distributed.find_unused_parameters` off, parameters got no
+    /// gradient in a step's backward: their bucket was never all-reduced, and the step
+    /// would have applied this rank's own gradients (different weights on each rank).
+    #[error(
+        "rank {rank}, step {step}: {names} received no gradient (not used to compute the loss on this rank), so \
+         DDP's Reducer cannot average the step's gradients over the ranks; set distributed.find_unused_parameters: \
+         true, or use every parameter in forward"
+    )]
+    UnusedParameters {
+        /// This rank.
+        rank: u32,
+        /// The step (1-based).
+        step: u64,
+        /// The parameters, by name.
+        names: String,
+    },
+    /// The ranks were started with different settings (the keys named).
+    #[error("the ranks were started with different configurations: {0}")]
+    ConfigMismatch(String),
 }
 
 impl DistError {
     /// Whether the user's settings are at fault (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Launch(_) | Self::Rendezvous { .. } | Self::Backend(_))
+        matches!(self, Self::Launch(_) | Self::Rendezvous { .. } | Self::Backend(_) | Self::ConfigMismatch(_))
     }
 }
 
@@ -94,12 +117,32 @@ pub struct Dist {
     device: Device,
     peers: Vec<Option<Peer>>,
     host: String,
-    /// DDP's Reducer is attached: gradients are averaged during backward.
-    overlap: Cell<bool>,
+    /// DDP's Reducer, when attached: gradients are averaged during backward.
+    reducer: RefCell<Option<Attached>>,
     /// With the Reducer: the step and the examples of its global batch ([`Dist::begin_step`]).
     global_n: Cell<Option<(u64, f64)>>,
     /// Where the steps' time between the ranks went, since [`Dist::take_times`].
     times: Cell<CommTimes>,
+}
+
+/// The parameters DDP's Reducer was attached to, with their names (to name the ones that
+/// get no gradient), and whether it searches for unused ones itself.
+struct Attached {
+    params: Vec<Tensor>,
+    names: Vec<String>,
+    find_unused: bool,
+}
+
+/// At most this many names in a message; then how many more.
+const NAMES_SHOWN: usize = 8;
+
+/// `names` for a message: the first [`NAMES_SHOWN`], then how many more.
+pub fn name_list(names: &[&str]) -> String {
+    let shown = names.iter().take(NAMES_SHOWN).copied().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// Seconds spent, summed over steps, in what a data-parallel step adds.
@@ -191,7 +234,7 @@ impl Dist {
             peers: Vec::new(),
             host,
             launch,
-            overlap: Cell::new(false),
+            reducer: RefCell::new(None),
             global_n: Cell::new(None),
             times: Cell::new(CommTimes::default()),
         };
@@ -239,7 +282,13 @@ impl Dist {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let lost = if gone.is_empty() { String::new() } else { format!(": {}", gone.join(", ")) };
+        let mut lost = if gone.is_empty() { String::new() } else { format!(": {}", gone.join(", ")) };
+        // A rank that stopped the job on purpose said why (a store on a lost host does not answer).
+        if let Ok(true) = self.group.check(FAILURE_KEY) {
+            if let Ok(why) = self.group.get(FAILURE_KEY) {
+                lost.push_str(&format!(" (it stopped: {})", String::from_utf8_lossy(&why)));
+            }
+        }
         DistError::Lost { rank: self.launch.rank, what: what.into(), lost, message }
     }
 
@@ -267,17 +316,40 @@ impl Dist {
         Ok(())
     }
 
-    /// Hands `params`' gradients to DDP's Reducer, which averages them during backward
-    /// (`distributed.overlap`); [`Dist::reduce_gradients`] is then not used.
-    pub fn attach_reducer(&self, params: &[Tensor]) -> Result<(), DistError> {
-        self.group.attach_reducer(params, BUCKET_BYTES).map_err(|m| self.lost("attaching DDP's Reducer", m))?;
-        self.overlap.set(true);
+    /// Hands the gradients of `params` (named) to DDP's Reducer, which averages them during
+    /// backward (`distributed.overlap`); [`Dist::reduce_gradients`] is then not used.
+    /// `find_unused`: `distributed.find_unused_parameters`.
+    pub fn attach_reducer(&self, params: Vec<(String, Tensor)>, find_unused: bool) -> Result<(), DistError> {
+        let (names, params): (Vec<String>, Vec<Tensor>) = params.into_iter().unzip();
+        self.group
+            .attach_reducer(&params, BUCKET_BYTES, find_unused)
+            .map_err(|m| self.lost("attaching DDP's Reducer", m))?;
+        *self.reducer.borrow_mut() = Some(Attached { params, names, find_unused });
         Ok(())
     }
 
     /// Whether gradients are averaged during backward (the Reducer is attached).
     pub fn overlaps(&self) -> bool {
-        self.overlap.get()
+        self.reducer.borrow().is_some()
+    }
+
+    /// After the armed backward of `output` without the Reducer's own search for unused
+    /// parameters: every bucket must have been all-reduced. If one was not, a parameter got
+    /// no gradient on this rank; the step stops here, naming the parameters `output` does
+    /// not reach, before any other collective could pair with the wrong one.
+    fn check_reduced(&self, a: &Attached, output: &Tensor) -> Result<(), DistError> {
+        if self.group.reducer_finished().map_err(|m| self.lost("asking DDP's Reducer", m))? {
+            return Ok(());
+        }
+        let reached = engine::reached(output, &a.params).map_err(|m| self.lost("searching the loss's graph", m))?;
+        let unused: Vec<&str> =
+            a.names.iter().zip(reached).filter(|(_, r)| !r).map(|(name, _)| name.as_str()).collect();
+        let names = if unused.is_empty() { "some parameters".to_string() } else { name_list(&unused) };
+        let step = self.global_n.get().map_or(0, |(s, _)| s + 1);
+        let err = DistError::UnusedParameters { rank: self.rank(), step, names };
+        // The other ranks may wait for this rank's part of the bucket; they report this.
+        let _ = self.group.set(FAILURE_KEY, err.to_string().as_bytes());
+        Err(err)
     }
 
     fn add_time(&self, f: impl FnOnce(&mut CommTimes)) {
@@ -319,15 +391,21 @@ impl Dist {
         } else {
             m as f64 / n as f64
         };
-        if last && self.overlaps() {
-            self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
+        let weighted = loss * weight;
+        let reducer = self.reducer.borrow();
+        let armed = reducer.as_ref().filter(|_| last);
+        if armed.is_some() {
+            self.group.prepare_backward(&weighted).map_err(|m| self.lost("preparing the Reducer", m))?;
         }
         let start = std::time::Instant::now();
-        (loss * weight).f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
+        weighted.f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
         if last {
             self.add_time(|t| t.last_backward += start.elapsed().as_secs_f64());
         }
-        Ok(())
+        match armed {
+            Some(a) if !a.find_unused => self.check_reduced(a, &weighted),
+            _ => Ok(()),
+        }
     }
 
     /// A step in which this rank has no examples (its share of a short last batch): with
@@ -336,11 +414,9 @@ impl Dist {
         if !self.overlaps() {
             return Ok(());
         }
-        self.group.prepare_backward().map_err(|m| self.lost("preparing the Reducer", m))?;
-        if let Some(zero) = params.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
-            zero.f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))?;
-        }
-        Ok(())
+        let Some(zero) = params.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) else { return Ok(()) };
+        self.group.prepare_backward(&zero).map_err(|m| self.lost("preparing the Reducer", m))?;
+        zero.f_backward().map_err(|e| self.lost("backward with the gradient all-reduce", e.to_string()))
     }
 
     /// `values` summed over the ranks.
@@ -375,10 +451,20 @@ impl Dist {
     /// Rank 0 publishes `value` under `key`; every rank returns it (others wait for it).
     pub fn share(&self, key: &str, value: Option<&str>) -> Result<String, DistError> {
         if let (true, Some(v)) = (self.is_leader(), value) {
-            self.group.set(key, v.as_bytes()).map_err(|m| self.lost("the store", m))?;
+            self.publish(key, v)?;
             return Ok(v.to_string());
         }
-        let v = self.group.get(key).map_err(|m| self.lost("waiting for rank 0 in the store", m))?;
+        self.read(key)
+    }
+
+    /// Sets `key` to `value` in the store.
+    pub fn publish(&self, key: &str, value: &str) -> Result<(), DistError> {
+        self.group.set(key, value.as_bytes()).map_err(|m| self.lost("the store", m))
+    }
+
+    /// `key`'s value in the store, waiting (up to the timeout) for a rank to set it.
+    pub fn read(&self, key: &str) -> Result<String, DistError> {
+        let v = self.group.get(key).map_err(|m| self.lost(&format!("waiting for {key} in the store"), m))?;
         Ok(String::from_utf8_lossy(&v).into_owned())
     }
 }

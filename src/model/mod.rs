@@ -14,12 +14,19 @@ use crate::data::Task;
 
 mod archive;
 mod nets;
+mod probe;
 pub mod script;
+mod storages;
 
 pub use archive::{frozen_mode, state_dict_keys, Frozen, STATE_DICT_KEYS};
 
 use nets::{Cnn, Gpt, Mlp, Scripted};
 use script::{ScriptError, ScriptModule};
+use storages::ArchiveError;
+
+/// How a failed TorchScript forward pass in training begins its panic message (the loop
+/// catches it and reports libtorch's line: see [`crate::fault::catch_torch`]).
+pub(crate) const FORWARD_FAILED: &str = "TorchScript forward failed";
 
 /// What a forward pass gives: the outputs, and the loss when the model computed its own.
 #[derive(Debug)]
@@ -68,6 +75,14 @@ pub enum ModelError {
         /// The file.
         path: PathBuf,
     },
+    /// `model.torchscript.path` is a `torch.save` file, not a TorchScript module.
+    #[error("model.torchscript.path {path}: {reason}")]
+    NotTorchscript {
+        /// The file.
+        path: PathBuf,
+        /// What it is, and what to do.
+        reason: String,
+    },
     /// A TorchScript file could not be loaded or run.
     #[error("cannot load TorchScript module {path}: {reason}")]
     Torchscript {
@@ -103,7 +118,13 @@ pub enum ModelError {
 impl ModelError {
     /// Whether the configuration is at fault (exit code 2) rather than a file (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Incompatible { .. } | Self::TorchscriptMissing { .. } | Self::TooLarge { .. })
+        matches!(
+            self,
+            Self::Incompatible { .. }
+                | Self::TorchscriptMissing { .. }
+                | Self::TooLarge { .. }
+                | Self::NotTorchscript { .. }
+        )
     }
 }
 
@@ -245,8 +266,9 @@ fn outputs_of(task: Task) -> i64 {
 
 /// Builds the configured model for `task` with inputs of `input_shape` (one example),
 /// refusing one whose weights and gradients would not fit in the memory of `root`'s device.
-/// `probe`, a couple of the data's examples (inputs and targets) on that device, is what a
-/// TorchScript module is tried on before training (zeros of `input_shape` without one).
+/// `probe`, a batch of the data (inputs and targets) of the size training uses, on that
+/// device, is what a TorchScript module is tried on before training (two examples of zeros
+/// of `input_shape` without one).
 pub fn build(
     cfg: &ModelConfig,
     root: &nn::Path,
@@ -301,60 +323,7 @@ pub fn build_within(
     let outputs = outputs_of(task);
     match (cfg.kind, task) {
         (ModelKind::Gpt, Task::LanguageModel { vocab }) => Ok(Box::new(Builtin(Gpt::new(root, &cfg.gpt, vocab)))),
-        (ModelKind::Torchscript, _) => {
-            let path = cfg.torchscript.path.clone().expect("validated: torchscript has a path");
-            if !path.is_file() {
-                return Err(ModelError::TorchscriptMissing { path });
-            }
-            match frozen_mode(&path) {
-                Some(Frozen::Eval(op)) => tracing::warn!(
-                    path = %path.display(),
-                    "{op} runs in eval mode whatever the mode: the module was traced in eval mode \
-                     (torch.jit.trace bakes the mode in), so BatchNorm statistics stay frozen and dropout off \
-                     while training; export it with torch.jit.script"
-                ),
-                Some(Frozen::Train(op)) => tracing::warn!(
-                    path = %path.display(),
-                    "{op} runs in train mode whatever the mode: the module was traced in train mode, so \
-                     evaluation uses batch statistics and dropout; export it with torch.jit.script"
-                ),
-                None => {}
-            }
-            let failed = |e: ScriptError| ModelError::Torchscript { path: path.clone(), reason: e.0 };
-            let mut module = ScriptModule::load(&path, root.device()).map_err(failed)?;
-            register_tensors(&module, root, state_dict_keys(&path).as_deref()).map_err(failed)?;
-            // Try it on two examples now, so a module that does not fit the data fails here
-            // with a clear error instead of in the middle of training. In eval mode, so the
-            // probe leaves BatchNorm's running statistics as they are.
-            module.set_training(false).map_err(failed)?;
-            let zeros;
-            let (probe, targets) = match probe {
-                Some((inputs, targets)) => (inputs, Some(targets)),
-                None => {
-                    let kind = if matches!(task, Task::LanguageModel { .. }) { Kind::Int64 } else { Kind::Float };
-                    zeros = [Tensor::f_zeros([&[2], input_shape].concat(), (kind, root.device()))
-                        .map_err(|e| failed(ScriptError(libtorch_message(&e))))?];
-                    (&zeros[..], None)
-                }
-            };
-            let scripted = Scripted::new(module, &cfg.torchscript);
-            let out = tch::no_grad(|| scripted.try_forward(probe, targets, false)).map_err(failed)?.logits;
-            let n = probe[0].size()[0];
-            // A TorchScript module may have more outputs than the data uses (a vocabulary
-            // larger than the ids seen, a class absent from the data), not fewer.
-            let fits = out.size().first() == Some(&n) && out.size().last().is_some_and(|&o| o >= outputs);
-            if !fits {
-                return Err(ModelError::Incompatible {
-                    kind: kind_name(cfg.kind),
-                    reason: format!(
-                        "{} maps inputs {input_shape:?} to {:?}; the data needs [N, {outputs}]",
-                        path.display(),
-                        &out.size()[1..]
-                    ),
-                });
-            }
-            Ok(Box::new(scripted))
-        }
+        (ModelKind::Torchscript, _) => build_torchscript(cfg, root, task, input_shape, probe),
         (ModelKind::Mlp, _) => {
             Ok(Box::new(Builtin(Mlp::new(root, input_shape.iter().product(), &cfg.mlp.hidden, outputs))))
         }
@@ -363,6 +332,96 @@ pub fn build_within(
             _ => unreachable!("parameter_count accepts only [C, H, W] inputs for cnn"),
         },
         (ModelKind::Gpt, _) => unreachable!("parameter_count refuses gpt without text data"),
+    }
+}
+
+/// Loads `model.torchscript.path`, registers its tensors in `root`, and tries it on
+/// `probe` (a batch of the configured size: inputs and targets), or on zeros of
+/// `input_shape` without one (see [`probe`]).
+fn build_torchscript(
+    cfg: &ModelConfig,
+    root: &nn::Path,
+    task: Task,
+    input_shape: &[i64],
+    probe: Option<(&[Tensor], &Tensor)>,
+) -> Result<Model, ModelError> {
+    let path = cfg.torchscript.path.clone().expect("validated: torchscript has a path");
+    if !path.is_file() {
+        return Err(ModelError::TorchscriptMissing { path });
+    }
+    storages::check(&path).map_err(|e| match e {
+        ArchiveError::NotTorchscript(_) => ModelError::NotTorchscript { path: path.clone(), reason: e.to_string() },
+        ArchiveError::Damaged(reason) => ModelError::Torchscript { path: path.clone(), reason },
+    })?;
+    match frozen_mode(&path) {
+        Some(Frozen::Eval(op)) => tracing::warn!(
+            path = %path.display(),
+            "{op} runs in eval mode whatever the mode: the module was traced in eval mode \
+             (torch.jit.trace bakes the mode in), so BatchNorm statistics stay frozen and dropout off \
+             while training; export it with torch.jit.script"
+        ),
+        Some(Frozen::Train(op)) => tracing::warn!(
+            path = %path.display(),
+            "{op} runs in train mode whatever the mode: the module was traced in train mode, so \
+             evaluation uses batch statistics and dropout; export it with torch.jit.script"
+        ),
+        None => {}
+    }
+    let failed = |e: ScriptError| ModelError::Torchscript { path: path.clone(), reason: e.0 };
+    let mut module = ScriptModule::load(&path, root.device()).map_err(failed)?;
+    let keys = state_dict_keys(&path);
+    if keys.is_none() && !module.named_buffers().map_err(failed)?.is_empty() {
+        // TorchScript keeps no trace of `persistent=False`: only the export can say.
+        tracing::warn!(
+            path = %path.display(),
+            "the archive does not list its module's state_dict() keys, so every buffer is checkpointed, \
+             non-persistent ones too (a strict load_state_dict in Python then reports them as unexpected); \
+             export with torch.jit.save(m, path, _extra_files={{\"{STATE_DICT_KEYS}\": \"\\n\".join(model.state_dict())}}) \
+             (README, Models and data)"
+        );
+    }
+    register_tensors(&module, root, keys.as_deref()).map_err(failed)?;
+    // A module is saved in whatever mode it was in (scripted, usually train); `Scripted`
+    // starts from eval and switches per call.
+    module.set_training(false).map_err(failed)?;
+    let scripted = Scripted::new(module, &cfg.torchscript);
+    let zeros;
+    let (inputs, targets) = match probe {
+        Some(batch) => batch,
+        None => {
+            zeros =
+                zeros_batch(task, input_shape, root.device()).map_err(|e| failed(ScriptError(libtorch_message(&e))))?;
+            (&zeros.0[..], &zeros.1)
+        }
+    };
+    probe::run(&scripted, &path, task, inputs, targets)?;
+    Ok(Box::new(scripted))
+}
+
+/// Two examples of zeros for `task` with inputs of `input_shape`, for a module tried
+/// without the data.
+fn zeros_batch(task: Task, input_shape: &[i64], device: tch::Device) -> Result<([Tensor; 1], Tensor), tch::TchError> {
+    let (input_kind, targets) = match task {
+        Task::Classification { .. } => (Kind::Float, Tensor::f_zeros([2], (Kind::Int64, device))?),
+        Task::Regression { outputs } => (Kind::Float, Tensor::f_zeros([2, outputs], (Kind::Float, device))?),
+        Task::LanguageModel { .. } => {
+            (Kind::Int64, Tensor::f_zeros([&[2], input_shape].concat(), (Kind::Int64, device))?)
+        }
+    };
+    Ok(([Tensor::f_zeros([&[2], input_shape].concat(), (input_kind, device))?], targets))
+}
+
+/// The mean loss of a batch for `task`: cross-entropy over classes or over every token's
+/// next byte, or mean squared error.
+pub fn task_loss(task: Task, out: &Tensor, targets: &Tensor) -> Tensor {
+    match task {
+        Task::Classification { .. } => out.cross_entropy_for_logits(targets),
+        // A TorchScript module's vocabulary may be larger than the ids the data holds.
+        Task::LanguageModel { .. } => {
+            let vocab = *out.size().last().expect("logits have a vocabulary dimension");
+            out.view([-1, vocab]).cross_entropy_for_logits(&targets.view([-1]))
+        }
+        Task::Regression { .. } => out.mse_loss(targets, tch::Reduction::Mean),
     }
 }
 

@@ -205,12 +205,22 @@ impl Scripted {
     }
 }
 
+/// Tensors by dotted name.
+pub(super) type Named = Vec<(String, Tensor)>;
+
+impl Scripted {
+    /// The module's parameters and buffers by dotted name, as it holds them now.
+    pub(super) fn tensors(&self) -> Result<(Named, Named), ScriptError> {
+        let guard = self.module.lock().expect("no panic while holding the module");
+        Ok((guard.0.named_parameters()?, guard.0.named_buffers()?))
+    }
+}
+
 impl Network for Scripted {
     fn forward(&self, inputs: &[Tensor], targets: Option<&Tensor>, train: bool) -> Forward {
         // `build` ran the module once on examples of this data, so a failure here is
         // libtorch's own (out of memory, say), which the loop cannot continue from.
-        let out =
-            self.try_forward(inputs, targets, train).unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
+        let out = self.try_forward(inputs, targets, train).unwrap_or_else(|e| panic!("{}: {e}", super::FORWARD_FAILED));
         Forward { logits: out.logits, loss: out.loss }
     }
 }

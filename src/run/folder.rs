@@ -54,8 +54,11 @@ impl RunFolder {
         if root.exists() && !root.is_dir() {
             return Err(RunError::NotAFolder { path: root.to_path_buf() });
         }
-        let created =
-            root.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+        let new: Vec<PathBuf> =
+            root.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+        let created = new.last().cloned();
+        // A signal during start-up ends the process from its handler: these go with it.
+        super::signals::forget_on_start_up_exit(&new);
         std::fs::create_dir_all(root).map_err(io)?;
         let lock = File::open(root).map_err(io)?;
         match lock.try_lock() {
@@ -137,6 +140,26 @@ impl RunFolder {
             tracing::warn!("cannot cut {} back to step {step}: {e}", log.path().display());
         }
     }
+
+    /// After a run failed before it wrote anything worth keeping (no checkpoint file, no
+    /// metrics line): takes back what [`Self::prepare`] wrote (the configuration, the empty
+    /// metrics log, an empty checkpoint folder) and releases the folder as
+    /// [`Self::release_unused`] does, so a failed first start leaves no folder holding only
+    /// `config.yaml`. A folder with a checkpoint, or metrics to report (a diverged run's
+    /// event), is left as it is.
+    pub fn release_if_nothing_saved(self) {
+        let checkpoints = self.checkpoints();
+        let saved = std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some());
+        let logged = std::fs::metadata(self.root.join(METRICS_FILE)).is_ok_and(|m| m.len() > 0);
+        if saved || logged {
+            return;
+        }
+        let _ = std::fs::remove_dir(&checkpoints);
+        for name in [CONFIG_FILE, METRICS_FILE] {
+            let _ = std::fs::remove_file(self.root.join(name));
+        }
+        self.release_unused();
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +183,25 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let err = RunFolder::acquire(&path).err().unwrap();
         assert!(matches!(err, RunError::NotAFolder { .. }) && err.is_usage(), "{err}");
+    }
+
+    #[test]
+    fn a_first_start_that_saved_nothing_takes_back_its_config_and_metrics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("runs/run");
+        let folder = RunFolder::acquire(&root).unwrap();
+        folder.prepare(&Config::default(), 0).unwrap();
+        std::fs::create_dir_all(folder.checkpoints()).unwrap();
+        assert!(root.join(CONFIG_FILE).exists());
+        folder.release_if_nothing_saved();
+        assert!(!tmp.path().join("runs").exists(), "nothing of the failed start is left");
+
+        let folder = RunFolder::acquire(&root).unwrap();
+        folder.prepare(&Config::default(), 0).unwrap();
+        std::fs::create_dir_all(folder.checkpoints()).unwrap();
+        std::fs::write(folder.checkpoints().join("latest.safetensors"), b"x").unwrap();
+        folder.release_if_nothing_saved();
+        assert!(root.join(CONFIG_FILE).exists(), "a folder with a checkpoint keeps its config");
     }
 
     #[test]

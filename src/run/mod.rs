@@ -113,6 +113,15 @@ pub enum RunError {
         /// `NaN` or `infinite`.
         what: &'static str,
     },
+    /// libtorch raised an error in a training step or an evaluation (the model failed on
+    /// this batch): the run cannot go on, and nothing is saved from the state it left.
+    #[error("{during}: {message}")]
+    Libtorch {
+        /// Where: `training step 12`, `evaluation after epoch 2`.
+        during: String,
+        /// libtorch's message, on one line.
+        message: String,
+    },
     /// Another process holds the run folder.
     #[error("{dir} is in use by another train process; wait for it or choose another --output-dir")]
     Busy {
@@ -138,6 +147,9 @@ impl RunError {
         match self {
             Self::Data(e) => e.is_usage(),
             Self::Model(e) => e.is_usage(),
+            // An explicit --resume or --init-from file that is missing or does not fit the
+            // model (an `auto` resume only tries the run's own files).
+            Self::ResumeFrom(e) | Self::InitFrom(e) | Self::Checkpoint(e) => e.is_usage(),
             Self::Distributed(e) => e.is_usage(),
             _ => matches!(
                 self,
@@ -221,6 +233,9 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         return Ok(RunSummary::stopped_early(out, false));
     }
     let dist = launch.map(|l| Dist::connect(l, &cfg.distributed, device)).transpose()?.map(Rc::new);
+    if let Some(d) = &dist {
+        ranks::check_same_config(d, user_cfg)?;
+    }
     if let Some(d) = dist.as_ref().filter(|d| !d.is_leader()) {
         return ranks::follow(cfg, user_cfg, d, device, &mut stop, &out);
     }
@@ -254,6 +269,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         ranks::announce(Some(d), &start)?;
         ranks::join(d, &mut trainer, cfg)?;
     }
+    stop.begin_training();
     let log = folder.prepare(user_cfg, trainer.position.step)?;
     if let Some(d) = &dist {
         let detail = format!(
@@ -304,6 +320,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
             // A failed save (a full disk, say) must not leave metrics claiming epochs that no
             // checkpoint holds: cut them back to what `latest` on disk records.
             folder.truncate_metrics_to_checkpoints(&log);
+            folder.release_if_nothing_saved();
             return Err(e);
         }
     };
@@ -342,7 +359,7 @@ fn start(
         train = data.train.len(),
         val = data.val.len(),
         task = ?data.task,
-        dir = %cfg.data.dir.display(),
+        from = %crate::data::source_of(&cfg.data).display(),
         "data loaded"
     );
     check_warmup(cfg, data.train.len())?;

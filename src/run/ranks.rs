@@ -9,6 +9,8 @@
 //!   (a shared file system, as torchrun and Slurm jobs have), and rank 0's parameters and
 //!   buffers are then broadcast to all.
 //! - The other ranks run [`follow`]: the same loop with no saver and no metrics log.
+//! - Before any of that, [`check_same_config`]: ranks started with different settings
+//!   (another learning rate, batch or data) are refused on every rank, the keys named.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,15 @@ use crate::training::Trainer;
 
 /// The store key under which rank 0 announces how the run starts.
 const START_KEY: &str = "run/start";
+
+/// The store keys under which each rank publishes its configuration (`config/<rank>`).
+const CONFIG_KEY: &str = "config";
+
+/// Keys that may differ between the ranks: where each rank runs and with how many threads,
+/// the folder and resume choice that rank 0 alone acts on, and the memory figures each
+/// rank plans its own device with. Every other key must be the same on every rank.
+const RANK_LOCAL_KEYS: &[&str] =
+    &["run.device", "run.output_dir", "run.resume", "run.threads", "memory.assume_free_vram", "memory.vram_limit"];
 
 /// How rank 0 started the run, as the other ranks learn it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,13 +119,113 @@ pub fn announce(dist: Option<&Dist>, start: &LeaderStart) -> Result<(), RunError
 pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &Config) -> Result<(), DistError> {
     let mut vars: Vec<(String, tch::Tensor)> = trainer.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors: Vec<tch::Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+    if dist.is_leader() && dist.world() > 1 {
+        warn_of_running_statistics(&vars);
+    }
+    let tensors: Vec<tch::Tensor> = vars.iter().map(|(_, t)| t.shallow_clone()).collect();
     dist.broadcast(&tensors)?;
     if cfg.distributed.overlap {
-        dist.attach_reducer(&trainer.vs.trainable_variables())?;
+        // The Reducer's order is the trainable variables' (the same on every rank); names
+        // come from the variables sharing their storage.
+        let params = trainer
+            .vs
+            .trainable_variables()
+            .into_iter()
+            .map(|t| {
+                let name = vars.iter().find(|(_, v)| v.data_ptr() == t.data_ptr()).map(|(n, _)| n.clone());
+                (name.unwrap_or_else(|| "an unnamed parameter".into()), t)
+            })
+            .collect();
+        dist.attach_reducer(params, cfg.distributed.find_unused_parameters)?;
     }
     trainer.dist = Some(Rc::clone(dist));
     Ok(())
+}
+
+/// BatchNorm-style running statistics (`running_mean`, `running_var`) are each rank's own
+/// during an epoch and rank 0's in a checkpoint; the user is told once, at the start.
+fn warn_of_running_statistics(vars: &[(String, tch::Tensor)]) {
+    let stats: Vec<&str> = vars
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.ends_with("running_mean") || n.ends_with("running_var"))
+        .collect();
+    if !stats.is_empty() {
+        tracing::warn!(
+            "data parallel: {} running-statistic buffer(s) ({}) are not averaged over the ranks: each rank updates \
+             its own from its share of the batch, and checkpoints hold rank 0's",
+            stats.len(),
+            crate::distributed::name_list(&stats)
+        );
+    }
+}
+
+/// The configuration as dotted keys and their values (JSON text), without [`RANK_LOCAL_KEYS`].
+fn comparable(cfg: &Config) -> std::collections::BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                if !RANK_LOCAL_KEYS.contains(&prefix) {
+                    out.insert(prefix.to_string(), other.to_string());
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk("", &serde_json::to_value(cfg).expect("the config schema serializes to JSON"), &mut out);
+    out
+}
+
+/// The keys whose values differ between rank 0's configuration `a` and rank `rank`'s `b`,
+/// each with both values.
+fn differences(
+    a: &std::collections::BTreeMap<String, String>,
+    b: &std::collections::BTreeMap<String, String>,
+    rank: usize,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(unset)".to_string();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            format!("{k} is {} on rank 0 but {} on rank {rank}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none))
+        })
+        .collect()
+}
+
+/// Refuses, on every rank, a job whose ranks were started with different settings (all but
+/// [`RANK_LOCAL_KEYS`]): another learning rate or seed trains ranks that silently diverge,
+/// another batch or data size breaks the collectives. Each rank publishes its resolved
+/// configuration in the store and compares it with rank 0's; one all-reduce tells every
+/// rank which ranks differ, and each then names the keys of the first of them.
+pub fn check_same_config(dist: &Dist, cfg: &Config) -> Result<(), DistError> {
+    let mine = comparable(cfg);
+    let text = |c: &std::collections::BTreeMap<String, String>| serde_json::to_string(c).expect("strings serialize");
+    let parse = |s: String, rank: usize| -> std::collections::BTreeMap<String, String> {
+        serde_json::from_str(&s).unwrap_or_else(|_| [(format!("(rank {rank}'s configuration)"), s)].into())
+    };
+    let (rank, world) = (dist.rank() as usize, dist.world() as usize);
+    dist.publish(&format!("{CONFIG_KEY}/{rank}"), &text(&mine))?;
+    let leader = if rank == 0 { mine.clone() } else { parse(dist.read(&format!("{CONFIG_KEY}/0"))?, 0) };
+    let mut differs = vec![0.0; world];
+    differs[rank] = f64::from(u8::from(leader != mine));
+    let differs = dist.sum(&differs)?;
+    let Some(first) = differs.iter().position(|&d| d > 0.0) else { return Ok(()) };
+    let theirs = if first == rank { mine } else { parse(dist.read(&format!("{CONFIG_KEY}/{first}"))?, first) };
+    let mut found = differences(&leader, &theirs, first);
+    let others = differs.iter().filter(|&&d| d > 0.0).count() - 1;
+    if others > 0 {
+        found.push(format!("and {others} more rank(s) differ from rank 0"));
+    }
+    // Every rank has read what it needs before any leaves (rank 0 may host the store).
+    dist.barrier()?;
+    Err(DistError::ConfigMismatch(format!("{}; start every rank with the same settings", found.join("; "))))
 }
 
 /// A rank other than 0: waits for rank 0's start, loads the same checkpoint, and trains
@@ -142,6 +253,7 @@ pub fn follow(
     join(dist, &mut trainer, cfg)?;
     let first_epoch = trainer.position.epoch;
     let sha = config_sha256(user_cfg);
+    stop.begin_training();
     let end = Loop { cfg, data: &data, saver: None, log: None, dist: Some(dist), stop, config_sha256: &sha }
         .run(&mut trainer)?;
     // Rank 0's last save is done once it gets here too.
@@ -171,6 +283,22 @@ mod tests {
             assert_eq!(LeaderStart::decode(&s.encode()), s);
         }
         assert!(matches!(LeaderStart::decode("bogus"), LeaderStart::Failed(_)));
+    }
+
+    #[test]
+    fn configurations_differing_only_in_rank_local_keys_compare_equal() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.run.device = DeviceSpec::Cuda(1);
+        b.run.output_dir = Some(PathBuf::from("/elsewhere"));
+        b.run.threads = Some(3);
+        assert_eq!(comparable(&a), comparable(&b));
+        b.training.optimizer.lr = 0.5;
+        b.training.batch_size = 7;
+        let found = differences(&comparable(&a), &comparable(&b), 1);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("training.batch_size is 128 on rank 0 but 7 on rank 1"), "{found:?}");
+        assert!(found[1].starts_with("training.optimizer.lr is 0.001 on rank 0 but 0.5 on rank 1"), "{found:?}");
     }
 
     #[test]

@@ -200,14 +200,25 @@ fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(
     let file = CheckpointFile::open(path).map_err(|e| RunError::InitFrom(e.into()))?;
     let start = Instant::now();
     let (report, strategy) = with_planned_strategy(cfg, trainer, &file, RunError::InitFrom, |trainer, strategy| {
-        checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, cfg.model.init_strict)
+        let options = checkpoint::InitOptions {
+            strict: cfg.model.init_strict,
+            min_loaded: cfg.model.init_min_loaded,
+            prefix_map: &cfg.model.init_prefix_map,
+        };
+        checkpoint::init_from(&file, &trainer.variables(), trainer.device, strategy, options)
     })?;
     check_finite_weights(trainer, path)?;
     let seconds = format_args!("{:.3}", start.elapsed().as_secs_f64());
     if report.is_exact() {
         tracing::info!(seconds, strategy = strategy.name(), "{}", report.summary());
     } else {
-        tracing::warn!(seconds, strategy = strategy.name(), "{} (model.init_strict refuses this):", report.summary());
+        tracing::warn!(
+            seconds,
+            strategy = strategy.name(),
+            "{} (model.init_strict refuses this); {}",
+            report.summary(),
+            report.examples()
+        );
         let limit = checkpoint::init::TABLE_ROWS;
         tracing::warn!(
             "differences between {} and the model:\n{}",
@@ -263,8 +274,8 @@ fn load_one(
         tracing::warn!(
             path = %file.path().display(),
             epoch = meta.epoch(),
-            "not a train checkpoint: initialising the model from its weights (names must match the model's); \
-             optimizer and schedule start fresh from the position it records"
+            "not a train checkpoint: loading its weights (names must match the model's), with the optimizer state \
+             and step it records where it records them"
         );
     } else if meta.rng.scheme != RNG_SCHEME || meta.rng.seed != cfg.training.seed {
         tracing::warn!(
@@ -276,15 +287,18 @@ fn load_one(
     let vars = trainer.variables();
     let optimizer = if restore == OptimizerRestore::Restore { Some(&mut *trainer.optimizer) } else { None };
     let mut outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    let mut optimizer_step = None;
     if import {
         let params = import::parameters_in_order(&trainer.vs);
         match import::import_pytorch_optimizer(file, &params, &mut *trainer.optimizer, trainer.device) {
-            Ok(Some(n)) => {
+            Ok(Some(imported)) => {
                 tracing::info!(
-                    parameters = n,
+                    parameters = imported.parameters,
+                    tensors = imported.tensors,
                     "imported the PyTorch optimizer state (matched by parameter order; hyper-parameters are the configured ones)"
                 );
-                outcome.optimizer_tensors = n;
+                outcome.optimizer_tensors = imported.tensors;
+                optimizer_step = imported.step;
             }
             Ok(None) => tracing::info!("the optimizer starts fresh: the file holds no optimizer state"),
             Err(e) if is_out_of_memory(&e) => return Err(e),
@@ -293,6 +307,12 @@ fn load_one(
                 tracing::warn!("the optimizer starts fresh: cannot import the file's optimizer state: {e}");
             }
         }
+    }
+    let mut meta = meta;
+    if file.meta().is_none() {
+        let (step, from) = imported_step(&meta, optimizer_step, trainer.batches_per_epoch());
+        meta.position.step = step;
+        tracing::info!(step, "the schedule continues at global step {step}, from {from}");
     }
     trainer.restore(&meta);
     tracing::info!(
@@ -308,9 +328,38 @@ fn load_one(
     Ok(())
 }
 
+/// The global step a run continues at from a file `train` did not write, and where that
+/// figure comes from: the optimizer state's `step` (Adam's count of the steps it took), the
+/// file's own `step`, or its epoch times this run's batches per epoch. Starting at 0 would
+/// warm the schedule up again in the middle of the run while Adam's own step goes on.
+fn imported_step(meta: &Meta, optimizer_step: Option<u64>, batches_per_epoch: u64) -> (u64, &'static str) {
+    match (optimizer_step, meta.step(), meta.epoch()) {
+        (Some(step), _, _) => (step, "the optimizer state's `step`"),
+        (None, step, _) if step > 0 => (step, "the file's `step`"),
+        (None, _, epoch) if epoch > 0 => {
+            (u64::from(epoch) * batches_per_epoch, "the file's `epoch` times this run's batches per epoch")
+        }
+        _ => (0, "nothing: the file records no step or epoch"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 17, item 3): `--resume old.pth` restarted the global step at 0.
+    #[test]
+    fn an_imported_run_continues_at_the_step_its_file_records() {
+        let mut m = Meta::sample("adamw", false);
+        m.position.step = 0;
+        m.position.epoch = 3;
+        assert_eq!(imported_step(&m, Some(57), 20).0, 57, "Adam's step first");
+        assert_eq!(imported_step(&m, None, 20), (60, "the file's `epoch` times this run's batches per epoch"));
+        m.position.step = 41;
+        assert_eq!(imported_step(&m, None, 20).0, 41);
+        m.position = Default::default();
+        assert_eq!(imported_step(&m, None, 20).0, 0);
+    }
 
     #[test]
     fn a_mid_epoch_checkpoint_needs_the_batch_size_it_was_saved_with() {

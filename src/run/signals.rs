@@ -6,12 +6,17 @@
 //!
 //! Start-up is covered from the first instruction of `train` on: [`early`] installs a
 //! handler before libtorch's static initialisers run (most of the ~0.25 s before `main`),
-//! which only records the signal; [`StopFlag::install`], at the start of a run, takes it
-//! over, so a stop during start-up exits 75 too, with nothing to save. Commands other than a
-//! run give the signals back their default action with [`early::release`], which re-raises a
-//! signal that arrived meanwhile.
+//! which only records the signal. A run then calls [`early::exit_during_start_up`]: until
+//! training begins ([`StopFlag::begin_training`]), a signal ends the process at once with
+//! 75, from inside the handler, wherever start-up is (parsing the config, decoding the
+//! data, loading a checkpoint: each can take seconds, and none checks a flag). Start-up
+//! writes nothing, so there is nothing to save or lose; the run folder, if start-up made
+//! it, is removed while still empty ([`forget_on_start_up_exit`]). Commands other than a
+//! run give the signals back their default action with [`early::release`], which re-raises
+//! a signal that arrived meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -30,13 +35,58 @@ pub struct StopFlag {
     _flag_setters: Vec<SigId>,
 }
 
+/// Whether a signal now ends the process at once (the run is starting up).
+static STARTING_UP: AtomicBool = AtomicBool::new(false);
+
+/// Empty folders to remove when a signal ends start-up, innermost first (a leaked,
+/// NUL-terminated list the handler only reads; null: none).
+static FOLDERS_TO_FORGET: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Start-up made these folders (the run folder, and the parents it created), innermost
+/// first: a signal that ends start-up removes them while they are empty.
+pub fn forget_on_start_up_exit(folders: &[std::path::PathBuf]) {
+    let list: Vec<CString> =
+        folders.iter().filter_map(|p| CString::new(p.as_os_str().as_encoded_bytes()).ok()).collect();
+    // Leaked on purpose: a handler may read it at any moment, so it is never freed.
+    let list = Box::into_raw(Box::new(list));
+    FOLDERS_TO_FORGET.store(list, Ordering::SeqCst);
+}
+
+/// The start-up exit, from a signal handler: only async-signal-safe calls (rmdir, write,
+/// _exit) on data prepared beforehand.
+fn exit_if_starting_up() {
+    if !STARTING_UP.load(Ordering::SeqCst) {
+        return;
+    }
+    let folders = FOLDERS_TO_FORGET.load(Ordering::SeqCst);
+    if !folders.is_null() {
+        // SAFETY: set once from a leaked Box and never freed; the Vec is not mutated after.
+        for dir in unsafe { &*folders } {
+            // SAFETY: a NUL-terminated path; rmdir fails harmlessly on a folder in use.
+            if unsafe { libc::rmdir(dir.as_ptr()) } != 0 {
+                break;
+            }
+        }
+    }
+    const MESSAGE: &[u8] = b"stopped by a signal during start-up: nothing was written (exit 75)\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());
+        libc::_exit(i32::from(crate::app::EXIT_INTERRUPTED));
+    }
+}
+
 impl StopFlag {
-    /// Installs the handlers.
+    /// Installs the handlers. Until [`Self::begin_training`], a signal ends the process
+    /// with 75 (see the module's doc).
     pub fn install() -> std::io::Result<Self> {
         let flag = Arc::new(AtomicBool::new(early::received().is_some()));
         let mut hard_stops = Vec::new();
         let mut flag_setters = Vec::new();
         for signal in [SIGTERM, SIGINT] {
+            // SAFETY: the action only calls async-signal-safe functions (see above).
+            let id = unsafe { signal_hook::low_level::register(signal, exit_if_starting_up) }?;
+            flag_setters.push(id);
             // Registered first, so it sees the flag as it was before this signal set it.
             hard_stops.push(signal_hook::flag::register_conditional_shutdown(
                 signal,
@@ -46,6 +96,12 @@ impl StopFlag {
             flag_setters.push(signal_hook::flag::register(signal, Arc::clone(&flag))?);
         }
         Ok(Self { flag, hard_stops, _flag_setters: flag_setters })
+    }
+
+    /// Start-up is over and the run is about to write: from now on a signal asks for a
+    /// stop at the next step boundary, with `latest` saved.
+    pub fn begin_training(&self) {
+        STARTING_UP.store(false, Ordering::SeqCst);
     }
 
     /// Whether a stop was requested.
@@ -99,6 +155,24 @@ pub mod early {
             0 => None,
             s => Some(s),
         }
+    }
+
+    /// For a run: from now until training begins, a signal ends the process at once with
+    /// 75 (nothing has been written); one that arrived before `main` does so now.
+    pub fn exit_during_start_up() {
+        super::STARTING_UP.store(true, Ordering::SeqCst);
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: `exit_now` only calls async-signal-safe functions.
+            unsafe { libc::signal(signal, exit_now as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        }
+        if received().is_some() {
+            super::exit_if_starting_up();
+        }
+    }
+
+    extern "C" fn exit_now(signal: libc::c_int) {
+        record(signal);
+        super::exit_if_starting_up();
     }
 
     /// For commands that are not a run: the signals get their default action back, and one

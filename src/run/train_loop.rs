@@ -132,15 +132,22 @@ impl Loop<'_> {
             .collect();
         match policy::plateau(&history, rule) {
             Some(p) if p.stops(rule) => {
+                // The best value can be newer than the last improvement (a gain smaller than
+                // min_delta): say both, with the numbers written out.
+                let last_improved = history.len() as u32 - p.since;
                 tracing::info!(
                     best_epoch = p.best_epoch,
-                    best = p.best,
+                    best = %format_args!("{:.6}", p.best),
                     patience = rule.patience,
-                    "early stopping: {:?} has not improved by more than {} for {} epochs; the best epoch's checkpoint \
-                     is kept (epoch-{:04}, unless checkpoint.every_n_epochs skipped it)",
+                    "early stopping: {:?} last improved by more than {} at epoch {last_improved}, {} epochs ago \
+                     (patience {}); its best value, {:.6} at epoch {}, is kept (epoch-{:04}, unless \
+                     checkpoint.every_n_epochs skipped it)",
                     rule.metric,
                     rule.min_delta,
                     p.since,
+                    rule.patience,
+                    p.best,
+                    p.best_epoch,
                     p.best_epoch
                 );
                 Ok(true)
@@ -235,7 +242,9 @@ impl Loop<'_> {
             }
             let train_loss = trainer.finish_epoch(self.data.train.len());
             let eval_start = Instant::now();
-            let eval = trainer.evaluate(&self.data.val);
+            let eval = crate::fault::catch_torch(|| trainer.evaluate(&self.data.val)).map_err(|caught| {
+                RunError::Libtorch { during: format!("evaluation after epoch {epoch}"), message: caught.message() }
+            })?;
             let eval_seconds = eval_start.elapsed().as_secs_f64();
             trainer.last_eval = eval;
 
@@ -255,12 +264,14 @@ impl Loop<'_> {
                 host_rss_bytes: crate::memory::probe::host().rss,
             };
             self.append(&MetricsLine::Epoch(m.clone()))?;
+            // Accuracy does not apply to regression (NaN in the metrics): not shown.
+            let accuracy = Some(m.val_accuracy).filter(|a| !a.is_nan()).map(|a| format!("{a:.4}"));
             tracing::info!(
                 epoch,
                 of = total,
                 train_loss = format_args!("{:.4}", m.train_loss),
                 val_loss = format_args!("{:.4}", m.val_loss),
-                val_accuracy = format_args!("{:.4}", m.val_accuracy),
+                val_accuracy = accuracy.as_deref().map(tracing::field::display),
                 samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
                 checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
                 "epoch done"
@@ -292,9 +303,16 @@ impl Loop<'_> {
         ys: &tch::Tensor,
     ) -> Result<StepOutcome, RunError> {
         loop {
-            let msg = match crate::fault::catch_oom(|| trainer.train_step(xs, ys)) {
+            let msg = match crate::fault::catch_torch(|| trainer.train_step(xs, ys)) {
                 Ok(step) => return Ok(step?),
-                Err(msg) => msg,
+                Err(caught) if caught.is_oom() => caught.message(),
+                Err(caught) => {
+                    let step = trainer.position.step + 1;
+                    return Err(RunError::Libtorch {
+                        during: format!("training step {step}"),
+                        message: caught.message(),
+                    });
+                }
             };
             crate::memory::cuda::empty_cache();
             let n = ys.size()[0];

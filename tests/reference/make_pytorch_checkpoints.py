@@ -5,6 +5,9 @@ Writes, for an MLP 784 -> 32 -> 10 (layers fc1, out) trained two Adam steps:
   OUT_DIR/guide.pth       torch.save({'epoch', 'model_state_dict', 'optimizer_state_dict',
                           'train_loss', 'val_loss'}) as the seed guide's code saves it
   OUT_DIR/state_dict.pt   torch.save(model.state_dict())
+  OUT_DIR/ddp.pth         guide.pth as a DistributedDataParallel run saves it: every model
+                          name prefixed `module.`
+  OUT_DIR/partial.pt      torch.save(model.state_dict()) without `out.bias`
   OUT_DIR/dtypes.safetensors  one tensor of every dtype train stores, odd shapes included
   OUT_DIR/expected.json   SHA-256 of every tensor's bytes, by name
 """
@@ -37,6 +40,15 @@ torch.save(
     f"{out}/guide.pth",
 )
 torch.save(model.state_dict(), f"{out}/state_dict.pt")
+torch.save(
+    {
+        "epoch": 3,
+        "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+        "optimizer_state_dict": opt.state_dict(),
+    },
+    f"{out}/ddp.pth",
+)
+torch.save({k: v for k, v in model.state_dict().items() if k != "out.bias"}, f"{out}/partial.pt")
 
 dtypes = {
     "f32": torch.randn(3, 5),

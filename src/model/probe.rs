@@ -1,0 +1,206 @@
+//! Trying a TorchScript module on the data before training, as training will run it.
+//!
+//! A module is somebody's program: it may raise only when `self.training`, change its
+//! output's shape in train mode, drop a row when the batch holds more than two, return
+//! integers, detach its outputs, have no parameters at all, or reassign its parameters in
+//! `forward`. Each of those crashed the first training step (the second hardening report,
+//! item 3). So the module is run here, before anything is written, on a batch of the size
+//! training uses, in eval mode and then in train mode with a backward pass, and each
+//! output is checked against what the task needs: its full shape and its dtype.
+//!
+//! The probe leaves no trace. Every parameter and buffer (BatchNorm's running statistics,
+//! `num_batches_tracked`) is copied before and put back after, and the gradients it made
+//! are zeroed. libtorch's generators need no restoring: every training step re-seeds them
+//! from (seed, step) (see `crate::training`).
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use super::nets::Scripted;
+use super::{libtorch_message, task_loss, ModelError};
+use crate::data::Task;
+use crate::fault::{catch_torch, is_oom_message};
+
+/// Runs the checks above on `inputs`/`targets` (a batch of the configured size, on the
+/// model's device). A batch that runs out of memory is halved until it fits (training's
+/// own step-down does the same), down to one example.
+pub(super) fn run(
+    scripted: &Scripted,
+    path: &Path,
+    task: Task,
+    inputs: &[Tensor],
+    targets: &Tensor,
+) -> Result<(), ModelError> {
+    let refuse = |reason: String| ModelError::Incompatible { kind: "torchscript".into(), reason };
+    let (parameters, buffers) = scripted.tensors().map_err(|e| refuse(format!("{}: {e}", path.display())))?;
+    if !parameters.iter().any(|(_, t)| t.requires_grad()) {
+        return Err(refuse(format!(
+            "{} has no trainable parameters: there is nothing to train (were they all frozen, or made buffers?)",
+            path.display()
+        )));
+    }
+    let saved: Vec<Tensor> = parameters.iter().chain(&buffers).map(|(_, t)| t.copy()).collect();
+    // What each parameter is now, by value: the handles share the module's tensors, which
+    // a `set_` in forward would change under them.
+    let layout: Vec<Layout> = parameters
+        .iter()
+        .map(|(n, t)| Layout { name: n.clone(), size: t.size(), data: t.data_ptr() as usize })
+        .collect();
+    let mut n = targets.size()[0];
+    let result = loop {
+        let (xs, ys): (Vec<Tensor>, Tensor) =
+            (inputs.iter().map(|x| x.narrow(0, 0, n)).collect(), targets.narrow(0, 0, n));
+        match both_modes(scripted, path, task, &xs, &ys, &layout) {
+            Err(Failure::Oom(msg)) if n > 1 => {
+                tracing::info!(batch = n, "trying the module ran out of memory ({msg}); trying half the batch");
+                crate::memory::cuda::empty_cache();
+                n /= 2;
+            }
+            Err(Failure::Oom(msg)) => break Err(format!("out of memory on one example: {msg}")),
+            Err(Failure::Refused(reason)) => break Err(reason),
+            Ok(()) => break Ok(()),
+        }
+    };
+    // Put back whatever the module's forward passes moved, even after a refusal.
+    let _guard = tch::no_grad_guard();
+    for ((_, t), before) in parameters.iter().chain(&buffers).zip(&saved) {
+        if t.size() == before.size() {
+            let mut t = t.shallow_clone();
+            let _ = t.f_copy_(before);
+        }
+    }
+    for (_, t) in &parameters {
+        if t.grad().defined() {
+            let mut t = t.shallow_clone();
+            t.zero_grad();
+        }
+    }
+    result.map_err(refuse)
+}
+
+/// Why a probe failed.
+enum Failure {
+    /// Out of memory: worth trying a smaller batch.
+    Oom(String),
+    /// The module does not fit the data or cannot train.
+    Refused(String),
+}
+
+fn both_modes(
+    scripted: &Scripted,
+    path: &Path,
+    task: Task,
+    xs: &[Tensor],
+    ys: &Tensor,
+    parameters: &[Layout],
+) -> Result<(), Failure> {
+    let n = ys.size()[0];
+    let failed = |mode: &str, msg: String| {
+        if is_oom_message(&msg) {
+            Failure::Oom(msg)
+        } else {
+            Failure::Refused(format!("{} fails in {mode} mode on a batch of {n}: {msg}", path.display()))
+        }
+    };
+    let shapes = |out: &Tensor| format!("{:?} {:?}", out.size(), out.kind());
+    for train in [false, true] {
+        let mode = if train { "train" } else { "eval" };
+        let out = if train {
+            scripted.try_forward(xs, Some(ys), true)
+        } else {
+            tch::no_grad(|| scripted.try_forward(xs, Some(ys), false))
+        }
+        .map_err(|e| failed(mode, e.0))?;
+        check_output(task, &out.logits.size(), out.logits.kind(), &ys.size()).map_err(|need| {
+            Failure::Refused(format!(
+                "{} returns {} in {mode} mode on a batch of {n}; the data needs {need}",
+                path.display(),
+                shapes(&out.logits)
+            ))
+        })?;
+        if train {
+            let loss = match out.loss {
+                Some(own) => own,
+                None => catch_torch(|| task_loss(task, &out.logits, ys)).map_err(|e| failed(mode, e.message()))?,
+            };
+            if !loss.is_floating_point() || loss.numel() != 1 {
+                return Err(Failure::Refused(format!(
+                    "{} returns a loss of {}: a loss is one floating-point number",
+                    path.display(),
+                    shapes(&loss)
+                )));
+            }
+            if !loss.requires_grad() {
+                return Err(Failure::Refused(format!(
+                    "the loss of {} does not depend on any trainable parameter in train mode: its outputs are \
+                     detached (.detach(), torch.no_grad() or .data in forward)",
+                    path.display()
+                )));
+            }
+            loss.f_backward().map_err(|e| failed("train (backward)", libtorch_message(&e)))?;
+        }
+        check_parameters_kept(scripted, path, parameters).map_err(Failure::Refused)?;
+    }
+    Ok(())
+}
+
+/// What the task needs of a module's output of `shape` and `kind` for targets of
+/// `targets` (whose first dimension is the batch): `Err` with a description of it.
+/// A classifier's or language model's output may be wider than the data's classes or
+/// vocabulary (a class absent from the data, a tokenizer's spare ids), not narrower.
+pub(crate) fn check_output(task: Task, shape: &[i64], kind: Kind, targets: &[i64]) -> Result<(), String> {
+    let n = targets[0];
+    let (fits, need) = match task {
+        Task::Classification { classes } => (
+            shape.len() == 2 && shape[0] == n && shape[1] >= classes,
+            format!("[{n}, C] logits with C >= {classes} classes"),
+        ),
+        Task::LanguageModel { vocab } => (
+            shape.len() == 3 && shape[..2] == targets[..2] && shape[2] >= vocab,
+            format!("[{n}, {}, V] logits with V >= {vocab}", targets.get(1).copied().unwrap_or_default()),
+        ),
+        // MSE broadcasts: [N] against [N, 1], or [N, 10] against [N, 1], would train silently
+        // on the wrong differences. Exactly the targets' shape.
+        Task::Regression { .. } => (shape == targets, format!("{targets:?} values, the targets' shape")),
+    };
+    let float = matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+    if fits && float {
+        Ok(())
+    } else {
+        Err(format!("{need}, floating point"))
+    }
+}
+
+/// A parameter's name, shape and where its data lies.
+struct Layout {
+    name: String,
+    size: Vec<i64>,
+    data: usize,
+}
+
+/// Refuses a module whose `forward` replaced or resized a parameter: the optimizer and
+/// the checkpoints hold the tensors registered at load, which would no longer be the
+/// module's (or would be reset by every forward pass).
+fn check_parameters_kept(scripted: &Scripted, path: &Path, before: &[Layout]) -> Result<(), String> {
+    let (now, _) = scripted.tensors().map_err(|e| e.0)?;
+    for was in before {
+        let kept = now.iter().any(|(n, t)| *n == was.name && t.size() == was.size && t.data_ptr() as usize == was.data);
+        if !kept {
+            return Err(format!(
+                "{}'s forward replaces or resizes its parameter `{}`: training updates the tensors the module \
+                 had when loaded, so parameters must stay the same tensors (update them in place, or make \
+                 this one a buffer)",
+                path.display(),
+                was.name
+            ));
+        }
+    }
+    if let Some((name, _)) = now.iter().find(|(n, _)| !before.iter().any(|b| b.name == *n)) {
+        return Err(format!(
+            "{}'s forward adds the parameter `{name}`, which the optimizer would never see",
+            path.display()
+        ));
+    }
+    Ok(())
+}

@@ -183,7 +183,7 @@ fn resume_from_an_explicit_path_with_a_wrong_model_names_the_tensor() {
     cmd.args(["--experiment", "standard", "--output-dir", "other", "--resume", ckpt.to_str().unwrap()]);
     let mut sets = common::quick_sets(&ws.path().join("data"));
     sets.push("model.mlp.hidden=[16]".into());
-    common::with_sets(&mut cmd, &sets).assert().code(1).stderr(
+    common::with_sets(&mut cmd, &sets).assert().code(2).stderr(
         predicates::str::contains("tensor `fc1.bias`").and(predicates::str::contains("epoch-0001.safetensors")),
     );
     assert!(!ws.path().join("other").exists());

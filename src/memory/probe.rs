@@ -98,7 +98,8 @@ pub fn host_under(root: &Path) -> HostMemory {
 /// and the folder that has it; `None` where no cgroup limits memory.
 ///
 /// cgroup v2: `/proc/self/cgroup` holds `0::/PATH`; the files are
-/// `/sys/fs/cgroup/PATH/memory.max` (`max`: no limit) and `memory.current`. v1: a line
+/// `/sys/fs/cgroup/PATH/memory.max` (`max`: no limit) and `memory.current` (under
+/// `/sys/fs/cgroup/unified/` on hybrid hosts). v1: a line
 /// `N:...memory...:/PATH`; the files are `/sys/fs/cgroup/memory/PATH/memory.limit_in_bytes`
 /// and `memory.usage_in_bytes`. Inside a container the path may name the host's hierarchy
 /// while the container sees its own cgroup at the mount's root, so the root is read too.
@@ -110,7 +111,10 @@ fn cgroup_headroom(root: &Path) -> Option<(u64, PathBuf)> {
         let mut fields = line.splitn(3, ':');
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
         let (mount, limit_file, usage_file) = if controllers.is_empty() {
-            (root.join("sys/fs/cgroup"), "memory.max", "memory.current")
+            // Hybrid hosts mount v2 at `unified/` beside the v1 controllers.
+            let hybrid = root.join("sys/fs/cgroup/unified");
+            let mount = if hybrid.is_dir() { hybrid } else { root.join("sys/fs/cgroup") };
+            (mount, "memory.max", "memory.current")
         } else if controllers.split(',').any(|c| c == "memory") {
             (root.join("sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes")
         } else {
@@ -179,6 +183,21 @@ mod tests {
             h.available_from().contains("cgroup limit of /sys/fs/cgroup/user.slice/job-7"),
             "{}",
             h.available_from()
+        );
+    }
+
+    #[test]
+    fn a_hybrid_host_reads_v2_limits_under_unified() {
+        let root = fake_root(&[
+            MEMINFO,
+            ("proc/self/cgroup", "4:memory:/\n0::/job\n"),
+            ("sys/fs/cgroup/unified/job/memory.max", "3000000\n"),
+            ("sys/fs/cgroup/unified/job/memory.current", "1000000\n"),
+        ]);
+        let h = host_under(root.path());
+        assert_eq!(
+            (h.available, h.cgroup.as_deref()),
+            (Some(2_000_000), Some(Path::new("/sys/fs/cgroup/unified/job")))
         );
     }
 

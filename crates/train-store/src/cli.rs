@@ -11,8 +11,8 @@ use crate::source::{CheckpointFile, Integrity};
 use crate::tools;
 
 /// `train ckpt ...` / `train-ckpt ...`: formats are told apart by content (the compressed
-/// format's magic, a zip or a pickle) and otherwise by file name: `.safetensors`,
-/// `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
+/// format's magic, a safetensors header, a zip or a pickle) and otherwise by file name:
+/// `.safetensors`, `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
 #[derive(Debug, Subcommand)]
 pub enum CkptCommand {
     /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts, and the

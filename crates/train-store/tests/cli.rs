@@ -6,9 +6,9 @@ use std::process::Command;
 use safetensors::tensor::TensorView;
 use train_store::format::{serialize_views, Meta};
 
-fn train_ckpt(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_train-ckpt")).current_dir(dir).args(args).output().unwrap()
-}
+mod common;
+
+use common::train_ckpt;
 
 /// A checkpoint of ours: two weights and an optimizer slot, sealed metadata.
 fn write_checkpoint(path: &Path) {

@@ -64,6 +64,9 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
                     match (k.as_str(), &report.optimizer) {
                         ("tensor_list", _) => {}
                         ("optimizer", Some(o)) => writeln!(out, "{k:20} {}", o.describe())?,
+                        ("metadata_covered", _) if report.train_checkpoint && !report.metadata_covered => {
+                            writeln!(out, "{k:20} false (v1: metadata not covered by a checksum)")?
+                        }
                         _ => writeln!(out, "{k:20} {v}")?,
                     }
                 }
@@ -78,6 +81,13 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
                 Integrity::Checked => writeln!(
                     out,
                     "ok: {} is sound ({} tensors and the metadata checked against their checksums)",
+                    path.display(),
+                    v.tensors
+                )?,
+                Integrity::MetadataNotCovered => writeln!(
+                    out,
+                    "tensors sound, metadata not checked: {} ({} tensors checked against their checksums; v1: \
+                     metadata not covered, so its epoch, step and losses could have been altered undetected)",
                     path.display(),
                     v.tensors
                 )?,

@@ -100,3 +100,61 @@ fn inspect_lists_every_tensor_of_our_files_without_reading_them() {
     assert!(train_ckpt(d, &["inspect", "--tensors", "b.safetensors"]).status.success());
     assert_eq!(train_ckpt(d, &["verify", "b.safetensors"]).status.code(), Some(1));
 }
+
+/// Our checkpoint at `from` rewritten with its metadata edited by `edit` (the checksums left
+/// as they are unless `edit` changes them), to `to`.
+fn rewrite_metadata(from: &Path, to: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, String>)) {
+    let bytes = std::fs::read(from).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    edit(&mut metadata);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    std::fs::write(to, safetensors::serialize(st.tensors(), Some(metadata)).unwrap()).unwrap();
+}
+
+/// Issue #21 item 11, a format downgrade: a version-2 file with its metadata checksum removed,
+/// its version set back to 1 and its epoch forged verified as "metadata checked against their
+/// checksums". A version-1 file reads, but is reported as "v1: metadata not covered"; one
+/// still holding a key only version 2 writes is refused as altered.
+#[test]
+fn a_v1_downgrade_with_a_forged_epoch_is_never_reported_as_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.safetensors"));
+    let downgrade = |m: &mut std::collections::HashMap<String, String>| {
+        m.remove("metadata_xxh3");
+        m.insert("format_version".into(), "1".into());
+        m.insert("epoch".into(), "9".into());
+    };
+    rewrite_metadata(&d.join("a.safetensors"), &d.join("v1.safetensors"), |m| {
+        downgrade(m);
+        m.remove("batch_size");
+    });
+    let out = train_ckpt(d, &["verify", "v1.safetensors"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("v1: metadata not covered") && said.contains("3 tensors checked"), "{said}");
+    assert!(!said.contains("is sound") && !said.contains("metadata checked"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("covered by no checksum"));
+
+    let out = train_ckpt(d, &["inspect", "--json", "v1.safetensors"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["epoch"], &j["metadata_covered"]), (&1.into(), &9.into(), &false.into()));
+    let out = train_ckpt(d, &["inspect", "v1.safetensors"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("v1: metadata not covered"));
+    let out = train_ckpt(d, &["inspect", "--json", "a.safetensors"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["metadata_covered"]), (&2.into(), &true.into()));
+
+    // Keeping `batch_size` (version 2 on) gives the downgrade away.
+    rewrite_metadata(&d.join("a.safetensors"), &d.join("v1b.safetensors"), downgrade);
+    let out = train_ckpt(d, &["verify", "v1b.safetensors"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metadata fails its checksum"));
+
+    // Converted, it is written (and sealed) as this version's file.
+    assert!(train_ckpt(d, &["convert", "v1.safetensors", "v2.tckpt"]).status.success());
+    let out = train_ckpt(d, &["inspect", "--json", "v2.tckpt"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["metadata_covered"]), (&2.into(), &true.into()));
+}

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 use serde::Serialize;
 
-use crate::format::{checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use crate::format::{
+    checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, METADATA_CHECKSUM_KEY, PLAIN_SUFFIX,
+};
 use crate::Error;
 
 mod open;
@@ -165,6 +167,11 @@ enum Body {
 pub enum Integrity {
     /// Every tensor and the metadata matched their checksums.
     Checked,
+    /// Every tensor matched its checksum, but the metadata (epoch, step, losses, the tensor
+    /// checksums themselves) is covered by none: a file of format version 1, which predates
+    /// the metadata checksum ("v1: metadata not covered"). Never reported as checked: such a
+    /// file may be a newer one with its checksum removed and its version set back.
+    MetadataNotCovered,
     /// Every tensor was read, but the file carries no checksums to check them against.
     NotChecked,
 }
@@ -332,6 +339,15 @@ impl CheckpointFile {
                 }
                 _ => None,
             };
+            if !metadata.contains_key(METADATA_CHECKSUM_KEY) && purpose == Purpose::Load && first_time(path) {
+                // Read all the same (runs from before version 2 resume), but never as checked;
+                // said once per file (a run lists its checkpoints at every save).
+                tracing::warn!(
+                    path = %path.display(),
+                    "a version-1 checkpoint: its metadata (epoch, step, losses) is covered by no checksum, so \
+                     an alteration cannot be detected; it is used as written"
+                );
+            }
             (Some(meta), checksums)
         } else {
             (None, None)
@@ -412,6 +428,12 @@ impl CheckpointFile {
     /// Whether the file's tensors carry checksums (ours do; foreign files do not).
     pub fn is_checksummed(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// Whether `train`'s metadata was checked against its own checksum when the file was
+    /// opened (required from format version 2 on). False for a version-1 file and a foreign one.
+    pub fn is_metadata_covered(&self) -> bool {
+        self.meta.is_some() && self.metadata.contains_key(METADATA_CHECKSUM_KEY)
     }
 
     /// Reads tensor `name` (one of [`Self::entries`] or [`Self::other_entries`]) into `out`
@@ -516,9 +538,20 @@ impl CheckpointFile {
                 }
             }
         }
-        let integrity = if self.is_checksummed() { Integrity::Checked } else { Integrity::NotChecked };
+        let integrity = match (self.is_checksummed(), self.is_metadata_covered()) {
+            (true, true) => Integrity::Checked,
+            (true, false) => Integrity::MetadataNotCovered,
+            (false, _) => Integrity::NotChecked,
+        };
         Ok(Verification { tensors: self.entries.len() + self.others.len(), integrity })
     }
+}
+
+/// Whether this process sees `path` here for the first time.
+fn first_time(path: &Path) -> bool {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(path.to_path_buf())
 }
 
 /// Opens `file` (at `path`, `len` bytes) as `kind`; what went wrong, when it is not one.

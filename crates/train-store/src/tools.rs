@@ -170,7 +170,13 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         });
     }
     let ckpt = CheckpointFile::open(input)?;
-    if let Some(summary) = ckpt.optimizer_summary()? {
+    // Ours carry their optimizer state as tensors, converted with the rest; a torch.save
+    // file's optimizer state dict is keyed by parameter index and left out.
+    let pytorch_optimizer = match ckpt.kind() {
+        FileKind::Pytorch if !strip_optimizer => ckpt.optimizer_summary()?,
+        _ => None,
+    };
+    if let Some(summary) = pytorch_optimizer {
         tracing::warn!(
             path = %input.display(),
             parameters = summary.parameters_with_state,

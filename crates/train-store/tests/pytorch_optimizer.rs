@@ -184,6 +184,8 @@ fn a_checkpoint_without_optimizer_state_has_none() {
     let file = CheckpointFile::open(&path).unwrap();
     assert_eq!(file.pytorch_optimizer().unwrap(), None);
     assert!(file.other_entries().is_empty());
+    let out = train_ckpt(dir.path(), &["convert", "weights.pth", "weights.safetensors"]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("not converted"), "{out:?}");
     let err = CheckpointFile::open_pytorch_optimizer(&path).err().unwrap().to_string();
     assert!(err.contains("weights.pth") && err.contains("holds no PyTorch optimizer state"), "{err}");
 }
@@ -268,4 +270,30 @@ fn inspect_counts_a_pth_optimizer_state_and_lists_its_tensors() {
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j.get("tensor_list").is_none());
     assert_eq!(j["optimizer"]["kind"], "adam");
+}
+
+/// Issue #17: `convert` said "the PyTorch optimizer state ... is not converted" of our own
+/// checkpoints too, whose optimizer tensors are all converted. Only a torch.save file holding
+/// an optimizer state dict is warned about.
+#[test]
+fn convert_warns_of_unconverted_optimizer_state_only_for_torch_save_files_holding_some() {
+    let (dir, _) = files();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train_ckpt(dir, &["convert", "adamw.pth", tmp.path().join("adamw.safetensors").to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("PyTorch optimizer state") && log.contains("not converted"), "{log}");
+
+    // Ours, with optimizer tensors: converted both ways without a word about them.
+    let d = tmp.path();
+    let w: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![8], &w).unwrap();
+    let views = [("fc.bias", &view), ("optimizer/fc.bias/exp_avg", &view)];
+    let bytes = train_store::format::serialize_views(d, &views, &train_store::Meta::sample("adamw", true)).unwrap();
+    std::fs::write(d.join("ours.safetensors"), bytes).unwrap();
+    for (from, to) in [("ours.safetensors", "ours.tckpt"), ("ours.tckpt", "back.safetensors")] {
+        let out = train_ckpt(d, &["convert", from, to]);
+        assert!(out.status.success() && out.stderr.is_empty(), "{from}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let back = CheckpointFile::open(&d.join("back.safetensors")).unwrap();
+    assert_eq!(back.read("optimizer/fc.bias/exp_avg").unwrap(), w);
 }

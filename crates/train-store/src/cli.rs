@@ -126,6 +126,18 @@ fn write_tensor_table(out: &mut impl Write, list: &[tools::TensorInfo]) -> std::
     Ok(())
 }
 
+/// Whether log lines are coloured: when they go to a terminal (`to_terminal`), unless
+/// `NO_COLOR` is set to anything but an empty string (no-color.org); `CLICOLOR_FORCE` set to
+/// anything but `0` or an empty string colours them anywhere else too. Never otherwise: escape
+/// codes in a pipe or a file are noise to whatever reads it. `var` reads the environment.
+pub fn log_colour(to_terminal: bool, var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let set = |name: &str, off: &[&str]| var(name).is_some_and(|v| !off.iter().any(|o| v == *o));
+    if set("NO_COLOR", &[""]) {
+        return false;
+    }
+    to_terminal || set("CLICOLOR_FORCE", &["", "0"])
+}
+
 /// The error and its causes on one line, each message once (typed errors often repeat
 /// their cause in their own message).
 pub fn error_chain(error: &anyhow::Error) -> String {
@@ -140,4 +152,23 @@ pub fn error_chain(error: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_on_a_terminal_only_unless_the_environment_says() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        assert!(log_colour(true, env(&[])));
+        assert!(!log_colour(false, env(&[])));
+        assert!(!log_colour(true, env(&[("NO_COLOR", "1")])));
+        assert!(log_colour(true, env(&[("NO_COLOR", "")])));
+        assert!(log_colour(false, env(&[("CLICOLOR_FORCE", "1")])));
+        assert!(!log_colour(false, env(&[("CLICOLOR_FORCE", "0")])));
+        assert!(!log_colour(false, env(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")])));
+    }
 }

@@ -158,3 +158,26 @@ fn a_v1_downgrade_with_a_forged_epoch_is_never_reported_as_checked() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((&j["format_version"], &j["metadata_covered"]), (&2.into(), &true.into()));
 }
+
+/// Issue #17: `train-ckpt` wrote ANSI colour codes into pipes and files. A warning (a
+/// safetensors file named `.pt`) piped to the test: plain, unless `CLICOLOR_FORCE` asks for
+/// colour (which shows the check would see it), and `NO_COLOR` wins over that.
+#[test]
+fn logs_into_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.pt"));
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-ckpt"));
+        cmd.current_dir(d).args(["inspect", "a.pt"]).env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        let out = cmd.envs(vars.iter().copied()).output().unwrap();
+        assert!(out.status.success());
+        let log = String::from_utf8(out.stderr).unwrap();
+        assert!(log.contains("the name says"), "{log}");
+        assert!(!String::from_utf8(out.stdout).unwrap().contains('\x1b'));
+        log.contains("\x1b[")
+    };
+    assert!(!run(&[]));
+    assert!(run(&[("CLICOLOR_FORCE", "1")]));
+    assert!(!run(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
+}

@@ -10,8 +10,9 @@
 //! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip magic, or a pickle's PROTO 2 to 5 | read from the archive | nothing |
 //!
 //! A file's kind is told by its content ([`FileKind::sniff`]), each kind by a structure the
-//! others do not share. Only a safetensors file whose header length is 0x80 (mod 256) also
-//! starts like a pickle; it reads as whichever parses (safetensors is tried first). The name
+//! others do not share. Only a safetensors file whose header length is 0x280, 0x380, 0x480 or
+//! 0x580 (mod 65536) also starts like a pickle (PROTO 2 to 5); it reads as whichever parses
+//! (safetensors is tried first). The name
 //! decides only when the content matches no kind (that kind's reader then says what is
 //! wrong); where name and content disagree, the content wins and a warning says so.
 //!
@@ -75,8 +76,9 @@ impl FileKind {
     /// - a pickle (legacy `torch.save`): PROTO (`0x80`) and a protocol `torch.save` writes
     ///   (2 to 5).
     ///
-    /// Only the last two can both match (a safetensors header length ≡ 0x80 mod 256 starts
-    /// with `0x80`): the caller believes the one that parses. Empty when nothing matches.
+    /// Only the last two can both match (a header length of 0x280, 0x380, 0x480 or 0x580
+    /// mod 65536 starts with `0x80` and 2 to 5): the caller believes the one that parses.
+    /// Empty when nothing matches.
     pub fn sniff(head: &[u8], len: u64) -> Vec<Self> {
         if train_ckpt::is_ckpt(head) {
             return vec![Self::Compressed];

@@ -10,7 +10,8 @@
 //!     -- -runs=1000000 -max_len=65536
 //! ```
 //!
-//! Seeds: a checkpoint of ours, a weights-only one, a foreign file. The compressed format has its own target in
+//! Seeds: a checkpoint of ours, a weights-only one, a foreign file, foreign files whose header lengths (0x80,
+//! 0x280) start like a pickle. The compressed format has its own target in
 //! `crates/train-ckpt/fuzz`.
 #![no_main]
 

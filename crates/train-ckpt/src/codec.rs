@@ -121,7 +121,7 @@ impl ChunkEncoder {
         let mut scratch = std::mem::take(&mut self.delta);
         let mut filter = choose_filter(plane, row);
         let mut predicted = false;
-        if rank_one && plane.len() >= RANK_ONE_MIN_ROWS * row && row >= 2 {
+        if rank_one && row >= 2 && row.checked_mul(RANK_ONE_MIN_ROWS).is_some_and(|min| plane.len() >= min) {
             rank_one_encode(plane, row, &mut scratch);
             let residual = &scratch[row + plane.len().div_ceil(row)..];
             let (one_code, per_block) = estimate_bits(residual, 0);
@@ -439,12 +439,12 @@ fn choose_filter(plane: &[u8], row: usize) -> Option<Filter> {
 /// one code for all blocks, and with one code per block (plus the cost of its table), as the
 /// literal coders with large and small blocks would do.
 fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
+    let mut diff = [0u8; ESTIMATE_BLOCK];
     if plane.len() <= ESTIMATE_BLOCK {
         // One block (a small plane): one histogram, and the per-block code is the one code
         // plus its table. The same figures as below, at a fraction of the fixed cost, which
         // is what counts on the many small planes of a large model's biases and norms.
         let n = plane.len().max(1);
-        let mut diff = [0u8; ESTIMATE_BLOCK];
         let bytes = if lag == 0 { plane } else { differences(plane, 0..plane.len(), lag, &mut diff) };
         let mut hist = [0u32; 256];
         for &b in bytes {
@@ -455,13 +455,9 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
     }
     let mut all = [0u32; 256];
     let mut per_block_bits = 0.0;
-    let blocks = plane.len().div_ceil(ESTIMATE_BLOCK);
-    let step = blocks.div_ceil(ESTIMATE_BLOCKS).max(1);
     let mut n = 0;
-    for block in (0..blocks).step_by(step) {
-        let range = block * ESTIMATE_BLOCK..plane.len().min((block + 1) * ESTIMATE_BLOCK);
+    for range in sampled_blocks(plane.len()) {
         let len = range.len();
-        let mut diff = [0u8; ESTIMATE_BLOCK];
         let bytes = if lag == 0 { &plane[range] } else { differences(plane, range, lag, &mut diff) };
         let hist = histogram(bytes);
         per_block_bits += block_bits(&hist, len) + TABLE_BITS;
@@ -474,15 +470,34 @@ fn estimate_bits(plane: &[u8], lag: usize) -> (f64, f64) {
     (one_code_bits / n as f64, per_block_bits / n as f64)
 }
 
+/// The blocks of a plane of `len` bytes that [`estimate_bits`] samples: up to
+/// `ESTIMATE_BLOCKS` of `ESTIMATE_BLOCK` bytes (the last one shorter when the plane ends
+/// there), evenly spaced from its start; the whole plane when it is one block.
+fn sampled_blocks(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let blocks = len.div_ceil(ESTIMATE_BLOCK);
+    let step = blocks.div_ceil(ESTIMATE_BLOCKS).max(1);
+    (0..blocks).step_by(step).map(move |block| block * ESTIMATE_BLOCK..len.min((block + 1) * ESTIMATE_BLOCK))
+}
+
 /// The differences at distance `lag` of `plane[range]` (`p[i] - p[i-lag]`, wrapping; `p[i]`
 /// for `i < lag`), in `out`. In two straight loops over slices, which the compiler vectorises.
+///
+/// Any `lag`, including one past the range's end (a row longer than a sampled block: the
+/// whole range is then copied) or past the plane's.
 fn differences<'o>(plane: &[u8], range: std::ops::Range<usize>, lag: usize, out: &'o mut [u8]) -> &'o [u8] {
     let out = &mut out[..range.len()];
-    // Positions below `lag` have nothing before them.
+    // Positions below `lag` have nothing before them: the range's first `first` bytes, all of
+    // them when the range ends at or before `lag`.
     let first = lag.saturating_sub(range.start).min(range.len());
-    out[..first].copy_from_slice(&plane[range.start..range.start + first]);
-    let now = &plane[range.start + first..range.end];
-    let before = &plane[range.start + first - lag..range.end - lag];
+    let split = range.start + first;
+    out[..first].copy_from_slice(&plane[range.start..split]);
+    if split == range.end {
+        return out;
+    }
+    // Here `split >= lag`: either the range starts at or after `lag` (`first` is 0), or
+    // `split` is `lag` itself.
+    let now = &plane[split..range.end];
+    let before = &plane[split - lag..range.end - lag];
     for ((d, &b), &a) in out[first..].iter_mut().zip(now).zip(before) {
         *d = b.wrapping_sub(a);
     }
@@ -715,6 +730,113 @@ mod tests {
         assert_eq!(d, plane);
         delta_encode(&plane, 9, &mut d);
         assert_eq!(d, plane);
+    }
+
+    /// Pseudo-random bytes: differences of noise are noise, so a wrong distance shows.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 3u64;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// The differences at distance `lag` of `p[range]` by their definition, one position at a
+    /// time: slow, but with nothing in common with [`differences`] to share its mistakes.
+    fn naive_differences(p: &[u8], range: std::ops::Range<usize>, lag: usize) -> Vec<u8> {
+        range.map(|i| if i < lag { p[i] } else { p[i].wrapping_sub(p[i - lag]) }).collect()
+    }
+
+    /// The same in slices (fast enough to run for every row length): the positions before
+    /// `lag` copied, those from it on less the byte `lag` before. Itself checked against
+    /// [`naive_differences`] in the test below.
+    fn reference_differences(p: &[u8], range: std::ops::Range<usize>, lag: usize, out: &mut Vec<u8>) {
+        let cut = lag.clamp(range.start, range.end);
+        out.clear();
+        out.extend_from_slice(&p[range.start..cut]);
+        // Empty when the range ends before `lag`; otherwise `cut >= lag`.
+        let before = &p[cut.saturating_sub(lag)..];
+        out.extend(p[cut..range.end].iter().zip(before).map(|(&b, &a)| b.wrapping_sub(a)));
+    }
+
+    /// Bytes of one plane of a 1 MiB chunk (the writer's default) of 4-byte elements.
+    const F32_CHUNK_PLANE: usize = 1 << 18;
+
+    /// The longest row in a plane for which row differences are a candidate at 1 MiB chunks: a
+    /// row must be shorter than its plane, and planes hold whole rows, so it is at most half the
+    /// largest plane (a chunk of bytes: `Bool`, `U8`, `I8` or a small tensor's bytes).
+    const LONGEST_ROW: usize = 1 << 19;
+
+    /// Issue #21: a sampled block wholly inside the first row (rows of more than
+    /// `ESTIMATE_BLOCK` bytes) made `differences` subtract past zero, and the writer panic on
+    /// any tensor whose last dimension was 4097 to 131072.
+    #[test]
+    fn a_row_longer_than_a_sampled_block_does_not_underflow() {
+        let plane = noise(20_000);
+        for row in [4097, 5000, 9999] {
+            let (one_code, per_block) = estimate_bits(&plane[..2 * row], row);
+            assert!(one_code > 7.0 && per_block > 7.0, "{row}: {one_code} {per_block}");
+            assert_eq!(choose_filter(&plane[..2 * row], row), None, "noise is stored raw");
+        }
+        let mut out = [0u8; ESTIMATE_BLOCK];
+        assert_eq!(differences(&plane, 0..4096, 5000, &mut out), &plane[..4096]);
+        assert_eq!(differences(&plane[..10], 0..10, 10, &mut out), &plane[..10]);
+        assert_eq!(differences(&[], 0..0, 1, &mut out), &[] as &[u8]);
+    }
+
+    /// Every row length for which row differences are a candidate at the default chunk size,
+    /// on a plane of two rows (the shortest for which they are: its sampled blocks lie before,
+    /// across and after the first row's end) and, for rows of up to half of it, on a float32
+    /// chunk's plane of whole rows: every sampled block's differences are the reference's, and
+    /// for rows of up to 2^17 bytes (those of every dtype but the byte-wide and 16-bit ones)
+    /// the estimate itself runs, without panicking. The estimate depends on the row only
+    /// through `differences` on `sampled_blocks`, which the check covers for every row. One
+    /// plane, reused buffers; the rows are shared out over the cores.
+    #[test]
+    fn row_differences_match_the_reference_for_every_row_length() {
+        let plane = noise(2 * LONGEST_ROW);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let plane = &plane;
+                scope.spawn(move || {
+                    let (mut out, mut want) = ([0u8; ESTIMATE_BLOCK], Vec::new());
+                    for row in (1 + t..=LONGEST_ROW).step_by(threads) {
+                        let chunk = F32_CHUNK_PLANE / row * row;
+                        for len in std::iter::once(2 * row).chain(Some(chunk).filter(|&c| c > 2 * row)) {
+                            let p = &plane[..len];
+                            if row <= 1 << 17 && len == 2 * row {
+                                estimate_bits(p, row);
+                            }
+                            for range in sampled_blocks(len) {
+                                reference_differences(p, range.clone(), row, &mut want);
+                                let got = differences(p, range.clone(), row, &mut out);
+                                assert!(got == want, "row {row}, plane {len}, block {range:?}");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// The fast reference above is the definition, on every block relation that matters: rows
+    /// up to two blocks long, and around each multiple of a block up to the longest row.
+    #[test]
+    fn the_reference_differences_are_the_definition() {
+        let plane = noise(2 * LONGEST_ROW);
+        let mut want = Vec::new();
+        let rows = (1..=2 * ESTIMATE_BLOCK)
+            .chain((ESTIMATE_BLOCK..=LONGEST_ROW).step_by(ESTIMATE_BLOCK).flat_map(|r| [r - 1, r, r + 1]));
+        for row in rows.filter(|&r| r <= LONGEST_ROW) {
+            let len = 2 * row;
+            for range in sampled_blocks(len) {
+                reference_differences(&plane, range.clone(), row, &mut want);
+                assert_eq!(want, naive_differences(&plane, range.clone(), row), "row {row}, block {range:?}");
+            }
+        }
     }
 
     #[test]

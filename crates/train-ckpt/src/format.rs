@@ -158,9 +158,13 @@ impl Encoding {
         }
     }
 
-    /// Bytes of one row (the last dimension; 1 for a scalar) in each plane.
+    /// Bytes of one row (the last dimension; 1 for a scalar) in each plane. Saturates: a
+    /// tensor with another dimension of 0 may claim any last dimension, and has no chunks.
     pub(crate) fn row_len(self, dtype: Dtype, last_dim: u64) -> u64 {
-        self.plane_len(dtype, last_dim)
+        match self {
+            Encoding::Bytes => last_dim.saturating_mul(dtype.size() as u64),
+            Encoding::Planes | Encoding::FloatPlanes => last_dim,
+        }
     }
 
     /// Raw length of each plane of a chunk of `elems` elements.
@@ -441,8 +445,8 @@ fn validate_entry(e: Entry, version: u32) -> Result<(TensorInfo, Layout)> {
         TensorInfo { name: e.name, dtype: e.dtype, shape, raw_len, stored_len: stored },
         Layout {
             encoding: e.encoding,
-            // At most raw_len, which fits in usize; 1 for a scalar.
-            row: row as usize,
+            // At most raw_len (which fits in usize) for a tensor with elements; 1 for a scalar.
+            row: usize::try_from(row).unwrap_or(usize::MAX),
             offset: e.offset,
             checksum,
             chunk_elems: e.chunk_elems,

@@ -221,3 +221,25 @@ fn mapped_files_decode_as_read_files_do() {
     assert!(matches!(err, train_ckpt::Error::ChecksumMismatch { .. } | train_ckpt::Error::Corrupt { .. }), "{err}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Issue #21: rows of 4097 to 131072 elements made the writer's entropy estimate subtract
+/// past zero (a sampled block lying wholly within the first row) and panic, in every dtype.
+#[test]
+fn a_last_dimension_of_4097_to_131072_does_not_panic_the_writer() {
+    let tensors = [
+        Tensor::weights("f32", Dtype::F32, &[64, 5000], 1),
+        Tensor::weights("bf16", Dtype::BF16, &[64, 11008], 2),
+        Tensor::weights("u8", Dtype::U8, &[3, 4097], 3),
+        Tensor::weights("f64", Dtype::F64, &[2, 131072], 4),
+    ];
+    assert_round_trip(&tensors, WriterOptions::default());
+}
+
+/// A tensor with a dimension of 0 may have any last dimension: its row length in bytes
+/// (last dimension × element size) overflowed in the writer and the reader (a panic where
+/// overflow is checked, as in fuzzing builds) although it has no bytes to code.
+#[test]
+fn an_empty_tensor_with_a_huge_last_dimension_round_trips() {
+    let t = Tensor::new("e", Dtype::F64, &[0, 1 << 62], Vec::new());
+    assert_round_trip(&[t], WriterOptions::default());
+}

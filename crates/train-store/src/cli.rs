@@ -11,8 +11,8 @@ use crate::source::{CheckpointFile, Integrity};
 use crate::tools;
 
 /// `train ckpt ...` / `train-ckpt ...`: formats are told apart by content (the compressed
-/// format's magic, a zip or a pickle) and otherwise by file name: `.safetensors`,
-/// `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
+/// format's magic, a safetensors header, a zip or a pickle) and otherwise by file name:
+/// `.safetensors`, `.tckpt` (compressed), and (read only) PyTorch `.pt`/`.pth`/`.bin`.
 #[derive(Debug, Subcommand)]
 pub enum CkptCommand {
     /// Summarise a checkpoint: format, epoch, step, losses, tensor and byte counts, and the
@@ -64,6 +64,9 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
                     match (k.as_str(), &report.optimizer) {
                         ("tensor_list", _) => {}
                         ("optimizer", Some(o)) => writeln!(out, "{k:20} {}", o.describe())?,
+                        ("metadata_covered", _) if report.train_checkpoint && !report.metadata_covered => {
+                            writeln!(out, "{k:20} false (v1: metadata not covered by a checksum)")?
+                        }
                         _ => writeln!(out, "{k:20} {v}")?,
                     }
                 }
@@ -78,6 +81,13 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
                 Integrity::Checked => writeln!(
                     out,
                     "ok: {} is sound ({} tensors and the metadata checked against their checksums)",
+                    path.display(),
+                    v.tensors
+                )?,
+                Integrity::MetadataNotCovered => writeln!(
+                    out,
+                    "tensors sound, metadata not checked: {} ({} tensors checked against their checksums; v1: \
+                     metadata not covered, so its epoch, step and losses could have been altered undetected)",
                     path.display(),
                     v.tensors
                 )?,
@@ -116,6 +126,18 @@ fn write_tensor_table(out: &mut impl Write, list: &[tools::TensorInfo]) -> std::
     Ok(())
 }
 
+/// Whether log lines are coloured: when they go to a terminal (`to_terminal`), unless
+/// `NO_COLOR` is set to anything but an empty string (no-color.org); `CLICOLOR_FORCE` set to
+/// anything but `0` or an empty string colours them anywhere else too. Never otherwise: escape
+/// codes in a pipe or a file are noise to whatever reads it. `var` reads the environment.
+pub fn log_colour(to_terminal: bool, var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let set = |name: &str, off: &[&str]| var(name).is_some_and(|v| !off.iter().any(|o| v == *o));
+    if set("NO_COLOR", &[""]) {
+        return false;
+    }
+    to_terminal || set("CLICOLOR_FORCE", &["", "0"])
+}
+
 /// The error and its causes on one line, each message once (typed errors often repeat
 /// their cause in their own message). A write that failed with EFBIG says that a file-size
 /// limit (`ulimit -f`) was hit: "File too large" alone reads like a full disk.
@@ -143,4 +165,23 @@ fn error_chain_plain(error: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_on_a_terminal_only_unless_the_environment_says() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        assert!(log_colour(true, env(&[])));
+        assert!(!log_colour(false, env(&[])));
+        assert!(!log_colour(true, env(&[("NO_COLOR", "1")])));
+        assert!(log_colour(true, env(&[("NO_COLOR", "")])));
+        assert!(log_colour(false, env(&[("CLICOLOR_FORCE", "1")])));
+        assert!(!log_colour(false, env(&[("CLICOLOR_FORCE", "0")])));
+        assert!(!log_colour(false, env(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")])));
+    }
 }

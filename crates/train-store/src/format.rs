@@ -41,6 +41,9 @@ pub const CHECKSUMS_KEY: &str = "xxh3";
 /// per-tensor checksums too, so no byte a resume reads is left unchecked.
 pub const METADATA_CHECKSUM_KEY: &str = "metadata_xxh3";
 
+/// Keys that version 2 introduced: a version-1 writer never wrote them.
+const VERSION_2_KEYS: &[&str] = &["batch_size"];
+
 /// How the random draws of a run are reproduced. There is no generator state to save:
 /// every draw is a function of the seed and a position (see `training`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,8 +156,11 @@ impl Meta {
         match map.get(METADATA_CHECKSUM_KEY) {
             Some(sum) if *sum != metadata_checksum(map) => return Err(MetaError::Corrupt),
             Some(_) => {}
-            // Version 1 had no metadata checksum; a newer file without one was altered.
+            // Version 1 had no metadata checksum; a newer file without one was altered, and so
+            // was a "version 1" holding a key only version 2 writes (a downgrade). The rest of
+            // a version-1 file is unchecked: readers report it so, never as checked.
             None if map.get("format_version").map(String::as_str) != Some("1") => return Err(MetaError::Corrupt),
+            None if VERSION_2_KEYS.iter().any(|k| map.contains_key(*k)) => return Err(MetaError::Corrupt),
             None => {}
         }
         if get("format")? != FORMAT_NAME {
@@ -329,6 +335,14 @@ mod tests {
     fn a_version_2_map_without_its_checksum_is_refused() {
         let mut map = seal(Meta::sample("adamw", true).to_map());
         map.remove(METADATA_CHECKSUM_KEY);
+        assert_eq!(Meta::from_map(&map), Err(MetaError::Corrupt));
+    }
+
+    #[test]
+    fn a_version_1_claim_holding_a_version_2_key_is_refused_as_altered() {
+        let mut map = Meta::sample("adamw", true).to_map();
+        map.insert("format_version".into(), "1".into());
+        assert!(map.contains_key("batch_size"));
         assert_eq!(Meta::from_map(&map), Err(MetaError::Corrupt));
     }
 

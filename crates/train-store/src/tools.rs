@@ -29,6 +29,10 @@ pub struct Inspection {
     pub train_checkpoint: bool,
     /// `format_version` of `train`'s metadata.
     pub format_version: Option<u32>,
+    /// Whether `train`'s metadata is covered by its own checksum (checked on opening): from
+    /// format version 2 on. False for a version-1 file ("v1: metadata not covered": its
+    /// epoch, step and losses could have been altered undetected) and for foreign files.
+    pub metadata_covered: bool,
     /// Epochs completed.
     pub epoch: Option<u32>,
     /// Optimiser steps taken.
@@ -133,6 +137,7 @@ pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
         compressed: ckpt.kind() == FileKind::Compressed,
         train_checkpoint: meta.is_some(),
         format_version: meta.map(|m| m.format_version),
+        metadata_covered: ckpt.is_metadata_covered(),
         epoch: meta.map(Meta::epoch).or_else(|| number("epoch").map(|v| v as u32)),
         step: meta.map(Meta::step).or_else(|| number("step").map(|v| v as u64)),
         train_loss: meta.map(|m| m.train_loss).or_else(|| number("train_loss")).or_else(|| number("loss")),
@@ -165,7 +170,13 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         });
     }
     let ckpt = CheckpointFile::open(input)?;
-    if let Some(summary) = ckpt.optimizer_summary()? {
+    // Ours carry their optimizer state as tensors, converted with the rest; a torch.save
+    // file's optimizer state dict is keyed by parameter index and left out.
+    let pytorch_optimizer = match ckpt.kind() {
+        FileKind::Pytorch if !strip_optimizer => ckpt.optimizer_summary()?,
+        _ => None,
+    };
+    if let Some(summary) = pytorch_optimizer {
         tracing::warn!(
             path = %input.display(),
             parameters = summary.parameters_with_state,
@@ -187,6 +198,8 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
     let has_optimizer_state = tensors.keys().any(|n| n.starts_with(OPTIMIZER_PREFIX));
     let mut meta = ckpt.meta_or_imported();
     meta.has_optimizer_state = has_optimizer_state;
+    // Written, and sealed, by this version (a version-1 input's metadata was used as written).
+    meta.format_version = FORMAT_VERSION;
     let views: Vec<(&str, &RawTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let io = |source| Error::Io { path: output.to_path_buf(), source };
     if out_kind == FileKind::Compressed {

@@ -6,9 +6,9 @@ use std::process::Command;
 use safetensors::tensor::TensorView;
 use train_store::format::{serialize_views, Meta};
 
-fn train_ckpt(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_train-ckpt")).current_dir(dir).args(args).output().unwrap()
-}
+mod common;
+
+use common::train_ckpt;
 
 /// A checkpoint of ours: two weights and an optimizer slot, sealed metadata.
 fn write_checkpoint(path: &Path) {
@@ -99,4 +99,85 @@ fn inspect_lists_every_tensor_of_our_files_without_reading_them() {
     std::fs::write(d.join("b.safetensors"), bytes).unwrap();
     assert!(train_ckpt(d, &["inspect", "--tensors", "b.safetensors"]).status.success());
     assert_eq!(train_ckpt(d, &["verify", "b.safetensors"]).status.code(), Some(1));
+}
+
+/// Our checkpoint at `from` rewritten with its metadata edited by `edit` (the checksums left
+/// as they are unless `edit` changes them), to `to`.
+fn rewrite_metadata(from: &Path, to: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, String>)) {
+    let bytes = std::fs::read(from).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap();
+    edit(&mut metadata);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    std::fs::write(to, safetensors::serialize(st.tensors(), Some(metadata)).unwrap()).unwrap();
+}
+
+/// Issue #21 item 11, a format downgrade: a version-2 file with its metadata checksum removed,
+/// its version set back to 1 and its epoch forged verified as "metadata checked against their
+/// checksums". A version-1 file reads, but is reported as "v1: metadata not covered"; one
+/// still holding a key only version 2 writes is refused as altered.
+#[test]
+fn a_v1_downgrade_with_a_forged_epoch_is_never_reported_as_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.safetensors"));
+    let downgrade = |m: &mut std::collections::HashMap<String, String>| {
+        m.remove("metadata_xxh3");
+        m.insert("format_version".into(), "1".into());
+        m.insert("epoch".into(), "9".into());
+    };
+    rewrite_metadata(&d.join("a.safetensors"), &d.join("v1.safetensors"), |m| {
+        downgrade(m);
+        m.remove("batch_size");
+    });
+    let out = train_ckpt(d, &["verify", "v1.safetensors"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("v1: metadata not covered") && said.contains("3 tensors checked"), "{said}");
+    assert!(!said.contains("is sound") && !said.contains("metadata checked"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("covered by no checksum"));
+
+    let out = train_ckpt(d, &["inspect", "--json", "v1.safetensors"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["epoch"], &j["metadata_covered"]), (&1.into(), &9.into(), &false.into()));
+    let out = train_ckpt(d, &["inspect", "v1.safetensors"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("v1: metadata not covered"));
+    let out = train_ckpt(d, &["inspect", "--json", "a.safetensors"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["metadata_covered"]), (&2.into(), &true.into()));
+
+    // Keeping `batch_size` (version 2 on) gives the downgrade away.
+    rewrite_metadata(&d.join("a.safetensors"), &d.join("v1b.safetensors"), downgrade);
+    let out = train_ckpt(d, &["verify", "v1b.safetensors"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metadata fails its checksum"));
+
+    // Converted, it is written (and sealed) as this version's file.
+    assert!(train_ckpt(d, &["convert", "v1.safetensors", "v2.tckpt"]).status.success());
+    let out = train_ckpt(d, &["inspect", "--json", "v2.tckpt"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&j["format_version"], &j["metadata_covered"]), (&2.into(), &true.into()));
+}
+
+/// Issue #17: `train-ckpt` wrote ANSI colour codes into pipes and files. A warning (a
+/// safetensors file named `.pt`) piped to the test: plain, unless `CLICOLOR_FORCE` asks for
+/// colour (which shows the check would see it), and `NO_COLOR` wins over that.
+#[test]
+fn logs_into_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_checkpoint(&d.join("a.pt"));
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-ckpt"));
+        cmd.current_dir(d).args(["inspect", "a.pt"]).env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        let out = cmd.envs(vars.iter().copied()).output().unwrap();
+        assert!(out.status.success());
+        let log = String::from_utf8(out.stderr).unwrap();
+        assert!(log.contains("the name says"), "{log}");
+        assert!(!String::from_utf8(out.stdout).unwrap().contains('\x1b'));
+        log.contains("\x1b[")
+    };
+    assert!(!run(&[]));
+    assert!(run(&[("CLICOLOR_FORCE", "1")]));
+    assert!(!run(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
 }

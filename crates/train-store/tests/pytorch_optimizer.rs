@@ -3,37 +3,21 @@
 //! param groups, Adam with steps stored three ways, a bare SGD-with-momentum state dict).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use train_store::{CheckpointFile, Error, PytorchOptimizer};
 
-/// The torch venv's Python: `PYTHON_TORCH` (set by `scripts/lib.sh`'s `export_build_env`),
-/// else where scripts/setup.sh puts it. These tests need it, as the main crate's do.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON_TORCH") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    let p = cache.join("train/torch-2.11.0/bin/python");
-    assert!(p.exists(), "no Python with torch at {}: run scripts/setup.sh or set PYTHON_TORCH", p.display());
-    p
-}
+mod common;
+
+use common::train_ckpt;
 
 /// The reference files, written once per test run (torch takes seconds to import) into a
 /// fresh folder under the target directory, and expected.json. Tests only read them.
 fn files() -> (&'static Path, &'static Value) {
     static FILES: OnceLock<(PathBuf, Value)> = OnceLock::new();
     let (dir, expected) = FILES.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pytorch_optimizer");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/make_pytorch_optimizers.py");
-        let out = Command::new(python()).arg(&script).arg(&dir).output().expect("python runs");
-        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        let dir = common::reference_files("make_pytorch_optimizers.py", "pytorch_optimizer");
         let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
         (dir, expected)
     });
@@ -196,10 +180,12 @@ fn a_checkpoint_without_optimizer_state_has_none() {
     let dir = tempfile::tempdir().unwrap();
     let script = "import torch, sys; torch.save({'model_state_dict': {'w': torch.ones(2)}, 'epoch': 1}, sys.argv[1])";
     let path = dir.path().join("weights.pth");
-    assert!(Command::new(python()).args(["-c", script]).arg(&path).status().unwrap().success());
+    assert!(std::process::Command::new(common::python()).args(["-c", script]).arg(&path).status().unwrap().success());
     let file = CheckpointFile::open(&path).unwrap();
     assert_eq!(file.pytorch_optimizer().unwrap(), None);
     assert!(file.other_entries().is_empty());
+    let out = train_ckpt(dir.path(), &["convert", "weights.pth", "weights.safetensors"]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("not converted"), "{out:?}");
     let err = CheckpointFile::open_pytorch_optimizer(&path).err().unwrap().to_string();
     assert!(err.contains("weights.pth") && err.contains("holds no PyTorch optimizer state"), "{err}");
 }
@@ -235,10 +221,6 @@ fn a_loss_saved_as_a_0d_tensor_reads_as_a_number() {
     train_store::tools::convert(&path, &out, false).unwrap();
     let meta = CheckpointFile::open(&out).unwrap().meta().unwrap().clone();
     assert_eq!((meta.train_loss, meta.val_loss), (0.25, 0.125));
-}
-
-fn train_ckpt(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_train-ckpt")).current_dir(dir).args(args).output().unwrap()
 }
 
 #[test]
@@ -288,4 +270,30 @@ fn inspect_counts_a_pth_optimizer_state_and_lists_its_tensors() {
     let j: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j.get("tensor_list").is_none());
     assert_eq!(j["optimizer"]["kind"], "adam");
+}
+
+/// Issue #17: `convert` said "the PyTorch optimizer state ... is not converted" of our own
+/// checkpoints too, whose optimizer tensors are all converted. Only a torch.save file holding
+/// an optimizer state dict is warned about.
+#[test]
+fn convert_warns_of_unconverted_optimizer_state_only_for_torch_save_files_holding_some() {
+    let (dir, _) = files();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train_ckpt(dir, &["convert", "adamw.pth", tmp.path().join("adamw.safetensors").to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("PyTorch optimizer state") && log.contains("not converted"), "{log}");
+
+    // Ours, with optimizer tensors: converted both ways without a word about them.
+    let d = tmp.path();
+    let w: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![8], &w).unwrap();
+    let views = [("fc.bias", &view), ("optimizer/fc.bias/exp_avg", &view)];
+    let bytes = train_store::format::serialize_views(d, &views, &train_store::Meta::sample("adamw", true)).unwrap();
+    std::fs::write(d.join("ours.safetensors"), bytes).unwrap();
+    for (from, to) in [("ours.safetensors", "ours.tckpt"), ("ours.tckpt", "back.safetensors")] {
+        let out = train_ckpt(d, &["convert", from, to]);
+        assert!(out.status.success() && out.stderr.is_empty(), "{from}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let back = CheckpointFile::open(&d.join("back.safetensors")).unwrap();
+    assert_eq!(back.read("optimizer/fc.bias/exp_avg").unwrap(), w);
 }

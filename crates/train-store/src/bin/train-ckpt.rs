@@ -3,6 +3,7 @@
 //! node, and what whole-process comparisons with `zstd` measure). Same arguments, output
 //! and exit codes as `train ckpt`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,7 +21,13 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let ansi = train_store::cli::log_colour(std::io::stderr().is_terminal(), |k| std::env::var_os(k));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
     match train_store::cli::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,10 +4,17 @@
 //!
 //! | kind | told by | tensors | checked on read |
 //! |---|---|---|---|
-//! | ours, `*.safetensors` | name, and `format` = `train.checkpoint` in the metadata | positioned reads, one at a time | each tensor's xxh3 and the metadata's own |
+//! | ours, `*.safetensors` | a safetensors header, and `format` = `train.checkpoint` in the metadata | positioned reads, one at a time | each tensor's xxh3 and the metadata's own (version 2 on) |
 //! | ours, `*.tckpt` | the compressed format's magic | decoded one at a time | the format's per-tensor and index checksums |
-//! | foreign safetensors (Hugging Face, `safetensors.torch.save_file`) | no `train.checkpoint` metadata | positioned reads | nothing: there are no checksums |
-//! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip or pickle magic | read from the archive | nothing |
+//! | foreign safetensors (Hugging Face, `safetensors.torch.save_file`) | a safetensors header, no `train.checkpoint` metadata | positioned reads | nothing: there are no checksums |
+//! | `*.pt`, `*.pth`, `*.bin` (`torch.save`) | zip magic, or a pickle's PROTO 2 to 5 | read from the archive | nothing |
+//!
+//! A file's kind is told by its content ([`FileKind::sniff`]), each kind by a structure the
+//! others do not share. Only a safetensors file whose header length is 0x280, 0x380, 0x480 or
+//! 0x580 (mod 65536) also starts like a pickle (PROTO 2 to 5); it reads as whichever parses
+//! (safetensors is tried first). The name
+//! decides only when the content matches no kind (that kind's reader then says what is
+//! wrong); where name and content disagree, the content wins and a warning says so.
 //!
 //! A `torch.save` file's weights are its model state dict; what it holds beside them (an
 //! optimizer's state dict, a 0-d `loss`) is in [`CheckpointFile::other_entries`], and
@@ -24,7 +31,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 use serde::Serialize;
 
-use crate::format::{checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use crate::format::{
+    checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, METADATA_CHECKSUM_KEY, PLAIN_SUFFIX,
+};
 use crate::Error;
 
 mod open;
@@ -39,6 +48,9 @@ pub use pytorch::{Assigned, OptimizerSummary, ParamGroup, ParamState, PytorchOpt
 pub const VERIFY_GROUP_BYTES: u64 = 64 << 20;
 /// File-name endings of `torch.save` files.
 const PYTORCH_SUFFIXES: &[&str] = &[".pt", ".pth", ".bin"];
+/// Bytes of a file's start that [`FileKind::sniff`] looks at: a safetensors header length
+/// and the header's first byte, or a magic.
+pub const SNIFF_BYTES: usize = 16;
 
 /// The file kinds a checkpoint can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,37 +65,73 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    /// The kind of `path` from its first bytes (the compressed format's magic, a zip or a
-    /// pickle), falling back to its name; an unknown name with unknown content is an error.
-    fn detect(path: &Path, prefix: &[u8]) -> Result<Self, Error> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if train_ckpt::is_ckpt(prefix) {
-            return Ok(Self::Compressed);
+    /// The kinds a file of `len` bytes can be, from its first bytes (at least
+    /// [`SNIFF_BYTES`] of them when it has that many), most conclusive first; each by a
+    /// structure no other kind shares:
+    ///
+    /// - the compressed format: its magic ([`train_ckpt::is_ckpt`]);
+    /// - a zip archive (`torch.save` since PyTorch 1.6): `PK\x03\x04`;
+    /// - safetensors: a little-endian u64 header length within the 100 MB cap and the file,
+    ///   then the header's `{` at byte 8;
+    /// - a pickle (legacy `torch.save`): PROTO (`0x80`) and a protocol `torch.save` writes
+    ///   (2 to 5).
+    ///
+    /// Only the last two can both match (a header length of 0x280, 0x380, 0x480 or 0x580
+    /// mod 65536 starts with `0x80` and 2 to 5): the caller believes the one that parses.
+    /// Empty when nothing matches.
+    pub fn sniff(head: &[u8], len: u64) -> Vec<Self> {
+        if train_ckpt::is_ckpt(head) {
+            return vec![Self::Compressed];
         }
-        // A zip archive (torch.save since 1.6) or a pickle's PROTO opcode (legacy torch.save).
-        if prefix.starts_with(b"PK\x03\x04") || prefix.first() == Some(&0x80) {
-            return Ok(Self::Pytorch);
+        if head.starts_with(b"PK\x03\x04") {
+            return vec![Self::Pytorch];
         }
+        let mut kinds = Vec::new();
+        if let (Some(word), Some(b'{')) = (head.get(..8), head.get(8)) {
+            let header = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if header <= open::MAX_HEADER_BYTES && len.checked_sub(8).is_some_and(|rest| header <= rest) {
+                kinds.push(Self::Safetensors);
+            }
+        }
+        if head.first() == Some(&0x80) && head.get(1).is_some_and(|p| (2..=5).contains(p)) {
+            kinds.push(Self::Pytorch);
+        }
+        kinds
+    }
+
+    /// The kind a file name claims: `.safetensors`, `.tckpt`, or `.pt`, `.pth`, `.bin`.
+    fn named(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_string_lossy();
         if name.ends_with(COMPRESSED_SUFFIX) {
-            Ok(Self::Compressed)
+            Some(Self::Compressed)
         } else if name.ends_with(PLAIN_SUFFIX) {
-            Ok(Self::Safetensors)
+            Some(Self::Safetensors)
         } else if PYTORCH_SUFFIXES.iter().any(|e| name.ends_with(e)) {
-            Ok(Self::Pytorch)
+            Some(Self::Pytorch)
         } else {
-            Err(Error::Malformed {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "unknown checkpoint format: expected a name ending in {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or .bin"
-                ),
-            })
+            None
         }
     }
 
     /// The kind a file of this name would be written as (for output paths, which do not
     /// exist yet).
     pub fn of_name(path: &Path) -> Result<Self, Error> {
-        Self::detect(path, &[])
+        Self::named(path).ok_or_else(|| Error::Malformed {
+            path: path.to_path_buf(),
+            reason: format!(
+                "unknown checkpoint format: expected a name ending in {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or \
+                 .bin"
+            ),
+        })
+    }
+
+    /// How the kind is called in messages.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors",
+            Self::Compressed => "the compressed format (.tckpt)",
+            Self::Pytorch => "a torch.save file (zip or pickle)",
+        }
     }
 }
 
@@ -121,6 +169,11 @@ enum Body {
 pub enum Integrity {
     /// Every tensor and the metadata matched their checksums.
     Checked,
+    /// Every tensor matched its checksum, but the metadata (epoch, step, losses, the tensor
+    /// checksums themselves) is covered by none: a file of format version 1, which predates
+    /// the metadata checksum ("v1: metadata not covered"). Never reported as checked: such a
+    /// file may be a newer one with its checksum removed and its version set back.
+    MetadataNotCovered,
     /// Every tensor was read, but the file carries no checksums to check them against.
     NotChecked,
 }
@@ -216,17 +269,49 @@ impl CheckpointFile {
             return Err(malformed("not a regular file".into()));
         }
         let file = File::open(path).map_err(io)?;
-        let mut prefix = [0u8; 8];
-        let n = std::os::unix::fs::FileExt::read_at(&file, &mut prefix, 0).map_err(io)?;
-        let kind = FileKind::detect(path, &prefix[..n])?;
-        let (opened, extra) = match kind {
-            FileKind::Safetensors => (open_plain(file, stat.len()).map_err(malformed)?, None),
-            FileKind::Compressed => (open_compressed(file).map_err(malformed)?, None),
-            FileKind::Pytorch => {
-                let (opened, extra) = open_pytorch(path, purpose == Purpose::Load).map_err(malformed)?;
-                (opened, Some(extra))
+        let mut head = [0u8; SNIFF_BYTES];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).map_err(io)?;
+        let named = FileKind::named(path);
+        // The kinds the content can be; when it matches none, the name's, whose reader then
+        // says what is wrong.
+        let mut candidates = FileKind::sniff(&head[..n], stat.len());
+        if candidates.is_empty() {
+            candidates.extend(named);
+        }
+        if candidates.is_empty() {
+            return Err(malformed(format!(
+                "unknown checkpoint format: the content is none of safetensors, the compressed format, a zip or a \
+                 pickle, and the name ends in none of {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or .bin"
+            )));
+        }
+        // Believe the first kind that parses; when none does, report why the one the name
+        // claims did not (else the most conclusive one), and why the others did not.
+        let mut failed: Vec<(FileKind, String)> = Vec::new();
+        let mut parsed = None;
+        for kind in candidates {
+            match open_kind(path, file.try_clone().map_err(io)?, stat.len(), kind, purpose) {
+                Ok(opened) => {
+                    parsed = Some((kind, opened));
+                    break;
+                }
+                Err(reason) => failed.push((kind, reason)),
             }
+        }
+        let Some((kind, (opened, extra))) = parsed else {
+            let (_, mut reason) = failed.remove(failed.iter().position(|(k, _)| Some(*k) == named).unwrap_or(0));
+            for (other, why) in failed {
+                reason.push_str(&format!("; nor does it read as {}: {why}", other.describe()));
+            }
+            return Err(malformed(reason));
         };
+        if let Some(claimed) = named.filter(|&n| n != kind) {
+            tracing::warn!(
+                path = %path.display(),
+                "the name says {} but the content is {}: read as the content says",
+                claimed.describe(),
+                kind.describe()
+            );
+        }
         let (body, entries, metadata, checksums) = opened;
         let (others, pickle) = extra.map_or((Vec::new(), None), |x| (x.others, Some(x.pickle)));
         if entries.is_empty() {
@@ -256,6 +341,15 @@ impl CheckpointFile {
                 }
                 _ => None,
             };
+            if !metadata.contains_key(METADATA_CHECKSUM_KEY) && purpose == Purpose::Load && first_time(path) {
+                // Read all the same (runs from before version 2 resume), but never as checked;
+                // said once per file (a run lists its checkpoints at every save).
+                tracing::warn!(
+                    path = %path.display(),
+                    "a version-1 checkpoint: its metadata (epoch, step, losses) is covered by no checksum, so \
+                     an alteration cannot be detected; it is used as written"
+                );
+            }
             (Some(meta), checksums)
         } else {
             (None, None)
@@ -336,6 +430,12 @@ impl CheckpointFile {
     /// Whether the file's tensors carry checksums (ours do; foreign files do not).
     pub fn is_checksummed(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// Whether `train`'s metadata was checked against its own checksum when the file was
+    /// opened (required from format version 2 on). False for a version-1 file and a foreign one.
+    pub fn is_metadata_covered(&self) -> bool {
+        self.meta.is_some() && self.metadata.contains_key(METADATA_CHECKSUM_KEY)
     }
 
     /// Reads tensor `name` (one of [`Self::entries`] or [`Self::other_entries`]) into `out`
@@ -440,9 +540,38 @@ impl CheckpointFile {
                 }
             }
         }
-        let integrity = if self.is_checksummed() { Integrity::Checked } else { Integrity::NotChecked };
+        let integrity = match (self.is_checksummed(), self.is_metadata_covered()) {
+            (true, true) => Integrity::Checked,
+            (true, false) => Integrity::MetadataNotCovered,
+            (false, _) => Integrity::NotChecked,
+        };
         Ok(Verification { tensors: self.entries.len() + self.others.len(), integrity })
     }
+}
+
+/// Whether this process sees `path` here for the first time.
+fn first_time(path: &Path) -> bool {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(path.to_path_buf())
+}
+
+/// Opens `file` (at `path`, `len` bytes) as `kind`; what went wrong, when it is not one.
+fn open_kind(
+    path: &Path,
+    file: File,
+    len: u64,
+    kind: FileKind,
+    purpose: Purpose,
+) -> Result<(open::Opened, Option<open::PytorchExtra>), String> {
+    Ok(match kind {
+        FileKind::Safetensors => (open_plain(file, len)?, None),
+        FileKind::Compressed => (open_compressed(file)?, None),
+        FileKind::Pytorch => {
+            let (opened, extra) = open_pytorch(path, purpose == Purpose::Load)?;
+            (opened, Some(extra))
+        }
+    })
 }
 
 /// Consecutive runs of `entries` of at most `limit` bytes each (a larger tensor alone).
@@ -470,5 +599,41 @@ fn codec_error(path: &Path, tensor: &str, err: train_ckpt::Error) -> Error {
             Error::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
         }
         other => Error::Malformed { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors head: the header length, then the header's first byte.
+    fn safetensors_head(header: u64) -> Vec<u8> {
+        let mut head = header.to_le_bytes().to_vec();
+        head.extend_from_slice(b"{\"");
+        head
+    }
+
+    #[test]
+    fn each_kind_is_told_by_its_own_structure() {
+        use FileKind::{Compressed, Pytorch, Safetensors};
+        let legacy = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
+        let cases: [(&[u8], u64, &[FileKind]); 10] = [
+            (&train_ckpt::MAGIC, 100, &[Compressed]),
+            (b"PK\x03\x04\x00\x00\x08\x08\x00", 100, &[Pytorch]),
+            (&legacy, 1000, &[Pytorch]),
+            (&safetensors_head(64), 72, &[Safetensors]),
+            // Issue #21: a header of 128 bytes starts with 0x80 but no protocol follows.
+            (&safetensors_head(128), 200, &[Safetensors]),
+            // 0x280 bytes: 0x80 then 2, a pickle's PROTO 2 as well; the parse decides.
+            (&safetensors_head(0x280), 0x300, &[Safetensors, Pytorch]),
+            // A header longer than the file, or than the cap, is no safetensors header.
+            (&safetensors_head(65), 72, &[]),
+            (&safetensors_head(u64::MAX / 2), u64::MAX, &[]),
+            (b"not a checkpoint", 16, &[]),
+            (&[0x80, 0x01, 0, 0, 0, 0, 0, 0, 0], 9, &[]),
+        ];
+        for (head, len, kinds) in cases {
+            assert_eq!(FileKind::sniff(head, len), kinds, "{head:02x?} of {len} bytes");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::dtype;
 use crate::format::CHECKSUMS_KEY;
 
 /// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
+pub(super) const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Keys under which `torch.save`d dicts commonly nest a model's state dict, tried in order.
 const PYTORCH_MODEL_KEYS: &[&str] = &["model_state_dict", "state_dict", "model"];
 

@@ -251,3 +251,11 @@ fn a_module_with_buffers_and_no_state_dict_keys_is_warned_about_at_start() {
     assert!(log.contains("does not list its module's state_dict() keys") && log.contains("_extra_files"), "{log}");
     assert!(!trains("good", &[]).contains("state_dict() keys"), "no buffers, nothing to say");
 }
+
+/// Regression (issue 17, item 10): a model/data mismatch found at start exited 1 with
+/// libtorch's line alone; it exits 2 and says what to change.
+#[test]
+fn channel_and_dtype_mismatches_exit_2_saying_what_to_set() {
+    refused("wants_three_channels", 2, &["3 channels", "data.channels: 3"]);
+    refused("embeds", 2, &["'indices'", "model.torchscript.inputs: [x]"]);
+}

@@ -100,7 +100,8 @@ fn both_modes(
         if is_oom_message(&msg) {
             Failure::Oom(msg)
         } else {
-            Failure::Refused(format!("{} fails in {mode} mode on a batch of {n}: {msg}", path.display()))
+            let advice = advice(&msg, xs);
+            Failure::Refused(format!("{} fails in {mode} mode on a batch of {n}: {msg}{advice}", path.display()))
         }
     };
     let shapes = |out: &Tensor| format!("{:?} {:?}", out.size(), out.kind());
@@ -143,6 +144,28 @@ fn both_modes(
         check_parameters_kept(scripted, path, parameters).map_err(Failure::Refused)?;
     }
     Ok(())
+}
+
+/// What to change, for the libtorch errors a mismatch between the data and the module
+/// usually gives (empty when there is nothing better to say than libtorch's line).
+fn advice(msg: &str, xs: &[Tensor]) -> String {
+    // Conv2d: "expected input[16, 1, 32, 32] to have 3 channels, but got 1 channels instead".
+    if let Some(wanted) = msg.split(" to have ").nth(1).and_then(|r| r.split(" channels").next()) {
+        if wanted.parse::<u32>().is_ok() {
+            return format!(
+                "; the model expects {wanted} channels: for an image folder set data.channels: {wanted}, for arrays \
+                 give `x` {wanted} channels"
+            );
+        }
+    }
+    // An embedding given float32: "Expected tensor for argument #1 'indices' to have one of the
+    // following scalar types: Long, Int; but got torch.FloatTensor instead".
+    if msg.contains("'indices'") && xs.iter().any(|x| x.is_floating_point()) {
+        return "; token ids reach the module as float32: name the inputs (model.torchscript.inputs: [x], or \
+                [input_ids, attention_mask]) so integer arrays stay int64"
+            .into();
+    }
+    String::new()
 }
 
 /// What the task needs of a module's output of `shape` and `kind` for targets of
@@ -203,4 +226,39 @@ fn check_parameters_kept(scripted: &Scripted, path: &Path, before: &[Layout]) ->
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_channel_and_dtype_errors_get_the_setting_that_fixes_them() {
+        let floats = [Tensor::zeros([2, 4], tch::kind::FLOAT_CPU)];
+        let channels = "RuntimeError: Given groups=1, weight of size [8, 3, 3, 3], expected input[16, 1, 32, 32] to \
+                        have 3 channels, but got 1 channels instead";
+        assert!(advice(channels, &floats).contains("data.channels: 3"));
+        let ids = "RuntimeError: Expected tensor for argument #1 'indices' to have one of the following scalar types: \
+                   Long, Int; but got torch.FloatTensor instead (while checking arguments for embedding)";
+        assert!(advice(ids, &floats).contains("model.torchscript.inputs: [x]"));
+        assert_eq!(advice("RuntimeError: something else", &floats), "");
+    }
+
+    #[test]
+    fn outputs_are_checked_in_full_against_the_task() {
+        let classes = Task::Classification { classes: 3 };
+        assert!(check_output(classes, &[16, 3], Kind::Float, &[16]).is_ok());
+        assert!(check_output(classes, &[16, 5], Kind::Float, &[16]).is_ok(), "more classes than the data holds");
+        assert!(check_output(classes, &[15, 3], Kind::Float, &[16]).is_err());
+        assert!(check_output(classes, &[16, 3, 7], Kind::Float, &[16]).is_err());
+        assert!(check_output(classes, &[16, 3], Kind::Int64, &[16]).is_err());
+        // Issue 17, item 4: MSE would broadcast [N, 10] against [N, 1].
+        let regression = Task::Regression { outputs: 1 };
+        assert!(check_output(regression, &[16, 1], Kind::Float, &[16, 1]).is_ok());
+        assert!(check_output(regression, &[16, 10], Kind::Float, &[16, 1]).is_err());
+        assert!(check_output(regression, &[16], Kind::Float, &[16, 1]).is_err());
+        let lm = Task::LanguageModel { vocab: 64 };
+        assert!(check_output(lm, &[4, 32, 64], Kind::Float, &[4, 32]).is_ok());
+        assert!(check_output(lm, &[4, 31, 64], Kind::Float, &[4, 32]).is_err());
+    }
 }

@@ -124,6 +124,30 @@ class TakesLengths(Good):
         return self.fc(x) * (lengths.float().unsqueeze(1) / 10.0)
 
 
+class WantsThreeChannels(torch.nn.Module):
+    """A conv net for RGB images, given one-channel arrays."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(x.view(x.size(0), 1, 2, 4)).mean((2, 3)))
+
+
+class Embeds(torch.nn.Module):
+    """Token ids through an embedding: it needs int64 ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.emb(x).mean(1))
+
+
 class WithNorm(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -151,6 +175,8 @@ cases = {
     "fails_at_the_third_step": FailsAtTheThirdStep,
     "slow_forward": SlowForward,
     "takes_lengths": TakesLengths,
+    "wants_three_channels": WantsThreeChannels,
+    "embeds": Embeds,
     "bn": WithNorm,
 }
 for name, cls in cases.items():

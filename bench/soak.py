@@ -133,7 +133,8 @@ def main():
                 results["signals_exit_75"] += 1
             else:
                 results["failures"].append(f"round {i} {name} after {delay:.3f} s: exit {code}: {text[-400:]}")
-            if "nothing to save" in text:
+            # The start-up handler's own line (exit at once), or the older flag path's.
+            if "during start-up" in text or "nothing to save" in text:
                 results["signals_before_first_step"] += 1
         bad = verify_all(train, folder)
         if bad:

@@ -14,8 +14,9 @@ pub fn init(format: LogFormat) {
     let follower = crate::distributed::env::detect_from_env().ok().flatten().is_some_and(|l| l.rank != 0);
     let default = if follower { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colour only for a person at a terminal; job logs and CI get plain text.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // Colour only for a person at a terminal; job logs and CI get plain text. The same rule
+    // as `train-ckpt`'s (NO_COLOR, CLICOLOR_FORCE).
+    let ansi = train_store::cli::log_colour(std::io::stderr().is_terminal(), |k| std::env::var_os(k));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),

@@ -71,3 +71,22 @@ fn eval_without_a_config_uses_the_run_folders_own() {
     assert!((e["loss"].as_f64().unwrap() - logged).abs() < 1e-6, "{e} vs {logged}");
     assert!(e["accuracy"].is_null(), "{e}");
 }
+
+/// `train` colours its logs as `train-ckpt` does (issue 17, item 12): never into a pipe
+/// unless `CLICOLOR_FORCE` asks, and never when `NO_COLOR` is set.
+#[test]
+fn logs_carry_colour_codes_only_when_asked() {
+    let ws = tempfile::tempdir().unwrap();
+    regression_set(&ws.path().join("reg.safetensors"));
+    let log = |env: &[(&str, &str)]| {
+        let mut cmd = common::train(ws.path());
+        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE").envs(env.iter().copied());
+        cmd.args(["--dry-run", "--output-dir", "dry"]);
+        common::with_sets(&mut cmd, &["run.device=cpu", "data.kind=tensors", "data.path=reg.safetensors"]);
+        let out = cmd.assert().success().get_output().clone();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(!log(&[]).contains("\x1b["), "a pipe gets plain text");
+    assert!(log(&[("CLICOLOR_FORCE", "1")]).contains("\x1b["), "forced colour shows, so the check can fail");
+    assert!(!log(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).contains("\x1b["));
+}

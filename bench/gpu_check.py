@@ -98,6 +98,10 @@ HOST_TOLERANCE = 0.05  # train's MemAvailable vs /proc/meminfo read around it, s
 TRANSIENT_SLACK = 0.05  # the goal: memory_efficient's transient at most the largest tensor + 5%
 PREDICTION_SLACK = 0.05  # a measured peak may exceed its prediction by 5% before the planner is wrong
 CPU_RSS_NOISE = 4 * MIB  # CPU mode: RSS moves by a few MiB for reasons of its own (allocator arenas, pages of code)
+# CPU mode, .tckpt only: host RSS also holds the compressed reader's working window, which the
+# planner's device peaks leave out (it never reaches the device): per decoding thread (one per
+# core) 4 MiB of stored bytes (train-ckpt's WINDOW_BYTES_PER_THREAD) and as much again decoded.
+TCKPT_READER_WINDOW = (os.cpu_count() or 1) * 2 * 4 * MIB
 SPEED_GOAL = 0.9  # GPU: train's samples/s at least 0.9x PyTorch eager's
 MARGIN = 0.02  # memory.safety_margin in check 3, so that a limit can sit between two real peaks
 TORCH_VERSION = "2.11.0"  # the release tch 0.24 binds (scripts/lib.sh)
@@ -430,8 +434,11 @@ def check_loading(ctx: Ctx, rep: Report):
             figure = (f"{where} peak above model {fmt_bytes(above)} (predicted {fmt_bytes(pred)}), transient "
                       f"{fmt_bytes(transient)}, {m['seconds']:.2f} s"
                       + ("" if cpu else f"; host RSS peak +{fmt_bytes(m['host_peak_above_start_bytes'])}"))
-            ok = m["strategy"] == s and above <= pred * (1 + PREDICTION_SLACK) + noise
+            window = TCKPT_READER_WINDOW if cpu and label == ".tckpt" else 0
+            ok = m["strategy"] == s and above <= pred * (1 + PREDICTION_SLACK) + noise + window
             goal = f"loads with {s}; peak <= predicted + {PREDICTION_SLACK:.0%}"
+            if window:
+                goal += f" + the reader's window ({fmt_bytes(window)})"
             if s in ("memory_efficient", "model_only"):
                 ok = ok and transient <= largest * (1 + TRANSIENT_SLACK) + noise
                 goal += f"; transient <= largest tensor + {TRANSIENT_SLACK:.0%} ({fmt_bytes(largest * (1 + TRANSIENT_SLACK))})"

@@ -53,12 +53,6 @@ impl Caught {
     }
 }
 
-impl std::fmt::Display for Caught {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message())
-    }
-}
-
 /// Whether a panic's message is a libtorch error rather than a bug of ours (which must go
 /// on unwinding, with its backtrace).
 fn is_libtorch_panic(msg: &str) -> bool {
@@ -75,28 +69,25 @@ thread_local! {
 /// goes on unwinding.
 pub fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     CATCHING.with(|c| c.set(c.get() + 1));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let result = catch_if(f, is_libtorch_panic);
     CATCHING.with(|c| c.set(c.get() - 1));
-    match result {
-        Ok(value) => Ok(value),
-        Err(panic) => {
-            let msg = panic_message(panic.as_ref());
-            if !is_libtorch_panic(&msg) {
-                std::panic::resume_unwind(panic);
-            }
-            Err(Caught(msg))
-        }
-    }
+    result.map_err(Caught)
 }
 
 /// Runs `f`, turning a libtorch out-of-memory panic into `Err` with its message; any other
 /// panic goes on unwinding. (tch's infallible calls panic with libtorch's error.)
 pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_if(f, is_oom_message)
+}
+
+/// Runs `f`, turning a panic whose message `wanted` accepts into `Err` with that message;
+/// any other panic goes on unwinding.
+fn catch_if<T>(f: impl FnOnce() -> T, wanted: fn(&str) -> bool) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(value) => Ok(value),
         Err(panic) => {
             let msg = panic_message(panic.as_ref());
-            if !is_oom_message(&msg) {
+            if !wanted(&msg) {
                 std::panic::resume_unwind(panic);
             }
             Err(msg)

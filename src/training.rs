@@ -97,6 +97,7 @@ impl Trainer {
             .collect();
         let optimizer = optim::build(&cfg.training.optimizer, params);
         let trainable = vs.trainable_variables();
+        let batches_per_epoch = cfg.training.batches_per_epoch(data.train.len());
         Ok(Self {
             vs,
             model,
@@ -112,8 +113,8 @@ impl Trainer {
             trainable,
             schedule: cfg.training.schedule.clone(),
             base_lr: cfg.training.optimizer.lr,
-            total_steps: u64::from(cfg.training.epochs) * cfg.training.batches_per_epoch(data.train.len()),
-            batches_per_epoch: cfg.training.batches_per_epoch(data.train.len()),
+            total_steps: u64::from(cfg.training.epochs) * batches_per_epoch,
+            batches_per_epoch,
             grad_accum_steps: i64::from(cfg.training.grad_accum_steps),
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,
@@ -308,8 +309,18 @@ impl Trainer {
 
     /// Whether every weight is finite (no checkpoint is written otherwise).
     pub fn weights_finite(&self) -> bool {
+        self.first_non_finite().is_none()
+    }
+
+    /// The first variable (by name) holding a value that is not finite, and whether it is
+    /// `NaN` or `infinite`.
+    pub fn first_non_finite(&self) -> Option<(String, &'static str)> {
         let _guard = tch::no_grad_guard();
-        self.vs.variables().values().all(|t| !t.is_floating_point() || t.isfinite().all().int64_value(&[]) != 0)
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter()
+            .find(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+            .map(|(name, t)| (name, if t.isnan().any().int64_value(&[]) != 0 { "NaN" } else { "infinite" }))
     }
 
     /// Restores the position and last losses recorded in a checkpoint's metadata.

@@ -308,7 +308,7 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
     // Every array's declared size was checked against what the file holds for it
     // (`check_declared_size`), so these conversions and products do not overflow.
     let elements = |h: &Header| h.shape.iter().product::<usize>() as u64;
-    let native = |h: &Header| elements(h) * kind_of(h.dtype).elt_size_in_bytes() as u64;
+    let native = |h: &Header| h.bytes().expect("check_declared_size passed it");
     // libtorch's copy of each array, then its converted form (at most 8 bytes a value).
     let needed: u64 = headers.iter().chain(std::iter::once(&y)).map(|h| native(h) + 8 * elements(h)).sum();
     check_host_memory(path, needed)?;

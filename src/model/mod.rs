@@ -401,14 +401,14 @@ fn build_torchscript(
 /// Two examples of zeros for `task` with inputs of `input_shape`, for a module tried
 /// without the data.
 fn zeros_batch(task: Task, input_shape: &[i64], device: tch::Device) -> Result<([Tensor; 1], Tensor), tch::TchError> {
-    let (input_kind, targets) = match task {
-        Task::Classification { .. } => (Kind::Float, Tensor::f_zeros([2], (Kind::Int64, device))?),
-        Task::Regression { outputs } => (Kind::Float, Tensor::f_zeros([2, outputs], (Kind::Float, device))?),
-        Task::LanguageModel { .. } => {
-            (Kind::Int64, Tensor::f_zeros([&[2], input_shape].concat(), (Kind::Int64, device))?)
-        }
+    let inputs = [&[2], input_shape].concat();
+    // A language model's targets are ids of the inputs' shape.
+    let (input_kind, targets, target_kind) = match task {
+        Task::Classification { .. } => (Kind::Float, vec![2], Kind::Int64),
+        Task::Regression { outputs } => (Kind::Float, vec![2, outputs], Kind::Float),
+        Task::LanguageModel { .. } => (Kind::Int64, inputs.clone(), Kind::Int64),
     };
-    Ok(([Tensor::f_zeros([&[2], input_shape].concat(), (input_kind, device))?], targets))
+    Ok(([Tensor::f_zeros(inputs, (input_kind, device))?], Tensor::f_zeros(targets, (target_kind, device))?))
 }
 
 /// The mean loss of a batch for `task`: cross-entropy over classes or over every token's

@@ -241,17 +241,10 @@ fn init(cfg: &Config, trainer: &mut Trainer, path: &std::path::Path) -> Result<(
 /// first such tensor by name: trained on, they made every loss NaN and the run stop with
 /// the learning-rate advice.
 fn check_finite_weights(trainer: &Trainer, path: &std::path::Path) -> Result<(), RunError> {
-    let vars = trainer.variables();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    for name in names {
-        let t = &vars[name];
-        if t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0 {
-            let what = if t.isnan().any().int64_value(&[]) != 0 { "NaN" } else { "infinite" };
-            return Err(RunError::NonFiniteWeights { path: path.to_path_buf(), tensor: name.clone(), what });
-        }
+    match trainer.first_non_finite() {
+        Some((tensor, what)) => Err(RunError::NonFiniteWeights { path: path.to_path_buf(), tensor, what }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn load_one(

@@ -114,14 +114,14 @@ pub fn run(cmd: CkptCommand) -> Result<()> {
 }
 
 /// `ckpt inspect --tensors`' table: one line per tensor, columns aligned.
-fn write_tensor_table(out: &mut impl Write, list: &[tools::TensorInfo]) -> std::io::Result<()> {
-    let width = list.iter().map(|t| t.entry.name.len()).max().unwrap_or(0).max(4);
+fn write_tensor_table(out: &mut impl Write, list: &[crate::source::Entry]) -> std::io::Result<()> {
+    let width = list.iter().map(|t| t.name.len()).max().unwrap_or(0).max(4);
     writeln!(out)?;
     writeln!(out, "{:width$}  {:9}  {:5}  {:>12}  shape", "name", "role", "dtype", "bytes")?;
     for t in list {
         let role = serde_json::to_value(t.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let dtype = format!("{:?}", t.entry.dtype);
-        writeln!(out, "{:width$}  {role:9}  {dtype:5}  {:>12}  {:?}", t.entry.name, t.entry.bytes, t.entry.shape)?;
+        let dtype = format!("{:?}", t.dtype);
+        writeln!(out, "{:width$}  {role:9}  {dtype:5}  {:>12}  {:?}", t.name, t.bytes, t.shape)?;
     }
     Ok(())
 }

@@ -18,7 +18,9 @@ pub mod tools;
 
 use std::path::PathBuf;
 
-pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
+pub use format::{
+    optimizer_entry, optimizer_key, Meta, Position, RngState, Role, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX,
+};
 pub use source::{
     Assigned, CheckpointFile, Entry, FileKind, Integrity, OptimizerSummary, ParamGroup, ParamState, PytorchOptimizer,
     Verification,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::atomic;
-use crate::format::{self, Meta, Position, RawTensor, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX, PLAIN_SUFFIX};
+use crate::format::{self, Meta, Position, RawTensor, RngState, Role, FORMAT_VERSION, PLAIN_SUFFIX};
 use crate::source::{CheckpointFile, Entry, FileKind, OptimizerSummary};
 use crate::Error;
 
@@ -67,30 +67,7 @@ pub struct Inspection {
     /// in file order; a `torch.save` file: by name, then the tensors beside the model's by
     /// their dotted path in the pickle). Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tensor_list: Option<Vec<TensorInfo>>,
-}
-
-/// One tensor as `ckpt inspect --tensors` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct TensorInfo {
-    /// Its name and layout.
-    #[serde(flatten)]
-    pub entry: Entry,
-    /// `model`, `optimizer` (ours or a PyTorch optimizer state dict's) or `other` (a
-    /// `torch.save` file's tensors beside both, such as a 0-d `loss`).
-    pub role: TensorRole,
-}
-
-/// What a listed tensor is part of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TensorRole {
-    /// The model's weights and buffers.
-    Model,
-    /// Optimiser state.
-    Optimizer,
-    /// Anything else a `torch.save` file holds beside them.
-    Other,
+    pub tensor_list: Option<Vec<Entry>>,
 }
 
 /// Inspects `path` without reading tensor data (but for the few bytes of a `torch.save`
@@ -103,32 +80,12 @@ pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
     let file_bytes = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
     let summary = ckpt.optimizer_summary()?;
     // A PyTorch optimizer state dict's tensors are those under its key (or the whole file).
-    let pytorch_state = ckpt.pytorch_optimizer_prefix();
-    let role = |e: &Entry, beside: bool| {
-        if !beside {
-            if e.name.starts_with(OPTIMIZER_PREFIX) {
-                TensorRole::Optimizer
-            } else {
-                TensorRole::Model
-            }
-        } else if pytorch_state.as_deref().is_some_and(|p| e.name.starts_with(p)) {
-            TensorRole::Optimizer
-        } else {
-            TensorRole::Other
-        }
-    };
-    let all: Vec<TensorInfo> = ckpt
-        .entries()
-        .iter()
-        .map(|e| (e, false))
-        .chain(ckpt.other_entries().iter().map(|e| (e, true)))
-        .map(|(e, beside)| TensorInfo { entry: e.clone(), role: role(e, beside) })
-        .collect();
-    let bytes_of = |r: TensorRole| all.iter().filter(|t| t.role == r).map(|t| t.entry.bytes).sum::<u64>();
-    let model_bytes = bytes_of(TensorRole::Model);
-    let optimizer_bytes = bytes_of(TensorRole::Optimizer);
-    let optimizer_tensors = all.iter().filter(|t| t.role == TensorRole::Optimizer).count();
-    let largest_tensor_bytes = all.iter().map(|t| t.entry.bytes).max().unwrap_or(0);
+    let all: Vec<Entry> = ckpt.entries().iter().chain(ckpt.other_entries()).cloned().collect();
+    let bytes_of = |r: Role| all.iter().filter(|t| t.role == r).map(|t| t.bytes).sum::<u64>();
+    let model_bytes = bytes_of(Role::Model);
+    let optimizer_bytes = bytes_of(Role::Optimizer);
+    let optimizer_tensors = all.iter().filter(|t| t.role == Role::Optimizer).count();
+    let largest_tensor_bytes = all.iter().map(|t| t.bytes).max().unwrap_or(0);
     let meta = ckpt.meta();
     let number = |k: &str| ckpt.metadata().get(k).and_then(|v| v.parse::<f64>().ok());
     Ok(Inspection {
@@ -185,7 +142,7 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         );
     }
     let kept: Vec<&crate::source::Entry> =
-        ckpt.entries().iter().filter(|e| !(strip_optimizer && e.name.starts_with(OPTIMIZER_PREFIX))).collect();
+        ckpt.entries().iter().filter(|e| !(strip_optimizer && e.role == Role::Optimizer)).collect();
     let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
     let mut targets: Vec<(&str, &mut [u8])> =
         kept.iter().zip(data.iter_mut()).map(|(e, d)| (e.name.as_str(), d.as_mut_slice())).collect();
@@ -195,7 +152,7 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         .zip(data)
         .map(|(e, data)| (e.name.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), data }))
         .collect();
-    let has_optimizer_state = tensors.keys().any(|n| n.starts_with(OPTIMIZER_PREFIX));
+    let has_optimizer_state = kept.iter().any(|e| e.role == Role::Optimizer);
     let mut meta = ckpt.meta_or_imported();
     meta.has_optimizer_state = has_optimizer_state;
     // Written, and sealed, by this version (a version-1 input's metadata was used as written).

@@ -32,7 +32,7 @@ use safetensors::tensor::Dtype;
 use serde::Serialize;
 
 use crate::format::{
-    checksum_hex, Meta, MetaError, CHECKSUMS_KEY, COMPRESSED_SUFFIX, METADATA_CHECKSUM_KEY, PLAIN_SUFFIX,
+    checksum_hex, Meta, MetaError, Role, CHECKSUMS_KEY, COMPRESSED_SUFFIX, METADATA_CHECKSUM_KEY, PLAIN_SUFFIX,
 };
 use crate::Error;
 
@@ -135,12 +135,14 @@ impl FileKind {
     }
 }
 
-/// One tensor of a checkpoint. Serializes as `{name, dtype, shape, bytes}`, the dtype by
-/// its safetensors name (`F32`, `BF16`, `I64`, ...).
+/// One tensor of a checkpoint. Serializes as `{name, role, dtype, shape, bytes}`, the dtype
+/// by its safetensors name (`F32`, `BF16`, `I64`, ...).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     /// Its name.
     pub name: String,
+    /// What it is for, given by the reader from the name.
+    pub role: Role,
     /// Element type.
     pub dtype: Dtype,
     /// Dimensions.
@@ -150,6 +152,12 @@ pub struct Entry {
     /// Offset of its bytes from the start of a plain file's data section (0 otherwise).
     #[serde(skip)]
     begin: u64,
+}
+
+impl Entry {
+    fn new(name: String, dtype: Dtype, shape: Vec<usize>, bytes: u64, begin: u64) -> Entry {
+        Entry { role: Role::of(&name), name, dtype, shape, bytes, begin }
+    }
 }
 
 /// Where an open checkpoint's tensor bytes come from.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::pytorch::{scalar_of, OptimizerAt, Pickle, SCALAR_KEYS};
 use super::{Body, Entry};
 use crate::dtype;
+use crate::format::Role;
 use crate::format::CHECKSUMS_KEY;
 
 /// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
@@ -80,7 +81,7 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
         if bits % 8 != 0 || end < begin || end - begin != (bits / 8) as u64 {
             return Err(format!("tensor `{name}`: offsets {begin}..{end} do not fit {dtype:?} {:?}", t.shape));
         }
-        entries.push(Entry { name: name.clone(), dtype, shape: t.shape.clone(), begin, bytes: end - begin });
+        entries.push(Entry::new(name.clone(), dtype, t.shape.clone(), end - begin, begin));
     }
     // Empty tensors first among those sharing an offset (Python's safetensors puts them there).
     entries.sort_by_key(|e| (e.begin, e.bytes));
@@ -104,13 +105,7 @@ pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
     let entries = reader
         .tensors()
         .iter()
-        .map(|t| Entry {
-            name: t.name.clone(),
-            dtype: dtype::from_compressed(t.dtype),
-            shape: t.shape.clone(),
-            begin: 0,
-            bytes: t.raw_len,
-        })
+        .map(|t| Entry::new(t.name.clone(), dtype::from_compressed(t.dtype), t.shape.clone(), t.raw_len, 0))
         .collect();
     let metadata = reader.metadata().clone().into_iter().collect();
     Ok((Body::Compressed(Box::new(std::sync::Mutex::new(reader))), entries, metadata, None))
@@ -153,20 +148,16 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
             (None, Some(o)) if name.starts_with(o.as_str()) => None,
             (None, _) => Some(name.clone()),
         };
-        let entry = |name: &str| Entry {
-            name: name.to_string(),
-            dtype,
-            shape: t.shape().to_vec(),
-            begin: 0,
-            bytes: t.byte_len() as u64,
-        };
+        let entry = |name: &str| Entry::new(name.to_string(), dtype, t.shape().to_vec(), t.byte_len() as u64, 0);
         let key = match short {
             Some(short) => {
                 model.push(entry(&short));
                 short
             }
             None => {
-                others.push(entry(&name));
+                // Beside the model: a PyTorch optimizer's state, or anything else.
+                let in_optimizer = optimizer_prefix.as_deref().is_some_and(|p| name.starts_with(p));
+                others.push(Entry { role: if in_optimizer { Role::Optimizer } else { Role::Other }, ..entry(&name) });
                 name
             }
         };

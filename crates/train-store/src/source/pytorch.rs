@@ -388,8 +388,7 @@ impl CheckpointFile {
                 param_groups,
             }));
         }
-        let ours: Vec<&str> =
-            self.entries.iter().filter_map(|e| e.name.strip_prefix(crate::format::OPTIMIZER_PREFIX)).collect();
+        let ours: Vec<&str> = self.entries.iter().filter_map(|e| crate::format::optimizer_key(&e.name)).collect();
         if ours.is_empty() {
             return Ok(None);
         }
@@ -413,13 +412,6 @@ impl CheckpointFile {
 }
 
 impl CheckpointFile {
-    /// The dotted-name prefix of a `torch.save` file's optimizer state tensors among
-    /// [`Self::other_entries`] (`optimizer_state_dict.`, or `""` for a bare state dict);
-    /// `None` when it holds no optimizer state dict.
-    pub(crate) fn pytorch_optimizer_prefix(&self) -> Option<String> {
-        self.pickle.as_ref()?.optimizer.as_ref().map(OptimizerAt::prefix)
-    }
-
     /// The optimizer state dict of a `torch.save` file, and how many parameters have a
     /// `step`. With `read_scalars` false no tensor is read: a `step` or hyper-parameter held
     /// in a tensor reads as `None`.

@@ -30,4 +30,5 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod serde_exact;
 pub mod training;

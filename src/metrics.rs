@@ -1,5 +1,5 @@
 //! `metrics.jsonl`: one JSON object per line, tagged by `kind` (`step`, `epoch`, `event`),
-//! appended as the run goes.
+//! appended as the run goes; and the validation metric a run watches ([`StopMetric`]).
 //!
 //! Durability rules, so that a crash at any moment leaves a file `train report` reads:
 //! - each line, newline included, goes out in one `write` on an `O_APPEND` file, so lines
@@ -17,6 +17,17 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+/// The metric early stopping and `keep_best` watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Validation loss; lower is better.
+    #[default]
+    ValLoss,
+    /// Validation accuracy; higher is better.
+    ValAccuracy,
+}
 
 /// Reads a number that may be `null` (how serde_json writes NaN and infinities) as NaN.
 fn nan_if_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {

@@ -19,10 +19,12 @@ use super::{CheckpointError, CheckpointFile};
 use crate::optim::Optimizer;
 
 /// The state slots each of our optimizers keeps per parameter (besides `step`).
-fn slots(kind: crate::config::OptimizerKind) -> &'static [&'static str] {
+fn slots(kind: crate::optim::config::OptimizerKind) -> &'static [&'static str] {
     match kind {
-        crate::config::OptimizerKind::Sgd => &["momentum_buffer"],
-        crate::config::OptimizerKind::Adam | crate::config::OptimizerKind::Adamw => &["exp_avg", "exp_avg_sq"],
+        crate::optim::config::OptimizerKind::Sgd => &["momentum_buffer"],
+        crate::optim::config::OptimizerKind::Adam | crate::optim::config::OptimizerKind::Adamw => {
+            &["exp_avg", "exp_avg_sq"]
+        }
     }
 }
 
@@ -116,7 +118,7 @@ pub fn import_pytorch_optimizer(
                 .map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
             state.insert(format!("{}/{slot}", a.name), t);
         }
-        if kind != crate::config::OptimizerKind::Sgd {
+        if kind != crate::optim::config::OptimizerKind::Sgd {
             let step = s.step.ok_or_else(|| mismatch(format!("parameter {} (`{}`) has no `step`", a.index, a.name)))?;
             state.insert(format!("{}/step", a.name), Tensor::from(step as i64));
             last_step = last_step.max(Some(step as u64));

@@ -18,9 +18,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::source::{CheckpointFile, Entry};
 use super::{CheckpointError, Meta, OPTIMIZER_PREFIX};
-use crate::config::OptimizerKind;
 use crate::dtype::to_kind;
 pub use crate::memory::strategy::Strategy;
+use crate::optim::config::OptimizerKind;
 use crate::optim::Optimizer;
 
 /// What a load did.

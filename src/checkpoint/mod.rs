@@ -6,6 +6,7 @@
 //!
 //! The layout of a file is specified in `docs/checkpoint-format.md`.
 
+pub mod config;
 pub mod format;
 pub use train_store::{source, tools};
 pub mod import;

@@ -29,7 +29,7 @@ pub struct Policy {
     /// Also keep the one with the best validation metric.
     pub keep_best: bool,
     /// Which metric makes an epoch the best.
-    pub best_by: crate::config::StopMetric,
+    pub best_by: crate::metrics::StopMetric,
 }
 
 /// The epochs whose checkpoints to delete, ascending.
@@ -47,8 +47,8 @@ pub fn to_delete(entries: &[EpochEntry], policy: Policy, latest_verified: bool) 
         .then(|| {
             // Lower is better: accuracy enters negated. Ties go to the later epoch.
             let score = |e: &EpochEntry| match policy.best_by {
-                crate::config::StopMetric::ValLoss => e.val_loss,
-                crate::config::StopMetric::ValAccuracy => e.val_accuracy.map(|a| -a),
+                crate::metrics::StopMetric::ValLoss => e.val_loss,
+                crate::metrics::StopMetric::ValAccuracy => e.val_accuracy.map(|a| -a),
             };
             entries
                 .iter()
@@ -63,7 +63,7 @@ pub fn to_delete(entries: &[EpochEntry], policy: Policy, latest_verified: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StopMetric;
+    use crate::metrics::StopMetric;
 
     fn entries(losses: &[f64]) -> Vec<EpochEntry> {
         losses

@@ -14,8 +14,9 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile as FigmentProfile, Provider};
 use serde::Serialize;
 
+use super::error::ConfigError;
 use super::profiles::{profile, PROFILES};
-use super::{Config, ConfigError};
+use super::schema::Config;
 
 /// Environment variables with this prefix are configuration; `__` separates nesting levels:
 /// `TRAIN_MEMORY__LOAD_OPTIMIZER_STATE=false` sets `memory.load_optimizer_state`.

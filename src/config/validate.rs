@@ -2,8 +2,11 @@
 //! the layers are merged; each error names its key. Nothing after this sees an unchecked
 //! value.
 
+use super::error::ConfigError;
 use super::schema::*;
-use super::ConfigError;
+use crate::data::config::DataKind;
+use crate::model::config::ModelKind;
+use crate::schedule::ScheduleKind;
 
 /// The largest learning rate accepted: far above any in use (large-batch SGD with linear
 /// scaling peaks in the tens), low enough that a typo such as `1e308` is caught.

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::config::{DataConfig, DataKind};
 use super::DataError;
-use crate::config::{DataConfig, DataKind};
 
 /// The IDX files a `data.kind: idx` folder must hold (each plain or gzipped).
 const IDX_FILES: [&str; 4] =

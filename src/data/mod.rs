@@ -4,6 +4,7 @@
 //! The order of an epoch is a pure function of (seed, epoch), so a resumed run visits the
 //! examples in exactly the order an uninterrupted one would, with no sampler state to save.
 
+pub mod config;
 mod files;
 pub mod idx;
 mod image_folder;
@@ -19,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DataConfig, DataKind};
+use config::{DataConfig, DataKind};
 
 /// Failures to load a data set; each names the file.
 #[derive(Debug, thiserror::Error)]

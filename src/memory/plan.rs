@@ -7,8 +7,8 @@ use tch::Device;
 
 use super::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
 use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
+use crate::checkpoint::config::MemoryConfig;
 use crate::checkpoint::{CheckpointFile, OPTIMIZER_PREFIX};
-use crate::config::MemoryConfig;
 
 /// The memory the checkpoint will be loaded into, and where the figure came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -108,7 +108,7 @@ pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, resident: u64, gpu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MemoryConfig;
+    use crate::checkpoint::config::MemoryConfig;
 
     #[test]
     fn an_assumed_figure_overrides_the_probe_and_is_named() {

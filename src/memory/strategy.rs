@@ -105,7 +105,7 @@ pub struct Constraints {
 impl Constraints {
     /// The constraints `cfg` sets. [`Constraints::check`] (run once, by configuration
     /// validation) has ruled out contradictions by then.
-    pub fn of(cfg: &crate::config::MemoryConfig) -> Self {
+    pub fn of(cfg: &crate::checkpoint::config::MemoryConfig) -> Self {
         Self {
             choice: cfg.strategy,
             memory_efficient: cfg.checkpoint_memory_efficient,

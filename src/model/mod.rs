@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use crate::config::{ModelConfig, ModelKind};
 use crate::data::Task;
+use config::{ModelConfig, ModelKind};
 
 mod archive;
+pub mod config;
 mod nets;
 mod probe;
 pub mod script;
@@ -427,8 +428,8 @@ pub fn task_loss(task: Task, out: &Tensor, targets: &Tensor) -> Tensor {
 
 #[cfg(test)]
 mod tests {
+    use super::config::ModelConfig;
     use super::*;
-    use crate::config::ModelConfig;
 
     fn names(kind: ModelKind, task: Task, shape: &[i64], input: Tensor) -> Vec<String> {
         let vs = nn::VarStore::new(tch::Device::Cpu);

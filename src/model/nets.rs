@@ -98,7 +98,7 @@ struct Block {
 }
 
 impl Gpt {
-    pub(super) fn new(root: &nn::Path, cfg: &crate::config::GptConfig, vocab: i64) -> Self {
+    pub(super) fn new(root: &nn::Path, cfg: &super::config::GptConfig, vocab: i64) -> Self {
         let d = i64::from(cfg.width);
         let emb = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
         let blocks = (0..cfg.depth)
@@ -171,7 +171,7 @@ impl std::fmt::Debug for Scripted {
 
 impl Scripted {
     /// Wraps `module` (in eval mode) for the contract `cfg` configures.
-    pub(super) fn new(module: ScriptModule, cfg: &crate::config::TorchscriptConfig) -> Self {
+    pub(super) fn new(module: ScriptModule, cfg: &super::config::TorchscriptConfig) -> Self {
         Self { module: Mutex::new((module, false)), inputs: cfg.inputs.clone(), labels: cfg.labels.clone() }
     }
 

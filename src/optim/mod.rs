@@ -9,6 +9,7 @@
 //! PyTorch creates lazily on the first step is absent until then here too.
 
 mod adam;
+pub mod config;
 mod sgd;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use tch::Tensor;
 pub use adam::Adam;
 pub use sgd::Sgd;
 
-use crate::config::{OptimizerConfig, OptimizerKind};
+use config::{OptimizerConfig, OptimizerKind};
 
 /// Problems restoring optimiser state; each names the tensor.
 #[derive(Debug, thiserror::Error)]

@@ -19,9 +19,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use tch::Tensor;
-use train::checkpoint::retention::Policy;
-use train::checkpoint::saver::{SaveRequest, Saver};
-use train::checkpoint::store::{self, Role};
+use train::checkpoint::plan::retention::Policy;
+use train::checkpoint::plan::save::SavePolicy;
+use train::checkpoint::saver::Saver;
+use train::checkpoint::state::{Progress, Standing, TrainingState};
+use train::checkpoint::store::{self, Slot};
+use train::checkpoint::tensors::tensor_bytes;
 use train::checkpoint::{CheckpointFile, Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -52,6 +55,27 @@ fn meta() -> Meta {
     }
 }
 
+/// The tensors (weights, and optimiser state under `optimizer/`) as a training step would
+/// hand them to a save, at the position `m` records.
+fn state_of(tensors: &[(String, Tensor)], m: &Meta) -> TrainingState {
+    let (mut model, mut optimizer) = (Vec::new(), Vec::new());
+    for (n, t) in tensors {
+        match n.strip_prefix(OPTIMIZER_PREFIX) {
+            Some(key) => optimizer.push((key.to_string(), t.shallow_clone())),
+            None => model.push((n.clone(), t.shallow_clone())),
+        }
+    }
+    let progress = Progress {
+        standing: Standing::of(m),
+        batch_size: 1,
+        optimizer: m.optimizer.clone(),
+        lr_scheduler: m.lr_scheduler.clone(),
+        seed: m.rng.seed,
+        rng_scheme: "bench",
+    };
+    TrainingState { model, optimizer, progress }
+}
+
 /// Reads and checks every tensor into buffers of its own, as a resume into host memory does
 /// (one parallel read: a compressed file decodes across tensors too).
 fn load_all(path: &Path) -> usize {
@@ -79,12 +103,9 @@ fn main() {
             (e.name.clone(), Tensor::from_data_size(&src.read(&e.name).unwrap(), &dims, kind))
         })
         .collect();
-    let raw: u64 = tensors.iter().map(|(_, t)| train::checkpoint::format::tensor_bytes(t)).sum();
-    let weights: u64 = tensors
-        .iter()
-        .filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX))
-        .map(|(_, t)| train::checkpoint::format::tensor_bytes(t))
-        .sum();
+    let raw: u64 = tensors.iter().map(|(_, t)| tensor_bytes(t)).sum();
+    let weights: u64 =
+        tensors.iter().filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX)).map(|(_, t)| tensor_bytes(t)).sum();
     let dir = tempfile::tempdir_in(input.parent().unwrap_or(Path::new("."))).unwrap();
     let mb = |b: u64| b as f64 / 1e6;
     println!(
@@ -104,7 +125,7 @@ fn main() {
         let (mut save, mut load, mut size) = (Vec::new(), Vec::new(), 0);
         for _ in 0..repeats {
             let ((path, bytes), s) =
-                timed(|| store::write_atomic(dir.path(), Role::Latest, compressed, &tensors, &m).unwrap());
+                timed(|| store::write_atomic(dir.path(), Slot::Latest, compressed, &tensors, &m).unwrap());
             let (_, l) = timed(|| load_all(&path));
             save.push(s);
             load.push(l);
@@ -121,13 +142,13 @@ fn main() {
     }
     {
         let plain = dir.path().join("latest.safetensors");
-        store::write_atomic(dir.path(), Role::Latest, false, &tensors, &m).unwrap();
+        store::write_atomic(dir.path(), Slot::Latest, false, &tensors, &m).unwrap();
         let bytes = std::fs::read(&plain).unwrap();
         let target = dir.path().join("zstd3.safetensors.zst");
         let (mut save, mut load, mut size) = (Vec::new(), Vec::new(), 0);
         for _ in 0..repeats {
             let (_, s) = timed(|| {
-                train::atomic::write_atomic(&target, |f| {
+                train_store::atomic::write_atomic(&target, |f| {
                     use std::io::Write;
                     let z = zstd::bulk::compress(&bytes, 3)?;
                     f.write_all(&z)?;
@@ -168,16 +189,12 @@ fn main() {
             let mut saver = Saver::new(
                 dir.path().join("saver"),
                 Policy { keep_last: None, keep_best: true, best_by: Default::default() },
+                SavePolicy { epoch_with_optimizer: false, compress },
+                String::new(),
+                0,
                 background,
             );
-            let request = SaveRequest {
-                tensors: tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
-                meta: m.clone(),
-                epoch_file: false,
-                epoch_with_optimizer: false,
-                compress,
-            };
-            let (b, _) = saver.submit(request).unwrap();
+            let (b, _) = saver.submit(state_of(&tensors, &m), false).unwrap();
             saver.finish().unwrap();
             blocked.push(b);
         }

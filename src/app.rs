@@ -257,10 +257,10 @@ fn plan(args: &PlanArgs) -> Result<()> {
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {
         // Planned before the model exists: it will be the checkpoint's weights' size.
-        Some(file) => memory::plan::sizes_of(file, None),
+        Some(file) => crate::checkpoint::plan::load::sizes_of(file, None),
         None => run::measure::model_sizes(cfg)?,
     };
-    let plan = memory::plan::make(&cfg.memory, device, sizes, 0, &memory::probe::Nvml);
+    let plan = crate::checkpoint::plan::load::make(&cfg.memory, device, sizes, 0, &memory::probe::Nvml);
     let measured = match (&file, args.execute) {
         (Some(file), true) => Some(run::measure::measure_load(cfg, file)?),
         _ => None,

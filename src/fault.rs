@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
+use crate::checkpoint::plan::strategy::Strategy;
 use crate::checkpoint::CheckpointError;
-use crate::memory::strategy::Strategy;
 
 /// Whether an error message is libtorch's out-of-memory error (CUDA's or the CPU
 /// allocator's).

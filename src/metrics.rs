@@ -301,7 +301,7 @@ fn cut_torn_tail(f: &mut fs::File, path: &Path) -> std::io::Result<()> {
     f.set_len(keep)
 }
 
-/// Replaces `path` with `bytes` atomically and durably (see [`crate::atomic`]).
+/// Replaces `path` with `bytes` atomically and durably (see [`train_store::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::atomic::write_atomic(path, |f| f.write_all(bytes))
+    train_store::atomic::write_atomic(path, |f| f.write_all(bytes))
 }

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{Meta, Position, RngState, FORMAT_VERSION, OPTIMIZER_PREFIX};
+use crate::checkpoint::state::{Progress, Standing, TrainingState};
+use crate::checkpoint::Position;
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
 use crate::data::{epoch_batches, shard, Dataset, Split, Task};
 use crate::distributed::{Dist, DistError};
@@ -277,34 +278,26 @@ impl Trainer {
         EvalStats { loss: loss_sum / n as f64, accuracy: correct / counted }
     }
 
-    /// The tensors a checkpoint holds: every model variable, sorted by name, and, when
-    /// `with_optimizer`, the optimiser's state under [`OPTIMIZER_PREFIX`].
-    pub fn checkpoint_tensors(&self, with_optimizer: bool) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self.variables().into_iter().collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        if with_optimizer {
-            out.extend(self.optimizer.state().into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
-        }
-        out
-    }
-
-    /// The metadata of a checkpoint taken now (with optimiser state; the saver clears the
-    /// flag for an epoch file that leaves it out). Losses are those of the last completed epoch.
-    pub fn checkpoint_meta(&self, config_sha256: &str) -> Meta {
-        Meta {
-            format_version: FORMAT_VERSION,
-            position: self.position,
-            batch_size: Some(self.batch_size as u32),
-            train_loss: self.last_train_loss,
-            val_loss: self.last_eval.loss,
-            val_accuracy: self.last_eval.accuracy,
-            has_optimizer_state: true,
+    /// The state a checkpoint takes now: every model variable, sorted by name, the
+    /// optimiser's state by slot key, and where the run stands (losses of the last completed
+    /// epoch). What goes into which file is the checkpoint plan's to decide.
+    pub fn checkpoint_state(&self) -> TrainingState {
+        let mut model: Vec<(String, Tensor)> = self.variables().into_iter().collect();
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let progress = Progress {
+            standing: Standing {
+                position: self.position,
+                train_loss: self.last_train_loss,
+                val_loss: self.last_eval.loss,
+                val_accuracy: self.last_eval.accuracy,
+            },
+            batch_size: self.batch_size as u32,
             optimizer: serde_json::to_value(self.optimizer.config()).expect("plain struct"),
             lr_scheduler: self.schedule.state(self.position.step, self.base_lr, self.total_steps),
-            rng: RngState { seed: self.seed, scheme: RNG_SCHEME.into() },
-            config_sha256: config_sha256.into(),
-            tool_version: format!("train {}", env!("CARGO_PKG_VERSION")),
-        }
+            seed: self.seed,
+            rng_scheme: RNG_SCHEME,
+        };
+        TrainingState { model, optimizer: self.optimizer.state(), progress }
     }
 
     /// Whether every weight is finite (no checkpoint is written otherwise).
@@ -323,11 +316,11 @@ impl Trainer {
             .map(|(name, t)| (name, if t.isnan().any().int64_value(&[]) != 0 { "NaN" } else { "infinite" }))
     }
 
-    /// Restores the position and last losses recorded in a checkpoint's metadata.
-    pub fn restore(&mut self, meta: &Meta) {
-        self.position = meta.position;
-        self.last_train_loss = meta.train_loss;
-        self.last_eval = EvalStats { loss: meta.val_loss, accuracy: meta.val_accuracy };
+    /// Restores the position and last losses a checkpoint recorded.
+    pub fn restore(&mut self, s: &Standing) {
+        self.position = s.position;
+        self.last_train_loss = s.train_loss;
+        self.last_eval = EvalStats { loss: s.val_loss, accuracy: s.val_accuracy };
     }
 }
 

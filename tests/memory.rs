@@ -151,9 +151,9 @@ fn the_library_api_loads_weights_only_and_reports_differences() {
     let root = vs.root();
     let _fc1 = nn::linear(&root / "fc1", 784, 2048, Default::default());
     let _extra = nn::linear(&root / "extra", 4, 4, Default::default());
-    let err = train::checkpoint::load_model_only(&vs, &ckpt, true).unwrap_err().to_string();
+    let err = train::guide::load_model_only(&vs, &ckpt, true).unwrap_err().to_string();
     assert!(err.contains("which the model does not have") && err.contains("fc2."), "{err}");
-    let (epoch, _, outcome) = train::checkpoint::load_model_only(&vs, &ckpt, false).unwrap();
+    let (epoch, _, outcome) = train::guide::load_model_only(&vs, &ckpt, false).unwrap();
     assert_eq!(epoch, 0);
     assert_eq!(outcome.weights, 2);
     assert_eq!(outcome.missing, ["extra.bias", "extra.weight"]);

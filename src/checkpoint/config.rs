@@ -5,8 +5,6 @@
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-use crate::memory::strategy::StrategyChoice;
-
 /// `memory:` the four switches of the seed guide, under the guide's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,4 +70,18 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self { every_n_epochs: 1, keep_last: None, keep_best: true, async_save: true, every_n_steps: None }
     }
+}
+
+/// `memory.strategy`: a strategy, or `auto` to choose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyChoice {
+    /// Choose from free memory and the checkpoint's sizes.
+    Auto,
+    /// Always `standard`.
+    Standard,
+    /// Always `memory_efficient`.
+    MemoryEfficient,
+    /// Always `model_only`.
+    ModelOnly,
 }

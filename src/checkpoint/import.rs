@@ -14,18 +14,21 @@ use std::collections::HashMap;
 
 use tch::{Device, Tensor};
 
-use super::load::read_tensor;
-use super::{CheckpointError, CheckpointFile};
-use crate::optim::Optimizer;
+use train_store::CheckpointFile;
 
-/// The state slots each of our optimizers keeps per parameter (besides `step`).
-fn slots(kind: crate::optim::config::OptimizerKind) -> &'static [&'static str] {
-    match kind {
-        crate::optim::config::OptimizerKind::Sgd => &["momentum_buffer"],
-        crate::optim::config::OptimizerKind::Adam | crate::optim::config::OptimizerKind::Adamw => {
-            &["exp_avg", "exp_avg_sq"]
-        }
-    }
+use super::error::CheckpointError;
+use super::load::OptimizerState;
+use super::tensors::read_tensor;
+
+/// What the configured optimiser keeps, which the imported state must fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Keeps<'a> {
+    /// Its name, for messages.
+    pub name: &'a str,
+    /// The state slots it keeps per parameter (besides `step`), by PyTorch's names.
+    pub slots: &'a [&'a str],
+    /// Whether it counts steps per parameter (`step`).
+    pub steps: bool,
 }
 
 /// The model's trainable parameters by name in PyTorch's `named_parameters()` order: modules
@@ -81,16 +84,16 @@ pub struct Imported {
     pub step: Option<u64>,
 }
 
-/// Imports `file`'s PyTorch optimizer state into `optimizer` (of the configured `kind`),
-/// matching PyTorch's parameter indices to `params` (the model's parameters in creation
-/// order). `Ok(None)` when the file holds no optimizer state. Errors say why the state does
-/// not fit; the caller starts fresh.
+/// Reads `file`'s PyTorch optimizer state for an optimiser that keeps `keeps`, matching
+/// PyTorch's parameter indices to `params` (the model's parameters in creation order), as
+/// state by slot key on `device`. `Ok(None)` when the file holds no optimizer state. Errors
+/// say why the state does not fit; the caller starts fresh.
 pub fn import_pytorch_optimizer(
     file: &CheckpointFile,
     params: &[(String, Tensor)],
-    optimizer: &mut (dyn Optimizer + 'static),
+    keeps: Keeps<'_>,
     device: Device,
-) -> Result<Option<Imported>, CheckpointError> {
+) -> Result<Option<(Imported, OptimizerState)>, CheckpointError> {
     let Some(saved) = file.pytorch_optimizer()? else { return Ok(None) };
     let path = file.path().to_path_buf();
     let mismatch = |reason: String| train_store::Error::OptimizerMismatch { path: path.clone(), reason };
@@ -98,8 +101,7 @@ pub fn import_pytorch_optimizer(
     let named: Vec<(&str, &[usize])> =
         params.iter().zip(&shapes).map(|((n, _), s)| (n.as_str(), s.as_slice())).collect();
     let assigned = saved.assign(&named)?;
-    let kind = optimizer.config().kind;
-    let wanted = slots(kind);
+    let (kind, wanted) = (keeps.name, keeps.slots);
     let mut state = HashMap::new();
     let mut with_state = 0;
     let mut last_step: Option<u64> = None;
@@ -107,7 +109,7 @@ pub fn import_pytorch_optimizer(
         let Some(s) = a.state else { continue };
         if let Some(other) = s.tensors.keys().find(|k| !wanted.contains(&k.as_str())) {
             return Err(mismatch(format!(
-                "parameter {} (`{}`) has `{other}` state, which {kind:?} does not keep (it keeps {wanted:?})",
+                "parameter {} (`{}`) has `{other}` state, which {kind} does not keep (it keeps {wanted:?})",
                 a.index, a.name
             ))
             .into());
@@ -118,7 +120,7 @@ pub fn import_pytorch_optimizer(
                 .map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
             state.insert(format!("{}/{slot}", a.name), t);
         }
-        if kind != crate::optim::config::OptimizerKind::Sgd {
+        if keeps.steps {
             let step = s.step.ok_or_else(|| mismatch(format!("parameter {} (`{}`) has no `step`", a.index, a.name)))?;
             state.insert(format!("{}/step", a.name), Tensor::from(step as i64));
             last_step = last_step.max(Some(step as u64));
@@ -126,6 +128,5 @@ pub fn import_pytorch_optimizer(
         with_state += 1;
     }
     let tensors = state.len();
-    optimizer.load_state(state).map_err(|source| CheckpointError::Optimizer { path: path.clone(), source })?;
-    Ok(Some(Imported { parameters: with_state, tensors, step: last_step }))
+    Ok(Some((Imported { parameters: with_state, tensors, step: last_step }, state)))
 }

@@ -17,8 +17,13 @@ use std::path::PathBuf;
 
 use tch::{Device, Tensor};
 
-use super::load::{load_into, read_tensor};
-use super::{CheckpointError, CheckpointFile, Entry, Strategy, OPTIMIZER_PREFIX};
+use train_store::{CheckpointFile, Entry, Role};
+
+use super::error::CheckpointError;
+use super::load::load_into;
+use super::plan::reads::wrapper_prefix;
+use super::plan::strategy::Strategy;
+use super::tensors::read_tensor;
 use crate::dtype::{is_float, to_kind};
 
 /// How loosely [`init_from`] may match (`model.init_strict`, `model.init_min_loaded`,
@@ -32,9 +37,6 @@ pub struct InitOptions<'a> {
     /// File-name prefixes to replace before matching.
     pub prefix_map: &'a BTreeMap<String, String>,
 }
-
-/// Prefixes wrappers put before every name (`DistributedDataParallel`, `torch.compile`).
-const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
 
 /// The most rows of each kind (shape differs, not in file, not in model) the logged table
 /// and the strict refusal show; the rest are counted, and the full table is logged at debug.
@@ -165,18 +167,6 @@ impl InitReport {
     }
 }
 
-/// The wrapper prefix (`module.`, `_orig_mod.`) that every weight name in a file carries
-/// and whose removal matches them to the model's names; `None` when names match as they
-/// are, or no such prefix does.
-pub(super) fn wrapper_prefix(weights: &[&Entry], vars: &HashMap<String, Tensor>) -> Option<&'static str> {
-    if weights.iter().any(|e| vars.contains_key(&e.name)) {
-        return None;
-    }
-    WRAPPER_PREFIXES.iter().copied().find(|p| {
-        weights.iter().all(|e| e.name.starts_with(p)) && weights.iter().any(|e| vars.contains_key(&e.name[p.len()..]))
-    })
-}
-
 /// How each model tensor pairs with the file, decided from the header alone.
 fn match_names<'f>(
     weights: &[&'f Entry],
@@ -185,7 +175,7 @@ fn match_names<'f>(
     report: &mut InitReport,
 ) -> Vec<(&'f Entry, String)> {
     // A mapping the user gave replaces the guess at a wrapper's prefix.
-    let prefix = if prefix_map.is_empty() { wrapper_prefix(weights, vars) } else { None };
+    let prefix = if prefix_map.is_empty() { wrapper_prefix(weights, |n| vars.contains_key(n)) } else { None };
     report.stripped_prefix = prefix.map(String::from);
     let model_name = |e: &Entry| match prefix {
         Some(p) => e.name[p.len()..].to_string(),
@@ -270,7 +260,7 @@ pub fn init_from(
     options: InitOptions<'_>,
 ) -> Result<InitReport, CheckpointError> {
     let path = file.path().to_path_buf();
-    let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
+    let weights: Vec<&Entry> = file.entries().iter().filter(|e| e.role == Role::Model).collect();
     let mut report = InitReport { path: path.clone(), ..InitReport::default() };
     let pairs = match_names(&weights, vars, options.prefix_map, &mut report);
     // Loading next to nothing trains from scratch under a fine-tuning run's name: refused,
@@ -321,7 +311,7 @@ pub fn init_from(
     if strict && !report.is_exact() {
         return Err(CheckpointError::InitMismatch { path, table: report.table_within(TABLE_ROWS) });
     }
-    let outcome = load_into(file, &same, None, device, strategy, false)?;
+    let (outcome, _) = load_into(file, &same, device, strategy, false, false)?;
     let _guard = tch::no_grad_guard();
     for (e, var) in &convert {
         // One tensor at a time through host memory, whatever the strategy: converting needs

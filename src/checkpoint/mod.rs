@@ -1,135 +1,33 @@
-//! Checkpoints: what a checkpoint file holds and how it is written ([`format`]), the one
-//! reader of every kind of checkpoint file ([`source`]), how a run folder keeps them
-//! ([`store`], [`saver`], [`retention`]), loading one into a model and optimiser ([`load`])
-//! or initialising a model from one ([`init`]),
-//! and the `train ckpt` tools ([`tools`]).
+//! Checkpoints, in two layers:
+//! - the plan layer ([`plan`]): pure functions that decide what a checkpoint holds and who
+//!   writes it ([`plan::save`]), how one is loaded ([`plan::load`], [`plan::strategy`]) and
+//!   which old ones go ([`plan::retention`]); it knows no file and touches no tensor data;
+//! - storage, which only carries plans out: the run folder's files ([`store`]), writing
+//!   ([`saver`]), loading into a model ([`load`]) or initialising one ([`init`]), importing a
+//!   PyTorch optimizer's state ([`import`]), and tch's tensors as bytes ([`tensors`]). The
+//!   reading and writing of every kind of file is the `train-store` crate's.
 //!
-//! The layout of a file is specified in `docs/checkpoint-format.md`.
+//! The training step hands its state to the plan layer through one narrow interface,
+//! [`state::TrainingState`], and knows no file format. The layout of a file is specified in
+//! `docs/checkpoint-format.md`.
 
 pub mod config;
-pub mod format;
-pub use train_store::{source, tools};
+mod error;
 pub mod import;
 pub mod init;
 pub mod load;
-pub mod retention;
+pub mod plan;
 pub mod saver;
+pub mod state;
 pub mod store;
+pub mod tensors;
 
-use std::path::PathBuf;
-
-pub use format::{Meta, Position, RngState, FORMAT_NAME, FORMAT_VERSION, OPTIMIZER_PREFIX};
+pub use error::CheckpointError;
 pub use init::{init_from, InitOptions, InitReport};
-pub use load::{load_checkpoint_memory_efficient, load_into, load_model_only, LoadOutcome, Strategy};
-pub use source::{CheckpointFile, Entry, FileKind, Integrity, Verification};
-
-/// Everything that can go wrong reading or writing a checkpoint; each names the file and,
-/// where one is at fault, the tensor.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// Reading or writing the file itself (I/O, a malformed or damaged file, an unwritable
-    /// format): `train-store`'s error, which names the file and the tensor.
-    #[error(transparent)]
-    File(#[from] train_store::Error),
-    /// Not enough free disk space to write a checkpoint; nothing was written.
-    #[error(
-        "not enough disk space in {dir} for a checkpoint: need about {needed} bytes, {available} available; earlier checkpoints are untouched"
-    )]
-    DiskFull {
-        /// The checkpoint folder.
-        dir: PathBuf,
-        /// Estimated bytes needed.
-        needed: u64,
-        /// Bytes available.
-        available: u64,
-    },
-    /// The model has a parameter the checkpoint lacks.
-    #[error("checkpoint {path} has no tensor `{tensor}`, which the model needs{hint}")]
-    MissingTensor {
-        /// The file.
-        path: PathBuf,
-        /// The parameter's name.
-        tensor: String,
-        /// What to do instead, when there is something (empty otherwise).
-        hint: &'static str,
-    },
-    /// The checkpoint has a weight the model does not.
-    #[error("checkpoint {path} holds tensor `{tensor}`, which the model does not have{hint}")]
-    UnexpectedTensor {
-        /// The file.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// What to do instead, when there is something (empty otherwise).
-        hint: &'static str,
-    },
-    /// Shape or dtype differ between the checkpoint and the model.
-    #[error("checkpoint {path}: tensor `{tensor}` is {found}, the model needs {expected}")]
-    Mismatch {
-        /// The file.
-        path: PathBuf,
-        /// The tensor's name.
-        tensor: String,
-        /// What the model has.
-        expected: String,
-        /// What the file has.
-        found: String,
-    },
-    /// `model.init_strict` and the file does not match the model exactly.
-    #[error("{path} does not match the model (model.init_strict is on):\n{table}")]
-    InitMismatch {
-        /// The file.
-        path: PathBuf,
-        /// Every difference, as [`init::InitReport::table`] lays them out.
-        table: String,
-    },
-    /// `model.init_from` would load too little of the model (`model.init_min_loaded`).
-    #[error(
-        "{path} would load {loaded} of the model's {total} tensors, fewer than model.init_min_loaded ({min}) \
-         asks{hint}; to load what matches anyway, set model.init_min_loaded: 0"
-    )]
-    InitTooFew {
-        /// The file.
-        path: PathBuf,
-        /// Model tensors the file would load.
-        loaded: usize,
-        /// The model's tensors.
-        total: usize,
-        /// `model.init_min_loaded`.
-        min: f64,
-        /// The prefix mapping that would fit, when there is one (else empty).
-        hint: String,
-    },
-    /// The optimiser rejected the saved state.
-    #[error("checkpoint {path}: {source}")]
-    Optimizer {
-        /// The file.
-        path: PathBuf,
-        /// The optimiser's complaint (names the tensor).
-        source: crate::optim::OptimError,
-    },
-    /// libtorch failed while moving tensors.
-    #[error("checkpoint {path}: libtorch: {source}")]
-    Torch {
-        /// The file.
-        path: PathBuf,
-        /// libtorch's error.
-        source: tch::TchError,
-    },
-}
-
-impl CheckpointError {
-    /// Whether the file cannot fit this model or is not there, rather than being damaged
-    /// or failing to read: the command is at fault (exit code 2).
-    pub fn is_usage(&self) -> bool {
-        match self {
-            Self::MissingTensor { .. }
-            | Self::UnexpectedTensor { .. }
-            | Self::Mismatch { .. }
-            | Self::InitMismatch { .. }
-            | Self::InitTooFew { .. } => true,
-            Self::File(train_store::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
-            _ => false,
-        }
-    }
-}
+pub use load::{load_into, LoadOutcome};
+pub use plan::strategy::Strategy;
+pub use state::TrainingState;
+pub use train_store::{
+    CheckpointFile, Entry, FileKind, Integrity, Meta, Position, RngState, Role, Verification, FORMAT_NAME,
+    FORMAT_VERSION, OPTIMIZER_PREFIX,
+};

@@ -14,36 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-use train_store::Error as FileError;
 
 use tch::{Device, Tensor};
+use train_store::{CheckpointFile, Error as FileError};
 
-use super::format::{tensor_bytes, Meta};
-use super::retention::{self, EpochEntry, Policy};
-use super::source::CheckpointFile;
-use super::store::{self, Role};
-use super::{CheckpointError, OPTIMIZER_PREFIX};
-
-/// Bytes of slack beyond the tensors' size when checking free space: the metadata and the
-/// file system's block rounding of two files (a few KiB); plus [`SPACE_PER_TENSOR`] and 1%
-/// below. A flat 1 MiB refused a 0.82 MB save with 1.69 MB free.
-const SPACE_SLACK: u64 = 64 << 10;
-/// Header bytes per tensor (name, dtype, shape, offsets, checksum: ~150 in practice).
-const SPACE_PER_TENSOR: u64 = 512;
-
-/// What one save writes.
-pub struct SaveRequest {
-    /// Every tensor, weights and `optimizer/...` state, on any device (snapshotted by submit).
-    pub tensors: Vec<(String, Tensor)>,
-    /// Metadata for `latest` (which always holds optimiser state).
-    pub meta: Meta,
-    /// Also write `epoch-NNNN` for `meta.epoch`.
-    pub epoch_file: bool,
-    /// Whether the epoch file keeps the optimiser state.
-    pub epoch_with_optimizer: bool,
-    /// Write compressed files.
-    pub compress: bool,
-}
+use super::error::CheckpointError;
+use super::plan::retention::{self, EpochEntry, Policy};
+use super::plan::save::{self, SavePlan, SavePolicy, Slot};
+use super::state::TrainingState;
+use super::store;
 
 /// What a finished save did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,7 +35,7 @@ pub struct SaveReport {
     pub write_seconds: f64,
 }
 
-type Job = (Vec<(String, Tensor)>, SaveRequest);
+type Job = (Vec<(String, Tensor)>, SavePlan);
 
 /// The background writer: jobs in, results out, and its thread.
 struct Worker {
@@ -65,17 +44,30 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
-/// Writes checkpoints into one folder, synchronously or on a background thread.
+/// Writes checkpoints into one folder, synchronously or on a background thread, as
+/// [`save::plan`] says.
 pub struct Saver {
     dir: PathBuf,
-    policy: Policy,
+    retention: Policy,
+    policy: SavePolicy,
+    config_sha256: String,
+    rank: usize,
     worker: Option<Worker>,
     in_flight: bool,
 }
 
 impl Saver {
-    /// A saver into `dir`; `background` moves the writing to a thread of its own.
-    pub fn new(dir: PathBuf, policy: Policy, background: bool) -> Self {
+    /// A saver into `dir` for rank `rank` of the job (0 when there is no job), writing files
+    /// as `policy` says, rotating them as `retention` does, and recording `config_sha256`;
+    /// `background` moves the writing to a thread of its own.
+    pub fn new(
+        dir: PathBuf,
+        retention: Policy,
+        policy: SavePolicy,
+        config_sha256: String,
+        rank: usize,
+        background: bool,
+    ) -> Self {
         let worker = background.then(|| {
             let (job_tx, job_rx) = mpsc::sync_channel::<Job>(1);
             let (done_tx, done_rx) = mpsc::channel();
@@ -83,8 +75,8 @@ impl Saver {
             let handle = std::thread::Builder::new()
                 .name("checkpoint-writer".into())
                 .spawn(move || {
-                    for (snapshot, request) in job_rx {
-                        let result = perform(&thread_dir, policy, &snapshot, &request);
+                    for (snapshot, plan) in job_rx {
+                        let result = perform(&thread_dir, retention, &snapshot, &plan);
                         if done_tx.send(result).is_err() {
                             break;
                         }
@@ -93,20 +85,28 @@ impl Saver {
                 .expect("spawning the checkpoint writer thread");
             Worker { jobs: job_tx, results: done_rx, thread: handle }
         });
-        Self { dir, policy, worker, in_flight: false }
+        Self { dir, retention, policy, config_sha256, rank, worker, in_flight: false }
     }
 
-    /// Snapshots the request's tensors and saves them (in the background when so built).
-    /// Returns the seconds the caller was blocked, and the report of the save that finished
-    /// meanwhile, if any (in the background case, that is the *previous* save).
-    pub fn submit(&mut self, mut request: SaveRequest) -> Result<(f64, Option<SaveReport>), CheckpointError> {
+    /// Plans a save of `state` (`latest`, and the epoch's file when `epoch_file`), snapshots
+    /// its tensors and writes them (in the background when so built). Returns the seconds the
+    /// caller was blocked, and the report of the save that finished meanwhile, if any (in the
+    /// background case, that is the *previous* save).
+    pub fn submit(
+        &mut self,
+        state: TrainingState,
+        epoch_file: bool,
+    ) -> Result<(f64, Option<SaveReport>), CheckpointError> {
         let start = Instant::now();
         let previous = self.wait()?;
-        let snapshot = snapshot(std::mem::take(&mut request.tensors));
+        let (model, optimizer) = state.sizes();
+        let items = save::items(model, optimizer);
+        let plan = save::plan(&items, &state.progress, &self.config_sha256, epoch_file, self.policy, self.rank);
+        let snapshot = snapshot(state.into_tensors());
         let report = match &self.worker {
-            None => Some(perform(&self.dir, self.policy, &snapshot, &request)?),
+            None => Some(perform(&self.dir, self.retention, &snapshot, &plan)?),
             Some(worker) => {
-                worker.jobs.send((snapshot, request)).expect("the checkpoint writer thread outlives the saver");
+                worker.jobs.send((snapshot, plan)).expect("the checkpoint writer thread outlives the saver");
                 self.in_flight = true;
                 previous
             }
@@ -149,59 +149,55 @@ fn snapshot(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Carries out `plan` over `tensors` (its items, in order): checks the space, writes each
+/// file, verifies `latest`, and applies retention.
 fn perform(
     dir: &Path,
-    policy: Policy,
+    retention: Policy,
     tensors: &[(String, Tensor)],
-    request: &SaveRequest,
+    plan: &SavePlan,
 ) -> Result<SaveReport, CheckpointError> {
     let start = Instant::now();
-    let bytes_of = |ts: &mut dyn Iterator<Item = &(String, Tensor)>| -> u64 { ts.map(|(_, t)| tensor_bytes(t)).sum() };
-    let all_bytes = bytes_of(&mut tensors.iter());
-    let weights: Vec<(String, Tensor)> = tensors
-        .iter()
-        .filter(|(n, _)| request.epoch_with_optimizer || !n.starts_with(OPTIMIZER_PREFIX))
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let payload = all_bytes + if request.epoch_file { bytes_of(&mut weights.iter()) } else { 0 };
-    let files = if request.epoch_file { 2 } else { 1 };
-    let needed = payload + payload / 100 + SPACE_SLACK + files * SPACE_PER_TENSOR * tensors.len() as u64;
+    let mut report = SaveReport::default();
+    if plan.files.is_empty() {
+        return Ok(report);
+    }
     std::fs::create_dir_all(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
     let available = fs4::available_space(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
-    if available < needed {
-        return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed, available });
+    if available < plan.needed_bytes {
+        return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed: plan.needed_bytes, available });
     }
 
-    let mut report = SaveReport::default();
-    if request.epoch_file {
-        let mut meta = request.meta.clone();
-        meta.has_optimizer_state = request.epoch_with_optimizer;
-        let written = store::write_atomic(dir, Role::Epoch(meta.epoch()), request.compress, &weights, &meta)?;
-        report.written.push(written);
-    }
-    let (latest, size) = store::write_atomic(dir, Role::Latest, request.compress, tensors, &request.meta)?;
-    let latest_verified = match CheckpointFile::open(&latest).and_then(|f| f.verify()) {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::error!("{e}: keeping every older checkpoint");
-            false
+    let mut latest_verified = false;
+    for file in &plan.files {
+        let chosen: Vec<(String, Tensor)> =
+            file.items.iter().map(|&i| (tensors[i].0.clone(), tensors[i].1.shallow_clone())).collect();
+        let (path, size) = store::write_atomic(dir, file.slot, plan.compress, &chosen, &file.meta)?;
+        if file.slot == Slot::Latest {
+            latest_verified = match CheckpointFile::open(&path).and_then(|f| f.verify()) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!("{e}: keeping every older checkpoint");
+                    false
+                }
+            };
         }
-    };
-    report.written.push((latest, size));
+        report.written.push((path, size));
+    }
 
     let epochs: Vec<(PathBuf, EpochEntry)> = store::list(dir)?
         .into_iter()
-        .filter_map(|(path, role)| match role {
-            Role::Epoch(epoch) => {
+        .filter_map(|(path, slot)| match slot {
+            Slot::Epoch(epoch) => {
                 let meta = CheckpointFile::open(&path).ok().and_then(|f| f.meta().cloned());
                 let (val_loss, val_accuracy) = (meta.as_ref().map(|m| m.val_loss), meta.map(|m| m.val_accuracy));
                 Some((path, EpochEntry { epoch, val_loss, val_accuracy }))
             }
-            Role::Latest => None,
+            Slot::Latest => None,
         })
         .collect();
     let entries: Vec<EpochEntry> = epochs.iter().map(|(_, e)| *e).collect();
-    for epoch in retention::to_delete(&entries, policy, latest_verified) {
+    for epoch in retention::to_delete(&entries, retention, latest_verified) {
         for (path, _) in epochs.iter().filter(|(_, e)| e.epoch == epoch) {
             std::fs::remove_file(path).map_err(|source| FileError::Io { path: path.clone(), source })?;
             tracing::info!(path = %path.display(), "checkpoint rotated away");

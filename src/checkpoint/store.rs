@@ -15,53 +15,46 @@ use std::path::{Path, PathBuf};
 use train_store::Error as FileError;
 
 use tch::Tensor;
+use train_store::atomic::{self, TEMP_PREFIX};
+use train_store::format::{emit, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use train_store::{CheckpointFile, Meta};
 
-use super::format::{self, Meta, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
-use super::source::CheckpointFile;
-use super::CheckpointError;
-use crate::atomic::{self, TEMP_PREFIX};
+use super::error::CheckpointError;
+pub use super::plan::save::Slot;
+use super::tensors;
 
 /// Name of the sub-folder of a run that holds its checkpoints.
 pub const DIR_NAME: &str = "checkpoints";
 /// Stem of the checkpoint rewritten after every epoch.
 pub const LATEST_STEM: &str = "latest";
 
-/// Which role a checkpoint file plays in its run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// `epoch-NNNN`: the state after that epoch.
-    Epoch(u32),
-    /// `latest`.
-    Latest,
-}
-
 /// The file name of a checkpoint.
-pub fn file_name(role: Role, compressed: bool) -> String {
+pub fn file_name(slot: Slot, compressed: bool) -> String {
     let suffix = if compressed { COMPRESSED_SUFFIX } else { PLAIN_SUFFIX };
-    match role {
-        Role::Epoch(e) => format!("epoch-{e:04}{suffix}"),
-        Role::Latest => format!("{LATEST_STEM}{suffix}"),
+    match slot {
+        Slot::Epoch(e) => format!("epoch-{e:04}{suffix}"),
+        Slot::Latest => format!("{LATEST_STEM}{suffix}"),
     }
 }
 
-/// The role of a file name, or `None` when it is not a checkpoint of ours.
-pub fn parse_name(name: &str) -> Option<(Role, bool)> {
+/// The slot of a file name, or `None` when it is not a checkpoint of ours.
+pub fn parse_name(name: &str) -> Option<(Slot, bool)> {
     let (stem, compressed) = match name.strip_suffix(COMPRESSED_SUFFIX) {
         Some(stem) => (stem, true),
         None => (name.strip_suffix(PLAIN_SUFFIX)?, false),
     };
     if stem == LATEST_STEM {
-        return Some((Role::Latest, compressed));
+        return Some((Slot::Latest, compressed));
     }
     let digits = stem.strip_prefix("epoch-")?;
     (digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
-        .map(|e| (Role::Epoch(e), compressed))
+        .map(|e| (Slot::Epoch(e), compressed))
 }
 
 /// Checkpoint files in `dir` (not recursive), in no particular order. A missing folder has none.
-pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
+pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Slot)>, CheckpointError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -71,8 +64,8 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Role)>, CheckpointError> {
     for entry in entries {
         let entry = entry.map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
         let name = entry.file_name();
-        if let Some((role, _)) = name.to_str().and_then(parse_name) {
-            out.push((entry.path(), role));
+        if let Some((slot, _)) = name.to_str().and_then(parse_name) {
+            out.push((entry.path(), slot));
         }
     }
     Ok(out)
@@ -111,9 +104,9 @@ pub struct Candidates {
 pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
     let mut good = Vec::new();
     let mut unreadable = Vec::new();
-    for (path, role) in list(dir)? {
+    for (path, slot) in list(dir)? {
         match CheckpointFile::open(&path) {
-            Ok(file) if file.meta().is_some() => good.push((file, role)),
+            Ok(file) if file.meta().is_some() => good.push((file, slot)),
             Ok(_) => unreadable.push(
                 FileError::Malformed {
                     path,
@@ -128,15 +121,15 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
         let m = f.meta().expect("kept only with metadata");
         (m.position.epoch, m.position.step, m.has_optimizer_state)
     };
-    good.sort_by_key(|(f, role)| std::cmp::Reverse((key(f), *role)));
+    good.sort_by_key(|(f, slot)| std::cmp::Reverse((key(f), *slot)));
     Ok(Candidates { loadable: good.into_iter().map(|(f, _)| f).collect(), unreadable })
 }
 
-/// Writes a checkpoint to `dir/<name>` atomically and durably (see [`crate::atomic`]).
+/// Writes a checkpoint to `dir/<name>` atomically and durably (see [`train_store::atomic`]).
 /// Returns the final path and its size in bytes.
 pub fn write_atomic(
     dir: &Path,
-    role: Role,
+    slot: Slot,
     compressed: bool,
     tensors: &[(String, Tensor)],
     meta: &Meta,
@@ -146,17 +139,17 @@ pub fn write_atomic(
         move |source| FileError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let target = dir.join(file_name(role, compressed));
+    let target = dir.join(file_name(slot, compressed));
     let bytes = if compressed {
-        atomic::write_atomic(&target, |f| format::write_compressed(f, tensors, meta).map_err(std::io::Error::other))
+        atomic::write_atomic(&target, |f| tensors::write_compressed(f, tensors, meta).map_err(std::io::Error::other))
             .map_err(io(&target))?
     } else {
-        let serialized = format::serialize(&target, tensors, meta)?;
-        atomic::write_atomic(&target, |f| format::emit(f, &serialized)).map_err(io(&target))?
+        let serialized = tensors::serialize(&target, tensors, meta)?;
+        atomic::write_atomic(&target, |f| emit(f, &serialized)).map_err(io(&target))?
     };
     // A `latest` of the other encoding (the run switched compression) is now stale.
-    if role == Role::Latest {
-        let other = dir.join(file_name(role, !compressed));
+    if slot == Slot::Latest {
+        let other = dir.join(file_name(slot, !compressed));
         match fs::remove_file(&other) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&other)(e).into()),
             _ => {}
@@ -171,9 +164,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for role in [Role::Epoch(1), Role::Epoch(12345), Role::Latest] {
+        for slot in [Slot::Epoch(1), Slot::Epoch(12345), Slot::Latest] {
             for compressed in [false, true] {
-                assert_eq!(parse_name(&file_name(role, compressed)), Some((role, compressed)));
+                assert_eq!(parse_name(&file_name(slot, compressed)), Some((slot, compressed)));
             }
         }
     }

@@ -17,11 +17,11 @@ pub use schema::*;
 
 // The sections the features own, re-exported so that a user of the library finds every
 // section under `config`. Code inside `src/` imports each from its feature.
+pub use crate::checkpoint::config::StrategyChoice;
 pub use crate::checkpoint::config::{CheckpointConfig, MemoryConfig};
 pub use crate::data::config::{DataConfig, DataKind, DEFAULT_DATA_DIR};
 pub use crate::device::DeviceSpec;
 pub use crate::distributed::config::{BackendChoice, DistributedConfig, Timeout};
-pub use crate::memory::strategy::StrategyChoice;
 pub use crate::metrics::StopMetric;
 pub use crate::model::config::{CnnConfig, GptConfig, MlpConfig, ModelConfig, ModelKind, TorchscriptConfig};
 pub use crate::optim::config::{OptimizerConfig, OptimizerKind};

@@ -136,7 +136,7 @@ impl Config {
         if !(0.0..1.0).contains(&self.memory.safety_margin) {
             return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", self.memory.safety_margin));
         }
-        if let Err(why) = crate::memory::strategy::Constraints::of(&self.memory).check() {
+        if let Err(why) = crate::checkpoint::plan::strategy::Constraints::of(&self.memory).check() {
             return invalid("memory.strategy", why);
         }
         if self.checkpoint.every_n_epochs == 0 {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
+use super::base::{adopt, zero_grads, OptimError, Optimizer, Param};
 use super::config::OptimizerConfig;
-use super::{adopt, zero_grads, OptimError, Optimizer, Param};
 
 /// Per-parameter state, created on the parameter's first step as in PyTorch.
 struct Moments {

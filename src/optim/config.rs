@@ -56,3 +56,23 @@ pub enum OptimizerKind {
     /// `torch.optim.AdamW`
     Adamw,
 }
+
+impl OptimizerKind {
+    /// Its name as `training.optimizer.kind` spells it (and checkpoints record it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sgd => "sgd",
+            Self::Adam => "adam",
+            Self::Adamw => "adamw",
+        }
+    }
+
+    /// The state it keeps per parameter, by PyTorch's slot names, and whether it counts
+    /// steps (a `step` slot).
+    pub fn slots(self) -> (&'static [&'static str], bool) {
+        match self {
+            Self::Sgd => (&["momentum_buffer"], false),
+            Self::Adam | Self::Adamw => (&["exp_avg", "exp_avg_sq"], true),
+        }
+    }
+}

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use tch::Tensor;
 
+use super::base::{adopt, zero_grads, OptimError, Optimizer, Param};
 use super::config::OptimizerConfig;
-use super::{adopt, zero_grads, OptimError, Optimizer, Param};
 
 /// Stochastic gradient descent; state: `<param>/momentum_buffer` once momentum is used.
 pub struct Sgd {

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::atomic;
 use crate::metrics::{BadLine, EpochMetrics, MetricsLine, MetricsLog, StepMetrics};
 use crate::run::METRICS_FILE;
+use train_store::atomic;
 
 mod draw;
 

@@ -39,7 +39,7 @@ pub fn evaluate(cfg: &Config, path: &Path) -> Result<Evaluation, RunError> {
     let start = Instant::now();
     let trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
         .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
-    crate::checkpoint::load_into(&file, &trainer.variables(), None, device, Strategy::ModelOnly, true)
+    crate::checkpoint::load_into(&file, &trainer.variables(), device, Strategy::ModelOnly, true, false)
         .map_err(RunError::ResumeFrom)?;
     let stats = crate::fault::catch_oom(|| trainer.evaluate(&data.val))
         .map_err(|msg| RunError::OutOfMemory { detail: format!("evaluating: {msg}") })?;

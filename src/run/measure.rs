@@ -4,11 +4,12 @@
 use std::time::Instant;
 
 use super::{resume, RunError};
-use crate::checkpoint::format::tensor_bytes;
+use crate::checkpoint::plan::strategy::Sizes;
+use crate::checkpoint::tensors::tensor_bytes;
 use crate::checkpoint::{CheckpointFile, Strategy};
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::memory::{self, strategy::Sizes};
+use crate::memory;
 use crate::training::Trainer;
 
 /// The sizes a plan needs when there is no checkpoint yet: the configured model built on the

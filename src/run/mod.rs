@@ -27,7 +27,8 @@ use sha2::{Digest, Sha256};
 pub use folder::{output_dir, RunFolder, CONFIG_FILE, DEFAULT_RUN_NAME, METRICS_FILE};
 pub use resume::ResumePlan;
 
-use crate::checkpoint::retention::Policy;
+use crate::checkpoint::plan::retention::Policy;
+use crate::checkpoint::plan::save::SavePolicy;
 use crate::checkpoint::saver::Saver;
 use crate::checkpoint::CheckpointError;
 use crate::config::{Config, ConfigError, Resolved};
@@ -301,9 +302,16 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
         keep_best: cfg.checkpoint.keep_best,
         best_by: cfg.training.early_stopping.as_ref().map_or(Default::default(), |e| e.metric),
     };
-    let mut saver = Saver::new(folder.checkpoints(), policy, cfg.checkpoint.async_save);
-    let first_epoch = trainer.position.epoch;
     let sha = config_sha256(user_cfg);
+    let mut saver = Saver::new(
+        folder.checkpoints(),
+        policy,
+        SavePolicy::of(&cfg.memory),
+        sha.clone(),
+        0,
+        cfg.checkpoint.async_save,
+    );
+    let first_epoch = trainer.position.epoch;
     let trained = train_loop::Loop {
         cfg,
         data: &data,

@@ -2,16 +2,21 @@
 //! (memory plan, stepping down on out-of-memory), and what to restore.
 //!
 //! Every candidate is opened once: the file ranked is the file loaded. The decisions are
-//! pure functions ([`check_position`] here, and the optimiser rule
-//! [`checkpoint::load::restore_optimizer`]) tested without training.
+//! pure functions ([`check_position`] here, and the checkpoint plan layer's
+//! [`restore_optimizer`] and strategy choice) tested without training.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::RunError;
-use crate::checkpoint::load::{is_out_of_memory, restore_optimizer, OptimizerRestore};
-use crate::checkpoint::{self, import, store, CheckpointError, CheckpointFile, FileKind, Meta, Strategy};
+use crate::checkpoint::import::{self, Keeps};
+use crate::checkpoint::load::is_out_of_memory;
+use crate::checkpoint::plan::load::{self as load_plan, restore_optimizer, OptimizerRestore};
+use crate::checkpoint::state::Standing;
+use crate::checkpoint::tensors::tensor_bytes;
+use crate::checkpoint::{self, store, CheckpointError, CheckpointFile, FileKind, Meta, Strategy};
 use crate::config::{Config, ResumeSpec};
+use crate::guide::install_optimizer_state;
 use crate::memory;
 use crate::training::{Trainer, RNG_SCHEME};
 
@@ -91,7 +96,7 @@ pub fn check_position(meta: &Meta, batch_size: u32, batches: u64) -> Result<(), 
 
 /// Loads the first checkpoint of `plan` that loads. With `auto` a checkpoint that fails is
 /// reported and the next one tried; an explicit path must load. The loading strategy is
-/// chosen per checkpoint from free memory (see [`crate::memory::plan`]); an out-of-memory
+/// chosen per checkpoint from free memory (see [`crate::checkpoint::plan::load`]); an out-of-memory
 /// error steps down to the next cheaper strategy.
 pub fn resume(
     cfg: &Config,
@@ -154,9 +159,9 @@ fn with_planned_strategy<T>(
     mut load: impl FnMut(&mut Trainer, Strategy) -> Result<T, CheckpointError>,
 ) -> Result<(T, Strategy), RunError> {
     // The model is on the device already: counted in the peaks, and given back to the budget.
-    let model: u64 = trainer.variables().values().map(checkpoint::format::tensor_bytes).sum();
-    let sizes = memory::plan::sizes_of(file, Some(model));
-    let plan = memory::plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
+    let model: u64 = trainer.variables().values().map(tensor_bytes).sum();
+    let sizes = load_plan::sizes_of(file, Some(model));
+    let plan = load_plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
     tracing::info!(
         strategy = plan.strategy.name(),
         source = %plan.source,
@@ -255,7 +260,8 @@ fn load_one(
 ) -> Result<(), CheckpointError> {
     let start = Instant::now();
     let meta = file.meta_or_imported();
-    let restore = restore_optimizer(strategy, &meta, cfg.training.optimizer.kind);
+    let kind = cfg.training.optimizer.kind;
+    let restore = restore_optimizer(strategy, &meta, kind.name());
     // A torch.save file's optimizer state is keyed by parameter index, not name: imported
     // below, after the weights, when its numbering lines up with the model's parameters.
     let import = file.kind() == FileKind::Pytorch && strategy.loads_optimizer();
@@ -278,12 +284,24 @@ fn load_one(
     }
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
-    let optimizer = if restore == OptimizerRestore::Restore { Some(&mut *trainer.optimizer) } else { None };
-    let mut outcome = checkpoint::load_into(file, &vars, optimizer, trainer.device, strategy, true)?;
+    let with_optimizer = restore == OptimizerRestore::Restore;
+    let (mut outcome, state) = checkpoint::load_into(file, &vars, trainer.device, strategy, true, with_optimizer)?;
+    if with_optimizer {
+        install_optimizer_state(&mut *trainer.optimizer, file.path(), state)?;
+        outcome.optimizer_restored = true;
+    }
     let mut optimizer_step = None;
     if import {
         let params = import::parameters_in_order(&trainer.vs);
-        match import::import_pytorch_optimizer(file, &params, &mut *trainer.optimizer, trainer.device) {
+        let (slots, steps) = kind.slots();
+        let keeps = Keeps { name: &format!("{kind:?}"), slots, steps };
+        let imported = import::import_pytorch_optimizer(file, &params, keeps, trainer.device).and_then(|got| {
+            got.map(|(imported, state)| {
+                install_optimizer_state(&mut *trainer.optimizer, file.path(), state).map(|()| imported)
+            })
+            .transpose()
+        });
+        match imported {
             Ok(Some(imported)) => {
                 tracing::info!(
                     parameters = imported.parameters,
@@ -307,7 +325,7 @@ fn load_one(
         meta.position.step = step;
         tracing::info!(step, "the schedule continues at global step {step}, from {from}");
     }
-    trainer.restore(&meta);
+    trainer.restore(&Standing::of(&meta));
     tracing::info!(
         path = %file.path().display(),
         epoch = meta.epoch(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::policy::{self, AfterStep, Cadence, Stop};
 use super::signals::StopFlag;
 use super::RunError;
-use crate::checkpoint::saver::{SaveRequest, Saver};
+use crate::checkpoint::saver::Saver;
 use crate::config::{Config, OnNonfinite, StopMetric};
 use crate::data::{Dataset, Prefetcher};
 use crate::distributed::Dist;
@@ -57,15 +57,8 @@ impl Loop<'_> {
             );
             return Ok(0.0);
         }
-        let request = SaveRequest {
-            tensors: trainer.checkpoint_tensors(true),
-            meta: trainer.checkpoint_meta(self.config_sha256),
-            epoch_file,
-            epoch_with_optimizer: self.cfg.memory.save_optimizer_in_epoch_checkpoints,
-            compress: self.cfg.memory.compress_checkpoints,
-        };
         let blocked = match self.saver.as_deref_mut() {
-            Some(saver) => saver.submit(request)?.0,
+            Some(saver) => saver.submit(trainer.checkpoint_state(), epoch_file)?.0,
             None => 0.0,
         };
         if let Some(d) = self.dist {

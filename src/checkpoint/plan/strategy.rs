@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::config::{MemoryConfig, StrategyChoice};
+
 /// How a checkpoint travels from the file to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,20 +55,6 @@ impl Strategy {
     }
 }
 
-/// `memory.strategy`: a strategy, or `auto` to choose one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StrategyChoice {
-    /// Choose from free memory and the checkpoint's sizes.
-    Auto,
-    /// Always `standard`.
-    Standard,
-    /// Always `memory_efficient`.
-    MemoryEfficient,
-    /// Always `model_only`.
-    ModelOnly,
-}
-
 /// The byte counts the choice depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Sizes {
@@ -105,7 +93,7 @@ pub struct Constraints {
 impl Constraints {
     /// The constraints `cfg` sets. [`Constraints::check`] (run once, by configuration
     /// validation) has ruled out contradictions by then.
-    pub fn of(cfg: &crate::checkpoint::config::MemoryConfig) -> Self {
+    pub fn of(cfg: &MemoryConfig) -> Self {
         Self {
             choice: cfg.strategy,
             memory_efficient: cfg.checkpoint_memory_efficient,

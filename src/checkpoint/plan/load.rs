@@ -1,14 +1,17 @@
-//! A loading plan: the memory figures (probed or assumed), the predicted peak of each
-//! strategy and the choice, as `train plan` prints it and as a run logs it.
+//! The load plan: the memory figures (probed or assumed), the predicted peak of each
+//! strategy and the choice, as `train plan` prints it and as a run logs it; and whether the
+//! optimiser's state is restored. The step-down order after an out-of-memory error is
+//! [`Strategy::cheaper`]; which tensor is read how is `plan::reads`.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::Device;
 
-use super::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
+use train_store::{CheckpointFile, Meta, Role};
+
 use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
 use crate::checkpoint::config::MemoryConfig;
-use crate::checkpoint::{CheckpointFile, OPTIMIZER_PREFIX};
+use crate::memory::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
 
 /// The memory the checkpoint will be loaded into, and where the figure came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,10 +55,9 @@ pub fn budget(cfg: &MemoryConfig, device: Device, resident: u64, gpu: &dyn GpuPr
 pub fn sizes_of(file: &CheckpointFile, model: Option<u64>) -> Sizes {
     let (mut weights, mut optimizer, mut largest) = (0, 0, 0);
     for e in file.entries() {
-        if e.name.starts_with(OPTIMIZER_PREFIX) {
-            optimizer += e.bytes;
-        } else {
-            weights += e.bytes;
+        match e.role {
+            Role::Optimizer => optimizer += e.bytes,
+            Role::Model | Role::Other => weights += e.bytes,
         }
         largest = largest.max(e.bytes);
     }
@@ -105,6 +107,35 @@ pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, resident: u64, gpu
     }
 }
 
+/// Whether to restore the optimiser from a checkpoint, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptimizerRestore {
+    /// Load its state.
+    Restore,
+    /// Start it fresh, for this reason (logged).
+    Fresh(String),
+}
+
+/// The one rule for restoring optimiser state: only with a strategy that loads it (not
+/// `model_only`, which `memory.load_optimizer_state: false` forces), from a file that holds
+/// some, written by the same kind of optimiser (`configured`: its name, as
+/// `training.optimizer.kind` spells it).
+pub fn restore_optimizer(strategy: Strategy, meta: &Meta, configured: &str) -> OptimizerRestore {
+    let saved = meta.optimizer.get("kind").and_then(|k| k.as_str());
+    if !strategy.loads_optimizer() {
+        OptimizerRestore::Fresh("loading with model_only: momentum and moment estimates start fresh".into())
+    } else if !meta.has_optimizer_state {
+        OptimizerRestore::Fresh("the checkpoint holds no optimizer state".into())
+    } else if saved != Some(configured) {
+        OptimizerRestore::Fresh(format!(
+            "the checkpoint's optimizer is {}, the configured one {configured}",
+            saved.unwrap_or("unknown")
+        ))
+    } else {
+        OptimizerRestore::Restore
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +157,27 @@ mod tests {
         let plan = make(&MemoryConfig::default(), Device::Cpu, Sizes::default(), 0, &probe::Nvml);
         assert_eq!(plan.source, "host");
         assert!(plan.free_vram_bytes.unwrap() > 0);
+    }
+
+    #[test]
+    fn the_optimizer_is_restored_only_from_state_of_its_own_kind() {
+        let m = Meta::sample("adamw", true);
+        assert_eq!(restore_optimizer(Strategy::MemoryEfficient, &m, "adamw"), OptimizerRestore::Restore);
+        assert_eq!(restore_optimizer(Strategy::Standard, &m, "adamw"), OptimizerRestore::Restore);
+        let OptimizerRestore::Fresh(why) = restore_optimizer(Strategy::Standard, &m, "sgd") else {
+            panic!("another optimizer kind must start fresh")
+        };
+        assert!(why.contains("adamw") && why.contains("sgd"), "{why}");
+    }
+
+    #[test]
+    fn model_only_and_weights_only_files_start_the_optimizer_fresh() {
+        let m = Meta::sample("adamw", true);
+        assert!(matches!(restore_optimizer(Strategy::ModelOnly, &m, "adamw"), OptimizerRestore::Fresh(_)));
+        let weights_only = Meta::sample("adamw", false);
+        assert!(matches!(
+            restore_optimizer(Strategy::MemoryEfficient, &weights_only, "adamw"),
+            OptimizerRestore::Fresh(_)
+        ));
     }
 }

@@ -1,7 +1,7 @@
-//! Writing checkpoints from libtorch tensors. What a checkpoint holds (metadata, names,
-//! byte layout) is `train-store`'s (`crates/train-store`, spec in
-//! `docs/checkpoint-format.md`), re-exported here; this module adds the step from a
-//! [`Tensor`] to the bytes it writes.
+//! libtorch tensors as checkpoint bytes, both ways: viewing a [`Tensor`] as the bytes a
+//! file stores, and reading a file's tensors into new host tensors. What a checkpoint holds
+//! (metadata, names, byte layout) is `train-store`'s (`crates/train-store`, spec in
+//! `docs/checkpoint-format.md`).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -9,11 +9,12 @@ use std::path::Path;
 use train_store::Error as FileError;
 
 use safetensors::tensor::{Dtype, View};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
+use train_store::format::{serialize_views, write_compressed_views};
+use train_store::{CheckpointFile, Entry, Meta};
 
-pub use train_store::format::*;
-
-use super::CheckpointError;
+use super::error::CheckpointError;
+use crate::dtype::to_kind;
 
 /// A tensor on the host, contiguous, viewed as safetensors bytes without a copy.
 pub(crate) struct HostTensor {
@@ -79,4 +80,52 @@ pub(crate) fn write_compressed(out: &mut File, tensors: &[(String, Tensor)], met
 /// Bytes a tensor's elements take (what a checkpoint stores for it).
 pub fn tensor_bytes(t: &Tensor) -> u64 {
     (t.numel() * t.kind().elt_size_in_bytes()) as u64
+}
+
+/// Reads one tensor from the file straight into a new host tensor of its shape (one copy,
+/// no intermediate buffer), checked against its checksum.
+pub(crate) fn read_tensor(file: &CheckpointFile, e: &Entry) -> Result<Tensor, CheckpointError> {
+    Ok(read_tensors(file, &[e])?.pop().expect("one tensor per entry"))
+}
+
+/// Reads tensors into new host tensors of their shapes, in one
+/// [`CheckpointFile::read_many_into`] (parallel across tensors for a compressed file), each
+/// checked against its checksum.
+pub(crate) fn read_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    let mut tensors = empty_tensors(file, entries)?;
+    file.read_many_into(&mut host_targets(entries, &mut tensors))?;
+    Ok(tensors)
+}
+
+/// New, uninitialised host tensors of the entries' shapes and dtypes.
+pub(crate) fn empty_tensors(file: &CheckpointFile, entries: &[&Entry]) -> Result<Vec<Tensor>, CheckpointError> {
+    entries
+        .iter()
+        .map(|e| {
+            let kind: Kind = to_kind(e.dtype).ok_or_else(|| FileError::Malformed {
+                path: file.path().to_path_buf(),
+                reason: format!("tensor `{}` has unsupported dtype {:?}", e.name, e.dtype),
+            })?;
+            let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+            Ok(Tensor::empty(shape.as_slice(), (kind, Device::Cpu)))
+        })
+        .collect()
+}
+
+/// The bytes of `tensors` (made by [`empty_tensors`] from `entries`) as read targets, leaving
+/// out empty ones.
+pub(crate) fn host_targets<'a>(entries: &'a [&Entry], tensors: &'a mut [Tensor]) -> Vec<(&'a str, &'a mut [u8])> {
+    entries
+        .iter()
+        .zip(tensors)
+        .filter(|(e, _)| e.bytes > 0)
+        .map(|(e, t)| {
+            // SAFETY: `t` is a fresh contiguous host tensor of exactly `e.bytes` bytes (its
+            // shape and dtype are the entry's, whose size the header check tied to `e.bytes`);
+            // each is a separate allocation, and nothing else reads or writes it while the
+            // slice is alive (the tensors are not used until the read is done).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, e.bytes as usize) };
+            (e.name.as_str(), bytes)
+        })
+        .collect()
 }

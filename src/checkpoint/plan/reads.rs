@@ -1,0 +1,180 @@
+//! The tensor-level load plan: which of a file's tensors load into which model variable,
+//! and how each is read (in place, through host memory, or staged), decided from the
+//! file's header and the variables' layouts alone. `checkpoint::load` carries it out.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use tch::Kind;
+use train_store::{Entry, Role};
+
+use super::strategy::Strategy;
+use crate::checkpoint::error::CheckpointError;
+use crate::dtype::to_kind;
+
+/// Prefixes that wrappers put before every name of a state dict: DistributedDataParallel's
+/// `module.` and `torch.compile`'s `_orig_mod.`.
+const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
+
+/// A model variable as the plan sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Var {
+    /// Its element type.
+    pub kind: Kind,
+    /// Its dimensions.
+    pub shape: Vec<i64>,
+    /// Whether it is a contiguous host tensor, whose memory a read can fill directly.
+    pub host_contiguous: bool,
+    /// Where its memory starts (tensors that share memory cannot be read in parallel).
+    pub address: usize,
+}
+
+/// How one tensor is read into its variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Straight into the variable's memory, in the one parallel read of the load.
+    InPlace,
+    /// Straight into the variable's memory, on its own: another variable shares its memory.
+    InPlaceAlone,
+    /// Into a new host tensor, then copied onto the variable (a device variable, or a
+    /// non-contiguous one).
+    ViaHost,
+    /// Nothing to read: an empty tensor.
+    Nothing,
+    /// `standard`: every tensor read (onto the device) first, then all copied.
+    Staged,
+}
+
+/// One file tensor and the variable it loads into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// Index of the entry in the file's entries.
+    pub entry: usize,
+    /// The variable, under the name the plan matched (with the wrapper prefix when one was
+    /// found).
+    pub var: String,
+    /// How.
+    pub how: How,
+}
+
+/// What a load reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reads {
+    /// The wrapper prefix every name of the file carries, matched without it.
+    pub prefix: Option<&'static str>,
+    /// The model's variables the file lacks (non-strict loads only).
+    pub missing: Vec<String>,
+    /// The file's weights the model lacks (non-strict loads only).
+    pub unexpected: Vec<String>,
+    /// The weights that load, in file order.
+    pub weights: Vec<Read>,
+    /// Indices of the optimiser-state entries to read (none when not restoring).
+    pub optimizer: Vec<usize>,
+    /// Whether the optimiser's state is read in the same parallel read as the weights (on
+    /// the CPU, where its host tensors are its state); otherwise one at a time after them.
+    pub optimizer_with_weights: bool,
+}
+
+/// The wrapper prefix (`module.`, `_orig_mod.`) that every weight name in a file carries
+/// and whose removal matches them to the model's names; `None` when names match as they
+/// are, or no such prefix does.
+pub fn wrapper_prefix(weights: &[&Entry], is_var: impl Fn(&str) -> bool) -> Option<&'static str> {
+    if weights.iter().any(|e| is_var(&e.name)) {
+        return None;
+    }
+    WRAPPER_PREFIXES
+        .iter()
+        .copied()
+        .find(|p| weights.iter().all(|e| e.name.starts_with(p)) && weights.iter().any(|e| is_var(&e.name[p.len()..])))
+}
+
+/// Plans a load of `entries` (the file's, named `path` in errors) into `vars` with
+/// `strategy` on the CPU (`on_host`) or a device. `strict`: every variable must be present
+/// and no other weight may be; otherwise the differences are listed. Shapes and dtypes must
+/// match either way: every mismatch is found here, before anything is read.
+/// `with_optimizer`: the optimiser's state is read too. `weights_file`: the file is not a
+/// train checkpoint (the refusal then points at `--init-from`).
+#[allow(clippy::too_many_arguments)]
+pub fn reads(
+    path: &Path,
+    entries: &[Entry],
+    vars: &HashMap<String, Var>,
+    strategy: Strategy,
+    strict: bool,
+    with_optimizer: bool,
+    on_host: bool,
+    weights_file: bool,
+) -> Result<Reads, CheckpointError> {
+    let weights: Vec<&Entry> = entries.iter().filter(|e| e.role == Role::Model).collect();
+    // A state dict saved from a DistributedDataParallel or torch.compile wrapper: every name
+    // carries its prefix, which the model's names do not. Matched in the file's names.
+    let prefix = wrapper_prefix(&weights, |n| vars.contains_key(n));
+    let var = |file_name: &str| -> Option<(String, &Var)> {
+        let name = match prefix {
+            Some(p) => file_name.strip_prefix(p)?,
+            None => file_name,
+        };
+        vars.get(name).map(|v| (name.to_string(), v))
+    };
+    let in_file: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let mut missing: Vec<String> =
+        vars.keys().map(|n| format!("{}{n}", prefix.unwrap_or(""))).filter(|n| !in_file.contains(n.as_str())).collect();
+    let mut unexpected: Vec<String> =
+        weights.iter().filter(|e| var(&e.name).is_none()).map(|e| e.name.clone()).collect();
+    missing.sort();
+    unexpected.sort();
+    let hint = if weights_file {
+        "; it is a weights file, not a train checkpoint: to start from the weights that match, use --init-from \
+         instead of --resume (it loads what matches and reports the rest)"
+    } else {
+        ""
+    };
+    if strict {
+        if let Some(tensor) = unexpected.first() {
+            return Err(CheckpointError::UnexpectedTensor { path: path.into(), tensor: tensor.clone(), hint });
+        }
+        if let Some(tensor) = missing.first() {
+            return Err(CheckpointError::MissingTensor { path: path.into(), tensor: tensor.clone(), hint });
+        }
+    }
+    let index: HashMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect();
+    let present: Vec<(usize, String, &Var)> =
+        weights.iter().filter_map(|e| var(&e.name).map(|(name, v)| (index[e.name.as_str()], name, v))).collect();
+    // Every weight is checked before any is touched, so a mismatch leaves the model as it was.
+    for (i, _, v) in &present {
+        let e = &entries[*i];
+        let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        if shape != v.shape || to_kind(e.dtype) != Some(v.kind) {
+            return Err(CheckpointError::Mismatch {
+                path: path.into(),
+                tensor: e.name.clone(),
+                expected: format!("{:?} {:?}", v.kind, v.shape),
+                found: format!("{:?} {:?}", e.dtype, e.shape),
+            });
+        }
+    }
+    let mut starts: Vec<usize> = present
+        .iter()
+        .filter(|(i, _, v)| v.host_contiguous && entries[*i].bytes > 0)
+        .map(|(_, _, v)| v.address)
+        .collect();
+    starts.sort_unstable();
+    let distinct = starts.windows(2).all(|w| w[0] != w[1]);
+    let how = |e: &Entry, v: &Var| match strategy {
+        Strategy::Standard => How::Staged,
+        Strategy::MemoryEfficient | Strategy::ModelOnly => match (v.host_contiguous, e.bytes > 0) {
+            (true, true) if distinct => How::InPlace,
+            (true, true) => How::InPlaceAlone,
+            (true, false) => How::Nothing,
+            (false, _) => How::ViaHost,
+        },
+    };
+    let weights =
+        present.iter().map(|(i, name, v)| Read { entry: *i, var: name.clone(), how: how(&entries[*i], v) }).collect();
+    let optimizer = if with_optimizer {
+        (0..entries.len()).filter(|&i| entries[i].role == Role::Optimizer).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Reads { prefix, missing, unexpected, weights, optimizer, optimizer_with_weights: with_optimizer && on_host })
+}

@@ -11,7 +11,7 @@ use train_store::Error as FileError;
 use safetensors::tensor::{Dtype, View};
 use tch::{Device, Tensor};
 
-pub use train_store::format::*;
+pub use train_store::{meta::*, names::*, write::*};
 
 use super::CheckpointError;
 
@@ -73,7 +73,7 @@ fn on_host(tensors: &[(String, Tensor)]) -> Result<Vec<(String, HostTensor)>, St
 pub(crate) fn write_compressed(out: &mut File, tensors: &[(String, Tensor)], meta: &Meta) -> Result<u64, String> {
     let host = on_host(tensors)?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
-    write_compressed_views(out, &views, meta)
+    write_compressed_views(out, &views, meta).map_err(|e| e.to_string())
 }
 
 /// Bytes a tensor's elements take (what a checkpoint stores for it).

@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 use zstd::zstd_safe::zstd_sys;
 use zstd::zstd_safe::CParameter;
 
-use crate::format::{Codec, Encoding, PlaneEntry};
+use crate::layout::{Codec, Encoding, PlaneEntry};
 use crate::Dtype;
 
 /// Planes whose order-0 entropy (of the plane or of its differences, whichever is lower) is
@@ -316,7 +316,7 @@ fn decode_plane(
         }
         Codec::RankOneZstd => {
             // Validation checked that the codec applies to this plane and row.
-            let len = crate::format::rank_one_len(out.len() as u64, row as u64)
+            let len = crate::layout::rank_one_len(out.len() as u64, row as u64)
                 .ok_or_else(|| format!("rank-one plane of {} bytes with rows of {row}", out.len()))?
                 as usize;
             frame.resize(len, 0);

@@ -25,7 +25,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::codec::ChunkDecoder;
 use crate::error::{Error, Result};
-use crate::format::{self, Checksum, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
+use crate::layout::{self, Checksum, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
 use crate::parallel::{default_threads, map_with};
 
 /// Stored bytes read and decoded per thread at a time: four chunks at the writer's default
@@ -127,14 +127,14 @@ impl<R: Read + Seek> Reader<R> {
         let head = read_at(&mut r, 0, &mut header[..file_len.min(HEADER_LEN) as usize]);
         if file_len < HEADER_LEN {
             head?;
-            return Err(if format::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
+            return Err(if layout::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
                 Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN }
             } else {
                 Error::NotACheckpoint
             });
         }
         head?;
-        let version = format::check_header(&header)?;
+        let version = layout::check_header(&header)?;
         if file_len < HEADER_LEN + TRAILER_LEN {
             return Err(Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN });
         }
@@ -150,7 +150,7 @@ impl<R: Read + Seek> Reader<R> {
         }
         let index: Index = serde_json::from_slice(&index)?;
         let metadata = index.metadata.clone();
-        let (infos, layouts) = format::validate(index, trailer.index_offset, version)?;
+        let (infos, layouts) = layout::validate(index, trailer.index_offset, version)?;
         let by_name = infos.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let threads = if threads == 0 { default_threads() } else { threads };
         let decoders = (0..threads).map(|_| ChunkDecoder::new()).collect::<Result<_, _>>()?;

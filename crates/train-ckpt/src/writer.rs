@@ -12,7 +12,7 @@ use std::io::Write;
 
 use crate::codec::ChunkEncoder;
 use crate::error::{Error, Result};
-use crate::format::{
+use crate::layout::{
     self, hex64, Encoding, Entry, Index, PlaneEntry, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
 };
 use crate::parallel::{default_threads, map_with};
@@ -110,10 +110,10 @@ impl<W: Write> Writer<W> {
             n => n,
         };
         let encoders = (0..threads).map(|_| ChunkEncoder::new()).collect::<Result<_, _>>()?;
-        w.write_all(&format::header())?;
+        w.write_all(&layout::header())?;
         Ok(Writer {
             w,
-            pos: format::HEADER_LEN,
+            pos: layout::HEADER_LEN,
             entries: Vec::new(),
             names: HashSet::new(),
             encoders,

@@ -472,7 +472,7 @@ fn decode_units<'d>(
                 chunk: u.chunk,
                 plane: e.plane,
                 offset: u.file_offset + e.offset,
-                reason: e.reason,
+                reason: e.reason.to_string(),
             }
         })?;
         if let Checksum::Chunks(sums) = &layout.checksum {

@@ -41,6 +41,7 @@ mod layout;
 mod parallel;
 mod reader;
 mod shuffle;
+mod window;
 mod writer;
 
 pub use dtype::Dtype;

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 
 use crate::codec::ChunkEncoder;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::layout::{
     self, hex64, Encoding, Entry, Index, PlaneEntry, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
 };
 use crate::parallel::{default_threads, map_with};
-use crate::Dtype;
 
 /// Tensors smaller than this are stored as one plane of bytes: below it the fixed cost of a
 /// zstd frame per plane (about a dozen bytes) outweighs what splitting gains.

@@ -5,8 +5,8 @@ use std::io;
 
 use super::filter::{delta_decode, rank_one_decode};
 use super::planes::merge;
+use crate::dtype::Dtype;
 use crate::layout::{rank_one_len, Codec, Encoding, PlaneEntry};
-use crate::Dtype;
 
 /// Per-thread state for decoding chunks.
 pub(crate) struct ChunkDecoder {

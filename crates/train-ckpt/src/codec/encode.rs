@@ -10,8 +10,8 @@ use super::estimate::{choose_filter, estimate_bits, Filter, RAW_ENTROPY_BITS};
 use super::filter::{delta_encode, rank_one_encode};
 use super::literals::LiteralCompressor;
 use super::planes::split;
+use crate::dtype::Dtype;
 use crate::layout::{Codec, Encoding, PlaneEntry};
-use crate::Dtype;
 
 /// zstd level for both coders. Level 1 codes as well as 3 on planes (the work is in the
 /// entropy coder, which the level barely changes) and is faster.

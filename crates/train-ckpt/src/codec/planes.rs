@@ -1,8 +1,8 @@
 //! Byte planes: whole elements split into one stream per byte of the element, after a
 //! one-bit rotation for floats (the transposition itself is [`crate::shuffle`]'s).
 
+use crate::dtype::Dtype;
 use crate::layout::Encoding;
-use crate::Dtype;
 
 /// Splits whole elements into planes: plane k gets byte k (little-endian) of each element,
 /// after a one-bit left rotation for `FloatPlanes`.

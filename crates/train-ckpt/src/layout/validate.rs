@@ -169,7 +169,7 @@ mod tests {
     use super::super::header::FORMAT_VERSION;
     use super::super::index::hex64;
     use super::*;
-    use crate::Dtype;
+    use crate::dtype::Dtype;
 
     fn entry() -> Entry {
         // 10 F32 elements in chunks of 4: planes of 4, 4 and 2 bytes.

@@ -16,8 +16,9 @@ use train_store::Error as FileError;
 
 use tch::Tensor;
 use train_store::atomic::{self, TEMP_PREFIX};
-use train_store::format::{emit, COMPRESSED_SUFFIX, PLAIN_SUFFIX};
-use train_store::{CheckpointFile, Meta};
+use train_store::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use train_store::write::emit;
+use train_store::{CheckpointFile, EncodeError, Meta};
 
 use super::error::CheckpointError;
 pub use super::plan::save::Slot;
@@ -141,8 +142,12 @@ pub fn write_atomic(
     fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(file_name(slot, compressed));
     let bytes = if compressed {
-        atomic::write_atomic(&target, |f| tensors::write_compressed(f, tensors, meta).map_err(std::io::Error::other))
-            .map_err(io(&target))?
+        let host = tensors::on_host(&target, tensors)?;
+        // The file system's refusal stays an I/O error; the encoder's is its own.
+        atomic::write_atomic_with(&target, |f| tensors::write_compressed(f, &host, meta)).map_err(|e| match e {
+            EncodeError::Io(source) => FileError::Io { path: target.clone(), source },
+            source => FileError::Encode { path: target.clone(), source },
+        })?
     } else {
         let serialized = tensors::serialize(&target, tensors, meta)?;
         atomic::write_atomic(&target, |f| emit(f, &serialized)).map_err(io(&target))?

@@ -10,11 +10,21 @@ use train_store::Error as FileError;
 
 use safetensors::tensor::{Dtype, View};
 use tch::{Device, Kind, Tensor};
-use train_store::format::{serialize_views, write_compressed_views};
-use train_store::{CheckpointFile, Entry, Meta};
+use train_store::write::{serialize_views, write_compressed_views};
+use train_store::{CheckpointFile, EncodeError, Entry, Meta};
 
 use super::error::CheckpointError;
 use crate::dtype::to_kind;
+
+/// A tensor whose element type no checkpoint stores.
+#[derive(Debug, thiserror::Error)]
+#[error("tensor `{tensor}` has unsupported dtype {kind:?}")]
+pub struct UnsupportedKind {
+    /// The tensor.
+    pub tensor: String,
+    /// Its libtorch kind.
+    pub kind: Kind,
+}
 
 /// A tensor on the host, contiguous, viewed as safetensors bytes without a copy.
 pub(crate) struct HostTensor {
@@ -26,10 +36,10 @@ pub(crate) struct HostTensor {
 
 impl HostTensor {
     /// Copies `t` to the host if it is elsewhere; makes it contiguous.
-    pub(crate) fn new(name: &str, t: &Tensor) -> Result<Self, String> {
+    pub(crate) fn new(name: &str, t: &Tensor) -> Result<Self, UnsupportedKind> {
         let tensor = t.to_device(Device::Cpu).contiguous();
         let dtype = crate::dtype::from_kind(tensor.kind())
-            .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.kind()))?;
+            .ok_or_else(|| UnsupportedKind { tensor: name.to_string(), kind: t.kind() })?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         let len = tensor_bytes(&tensor) as usize;
         Ok(Self { tensor, dtype, shape, len })
@@ -59,20 +69,23 @@ impl View for &HostTensor {
 /// Serializes a checkpoint of `tensors` (copied to the host first when elsewhere) with
 /// `meta` and the per-tensor checksums. `path` only names the file in errors.
 pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>, CheckpointError> {
-    let host = on_host(tensors).map_err(|reason| FileError::Malformed { path: path.to_path_buf(), reason })?;
+    let host = on_host(path, tensors)?;
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     Ok(serialize_views(path, &views, meta)?)
 }
 
-/// Every tensor as a [`HostTensor`], under its name.
-fn on_host(tensors: &[(String, Tensor)]) -> Result<Vec<(String, HostTensor)>, String> {
-    tensors.iter().map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h))).collect()
+/// Every tensor as a [`HostTensor`], under its name; one no file can hold is refused,
+/// naming `path`.
+pub(crate) fn on_host(path: &Path, tensors: &[(String, Tensor)]) -> Result<Vec<(String, HostTensor)>, FileError> {
+    tensors
+        .iter()
+        .map(|(n, t)| HostTensor::new(n, t).map(|h| (n.clone(), h)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FileError::Malformed { path: path.to_path_buf(), reason: e.to_string() })
 }
 
-/// Writes `tensors` and `meta` to `out` in the compressed format (copied to the host first
-/// when elsewhere); returns the file's size.
-pub(crate) fn write_compressed(out: &mut File, tensors: &[(String, Tensor)], meta: &Meta) -> Result<u64, String> {
-    let host = on_host(tensors)?;
+/// Writes host tensors and `meta` to `out` in the compressed format; returns the file's size.
+pub(crate) fn write_compressed(out: &mut File, host: &[(String, HostTensor)], meta: &Meta) -> Result<u64, EncodeError> {
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     write_compressed_views(out, &views, meta)
 }

@@ -37,15 +37,16 @@
 mod codec;
 mod dtype;
 mod error;
-mod format;
+mod layout;
 mod parallel;
 mod reader;
 mod shuffle;
+mod window;
 mod writer;
 
 pub use dtype::Dtype;
 pub use error::{Error, Result};
-pub use format::{
+pub use layout::{
     is_ckpt, TensorInfo, FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_EXPANSION, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
     MIN_FORMAT_VERSION, TRAILER_MAGIC,
 };

@@ -25,8 +25,9 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::codec::ChunkDecoder;
 use crate::error::{Error, Result};
-use crate::format::{self, Checksum, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
+use crate::layout::{self, Checksum, Index, Layout, TensorInfo, Trailer, HEADER_LEN, TRAILER_LEN};
 use crate::parallel::{default_threads, map_with};
+use crate::window::{self, WindowChunk, Windows};
 
 /// Stored bytes read and decoded per thread at a time: four chunks at the writer's default
 /// size. Enough work per window (a few milliseconds) that starting the window's threads costs
@@ -127,14 +128,14 @@ impl<R: Read + Seek> Reader<R> {
         let head = read_at(&mut r, 0, &mut header[..file_len.min(HEADER_LEN) as usize]);
         if file_len < HEADER_LEN {
             head?;
-            return Err(if format::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
+            return Err(if layout::is_ckpt(&header[..file_len as usize]) || file_len < 8 {
                 Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN }
             } else {
                 Error::NotACheckpoint
             });
         }
         head?;
-        let version = format::check_header(&header)?;
+        let version = layout::check_header(&header)?;
         if file_len < HEADER_LEN + TRAILER_LEN {
             return Err(Error::Truncated { len: file_len, need: HEADER_LEN + TRAILER_LEN });
         }
@@ -150,7 +151,7 @@ impl<R: Read + Seek> Reader<R> {
         }
         let index: Index = serde_json::from_slice(&index)?;
         let metadata = index.metadata.clone();
-        let (infos, layouts) = format::validate(index, trailer.index_offset, version)?;
+        let (infos, layouts) = layout::validate(index, trailer.index_offset, version)?;
         let by_name = infos.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let threads = if threads == 0 { default_threads() } else { threads };
         let decoders = (0..threads).map(|_| ChunkDecoder::new()).collect::<Result<_, _>>()?;
@@ -251,7 +252,8 @@ impl<R: Read + Seek> Reader<R> {
 
     /// Decodes the chunks of `tensors` (positions in the index, distinct, in file order) a
     /// window at a time, into `dest`, checking every checksum; after each window, `each` gets
-    /// every chunk's tensor and decoded bytes, in file order.
+    /// every chunk's tensor and decoded bytes, in file order. Which chunks go in which window,
+    /// and which file ranges each reads, is [`crate::window`]'s plan; this carries it out.
     fn decode<F>(&mut self, tensors: &[usize], dest: Dest<'_>, mut each: F) -> Result<()>
     where
         F: FnMut(usize, &[u8]) -> Result<()>,
@@ -267,101 +269,42 @@ impl<R: Read + Seek> Reader<R> {
             Dest::Buffers(b) => (Some(b), None),
             Dest::Scratch => (None, Some(Vec::new())),
         };
-        // Every chunk, in file order: (position in `tensors`, chunk, file offset, stored, raw).
-        let mut chunks = tensors.iter().enumerate().flat_map(|(k, &i)| {
-            let (info, layout) = (&infos[i], &layouts[i]);
-            let elem = info.dtype.size() as u64;
-            let mut offset = layout.offset;
-            layout.chunks.iter().enumerate().map(move |(c, planes)| {
-                // All numbers were validated against the file's length and each other.
-                let stored: u64 = planes.iter().map(|p| p.1).sum();
-                let at = offset;
-                offset += stored;
-                (k, c, at, stored as usize, layout.chunk_raw_len(c, info.raw_len, elem) as usize)
-            })
-        });
         let mapped = mapped.as_ref();
-        let limit = window_bytes;
+        // Decoding into scratch, a window's raw bytes are bounded as its stored bytes are.
+        let raw_limit = if scratch.is_some() { window_bytes } else { usize::MAX };
+        let mut windows =
+            Windows::new(window::chunks(tensors, infos, layouts), window_bytes, raw_limit, mapped.is_some());
         // Where the records asked for end, and how far the kernel was asked to read.
         let records_end = tensors.last().map_or(0, |&i| layouts[i].offset + infos[i].stored_len);
         let mut advised = 0u64;
-        let decode_raw = scratch.is_some();
-        let mut pending = chunks.next();
-        // Gathers one window: whole chunks in file order, at least one, up to `limit` bytes of
-        // the file (mapped: the span from its first chunk to the end of its last, which is what
-        // the window keeps resident; read: the stored bytes) and, when decoding into scratch,
-        // `limit` raw bytes.
-        let mut gather = || {
-            pending?;
-            let mut window: Vec<WindowChunk> = Vec::new();
-            let raw_limit = if decode_raw { window_bytes } else { usize::MAX };
-            let (mut stored_total, mut raw_total) = (0usize, 0usize);
-            while let Some((k, c, at, stored, raw)) = pending {
-                let size = match (mapped, window.first()) {
-                    (Some(_), Some(first)) => (at + stored as u64 - first.at) as usize,
-                    _ => stored_total + stored,
-                };
-                if !window.is_empty() && (size > limit || raw_total + raw > raw_limit) {
-                    break;
-                }
-                window.push(WindowChunk { k, chunk: c, at, stored, raw: raw_total..raw_total + raw });
-                stored_total += stored;
-                raw_total += raw;
-                pending = chunks.next();
-            }
-            Some(window)
-        };
         // The window being decoded and the next, mapped one window ahead so that the kernel
         // reads the next while this one decodes.
-        let mut next = gather().map(|w| {
+        let map = |w: Vec<WindowChunk>| {
             let map = mapped.and_then(|file| map_window(file, &w));
             (w, map)
-        });
-        while let Some((window, map)) = next.take() {
-            if let (Some(file), Some(last)) = (mapped, window.last()) {
-                let from = advised.max(window[0].at);
-                let to = (last.at + last.stored as u64 + READ_AHEAD_BYTES).min(records_end);
-                if to > from {
-                    will_need(file, from, to);
-                    advised = to;
+        };
+        let mut next = windows.next().map(map);
+        while let Some((window, map_now)) = next.take() {
+            if let Some(file) = mapped {
+                if let Some(ahead) = window::read_ahead(advised, &window, records_end, READ_AHEAD_BYTES) {
+                    will_need(file, ahead.start, ahead.end);
+                    advised = ahead.end;
                 }
             }
-            next = gather().map(|w| {
-                let map = mapped.and_then(|file| map_window(file, &w));
-                (w, map)
-            });
-            let raw_total = window.last().map_or(0, |w| w.raw.end);
+            next = windows.next().map(map);
             // Where each chunk's stored bytes lie in `src`.
-            let (src, stored): (&[u8], Vec<Range<usize>>) = match &map {
-                Some(map) => {
-                    let base = window[0].at;
-                    (
-                        &map[..],
-                        window.iter().map(|w| (w.at - base) as usize..(w.at - base) as usize + w.stored).collect(),
-                    )
-                }
+            let (src, stored): (&[u8], Vec<Range<usize>>) = match &map_now {
+                Some(m) => (&m[..], window::mapped_ranges(&window)),
                 None => {
-                    // One read per run of contiguous records.
-                    let mut ranges = Vec::with_capacity(window.len());
-                    let mut total = 0;
-                    for w in &window {
-                        ranges.push(total..total + w.stored);
-                        total += w.stored;
+                    let plan = window::read_plan(&window);
+                    buf.resize(plan.len, 0);
+                    for (at, range) in plan.reads {
+                        read_at(r, at, &mut buf[range])?;
                     }
-                    buf.resize(total, 0);
-                    let mut run = 0;
-                    while run < window.len() {
-                        let mut end = run + 1;
-                        while end < window.len() && window[end].at == window[end - 1].at + window[end - 1].stored as u64
-                        {
-                            end += 1;
-                        }
-                        read_at(r, window[run].at, &mut buf[ranges[run].start..ranges[end - 1].end])?;
-                        run = end;
-                    }
-                    (&buf[..], ranges)
+                    (&buf[..], plan.stored)
                 }
             };
+            let raw_total = window.last().map_or(0, |w| w.raw.end);
             let mut scratch_window = scratch.as_mut().map(|s: &mut Vec<u8>| {
                 s.resize(raw_total, 0);
                 &mut s[..]
@@ -371,28 +314,19 @@ impl<R: Read + Seek> Reader<R> {
                 .zip(stored)
                 .map(|(w, stored)| {
                     let dest = match (&mut buffers, &mut scratch_window) {
-                        (Some(b), _) => {
-                            let (head, rest) = std::mem::take(&mut b[w.k]).split_at_mut(w.raw.len());
-                            b[w.k] = rest;
-                            head
-                        }
-                        (None, Some(s)) => {
-                            let (head, rest) = std::mem::take(s).split_at_mut(w.raw.len());
-                            *s = rest;
-                            head
-                        }
+                        (Some(b), _) => take_front(&mut b[w.k], w.raw.len()),
+                        (None, Some(s)) => take_front(s, w.raw.len()),
                         (None, None) => unreachable!("one destination"),
                     };
                     Unit { tensor: tensors[w.k], chunk: w.chunk, file_offset: w.at, stored, dest }
                 })
                 .collect();
-            let ks: Vec<usize> = window.iter().map(|w| w.k).collect();
             let decoded = decode_units(decoders, infos, layouts, src, units)?;
-            for (k, bytes) in ks.into_iter().zip(decoded) {
-                if let Some(h) = &mut hashers[k] {
+            for (w, bytes) in window.iter().zip(decoded) {
+                if let Some(h) = &mut hashers[w.k] {
                     h.update(bytes);
                 }
-                each(tensors[k], bytes)?;
+                each(tensors[w.k], bytes)?;
             }
         }
         for (k, hasher) in hashers.iter().enumerate() {
@@ -411,14 +345,11 @@ impl<R: Read + Seek> Reader<R> {
     }
 }
 
-/// One chunk of a window: its position in the tensors asked for, its index in its tensor, its
-/// record's file offset and stored length, and where its raw bytes go in the window.
-struct WindowChunk {
-    k: usize,
-    chunk: usize,
-    at: u64,
-    stored: usize,
-    raw: Range<usize>,
+/// The first `len` bytes of `*rest`, which keeps the bytes after them.
+fn take_front<'d>(rest: &mut &'d mut [u8], len: usize) -> &'d mut [u8] {
+    let (head, tail) = std::mem::take(rest).split_at_mut(len);
+    *rest = tail;
+    head
 }
 
 /// Maps the file bytes a window's chunks span (the decoding threads read them from the page
@@ -472,7 +403,7 @@ fn decode_units<'d>(
                 chunk: u.chunk,
                 plane: e.plane,
                 offset: u.file_offset + e.offset,
-                reason: e.reason,
+                reason: e.reason.to_string(),
             }
         })?;
         if let Checksum::Chunks(sums) = &layout.checksum {

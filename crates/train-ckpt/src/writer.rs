@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 
 use crate::codec::ChunkEncoder;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::format::{
+use crate::layout::{
     self, hex64, Encoding, Entry, Index, PlaneEntry, Trailer, MAX_CHUNK_BYTES, MAX_INDEX_LEN, MAX_RANK, MAX_TENSORS,
 };
 use crate::parallel::{default_threads, map_with};
-use crate::Dtype;
 
 /// Tensors smaller than this are stored as one plane of bytes: below it the fixed cost of a
 /// zstd frame per plane (about a dozen bytes) outweighs what splitting gains.
@@ -110,10 +110,10 @@ impl<W: Write> Writer<W> {
             n => n,
         };
         let encoders = (0..threads).map(|_| ChunkEncoder::new()).collect::<Result<_, _>>()?;
-        w.write_all(&format::header())?;
+        w.write_all(&layout::header())?;
         Ok(Writer {
             w,
-            pos: format::HEADER_LEN,
+            pos: layout::HEADER_LEN,
             entries: Vec::new(),
             names: HashSet::new(),
             encoders,

@@ -15,6 +15,15 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Replaces `target` with what `write` puts into the file it is handed.
 pub fn write_atomic<T>(target: &Path, write: impl FnOnce(&mut File) -> io::Result<T>) -> io::Result<T> {
+    write_atomic_with(target, write)
+}
+
+/// [`write_atomic`] for a `write` whose error is its own (an encoder's, say), so that the
+/// caller tells it from the file system's; the target is left as it was when `write` fails.
+pub fn write_atomic_with<T, E: From<io::Error>>(
+    target: &Path,
+    write: impl FnOnce(&mut File) -> Result<T, E>,
+) -> Result<T, E> {
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).permissions(file_mode()).tempfile_in(dir)?;
     let out = write(tmp.as_file_mut())?;

@@ -5,15 +5,17 @@
 //! `train_loss`, `val_loss` or `loss` (Python numbers or 0-d tensors) and
 //! `optimizer_state_dict` beside it, as the seed guide's Python code saves them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::atomic;
-use crate::format::{self, Meta, Position, RawTensor, RngState, Role, FORMAT_VERSION, PLAIN_SUFFIX};
+use crate::error::{EncodeError, Error};
+use crate::meta::{Meta, FORMAT_VERSION};
+use crate::names::{Role, PLAIN_SUFFIX};
 use crate::source::{CheckpointFile, Entry, FileKind, OptimizerSummary};
-use crate::Error;
+use crate::write::{self, RawTensor};
 
 /// What `train ckpt inspect` reports. The field names are stable; `null` where a format
 /// does not record the value.
@@ -141,8 +143,7 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
              optimizer will start fresh from the converted file; `train --resume` on the original imports it"
         );
     }
-    let kept: Vec<&crate::source::Entry> =
-        ckpt.entries().iter().filter(|e| !(strip_optimizer && e.role == Role::Optimizer)).collect();
+    let kept: Vec<&Entry> = ckpt.entries().iter().filter(|e| !(strip_optimizer && e.role == Role::Optimizer)).collect();
     let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
     let mut targets: Vec<(&str, &mut [u8])> =
         kept.iter().zip(data.iter_mut()).map(|(e, d)| (e.name.as_str(), d.as_mut_slice())).collect();
@@ -161,44 +162,13 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
     let io = |source| Error::Io { path: output.to_path_buf(), source };
     if out_kind == FileKind::Compressed {
         drop(ckpt);
-        atomic::write_atomic(output, |f| {
-            format::write_compressed_views(f, &views, &meta).map_err(std::io::Error::other)
+        atomic::write_atomic_with(output, |f| write::write_compressed_views(f, &views, &meta)).map_err(|e| match e {
+            EncodeError::Io(source) => io(source),
+            source => Error::Encode { path: output.to_path_buf(), source },
         })
-        .map_err(io)
     } else {
-        let bytes = format::serialize_views(output, &views, &meta)?;
+        let bytes = write::serialize_views(output, &views, &meta)?;
         drop(ckpt);
-        atomic::write_atomic(output, |f| format::emit(f, &bytes)).map_err(io)
+        atomic::write_atomic(output, |f| write::emit(f, &bytes)).map_err(io)
     }
 }
-
-/// Metadata for a file `train` did not write: what it records (`epoch`, `step`,
-/// `train_loss` or else `loss`, `val_loss`: numbers, or 0-d tensors read as numbers when the
-/// file was opened), and markers for the rest
-/// (no optimiser kind, an RNG scheme no run uses, so a resume from it says so).
-pub(crate) fn imported_meta(found: &HashMap<String, String>) -> Meta {
-    let get = |k: &str| found.get(k).and_then(|v| v.parse::<f64>().ok());
-    Meta {
-        format_version: FORMAT_VERSION,
-        position: Position {
-            epoch: get("epoch").map_or(0, |v| v as u32),
-            step: get("step").map_or(0, |v| v as u64),
-            batches_into_epoch: 0,
-            partial_loss_sum: 0.0,
-        },
-        batch_size: None,
-        // The seed guide's scripts save the epoch's training loss as `loss`.
-        train_loss: get("train_loss").or_else(|| get("loss")).unwrap_or(f64::NAN),
-        val_loss: get("val_loss").unwrap_or(f64::NAN),
-        val_accuracy: f64::NAN,
-        has_optimizer_state: false,
-        optimizer: serde_json::json!({ "kind": "unknown" }),
-        lr_scheduler: serde_json::json!({ "kind": "unknown" }),
-        rng: RngState { seed: 0, scheme: IMPORTED_RNG_SCHEME.into() },
-        config_sha256: String::new(),
-        tool_version: format!("train {} (imported)", env!("CARGO_PKG_VERSION")),
-    }
-}
-
-/// The RNG scheme recorded for files `train` did not write.
-pub const IMPORTED_RNG_SCHEME: &str = "imported";

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::Command;
 
 use safetensors::tensor::TensorView;
-use train_store::format::{serialize_views, Meta};
+use train_store::write::serialize_views;
+use train_store::Meta;
 
 mod common;
 

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use safetensors::tensor::TensorView;
-use train_store::format::{serialize_views, Meta};
+use train_store::write::serialize_views;
+use train_store::Meta;
 use train_store::{CheckpointFile, FileKind, Integrity};
 
 mod common;

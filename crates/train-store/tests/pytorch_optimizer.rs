@@ -288,7 +288,7 @@ fn convert_warns_of_unconverted_optimizer_state_only_for_torch_save_files_holdin
     let w: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![8], &w).unwrap();
     let views = [("fc.bias", &view), ("optimizer/fc.bias/exp_avg", &view)];
-    let bytes = train_store::format::serialize_views(d, &views, &train_store::Meta::sample("adamw", true)).unwrap();
+    let bytes = train_store::write::serialize_views(d, &views, &train_store::Meta::sample("adamw", true)).unwrap();
     std::fs::write(d.join("ours.safetensors"), bytes).unwrap();
     for (from, to) in [("ours.safetensors", "ours.tckpt"), ("ours.tckpt", "back.safetensors")] {
         let out = train_ckpt(d, &["convert", from, to]);

@@ -1,5 +1,7 @@
 //! Opening each kind of file: parsing a safetensors header (checked against the file's
-//! length before anything is allocated), a compressed file's index, or a pickle.
+//! length before anything is allocated), a compressed file's index, or a pickle. Each says
+//! why a file is not of its kind ([`KindError`]); the caller tries the kinds the content can
+//! be and reports why none fits.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -8,18 +10,148 @@ use std::path::Path;
 use safetensors::tensor::Dtype;
 use serde::Deserialize;
 
-use super::pytorch::{scalar_of, OptimizerAt, Pickle, SCALAR_KEYS};
-use super::{Body, Entry};
+use super::body::Body;
+use super::entry::Entry;
+use super::kind::{FileKind, MAX_HEADER_BYTES};
+use super::pickle::{scalar_of, OptimizerAt, Pickle, SCALAR_KEYS};
 use crate::dtype;
-use crate::format::Role;
-use crate::format::CHECKSUMS_KEY;
+use crate::meta::CHECKSUMS_KEY;
+use crate::names::Role;
 
-/// The safetensors crate's own cap on the JSON header; we refuse larger before reading it.
-pub(super) const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Why a file does not read as the kind it was tried as; each message is the reason alone
+/// (the caller names the file).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum KindError {
+    /// The safetensors header's length could not be read.
+    #[error("cannot read the header length: {0}")]
+    HeaderLengthUnreadable(std::io::Error),
+    /// The header claims more than safetensors allows.
+    #[error("header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit: not a safetensors file, or a damaged one")]
+    HeaderTooLong {
+        /// The length claimed.
+        len: u64,
+    },
+    /// The header claims more bytes than the file has.
+    #[error("truncated: the header claims {len} bytes, the file has {total}")]
+    HeaderTruncated {
+        /// The length claimed.
+        len: u64,
+        /// The file's length.
+        total: u64,
+    },
+    /// The header could not be read.
+    #[error("cannot read the header: {0}")]
+    HeaderUnreadable(std::io::Error),
+    /// The header is not safetensors' JSON.
+    #[error("header: {0}")]
+    HeaderJson(serde_json::Error),
+    /// A tensor's dtype is not one this version reads.
+    #[error("tensor `{tensor}` has dtype {dtype}, which this version does not read")]
+    UnknownDtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype as the header names it.
+        dtype: String,
+    },
+    /// A tensor's shape overflows.
+    #[error("tensor `{tensor}`: shape {shape:?} overflows")]
+    ShapeOverflows {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A tensor's byte range does not fit its dtype and shape.
+    #[error("tensor `{tensor}`: offsets {begin}..{end} do not fit {dtype:?} {shape:?}")]
+    OffsetsMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Its first byte.
+        begin: u64,
+        /// One past its last.
+        end: u64,
+        /// Its dtype.
+        dtype: Dtype,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// The tensors' byte ranges leave a gap or overlap.
+    #[error("tensor `{tensor}` starts at {begin}, expected {expected}")]
+    NotContiguous {
+        /// The tensor.
+        tensor: String,
+        /// Where it starts.
+        begin: u64,
+        /// Where the one before it ends.
+        expected: u64,
+    },
+    /// The tensors do not cover the data section exactly.
+    #[error("truncated or padded: tensors cover {covered} bytes of a {data_len}-byte data section")]
+    DataSectionMismatch {
+        /// Bytes the tensors cover.
+        covered: u64,
+        /// Bytes of the data section.
+        data_len: u64,
+    },
+    /// The per-tensor checksums are not the JSON they should be.
+    #[error("metadata `{CHECKSUMS_KEY}`: {0}")]
+    ChecksumsJson(serde_json::Error),
+    /// The compressed format's reader refused the file.
+    #[error("{0}")]
+    Compressed(#[from] train_ckpt::Error),
+    /// pytorch-reader could not read the `torch.save` file.
+    #[error("PyTorch file: {0}")]
+    Pytorch(#[from] pytorch_reader::PytorchError),
+    /// The pickle holds something other than a dict.
+    #[error("PyTorch file: the pickle's root is not a dict")]
+    PickleRootNotDict,
+    /// A tensor's dtype is not one a checkpoint holds.
+    #[error("tensor `{tensor}` has unsupported dtype {dtype:?}")]
+    UnsupportedPytorchDtype {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: pytorch_reader::DType,
+    },
+    /// A model tensor's short name is also the dotted path of one beside the model.
+    #[error("two tensors are named `{0}`: a model tensor and one beside the model's state dict")]
+    DuplicateName(String),
+    /// A one-element tensor (`loss`, `epoch`) could not be read.
+    #[error("tensor `{tensor}`: {source}")]
+    ScalarUnreadable {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What opening a file as one kind gives: where its bytes are, its (model) tensors, its
+/// metadata map and, for a plain file, its per-tensor checksums.
+pub(super) type Opened = (Body, Vec<Entry>, HashMap<String, String>, Option<HashMap<String, String>>);
+
+/// Opens `file` (at `path`, `len` bytes) as `kind`; with `warn`, a `torch.save` file logs
+/// what a load of its weights leaves out. A `torch.save` file also gives what it holds
+/// beside the model's weights.
+pub(super) fn open_kind(
+    path: &Path,
+    file: File,
+    len: u64,
+    kind: FileKind,
+    warn: bool,
+) -> Result<(Opened, Option<PytorchExtra>), KindError> {
+    Ok(match kind {
+        FileKind::Safetensors => (open_plain(file, len)?, None),
+        FileKind::Compressed => (open_compressed(file)?, None),
+        FileKind::Pytorch => {
+            let (opened, extra) = open_pytorch(path, warn)?;
+            (opened, Some(extra))
+        }
+    })
+}
+
 /// Keys under which `torch.save`d dicts commonly nest a model's state dict, tried in order.
 const PYTORCH_MODEL_KEYS: &[&str] = &["model_state_dict", "state_dict", "model"];
-
-pub(super) type Opened = (Body, Vec<Entry>, HashMap<String, String>, Option<HashMap<String, String>>);
 
 /// The parsed JSON header of a safetensors file.
 #[derive(Deserialize)]
@@ -37,27 +169,21 @@ struct HeaderTensor {
     data_offsets: (u64, u64),
 }
 
-pub(super) fn open_plain(file: File, total: u64) -> Result<Opened, String> {
+fn open_plain(file: File, total: u64) -> Result<Opened, KindError> {
     let mut len = [0u8; 8];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut len, 0)
-        .map_err(|e| format!("cannot read the header length: {e}"))?;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut len, 0).map_err(KindError::HeaderLengthUnreadable)?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER_BYTES {
-        return Err(format!(
-            "header length {len} exceeds the {MAX_HEADER_BYTES}-byte limit: not a safetensors file, or a damaged one"
-        ));
+        return Err(KindError::HeaderTooLong { len });
     }
     let data_start = 8 + len;
-    let data_len = total
-        .checked_sub(data_start)
-        .ok_or_else(|| format!("truncated: the header claims {len} bytes, the file has {total}"))?;
+    let data_len = total.checked_sub(data_start).ok_or(KindError::HeaderTruncated { len, total })?;
     let mut header = vec![0u8; len as usize];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 8)
-        .map_err(|e| format!("cannot read the header: {e}"))?;
-    let header: Header = serde_json::from_slice(&header).map_err(|e| format!("header: {e}"))?;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 8).map_err(KindError::HeaderUnreadable)?;
+    let header: Header = serde_json::from_slice(&header).map_err(KindError::HeaderJson)?;
     let entries = entries_of(&header, data_len)?;
     let checksums = match header.metadata.as_ref().and_then(|m| m.get(CHECKSUMS_KEY)) {
-        Some(j) => Some(serde_json::from_str(j).map_err(|e| format!("metadata `{CHECKSUMS_KEY}`: {e}"))?),
+        Some(j) => Some(serde_json::from_str(j).map_err(KindError::ChecksumsJson)?),
         None => None,
     };
     Ok((Body::Plain { file, data_start }, entries, header.metadata.unwrap_or_default(), checksums))
@@ -66,20 +192,20 @@ pub(super) fn open_plain(file: File, total: u64) -> Result<Opened, String> {
 /// The entries of a header, checked: known dtypes, each tensor's byte range matches its
 /// dtype and shape (checked arithmetic), and the ranges tile the data section exactly, as
 /// safetensors requires.
-fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
+fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, KindError> {
     let mut entries = Vec::with_capacity(header.tensors.len());
     for (name, t) in &header.tensors {
         let dtype: Dtype = serde_json::from_value(serde_json::Value::String(t.dtype.clone()))
-            .map_err(|_| format!("tensor `{name}` has dtype {}, which this version does not read", t.dtype))?;
+            .map_err(|_| KindError::UnknownDtype { tensor: name.clone(), dtype: t.dtype.clone() })?;
         let (begin, end) = t.data_offsets;
         let bits = t
             .shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .and_then(|n| n.checked_mul(dtype.bitsize()))
-            .ok_or_else(|| format!("tensor `{name}`: shape {:?} overflows", t.shape))?;
+            .ok_or_else(|| KindError::ShapeOverflows { tensor: name.clone(), shape: t.shape.clone() })?;
         if bits % 8 != 0 || end < begin || end - begin != (bits / 8) as u64 {
-            return Err(format!("tensor `{name}`: offsets {begin}..{end} do not fit {dtype:?} {:?}", t.shape));
+            return Err(KindError::OffsetsMismatch { tensor: name.clone(), begin, end, dtype, shape: t.shape.clone() });
         }
         entries.push(Entry::new(name.clone(), dtype, t.shape.clone(), end - begin, begin));
     }
@@ -88,20 +214,20 @@ fn entries_of(header: &Header, data_len: u64) -> Result<Vec<Entry>, String> {
     let mut at = 0;
     for e in &entries {
         if e.begin != at {
-            return Err(format!("tensor `{}` starts at {}, expected {at}", e.name, e.begin));
+            return Err(KindError::NotContiguous { tensor: e.name.clone(), begin: e.begin, expected: at });
         }
         at += e.bytes;
     }
     if at != data_len {
-        return Err(format!("truncated or padded: tensors cover {at} bytes of a {data_len}-byte data section"));
+        return Err(KindError::DataSectionMismatch { covered: at, data_len });
     }
     Ok(entries)
 }
 
-pub(super) fn open_compressed(file: File) -> Result<Opened, String> {
+fn open_compressed(file: File) -> Result<Opened, KindError> {
     // Opening reads the header, trailer and index (checked against its own checksum) only;
     // tensors are decoded straight from the file's mapped pages, reading overlapping decoding.
-    let reader = train_ckpt::Reader::from_file(file, 0).map_err(|e| e.to_string())?;
+    let reader = train_ckpt::Reader::from_file(file, 0)?;
     let entries = reader
         .tensors()
         .iter()
@@ -123,13 +249,13 @@ pub(super) struct PytorchExtra {
 /// it, the scalars of [`SCALAR_KEYS`] (numbers, or tensors of one element, read here), and
 /// where its optimizer state dict is. Reads no other tensor data. With `warn`, logs what a
 /// load of the weights leaves out (the optimizer state, other tensors).
-pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchExtra), String> {
-    let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| format!("PyTorch file: {e}"))?;
+fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchExtra), KindError> {
+    let reader = pytorch_reader::PytorchReader::new(path)?;
     let all = reader.into_tensors();
     let root = match pytorch_reader::PytorchReader::read_pickle_data(path, None) {
         Ok(pytorch_reader::PickleValue::Dict(root)) => root,
-        Ok(_) => return Err("PyTorch file: the pickle's root is not a dict".into()),
-        Err(e) => return Err(format!("PyTorch file: {e}")),
+        Ok(_) => return Err(KindError::PickleRootNotDict),
+        Err(e) => return Err(e.into()),
     };
     let optimizer = OptimizerAt::find(&root);
     // A nested checkpoint dict: take the model's state dict; otherwise the file is one (but
@@ -142,7 +268,7 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
     let mut others = Vec::new();
     for (name, t) in all {
         let dtype = dtype::from_pytorch(t.dtype())
-            .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", t.dtype()))?;
+            .ok_or_else(|| KindError::UnsupportedPytorchDtype { tensor: name.clone(), dtype: t.dtype() })?;
         let short = match (&prefix, &optimizer_prefix) {
             (Some(p), _) => name.strip_prefix(p.as_str()).map(str::to_string),
             (None, Some(o)) if name.starts_with(o.as_str()) => None,
@@ -162,7 +288,7 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
             }
         };
         if tensors.insert(key.clone(), t).is_some() {
-            return Err(format!("two tensors are named `{key}`: a model tensor and one beside the model's state dict"));
+            return Err(KindError::DuplicateName(key));
         }
     }
     model.sort_by(|a, b| a.name.cmp(&b.name));
@@ -181,7 +307,9 @@ pub(super) fn open_pytorch(path: &Path, warn: bool) -> Result<(Opened, PytorchEx
             Some(pytorch_reader::PickleValue::Unsupported(_)) => {
                 match (others.iter().find(|e| e.name == *key), tensors.get(*key)) {
                     (Some(e), Some(t)) => {
-                        let bytes = t.read().map_err(|err| format!("tensor `{key}`: {err}"))?;
+                        let bytes = t
+                            .read()
+                            .map_err(|source| KindError::ScalarUnreadable { tensor: key.to_string(), source })?;
                         scalar_of(e.dtype, &bytes)
                     }
                     _ => None,

@@ -1,22 +1,12 @@
-//! What a checkpoint file holds, independent of any tensor library: the metadata ([`Meta`],
-//! sealed by its own checksum), the names, and writing tensors given as byte views, plain
-//! (safetensors) or compressed (`crates/train-ckpt`, specified in `docs/compressed-format.md`).
+//! A checkpoint's metadata ([`Meta`]): where the run stood, how it was configured, and the
+//! checksums that seal it, stored as strings in the safetensors `__metadata__` map (or the
+//! compressed format's). Independent of any tensor library.
 //!
-//! See `docs/checkpoint-format.md` for the specification. In short: model weights are stored
-//! under their PyTorch names; optimiser state under `optimizer/<param>/<slot>` (a `/` never
-//! occurs in PyTorch parameter names, so the two cannot collide); the safetensors
-//! `__metadata__` map holds the keys of [`Meta`], each a string.
+//! See `docs/checkpoint-format.md` for the specification.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
 
-use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
-
-use crate::Error;
 
 /// Value of the `format` metadata key: marks a file as ours.
 pub const FORMAT_NAME: &str = "train.checkpoint";
@@ -27,52 +17,6 @@ pub const FORMAT_NAME: &str = "train.checkpoint";
 /// - 2: adds [`METADATA_CHECKSUM_KEY`], required from this version on (version-1 files
 ///   still read, without it).
 pub const FORMAT_VERSION: u32 = 2;
-/// Prefix of optimiser-state tensor names. Outside this file, ask an entry its [`Role`]
-/// and name optimiser state with [`optimizer_entry`] instead of testing this prefix.
-pub const OPTIMIZER_PREFIX: &str = "optimizer/";
-
-/// What a tensor of a checkpoint is for, which the reader gives each entry: from its name
-/// in our files, from where it sits in a `torch.save` file. Parameters and buffers
-/// (BatchNorm's running statistics) are both model state: neither our files nor a PyTorch
-/// `state_dict` tell them apart, and both load the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The model's state: a parameter or a buffer, under its PyTorch name.
-    Model,
-    /// The optimiser's state: one slot (`exp_avg`, `step`, ...) of one parameter, ours or
-    /// in a PyTorch optimizer state dict.
-    Optimizer,
-    /// Anything else a `torch.save` file holds beside both, such as a 0-d `loss`.
-    Other,
-}
-
-impl Role {
-    /// The role of the tensor stored under `name` in a checkpoint's tensor list (ours, or a
-    /// `torch.save` file's model state dict).
-    pub fn of(name: &str) -> Role {
-        if name.starts_with(OPTIMIZER_PREFIX) {
-            Role::Optimizer
-        } else {
-            Role::Model
-        }
-    }
-}
-
-/// The name under which optimiser slot `key` (`<param>/<slot>`) is stored.
-pub fn optimizer_entry(key: &str) -> String {
-    format!("{OPTIMIZER_PREFIX}{key}")
-}
-
-/// The optimiser slot key (`<param>/<slot>`) of an optimiser-state entry's name; `None`
-/// for model state.
-pub fn optimizer_key(name: &str) -> Option<&str> {
-    name.strip_prefix(OPTIMIZER_PREFIX)
-}
-/// File-name suffix of plain checkpoints.
-pub const PLAIN_SUFFIX: &str = ".safetensors";
-/// File-name suffix of compressed checkpoints (the `train-ckpt` format).
-pub const COMPRESSED_SUFFIX: &str = ".tckpt";
 /// Metadata key of the per-tensor checksums: a JSON object mapping each tensor name to the
 /// xxh3-64 of its bytes, as 16 lowercase hex digits.
 pub const CHECKSUMS_KEY: &str = "xxh3";
@@ -125,7 +69,7 @@ pub struct Meta {
     pub val_loss: f64,
     /// Validation accuracy after the last epoch.
     pub val_accuracy: f64,
-    /// Whether `optimizer/...` tensors are present.
+    /// Whether optimiser-state tensors ([`crate::names::Role::Optimizer`]) are present.
     pub has_optimizer_state: bool,
     /// The optimiser's kind and settings (JSON).
     pub optimizer: serde_json::Value,
@@ -257,6 +201,39 @@ impl Meta {
     }
 }
 
+/// The RNG scheme recorded for files `train` did not write.
+pub const IMPORTED_RNG_SCHEME: &str = "imported";
+
+impl Meta {
+    /// Metadata for a file `train` did not write: what it records (`epoch`, `step`,
+    /// `train_loss` or else `loss`, `val_loss`: numbers, or 0-d tensors read as numbers when
+    /// the file was opened), and markers for the rest (no optimiser kind, an RNG scheme no
+    /// run uses, so a resume from it says so).
+    pub fn imported(found: &HashMap<String, String>) -> Meta {
+        let get = |k: &str| found.get(k).and_then(|v| v.parse::<f64>().ok());
+        Meta {
+            format_version: FORMAT_VERSION,
+            position: Position {
+                epoch: get("epoch").map_or(0, |v| v as u32),
+                step: get("step").map_or(0, |v| v as u64),
+                batches_into_epoch: 0,
+                partial_loss_sum: 0.0,
+            },
+            batch_size: None,
+            // The seed guide's scripts save the epoch's training loss as `loss`.
+            train_loss: get("train_loss").or_else(|| get("loss")).unwrap_or(f64::NAN),
+            val_loss: get("val_loss").unwrap_or(f64::NAN),
+            val_accuracy: f64::NAN,
+            has_optimizer_state: false,
+            optimizer: serde_json::json!({ "kind": "unknown" }),
+            lr_scheduler: serde_json::json!({ "kind": "unknown" }),
+            rng: RngState { seed: 0, scheme: IMPORTED_RNG_SCHEME.into() },
+            config_sha256: String::new(),
+            tool_version: format!("train {} (imported)", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
 /// The checksum [`METADATA_CHECKSUM_KEY`] holds for `map` (that key itself excluded).
 fn metadata_checksum(map: &HashMap<String, String>) -> String {
     let mut keys: Vec<&String> = map.keys().filter(|k| *k != METADATA_CHECKSUM_KEY).collect();
@@ -285,65 +262,6 @@ pub fn seal(mut map: HashMap<String, String>) -> HashMap<String, String> {
     let sum = metadata_checksum(&map);
     map.insert(METADATA_CHECKSUM_KEY.into(), sum);
     map
-}
-
-/// Serializes any tensors that safetensors can view, with `meta` and per-tensor checksums.
-pub fn serialize_views<V: View + Copy>(path: &Path, views: &[(&str, V)], meta: &Meta) -> Result<Vec<u8>, Error> {
-    let checksums: serde_json::Map<String, serde_json::Value> =
-        views.iter().map(|(n, v)| (n.to_string(), checksum_hex(&v.data()).into())).collect();
-    let mut metadata = meta.to_map();
-    metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
-    safetensors::serialize(views.iter().map(|(n, v)| (*n, *v)), Some(seal(metadata)))
-        .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: e.to_string() })
-}
-
-/// A tensor held as raw little-endian bytes.
-#[derive(Debug, Clone)]
-pub struct RawTensor {
-    /// Element type.
-    pub dtype: Dtype,
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Row-major bytes, `shape.product() * dtype.size()` of them.
-    pub data: Vec<u8>,
-}
-
-impl View for &RawTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-/// Writes serialized (safetensors) checkpoint bytes to `out`; returns the file's size.
-pub fn emit(out: &mut File, bytes: &[u8]) -> std::io::Result<u64> {
-    let mut writer = BufWriter::new(&mut *out);
-    writer.write_all(bytes)?;
-    writer.flush()?;
-    drop(writer);
-    out.metadata().map(|m| m.len())
-}
-
-/// Writes any tensors that safetensors can view to `out` in the compressed format, one at a
-/// time; returns the file's size.
-pub fn write_compressed_views<V: View + Copy>(out: &mut File, views: &[(&str, V)], meta: &Meta) -> Result<u64, String> {
-    let mut writer = train_ckpt::Writer::new(BufWriter::new(&mut *out)).map_err(|e| e.to_string())?;
-    for (name, v) in views {
-        let dtype = crate::dtype::to_compressed(v.dtype())
-            .ok_or_else(|| format!("tensor `{name}`: dtype {:?} has no compressed encoding", v.dtype()))?;
-        writer.add_tensor(name, dtype, v.shape(), &v.data()).map_err(|e| e.to_string())?;
-    }
-    let metadata = seal(meta.to_map()).into_iter().collect();
-    writer.finish(metadata).map_err(|e| e.to_string())?.flush().map_err(|e| e.to_string())?;
-    out.metadata().map(|m| m.len()).map_err(|e| e.to_string())
 }
 
 /// xxh3-64 of `data` as 16 lowercase hex digits.

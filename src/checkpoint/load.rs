@@ -91,7 +91,7 @@ pub fn load_into(
         let e = &entries[r.entry];
         match r.how {
             How::InPlace => in_place.push((var(r), r.entry)),
-            How::InPlaceAlone => file.read_into(&e.name, bytes_of(&var(r), e.bytes))?,
+            How::InPlaceAlone => file.read_into(&e.name, bytes_of(&mut var(r), e.bytes))?,
             How::ViaHost => {
                 let host = read_tensor(file, e)?;
                 var(r).f_copy_(&host).map_err(torch)?;
@@ -100,7 +100,7 @@ pub fn load_into(
         }
     }
     let mut targets: Vec<(&str, &mut [u8])> =
-        in_place.iter().map(|(t, i)| (entries[*i].name.as_str(), bytes_of(t, entries[*i].bytes))).collect();
+        in_place.iter_mut().map(|(t, i)| (entries[*i].name.as_str(), bytes_of(t, entries[*i].bytes))).collect();
     // Standard on the CPU stages into host tensors read in the same parallel read; on a
     // device each is read and moved on its own.
     let staged_entries: Vec<&train_store::Entry> = staged.iter().map(|r| &entries[r.entry]).collect();
@@ -149,7 +149,7 @@ fn slot_key(e: &train_store::Entry) -> String {
 }
 
 /// The memory of `var`, a contiguous host tensor of `len` bytes, as a read target.
-fn bytes_of(var: &Tensor, len: u64) -> &mut [u8] {
+fn bytes_of(var: &mut Tensor, len: u64) -> &mut [u8] {
     // SAFETY: the plan reads in place only into contiguous host tensors whose shape and
     // dtype it matched to the entry, so `var` spans exactly `len` bytes; gradients are off
     // and nothing else reads it during the load; tensors sharing memory are read one at a

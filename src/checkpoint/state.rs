@@ -60,11 +60,14 @@ pub struct TrainingState {
     pub progress: Progress,
 }
 
+/// Tensor names with their sizes in bytes.
+pub type NamedSizes<'a> = Vec<(&'a str, u64)>;
+
 impl TrainingState {
     /// The model's tensors by name, then the optimiser's by slot key, each with its size:
     /// what the save plan sees, in the order of [`Self::into_tensors`].
-    pub fn sizes(&self) -> (Vec<(&str, u64)>, Vec<(&str, u64)>) {
-        fn sized(v: &[(String, Tensor)]) -> Vec<(&str, u64)> {
+    pub fn sizes(&self) -> (NamedSizes<'_>, NamedSizes<'_>) {
+        fn sized(v: &[(String, Tensor)]) -> NamedSizes<'_> {
             v.iter().map(|(n, t)| (n.as_str(), tensor_bytes(t))).collect()
         }
         (sized(&self.model), sized(&self.optimizer))

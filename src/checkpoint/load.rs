@@ -53,7 +53,8 @@ pub fn load_into(
     strict: bool,
 ) -> Result<LoadOutcome, CheckpointError> {
     let path = file.path().to_path_buf();
-    crate::fault::check_load(strategy, &path)?;
+    crate::fault::check_load(strategy.name())
+        .map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
     let weights: Vec<&Entry> = file.entries().iter().filter(|e| !e.name.starts_with(OPTIMIZER_PREFIX)).collect();
     // A state dict saved from a DistributedDataParallel or torch.compile wrapper: every name
     // carries its prefix, which the model's names do not. Matched in the file's names.

@@ -148,7 +148,7 @@ impl Arrays {
                     return Err(format!("array `{name}`: {} bytes for shape {:?}", data.len(), header.shape));
                 }
                 Tensor::f_from_data_size(data, &dims, kind)
-                    .map_err(|e| format!("array `{name}`: {}", crate::model::libtorch_message(&e)))
+                    .map_err(|e| format!("array `{name}`: {}", crate::fault::libtorch_message(&e)))
             }
             Self::Npz(zip) => {
                 let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;

@@ -17,10 +17,11 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
+use super::error::ModelError;
 use super::nets::Scripted;
-use super::{libtorch_message, task_loss, ModelError};
+use super::task::task_loss;
 use crate::data::Task;
-use crate::fault::{catch_torch, is_oom_message};
+use crate::fault::{catch_torch, is_oom_message, libtorch_message};
 
 /// Runs the checks above on `inputs`/`targets` (a batch of the configured size, on the
 /// model's device). A batch that runs out of memory is halved until it fits (training's

@@ -52,20 +52,8 @@ impl ScriptError {
         // SAFETY: the shim set `err` to a NUL-terminated malloc'd string, freed here once.
         let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
         unsafe { train_script_free_string(err) };
-        Self(one_line(&text))
+        Self(crate::fault::one_line(&text))
     }
-}
-
-/// The line of a libtorch message that says what went wrong.
-pub(crate) fn one_line(text: &str) -> String {
-    let text = text.split("Exception raised from").next().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("Error: "))
-        .or(lines.first())
-        .map_or_else(|| "libtorch gave no message".to_string(), |l| l.to_string())
 }
 
 /// One input of a forward call: by position (`name: None`) or by keyword.

@@ -36,7 +36,7 @@ const MAX_PICKLE_BYTES: u64 = 256 << 20;
 const MAX_STACK: usize = 1 << 20;
 
 /// What is wrong with an archive.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The file is a `torch.save` file, not a TorchScript module.
     #[error(
@@ -44,16 +44,160 @@ pub enum ArchiveError {
          torch.jit.save (README, \"Models and data\")"
     )]
     NotTorchscript(&'static str),
-    /// The archive's structure or a storage record is not what its pickles declare.
+    /// The archive has no `data.pkl` at its root.
+    #[error("the archive has no data.pkl")]
+    NoDataPickle,
+    /// A pickle is larger than what is read of one.
+    #[error("{pickle} is {size} bytes, more than the {MAX_PICKLE_BYTES} read")]
+    PickleTooLarge {
+        /// `data.pkl` or `constants.pkl`.
+        pickle: &'static str,
+        /// Its uncompressed size.
+        size: u64,
+    },
+    /// A pickle could not be read out of the archive.
+    #[error("cannot read {pickle}: {source}")]
+    Unreadable {
+        /// `data.pkl` or `constants.pkl`.
+        pickle: &'static str,
+        /// Why (the zip reader's error as an I/O error, with its text).
+        source: std::io::Error,
+    },
+    /// A pickle is not one TorchScript writes.
+    #[error("{pickle}: {source}")]
+    Pickle {
+        /// `data.pkl` or `constants.pkl`.
+        pickle: &'static str,
+        /// What is wrong in it.
+        source: PickleError,
+    },
+    /// A pickle declares a storage the archive has no record of.
+    #[error("{pickle} declares storage `{key}` of {bytes} bytes, but the archive has no record {record}")]
+    MissingRecord {
+        /// `data.pkl` or `constants.pkl`.
+        pickle: &'static str,
+        /// The storage's key.
+        key: String,
+        /// Its declared size.
+        bytes: u64,
+        /// The record looked for.
+        record: String,
+    },
+    /// A storage's record holds fewer bytes than its pickle declares.
+    #[error(
+        "record {record} holds {have} bytes, but {pickle} declares {} ({} elements of {} bytes): \
+         the archive was cut or altered",
+        storage.bytes, storage.numel, storage.element_size
+    )]
+    ShortRecord {
+        /// `data.pkl` or `constants.pkl`.
+        pickle: &'static str,
+        /// The record.
+        record: String,
+        /// Bytes it holds.
+        have: u64,
+        /// What the pickle declares.
+        storage: Storage,
+    },
+}
+
+/// A pickle the walker cannot read: nested too deep, or a fault at a byte.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickleError {
+    /// More values on the stack than the walker keeps.
+    #[error("nests deeper than {MAX_STACK} values")]
+    TooDeep,
+    /// What is wrong at byte `at` (the opcode's offset).
+    #[error("at byte {at}: {fault}")]
+    At {
+        /// The opcode's offset in the pickle.
+        at: usize,
+        /// What is wrong there.
+        fault: PickleFault,
+    },
+}
+
+/// What is wrong at one opcode of a pickle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickleFault {
+    /// A read runs past the end.
+    #[error("{0} bytes past the end of the pickle")]
+    PastEnd(u64),
+    /// The pickle ends before its STOP opcode.
+    #[error("the pickle ends without STOP")]
+    NoStop,
+    /// A text argument has no newline.
+    #[error("a line without its end")]
+    UnendedLine,
+    /// An opcode pops more values than there are (above the last mark).
+    #[error("an opcode takes more values than the stack holds")]
+    StackUnderflow,
+    /// A pop-to-mark without a mark.
+    #[error("no MARK to pop to")]
+    NoMark,
+    /// A `SHORT_BINSTRING`-style length below zero.
+    #[error("a negative length")]
+    NegativeLength,
+    /// A text `PUT` whose argument is not a number.
+    #[error("a PUT without a number")]
+    PutWithoutNumber,
+    /// A text `GET` whose argument is not a number.
+    #[error("a GET without a number")]
+    GetWithoutNumber,
+    /// A memo store with nothing to store.
+    #[error("a memo store on an empty stack")]
+    MemoOnEmptyStack,
+    /// A memo read of an entry never written.
+    #[error("memo entry {0} read before written")]
+    MemoUnwritten(u64),
+    /// `DUP` with nothing to duplicate.
+    #[error("DUP on an empty stack")]
+    DupOnEmptyStack,
+    /// An opcode TorchScript's pickler never writes.
+    #[error("opcode 0x{0:02x}, which TorchScript does not write")]
+    UnknownOpcode(u8),
+    /// A persistent id of a storage that is not `('storage', class, key, location, numel)`.
     #[error("{0}")]
-    Damaged(String),
+    StorageId(#[from] StorageIdError),
+}
+
+/// A storage's persistent id that does not declare a storage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageIdError {
+    /// Not five items.
+    #[error("a storage id of {0} items, not 5")]
+    Items(usize),
+    /// Five items of the wrong kinds.
+    #[error("a storage id that is not (str, class, str, str, int)")]
+    Kinds,
+    /// A storage class of no known element size.
+    #[error("storage `{key}` has unknown type {class}")]
+    UnknownClass {
+        /// The storage's key.
+        key: String,
+        /// The class (`torch FloatStorage`).
+        class: String,
+    },
+    /// A negative element count.
+    #[error("storage `{key}` declares {numel} elements")]
+    NegativeCount {
+        /// The storage's key.
+        key: String,
+        /// The count.
+        numel: i64,
+    },
+    /// Elements times their size overflows.
+    #[error("storage `{key}` size overflows")]
+    Overflow {
+        /// The storage's key.
+        key: String,
+    },
 }
 
 /// Checks that the TorchScript archive at `path` is one, and that every storage its pickles
 /// declare has a record holding at least the declared bytes. A file that is not a zip
 /// archive at all is left to libtorch to report.
 pub fn check(path: &Path) -> Result<(), ArchiveError> {
-    let damaged = ArchiveError::Damaged;
     let mut head = [0u8; 4];
     let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
     if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
@@ -65,7 +209,7 @@ pub fn check(path: &Path) -> Result<(), ArchiveError> {
     let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
     let Some(root) = names.iter().filter_map(|n| n.strip_suffix("data.pkl")).find(|r| r.is_empty() || r.ends_with('/'))
     else {
-        return Err(damaged("the archive has no data.pkl".into()));
+        return Err(ArchiveError::NoDataPickle);
     };
     let root = root.to_string();
     if !names.iter().any(|n| n.starts_with(&format!("{root}code/"))) {
@@ -77,29 +221,23 @@ pub fn check(path: &Path) -> Result<(), ArchiveError> {
         let name = format!("{root}{pickle}");
         let Some(&size) = sizes.get(name.as_str()) else { continue };
         if size > MAX_PICKLE_BYTES {
-            return Err(damaged(format!("{pickle} is {size} bytes, more than the {MAX_PICKLE_BYTES} read")));
+            return Err(ArchiveError::PickleTooLarge { pickle, size });
         }
+        let unreadable = |e: std::io::Error| ArchiveError::Unreadable { pickle, source: e };
         let mut bytes = Vec::with_capacity(size as usize);
         zip.by_name(&name)
-            .map_err(|e| damaged(format!("cannot read {pickle}: {e}")))?
+            .map_err(|e| unreadable(e.into()))?
             .take(MAX_PICKLE_BYTES)
             .read_to_end(&mut bytes)
-            .map_err(|e| damaged(format!("cannot read {pickle}: {e}")))?;
-        for storage in declared_storages(&bytes).map_err(|e| damaged(format!("{pickle}: {e}")))? {
+            .map_err(unreadable)?;
+        for storage in declared_storages(&bytes).map_err(|source| ArchiveError::Pickle { pickle, source })? {
             let record = format!("{root}{folder}/{}", storage.key);
             match sizes.get(record.as_str()) {
                 None => {
-                    return Err(damaged(format!(
-                        "{pickle} declares storage `{}` of {} bytes, but the archive has no record {record}",
-                        storage.key, storage.bytes
-                    )))
+                    return Err(ArchiveError::MissingRecord { pickle, key: storage.key, bytes: storage.bytes, record })
                 }
                 Some(&have) if have < storage.bytes => {
-                    return Err(damaged(format!(
-                        "record {record} holds {have} bytes, but {pickle} declares {} ({} elements of {} bytes): \
-                         the archive was cut or altered",
-                        storage.bytes, storage.numel, storage.element_size
-                    )))
+                    return Err(ArchiveError::ShortRecord { pickle, record, have, storage })
                 }
                 Some(_) => {}
             }
@@ -110,7 +248,7 @@ pub fn check(path: &Path) -> Result<(), ArchiveError> {
 
 /// A storage a pickle declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Storage {
+pub struct Storage {
     key: String,
     numel: u64,
     element_size: u64,
@@ -131,7 +269,7 @@ enum Value {
 }
 
 /// Reads a pickle and returns the storages its persistent ids declare.
-fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
+fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, PickleError> {
     let mut r = Cursor { bytes: pickle, at: 0 };
     let mut stack: Vec<Rc<Value>> = Vec::new();
     let mut memo: HashMap<u64, Rc<Value>> = HashMap::new();
@@ -139,7 +277,7 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
     let other = || Rc::new(Value::Other);
     loop {
         if stack.len() > MAX_STACK {
-            return Err(format!("nests deeper than {MAX_STACK} values"));
+            return Err(PickleError::TooDeep);
         }
         let at = r.at;
         let op = r.byte()?;
@@ -185,9 +323,8 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
                 let n = match op {
                     b'X' => u64::from(u32::from_le_bytes(r.array()?)),
                     0x8c | b'U' => u64::from(r.take(1)?[0]),
-                    b'T' => {
-                        u64::try_from(i32::from_le_bytes(r.array()?)).map_err(|_| at_op(at, "a negative length"))?
-                    }
+                    b'T' => u64::try_from(i32::from_le_bytes(r.array()?))
+                        .map_err(|_| at_op(at, PickleFault::NegativeLength))?,
                     _ => u64::from_le_bytes(r.array()?),
                 };
                 let text = String::from_utf8_lossy(r.take(n)?).into_owned();
@@ -230,7 +367,7 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
             b'b' => drop(pop_n(&mut stack, 1, at)?),
             b'Q' => {
                 let pid = pop_n(&mut stack, 1, at)?.remove(0);
-                if let Some(storage) = storage_of(&pid).map_err(|e| at_op(at, &e))? {
+                if let Some(storage) = storage_of(&pid).map_err(|e| at_op(at, e.into()))? {
                     out.push(storage);
                 }
                 stack.push(other());
@@ -239,53 +376,53 @@ fn declared_storages(pickle: &[u8]) -> Result<Vec<Storage>, String> {
                 let key = match op {
                     b'q' => u64::from(r.take(1)?[0]),
                     b'r' => u64::from(u32::from_le_bytes(r.array()?)),
-                    b'p' => r.line()?.parse().map_err(|_| at_op(at, "a PUT without a number"))?,
+                    b'p' => r.line()?.parse().map_err(|_| at_op(at, PickleFault::PutWithoutNumber))?,
                     _ => memo.len() as u64,
                 };
-                let top = stack.last().ok_or_else(|| at_op(at, "a memo store on an empty stack"))?;
+                let top = stack.last().ok_or_else(|| at_op(at, PickleFault::MemoOnEmptyStack))?;
                 memo.insert(key, Rc::clone(top));
             }
             b'h' | b'j' | b'g' => {
                 let key = match op {
                     b'h' => u64::from(r.take(1)?[0]),
                     b'j' => u64::from(u32::from_le_bytes(r.array()?)),
-                    _ => r.line()?.parse().map_err(|_| at_op(at, "a GET without a number"))?,
+                    _ => r.line()?.parse().map_err(|_| at_op(at, PickleFault::GetWithoutNumber))?,
                 };
-                let value =
-                    memo.get(&key).ok_or_else(|| at_op(at, &format!("memo entry {key} read before written")))?;
+                let value = memo.get(&key).ok_or_else(|| at_op(at, PickleFault::MemoUnwritten(key)))?;
                 stack.push(Rc::clone(value));
             }
             b'0' => drop(pop_n(&mut stack, 1, at)?),
             b'1' => drop(pop_mark(&mut stack, at)?),
             b'2' => {
-                let top = stack.last().ok_or_else(|| at_op(at, "DUP on an empty stack"))?;
+                let top = stack.last().ok_or_else(|| at_op(at, PickleFault::DupOnEmptyStack))?;
                 stack.push(Rc::clone(top));
             }
             b'P' => {
                 r.line()?;
                 stack.push(other());
             }
-            other_op => return Err(at_op(at, &format!("opcode 0x{other_op:02x}, which TorchScript does not write"))),
+            other_op => return Err(at_op(at, PickleFault::UnknownOpcode(other_op))),
         }
     }
 }
 
 /// The storage a persistent id declares: `('storage', <dtype>Storage, key, location, numel)`;
 /// `None` for a persistent id of another kind.
-fn storage_of(pid: &Value) -> Result<Option<Storage>, String> {
+fn storage_of(pid: &Value) -> Result<Option<Storage>, StorageIdError> {
     let Value::Tuple(items) = pid else { return Ok(None) };
     if !matches!(items.first().map(|v| &**v), Some(Value::Str(s)) if s == "storage") {
         return Ok(None);
     }
     let [_, kind, key, _location, numel] = &items[..] else {
-        return Err(format!("a storage id of {} items, not 5", items.len()));
+        return Err(StorageIdError::Items(items.len()));
     };
     let (Value::Global(kind), Value::Str(key), Value::Int(numel)) = (&**kind, &**key, &**numel) else {
-        return Err("a storage id that is not (str, class, str, str, int)".into());
+        return Err(StorageIdError::Kinds);
     };
-    let element_size = element_size(kind).ok_or_else(|| format!("storage `{key}` has unknown type {kind}"))?;
-    let numel = u64::try_from(*numel).map_err(|_| format!("storage `{key}` declares {numel} elements"))?;
-    let bytes = numel.checked_mul(element_size).ok_or_else(|| format!("storage `{key}` size overflows"))?;
+    let element_size =
+        element_size(kind).ok_or_else(|| StorageIdError::UnknownClass { key: key.clone(), class: kind.clone() })?;
+    let numel = u64::try_from(*numel).map_err(|_| StorageIdError::NegativeCount { key: key.clone(), numel: *numel })?;
+    let bytes = numel.checked_mul(element_size).ok_or_else(|| StorageIdError::Overflow { key: key.clone() })?;
     Ok(Some(Storage { key: key.clone(), numel, element_size, bytes }))
 }
 
@@ -318,19 +455,19 @@ fn long(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(buf))
 }
 
-fn at_op(at: usize, what: &str) -> String {
-    format!("at byte {at}: {what}")
+fn at_op(at: usize, fault: PickleFault) -> PickleError {
+    PickleError::At { at, fault }
 }
 
-fn pop_n(stack: &mut Vec<Rc<Value>>, n: usize, at: usize) -> Result<Vec<Rc<Value>>, String> {
+fn pop_n(stack: &mut Vec<Rc<Value>>, n: usize, at: usize) -> Result<Vec<Rc<Value>>, PickleError> {
     if stack.len() < n || stack[stack.len() - n..].iter().any(|v| matches!(**v, Value::Mark)) {
-        return Err(at_op(at, "an opcode takes more values than the stack holds"));
+        return Err(at_op(at, PickleFault::StackUnderflow));
     }
     Ok(stack.split_off(stack.len() - n))
 }
 
-fn pop_mark(stack: &mut Vec<Rc<Value>>, at: usize) -> Result<Vec<Rc<Value>>, String> {
-    let mark = stack.iter().rposition(|v| matches!(**v, Value::Mark)).ok_or_else(|| at_op(at, "no MARK to pop to"))?;
+fn pop_mark(stack: &mut Vec<Rc<Value>>, at: usize) -> Result<Vec<Rc<Value>>, PickleError> {
+    let mark = stack.iter().rposition(|v| matches!(**v, Value::Mark)).ok_or_else(|| at_op(at, PickleFault::NoMark))?;
     let items = stack.split_off(mark + 1);
     stack.pop();
     Ok(items)
@@ -343,28 +480,28 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], PickleError> {
         let end = usize::try_from(n)
             .ok()
             .and_then(|n| self.at.checked_add(n))
             .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| at_op(self.at, &format!("{n} bytes past the end of the pickle")))?;
+            .ok_or_else(|| at_op(self.at, PickleFault::PastEnd(n)))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
-        Ok(self.take(1).map_err(|_| at_op(self.at, "the pickle ends without STOP"))?[0])
+    fn byte(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take(1).map_err(|_| at_op(self.at, PickleFault::NoStop))?[0])
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
         Ok(self.take(N as u64)?.try_into().expect("took N bytes"))
     }
 
-    fn line(&mut self) -> Result<String, String> {
+    fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.bytes[self.at..];
-        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| at_op(self.at, "a line without its end"))?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| at_op(self.at, PickleFault::UnendedLine))?;
         let line = String::from_utf8_lossy(&rest[..end]).into_owned();
         self.at += end + 1;
         Ok(line)

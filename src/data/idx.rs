@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::DataError;
+use super::error::DataError;
 
 /// IDX type code of unsigned bytes.
 const TYPE_U8: u8 = 0x08;

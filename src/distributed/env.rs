@@ -180,6 +180,56 @@ pub fn detect_from_env() -> Result<Option<Launch>, LaunchError> {
     detect(|var| std::env::var(var).ok())
 }
 
+/// What is wrong with a Slurm host list; the message continues "the list ...".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostListError {
+    /// Nothing but spaces.
+    #[error("is empty")]
+    Empty,
+    /// `[` inside a bracket group.
+    #[error("has a bracket inside a bracket")]
+    NestedBracket,
+    /// A `[` never closed.
+    #[error("has a '[' without its ']'")]
+    Unclosed,
+    /// A `]` never opened.
+    #[error("has a ']' without its '['")]
+    Unopened,
+    /// White space inside a name.
+    #[error("has a space inside a host name")]
+    Space,
+    /// Two commas in a row, or one at either end.
+    #[error("has an empty host name")]
+    EmptyName,
+    /// `[]`.
+    #[error("has an empty []")]
+    EmptyGroup,
+    /// A range that is not `lo` or `lo-hi` in digits.
+    #[error("has {range:?} in [{group}], not a number or a range such as 01-04")]
+    NotNumber {
+        /// The range.
+        range: String,
+        /// Its bracket group.
+        group: String,
+    },
+    /// A number beyond 64 bits.
+    #[error("has {number:?} in [{group}], too large a number")]
+    TooLarge {
+        /// The number.
+        number: String,
+        /// Its bracket group.
+        group: String,
+    },
+    /// `hi` below `lo`.
+    #[error("has the range {range:?} in [{group}], which runs backwards")]
+    Backwards {
+        /// The range.
+        range: String,
+        /// Its bracket group.
+        group: String,
+    },
+}
+
 /// The first host of a Slurm host list in its compressed form (`scontrol show hostnames`
 /// expands the same syntax): hosts separated by commas, each a name with any number of
 /// bracket groups of ranges, `gpu[01-04,07],cpu1` giving `gpu01` and `rack[2-3]-n[05-06]`
@@ -190,10 +240,10 @@ pub fn detect_from_env() -> Result<Option<Launch>, LaunchError> {
 ///
 /// A short parser for the one host we need, rather than a crate that expands whole lists
 /// (`hostlist-parser` does, with a parser-combinator dependency tree for this one call).
-pub fn first_host(list: &str) -> Result<String, String> {
+pub fn first_host(list: &str) -> Result<String, HostListError> {
     let list = list.trim();
     if list.is_empty() {
-        return Err("is empty".into());
+        return Err(HostListError::Empty);
     }
     let mut first = None;
     let mut host = String::new();
@@ -205,24 +255,24 @@ pub fn first_host(list: &str) -> Result<String, String> {
                 loop {
                     match chars.next() {
                         Some(']') => break,
-                        Some('[') => return Err("has a bracket inside a bracket".into()),
+                        Some('[') => return Err(HostListError::NestedBracket),
                         Some(c) => group.push(c),
-                        None => return Err("has a '[' without its ']'".into()),
+                        None => return Err(HostListError::Unclosed),
                     }
                 }
                 host.push_str(&first_of_ranges(&group)?);
             }
-            Some(']') => return Err("has a ']' without its '['".into()),
-            Some(c) if c.is_whitespace() => return Err("has a space inside a host name".into()),
+            Some(']') => return Err(HostListError::Unopened),
+            Some(c) if c.is_whitespace() => return Err(HostListError::Space),
             Some(',') | None => {
                 if host.is_empty() {
-                    return Err("has an empty host name".into());
+                    return Err(HostListError::EmptyName);
                 }
                 first.get_or_insert(std::mem::take(&mut host));
                 if chars.peek().is_none() {
                     // `a,` ends with an empty name; `a` ends here.
                     if list.ends_with(',') {
-                        return Err("has an empty host name".into());
+                        return Err(HostListError::EmptyName);
                     }
                     break;
                 }
@@ -230,26 +280,26 @@ pub fn first_host(list: &str) -> Result<String, String> {
             Some(c) => host.push(c),
         }
     }
-    first.ok_or_else(|| "is empty".into())
+    first.ok_or(HostListError::Empty)
 }
 
 /// The first number of a bracket group's ranges (`01-04,07` gives `01`), after checking
 /// every range: digits, `lo` or `lo-hi` with `lo <= hi`.
-fn first_of_ranges(group: &str) -> Result<String, String> {
+fn first_of_ranges(group: &str) -> Result<String, HostListError> {
     if group.is_empty() {
-        return Err("has an empty []".into());
+        return Err(HostListError::EmptyGroup);
     }
     let mut first = None;
     for range in group.split(',') {
         let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-        let number = |s: &str| -> Result<u64, String> {
+        let number = |s: &str| -> Result<u64, HostListError> {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("has {range:?} in [{group}], not a number or a range such as 01-04"));
+                return Err(HostListError::NotNumber { range: range.into(), group: group.into() });
             }
-            s.parse().map_err(|_| format!("has {s:?} in [{group}], too large a number"))
+            s.parse().map_err(|_| HostListError::TooLarge { number: s.into(), group: group.into() })
         };
         if number(lo)? > number(hi)? {
-            return Err(format!("has the range {range:?} in [{group}], which runs backwards"));
+            return Err(HostListError::Backwards { range: range.into(), group: group.into() });
         }
         first.get_or_insert_with(|| lo.to_string());
     }
@@ -261,6 +311,11 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    /// The first host of `list`, or why not as the message.
+    fn first_host(list: &str) -> Result<String, String> {
+        super::first_host(list).map_err(|e| e.to_string())
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

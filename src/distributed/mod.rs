@@ -15,10 +15,12 @@ pub mod config;
 pub mod engine;
 pub mod env;
 mod error;
+mod hostlist;
 mod job;
 mod peer;
 
 pub use config::{BackendChoice, DistributedConfig, Timeout, TimeoutError};
-pub use env::{HostListError, Launch, LaunchError, Source};
+pub use env::{Launch, LaunchError, Source};
 pub use error::{name_list, DistError, Failure};
+pub use hostlist::{first_host, HostListError};
 pub use job::{CommTimes, Dist, BUCKET_BYTES};

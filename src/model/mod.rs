@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 mod nets;
 mod network;
+mod pickle;
 mod probe;
 pub mod script;
 mod size;

@@ -3,8 +3,9 @@
 //!    it linked against as `DEP_TCH_LIBTORCH_LIB`.
 //! 2. Keeps libtorch_cuda.so among the binary's libraries (see below).
 //! 3. Compiles the shims (the few libtorch calls tch does not bind) against the headers of
-//!    that same libtorch: `shim/cuda_memory.cpp` (allocator statistics) and
-//!    `shim/script_module.cpp` (TorchScript modules with their buffers and named inputs).
+//!    that same libtorch: `shim/cuda_memory.cpp` (allocator statistics),
+//!    `shim/script_module.cpp` (TorchScript modules with their buffers and named inputs) and
+//!    `shim/error.cpp` (the error convention every shim follows, `shim/error.h`).
 //! 4. Compiles `shim/distributed.cpp` (c10d: TCPStore, ProcessGroupGloo, ProcessGroupNCCL)
 //!    against them too. Gloo's own headers come from Debian's `libgloo-dev` (the wheel does not
 //!    ship them); NCCL is compiled in where libtorch has its CUDA library and the CUDA and
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-changed=shim/cuda_memory.cpp");
-    println!("cargo:rerun-if-changed=shim/script_module.cpp");
+    for file in ["shim/error.h", "shim/error.cpp", "shim/cuda_memory.cpp", "shim/script_module.cpp"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // libtorch's CUDA backend registers itself from libtorch_cuda.so's static initialisers.
@@ -34,6 +36,7 @@ fn main() {
         .cpp(true)
         .file("shim/cuda_memory.cpp")
         .file("shim/script_module.cpp")
+        .file("shim/error.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -5,8 +5,9 @@
 // Tensors arrive as `at::Tensor*`: what tch's `Tensor::as_ptr()` points to (torch-sys's C
 // wrapper keeps an `at::Tensor*` behind its `tensor` handle).
 //
-// Every function catches C++ exceptions (c10d reports lost peers, timeouts and refused
-// sockets by throwing) and returns -1 with the message in `err`: none may cross into Rust.
+// Errors follow shim/error.h: every function catches C++ exceptions (c10d reports lost
+// peers, timeouts and refused sockets by throwing) and returns -1 with the message in
+// `err`; none may cross into Rust.
 //
 // Gloo's own headers: the PyPI wheel ships ProcessGroupGloo.hpp but not gloo/*.h, which it
 // includes; Debian's libgloo-dev supplies them (scripts/lib.sh installs it, build.rs names
@@ -58,6 +59,10 @@
 #include <unordered_set>
 #include <vector>
 
+#include "error.h"
+
+using train_shim::guarded;
+
 namespace {
 
 // The Reducer, with one question it keeps protected answered: whether the last armed
@@ -81,34 +86,6 @@ struct Dist {
   // (a segfault without one). Python's DDP always makes one; so do we.
   std::shared_ptr<c10d::Logger> logger;
 };
-
-void set_err(char* err, size_t len, const std::string& msg) {
-  if (err == nullptr || len == 0) return;
-  size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
-  std::memcpy(err, msg.data(), n);
-  err[n] = '\0';
-}
-
-// c10::Error's what() carries a C++ backtrace after the message; the first line is what
-// a user needs.
-std::string message_of(const std::exception& e) {
-  if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
-  return e.what();
-}
-
-// Runs `f`, turning any exception into `failure` with its message in `err`.
-template <typename F>
-int guarded(char* err, size_t err_len, int failure, F&& f) {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    set_err(err, err_len, message_of(e));
-    return failure;
-  } catch (...) {
-    set_err(err, err_len, "unknown C++ error");
-    return failure;
-  }
-}
 
 // Groups `tensors` into buckets of at most `cap` bytes of one dtype and device (a tensor
 // larger than `cap` is a bucket of its own), in order.
@@ -154,10 +131,10 @@ extern "C" {
 // Returns 0 and `*out`; -2 when the store could not be set up (the address, the port, the
 // peers not arriving in time), -3 when NCCL is not compiled in, -1 otherwise.
 int train_dist_init(const char* host, int port, int rank, int world, int is_server, int64_t timeout_ms,
-                    int backend, int device_index, const char* prefix, void** out, char* err, size_t err_len) {
+                    int backend, int device_index, const char* prefix, void** out, char** err) {
   c10::intrusive_ptr<c10d::Store> store;
   auto timeout = std::chrono::milliseconds(timeout_ms);
-  int rc = guarded(err, err_len, -2, [&]() -> int {
+  int rc = guarded(err, -2, [&]() -> int {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
     opts.isServer = is_server != 0;
@@ -171,7 +148,7 @@ int train_dist_init(const char* host, int port, int rank, int world, int is_serv
     return 0;
   });
   if (rc != 0) return rc;
-  return guarded(err, err_len, -1, [&]() -> int {
+  return guarded(err, -1, [&]() -> int {
     c10::intrusive_ptr<c10d::Backend> pg;
     if (backend == 0) {
       auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
@@ -182,7 +159,7 @@ int train_dist_init(const char* host, int port, int rank, int world, int is_serv
       options->timeout = timeout;
       pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
 #else
-      set_err(err, err_len, "this build of train has no NCCL (libtorch without CUDA)");
+      train_shim::set_error(err, "this build of train has no NCCL (libtorch without CUDA)");
       return -3;
 #endif
     }
@@ -202,8 +179,8 @@ void train_dist_free(void* dist) {
 // no backward) is multiplied by `scale` and summed over the ranks, in buckets of at most
 // `bucket_bytes` issued together.
 int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double scale, int64_t bucket_bytes,
-                               char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+                               char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> grads;
@@ -237,8 +214,8 @@ int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double
 // assigns them to approximate the order backward produces gradients in. `find_unused`:
 // DDP's find_unused_parameters.
 int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t bucket_bytes, int find_unused,
-                              char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+                              char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     if (!d->group) {
       bool cuda = d->device_index >= 0;
@@ -271,8 +248,8 @@ int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t
 // The next backward, of `output`, is the step's last: its gradients are all-reduced
 // (averaged) as they are produced. `output` is searched for unused parameters when the
 // Reducer was attached with `find_unused`.
-int train_dist_reducer_prepare(void* dist, at::Tensor* output, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_reducer_prepare(void* dist, at::Tensor* output, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     if (!d->reducer) throw std::runtime_error("no Reducer attached");
     d->reducer->prepare_for_forward();
@@ -283,8 +260,8 @@ int train_dist_reducer_prepare(void* dist, at::Tensor* output, char* err, size_t
 
 // After the armed backward: `*finished` is 1 when every bucket was all-reduced and copied
 // back, 0 when one still waits for a gradient.
-int train_dist_reducer_finished(void* dist, int* finished, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_reducer_finished(void* dist, int* finished, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     if (!d->reducer) throw std::runtime_error("no Reducer attached");
     *finished = d->reducer->finished() ? 1 : 0;
@@ -295,9 +272,8 @@ int train_dist_reducer_finished(void* dist, int* finished, char* err, size_t err
 // `reached[i]` = 1 when `params[i]`'s gradient accumulator is in `output`'s autograd graph
 // (the search the Reducer makes with find_unused_parameters), else 0. The graph's edges
 // outlive backward (only saved tensors are released), so this also answers afterwards.
-int train_dist_reached(at::Tensor* output, at::Tensor** params, size_t n, uint8_t* reached, char* err,
-                       size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_reached(at::Tensor* output, at::Tensor** params, size_t n, uint8_t* reached, char** err) {
+  return guarded(err, -1, [&]() -> int {
     std::unordered_set<torch::autograd::Node*> seen;
     std::vector<torch::autograd::Node*> todo;
     if (auto fn = output->grad_fn()) todo.push_back(fn.get());
@@ -317,8 +293,8 @@ int train_dist_reached(at::Tensor* output, at::Tensor** params, size_t n, uint8_
 }
 
 // In-place all-reduce of one tensor: op 0 sum, 1 max.
-int train_dist_allreduce(void* dist, at::Tensor* t, int op, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_allreduce(void* dist, at::Tensor* t, int op, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> ts{*t};
@@ -330,8 +306,8 @@ int train_dist_allreduce(void* dist, at::Tensor* t, int op, char* err, size_t er
 }
 
 // Rank 0's values of `tensors` copied into every rank's, in place.
-int train_dist_broadcast(void* dist, at::Tensor** tensors, size_t n, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_broadcast(void* dist, at::Tensor** tensors, size_t n, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> ts;
@@ -347,8 +323,8 @@ int train_dist_broadcast(void* dist, at::Tensor** tensors, size_t n, char* err, 
   });
 }
 
-int train_dist_barrier(void* dist, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_barrier(void* dist, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     c10d::BarrierOptions opts;
     if (d->device_index >= 0) opts.device_ids = {d->device_index};
@@ -358,8 +334,8 @@ int train_dist_barrier(void* dist, char* err, size_t err_len) {
 }
 
 // The store's key-value API, for small values every rank must agree on.
-int train_dist_store_set(void* dist, const char* key, const uint8_t* value, size_t len, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_store_set(void* dist, const char* key, const uint8_t* value, size_t len, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     d->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
     return 0;
@@ -367,8 +343,8 @@ int train_dist_store_set(void* dist, const char* key, const uint8_t* value, size
 }
 
 // `*found` = 1 when `key` is set, without waiting.
-int train_dist_store_check(void* dist, const char* key, int* found, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_store_check(void* dist, const char* key, int* found, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     *found = d->store->check({std::string(key)}) ? 1 : 0;
     return 0;
@@ -377,8 +353,8 @@ int train_dist_store_check(void* dist, const char* key, int* found, char* err, s
 
 // Blocks until `key` is set (or the store's timeout). `*value` is malloc'ed: free it with
 // train_dist_free_bytes.
-int train_dist_store_get(void* dist, const char* key, uint8_t** value, size_t* len, char* err, size_t err_len) {
-  return guarded(err, err_len, -1, [&]() -> int {
+int train_dist_store_get(void* dist, const char* key, uint8_t** value, size_t* len, char** err) {
+  return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     auto v = d->store->get(std::string(key));
     *len = v.size();

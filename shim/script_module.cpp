@@ -9,35 +9,19 @@
 //   - a dict: its "logits" entry, and its "loss" entry when present.
 //
 // Tensors cross as `at::Tensor*` allocated with `new`, the convention of tch's own wrapper
-// (torch-sys's libtch), so Rust owns them with `tch::Tensor::from_ptr`. Every function
-// catches C++ exceptions, none may cross into Rust: failures return -1 (or null) and an
-// error string, without libtorch's C++ backtrace, that the caller frees with
-// `train_script_free_string`.
+// (torch-sys's libtch), so Rust owns them with `tch::Tensor::from_ptr`. Errors follow
+// shim/error.h: a status, and the message in `err`; no C++ exception crosses into Rust.
 
 #include <torch/script.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "error.h"
+
+using train_shim::guarded;
+
 namespace {
-
-char* copy_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
-
-void set_error(char** err, const std::string& message) {
-  if (err != nullptr) *err = copy_string(message);
-}
-
-// libtorch's message without the C++ stack it appends.
-std::string message_of(const std::exception& e) {
-  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
-  return e.what();
-}
 
 std::string kind_of(const c10::IValue& v) { return v.tagKind(); }
 
@@ -47,17 +31,14 @@ extern "C" {
 
 using NamedTensorFn = void (*)(void* ctx, const char* name, at::Tensor* tensor);
 
-void train_script_free_string(char* s) { std::free(s); }
-
-// Loads the archive at `path` onto `device` (-1: CPU, else the CUDA index).
-void* train_script_load(const char* path, int device, char** err) {
-  try {
+// Loads the archive at `path` onto `device` (-1: CPU, else the CUDA index) into `*out`.
+int train_script_load(const char* path, int device, void** out, char** err) {
+  *out = nullptr;
+  return guarded(err, -1, [&]() -> int {
     c10::Device dev = device < 0 ? c10::Device(c10::kCPU) : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
-    return new torch::jit::Module(torch::jit::load(path, dev));
-  } catch (const std::exception& e) {
-    set_error(err, message_of(e));
-    return nullptr;
-  }
+    *out = new torch::jit::Module(torch::jit::load(path, dev));
+    return 0;
+  });
 }
 
 void train_script_free(void* module) { delete static_cast<torch::jit::Module*>(module); }
@@ -65,7 +46,7 @@ void train_script_free(void* module) { delete static_cast<torch::jit::Module*>(m
 // Calls `fn` with each parameter (buffers == 0) or buffer (buffers != 0), recursively, by
 // dotted name, in the module's own order. The tensors share storage with the module.
 int train_script_named_tensors(void* module, int buffers, void* ctx, NamedTensorFn fn, char** err) {
-  try {
+  return guarded(err, -1, [&]() -> int {
     auto* m = static_cast<torch::jit::Module*>(module);
     if (buffers != 0) {
       for (const auto& item : m->named_buffers(/*recurse=*/true)) fn(ctx, item.name.c_str(), new at::Tensor(item.value));
@@ -73,20 +54,14 @@ int train_script_named_tensors(void* module, int buffers, void* ctx, NamedTensor
       for (const auto& item : m->named_parameters(/*recurse=*/true)) fn(ctx, item.name.c_str(), new at::Tensor(item.value));
     }
     return 0;
-  } catch (const std::exception& e) {
-    set_error(err, message_of(e));
-    return -1;
-  }
+  });
 }
 
 int train_script_set_training(void* module, int on, char** err) {
-  try {
+  return guarded(err, -1, [&]() -> int {
     static_cast<torch::jit::Module*>(module)->train(on != 0);
     return 0;
-  } catch (const std::exception& e) {
-    set_error(err, message_of(e));
-    return -1;
-  }
+  });
 }
 
 // Runs `forward` on `n` inputs: `names[i]` null passes input i by position (positional ones
@@ -97,7 +72,7 @@ int train_script_forward(void* module, at::Tensor* const* inputs, const char* co
                          at::Tensor** logits, at::Tensor** loss, char** err) {
   *logits = nullptr;
   *loss = nullptr;
-  try {
+  return guarded(err, -1, [&]() -> int {
     auto* m = static_cast<torch::jit::Module*>(module);
     std::vector<c10::IValue> args;
     std::unordered_map<std::string, c10::IValue> kwargs;
@@ -141,10 +116,7 @@ int train_script_forward(void* module, at::Tensor* const* inputs, const char* co
     *logits = new at::Tensor(logits_value.toTensor());
     if (loss_value.isTensor()) *loss = new at::Tensor(loss_value.toTensor());
     return 0;
-  } catch (const std::exception& e) {
-    set_error(err, message_of(e));
-    return -1;
-  }
+  });
 }
 
 }  // extern "C"

@@ -253,7 +253,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
     let cfg = &resolved.config;
-    let device = crate::device::select(cfg.run.device).map_err(run::RunError::Device)?;
+    let device = crate::device::select(cfg.run.device).map_err(|e| run::RunError::Device(e.to_string()))?;
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {
         // Planned before the model exists: it will be the checkpoint's weights' size.

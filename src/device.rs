@@ -19,8 +19,23 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+/// A `run.device` (or `--device`) value that names no device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a device: expected auto, cpu, cuda or cuda:N")]
+pub struct DeviceSpecError(pub String);
+
+/// `run.device` names a CUDA device libtorch does not see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run.device is cuda:{index}, but libtorch sees {count} CUDA device(s); use --device cpu or auto")]
+pub struct DeviceError {
+    /// The device asked for.
+    pub index: usize,
+    /// How many libtorch sees.
+    pub count: usize,
+}
+
 impl FromStr for DeviceSpec {
-    type Err = String;
+    type Err = DeviceSpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
@@ -30,13 +45,13 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N")),
+                .ok_or_else(|| DeviceSpecError(s.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for DeviceSpec {
-    type Error = String;
+    type Error = DeviceSpecError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
@@ -59,7 +74,7 @@ impl From<DeviceSpec> for String {
 }
 
 /// Resolves `run.device` against what libtorch sees.
-pub fn select(spec: DeviceSpec) -> Result<Device, String> {
+pub fn select(spec: DeviceSpec) -> Result<Device, DeviceError> {
     match spec {
         DeviceSpec::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceSpec::Cpu => Ok(Device::Cpu),
@@ -68,9 +83,7 @@ pub fn select(spec: DeviceSpec) -> Result<Device, String> {
             if n < count {
                 Ok(Device::Cuda(n))
             } else {
-                Err(format!(
-                    "run.device is cuda:{n}, but libtorch sees {count} CUDA device(s); use --device cpu or auto"
-                ))
+                Err(DeviceError { index: n, count })
             }
         }
     }

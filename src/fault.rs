@@ -7,16 +7,39 @@
 //! CUDA out-of-memory error would; `oom-step:N` fails the first attempt of optimiser step N
 //! (1-based); `oom-step-always:N` fails every attempt of step N (no recovery possible).
 
-use std::path::Path;
-
-use crate::checkpoint::plan::strategy::Strategy;
-use crate::checkpoint::CheckpointError;
-
 /// Whether an error message is libtorch's out-of-memory error (CUDA's or the CPU
 /// allocator's).
 pub fn is_oom_message(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("out of memory") || m.contains("outofmemoryerror") || m.contains("failed to allocate")
+}
+
+/// How a failed TorchScript forward pass in training begins its panic message: the panic is
+/// a libtorch error (the loop catches it and reports libtorch's line: see [`catch_torch`]),
+/// not a bug of ours.
+pub const FORWARD_FAILED: &str = "TorchScript forward failed";
+
+/// The line of a libtorch message that says what went wrong: the message without the C++
+/// stack frames that follow "Exception raised from", and for a TorchScript traceback its
+/// final `...Error: ...` line, else its first line.
+pub fn one_line(text: &str) -> String {
+    let text = text.split("Exception raised from").next().unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("Error: "))
+        .or(lines.first())
+        .map_or_else(|| "libtorch gave no message".to_string(), |l| l.to_string())
+}
+
+/// libtorch's error as one line (see [`one_line`]).
+pub fn libtorch_message(e: &tch::TchError) -> String {
+    let text = match e {
+        tch::TchError::Torch(s) => s.clone(),
+        other => other.to_string(),
+    };
+    one_line(&text)
 }
 
 /// The message of a panic payload (libtorch errors arrive as panics from tch's infallible
@@ -44,7 +67,7 @@ impl Caught {
             }
             _ => self.0.clone(),
         };
-        crate::model::script::one_line(&text)
+        one_line(&text)
     }
 
     /// Whether it is libtorch's out-of-memory error.
@@ -56,7 +79,7 @@ impl Caught {
 /// Whether a panic's message is a libtorch error rather than a bug of ours (which must go
 /// on unwinding, with its backtrace).
 fn is_libtorch_panic(msg: &str) -> bool {
-    msg.contains("Torch(\"") || msg.starts_with(crate::model::FORWARD_FAILED) || is_oom_message(msg)
+    msg.contains("Torch(\"") || msg.starts_with(FORWARD_FAILED) || is_oom_message(msg)
 }
 
 thread_local! {
@@ -71,18 +94,24 @@ pub fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     CATCHING.with(|c| c.set(c.get() + 1));
     let result = catch_if(f, is_libtorch_panic);
     CATCHING.with(|c| c.set(c.get() - 1));
-    result.map_err(Caught)
+    result
 }
+
+/// A libtorch out-of-memory error that reached us as a panic (see [`catch_oom`]); shown as
+/// the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OutOfMemory(String);
 
 /// Runs `f`, turning a libtorch out-of-memory panic into `Err` with its message; any other
 /// panic goes on unwinding. (tch's infallible calls panic with libtorch's error.)
-pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_if(f, is_oom_message)
+pub fn catch_oom<T>(f: impl FnOnce() -> T) -> Result<T, OutOfMemory> {
+    catch_if(f, is_oom_message).map_err(|caught| OutOfMemory(caught.0))
 }
 
 /// Runs `f`, turning a panic whose message `wanted` accepts into `Err` with that message;
 /// any other panic goes on unwinding.
-fn catch_if<T>(f: impl FnOnce() -> T, wanted: fn(&str) -> bool) -> Result<T, String> {
+fn catch_if<T>(f: impl FnOnce() -> T, wanted: fn(&str) -> bool) -> Result<T, Caught> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(value) => Ok(value),
         Err(panic) => {
@@ -90,7 +119,7 @@ fn catch_if<T>(f: impl FnOnce() -> T, wanted: fn(&str) -> bool) -> Result<T, Str
             if !wanted(&msg) {
                 std::panic::resume_unwind(panic);
             }
-            Err(msg)
+            Err(Caught(msg))
         }
     }
 }
@@ -113,16 +142,14 @@ fn injected(kind: &str, value: &str) -> bool {
     std::env::var("INJECT_FAULTS").map(|v| v.split(',').any(|f| f.trim() == format!("{kind}:{value}"))).unwrap_or(false)
 }
 
-/// Fails a load as an out-of-memory error would, when so injected.
-pub fn check_load(strategy: Strategy, path: &Path) -> Result<(), CheckpointError> {
+/// Fails a load with the strategy named `strategy` as libtorch's out-of-memory error would,
+/// when so injected; the caller names the file in its own error.
+pub fn check_load(strategy: &str) -> Result<(), tch::TchError> {
     #[cfg(feature = "fault-injection")]
-    if injected("oom-load", strategy.name()) {
-        return Err(CheckpointError::Torch {
-            path: path.to_path_buf(),
-            source: tch::TchError::Torch(format!("CUDA out of memory (injected for {})", strategy.name())),
-        });
+    if injected("oom-load", strategy) {
+        return Err(tch::TchError::Torch(format!("CUDA out of memory (injected for {strategy})")));
     }
-    let _ = (strategy, path);
+    let _ = strategy;
     Ok(())
 }
 

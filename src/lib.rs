@@ -34,4 +34,5 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod serde_exact;
+pub mod shim;
 pub mod training;

@@ -7,23 +7,21 @@
 //! environment and from `--set` are YAML, as in the file, so `3`, `true`, `1e-3` and
 //! `[64, 32]` mean the same everywhere.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::error::Kind;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile as FigmentProfile, Provider};
 use serde::Serialize;
 
 use super::error::ConfigError;
 use super::profiles::{profile, PROFILES};
+use super::provenance::{origins, translate, Origin};
 use super::schema::Config;
+use super::yaml::{parse_yaml_dict, parse_yaml_value, read_config_file, EXPERIMENTS_KEY};
 
 /// Environment variables with this prefix are configuration; `__` separates nesting levels:
 /// `TRAIN_MEMORY__LOAD_OPTIMIZER_STATE=false` sets `memory.load_optimizer_state`.
 pub const ENV_PREFIX: &str = "TRAIN_";
-
-/// The top-level key of a config file that holds its named experiments.
-const EXPERIMENTS_KEY: &str = "experiments";
 
 /// What to resolve: the raw inputs, gathered by the caller (the CLI passes the process
 /// environment; tests pass their own).
@@ -63,17 +61,6 @@ impl FlagOverride {
     pub fn switch(flag: &'static str, key: &'static str) -> Self {
         Self { flag, key, value: None }
     }
-}
-
-/// Where one leaf value of the final configuration came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Origin {
-    /// Dotted key, e.g. `memory.load_optimizer_state`.
-    pub key: String,
-    /// The final value.
-    pub value: serde_json::Value,
-    /// The layer that set it, e.g. `profile ultra_low_memory` or `--set training.epochs=2`.
-    pub source: String,
 }
 
 /// The outcome of [`resolve`]: the validated config and the provenance of each value.
@@ -169,7 +156,8 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
             var: var.clone(),
             reason: format!("expected {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}TRAINING__EPOCHS"),
         })?;
-        let value = parse_yaml_value(raw).map_err(|reason| ConfigError::BadEnv { var: var.clone(), reason })?;
+        let value =
+            parse_yaml_value(raw).map_err(|e| ConfigError::BadEnv { var: var.clone(), reason: e.to_string() })?;
         layers.push(single(format!("environment variable {var}"), &key, value));
     }
 
@@ -180,7 +168,7 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
         if key.is_empty() || key.split('.').any(str::is_empty) {
             return Err(bad(format!("`{key}` is not a dotted key such as training.epochs")));
         }
-        let value = parse_yaml_value(raw).map_err(bad)?;
+        let value = parse_yaml_value(raw).map_err(|e| bad(e.to_string()))?;
         layers.push(single(format!("--set {arg}"), key, value));
     }
 
@@ -192,113 +180,6 @@ fn collect_layers(request: &Request) -> Result<Vec<Layer>, ConfigError> {
         layers.push(single(source, flag.key, value));
     }
     Ok(layers)
-}
-
-/// The largest config file read. Real ones are a few KiB; the cap keeps `--config
-/// /dev/zero`-like mistakes (a huge or endless file) from filling memory.
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
-/// The deepest nesting of YAML collections accepted. serde_yaml's parser takes quadratic time
-/// in nesting depth (200 KB of `[` took 48 s); real configs nest 3 or 4 levels.
-pub const MAX_CONFIG_DEPTH: usize = 64;
-
-/// Reads a config file: its top level (minus `experiments:`) and its experiment sections.
-///
-/// Only a regular file is opened (a FIFO would block `open` forever, a device could be
-/// endless), at most [`MAX_CONFIG_BYTES`] are read, and its nesting is bounded before the
-/// YAML parser sees it.
-fn read_config_file(path: &Path) -> Result<(Dict, Dict), ConfigError> {
-    use std::io::Read;
-    let read_error = |source| ConfigError::ReadFile { path: path.to_path_buf(), source };
-    let parse_error = |message| ConfigError::ParseFile { path: path.to_path_buf(), message };
-    let meta = std::fs::metadata(path).map_err(read_error)?;
-    let refuse = |why: String| read_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-    if !meta.is_file() {
-        return Err(refuse("not a regular file (a folder, FIFO or device); --config needs a YAML file".into()));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)).map_err(read_error)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(refuse(format!(
-            "larger than {}, the most a config file may be",
-            bytesize::ByteSize(MAX_CONFIG_BYTES)
-        )));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| parse_error(format!("not UTF-8 text: {e}")))?;
-    check_nesting(&text).map_err(parse_error)?;
-    let mut dict = parse_yaml_dict(&text).map_err(parse_error)?;
-    let experiments = match dict.remove(EXPERIMENTS_KEY) {
-        None => Dict::new(),
-        Some(v) => v.into_dict().ok_or_else(|| ConfigError::ParseFile {
-            path: path.to_path_buf(),
-            message: format!("`{EXPERIMENTS_KEY}` must map experiment names to settings"),
-        })?,
-    };
-    Ok((dict, experiments))
-}
-
-/// Refuses YAML nested deeper than [`MAX_CONFIG_DEPTH`], by a cheap scan rather than the
-/// parser: the depth of flow brackets (`[`, `{`; quoted text and comments skipped) and, for
-/// block style, the number of enclosing indentation levels and `- ` items of each line.
-/// Names the line where the limit is passed.
-fn check_nesting(text: &str) -> Result<(), String> {
-    let too_deep = |line: usize| {
-        Err(format!(
-            "line {}: nested more than {MAX_CONFIG_DEPTH} levels deep, the most a config file may be",
-            line + 1
-        ))
-    };
-    let mut flow = 0usize;
-    let mut indents: Vec<usize> = Vec::new();
-    let mut quote: Option<char> = None;
-    for (number, line) in text.lines().enumerate() {
-        let body = line.trim_start_matches(' ');
-        if quote.is_none() && flow == 0 && !body.is_empty() && !body.starts_with('#') {
-            // Block style: the indentation levels enclosing this line, plus its `- ` items.
-            let indent = line.len() - body.len();
-            while indents.last().is_some_and(|&i| i >= indent) {
-                indents.pop();
-            }
-            indents.push(indent);
-            let dashes = body.split_inclusive(' ').take_while(|w| w.trim_end() == "-").count();
-            if indents.len() + dashes > MAX_CONFIG_DEPTH {
-                return too_deep(number);
-            }
-        }
-        let mut previous = ' ';
-        for c in line.chars() {
-            match (quote, c) {
-                (Some('\''), '\'') | (Some('"'), '"') if previous != '\\' => quote = None,
-                (Some(_), _) => {}
-                (None, '#') if previous == ' ' || previous == '\t' => break,
-                // A quote opens a scalar only where one starts (`don't` is plain text).
-                (None, '\'' | '"') if matches!(previous, ' ' | '[' | '{' | ',' | ':' | '-') => quote = Some(c),
-                (None, '[' | '{') => {
-                    flow += 1;
-                    if flow + indents.len() > MAX_CONFIG_DEPTH {
-                        return too_deep(number);
-                    }
-                }
-                (None, ']' | '}') => flow = flow.saturating_sub(1),
-                _ => {}
-            }
-            previous = c;
-        }
-    }
-    Ok(())
-}
-
-fn parse_yaml_dict(text: &str) -> Result<Dict, String> {
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    match yaml {
-        serde_yaml::Value::Null => Ok(Dict::new()),
-        serde_yaml::Value::Mapping(_) => serde_yaml::from_value(yaml).map_err(|e| format!("keys must be strings: {e}")),
-        _ => Err("the top level must be a mapping of sections".into()),
-    }
-}
-
-fn parse_yaml_value(raw: &str) -> Result<Value, String> {
-    serde_yaml::from_str(raw).map_err(|e| format!("value `{raw}` is not YAML: {e}"))
 }
 
 /// `TRAIN_MEMORY__LOAD_OPTIMIZER_STATE` → `memory.load_optimizer_state`.
@@ -315,88 +196,6 @@ fn single(name: String, key: &str, value: Value) -> Layer {
 
 fn to_dict<T: Serialize>(value: &T) -> Dict {
     Value::serialize(value).ok().and_then(Value::into_dict).expect("the config schema serializes to a dictionary")
-}
-
-/// Turns figment's error into one that names the key, the layer and, for a typo, the
-/// nearest valid key.
-fn translate(figment: &Figment, error: figment::Error) -> ConfigError {
-    let origin_of = |key: &str, fallback: &Option<Metadata>| {
-        figment
-            .find_metadata(key)
-            .or(fallback.as_ref())
-            .map(|m| m.name.to_string())
-            .unwrap_or_else(|| "an unknown layer".into())
-    };
-    // figment may chain several errors; the first is reported, as a compiler reports its first.
-    let error = error.into_iter().next().expect("an error holds at least one error");
-    let parent = error.path.join(".");
-    match &error.kind {
-        Kind::UnknownField(field, expected) => {
-            // figment's path already ends with the unknown field.
-            let mut path = error.path.clone();
-            if path.last() == Some(field) {
-                path.pop();
-            }
-            let join = |f: &str| path.iter().map(String::as_str).chain([f]).collect::<Vec<_>>().join(".");
-            let key = join(field);
-            let suggestion = nearest(field, expected).map(join);
-            ConfigError::UnknownKey { origin: origin_of(&key, &error.metadata), key, suggestion }
-        }
-        Kind::UnknownVariant(variant, expected) => ConfigError::BadValue {
-            origin: origin_of(&parent, &error.metadata),
-            message: format!(
-                "`{variant}` is not one of {}{}",
-                expected.join(", "),
-                nearest(variant, expected).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
-            ),
-            key: parent,
-        },
-        Kind::InvalidType(actual, expected) => ConfigError::BadValue {
-            origin: origin_of(&parent, &error.metadata),
-            message: format!("expected {expected}, found {actual}"),
-            key: parent,
-        },
-        kind => ConfigError::BadValue {
-            origin: origin_of(&parent, &error.metadata),
-            message: kind.to_string(),
-            key: parent,
-        },
-    }
-}
-
-/// The valid name closest to a misspelt one, if any is close enough to be a likely typo.
-fn nearest<'a>(wrong: &str, valid: &[&'a str]) -> Option<&'a str> {
-    valid
-        .iter()
-        .map(|v| (strsim::jaro_winkler(wrong, v), *v))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, v)| v)
-}
-
-/// Walks the final config and asks figment which layer set each leaf.
-fn origins(figment: &Figment, config: &Config) -> Vec<Origin> {
-    fn walk(figment: &Figment, prefix: &str, value: serde_json::Value, out: &mut Vec<Origin>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
-                    walk(figment, &key, v, out);
-                }
-            }
-            leaf => {
-                let source = figment
-                    .find_metadata(prefix)
-                    .map(|m| m.name.to_string())
-                    .unwrap_or_else(|| "built-in default".into());
-                out.push(Origin { key: prefix.to_string(), value: leaf, source });
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let json = serde_json::to_value(config).expect("the config schema serializes to JSON");
-    walk(figment, "", json, &mut out);
-    out
 }
 
 #[cfg(test)]

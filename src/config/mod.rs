@@ -7,12 +7,15 @@
 mod error;
 mod load;
 mod profiles;
+mod provenance;
 mod schema;
 mod validate;
+mod yaml;
 
 pub use error::ConfigError;
-pub use load::{resolve, FlagOverride, Origin, Request, Resolved, ENV_PREFIX};
+pub use load::{resolve, FlagOverride, Request, Resolved, ENV_PREFIX};
 pub use profiles::{profile, Profile, PROFILES};
+pub use provenance::Origin;
 pub use schema::*;
 
 // The sections the features own, re-exported so that a user of the library finds every

@@ -1,6 +1,9 @@
 //! Validation: every relation between keys that serde cannot express, checked once, after
 //! the layers are merged; each error names its key. Nothing after this sees an unchecked
 //! value.
+//!
+//! The rules are pure functions of the merged [`Config`], one per concern, listed in
+//! `RULES` in the order they are checked; [`Config::validate`] reports the first broken one.
 
 use super::error::ConfigError;
 use super::schema::*;
@@ -17,152 +20,226 @@ pub const MAX_LR: f64 = 100.0;
 /// intra-op pool only adds contention; the slack covers CPU quotas that hide cores.
 pub const MAX_THREADS_PER_CORE: usize = 4;
 
+/// A broken rule: the key at fault and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Invalid {
+    key: &'static str,
+    message: String,
+}
+
+/// `Err` naming `key`, for a rule to return.
+fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid { key, message: message.into() })
+}
+
+/// One rule: a pure check of the merged configuration.
+type Rule = fn(&Config) -> Result<(), Invalid>;
+
+/// The rules, in the order they are checked: the first broken one is reported.
+const RULES: &[Rule] = &[
+    training_length,
+    early_stopping,
+    optimizer,
+    model_widths,
+    steps_and_clipping,
+    schedule,
+    checkpoint_steps,
+    model_shapes,
+    data_source,
+    memory,
+    checkpoint_epochs,
+    run,
+    data_limits,
+];
+
 impl Config {
     /// Checks the relations serde cannot express. Every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.to_string(), message });
-        let t = &self.training;
-        let o = &t.optimizer;
-        if t.epochs == 0 {
-            return invalid("training.epochs", "must be at least 1".into());
-        }
-        if t.batch_size == 0 {
-            return invalid("training.batch_size", "must be at least 1".into());
-        }
-        if let Some(e) = &t.early_stopping {
-            if e.patience == 0 {
-                return invalid("training.early_stopping.patience", "must be at least 1 epoch".into());
-            }
-            if !(e.min_delta.is_finite() && e.min_delta >= 0.0) {
-                return invalid("training.early_stopping.min_delta", format!("must be >= 0, got {}", e.min_delta));
-            }
-        }
-        if !(o.lr.is_finite() && o.lr > 0.0 && o.lr <= MAX_LR) {
-            return invalid("training.optimizer.lr", format!("must be in (0, {MAX_LR}], got {}", o.lr));
-        }
-        if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
-            return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
-        }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
-            return invalid("training.optimizer.eps", format!("must be a positive number, got {}", o.eps));
-        }
-        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
-        }
-        if !(0.0..1.0).contains(&o.momentum) {
-            return invalid("training.optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
-        }
-        if !(0.0..=1.0).contains(&o.dampening) {
-            return invalid("training.optimizer.dampening", format!("must be in [0, 1], got {}", o.dampening));
-        }
-        if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
-            return invalid(
-                "training.optimizer.nesterov",
-                "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)".into(),
-            );
-        }
-        if self.model.mlp.hidden.contains(&0) {
-            return invalid("model.mlp.hidden", "layer widths must be at least 1".into());
-        }
-        if self.model.cnn.channels.contains(&0) || self.model.cnn.hidden == 0 {
-            return invalid("model.cnn", "channels and hidden must be at least 1".into());
-        }
-        if t.grad_accum_steps == 0 || t.grad_accum_steps > t.batch_size {
-            return invalid(
-                "training.grad_accum_steps",
-                format!("must be between 1 and training.batch_size ({})", t.batch_size),
-            );
-        }
-        if let Some(c) = t.clip_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
-            return invalid("training.clip_grad_norm", format!("must be a positive number, got {c}"));
-        }
-        if t.log_every_n_steps == 0 {
-            return invalid("training.log_every_n_steps", "must be at least 1".into());
-        }
-        let sch = &t.schedule;
-        if sch.kind == ScheduleKind::Step && (sch.step_size == 0 || !(sch.gamma.is_finite() && sch.gamma > 0.0)) {
-            return invalid("training.schedule", "step needs step_size >= 1 and gamma > 0".into());
-        }
-        if !(sch.min_lr.is_finite() && sch.min_lr >= 0.0) {
-            return invalid("training.schedule.min_lr", format!("must be >= 0, got {}", sch.min_lr));
-        }
-        if sch.kind == ScheduleKind::Cosine && sch.min_lr > o.lr {
-            return invalid(
-                "training.schedule.min_lr",
-                format!(
-                    "is {}, above training.optimizer.lr ({}): cosine decays from lr down to min_lr",
-                    sch.min_lr, o.lr
-                ),
-            );
-        }
-        // warmup_steps against the run's length needs the data's size: see `run::start`.
-        if self.checkpoint.every_n_steps == Some(0) {
-            return invalid("checkpoint.every_n_steps", "must be at least 1 when set".into());
-        }
-        let g = &self.model.gpt;
-        if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || !g.width.is_multiple_of(g.heads) {
-            return invalid(
-                "model.gpt",
-                "context, width, depth and heads must be >= 1, and heads must divide width".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.model.init_min_loaded) {
-            return invalid("model.init_min_loaded", format!("is {}; a share from 0 to 1", self.model.init_min_loaded));
-        }
-        if self.model.kind == ModelKind::Torchscript && self.model.torchscript.path.is_none() {
-            return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path".into());
-        }
-        if !matches!(self.data.kind, DataKind::Idx | DataKind::ImageFolder) && self.data.path.is_none() {
-            return invalid("data.path", format!("data.kind {:?} needs a file", self.data.kind).to_lowercase());
-        }
-        if self.data.kind == DataKind::ImageFolder {
-            let [h, w] = self.data.image_size;
-            if h == 0 || w == 0 || h > 8192 || w > 8192 {
-                return invalid(
-                    "data.image_size",
-                    format!("each size must be in 1..=8192, got {:?}", self.data.image_size),
-                );
-            }
-            if !matches!(self.data.channels, 1 | 3) {
-                return invalid(
-                    "data.channels",
-                    format!("must be 1 (grayscale) or 3 (RGB), got {}", self.data.channels),
-                );
-            }
-        }
-        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
-            return invalid("data.val_fraction", format!("must be in (0, 1), got {}", self.data.val_fraction));
-        }
-        if !(0.0..1.0).contains(&self.memory.safety_margin) {
-            return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", self.memory.safety_margin));
-        }
-        if let Err(why) = crate::checkpoint::plan::strategy::Constraints::of(&self.memory).check() {
-            return invalid("memory.strategy", why);
-        }
-        if self.checkpoint.every_n_epochs == 0 {
-            return invalid("checkpoint.every_n_epochs", "must be at least 1".into());
-        }
-        if matches!(&self.run.resume, ResumeSpec::Path(p) if p.as_os_str().is_empty()) {
-            return invalid("run.resume", "is empty: give `auto`, `never` or a checkpoint's path".into());
-        }
-        if self.run.threads == Some(0) {
-            return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)".into());
-        }
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        if let Some(n) = self.run.threads.filter(|&n| n as usize > MAX_THREADS_PER_CORE * cores) {
-            return invalid(
-                "run.threads",
-                format!(
-                    "is {n}, more than {MAX_THREADS_PER_CORE} per core ({cores} cores here: at most {})",
-                    MAX_THREADS_PER_CORE * cores
-                ),
-            );
-        }
-        if self.data.train_limit == Some(0) || self.data.val_limit == Some(0) {
-            return invalid("data", "train_limit and val_limit must be at least 1 when set".into());
-        }
-        Ok(())
+        RULES
+            .iter()
+            .try_for_each(|rule| rule(self))
+            .map_err(|Invalid { key, message }| ConfigError::Invalid { key: key.to_string(), message })
     }
+}
+
+fn training_length(c: &Config) -> Result<(), Invalid> {
+    if c.training.epochs == 0 {
+        return invalid("training.epochs", "must be at least 1");
+    }
+    if c.training.batch_size == 0 {
+        return invalid("training.batch_size", "must be at least 1");
+    }
+    Ok(())
+}
+
+fn early_stopping(c: &Config) -> Result<(), Invalid> {
+    let Some(e) = &c.training.early_stopping else { return Ok(()) };
+    if e.patience == 0 {
+        return invalid("training.early_stopping.patience", "must be at least 1 epoch");
+    }
+    if !(e.min_delta.is_finite() && e.min_delta >= 0.0) {
+        return invalid("training.early_stopping.min_delta", format!("must be >= 0, got {}", e.min_delta));
+    }
+    Ok(())
+}
+
+fn optimizer(c: &Config) -> Result<(), Invalid> {
+    let o = &c.training.optimizer;
+    if !(o.lr.is_finite() && o.lr > 0.0 && o.lr <= MAX_LR) {
+        return invalid("training.optimizer.lr", format!("must be in (0, {MAX_LR}], got {}", o.lr));
+    }
+    if let Some(b) = o.betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
+        return invalid("training.optimizer.betas", format!("each beta must be in [0, 1), got {b}"));
+    }
+    if !(o.eps.is_finite() && o.eps > 0.0) {
+        return invalid("training.optimizer.eps", format!("must be a positive number, got {}", o.eps));
+    }
+    if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+        return invalid("training.optimizer.weight_decay", format!("must be >= 0, got {}", o.weight_decay));
+    }
+    if !(0.0..1.0).contains(&o.momentum) {
+        return invalid("training.optimizer.momentum", format!("must be in [0, 1), got {}", o.momentum));
+    }
+    if !(0.0..=1.0).contains(&o.dampening) {
+        return invalid("training.optimizer.dampening", format!("must be in [0, 1], got {}", o.dampening));
+    }
+    if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
+        return invalid(
+            "training.optimizer.nesterov",
+            "Nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)",
+        );
+    }
+    Ok(())
+}
+
+fn model_widths(c: &Config) -> Result<(), Invalid> {
+    if c.model.mlp.hidden.contains(&0) {
+        return invalid("model.mlp.hidden", "layer widths must be at least 1");
+    }
+    if c.model.cnn.channels.contains(&0) || c.model.cnn.hidden == 0 {
+        return invalid("model.cnn", "channels and hidden must be at least 1");
+    }
+    Ok(())
+}
+
+fn steps_and_clipping(c: &Config) -> Result<(), Invalid> {
+    let t = &c.training;
+    if t.grad_accum_steps == 0 || t.grad_accum_steps > t.batch_size {
+        return invalid(
+            "training.grad_accum_steps",
+            format!("must be between 1 and training.batch_size ({})", t.batch_size),
+        );
+    }
+    if let Some(clip) = t.clip_grad_norm.filter(|clip| !(clip.is_finite() && *clip > 0.0)) {
+        return invalid("training.clip_grad_norm", format!("must be a positive number, got {clip}"));
+    }
+    if t.log_every_n_steps == 0 {
+        return invalid("training.log_every_n_steps", "must be at least 1");
+    }
+    Ok(())
+}
+
+fn schedule(c: &Config) -> Result<(), Invalid> {
+    let (sch, lr) = (&c.training.schedule, c.training.optimizer.lr);
+    if sch.kind == ScheduleKind::Step && (sch.step_size == 0 || !(sch.gamma.is_finite() && sch.gamma > 0.0)) {
+        return invalid("training.schedule", "step needs step_size >= 1 and gamma > 0");
+    }
+    if !(sch.min_lr.is_finite() && sch.min_lr >= 0.0) {
+        return invalid("training.schedule.min_lr", format!("must be >= 0, got {}", sch.min_lr));
+    }
+    if sch.kind == ScheduleKind::Cosine && sch.min_lr > lr {
+        return invalid(
+            "training.schedule.min_lr",
+            format!("is {}, above training.optimizer.lr ({lr}): cosine decays from lr down to min_lr", sch.min_lr),
+        );
+    }
+    // warmup_steps against the run's length needs the data's size: see `run::start`.
+    Ok(())
+}
+
+fn checkpoint_steps(c: &Config) -> Result<(), Invalid> {
+    if c.checkpoint.every_n_steps == Some(0) {
+        return invalid("checkpoint.every_n_steps", "must be at least 1 when set");
+    }
+    Ok(())
+}
+
+fn model_shapes(c: &Config) -> Result<(), Invalid> {
+    let g = &c.model.gpt;
+    if g.context == 0 || g.width == 0 || g.depth == 0 || g.heads == 0 || !g.width.is_multiple_of(g.heads) {
+        return invalid("model.gpt", "context, width, depth and heads must be >= 1, and heads must divide width");
+    }
+    if !(0.0..=1.0).contains(&c.model.init_min_loaded) {
+        return invalid("model.init_min_loaded", format!("is {}; a share from 0 to 1", c.model.init_min_loaded));
+    }
+    if c.model.kind == ModelKind::Torchscript && c.model.torchscript.path.is_none() {
+        return invalid("model.torchscript.path", "model.kind torchscript needs the exported module's path");
+    }
+    Ok(())
+}
+
+fn data_source(c: &Config) -> Result<(), Invalid> {
+    let d = &c.data;
+    if !matches!(d.kind, DataKind::Idx | DataKind::ImageFolder) && d.path.is_none() {
+        return invalid("data.path", format!("data.kind {:?} needs a file", d.kind).to_lowercase());
+    }
+    if d.kind == DataKind::ImageFolder {
+        let [h, w] = d.image_size;
+        if h == 0 || w == 0 || h > 8192 || w > 8192 {
+            return invalid("data.image_size", format!("each size must be in 1..=8192, got {:?}", d.image_size));
+        }
+        if !matches!(d.channels, 1 | 3) {
+            return invalid("data.channels", format!("must be 1 (grayscale) or 3 (RGB), got {}", d.channels));
+        }
+    }
+    if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
+        return invalid("data.val_fraction", format!("must be in (0, 1), got {}", d.val_fraction));
+    }
+    Ok(())
+}
+
+fn memory(c: &Config) -> Result<(), Invalid> {
+    if !(0.0..1.0).contains(&c.memory.safety_margin) {
+        return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", c.memory.safety_margin));
+    }
+    match crate::checkpoint::plan::strategy::Constraints::of(&c.memory).check() {
+        Err(why) => invalid("memory.strategy", why.to_string()),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn checkpoint_epochs(c: &Config) -> Result<(), Invalid> {
+    if c.checkpoint.every_n_epochs == 0 {
+        return invalid("checkpoint.every_n_epochs", "must be at least 1");
+    }
+    Ok(())
+}
+
+fn run(c: &Config) -> Result<(), Invalid> {
+    if matches!(&c.run.resume, ResumeSpec::Path(p) if p.as_os_str().is_empty()) {
+        return invalid("run.resume", "is empty: give `auto`, `never` or a checkpoint's path");
+    }
+    if c.run.threads == Some(0) {
+        return invalid("run.threads", "must be at least 1 (leave it unset for libtorch's default)");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if let Some(n) = c.run.threads.filter(|&n| n as usize > MAX_THREADS_PER_CORE * cores) {
+        return invalid(
+            "run.threads",
+            format!(
+                "is {n}, more than {MAX_THREADS_PER_CORE} per core ({cores} cores here: at most {})",
+                MAX_THREADS_PER_CORE * cores
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn data_limits(c: &Config) -> Result<(), Invalid> {
+    if c.data.train_limit == Some(0) || c.data.val_limit == Some(0) {
+        return invalid("data", "train_limit and val_limit must be at least 1 when set");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

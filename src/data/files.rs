@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::config::{DataConfig, DataKind};
-use super::DataError;
+use super::error::DataError;
 
 /// The IDX files a `data.kind: idx` folder must hold (each plain or gzipped).
 const IDX_FILES: [&str; 4] =

@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::DataError;
+use super::error::DataError;
 
 /// IDX type code of unsigned bytes.
 const TYPE_U8: u8 = 0x08;
@@ -27,13 +27,16 @@ pub struct IdxArray {
 }
 
 /// Why an IDX stream could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum IdxReadError {
     /// The stream failed (including a corrupt gzip stream).
+    #[error("{0}")]
     Io(std::io::Error),
     /// The bytes are not a well-formed IDX file.
+    #[error("{0}")]
     Format(String),
     /// The header promises more data than the host has memory for.
+    #[error("promises {bytes} data bytes, more than fit in memory")]
     TooLarge {
         /// Data bytes the header promises.
         bytes: u64,
@@ -133,15 +136,6 @@ fn read_full(stream: &mut impl Read, buf: &mut [u8]) -> Result<bool, IdxReadErro
     }
 }
 
-/// Parses IDX bytes held in memory, rejecting anything inconsistent before allocating.
-pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
-    read_idx_stream(bytes, None).map_err(|e| match e {
-        IdxReadError::Format(reason) => reason,
-        IdxReadError::Io(e) => e.to_string(),
-        IdxReadError::TooLarge { bytes, .. } => format!("promises {bytes} data bytes, more than fit in memory"),
-    })
-}
-
 /// Encodes an IDX file of unsigned bytes (used by tests and tools to make small data sets).
 pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, TYPE_U8, dims.len() as u8];
@@ -155,6 +149,11 @@ pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IDX bytes held in memory, parsed; the error as its message.
+    fn parse_idx(bytes: &[u8]) -> Result<IdxArray, String> {
+        read_idx_stream(bytes, None).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn round_trips_through_encode() {

@@ -20,7 +20,11 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use super::*;
+use super::config::DataConfig;
+use super::dataset::{Dataset, Task};
+use super::error::DataError;
+use super::source::{check_host_memory, read_error};
+use super::split::Split;
 
 /// Extensions decoded (lower case).
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];

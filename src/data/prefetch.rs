@@ -2,7 +2,7 @@
 
 use tch::Device;
 
-use super::{Batch, Split};
+use super::split::{Batch, Split};
 
 /// Assembles batches on a background thread, a couple ahead of the training loop, so the
 /// loop does not wait on gathering examples and copying them to the device. Dropping it

@@ -16,7 +16,10 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
-use super::*;
+use super::config::{DataConfig, DataKind};
+use super::dataset::{Dataset, Task, MAX_CLASSES};
+use super::error::{ArrayError, DataError};
+use super::source::{check_host_memory, read_error, required_path, split_tail, val_count};
 use crate::dtype::is_float;
 
 /// The dtypes an input may have.
@@ -107,11 +110,11 @@ impl Arrays {
         }
     }
 
-    fn missing(&self, name: &str) -> String {
-        format!("no array `{name}` (it holds: {})", self.names().join(", "))
+    fn missing(&self, name: &str) -> ArrayError {
+        ArrayError::Missing { name: name.into(), held: self.names() }
     }
 
-    fn header(&mut self, name: &str) -> Result<Header, String> {
+    fn header(&mut self, name: &str) -> Result<Header, ArrayError> {
         let present = match self {
             Self::Safetensors { header, .. } => header.info(name).is_some(),
             Self::Npz(zip) => zip.index_for_name(&format!("{name}.npy")).is_some(),
@@ -125,35 +128,42 @@ impl Arrays {
                 Ok(Header { dtype: t.dtype, shape: t.shape.clone() })
             }
             Self::Npz(zip) => {
-                let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;
-                let npy = npyz::NpyFile::new(entry).map_err(|e| format!("array `{name}`: not a .npy array: {e}"))?;
+                let entry = zip.by_name(&format!("{name}.npy")).map_err(entry_error(name))?;
+                let npy =
+                    npyz::NpyFile::new(entry).map_err(|source| ArrayError::NotNpy { name: name.into(), source })?;
                 npy_header(name, &npy)
             }
         }
     }
 
     /// The array as a host tensor of its own kind (booleans as bytes).
-    fn tensor(&mut self, name: &str, header: &Header) -> Result<Tensor, String> {
+    fn tensor(&mut self, name: &str, header: &Header) -> Result<Tensor, ArrayError> {
         let dims: Vec<i64> = header.shape.iter().map(|&d| d as i64).collect();
         let kind = kind_of(header.dtype);
         match self {
             Self::Safetensors { map, data_start, header: index } => {
-                let info = index.info(name).ok_or_else(|| format!("no array `{name}`"))?;
+                let info = index.info(name).ok_or_else(|| ArrayError::Vanished { name: name.into() })?;
                 let (begin, end) = info.data_offsets;
                 // read_metadata checked the offsets against the file's length.
                 let data = &map[*data_start + begin..*data_start + end];
                 // libtorch copies as many bytes as the shape says: never more than the slice holds.
                 let elements = header.shape.iter().product::<usize>();
                 if data.len() != elements * kind.elt_size_in_bytes() {
-                    return Err(format!("array `{name}`: {} bytes for shape {:?}", data.len(), header.shape));
+                    return Err(ArrayError::Bytes {
+                        name: name.into(),
+                        bytes: data.len(),
+                        shape: header.shape.clone(),
+                    });
                 }
-                Tensor::f_from_data_size(data, &dims, kind)
-                    .map_err(|e| format!("array `{name}`: {}", crate::model::libtorch_message(&e)))
+                Tensor::f_from_data_size(data, &dims, kind).map_err(|e| ArrayError::Libtorch {
+                    name: name.into(),
+                    message: crate::fault::libtorch_message(&e),
+                })
             }
             Self::Npz(zip) => {
-                let entry = zip.by_name(&format!("{name}.npy")).map_err(|e| format!("array `{name}`: {e}"))?;
-                let npy = npyz::NpyFile::new(entry).map_err(|e| format!("array `{name}`: {e}"))?;
-                let bad = |e: std::io::Error| format!("array `{name}`: {e}");
+                let entry = zip.by_name(&format!("{name}.npy")).map_err(entry_error(name))?;
+                let bad = |source: std::io::Error| ArrayError::Read { name: name.into(), source };
+                let npy = npyz::NpyFile::new(entry).map_err(bad)?;
                 let t = match header.dtype {
                     Dtype::F64 => Tensor::from_slice(&npy.into_vec::<f64>().map_err(bad)?),
                     Dtype::F32 => Tensor::from_slice(&npy.into_vec::<f32>().map_err(bad)?),
@@ -166,10 +176,14 @@ impl Arrays {
                         let bytes: Vec<u8> = npy.into_vec::<bool>().map_err(bad)?.into_iter().map(u8::from).collect();
                         Tensor::from_slice(&bytes)
                     }
-                    other => return Err(format!("array `{name}` has dtype {other}, which .npz data cannot hold here")),
+                    dtype => return Err(ArrayError::NpzDtype { name: name.into(), dtype }),
                 };
                 if t.numel() != header.shape.iter().product::<usize>() {
-                    return Err(format!("array `{name}`: {} values for shape {:?}", t.numel(), header.shape));
+                    return Err(ArrayError::Values {
+                        name: name.into(),
+                        values: t.numel(),
+                        shape: header.shape.clone(),
+                    });
                 }
                 Ok(t.view(dims.as_slice()))
             }
@@ -177,14 +191,19 @@ impl Arrays {
     }
 }
 
+/// The error of a zip entry that cannot be opened, naming the array.
+fn entry_error(name: &str) -> impl FnOnce(zip::result::ZipError) -> ArrayError + '_ {
+    move |source| ArrayError::Entry { name: name.into(), source }
+}
+
 /// A `.npy` header in safetensors' terms: C order, little- or big-endian numbers.
-fn npy_header<R: std::io::Read>(name: &str, npy: &npyz::NpyFile<R>) -> Result<Header, String> {
+fn npy_header<R: std::io::Read>(name: &str, npy: &npyz::NpyFile<R>) -> Result<Header, ArrayError> {
     use npyz::TypeChar;
     if npy.order() == npyz::Order::Fortran {
-        return Err(format!("array `{name}` is in Fortran order; save it with numpy.ascontiguousarray"));
+        return Err(ArrayError::Fortran { name: name.into() });
     }
     let npyz::DType::Plain(ty) = npy.dtype() else {
-        return Err(format!("array `{name}` is a structured array; save plain numeric arrays"));
+        return Err(ArrayError::Structured { name: name.into() });
     };
     let dtype = match (ty.type_char(), ty.size_field()) {
         (TypeChar::Bool, 1) => Dtype::BOOL,
@@ -195,17 +214,12 @@ fn npy_header<R: std::io::Read>(name: &str, npy: &npyz::NpyFile<R>) -> Result<He
         (TypeChar::Uint, 1) => Dtype::U8,
         (TypeChar::Float, 4) => Dtype::F32,
         (TypeChar::Float, 8) => Dtype::F64,
-        _ => {
-            return Err(format!(
-                "array `{name}` has NumPy dtype {ty}, which is not supported (supported: bool, int8/16/32/64, uint8, \
-                 float32, float64)"
-            ))
-        }
+        _ => return Err(ArrayError::NumpyDtype { name: name.into(), dtype: ty.to_string() }),
     };
     let shape = npy
         .shape()
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("array `{name}`: dimension {d} is too large")))
+        .map(|&d| usize::try_from(d).map_err(|_| ArrayError::DimensionTooLarge { name: name.into(), dim: d }))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Header { dtype, shape })
 }
@@ -254,19 +268,20 @@ fn kind_of(dtype: Dtype) -> Kind {
 pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataError> {
     let path = required_path(cfg)?;
     let format = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
+    let malformed = |source: ArrayError| DataError::Array { path: path.to_path_buf(), source };
     let named = !inputs.is_empty();
     let input_names: Vec<String> = if named { inputs.to_vec() } else { vec!["x".into()] };
     let target_name = cfg.targets.as_str();
     let mut arrays = Arrays::open(cfg, path)?;
     let mut headers = Vec::with_capacity(input_names.len());
     for name in &input_names {
-        let h = arrays.header(name).map_err(format)?;
-        check_dtype(name, h.dtype, INPUT_DTYPES).map_err(format)?;
+        let h = arrays.header(name).map_err(malformed)?;
+        check_dtype(name, h.dtype, INPUT_DTYPES).map_err(malformed)?;
         check_declared_size(&mut arrays, path, name, &h)?;
         headers.push(h);
     }
-    let y = arrays.header(target_name).map_err(format)?;
-    check_dtype(target_name, y.dtype, TARGET_DTYPES).map_err(format)?;
+    let y = arrays.header(target_name).map_err(malformed)?;
+    check_dtype(target_name, y.dtype, TARGET_DTYPES).map_err(malformed)?;
     check_declared_size(&mut arrays, path, target_name, &y)?;
     let shapes = || {
         input_names
@@ -316,7 +331,7 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
 
     let mut tensors = Vec::with_capacity(headers.len());
     for (name, h) in input_names.iter().zip(&headers) {
-        let t = arrays.tensor(name, h).map_err(format)?;
+        let t = arrays.tensor(name, h).map_err(malformed)?;
         // The default `x` is always float32 (the built-in models' input); named inputs keep
         // integer ids as int64, as embedding layers need.
         let kind = if !named || is_float(h.dtype) { Kind::Float } else { Kind::Int64 };
@@ -324,7 +339,7 @@ pub(super) fn load(cfg: &DataConfig, inputs: &[String]) -> Result<Dataset, DataE
         check_finite(path, name, &t)?;
         tensors.push(t);
     }
-    let yt = arrays.tensor(target_name, &y).map_err(format)?;
+    let yt = arrays.tensor(target_name, &y).map_err(malformed)?;
     let (task, yt) = if floating {
         let outputs = if y.shape.len() == 2 { y.shape[1] as i64 } else { 1 };
         let yt = yt.to_kind(Kind::Float);
@@ -383,12 +398,17 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), DataError> {
 }
 
 /// Refuses a dtype outside `table`, naming the array.
-fn check_dtype(name: &str, dtype: Dtype, table: &[Dtype]) -> Result<(), String> {
+fn check_dtype(name: &str, dtype: Dtype, table: &[Dtype]) -> Result<(), ArrayError> {
     if table.contains(&dtype) {
         Ok(())
     } else {
-        Err(format!("array `{name}` has dtype {dtype}, which is not supported (supported: {})", dtype_names(table)))
+        Err(unsupported(name, &dtype.to_string(), table))
     }
+}
+
+/// An array of `dtype` (as the file names it) outside `table`.
+fn unsupported(name: &str, dtype: &str, table: &[Dtype]) -> ArrayError {
+    ArrayError::Unsupported { name: name.into(), dtype: dtype.into(), supported: dtype_names(table) }
 }
 
 /// The safetensors crate's error, made specific where it can be: a header naming a dtype
@@ -405,10 +425,7 @@ fn explain_safetensors_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> 
         for (name, entry) in header.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
             if let Some(dtype) = entry["dtype"].as_str() {
                 if !INPUT_DTYPES.iter().any(|d| d.to_string() == dtype) {
-                    return format!(
-                        "array `{name}` has dtype {dtype}, which is not supported (supported: {})",
-                        dtype_names(INPUT_DTYPES)
-                    );
+                    return unsupported(name, dtype, INPUT_DTYPES).to_string();
                 }
             }
         }

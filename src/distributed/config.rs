@@ -54,24 +54,41 @@ pub enum BackendChoice {
 #[serde(try_from = "String", into = "String")]
 pub struct Timeout(pub Duration);
 
+/// Why a `distributed.timeout` is refused; serde shows it as the key's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutError {
+    /// No leading number.
+    #[error("{0:?} is not a duration such as 90s, 10m or 1h")]
+    NotDuration(String),
+    /// A number without a known unit.
+    #[error("{0:?} has no unit: write ms, s, m or h (e.g. 90s)")]
+    NoUnit(String),
+    /// Zero.
+    #[error("must be more than zero")]
+    Zero,
+    /// More milliseconds than 64 bits hold.
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
 impl TryFrom<String> for Timeout {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = TimeoutError;
+    fn try_from(s: String) -> Result<Self, TimeoutError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 10m or 1h"))?;
+        let Ok(n) = digits.parse::<u64>() else { return Err(TimeoutError::NotDuration(s)) };
         let ms = match unit.trim() {
             "ms" => Some(n),
             "s" => n.checked_mul(1000),
             "m" | "min" => n.checked_mul(60_000),
             "h" => n.checked_mul(3_600_000),
-            _ => return Err(format!("{s:?} has no unit: write ms, s, m or h (e.g. 90s)")),
+            _ => return Err(TimeoutError::NoUnit(s)),
         };
         match ms {
-            Some(0) => Err("must be more than zero".into()),
+            Some(0) => Err(TimeoutError::Zero),
             Some(ms) => Ok(Self(Duration::from_millis(ms))),
-            None => Err(format!("{s:?} is too long")),
+            None => Err(TimeoutError::TooLong(s)),
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Safe wrappers over `shim/distributed.cpp`: one c10d process group (and its TCPStore)
 //! and the collectives a data-parallel step uses. Every call returns the C++ message on
-//! failure; nothing here decides what a failure means (see [`super::Dist`]).
+//! failure, typed ([`EngineError`]); nothing here decides what a failure means (see
+//! `crate::distributed::Dist`).
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::ptr::NonNull;
 
 use tch::Tensor;
+
+use crate::shim::{self, ShimError};
 
 extern "C" {
     fn train_dist_init(
@@ -19,8 +22,7 @@ extern "C" {
         device_index: i32,
         prefix: *const c_char,
         out: *mut *mut c_void,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
     fn train_dist_free(dist: *mut c_void);
     fn train_dist_allreduce_grads(
@@ -29,86 +31,74 @@ extern "C" {
         n: usize,
         scale: f64,
         bucket_bytes: i64,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
-    fn train_dist_allreduce(
-        dist: *mut c_void,
-        t: *mut torch_sys::C_tensor,
-        op: i32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
+    fn train_dist_allreduce(dist: *mut c_void, t: *mut torch_sys::C_tensor, op: i32, err: *mut *mut c_char) -> i32;
     fn train_dist_broadcast(
         dist: *mut c_void,
         tensors: *const *mut torch_sys::C_tensor,
         n: usize,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
-    fn train_dist_barrier(dist: *mut c_void, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_barrier(dist: *mut c_void, err: *mut *mut c_char) -> i32;
     fn train_dist_reducer_attach(
         dist: *mut c_void,
         params: *const *mut torch_sys::C_tensor,
         n: usize,
         bucket_bytes: i64,
         find_unused: i32,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
-    fn train_dist_reducer_prepare(
-        dist: *mut c_void,
-        output: *mut torch_sys::C_tensor,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-    fn train_dist_reducer_finished(dist: *mut c_void, finished: *mut i32, err: *mut c_char, err_len: usize) -> i32;
+    fn train_dist_reducer_prepare(dist: *mut c_void, output: *mut torch_sys::C_tensor, err: *mut *mut c_char) -> i32;
+    fn train_dist_reducer_finished(dist: *mut c_void, finished: *mut i32, err: *mut *mut c_char) -> i32;
     fn train_dist_reached(
         output: *mut torch_sys::C_tensor,
         params: *const *mut torch_sys::C_tensor,
         n: usize,
         reached: *mut u8,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
-    fn train_dist_store_check(
-        dist: *mut c_void,
-        key: *const c_char,
-        found: *mut i32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
+    fn train_dist_store_check(dist: *mut c_void, key: *const c_char, found: *mut i32, err: *mut *mut c_char) -> i32;
     fn train_dist_store_set(
         dist: *mut c_void,
         key: *const c_char,
         value: *const u8,
         len: usize,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
     fn train_dist_store_get(
         dist: *mut c_void,
         key: *const c_char,
         value: *mut *mut u8,
         len: *mut usize,
-        err: *mut c_char,
-        err_len: usize,
+        err: *mut *mut c_char,
     ) -> i32;
     fn train_dist_free_bytes(value: *mut u8);
 }
 
-/// Room for c10d's messages (the first lines are what matter).
-const ERR_LEN: usize = 2048;
+/// Why a call on the process group failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// c10d's (or libtorch's) message.
+    #[error("{0}")]
+    Shim(#[from] ShimError),
+    /// A host name, key or prefix cannot be passed to C++.
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+}
 
 /// Why [`ProcessGroup::connect`] failed.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The store: the address, the port (in use, unreachable) or peers not arriving in time.
-    Store(String),
+    #[error("{0}")]
+    Store(EngineError),
     /// NCCL was not compiled into this build.
-    NoNccl(String),
+    #[error("{0}")]
+    NoNccl(ShimError),
     /// The process group.
-    Group(String),
+    #[error("{0}")]
+    Group(ShimError),
 }
 
 /// Which c10d backend.
@@ -152,33 +142,18 @@ fn pointers(tensors: &[Tensor]) -> Vec<*mut torch_sys::C_tensor> {
 
 /// For each of `params`, whether `output`'s autograd graph reaches it (its gradient comes
 /// from `output`'s backward). Also true after that backward: the graph's edges stay.
-pub fn reached(output: &Tensor, params: &[Tensor]) -> Result<Vec<bool>, String> {
+pub fn reached(output: &Tensor, params: &[Tensor]) -> Result<Vec<bool>, EngineError> {
     let ptrs = pointers(params);
     let mut reached = vec![0u8; params.len()];
-    let mut err = [0u8; ERR_LEN];
     // SAFETY: live tensors for the call; `reached` has room for one byte per parameter.
-    let rc = unsafe {
-        train_dist_reached(
-            output.as_ptr() as *mut _,
-            ptrs.as_ptr(),
-            ptrs.len(),
-            reached.as_mut_ptr(),
-            err.as_mut_ptr().cast(),
-            ERR_LEN,
-        )
-    };
-    match rc {
-        0 => Ok(reached.into_iter().map(|r| r != 0).collect()),
-        _ => Err(text(&err)),
-    }
+    shim::call(|err| unsafe {
+        train_dist_reached(output.as_ptr() as *mut _, ptrs.as_ptr(), ptrs.len(), reached.as_mut_ptr(), err)
+    })?;
+    Ok(reached.into_iter().map(|r| r != 0).collect())
 }
 
-fn text(buf: &[u8]) -> String {
-    CStr::from_bytes_until_nul(buf).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
-}
-
-fn cstring(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+fn cstring(s: &str) -> Result<CString, EngineError> {
+    CString::new(s).map_err(|_| EngineError::Nul(s.to_string()))
 }
 
 impl ProcessGroup {
@@ -191,10 +166,9 @@ impl ProcessGroup {
             Backend::Nccl { device } => (1, device),
         };
         let mut out = std::ptr::null_mut();
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: valid C strings and buffers that outlive the call; the shim catches every
-        // C++ exception.
-        let rc = unsafe {
+        // SAFETY: valid C strings and out-pointers that outlive the call; the shim catches
+        // every C++ exception.
+        let result = shim::call(|err| unsafe {
             train_dist_init(
                 host.as_ptr(),
                 i32::from(r.port),
@@ -206,105 +180,99 @@ impl ProcessGroup {
                 device,
                 prefix.as_ptr(),
                 &mut out,
-                err.as_mut_ptr().cast(),
-                ERR_LEN,
+                err,
             )
-        };
-        match (rc, NonNull::new(out)) {
-            (0, Some(ptr)) => Ok(Self { ptr }),
-            (-2, _) => Err(ConnectError::Store(text(&err))),
-            (-3, _) => Err(ConnectError::NoNccl(text(&err))),
-            _ => Err(ConnectError::Group(text(&err))),
+        });
+        match (result, NonNull::new(out)) {
+            (Ok(()), Some(ptr)) => Ok(Self { ptr }),
+            (Err(e), _) if e.status == -2 => Err(ConnectError::Store(e.into())),
+            (Err(e), _) if e.status == -3 => Err(ConnectError::NoNccl(e)),
+            (Err(e), _) => Err(ConnectError::Group(e)),
+            (Ok(()), None) => Err(ConnectError::Group(ShimError { status: 0, message: String::new() })),
         }
     }
 
-    fn call(&self, f: impl FnOnce(*mut c_void, *mut c_char) -> i32) -> Result<(), String> {
-        let mut err = [0u8; ERR_LEN];
-        match f(self.ptr.as_ptr(), err.as_mut_ptr().cast()) {
-            0 => Ok(()),
-            _ => Err(text(&err)),
-        }
+    fn call(&self, f: impl FnOnce(*mut c_void, *mut *mut c_char) -> i32) -> Result<(), EngineError> {
+        Ok(shim::call(|err| f(self.ptr.as_ptr(), err))?)
     }
 
     /// Multiplies every parameter's gradient by `scale` and sums it over the ranks, in
     /// buckets of at most `bucket_bytes`. A parameter without a gradient gets zeros.
-    pub fn allreduce_grads(&self, params: &[Tensor], scale: f64, bucket_bytes: i64) -> Result<(), String> {
+    pub fn allreduce_grads(&self, params: &[Tensor], scale: f64, bucket_bytes: i64) -> Result<(), EngineError> {
         let ptrs = pointers(params);
         // SAFETY: the pointers are live `at::Tensor*` owned by `params` for the call.
-        self.call(|d, e| unsafe {
-            train_dist_allreduce_grads(d, ptrs.as_ptr(), ptrs.len(), scale, bucket_bytes, e, ERR_LEN)
-        })
+        self.call(|d, e| unsafe { train_dist_allreduce_grads(d, ptrs.as_ptr(), ptrs.len(), scale, bucket_bytes, e) })
     }
 
     /// Sums (`max == false`) or takes the maximum of `t` over the ranks, in place.
-    pub fn allreduce(&self, t: &Tensor, max: bool) -> Result<(), String> {
+    pub fn allreduce(&self, t: &Tensor, max: bool) -> Result<(), EngineError> {
         // SAFETY: `t` is a live tensor for the call.
-        self.call(|d, e| unsafe { train_dist_allreduce(d, t.as_ptr() as *mut _, i32::from(max), e, ERR_LEN) })
+        self.call(|d, e| unsafe { train_dist_allreduce(d, t.as_ptr() as *mut _, i32::from(max), e) })
     }
 
     /// Copies rank 0's values of `tensors` into every rank's, in place.
-    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), String> {
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), EngineError> {
         let ptrs = pointers(tensors);
         // SAFETY: as in `allreduce_grads`.
-        self.call(|d, e| unsafe { train_dist_broadcast(d, ptrs.as_ptr(), ptrs.len(), e, ERR_LEN) })
+        self.call(|d, e| unsafe { train_dist_broadcast(d, ptrs.as_ptr(), ptrs.len(), e) })
     }
 
     /// Attaches DDP's Reducer to `params` (the model's trainable parameters, in the same
     /// order on every rank), with buckets of at most `bucket_bytes`; `find_unused`: DDP's
     /// `find_unused_parameters`.
-    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64, find_unused: bool) -> Result<(), String> {
+    pub fn attach_reducer(&self, params: &[Tensor], bucket_bytes: i64, find_unused: bool) -> Result<(), EngineError> {
         let ptrs = pointers(params);
         // SAFETY: as in `allreduce_grads`; the Reducer keeps its own references.
         self.call(|d, e| unsafe {
-            train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, i32::from(find_unused), e, ERR_LEN)
+            train_dist_reducer_attach(d, ptrs.as_ptr(), ptrs.len(), bucket_bytes, i32::from(find_unused), e)
         })
     }
 
     /// Arms the Reducer: the next backward's, of `output`, gradients are averaged over the
     /// ranks as backward produces them.
-    pub fn prepare_backward(&self, output: &Tensor) -> Result<(), String> {
+    pub fn prepare_backward(&self, output: &Tensor) -> Result<(), EngineError> {
         // SAFETY: `output` is a live tensor for the call.
-        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, output.as_ptr() as *mut _, e, ERR_LEN) })
+        self.call(|d, e| unsafe { train_dist_reducer_prepare(d, output.as_ptr() as *mut _, e) })
     }
 
     /// After the armed backward: whether the Reducer all-reduced every bucket (false: a
     /// parameter got no gradient, and its bucket never went out).
-    pub fn reducer_finished(&self) -> Result<bool, String> {
+    pub fn reducer_finished(&self) -> Result<bool, EngineError> {
         let mut finished = 0;
         // SAFETY: an out-pointer valid for the call.
-        self.call(|d, e| unsafe { train_dist_reducer_finished(d, &mut finished, e, ERR_LEN) })?;
+        self.call(|d, e| unsafe { train_dist_reducer_finished(d, &mut finished, e) })?;
         Ok(finished != 0)
     }
 
     /// Whether a key is set in the store, without waiting for it.
-    pub fn check(&self, key: &str) -> Result<bool, String> {
+    pub fn check(&self, key: &str) -> Result<bool, EngineError> {
         let key = cstring(key)?;
         let mut found = 0;
         // SAFETY: valid key and out-pointer for the call.
-        self.call(|d, e| unsafe { train_dist_store_check(d, key.as_ptr(), &mut found, e, ERR_LEN) })?;
+        self.call(|d, e| unsafe { train_dist_store_check(d, key.as_ptr(), &mut found, e) })?;
         Ok(found != 0)
     }
 
     /// Waits until every rank got here.
-    pub fn barrier(&self) -> Result<(), String> {
+    pub fn barrier(&self) -> Result<(), EngineError> {
         // SAFETY: no arguments besides the group.
-        self.call(|d, e| unsafe { train_dist_barrier(d, e, ERR_LEN) })
+        self.call(|d, e| unsafe { train_dist_barrier(d, e) })
     }
 
     /// Sets `key` in the store.
-    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), EngineError> {
         let key = cstring(key)?;
         // SAFETY: valid key and value for the call.
-        self.call(|d, e| unsafe { train_dist_store_set(d, key.as_ptr(), value.as_ptr(), value.len(), e, ERR_LEN) })
+        self.call(|d, e| unsafe { train_dist_store_set(d, key.as_ptr(), value.as_ptr(), value.len(), e) })
     }
 
     /// `key`'s value, waiting for it to be set (up to the timeout).
-    pub fn get(&self, key: &str) -> Result<Vec<u8>, String> {
+    pub fn get(&self, key: &str) -> Result<Vec<u8>, EngineError> {
         let key = cstring(key)?;
         let mut value = std::ptr::null_mut();
         let mut len = 0;
         // SAFETY: out-pointers valid for the call.
-        self.call(|d, e| unsafe { train_dist_store_get(d, key.as_ptr(), &mut value, &mut len, e, ERR_LEN) })?;
+        self.call(|d, e| unsafe { train_dist_store_get(d, key.as_ptr(), &mut value, &mut len, e) })?;
         // SAFETY: on success the shim malloc'ed `len` bytes at `value`; freed right after the copy.
         let bytes = unsafe { std::slice::from_raw_parts(value, len) }.to_vec();
         unsafe { train_dist_free_bytes(value) };

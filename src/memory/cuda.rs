@@ -2,14 +2,30 @@
 //! does not bind (what `torch.cuda.memory_allocated()`, `max_memory_allocated()`,
 //! `empty_cache()` and `mem_get_info()` are in Python).
 
+use std::ffi::c_char;
+
 use serde::Serialize;
 
+use crate::shim;
+
 extern "C" {
-    fn train_cuda_memory_stats(device: i32, allocated: *mut i64, reserved: *mut i64, peak: *mut i64) -> i32;
-    fn train_cuda_reset_peak(device: i32) -> i32;
-    fn train_cuda_empty_cache() -> i32;
-    fn train_cuda_mem_info(device: i32, free: *mut i64, total: *mut i64) -> i32;
-    fn train_cuda_autocast_bf16() -> i32;
+    fn train_cuda_memory_stats(
+        device: i32,
+        allocated: *mut i64,
+        reserved: *mut i64,
+        peak: *mut i64,
+        err: *mut *mut c_char,
+    ) -> i32;
+    fn train_cuda_reset_peak(device: i32, err: *mut *mut c_char) -> i32;
+    fn train_cuda_empty_cache(err: *mut *mut c_char) -> i32;
+    fn train_cuda_mem_info(device: i32, free: *mut i64, total: *mut i64, err: *mut *mut c_char) -> i32;
+    fn train_cuda_autocast_bf16(err: *mut *mut c_char) -> i32;
+}
+
+/// Whether a shim call succeeded: to every caller a failure means "no CUDA here" (no
+/// allocator registered, or none initialized yet), so its message is dropped.
+fn available(f: impl FnOnce(*mut *mut c_char) -> i32) -> bool {
+    shim::call(f).is_ok()
 }
 
 /// What the caching allocator holds on one device.
@@ -27,34 +43,34 @@ pub struct AllocatorStats {
 pub fn stats(device: usize) -> Option<AllocatorStats> {
     let (mut a, mut r, mut p) = (0i64, 0i64, 0i64);
     // SAFETY: the pointers are valid for writes for the duration of the call.
-    let rc = unsafe { train_cuda_memory_stats(device as i32, &mut a, &mut r, &mut p) };
-    (rc == 0).then_some(AllocatorStats { allocated: a as u64, reserved: r as u64, peak_allocated: p as u64 })
+    let ok = available(|err| unsafe { train_cuda_memory_stats(device as i32, &mut a, &mut r, &mut p, err) });
+    ok.then_some(AllocatorStats { allocated: a as u64, reserved: r as u64, peak_allocated: p as u64 })
 }
 
 /// Resets the peak statistics of `device`; false without CUDA.
 pub fn reset_peak(device: usize) -> bool {
     // SAFETY: plain value argument; exceptions are caught in the shim.
-    unsafe { train_cuda_reset_peak(device as i32) == 0 }
+    available(|err| unsafe { train_cuda_reset_peak(device as i32, err) })
 }
 
 /// Returns the allocator's cached, unused blocks to the driver; false without CUDA.
 pub fn empty_cache() -> bool {
     // SAFETY: no arguments; exceptions are caught in the shim.
-    unsafe { train_cuda_empty_cache() == 0 }
+    available(|err| unsafe { train_cuda_empty_cache(err) })
 }
 
 /// `(free, total)` bytes of `device` as CUDA reports them (`cudaMemGetInfo`); `None` without CUDA.
 pub fn mem_info(device: usize) -> Option<(u64, u64)> {
     let (mut free, mut total) = (0i64, 0i64);
     // SAFETY: the pointers are valid for writes for the duration of the call.
-    let rc = unsafe { train_cuda_mem_info(device as i32, &mut free, &mut total) };
-    (rc == 0).then_some((free as u64, total as u64))
+    let ok = available(|err| unsafe { train_cuda_mem_info(device as i32, &mut free, &mut total, err) });
+    ok.then_some((free as u64, total as u64))
 }
 
 /// Makes CUDA autocast compute in bfloat16; false without CUDA.
 pub fn autocast_bf16() -> bool {
     // SAFETY: no arguments; exceptions are caught in the shim.
-    unsafe { train_cuda_autocast_bf16() == 0 }
+    available(|err| unsafe { train_cuda_autocast_bf16(err) })
 }
 
 /// Caps libtorch's CUDA caching allocator at `limit` bytes of GPU `index`, through its

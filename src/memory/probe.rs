@@ -21,7 +21,34 @@ pub struct GpuMemory {
 /// fixed figure instead of a real device.
 pub trait GpuProbe {
     /// The memory of GPU `index`, or why there is none (no driver, no such device).
-    fn memory(&self, index: u32) -> Result<GpuMemory, String>;
+    fn memory(&self, index: u32) -> Result<GpuMemory, GpuError>;
+}
+
+/// Why there is no figure for a GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// NVML cannot be loaded or initialised (no driver).
+    #[error("no GPU: NVML unavailable ({source})")]
+    Unavailable {
+        /// NVML's error.
+        source: nvml_wrapper::error::NvmlError,
+    },
+    /// No such device.
+    #[error("no GPU {index}: {source}")]
+    NoDevice {
+        /// The device index asked for.
+        index: u32,
+        /// NVML's error.
+        source: nvml_wrapper::error::NvmlError,
+    },
+    /// The device's memory could not be read.
+    #[error("GPU {index}: NVML memory query failed: {source}")]
+    Query {
+        /// The device index.
+        index: u32,
+        /// NVML's error.
+        source: nvml_wrapper::error::NvmlError,
+    },
 }
 
 /// NVML, the NVIDIA driver's management library.
@@ -29,10 +56,10 @@ pub trait GpuProbe {
 pub struct Nvml;
 
 impl GpuProbe for Nvml {
-    fn memory(&self, index: u32) -> Result<GpuMemory, String> {
-        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("no GPU: NVML unavailable ({e})"))?;
-        let device = nvml.device_by_index(index).map_err(|e| format!("no GPU {index}: {e}"))?;
-        let m = device.memory_info().map_err(|e| format!("GPU {index}: NVML memory query failed: {e}"))?;
+    fn memory(&self, index: u32) -> Result<GpuMemory, GpuError> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(|source| GpuError::Unavailable { source })?;
+        let device = nvml.device_by_index(index).map_err(|source| GpuError::NoDevice { index, source })?;
+        let m = device.memory_info().map_err(|source| GpuError::Query { index, source })?;
         Ok(GpuMemory { total: m.total, free: m.free, used: m.used })
     }
 }
@@ -42,7 +69,7 @@ impl GpuProbe for Nvml {
 pub struct Assumed(pub u64);
 
 impl GpuProbe for Assumed {
-    fn memory(&self, _index: u32) -> Result<GpuMemory, String> {
+    fn memory(&self, _index: u32) -> Result<GpuMemory, GpuError> {
         Ok(GpuMemory { total: self.0, free: self.0, used: 0 })
     }
 }
@@ -245,6 +272,7 @@ mod tests {
     #[test]
     fn nvml_says_no_gpu_instead_of_failing_without_a_driver() {
         if let Err(why) = Nvml.memory(0) {
+            let why = why.to_string();
             assert!(why.contains("GPU"), "{why}");
         }
     }

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+use super::network::{Forward, Network};
 use super::script::{Input, Output, ScriptError, ScriptModule};
-use super::{Forward, Network};
 
 /// Fully connected layers with ReLU between them: `fc1`, `fc2`, ..., `out`.
 #[derive(Debug)]
@@ -220,7 +220,9 @@ impl Network for Scripted {
     fn forward(&self, inputs: &[Tensor], targets: Option<&Tensor>, train: bool) -> Forward {
         // `build` ran the module once on examples of this data, so a failure here is
         // libtorch's own (out of memory, say), which the loop cannot continue from.
-        let out = self.try_forward(inputs, targets, train).unwrap_or_else(|e| panic!("{}: {e}", super::FORWARD_FAILED));
+        let out = self
+            .try_forward(inputs, targets, train)
+            .unwrap_or_else(|e| panic!("{}: {e}", crate::fault::FORWARD_FAILED));
         Forward { logits: out.logits, loss: out.loss }
     }
 }

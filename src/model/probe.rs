@@ -13,14 +13,16 @@
 //! are zeroed. libtorch's generators need no restoring: every training step re-seeds them
 //! from (seed, step) (see `crate::training`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use super::error::ModelError;
 use super::nets::Scripted;
-use super::{libtorch_message, task_loss, ModelError};
+use super::script::ScriptError;
+use super::task::task_loss;
 use crate::data::Task;
-use crate::fault::{catch_torch, is_oom_message};
+use crate::fault::{catch_torch, is_oom_message, libtorch_message};
 
 /// Runs the checks above on `inputs`/`targets` (a batch of the configured size, on the
 /// model's device). A batch that runs out of memory is halved until it fits (training's
@@ -57,8 +59,8 @@ pub(super) fn run(
                 crate::memory::cuda::empty_cache();
                 n /= 2;
             }
-            Err(Failure::Oom(msg)) => break Err(format!("out of memory on one example: {msg}")),
-            Err(Failure::Refused(reason)) => break Err(reason),
+            Err(Failure::Oom(msg)) => break Err(refuse(format!("out of memory on one example: {msg}"))),
+            Err(Failure::Refused(reason)) => break Err(refuse(reason)),
             Ok(()) => break Ok(()),
         }
     };
@@ -76,7 +78,7 @@ pub(super) fn run(
             t.zero_grad();
         }
     }
-    result.map_err(refuse)
+    result
 }
 
 /// Why a probe failed.
@@ -141,7 +143,7 @@ fn both_modes(
             }
             loss.f_backward().map_err(|e| failed("train (backward)", libtorch_message(&e)))?;
         }
-        check_parameters_kept(scripted, path, parameters).map_err(Failure::Refused)?;
+        check_parameters_kept(scripted, path, parameters).map_err(|e| Failure::Refused(e.to_string()))?;
     }
     Ok(())
 }
@@ -168,30 +170,59 @@ fn advice(msg: &str, xs: &[Tensor]) -> String {
     String::new()
 }
 
+/// The output a task needs of a module, when its output does not fit: what a refusal
+/// describes after "the data needs".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OutputNeeded {
+    /// A classifier's logits.
+    #[error("[{n}, C] logits with C >= {classes} classes, floating point")]
+    Logits {
+        /// The batch.
+        n: i64,
+        /// The data's classes.
+        classes: i64,
+    },
+    /// A language model's logits at every position.
+    #[error("[{n}, {positions}, V] logits with V >= {vocab}, floating point")]
+    TokenLogits {
+        /// The batch.
+        n: i64,
+        /// Positions per window.
+        positions: i64,
+        /// The data's vocabulary.
+        vocab: i64,
+    },
+    /// Regression values of exactly the targets' shape.
+    #[error("{targets:?} values, the targets' shape, floating point")]
+    Values {
+        /// The targets' shape.
+        targets: Vec<i64>,
+    },
+}
+
 /// What the task needs of a module's output of `shape` and `kind` for targets of
 /// `targets` (whose first dimension is the batch): `Err` with a description of it.
 /// A classifier's or language model's output may be wider than the data's classes or
 /// vocabulary (a class absent from the data, a tokenizer's spare ids), not narrower.
-pub(crate) fn check_output(task: Task, shape: &[i64], kind: Kind, targets: &[i64]) -> Result<(), String> {
+pub(crate) fn check_output(task: Task, shape: &[i64], kind: Kind, targets: &[i64]) -> Result<(), OutputNeeded> {
     let n = targets[0];
     let (fits, need) = match task {
-        Task::Classification { classes } => (
-            shape.len() == 2 && shape[0] == n && shape[1] >= classes,
-            format!("[{n}, C] logits with C >= {classes} classes"),
-        ),
+        Task::Classification { classes } => {
+            (shape.len() == 2 && shape[0] == n && shape[1] >= classes, OutputNeeded::Logits { n, classes })
+        }
         Task::LanguageModel { vocab } => (
             shape.len() == 3 && shape[..2] == targets[..2] && shape[2] >= vocab,
-            format!("[{n}, {}, V] logits with V >= {vocab}", targets.get(1).copied().unwrap_or_default()),
+            OutputNeeded::TokenLogits { n, positions: targets.get(1).copied().unwrap_or_default(), vocab },
         ),
         // MSE broadcasts: [N] against [N, 1], or [N, 10] against [N, 1], would train silently
         // on the wrong differences. Exactly the targets' shape.
-        Task::Regression { .. } => (shape == targets, format!("{targets:?} values, the targets' shape")),
+        Task::Regression { .. } => (shape == targets, OutputNeeded::Values { targets: targets.to_vec() }),
     };
     let float = matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
     if fits && float {
         Ok(())
     } else {
-        Err(format!("{need}, floating point"))
+        Err(need)
     }
 }
 
@@ -202,28 +233,48 @@ struct Layout {
     data: usize,
 }
 
+/// A module whose `forward` changed its parameters.
+#[derive(Debug, thiserror::Error)]
+enum ParametersChanged {
+    /// Its parameters could not be listed again.
+    #[error("{0}")]
+    Unlisted(#[from] ScriptError),
+    /// `forward` replaced or resized a parameter.
+    #[error(
+        "{}'s forward replaces or resizes its parameter `{name}`: training updates the tensors the module \
+         had when loaded, so parameters must stay the same tensors (update them in place, or make \
+         this one a buffer)",
+        path.display()
+    )]
+    Replaced {
+        /// The module's file.
+        path: PathBuf,
+        /// The parameter.
+        name: String,
+    },
+    /// `forward` registered a new parameter.
+    #[error("{}'s forward adds the parameter `{name}`, which the optimizer would never see", path.display())]
+    Added {
+        /// The module's file.
+        path: PathBuf,
+        /// The parameter.
+        name: String,
+    },
+}
+
 /// Refuses a module whose `forward` replaced or resized a parameter: the optimizer and
 /// the checkpoints hold the tensors registered at load, which would no longer be the
 /// module's (or would be reset by every forward pass).
-fn check_parameters_kept(scripted: &Scripted, path: &Path, before: &[Layout]) -> Result<(), String> {
-    let (now, _) = scripted.tensors().map_err(|e| e.0)?;
+fn check_parameters_kept(scripted: &Scripted, path: &Path, before: &[Layout]) -> Result<(), ParametersChanged> {
+    let (now, _) = scripted.tensors()?;
     for was in before {
         let kept = now.iter().any(|(n, t)| *n == was.name && t.size() == was.size && t.data_ptr() as usize == was.data);
         if !kept {
-            return Err(format!(
-                "{}'s forward replaces or resizes its parameter `{}`: training updates the tensors the module \
-                 had when loaded, so parameters must stay the same tensors (update them in place, or make \
-                 this one a buffer)",
-                path.display(),
-                was.name
-            ));
+            return Err(ParametersChanged::Replaced { path: path.to_path_buf(), name: was.name.clone() });
         }
     }
     if let Some((name, _)) = now.iter().find(|(n, _)| !before.iter().any(|b| b.name == *n)) {
-        return Err(format!(
-            "{}'s forward adds the parameter `{name}`, which the optimizer would never see",
-            path.display()
-        ));
+        return Err(ParametersChanged::Added { path: path.to_path_buf(), name: name.clone() });
     }
     Ok(())
 }

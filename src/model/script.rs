@@ -12,11 +12,12 @@ use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
 
+use crate::shim::{self, ShimError};
+
 type NamedTensorFn = unsafe extern "C" fn(ctx: *mut c_void, name: *const c_char, tensor: *mut torch_sys::C_tensor);
 
 extern "C" {
-    fn train_script_free_string(s: *mut c_char);
-    fn train_script_load(path: *const c_char, device: c_int, err: *mut *mut c_char) -> *mut c_void;
+    fn train_script_load(path: *const c_char, device: c_int, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
     fn train_script_free(module: *mut c_void);
     fn train_script_named_tensors(
         module: *mut c_void,
@@ -44,28 +45,11 @@ extern "C" {
 #[error("{0}")]
 pub struct ScriptError(pub String);
 
-impl ScriptError {
-    fn take(err: *mut c_char) -> Self {
-        if err.is_null() {
-            return Self("libtorch gave no message".into());
-        }
-        // SAFETY: the shim set `err` to a NUL-terminated malloc'd string, freed here once.
-        let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
-        unsafe { train_script_free_string(err) };
-        Self(one_line(&text))
+impl From<ShimError> for ScriptError {
+    fn from(e: ShimError) -> Self {
+        // An empty message becomes "libtorch gave no message".
+        Self(crate::fault::one_line(&e.message))
     }
-}
-
-/// The line of a libtorch message that says what went wrong.
-pub(crate) fn one_line(text: &str) -> String {
-    let text = text.split("Exception raised from").next().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("Error: "))
-        .or(lines.first())
-        .map_or_else(|| "libtorch gave no message".to_string(), |l| l.to_string())
 }
 
 /// One input of a forward call: by position (`name: None`) or by keyword.
@@ -103,15 +87,6 @@ impl Drop for ScriptModule {
     }
 }
 
-fn call(f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<(), ScriptError> {
-    let mut err: *mut c_char = std::ptr::null_mut();
-    if f(&mut err) == 0 {
-        Ok(())
-    } else {
-        Err(ScriptError::take(err))
-    }
-}
-
 unsafe extern "C" fn collect(ctx: *mut c_void, name: *const c_char, tensor: *mut torch_sys::C_tensor) {
     // SAFETY: `ctx` is the Vec passed by `named`, alive for the call; the shim passes a
     // NUL-terminated name and a new at::Tensor this side now owns.
@@ -129,17 +104,19 @@ impl ScriptModule {
             Device::Cuda(i) => i as c_int,
             _ => -1,
         };
-        let mut err: *mut c_char = std::ptr::null_mut();
-        // SAFETY: valid C string; the shim returns an owned module or null with `err` set.
-        let raw = unsafe { train_script_load(c_path.as_ptr(), device, &mut err) };
-        NonNull::new(raw).map(|raw| Self { raw }).ok_or_else(|| ScriptError::take(err))
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: valid C string and out-pointer; on success the shim sets an owned module.
+        shim::call(|err| unsafe { train_script_load(c_path.as_ptr(), device, &mut raw, err) })?;
+        NonNull::new(raw).map(|raw| Self { raw }).ok_or_else(|| ScriptError("the shim returned no module".into()))
     }
 
     fn named(&self, buffers: bool) -> Result<Vec<(String, Tensor)>, ScriptError> {
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let ctx = &mut out as *mut Vec<(String, Tensor)> as *mut c_void;
         // SAFETY: `collect` matches NamedTensorFn and `ctx` outlives the call.
-        call(|err| unsafe { train_script_named_tensors(self.raw.as_ptr(), c_int::from(buffers), ctx, collect, err) })?;
+        shim::call(|err| unsafe {
+            train_script_named_tensors(self.raw.as_ptr(), c_int::from(buffers), ctx, collect, err)
+        })?;
         Ok(out)
     }
 
@@ -158,7 +135,7 @@ impl ScriptModule {
     /// Puts the module (and its submodules) in train or eval mode.
     pub fn set_training(&mut self, on: bool) -> Result<(), ScriptError> {
         // SAFETY: live module.
-        call(|err| unsafe { train_script_set_training(self.raw.as_ptr(), c_int::from(on), err) })
+        Ok(shim::call(|err| unsafe { train_script_set_training(self.raw.as_ptr(), c_int::from(on), err) })?)
     }
 
     /// Runs `forward`; `with_labels` says one of the inputs is the labels, which lets a
@@ -177,7 +154,7 @@ impl ScriptModule {
         let n = c_int::try_from(inputs.len()).map_err(|_| ScriptError("too many inputs".into()))?;
         // SAFETY: the pointer arrays hold `n` entries and outlive the call; the shim only
         // reads the input tensors and returns new owned tensors in `logits`/`loss`.
-        call(|err| unsafe {
+        shim::call(|err| unsafe {
             train_script_forward(
                 self.raw.as_ptr(),
                 tensor_ptrs.as_ptr(),

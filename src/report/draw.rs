@@ -48,7 +48,7 @@ pub(super) fn upper(points: &[(f64, f64)]) -> f64 {
 /// The picture as the bytes of a file of `format`; `path` only names it in errors.
 pub(super) fn render(path: &Path, format: Format, title: &str, curves: &Curves) -> Result<Vec<u8>, ReportError> {
     let draw_error = |reason: String| ReportError::Draw { path: path.to_path_buf(), reason };
-    register_embedded_font().map_err(draw_error)?;
+    register_embedded_font().map_err(|e| draw_error(e.to_string()))?;
     match format {
         Format::Png => {
             let (w, h) = SIZE;
@@ -70,11 +70,16 @@ pub(super) fn render(path: &Path, format: Format, title: &str, curves: &Curves) 
     }
 }
 
+/// The embedded font could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the embedded DejaVu Sans font does not parse")]
+struct FontError;
+
 /// Registers DejaVu Sans as [`FONT`] once per process (plotters keeps a global font table).
-fn register_embedded_font() -> Result<(), String> {
+fn register_embedded_font() -> Result<(), FontError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
-    ok.then_some(()).ok_or_else(|| "the embedded DejaVu Sans font does not parse".to_string())
+    ok.then_some(()).ok_or(FontError)
 }
 
 fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingError> {

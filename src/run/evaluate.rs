@@ -33,7 +33,7 @@ pub struct Evaluation {
 /// every name and shape must match; optimizer state is not read) and evaluates it on the
 /// validation split.
 pub fn evaluate(cfg: &Config, path: &Path) -> Result<Evaluation, RunError> {
-    let device = crate::device::select(cfg.run.device).map_err(RunError::Device)?;
+    let device = crate::device::select(cfg.run.device).map_err(|e| RunError::Device(e.to_string()))?;
     let file = CheckpointFile::open(path).map_err(|e| RunError::ResumeFrom(e.into()))?;
     let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     let start = Instant::now();

@@ -42,7 +42,7 @@ pub struct MeasuredLoad {
 /// Builds the configured model on the configured device and loads `file` into it as a run
 /// would (plan, strategy, step-down), measuring time and peak memory. Writes nothing.
 pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
-    let device = crate::device::select(cfg.run.device).map_err(RunError::Device)?;
+    let device = crate::device::select(cfg.run.device).map_err(|e| RunError::Device(e.to_string()))?;
     let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
     // As a run does: the cap applies from the first allocation.
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {

@@ -207,7 +207,7 @@ pub fn execute(resolved: &Resolved, dry_run: bool) -> Result<RunSummary, RunErro
     if let Some(n) = cfg.run.threads {
         tch::set_num_threads(n as i32);
     }
-    let device = device::select(cfg.run.device).map_err(RunError::Device)?;
+    let device = device::select(cfg.run.device).map_err(|e| RunError::Device(e.to_string()))?;
     let device = ranks::device_for(device, cfg.run.device, launch.as_ref())?;
     if cfg.training.precision == crate::config::Precision::Bf16 {
         if !device.is_cuda() {

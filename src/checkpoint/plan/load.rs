@@ -44,7 +44,7 @@ pub fn budget(cfg: &MemoryConfig, device: Device, resident: u64, gpu: &dyn GpuPr
                 let free = cfg.vram_limit.map_or(free, |l| free.min(l.as_u64()));
                 Budget { free_bytes: Some(free), source: "nvml".into(), gpu: Some(m) }
             }
-            Err(why) => Budget { free_bytes: None, source: why, gpu: None },
+            Err(why) => Budget { free_bytes: None, source: why.to_string(), gpu: None },
         },
         _ => Budget { free_bytes: probe::host().available.map(|a| a + resident), source: "host".into(), gpu: None },
     }

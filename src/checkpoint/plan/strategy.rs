@@ -113,19 +113,29 @@ impl Constraints {
 
     /// An explicit `memory.strategy` outside what the seed switches allow is an error naming
     /// both keys.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NotAllowed> {
         match self.explicit() {
-            Some(s) if !allowed(self).contains(&s) => {
-                let why = if !self.load_optimizer_state {
+            Some(strategy) if !allowed(self).contains(&strategy) => {
+                let because = if !self.load_optimizer_state {
                     "memory.load_optimizer_state is false"
                 } else {
                     "memory.checkpoint_memory_efficient is true"
                 };
-                Err(format!("memory.strategy is {} but {why}", s.name()))
+                Err(NotAllowed { strategy, because })
             }
             _ => Ok(()),
         }
     }
+}
+
+/// An explicit `memory.strategy` that the seed guide's switches rule out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("memory.strategy is {} but {because}", strategy.name())]
+pub struct NotAllowed {
+    /// The strategy asked for.
+    pub strategy: Strategy,
+    /// The switch that rules it out, and its value.
+    pub because: &'static str,
 }
 
 /// A decision and why.
@@ -263,9 +273,9 @@ mod tests {
         let c = Constraints { choice: StrategyChoice::Standard, ..AUTO };
         assert_eq!(choose(&sizes, Some(GIB), 0.1, &c).strategy, Strategy::Standard);
         let c = Constraints { choice: StrategyChoice::Standard, memory_efficient: true, ..AUTO };
-        assert!(c.check().unwrap_err().contains("checkpoint_memory_efficient"));
+        assert!(c.check().unwrap_err().to_string().contains("checkpoint_memory_efficient"));
         let c = Constraints { choice: StrategyChoice::MemoryEfficient, load_optimizer_state: false, ..AUTO };
-        assert!(c.check().unwrap_err().contains("load_optimizer_state"));
+        assert!(c.check().unwrap_err().to_string().contains("load_optimizer_state"));
     }
 
     #[test]

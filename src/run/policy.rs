@@ -115,10 +115,9 @@ pub struct Plateau {
 /// by more than `min_delta`; the run stops once `patience` epochs have passed since the last
 /// improvement. `None` while no epoch has a metric (see [`Plateau::stops`]).
 pub fn plateau(history: &[f64], rule: &EarlyStopping) -> Option<Plateau> {
-    let better = |v: f64, best: f64, delta: f64| match rule.metric {
-        StopMetric::ValLoss => v < best - delta,
-        StopMetric::ValAccuracy => v > best + delta,
-    };
+    // On StopMetric's one scale (higher is better); NaN values are skipped below.
+    let score = |v: f64| rule.metric.rank(v).unwrap_or(f64::NAN);
+    let better = |v: f64, best: f64, delta: f64| score(v) > score(best) + delta;
     // (epoch index, metric) of the last improvement and of the best value.
     let mut improved: Option<(usize, f64)> = None;
     let mut best: Option<(usize, f64)> = None;

@@ -235,7 +235,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
         }
     }
     let resolved = config::resolve(&request(&sources, flags))?;
-    let e = run::evaluate::evaluate(&resolved.config, &args.checkpoint)?;
+    let e = run::evaluate::evaluate(&run::UserConfig::new(resolved.config), &args.checkpoint)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?;
@@ -257,7 +257,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
         flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
-    let cfg = &resolved.config;
+    let cfg = &run::UserConfig::new(resolved.config);
     let device = crate::device::select(cfg.run.device).map_err(run::RunError::Device)?;
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {

@@ -165,19 +165,19 @@ pub mod early {
     /// For a run: from now until training begins, a signal ends the process at once with
     /// 75 (nothing has been written); one that arrived before `main` does so now.
     pub fn exit_during_start_up() {
-        super::STARTING_UP.store(true, Ordering::SeqCst);
+        crate::run::signals::STARTING_UP.store(true, Ordering::SeqCst);
         for signal in [libc::SIGTERM, libc::SIGINT] {
             // SAFETY: `exit_now` only calls async-signal-safe functions.
             unsafe { libc::signal(signal, exit_now as extern "C" fn(libc::c_int) as libc::sighandler_t) };
         }
         if received().is_some() {
-            super::exit_if_starting_up();
+            crate::run::signals::exit_if_starting_up();
         }
     }
 
     extern "C" fn exit_now(signal: libc::c_int) {
         record(signal);
-        super::exit_if_starting_up();
+        crate::run::signals::exit_if_starting_up();
     }
 
     /// For commands that are not a run: the signals get their default action back, and one

@@ -8,11 +8,12 @@
 
 use std::time::Instant;
 
+use super::error::RunError;
+use super::job::PlannedConfig;
 use super::policy::{self, AfterStep, Cadence, Stop};
 use super::signals::StopFlag;
-use super::RunError;
 use crate::checkpoint::saver::{SaveRequest, Saver};
-use crate::config::{Config, OnNonfinite, StopMetric};
+use crate::config::OnNonfinite;
 use crate::data::{Dataset, Prefetcher};
 use crate::distributed::Dist;
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
@@ -21,8 +22,8 @@ use crate::training::{StepOutcome, Trainer};
 
 /// What the loop needs besides the trainer.
 pub struct Loop<'a> {
-    /// The configuration.
-    pub cfg: &'a Config,
+    /// The configuration, as planned (the global batch).
+    pub cfg: &'a PlannedConfig,
     /// The data.
     pub data: &'a Dataset,
     /// Writes checkpoints (rank 0 of a data-parallel job only).
@@ -125,10 +126,7 @@ impl Loop<'_> {
         let history: Vec<f64> = epochs
             .iter()
             .filter(|m| m.epoch <= trainer.position.epoch)
-            .map(|m| match rule.metric {
-                StopMetric::ValLoss => m.val_loss,
-                StopMetric::ValAccuracy => m.val_accuracy,
-            })
+            .map(|m| rule.metric.value(m.val_loss, m.val_accuracy))
             .collect();
         match policy::plateau(&history, rule) {
             Some(p) if p.stops(rule) => {

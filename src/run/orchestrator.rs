@@ -1,7 +1,8 @@
 //! [`execute`]: one run, start to finish, as a short list of phases. Rank 0 of a
 //! data-parallel job (or the single process: the leader) and the other ranks (followers)
-//! go through the same phases; they differ in where they learn the start from
-//! ([`lead`], [`follow`]) and in that the leader alone writes ([`Writer`]).
+//! go through the same phases; they differ in where they learn the start from (the leader
+//! decides it under the run folder's lock, the followers wait for its word) and in that
+//! the leader alone writes (the folder, the metrics, the checkpoints).
 
 use std::path::PathBuf;
 use std::rc::Rc;

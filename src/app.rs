@@ -17,9 +17,14 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of a run whose loss became NaN or infinite (`training.on_nonfinite: stop`).
 pub const EXIT_DIVERGED: u8 = 3;
-/// Exit code of a run stopped by SIGTERM/SIGINT after saving `latest`: job scripts requeue
-/// on it (`EX_TEMPFAIL` from sysexits.h: "try again later").
-pub const EXIT_INTERRUPTED: u8 = 75;
+pub use crate::run::signals::EXIT_INTERRUPTED;
+
+/// Installs the log subscriber ([`crate::logging::init`]) in the format asked for, quieter
+/// on the ranks other than 0 of a data-parallel job (as the launcher's variables say).
+pub fn init_logging(format: crate::logging::LogFormat) {
+    let follower = crate::distributed::env::detect_from_env().ok().flatten().is_some_and(|l| l.rank != 0);
+    crate::logging::init(format, follower);
+}
 
 /// Ignores SIGXFSZ, so that a write past a file-size limit (`ulimit -f`) fails with EFBIG,
 /// which is reported naming the file, instead of killing the process with no message
@@ -230,7 +235,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
         }
     }
     let resolved = config::resolve(&request(&sources, flags))?;
-    let e = run::evaluate::evaluate(&resolved.config, &args.checkpoint)?;
+    let e = run::evaluate::evaluate(&run::UserConfig::new(resolved.config), &args.checkpoint)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&e)?)?;
@@ -252,7 +257,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
         flags.push(FlagOverride::new("--device", "run.device", v.clone()));
     }
     let resolved = config::resolve(&request(&args.config, flags))?;
-    let cfg = &resolved.config;
+    let cfg = &run::UserConfig::new(resolved.config);
     let device = crate::device::select(cfg.run.device).map_err(|e| run::RunError::Device(e.to_string()))?;
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {

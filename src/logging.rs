@@ -5,13 +5,21 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Log output formats (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
-/// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber. Call once, before anything logs. `follower`: this
+/// process is a rank other than 0 of a data-parallel job (see `train::app::init_logging`,
+/// which finds out).
+pub fn init(format: LogFormat, follower: bool) {
     // In a data-parallel job only rank 0 tells the story; the others say only what went
     // wrong (warnings and errors), unless RUST_LOG asks for more.
-    let follower = crate::distributed::env::detect_from_env().ok().flatten().is_some_and(|l| l.rank != 0);
     let default = if follower { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal; job logs and CI get plain text. The same rule

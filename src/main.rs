@@ -11,7 +11,7 @@ static EARLY_SIGNALS: extern "C" fn() = train::run::signals::early::install;
 
 fn main() -> ExitCode {
     let cli = train::cli::Cli::parse();
-    train::logging::init(cli.log_format);
+    train::app::init_logging(cli.log_format);
     train::app::ignore_file_size_signal();
     match train::app::dispatch(cli) {
         Ok(code) => ExitCode::from(code),

@@ -29,6 +29,35 @@ pub enum StopMetric {
     ValAccuracy,
 }
 
+impl StopMetric {
+    /// This metric's value among an epoch's validation results.
+    pub fn value(self, val_loss: f64, val_accuracy: f64) -> f64 {
+        match self {
+            Self::ValLoss => val_loss,
+            Self::ValAccuracy => val_accuracy,
+        }
+    }
+
+    /// How good `value` (a value of this metric) is, on one scale for every metric: higher
+    /// is better (a loss enters negated, exactly). `None` for NaN (not measured, as accuracy
+    /// in regression, or diverged): never better than anything. The one place that knows
+    /// each metric's direction, for early stopping, `keep_best` and the run's history.
+    pub fn rank(self, value: f64) -> Option<f64> {
+        if value.is_nan() {
+            return None;
+        }
+        Some(match self {
+            Self::ValLoss => -value,
+            Self::ValAccuracy => value,
+        })
+    }
+
+    /// [`Self::rank`] of this metric's value among an epoch's results (NaN for one missing).
+    pub fn score(self, val_loss: f64, val_accuracy: f64) -> Option<f64> {
+        self.rank(self.value(val_loss, val_accuracy))
+    }
+}
+
 /// Reads a number that may be `null` (how serde_json writes NaN and infinities) as NaN.
 fn nan_if_null<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
@@ -304,4 +333,25 @@ fn cut_torn_tail(f: &mut fs::File, path: &Path) -> std::io::Result<()> {
 /// Replaces `path` with `bytes` atomically and durably (see [`train_store::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     train_store::atomic::write_atomic(path, |f| f.write_all(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_higher_score_is_better_for_every_metric_and_nan_scores_nothing() {
+        let loss = StopMetric::ValLoss;
+        assert!(loss.score(0.5, f64::NAN) > loss.score(0.7, 0.9), "a lower loss is better");
+        assert_eq!(loss.score(0.5, f64::NAN), Some(-0.5));
+        assert_eq!(loss.score(f64::NAN, 0.9), None);
+        let accuracy = StopMetric::ValAccuracy;
+        assert!(accuracy.score(9.0, 0.9) > accuracy.score(0.1, 0.8), "a higher accuracy is better");
+        assert_eq!(accuracy.score(0.1, f64::NAN), None, "regression has no accuracy");
+        assert_eq!(accuracy.value(0.1, 0.8), 0.8);
+        assert_eq!(loss.value(0.1, 0.8), 0.1);
+        // Negation is exact, so a loss compared on its score keeps every tie and margin.
+        let (a, b, delta) = (0.8_f64, 0.795_f64, 0.01_f64);
+        assert_eq!(loss.rank(b).unwrap() > loss.rank(a).unwrap() + delta, b < a - delta);
+    }
 }

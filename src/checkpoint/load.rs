@@ -55,7 +55,8 @@ pub fn load_into(
     with_optimizer: bool,
 ) -> Result<(LoadOutcome, OptimizerState), CheckpointError> {
     let path = file.path().to_path_buf();
-    crate::fault::check_load(strategy.name()).map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
+    crate::fault::check_load(strategy.name())
+        .map_err(|source| CheckpointError::Torch { path: path.clone(), source })?;
     let layout: HashMap<String, Var> = vars
         .iter()
         .map(|(n, t)| {

@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::RunError;
+use super::error::RunError;
+use super::job::UserConfig;
+use super::setup::data_and_trainer;
 use crate::checkpoint::{CheckpointFile, Strategy};
-use crate::config::Config;
-use crate::data::Dataset;
-use crate::training::Trainer;
 
 /// What an evaluation found.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -31,14 +30,12 @@ pub struct Evaluation {
 
 /// Builds the configured model on its device, streams `path`'s weights into it (strictly:
 /// every name and shape must match; optimizer state is not read) and evaluates it on the
-/// validation split.
-pub fn evaluate(cfg: &Config, path: &Path) -> Result<Evaluation, RunError> {
+/// validation split. One process: the user's configuration is the planned one.
+pub fn evaluate(cfg: &UserConfig, path: &Path) -> Result<Evaluation, RunError> {
     let device = crate::device::select(cfg.run.device).map_err(|e| RunError::Device(e.to_string()))?;
     let file = CheckpointFile::open(path).map_err(|e| RunError::ResumeFrom(e.into()))?;
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
+    let (data, trainer) = data_and_trainer(&cfg.plan(1), device, |_| Ok(()))?;
     let start = Instant::now();
-    let trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
-        .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
     crate::checkpoint::load_into(&file, &trainer.variables(), device, Strategy::ModelOnly, true, false)
         .map_err(RunError::ResumeFrom)?;
     let stats = crate::fault::catch_oom(|| trainer.evaluate(&data.val))

@@ -14,9 +14,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::RunError;
+use super::error::RunError;
+use super::job::UserConfig;
 use crate::checkpoint::store;
-use crate::config::{Config, Resolved};
+use crate::config::Resolved;
 use crate::metrics::{self, MetricsLog};
 
 /// File name of the resolved configuration in a run folder.
@@ -105,9 +106,9 @@ impl RunFolder {
     }
 
     /// Readies the folder for training from step `step`: removes temporaries left by an
-    /// interrupted write, writes the resolved configuration, and cuts the metrics log back
+    /// interrupted write, writes the user's configuration, and cuts the metrics log back
     /// to the lines at or before `step` (a resumed run rewrites what came after).
-    pub fn prepare(&self, cfg: &Config, step: u64) -> Result<MetricsLog, RunError> {
+    pub fn prepare(&self, cfg: &UserConfig, step: u64) -> Result<MetricsLog, RunError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RunError::Io { path, source }
@@ -119,7 +120,7 @@ impl RunFolder {
             }
         }
         let config_path = self.root.join(CONFIG_FILE);
-        let yaml = serde_yaml::to_string(cfg).expect("the config schema serializes to YAML");
+        let yaml = serde_yaml::to_string(&**cfg).expect("the config schema serializes to YAML");
         metrics::write_atomic(&config_path, yaml.as_bytes()).map_err(io(&config_path))?;
         let log = self.metrics();
         log.truncate_after(step).map_err(io(&self.root.join(METRICS_FILE)))?;
@@ -165,6 +166,7 @@ impl RunFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn a_second_holder_is_refused_while_the_first_holds_the_folder() {
@@ -190,14 +192,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("runs/run");
         let folder = RunFolder::acquire(&root).unwrap();
-        folder.prepare(&Config::default(), 0).unwrap();
+        folder.prepare(&UserConfig::new(Config::default()), 0).unwrap();
         std::fs::create_dir_all(folder.checkpoints()).unwrap();
         assert!(root.join(CONFIG_FILE).exists());
         folder.release_if_nothing_saved();
         assert!(!tmp.path().join("runs").exists(), "nothing of the failed start is left");
 
         let folder = RunFolder::acquire(&root).unwrap();
-        folder.prepare(&Config::default(), 0).unwrap();
+        folder.prepare(&UserConfig::new(Config::default()), 0).unwrap();
         std::fs::create_dir_all(folder.checkpoints()).unwrap();
         std::fs::write(folder.checkpoints().join("latest.safetensors"), b"x").unwrap();
         folder.release_if_nothing_saved();

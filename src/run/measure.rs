@@ -3,20 +3,19 @@
 
 use std::time::Instant;
 
-use super::{resume, RunError};
+use super::error::RunError;
+use super::job::UserConfig;
+use super::resume;
+use super::setup::data_and_trainer;
 use crate::checkpoint::plan::strategy::Sizes;
 use crate::checkpoint::tensors::tensor_bytes;
 use crate::checkpoint::{CheckpointFile, Strategy};
-use crate::config::Config;
-use crate::data::Dataset;
 use crate::memory;
-use crate::training::Trainer;
 
 /// The sizes a plan needs when there is no checkpoint yet: the configured model built on the
 /// CPU, and the state its optimiser will hold. Loads the data set for the model's input shape.
-pub fn model_sizes(cfg: &Config) -> Result<Sizes, RunError> {
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
-    let trainer = Trainer::new(cfg, &data, tch::Device::Cpu)?;
+pub fn model_sizes(cfg: &UserConfig) -> Result<Sizes, RunError> {
+    let (_, trainer) = data_and_trainer(&cfg.plan(1), tch::Device::Cpu, |_| Ok(()))?;
     let vars = trainer.variables();
     let model: u64 = vars.values().map(tensor_bytes).sum();
     let largest = vars.values().map(tensor_bytes).max().unwrap_or(0);
@@ -41,14 +40,11 @@ pub struct MeasuredLoad {
 
 /// Builds the configured model on the configured device and loads `file` into it as a run
 /// would (plan, strategy, step-down), measuring time and peak memory. Writes nothing.
-pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
+pub fn measure_load(cfg: &UserConfig, file: &CheckpointFile) -> Result<MeasuredLoad, RunError> {
     let device = crate::device::select(cfg.run.device).map_err(|e| RunError::Device(e.to_string()))?;
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
-    // As a run does: the cap applies from the first allocation.
-    if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
-        memory::cuda::limit_vram(limit.as_u64(), i);
-    }
-    let mut trainer = Trainer::new(cfg, &data, device)?;
+    let planned = cfg.plan(1);
+    // As a run does: memory.vram_limit applies from the first allocation.
+    let (data, mut trainer) = data_and_trainer(&planned, device, |_| Ok(()))?;
     drop(data);
     let cuda = match device {
         tch::Device::Cuda(i) => Some(i),
@@ -61,7 +57,7 @@ pub fn measure_load(cfg: &Config, file: &CheckpointFile) -> Result<MeasuredLoad,
     memory::probe::reset_peak_rss();
     let rss_before = memory::probe::host().rss;
     let start = Instant::now();
-    let strategy = resume::load_planned(cfg, &mut trainer, file)?;
+    let strategy = resume::load_planned(&planned, &mut trainer, file)?;
     let seconds = start.elapsed().as_secs_f64();
     let host = memory::probe::host();
     Ok(MeasuredLoad {

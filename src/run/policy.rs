@@ -3,11 +3,12 @@
 //!
 //! | after | rule |
 //! |---|---|
+//! | a step's outcome | a loss that is not finite is recorded, and ends the run under `training.on_nonfinite: stop`; a step line every `training.log_every_n_steps` |
 //! | a step inside an epoch | a stop request (SIGTERM/SIGINT) or `training.max_steps` reached: save `latest` at the exact batch and stop; otherwise `checkpoint.every_n_steps` dividing the step: save `latest` and go on |
 //! | an epoch | always save `latest`; also `epoch-NNNN` every `checkpoint.every_n_epochs` and after the last epoch; then stop for a stop request (unless that was the last epoch anyway) or `max_steps` |
 
 use crate::checkpoint::Position;
-use crate::config::{Config, ConfigError, EarlyStopping, StopMetric};
+use crate::config::{Config, ConfigError, EarlyStopping, OnNonfinite, StopMetric};
 use crate::data::Task;
 
 /// The settings the rules read.
@@ -46,6 +47,35 @@ pub enum Stop {
     Signal,
     /// `training.max_steps` reached: a normal end.
     MaxSteps,
+}
+
+/// A step whose loss was not finite (its update was not applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nonfinite {
+    /// The step it is recorded as: the one attempted when the run stops there, else the
+    /// run's step (the update was skipped, or let through).
+    pub at: u64,
+    /// `training.on_nonfinite: stop`: the run ends here, diverged.
+    pub stop: bool,
+}
+
+/// What a step's outcome asks of the loop, before the stop vote and [`after_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterOutcome {
+    /// The loss was not finite: say so, record it, and maybe stop.
+    pub nonfinite: Option<Nonfinite>,
+    /// Write the step's metrics line (`training.log_every_n_steps`).
+    pub step_line: bool,
+}
+
+/// The rule for a step's outcome: `applied` or not, leaving the run at optimiser step
+/// `step`.
+pub fn after_outcome(applied: bool, step: u64, on_nonfinite: OnNonfinite, log_every: u64) -> AfterOutcome {
+    let stop = on_nonfinite == OnNonfinite::Stop;
+    AfterOutcome {
+        nonfinite: (!applied).then_some(Nonfinite { at: step + u64::from(stop), stop }),
+        step_line: step.is_multiple_of(log_every),
+    }
 }
 
 /// What to do after a training step.
@@ -115,10 +145,9 @@ pub struct Plateau {
 /// by more than `min_delta`; the run stops once `patience` epochs have passed since the last
 /// improvement. `None` while no epoch has a metric (see [`Plateau::stops`]).
 pub fn plateau(history: &[f64], rule: &EarlyStopping) -> Option<Plateau> {
-    let better = |v: f64, best: f64, delta: f64| match rule.metric {
-        StopMetric::ValLoss => v < best - delta,
-        StopMetric::ValAccuracy => v > best + delta,
-    };
+    // On StopMetric's one scale (higher is better); NaN values are skipped below.
+    let score = |v: f64| rule.metric.rank(v).unwrap_or(f64::NAN);
+    let better = |v: f64, best: f64, delta: f64| score(v) > score(best) + delta;
     // (epoch index, metric) of the last improvement and of the best value.
     let mut improved: Option<(usize, f64)> = None;
     let mut best: Option<(usize, f64)> = None;
@@ -179,6 +208,19 @@ mod tests {
         assert!(check_stop_metric(None, regression).is_ok());
         let classes = Task::Classification { classes: 3 };
         assert!(check_stop_metric(on(StopMetric::ValAccuracy).as_ref(), classes).is_ok());
+    }
+
+    #[test]
+    fn a_nonfinite_loss_is_recorded_and_stops_only_under_on_nonfinite_stop() {
+        let applied = after_outcome(true, 10, OnNonfinite::Stop, 5);
+        assert_eq!(applied, AfterOutcome { nonfinite: None, step_line: true });
+        // The step that diverged is the one attempted: the run stays at step 10.
+        let stop = after_outcome(false, 10, OnNonfinite::Stop, 5);
+        assert_eq!(stop.nonfinite, Some(Nonfinite { at: 11, stop: true }));
+        let skip = after_outcome(false, 10, OnNonfinite::SkipStep, 5);
+        assert_eq!(skip.nonfinite, Some(Nonfinite { at: 10, stop: false }));
+        assert!(skip.step_line);
+        assert!(!after_outcome(true, 11, OnNonfinite::Continue, 5).step_line);
     }
 
     #[test]

@@ -1,28 +1,24 @@
 //! A run as one rank of a data-parallel job (see [`crate::distributed`]).
 //!
-//! - The job is planned with the global batch (`training.batch_size` × world): the epoch
-//!   order, the steps per epoch, the schedule and a checkpoint's position are those of one
-//!   process training with that batch, so a checkpoint of a 2 × B job resumes in a 1 × 2B
-//!   run and back. Each rank trains its strided share of every batch ([`crate::data::shard`]).
+//! - The job is planned with the global batch (`training.batch_size` × world, see
+//!   [`super::job::PlannedConfig`]). Each rank trains its strided share of every batch
+//!   ([`crate::data::shard`]).
 //! - Rank 0 alone takes the run folder, decides where to start from, and writes; it tells
 //!   the others through the store ([`LeaderStart`]), every rank loads that same checkpoint
 //!   (a shared file system, as torchrun and Slurm jobs have), and rank 0's parameters and
 //!   buffers are then broadcast to all.
-//! - The other ranks run [`follow`]: the same loop with no saver and no metrics log.
+//! - The other ranks learn it with [`await_leader`], then run the same loop with no saver and
+//!   no metrics log (see [`super::orchestrator`]).
 //! - Before any of that, [`check_same_config`]: ranks started with different settings
 //!   (another learning rate, batch or data) are refused on every rank, the keys named.
 
-use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
-use super::resume::{self, ResumePlan};
-use super::signals::StopFlag;
-use super::train_loop::Loop;
-use super::{config_sha256, RunError, RunSummary};
-use crate::checkpoint::CheckpointFile;
-use crate::config::{Config, DeviceSpec};
-use crate::data::Dataset;
+use super::error::RunError;
+use super::job::{PlannedConfig, UserConfig};
+use crate::config::Config;
+use crate::device::DeviceSpec;
 use crate::distributed::{Dist, DistError, Launch};
 use crate::training::Trainer;
 
@@ -72,17 +68,6 @@ impl LeaderStart {
     }
 }
 
-/// The configuration the job is planned with: `training.batch_size` becomes the global
-/// batch. Unchanged for a single process.
-pub fn planned(cfg: &Config, world: u32) -> Cow<'_, Config> {
-    if world <= 1 {
-        return Cow::Borrowed(cfg);
-    }
-    let mut global = cfg.clone();
-    global.training.batch_size = cfg.training.batch_size * world;
-    Cow::Owned(global)
-}
-
 /// The device of a rank: on CUDA, the GPU of its local rank, unless `run.device` names one
 /// other than the first (`cuda:N`, for jobs that map GPUs to ranks themselves).
 pub fn device_for(selected: tch::Device, spec: DeviceSpec, launch: Option<&Launch>) -> Result<tch::Device, RunError> {
@@ -116,7 +101,7 @@ pub fn announce(dist: Option<&Dist>, start: &LeaderStart) -> Result<(), RunError
 /// Makes `trainer` one rank of the job: rank 0's parameters and buffers copied to every
 /// rank (after a fresh start or a resume), and, with `distributed.overlap`, DDP's Reducer
 /// attached to its parameters.
-pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &Config) -> Result<(), DistError> {
+pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &PlannedConfig) -> Result<(), DistError> {
     let mut vars: Vec<(String, tch::Tensor)> = trainer.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     if dist.is_leader() && dist.world() > 1 {
@@ -204,7 +189,7 @@ fn differences(
 /// another batch or data size breaks the collectives. Each rank publishes its resolved
 /// configuration in the store and compares it with rank 0's; one all-reduce tells every
 /// rank which ranks differ, and each then names the keys of the first of them.
-pub fn check_same_config(dist: &Dist, cfg: &Config) -> Result<(), DistError> {
+pub fn check_same_config(dist: &Dist, cfg: &UserConfig) -> Result<(), DistError> {
     let mine = comparable(cfg);
     let text = |c: &std::collections::BTreeMap<String, String>| serde_json::to_string(c).expect("strings serialize");
     let parse = |s: String, rank: usize| -> std::collections::BTreeMap<String, String> {
@@ -228,44 +213,9 @@ pub fn check_same_config(dist: &Dist, cfg: &Config) -> Result<(), DistError> {
     Err(DistError::ConfigMismatch(format!("{}; start every rank with the same settings", found.join("; "))))
 }
 
-/// A rank other than 0: waits for rank 0's start, loads the same checkpoint, and trains
-/// its share in lockstep, writing nothing.
-pub fn follow(
-    cfg: &Config,
-    user_cfg: &Config,
-    dist: &Rc<Dist>,
-    device: tch::Device,
-    stop: &mut StopFlag,
-    out: &Path,
-) -> Result<RunSummary, RunError> {
-    let plan = match LeaderStart::decode(&dist.share(START_KEY, None)?) {
-        LeaderStart::Fresh => ResumePlan::Fresh,
-        LeaderStart::From(p) => {
-            ResumePlan::From(vec![CheckpointFile::open(&p).map_err(|e| RunError::ResumeFrom(e.into()))?])
-        }
-        LeaderStart::Stopped => return Ok(RunSummary::stopped_early(out.to_path_buf(), true)),
-        LeaderStart::Failed(m) => return Err(DistError::LeaderFailed(m).into()),
-    };
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
-    let mut trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
-        .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
-    let resumed_from = resume::resume(cfg, &mut trainer, &plan, data.train.len())?;
-    join(dist, &mut trainer, cfg)?;
-    let first_epoch = trainer.position.epoch;
-    let sha = config_sha256(user_cfg);
-    stop.begin_training();
-    let end = Loop { cfg, data: &data, saver: None, log: None, dist: Some(dist), stop, config_sha256: &sha }
-        .run(&mut trainer)?;
-    // Rank 0's last save is done once it gets here too.
-    dist.barrier()?;
-    stop.settle();
-    Ok(RunSummary {
-        output_dir: out.to_path_buf(),
-        resumed_from,
-        epochs_trained: trainer.position.epoch - first_epoch,
-        last: end.last,
-        interrupted: end.interrupted,
-    })
+/// A rank other than 0: how rank 0 started the run, once it has said so ([`announce`]).
+pub fn await_leader(dist: &Dist) -> Result<LeaderStart, DistError> {
+    Ok(LeaderStart::decode(&dist.share(START_KEY, None)?))
 }
 
 #[cfg(test)]
@@ -299,13 +249,5 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("training.batch_size is 128 on rank 0 but 7 on rank 1"), "{found:?}");
         assert!(found[1].starts_with("training.optimizer.lr is 0.001 on rank 0 but 0.5 on rank 1"), "{found:?}");
-    }
-
-    #[test]
-    fn a_job_is_planned_with_the_global_batch() {
-        let mut cfg = Config::default();
-        cfg.training.batch_size = 8;
-        assert_eq!(planned(&cfg, 1).training.batch_size, 8);
-        assert_eq!(planned(&cfg, 4).training.batch_size, 32);
     }
 }

@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::RunError;
+use super::error::{PositionError, RunError};
+use super::job::PlannedConfig;
 use crate::checkpoint::import::{self, Keeps};
 use crate::checkpoint::load::is_out_of_memory;
 use crate::checkpoint::plan::load::{self as load_plan, restore_optimizer, OptimizerRestore};
@@ -38,7 +39,7 @@ impl std::fmt::Debug for ResumePlan {
 }
 
 /// Decides where to resume from, per `run.resume`.
-pub fn plan(cfg: &Config, ckpt_dir: &std::path::Path) -> Result<ResumePlan, RunError> {
+pub fn plan(cfg: &PlannedConfig, ckpt_dir: &std::path::Path) -> Result<ResumePlan, RunError> {
     match &cfg.run.resume {
         ResumeSpec::Never => {
             if store::list(ckpt_dir)?.is_empty() {
@@ -67,29 +68,17 @@ pub fn plan(cfg: &Config, ckpt_dir: &std::path::Path) -> Result<ResumePlan, RunE
 /// Checks that a checkpoint's position fits this run's epochs: a checkpoint taken
 /// mid-epoch resumes at its batch, which only means the same samples with the same
 /// `training.batch_size` and data. `batches` is the epoch's batch count now.
-pub fn check_position(meta: &Meta, batch_size: u32, batches: u64) -> Result<(), String> {
+pub fn check_position(meta: &Meta, batch_size: u32, batches: u64) -> Result<(), PositionError> {
     let p = &meta.position;
     if p.batches_into_epoch == 0 {
         return Ok(());
     }
-    if meta.batch_size.is_some_and(|b| b != batch_size) {
-        return Err(format!(
-            "it was saved {} batches into epoch {} with training.batch_size {}, and this run uses {batch_size}: \
-             resume with --set training.batch_size={}, or from an epoch checkpoint (--resume \
-             <run>/checkpoints/epoch-NNNN...)",
-            p.batches_into_epoch,
-            p.epoch + 1,
-            meta.batch_size.unwrap_or_default(),
-            meta.batch_size.unwrap_or_default(),
-        ));
+    let (batches_into_epoch, epoch) = (p.batches_into_epoch, p.epoch + 1);
+    if let Some(saved) = meta.batch_size.filter(|&b| b != batch_size) {
+        return Err(PositionError::BatchSize { batches_into_epoch, epoch, saved, now: batch_size });
     }
     if p.batches_into_epoch > batches {
-        return Err(format!(
-            "it was saved {} batches into epoch {}, but an epoch now has {batches} batches (training.batch_size or \
-             data.train_limit changed): resume with the settings it was saved with, or from an epoch checkpoint",
-            p.batches_into_epoch,
-            p.epoch + 1
-        ));
+        return Err(PositionError::PastEpochEnd { batches_into_epoch, epoch, batches });
     }
     Ok(())
 }
@@ -99,7 +88,7 @@ pub fn check_position(meta: &Meta, batch_size: u32, batches: u64) -> Result<(), 
 /// chosen per checkpoint from free memory (see [`crate::checkpoint::plan::load`]); an out-of-memory
 /// error steps down to the next cheaper strategy.
 pub fn resume(
-    cfg: &Config,
+    cfg: &PlannedConfig,
     trainer: &mut Trainer,
     plan: &ResumePlan,
     train_examples: usize,
@@ -140,7 +129,7 @@ pub fn resume(
 
 /// Chooses a strategy for `file` and loads it into `trainer`, stepping down on
 /// out-of-memory errors. Returns the strategy that succeeded.
-pub fn load_planned(cfg: &Config, trainer: &mut Trainer, file: &CheckpointFile) -> Result<Strategy, RunError> {
+pub fn load_planned(cfg: &PlannedConfig, trainer: &mut Trainer, file: &CheckpointFile) -> Result<Strategy, RunError> {
     with_planned_strategy(cfg, trainer, file, RunError::from, |trainer, strategy| {
         load_one(cfg, trainer, file, strategy)
     })
@@ -378,7 +367,7 @@ mod tests {
         assert!(check_position(&m, 64, 10).is_ok(), "an epoch boundary resumes with any batch size");
         m.position.batches_into_epoch = 5;
         assert!(check_position(&m, 32, 10).is_ok());
-        let why = check_position(&m, 64, 10).unwrap_err();
+        let why = check_position(&m, 64, 10).unwrap_err().to_string();
         assert!(why.contains("training.batch_size=32"), "{why}");
     }
 
@@ -387,7 +376,7 @@ mod tests {
         let mut m = Meta::sample("adamw", true);
         m.batch_size = None;
         m.position.batches_into_epoch = 10;
-        assert!(check_position(&m, 32, 4).unwrap_err().contains("4 batches"));
+        assert!(check_position(&m, 32, 4).unwrap_err().to_string().contains("4 batches"));
         assert!(check_position(&m, 32, 10).is_ok());
     }
 }

@@ -1,5 +1,5 @@
 //! SIGTERM and SIGINT: the first asks the run to stop at the next step boundary, save
-//! `latest` and exit with [`crate::app::EXIT_INTERRUPTED`] (75); a second one while the save
+//! `latest` and exit with [`EXIT_INTERRUPTED`] (75); a second one while the save
 //! is still pending ends the process at once with 130 (128 + SIGINT, as a shell reports it),
 //! leaving the previous `latest` intact, since checkpoint writes are atomic. Once the final
 //! save is done ([`StopFlag::settle`]), further signals change nothing: the exit is 75.
@@ -24,6 +24,11 @@ use signal_hook::SigId;
 
 /// Exit status of a process ended by a second signal before its save finished.
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Exit code of a run stopped by SIGTERM/SIGINT after saving `latest`, or during start-up
+/// with nothing to save: job scripts requeue on it (`EX_TEMPFAIL` from sysexits.h: "try
+/// again later"). `train::app` re-exports it beside the other exit codes.
+pub const EXIT_INTERRUPTED: u8 = 75;
 
 /// Set by SIGTERM or SIGINT.
 pub struct StopFlag {
@@ -72,7 +77,7 @@ fn exit_if_starting_up() {
     // SAFETY: write(2) and _exit(2) are async-signal-safe.
     unsafe {
         libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());
-        libc::_exit(i32::from(crate::app::EXIT_INTERRUPTED));
+        libc::_exit(i32::from(EXIT_INTERRUPTED));
     }
 }
 
@@ -160,19 +165,19 @@ pub mod early {
     /// For a run: from now until training begins, a signal ends the process at once with
     /// 75 (nothing has been written); one that arrived before `main` does so now.
     pub fn exit_during_start_up() {
-        super::STARTING_UP.store(true, Ordering::SeqCst);
+        crate::run::signals::STARTING_UP.store(true, Ordering::SeqCst);
         for signal in [libc::SIGTERM, libc::SIGINT] {
             // SAFETY: `exit_now` only calls async-signal-safe functions.
             unsafe { libc::signal(signal, exit_now as extern "C" fn(libc::c_int) as libc::sighandler_t) };
         }
         if received().is_some() {
-            super::exit_if_starting_up();
+            crate::run::signals::exit_if_starting_up();
         }
     }
 
     extern "C" fn exit_now(signal: libc::c_int) {
         record(signal);
-        super::exit_if_starting_up();
+        crate::run::signals::exit_if_starting_up();
     }
 
     /// For commands that are not a run: the signals get their default action back, and one

@@ -8,11 +8,11 @@
 
 use std::time::Instant;
 
+use super::error::RunError;
+use super::job::PlannedConfig;
 use super::policy::{self, AfterStep, Cadence, Stop};
 use super::signals::StopFlag;
-use super::RunError;
 use crate::checkpoint::saver::Saver;
-use crate::config::{Config, OnNonfinite, StopMetric};
 use crate::data::{Dataset, Prefetcher};
 use crate::distributed::Dist;
 use crate::metrics::{EpochMetrics, EventMetrics, MetricsLine, MetricsLog, StepMetrics};
@@ -21,8 +21,8 @@ use crate::training::{StepOutcome, Trainer};
 
 /// What the loop needs besides the trainer.
 pub struct Loop<'a> {
-    /// The configuration.
-    pub cfg: &'a Config,
+    /// The configuration, as planned (the global batch).
+    pub cfg: &'a PlannedConfig,
     /// The data.
     pub data: &'a Dataset,
     /// Writes checkpoints (rank 0 of a data-parallel job only).
@@ -33,8 +33,24 @@ pub struct Loop<'a> {
     pub dist: Option<&'a Dist>,
     /// Set by SIGTERM/SIGINT.
     pub stop: &'a StopFlag,
-    /// SHA-256 of the configuration, recorded in checkpoints.
-    pub config_sha256: &'a str,
+}
+
+/// An epoch's batches, all trained.
+struct Trained {
+    /// Examples trained.
+    samples: usize,
+    /// The learning rate of the last step.
+    lr: f64,
+    /// Wall time of the batches.
+    seconds: f64,
+}
+
+/// How an epoch's batches ended.
+enum Batches {
+    /// All trained: the epoch's evaluation and save come next.
+    Done(Trained),
+    /// Stopped mid-epoch, `latest` saved.
+    Stopped(Stop),
 }
 
 /// How the loop ended.
@@ -76,9 +92,15 @@ impl Loop<'_> {
         }
     }
 
-    /// Logs and records a step whose loss was not finite.
-    fn nonfinite(&self, trainer: &Trainer, epoch: u32, step: &StepOutcome, run_start: Instant) -> Result<(), RunError> {
-        let at = trainer.position.step + u64::from(self.cfg.training.on_nonfinite == OnNonfinite::Stop);
+    /// Logs and records a step whose loss was not finite, as step `at`.
+    fn nonfinite(
+        &self,
+        trainer: &Trainer,
+        epoch: u32,
+        step: &StepOutcome,
+        at: u64,
+        run_start: Instant,
+    ) -> Result<(), RunError> {
         tracing::warn!(
             step = at,
             loss = step.loss,
@@ -118,10 +140,7 @@ impl Loop<'_> {
         let history: Vec<f64> = epochs
             .iter()
             .filter(|m| m.epoch <= trainer.position.epoch)
-            .map(|m| match rule.metric {
-                StopMetric::ValLoss => m.val_loss,
-                StopMetric::ValAccuracy => m.val_accuracy,
-            })
+            .map(|m| rule.metric.value(m.val_loss, m.val_accuracy))
             .collect();
         match policy::plateau(&history, rule) {
             Some(p) if p.stops(rule) => {
@@ -154,136 +173,160 @@ impl Loop<'_> {
         log.append(line).map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })
     }
 
-    /// Trains from the trainer's position to `training.epochs` (or a stop).
+    /// Trains from the trainer's position to `training.epochs` (or a stop): the executor of
+    /// [`policy`]'s decisions, epoch by epoch.
     pub fn run(&mut self, trainer: &mut Trainer) -> Result<LoopEnd, RunError> {
-        let cfg = self.cfg;
-        let cadence = Cadence::of(cfg);
-        let total = cfg.training.epochs;
+        let cadence = Cadence::of(self.cfg);
         let mut end = LoopEnd::default();
         let run_start = Instant::now();
-        while trainer.position.epoch < total {
+        while trainer.position.epoch < cadence.epochs {
             if self.plateaued(trainer)? {
                 return Ok(end);
             }
             let epoch = trainer.position.epoch + 1;
             let _span = tracing::info_span!("epoch", epoch).entered();
-            let batches = trainer.epoch_plan(self.data.train.len());
-            // resume::check_position made sure the position lies inside this epoch.
-            let skip = trainer.position.batches_into_epoch as usize;
-            let mut progress =
-                Progress::start(epoch, total, batches.len() as u64, skip as u64, cfg.training.log_every_n_steps);
-            let train_start = Instant::now();
-            let mut samples = 0;
-            let mut lr = cfg.training.optimizer.lr;
-            for (xs, ys) in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device) {
-                let step = self.step_with_retry(trainer, &xs, &ys)?;
-                if !step.applied {
-                    self.nonfinite(trainer, epoch, &step, run_start)?;
-                    if cfg.training.on_nonfinite == OnNonfinite::Stop {
-                        progress.finish();
-                        return Err(RunError::NonFinite { step: trainer.position.step + 1, loss: step.loss });
-                    }
+            let stop = match self.train_batches(trainer, epoch, &cadence, run_start)? {
+                Batches::Stopped(why) => Some(why),
+                Batches::Done(trained) => {
+                    let (metrics, stop) = self.end_epoch(trainer, epoch, &cadence, trained)?;
+                    end.last = Some(metrics);
+                    stop
                 }
-                samples += step.samples;
-                lr = step.lr;
-                let rate = progress.step(trainer.position.step, step.loss, step.lr, step.samples);
-                if trainer.position.step.is_multiple_of(cfg.training.log_every_n_steps) {
-                    self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
-                }
-                let stop = self.stop_requested()?;
-                match policy::after_step(&cadence, &trainer.position, batches.len() as u64, stop) {
-                    AfterStep::Continue => {}
-                    AfterStep::Save => {
-                        self.save(trainer, false)?;
-                    }
-                    AfterStep::SaveAndStop(why) => {
-                        progress.finish();
-                        match why {
-                            Stop::Signal => tracing::warn!(
-                                epoch,
-                                batch = trainer.position.batches_into_epoch,
-                                "stop requested: saving `latest` and exiting"
-                            ),
-                            Stop::MaxSteps => {
-                                tracing::info!(
-                                    step = trainer.position.step,
-                                    "reached training.max_steps: saving `latest`"
-                                )
-                            }
-                        }
-                        self.save(trainer, false)?;
-                        end.interrupted = why == Stop::Signal;
-                        return Ok(end);
-                    }
-                }
-            }
-            progress.finish();
-            let train_seconds = train_start.elapsed().as_secs_f64();
-            if let Some(d) = self.dist {
-                let t = d.take_times();
-                let per_step = |s: f64| format!("{:.3}", s * 1e3 / t.steps.max(1) as f64);
-                tracing::info!(
-                    epoch,
-                    rank = d.rank(),
-                    steps = t.steps,
-                    overlap = d.overlaps(),
-                    last_backward_ms = per_step(t.last_backward),
-                    allreduce_after_backward_ms = per_step(t.allreduce_after),
-                    small_allreduces_ms = per_step(t.small),
-                    "data parallel: time per step"
-                );
-            }
-            let train_loss = trainer.finish_epoch(self.data.train.len());
-            let eval_start = Instant::now();
-            let eval = crate::fault::catch_torch(|| trainer.evaluate(&self.data.val)).map_err(|caught| {
-                RunError::Libtorch { during: format!("evaluation after epoch {epoch}"), message: caught.message() }
-            })?;
-            let eval_seconds = eval_start.elapsed().as_secs_f64();
-            trainer.last_eval = eval;
-
-            let decision = policy::after_epoch(&cadence, &trainer.position, self.stop_requested()?);
-            let blocked = self.save(trainer, decision.epoch_file)?;
-            let m = EpochMetrics {
-                epoch,
-                step: trainer.position.step,
-                train_loss,
-                val_loss: eval.loss,
-                val_accuracy: eval.accuracy,
-                lr,
-                train_seconds,
-                samples_per_sec: samples as f64 / train_seconds.max(f64::EPSILON),
-                eval_seconds,
-                checkpoint_blocked_seconds: blocked,
-                host_rss_bytes: crate::memory::probe::host().rss,
             };
-            self.append(&MetricsLine::Epoch(m.clone()))?;
-            // Accuracy does not apply to regression (NaN in the metrics): not shown.
-            let accuracy = Some(m.val_accuracy).filter(|a| !a.is_nan()).map(|a| format!("{a:.4}"));
-            tracing::info!(
-                epoch,
-                of = total,
-                train_loss = format_args!("{:.4}", m.train_loss),
-                val_loss = format_args!("{:.4}", m.val_loss),
-                val_accuracy = accuracy.as_deref().map(tracing::field::display),
-                samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
-                checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
-                "epoch done"
-            );
-            end.last = Some(m);
-            match decision.stop {
-                Some(Stop::Signal) => {
-                    tracing::warn!(epoch, "stop requested: exiting after the epoch's checkpoint");
-                    end.interrupted = true;
-                    return Ok(end);
-                }
-                Some(Stop::MaxSteps) => {
-                    tracing::info!(step = trainer.position.step, "reached training.max_steps");
-                    return Ok(end);
-                }
-                None => {}
+            if let Some(why) = stop {
+                end.interrupted = why == Stop::Signal;
+                return Ok(end);
             }
         }
         Ok(end)
+    }
+
+    /// The epoch's batches from the trainer's position on, each step followed by what
+    /// [`policy::after_outcome`] and [`policy::after_step`] decide.
+    fn train_batches(
+        &mut self,
+        trainer: &mut Trainer,
+        epoch: u32,
+        cadence: &Cadence,
+        run_start: Instant,
+    ) -> Result<Batches, RunError> {
+        let t = &self.cfg.training;
+        let batches = trainer.epoch_plan(self.data.train.len());
+        // resume::check_position made sure the position lies inside this epoch.
+        let skip = trainer.position.batches_into_epoch as usize;
+        let mut progress =
+            Progress::start(epoch, cadence.epochs, batches.len() as u64, skip as u64, t.log_every_n_steps);
+        let start = Instant::now();
+        let mut trained = Trained { samples: 0, lr: t.optimizer.lr, seconds: 0.0 };
+        for (xs, ys) in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device) {
+            let step = self.step_with_retry(trainer, &xs, &ys)?;
+            let after = policy::after_outcome(step.applied, trainer.position.step, t.on_nonfinite, t.log_every_n_steps);
+            if let Some(nonfinite) = after.nonfinite {
+                self.nonfinite(trainer, epoch, &step, nonfinite.at, run_start)?;
+                if nonfinite.stop {
+                    progress.finish();
+                    return Err(RunError::NonFinite { step: nonfinite.at, loss: step.loss });
+                }
+            }
+            trained.samples += step.samples;
+            trained.lr = step.lr;
+            let rate = progress.step(trainer.position.step, step.loss, step.lr, step.samples);
+            if after.step_line {
+                self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
+            }
+            let stop = self.stop_requested()?;
+            match policy::after_step(cadence, &trainer.position, batches.len() as u64, stop) {
+                AfterStep::Continue => {}
+                AfterStep::Save => {
+                    self.save(trainer, false)?;
+                }
+                AfterStep::SaveAndStop(why) => {
+                    progress.finish();
+                    match why {
+                        Stop::Signal => tracing::warn!(
+                            epoch,
+                            batch = trainer.position.batches_into_epoch,
+                            "stop requested: saving `latest` and exiting"
+                        ),
+                        Stop::MaxSteps => {
+                            tracing::info!(step = trainer.position.step, "reached training.max_steps: saving `latest`")
+                        }
+                    }
+                    self.save(trainer, false)?;
+                    return Ok(Batches::Stopped(why));
+                }
+            }
+        }
+        progress.finish();
+        trained.seconds = start.elapsed().as_secs_f64();
+        Ok(Batches::Done(trained))
+    }
+
+    /// After an epoch's last batch: its evaluation, its save ([`policy::after_epoch`]), its
+    /// metrics line; the stop that decision asks for, if any.
+    fn end_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        epoch: u32,
+        cadence: &Cadence,
+        trained: Trained,
+    ) -> Result<(EpochMetrics, Option<Stop>), RunError> {
+        if let Some(d) = self.dist {
+            let t = d.take_times();
+            let per_step = |s: f64| format!("{:.3}", s * 1e3 / t.steps.max(1) as f64);
+            tracing::info!(
+                epoch,
+                rank = d.rank(),
+                steps = t.steps,
+                overlap = d.overlaps(),
+                last_backward_ms = per_step(t.last_backward),
+                allreduce_after_backward_ms = per_step(t.allreduce_after),
+                small_allreduces_ms = per_step(t.small),
+                "data parallel: time per step"
+            );
+        }
+        let train_loss = trainer.finish_epoch(self.data.train.len());
+        let eval_start = Instant::now();
+        let eval = crate::fault::catch_torch(|| trainer.evaluate(&self.data.val)).map_err(|caught| {
+            RunError::Libtorch { during: format!("evaluation after epoch {epoch}"), message: caught.message() }
+        })?;
+        let eval_seconds = eval_start.elapsed().as_secs_f64();
+        trainer.last_eval = eval;
+
+        let decision = policy::after_epoch(cadence, &trainer.position, self.stop_requested()?);
+        let blocked = self.save(trainer, decision.epoch_file)?;
+        let m = EpochMetrics {
+            epoch,
+            step: trainer.position.step,
+            train_loss,
+            val_loss: eval.loss,
+            val_accuracy: eval.accuracy,
+            lr: trained.lr,
+            train_seconds: trained.seconds,
+            samples_per_sec: trained.samples as f64 / trained.seconds.max(f64::EPSILON),
+            eval_seconds,
+            checkpoint_blocked_seconds: blocked,
+            host_rss_bytes: crate::memory::probe::host().rss,
+        };
+        self.append(&MetricsLine::Epoch(m.clone()))?;
+        // Accuracy does not apply to regression (NaN in the metrics): not shown.
+        let accuracy = Some(m.val_accuracy).filter(|a| !a.is_nan()).map(|a| format!("{a:.4}"));
+        tracing::info!(
+            epoch,
+            of = cadence.epochs,
+            train_loss = format_args!("{:.4}", m.train_loss),
+            val_loss = format_args!("{:.4}", m.val_loss),
+            val_accuracy = accuracy.as_deref().map(tracing::field::display),
+            samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
+            checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
+            "epoch done"
+        );
+        match decision.stop {
+            Some(Stop::Signal) => tracing::warn!(epoch, "stop requested: exiting after the epoch's checkpoint"),
+            Some(Stop::MaxSteps) => tracing::info!(step = trainer.position.step, "reached training.max_steps"),
+            None => {}
+        }
+        Ok((m, decision.stop))
     }
 
     /// One step; a step that runs out of memory has not updated anything yet (the optimiser

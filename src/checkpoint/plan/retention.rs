@@ -45,15 +45,14 @@ pub fn to_delete(entries: &[EpochEntry], policy: Policy, latest_verified: bool) 
     let best = policy
         .keep_best
         .then(|| {
-            // Lower is better: accuracy enters negated. Ties go to the later epoch.
-            let score = |e: &EpochEntry| match policy.best_by {
-                crate::metrics::StopMetric::ValLoss => e.val_loss,
-                crate::metrics::StopMetric::ValAccuracy => e.val_accuracy.map(|a| -a),
+            // Higher scores are better (StopMetric::score); ties go to the later epoch.
+            let score = |e: &EpochEntry| {
+                policy.best_by.score(e.val_loss.unwrap_or(f64::NAN), e.val_accuracy.unwrap_or(f64::NAN))
             };
             entries
                 .iter()
-                .filter_map(|e| score(e).filter(|l| !l.is_nan()).map(|l| (l, e.epoch)))
-                .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+                .filter_map(|e| score(e).map(|s| (s, e.epoch)))
+                .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
                 .map(|(_, epoch)| epoch)
         })
         .flatten();

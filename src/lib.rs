@@ -3,7 +3,7 @@
 //!
 //! The binary is a thin shell over this library. Its modules form layers, each importing
 //! only from those below (ARCHITECTURE.md draws the map; `tests/architecture.rs` checks it):
-//! - foundations: [`dtype`], [`fault`], [`progress`], [`metrics`], [`schedule`],
+//! - foundations: [`dtype`], [`shim`], [`fault`], [`progress`], [`metrics`], [`schedule`],
 //!   [`serde_exact`], [`device`], [`logging`];
 //! - features, each owning its config section: [`memory`] (probes), [`data`], [`model`],
 //!   [`checkpoint`] (a plan layer that decides, storage that carries plans out), [`optim`],

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `src/`, lowest first: each may import only those before it.
 const LAYERS: &[&[&str]] = &[
     // Foundations: no knowledge of training, models or files.
-    &["dtype", "fault", "progress", "metrics", "schedule", "serde_exact", "device", "logging"],
+    &["dtype", "fault", "shim", "progress", "metrics", "schedule", "serde_exact", "device", "logging"],
     // Features, each owning its config section.
     &["memory", "data", "model", "checkpoint", "optim", "distributed"],
     // Composing the sections.

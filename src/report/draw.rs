@@ -11,7 +11,28 @@ use plotters::prelude::*;
 use plotters::style::register_font;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Curves, Format, ReportError};
+use super::curves::Curves;
+use super::error::ReportError;
+
+/// Picture formats, told apart by the output file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.png`: a bitmap.
+    Png,
+    /// `.svg`: vector graphics, text as text.
+    Svg,
+}
+
+impl Format {
+    /// The format of `path`, from its extension (any case).
+    pub fn of(path: &Path) -> Result<Self, ReportError> {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => Ok(Self::Png),
+            Some("svg") => Ok(Self::Svg),
+            _ => Err(ReportError::UnknownFormat(path.to_path_buf())),
+        }
+    }
+}
 
 /// Picture size in pixels (SVG user units): four panels with room for their tick labels.
 const SIZE: (u32, u32) = (1400, 900);

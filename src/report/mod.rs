@@ -26,88 +26,21 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::metrics::{BadLine, EpochMetrics, MetricsLine, MetricsLog, StepMetrics};
+use crate::metrics::{BadLine, MetricsLine, MetricsLog};
 use crate::run::METRICS_FILE;
 use train_store::atomic;
 
+mod curves;
 mod draw;
+mod error;
 
+use curves::{epoch_lines, host_rss, step_lines, Curves, MIB};
 use draw::render;
+pub use draw::Format;
+pub use error::ReportError;
 
 /// The picture written when no output is named, inside the run folder.
 pub const DEFAULT_PICTURE: &str = "report.png";
-const MIB: f64 = 1024.0 * 1024.0;
-
-/// Failures of `train report`; each names the file concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// The run folder is not there.
-    #[error("run folder {0} not found")]
-    MissingRunDir(PathBuf),
-    /// The run folder has no metrics file.
-    #[error("{0} not found: the run has logged nothing yet, or this is not a run folder")]
-    MissingMetrics(PathBuf),
-    /// The metrics file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The metrics file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// A line of the metrics file is not a metrics line.
-    #[error("{path}: line {line} is not a metrics line: {source}")]
-    BadLine {
-        /// The metrics file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What the JSON parser said.
-        source: serde_json::Error,
-    },
-    /// The metrics file holds no line.
-    #[error("{0} is empty: the run has logged nothing yet")]
-    Empty(PathBuf),
-    /// The output's name ends in neither `.png` nor `.svg`.
-    #[error("cannot tell the picture format of {0}: the name must end in .png or .svg")]
-    UnknownFormat(PathBuf),
-    /// Drawing failed.
-    #[error("cannot draw {path}: {reason}")]
-    Draw {
-        /// The picture being drawn.
-        path: PathBuf,
-        /// What plotters said.
-        reason: String,
-    },
-    /// The picture could not be written.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The picture.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-}
-
-/// Picture formats, told apart by the output file's extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `.png`: a bitmap.
-    Png,
-    /// `.svg`: vector graphics, text as text.
-    Svg,
-}
-
-impl Format {
-    /// The format of `path`, from its extension (any case).
-    pub fn of(path: &Path) -> Result<Self, ReportError> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("png") => Ok(Self::Png),
-            Some("svg") => Ok(Self::Svg),
-            _ => Err(ReportError::UnknownFormat(path.to_path_buf())),
-        }
-    }
-}
 
 /// What `train report` prints; the field names are the stable `--json` keys. `None` (JSON
 /// `null`) where the metrics do not tell, e.g. losses before the first epoch ends.
@@ -236,81 +169,6 @@ fn read_error(path: &Path, e: io::Error) -> ReportError {
     ReportError::Read { path, source: e }
 }
 
-fn epoch_lines(lines: &[MetricsLine]) -> impl Iterator<Item = &EpochMetrics> {
-    lines.iter().filter_map(|l| match l {
-        MetricsLine::Epoch(e) => Some(e),
-        MetricsLine::Step(_) | MetricsLine::Event(_) => None,
-    })
-}
-
-fn step_lines(lines: &[MetricsLine]) -> impl Iterator<Item = &StepMetrics> {
-    lines.iter().filter_map(|l| match l {
-        MetricsLine::Step(s) => Some(s),
-        MetricsLine::Epoch(_) | MetricsLine::Event(_) => None,
-    })
-}
-
-fn host_rss(line: &MetricsLine) -> Option<u64> {
-    match line {
-        MetricsLine::Step(s) => s.host_rss_bytes,
-        MetricsLine::Epoch(e) => e.host_rss_bytes,
-        MetricsLine::Event(_) => None,
-    }
-}
-
-fn lr(line: &MetricsLine) -> Option<f64> {
-    match line {
-        MetricsLine::Step(s) => Some(s.lr),
-        MetricsLine::Epoch(e) => Some(e.lr),
-        MetricsLine::Event(_) => None,
-    }
-}
-
-/// The points of each panel, `(x, y)` in drawing order. A non-finite value (a NaN loss,
-/// logged as `null`) stays in as a gap: the line stops before it and starts again after,
-/// and it never sets an axis range (it would flatten every other point against an axis).
-#[derive(Debug, Default, PartialEq)]
-struct Curves {
-    /// Loss of each logged step, by step.
-    step_loss: Vec<(f64, f64)>,
-    /// Epoch training loss, at the epoch's last step.
-    train_loss: Vec<(f64, f64)>,
-    /// Epoch validation loss, at the epoch's last step.
-    val_loss: Vec<(f64, f64)>,
-    /// Learning rate by step (step and epoch lines).
-    lr: Vec<(f64, f64)>,
-    /// Host RSS in MiB by step (step and epoch lines that have it).
-    rss_mib: Vec<(f64, f64)>,
-    /// Validation accuracy by epoch.
-    val_accuracy: Vec<(f64, f64)>,
-}
-
-impl Curves {
-    fn of(lines: &[MetricsLine]) -> Self {
-        let at_step = |f: &dyn Fn(&MetricsLine) -> Option<f64>| -> Vec<(f64, f64)> {
-            let mut points: Vec<_> = lines.iter().filter_map(|l| Some((l.step() as f64, f(l)?))).collect();
-            // Step and epoch lines of one step may come in either order: keep each series
-            // monotone in x (a stable sort keeps file order within a step).
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            points
-        };
-        let epoch = |f: &dyn Fn(&EpochMetrics) -> f64, by_epoch: bool| -> Vec<(f64, f64)> {
-            epoch_lines(lines).map(|e| (if by_epoch { f64::from(e.epoch) } else { e.step as f64 }, f(e))).collect()
-        };
-        Self {
-            step_loss: at_step(&|l| match l {
-                MetricsLine::Step(s) => Some(s.loss),
-                MetricsLine::Epoch(_) | MetricsLine::Event(_) => None,
-            }),
-            train_loss: epoch(&|e| e.train_loss, false),
-            val_loss: epoch(&|e| e.val_loss, false),
-            lr: at_step(&lr),
-            rss_mib: at_step(&|l| host_rss(l).map(|b| b as f64 / MIB)),
-            val_accuracy: epoch(&|e| e.val_accuracy, true),
-        }
-    }
-}
-
 /// The range of `values` with 5% room on each side; `fallback` when there are none, and a
 /// range of positive width around a single value.
 fn title(summary: &Summary) -> String {
@@ -327,6 +185,7 @@ fn title(summary: &Summary) -> String {
 mod tests {
     use super::draw::{segments, span, upper};
     use super::*;
+    use crate::metrics::{EpochMetrics, StepMetrics};
 
     fn step(epoch: u32, step: u64, loss: f64, rss_mib: Option<u64>) -> MetricsLine {
         MetricsLine::Step(StepMetrics {

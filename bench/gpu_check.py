@@ -100,7 +100,7 @@ PREDICTION_SLACK = 0.05  # a measured peak may exceed its prediction by 5% befor
 CPU_RSS_NOISE = 4 * MIB  # CPU mode: RSS moves by a few MiB for reasons of its own (allocator arenas, pages of code)
 # CPU mode, .tckpt only: host RSS also holds the compressed reader's working window, which the
 # planner's device peaks leave out (it never reaches the device): per decoding thread (one per
-# core) 4 MiB of stored bytes (train-ckpt's WINDOW_BYTES_PER_THREAD) and as much again decoded.
+# core) 4 MiB of stored bytes (tckpt's WINDOW_BYTES_PER_THREAD) and as much again decoded.
 TCKPT_READER_WINDOW = (os.cpu_count() or 1) * 2 * 4 * MIB
 SPEED_GOAL = 0.9  # GPU: train's samples/s at least 0.9x PyTorch eager's
 MARGIN = 0.02  # memory.safety_margin in check 3, so that a limit can sit between two real peaks

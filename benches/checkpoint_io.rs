@@ -121,7 +121,7 @@ fn main() {
     println!("| format | file MB | ratio | save s | load s | save MB/s | load MB/s |");
     println!("|---|--:|--:|--:|--:|--:|--:|");
     let m = meta();
-    for (name, compressed) in [("safetensors (plain)", false), ("train-ckpt (.tckpt)", true)] {
+    for (name, compressed) in [("safetensors (plain)", false), ("tckpt (.tckpt)", true)] {
         let (mut save, mut load, mut size) = (Vec::new(), Vec::new(), 0);
         for _ in 0..repeats {
             let ((path, bytes), s) =
@@ -148,7 +148,7 @@ fn main() {
         let (mut save, mut load, mut size) = (Vec::new(), Vec::new(), 0);
         for _ in 0..repeats {
             let (_, s) = timed(|| {
-                train_store::atomic::write_atomic(&target, |f| {
+                train_ckpt::atomic::write_atomic(&target, |f| {
                     use std::io::Write;
                     let z = zstd::bulk::compress(&bytes, 3)?;
                     f.write_all(&z)?;

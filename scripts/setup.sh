@@ -15,7 +15,7 @@ ensure_dataset
 ensure_gloo_headers
 ensure_cuda_headers
 log "building train (release)"
-# `train`, and `train-ckpt` (the ckpt commands without libtorch, crates/train-store).
+# `train`, and `train-ckpt` (the ckpt commands without libtorch, crates/train-ckpt).
 cargo build --release --locked --quiet --workspace --bins
 for bin in train train-ckpt; do
     split_debug_info "$REPO_ROOT/target/release/$bin"

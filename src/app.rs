@@ -47,7 +47,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Some(Command::Run(args)) => train(&args),
         Some(Command::Config(ConfigCommand::Show(args))) => show(&args).map(|()| 0),
         Some(Command::Profiles) => profiles().map(|()| 0),
-        Some(Command::Ckpt(cmd)) => train_store::cli::run(cmd).map(|()| 0),
+        Some(Command::Ckpt(cmd)) => train_ckpt::cli::run(cmd).map(|()| 0),
         Some(Command::Plan(args)) => plan(&args).map(|()| 0),
         Some(Command::Eval(args)) => eval(&args).map(|()| 0),
         Some(Command::Report { run_dir, output, json }) => report(&run_dir, output.as_deref(), json).map(|()| 0),
@@ -203,7 +203,7 @@ fn flatten(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, Strin
     }
 }
 
-pub use train_store::cli::error_chain;
+pub use train_ckpt::cli::error_chain;
 
 fn report(run_dir: &Path, output: Option<&Path>, json: bool) -> Result<()> {
     let summary = report::report(run_dir, output)?;

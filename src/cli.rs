@@ -62,7 +62,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Inspect, verify, convert and strip checkpoint files.
     #[command(subcommand)]
-    Ckpt(train_store::cli::CkptCommand),
+    Ckpt(train_ckpt::cli::CkptCommand),
     /// Draw a run's metrics as a picture (PNG or SVG) and print a summary.
     Report {
         /// The run folder (holding metrics.jsonl).

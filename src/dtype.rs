@@ -1,5 +1,5 @@
 //! libtorch's element kinds for the file dtypes checkpoints and data files name (the other
-//! formats' names are mapped in `train_store::dtype`). One table, [`TABLE`].
+//! formats' names are mapped in `train_ckpt::dtype`). One table, [`TABLE`].
 
 use safetensors::tensor::Dtype;
 use tch::Kind;
@@ -39,8 +39,8 @@ mod tests {
 
     #[test]
     fn every_compressed_dtype_has_a_kind_and_back() {
-        for c in train_ckpt::Dtype::ALL {
-            let d = train_store::dtype::from_compressed(c);
+        for c in tckpt::Dtype::ALL {
+            let d = train_ckpt::dtype::from_compressed(c);
             assert_eq!(from_kind(to_kind(d).unwrap()), Some(d));
         }
     }

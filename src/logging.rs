@@ -24,7 +24,7 @@ pub fn init(format: LogFormat, follower: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal; job logs and CI get plain text. The same rule
     // as `train-ckpt`'s (NO_COLOR, CLICOLOR_FORCE).
-    let ansi = train_store::cli::log_colour(std::io::stderr().is_terminal(), |k| std::env::var_os(k));
+    let ansi = train_ckpt::cli::log_colour(std::io::stderr().is_terminal(), |k| std::env::var_os(k));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),

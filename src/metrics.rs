@@ -330,9 +330,9 @@ fn cut_torn_tail(f: &mut fs::File, path: &Path) -> std::io::Result<()> {
     f.set_len(keep)
 }
 
-/// Replaces `path` with `bytes` atomically and durably (see [`train_store::atomic`]).
+/// Replaces `path` with `bytes` atomically and durably (see [`train_ckpt::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    train_store::atomic::write_atomic(path, |f| f.write_all(bytes))
+    train_ckpt::atomic::write_atomic(path, |f| f.write_all(bytes))
 }
 
 #[cfg(test)]

@@ -475,7 +475,7 @@ fn unused_parameters_under_the_reducer_stop_the_job_naming_them_or_with_the_key_
     let stderr = check(&torchrun_job(&torchrun, &two, &two_sets), "torchrun with find_unused_parameters");
     assert!(!stderr.contains("running-statistic"), "a warning about buffers this model lacks:\n{stderr}");
     // The epoch's file, not `latest`: this model's `latest` has a header of 4480 bytes, whose
-    // length's first byte (0x80) train-store's format detection takes for a pickle's.
+    // length's first byte (0x80) train-ckpt's format detection takes for a pickle's.
     let epoch = |run: &Path| run.join("checkpoints/epoch-0001.safetensors");
     assert_close(&epoch(&one), &epoch(&two), 1e-5);
 }

@@ -1,9 +1,9 @@
 //! Feeds arbitrary bytes, as a `.safetensors` file, to the checkpoint reader that resume,
-//! `plan` and the `ckpt` tools share (`train_store::CheckpointFile`): opening, the
+//! `plan` and the `ckpt` tools share (`train_ckpt::CheckpointFile`): opening, the
 //! metadata, reading every tensor and verifying must return errors, never panic, hang or
 //! allocate beyond what the file's length backs.
 //!
-//! From the repository root (no libtorch involved: the reader lives in `crates/train-store`):
+//! From the repository root (no libtorch involved: the reader lives in `crates/train-ckpt`):
 //!
 //! ```text
 //! cargo +nightly fuzz run --fuzz-dir fuzz safetensors_reader /tmp/corpus fuzz/corpus/safetensors_reader \
@@ -12,14 +12,14 @@
 //!
 //! Seeds: a checkpoint of ours, a weights-only one, a foreign file, foreign files whose header lengths (0x80,
 //! 0x280) start like a pickle. The compressed format has its own target in
-//! `crates/train-ckpt/fuzz`.
+//! `crates/tckpt/fuzz`.
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use train_store::{CheckpointFile, FileKind};
+use train_ckpt::{CheckpointFile, FileKind};
 
 /// The reader takes a path (it reads with positioned reads, as on a real file), so each
 /// input is written to one scratch file on a RAM-backed folder.
@@ -33,7 +33,7 @@ fn scratch() -> &'static PathBuf {
 
 fuzz_target!(|data: &[u8]| {
     // Other kinds go to their own readers: a zip or a pickle to pytorch-reader, the compressed
-    // magic to train-ckpt (fuzzed by its own target). Kept: content the reader takes for
+    // magic to tckpt (fuzzed by its own target). Kept: content the reader takes for
     // safetensors, among it headers that also start like a pickle (tried as one only when
     // they do not parse), and content of no kind (read as the name says: safetensors).
     if FileKind::sniff(data, data.len() as u64).first().is_some_and(|&k| k != FileKind::Safetensors) {

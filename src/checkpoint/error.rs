@@ -7,9 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Reading or writing the file itself (I/O, a malformed or damaged file, an unwritable
-    /// format): `train-store`'s error, which names the file and the tensor.
+    /// format): `train-ckpt`'s error, which names the file and the tensor.
     #[error(transparent)]
-    File(#[from] train_store::Error),
+    File(#[from] train_ckpt::Error),
     /// Not enough free disk space to write a checkpoint; nothing was written.
     #[error(
         "not enough disk space in {dir} for a checkpoint: need about {needed} bytes, {available} available; earlier checkpoints are untouched"
@@ -107,7 +107,7 @@ impl CheckpointError {
             | Self::Mismatch { .. }
             | Self::InitMismatch { .. }
             | Self::InitTooFew { .. } => true,
-            Self::File(train_store::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
+            Self::File(train_ckpt::Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }
     }

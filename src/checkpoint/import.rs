@@ -6,15 +6,15 @@
 //! the parameters: `named_parameters()` order for `torch.optim.X(model.parameters())`. The
 //! model's parameters are taken in that order: a TorchScript module's are registered in its
 //! own `named_parameters()` order, and the built-in models create theirs layer by layer,
-//! weight before bias, as the equivalent `torch.nn` modules do. `train_store`'s
-//! [`PytorchOptimizer::assign`](train_store::PytorchOptimizer::assign) refuses a count or
+//! weight before bias, as the equivalent `torch.nn` modules do. `train_ckpt`'s
+//! [`PytorchOptimizer::assign`](train_ckpt::PytorchOptimizer::assign) refuses a count or
 //! shape that does not line up; then the optimizer starts fresh and the log says why.
 
 use std::collections::HashMap;
 
 use tch::{Device, Tensor};
 
-use train_store::CheckpointFile;
+use train_ckpt::CheckpointFile;
 
 use super::error::CheckpointError;
 use super::load::OptimizerState;
@@ -96,7 +96,7 @@ pub fn import_pytorch_optimizer(
 ) -> Result<Option<(Imported, OptimizerState)>, CheckpointError> {
     let Some(saved) = file.pytorch_optimizer()? else { return Ok(None) };
     let path = file.path().to_path_buf();
-    let mismatch = |reason: String| train_store::Error::OptimizerMismatch { path: path.clone(), reason };
+    let mismatch = |reason: String| train_ckpt::Error::OptimizerMismatch { path: path.clone(), reason };
     let shapes: Vec<Vec<usize>> = params.iter().map(|(_, t)| t.size().iter().map(|&d| d as usize).collect()).collect();
     let named: Vec<(&str, &[usize])> =
         params.iter().zip(&shapes).map(|((n, _), s)| (n.as_str(), s.as_slice())).collect();

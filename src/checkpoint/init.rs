@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use tch::{Device, Tensor};
 
-use train_store::{CheckpointFile, Entry, Role};
+use train_ckpt::{CheckpointFile, Entry, Role};
 
 use super::error::CheckpointError;
 use super::load::load_into;

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use tch::{Device, Tensor};
-use train_store::{optimizer_key, CheckpointFile};
+use train_ckpt::{optimizer_key, CheckpointFile};
 
 use super::error::CheckpointError;
 use super::plan::reads::{self, How, Var};
@@ -80,7 +80,7 @@ pub fn load_into(
     let entries = file.entries();
     let _guard = tch::no_grad_guard();
     let torch = |source| CheckpointError::Torch { path: path.clone(), source };
-    let opt_entries: Vec<&train_store::Entry> = plan.optimizer.iter().map(|&i| &entries[i]).collect();
+    let opt_entries: Vec<&train_ckpt::Entry> = plan.optimizer.iter().map(|&i| &entries[i]).collect();
     let mut opt_host = if plan.optimizer_with_weights { Some(empty_tensors(file, &opt_entries)?) } else { None };
     let var = |r: &reads::Read| vars[&r.var].shallow_clone();
     let staged: Vec<&reads::Read> = plan.weights.iter().filter(|r| r.how == How::Staged).collect();
@@ -104,7 +104,7 @@ pub fn load_into(
         in_place.iter_mut().map(|(t, i)| (entries[*i].name.as_str(), bytes_of(t, entries[*i].bytes))).collect();
     // Standard on the CPU stages into host tensors read in the same parallel read; on a
     // device each is read and moved on its own.
-    let staged_entries: Vec<&train_store::Entry> = staged.iter().map(|r| &entries[r.entry]).collect();
+    let staged_entries: Vec<&train_ckpt::Entry> = staged.iter().map(|r| &entries[r.entry]).collect();
     let mut staged_host = if device == Device::Cpu { empty_tensors(file, &staged_entries)? } else { Vec::new() };
     targets.extend(host_targets(&staged_entries, &mut staged_host));
     if let Some(host) = &mut opt_host {
@@ -145,7 +145,7 @@ pub fn load_into(
 }
 
 /// The slot key of an optimiser-state entry.
-fn slot_key(e: &train_store::Entry) -> String {
+fn slot_key(e: &train_ckpt::Entry) -> String {
     optimizer_key(&e.name).expect("the plan chose optimizer entries").to_string()
 }
 

@@ -5,7 +5,7 @@
 //! - storage, which only carries plans out: the run folder's files ([`store`]), writing
 //!   ([`saver`]), loading into a model ([`load`]) or initialising one ([`init`]), importing a
 //!   PyTorch optimizer's state ([`import`]), and tch's tensors as bytes ([`tensors`]). The
-//!   reading and writing of every kind of file is the `train-store` crate's.
+//!   reading and writing of every kind of file is the `train-ckpt` crate's.
 //!
 //! The training step hands its state to the plan layer through one narrow interface,
 //! [`state::TrainingState`], and knows no file format. The layout of a file is specified in
@@ -27,7 +27,7 @@ pub use init::{init_from, InitOptions, InitReport};
 pub use load::{load_into, LoadOutcome};
 pub use plan::strategy::Strategy;
 pub use state::TrainingState;
-pub use train_store::{
+pub use train_ckpt::{
     CheckpointFile, Entry, FileKind, Integrity, Meta, Position, RngState, Role, Verification, FORMAT_NAME,
     FORMAT_VERSION, OPTIMIZER_PREFIX,
 };

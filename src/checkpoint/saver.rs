@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tch::{Device, Tensor};
-use train_store::{CheckpointFile, Error as FileError};
+use train_ckpt::{CheckpointFile, Error as FileError};
 
 use super::error::CheckpointError;
 use super::plan::retention::{self, EpochEntry, Policy};

@@ -3,7 +3,7 @@
 //! goes into which file (`plan::save`), and storage writes it.
 
 use tch::Tensor;
-use train_store::{optimizer_entry, Meta, Position};
+use train_ckpt::{optimizer_entry, Meta, Position};
 
 use super::tensors::tensor_bytes;
 

@@ -12,13 +12,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use train_store::Error as FileError;
+use train_ckpt::Error as FileError;
 
 use tch::Tensor;
-use train_store::atomic::{self, TEMP_PREFIX};
-use train_store::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
-use train_store::write::emit;
-use train_store::{CheckpointFile, EncodeError, Meta};
+use train_ckpt::atomic::{self, TEMP_PREFIX};
+use train_ckpt::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use train_ckpt::write::emit;
+use train_ckpt::{CheckpointFile, EncodeError, Meta};
 
 use super::error::CheckpointError;
 pub use super::plan::save::Slot;
@@ -126,7 +126,7 @@ pub fn candidates(dir: &Path) -> Result<Candidates, CheckpointError> {
     Ok(Candidates { loadable: good.into_iter().map(|(f, _)| f).collect(), unreadable })
 }
 
-/// Writes a checkpoint to `dir/<name>` atomically and durably (see [`train_store::atomic`]).
+/// Writes a checkpoint to `dir/<name>` atomically and durably (see [`train_ckpt::atomic`]).
 /// Returns the final path and its size in bytes.
 pub fn write_atomic(
     dir: &Path,

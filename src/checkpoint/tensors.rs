@@ -1,17 +1,17 @@
 //! libtorch tensors as checkpoint bytes, both ways: viewing a [`Tensor`] as the bytes a
 //! file stores, and reading a file's tensors into new host tensors. What a checkpoint holds
-//! (metadata, names, byte layout) is `train-store`'s (`crates/train-store`, spec in
+//! (metadata, names, byte layout) is `train-ckpt`'s (`crates/train-ckpt`, spec in
 //! `docs/checkpoint-format.md`).
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::path::Path;
-use train_store::Error as FileError;
+use train_ckpt::Error as FileError;
 
 use safetensors::tensor::{Dtype, View};
 use tch::{Device, Kind, Tensor};
-use train_store::write::{serialize_views, write_compressed_views};
-use train_store::{CheckpointFile, EncodeError, Entry, Meta};
+use train_ckpt::write::{serialize_views, write_compressed_views};
+use train_ckpt::{CheckpointFile, EncodeError, Entry, Meta};
 
 use super::error::CheckpointError;
 use crate::dtype::to_kind;

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::metrics::{BadLine, MetricsLine, MetricsLog};
 use crate::run::METRICS_FILE;
-use train_store::atomic;
+use train_ckpt::atomic;
 
 mod curves;
 mod draw;

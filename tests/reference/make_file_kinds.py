@@ -1,5 +1,5 @@
 """Files of each kind whose first bytes a reader could mistake for another's, for
-crates/train-store's format-sniffing tests (tests/file_kinds.rs).
+crates/train-ckpt's format-sniffing tests (tests/file_kinds.rs).
 
 Usage: python make_file_kinds.py OUT_DIR
 Writes, each holding {'w': torch.arange(16.).reshape(4, 4)}:

@@ -1,5 +1,5 @@
 """torch.save files holding optimizer state, as PyTorch training scripts write them, for
-crates/train-store's optimizer-import tests (tests/pytorch_optimizer.rs).
+crates/train-ckpt's optimizer-import tests (tests/pytorch_optimizer.rs).
 
 Usage: python make_pytorch_optimizers.py OUT_DIR
 The model: nn.Sequential(Conv2d(3, 4, 3), BatchNorm2d(4), ReLU, Flatten, Linear(64, 5),

@@ -1,63 +1,59 @@
-//! Element types, named as safetensors names them.
+//! Element types across the file formats a checkpoint passes through: safetensors (the
+//! file's own names, which [`Dtype`] is), the compressed format ([`tckpt::Dtype`]) and
+//! PyTorch pickles ([`pytorch_reader::DType`]). libtorch's kinds are mapped in the `train`
+//! crate, which links libtorch; this crate does not.
+//!
+//! One table, [`TABLE`], holds the mapping; every conversion reads it.
 
-use serde::{Deserialize, Serialize};
+use safetensors::tensor::Dtype;
 
-/// The element type of a tensor. The JSON names are safetensors' (`"F32"`, `"BF16"`, ...), so a
-/// safetensors header's dtype carries over unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Dtype {
-    /// Boolean, one byte per element (0 or 1; other values are kept as they are).
-    Bool,
-    /// Unsigned 8-bit integer.
-    U8,
-    /// Signed 8-bit integer.
-    I8,
-    /// Signed 16-bit integer.
-    I16,
-    /// Signed 32-bit integer.
-    I32,
-    /// Signed 64-bit integer.
-    I64,
-    /// IEEE 754 half precision.
-    F16,
-    /// bfloat16: the upper half of an IEEE 754 single.
-    BF16,
-    /// IEEE 754 single precision.
-    F32,
-    /// IEEE 754 double precision.
-    F64,
+/// A dtype's name in each format; `None` where that format has no such type.
+struct Row {
+    safetensors: Dtype,
+    compressed: Option<tckpt::Dtype>,
+    pytorch: Option<pytorch_reader::DType>,
 }
 
-impl Dtype {
-    /// Every dtype, in the order of the format's table.
-    pub const ALL: [Dtype; 10] = [
-        Dtype::Bool,
-        Dtype::U8,
-        Dtype::I8,
-        Dtype::I16,
-        Dtype::I32,
-        Dtype::I64,
-        Dtype::F16,
-        Dtype::BF16,
-        Dtype::F32,
-        Dtype::F64,
-    ];
+const fn row(safetensors: Dtype, compressed: Option<tckpt::Dtype>, pytorch: Option<pytorch_reader::DType>) -> Row {
+    Row { safetensors, compressed, pytorch }
+}
 
-    /// Bytes per element.
-    pub const fn size(self) -> usize {
-        match self {
-            Dtype::Bool | Dtype::U8 | Dtype::I8 => 1,
-            Dtype::I16 | Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::I32 | Dtype::F32 => 4,
-            Dtype::I64 | Dtype::F64 => 8,
-        }
-    }
+/// The mapping. The unsigned 16/32/64-bit types exist in safetensors and PyTorch files but
+/// not in the compressed format (nor in libtorch's stable kinds): they can be listed and
+/// converted between safetensors files, never loaded into a model.
+const TABLE: &[Row] = {
+    use pytorch_reader::DType as P;
+    use tckpt::Dtype as C;
+    &[
+        row(Dtype::BOOL, Some(C::Bool), Some(P::Bool)),
+        row(Dtype::U8, Some(C::U8), Some(P::U8)),
+        row(Dtype::I8, Some(C::I8), Some(P::I8)),
+        row(Dtype::I16, Some(C::I16), Some(P::I16)),
+        row(Dtype::I32, Some(C::I32), Some(P::I32)),
+        row(Dtype::I64, Some(C::I64), Some(P::I64)),
+        row(Dtype::F16, Some(C::F16), Some(P::F16)),
+        row(Dtype::BF16, Some(C::BF16), Some(P::BF16)),
+        row(Dtype::F32, Some(C::F32), Some(P::F32)),
+        row(Dtype::F64, Some(C::F64), Some(P::F64)),
+        row(Dtype::U16, None, Some(P::U16)),
+        row(Dtype::U32, None, Some(P::U32)),
+        row(Dtype::U64, None, Some(P::U64)),
+    ]
+};
 
-    /// Whether the elements are IEEE-style floats (sign bit on top, exponent below it).
-    pub const fn is_float(self) -> bool {
-        matches!(self, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
-    }
+/// The compressed format's name of a file dtype.
+pub fn to_compressed(d: Dtype) -> Option<tckpt::Dtype> {
+    TABLE.iter().find(|r| r.safetensors == d).and_then(|r| r.compressed)
+}
+
+/// The file dtype of a compressed-format dtype (every one has a row).
+pub fn from_compressed(d: tckpt::Dtype) -> Dtype {
+    TABLE.iter().find(|r| r.compressed == Some(d)).map(|r| r.safetensors).expect("every compressed dtype has a row")
+}
+
+/// The file dtype of a PyTorch pickle's dtype.
+pub fn from_pytorch(d: pytorch_reader::DType) -> Option<Dtype> {
+    TABLE.iter().find(|r| r.pytorch == Some(d)).map(|r| r.safetensors)
 }
 
 #[cfg(test)]
@@ -65,14 +61,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_names_are_safetensors_names() {
-        let names: Vec<String> = Dtype::ALL.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
-        assert_eq!(names.join(","), r#""BOOL","U8","I8","I16","I32","I64","F16","BF16","F32","F64""#);
+    fn every_compressed_dtype_round_trips_through_the_table() {
+        for c in tckpt::Dtype::ALL {
+            assert_eq!(to_compressed(from_compressed(c)), Some(c));
+        }
     }
 
     #[test]
-    fn sizes_match_the_spec() {
-        let sizes: Vec<usize> = Dtype::ALL.iter().map(|d| d.size()).collect();
-        assert_eq!(sizes, [1, 1, 1, 2, 4, 8, 2, 2, 4, 8]);
+    fn the_table_has_one_row_per_dtype() {
+        for (i, a) in TABLE.iter().enumerate() {
+            for b in &TABLE[i + 1..] {
+                assert_ne!(a.safetensors, b.safetensors);
+                assert!(a.compressed.is_none() || a.compressed != b.compressed);
+                assert!(a.pytorch.is_none() || a.pytorch != b.pytorch);
+            }
+        }
     }
 }

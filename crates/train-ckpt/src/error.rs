@@ -1,150 +1,88 @@
-//! The crate's error type.
+//! The crate's error: what can go wrong reading or writing a checkpoint file, each naming
+//! the file and, where one is at fault, the tensor.
 
-use std::io;
+use std::path::PathBuf;
 
-/// Everything that can go wrong writing or reading a checkpoint. Variants about a file's
-/// contents carry the tensor name or the byte offsets involved.
+use safetensors::tensor::Dtype;
+
+/// What can go wrong reading or writing a checkpoint file; each names the file and, where
+/// one is at fault, the tensor.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
-    /// The underlying reader or writer failed.
-    #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
-    /// The file does not start with the format's magic bytes.
-    #[error("not a train-ckpt file: the first 8 bytes are not the format's magic")]
-    NotACheckpoint,
-    /// The file is shorter than its header and trailer, or than its trailer says.
-    #[error("truncated file: {len} bytes, but at least {need} are needed")]
-    Truncated {
-        /// The file's length in bytes.
-        len: u64,
-        /// The length the header or trailer implies.
-        need: u64,
+    /// The file system refused.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
-    /// The last 8 bytes are not the trailer magic: the file was cut short or overwritten.
-    #[error("bad trailer: the last 8 bytes are not the trailer magic (file truncated or damaged)")]
-    BadTrailer,
-    /// The file was written by a newer (or invalid) version of the format.
-    #[error("unsupported format version {found} (this reader reads versions 1 to {supported})")]
-    UnsupportedVersion {
-        /// The version in the file.
-        found: u32,
-        /// The version this reader understands.
-        supported: u32,
-    },
-    /// The reserved flags word is not zero: a feature this reader does not know is in use.
-    #[error("unsupported flags {flags:#010x} (versions 1 to 3 define none)")]
-    UnsupportedFlags {
-        /// The flags word in the file.
-        flags: u32,
-    },
-    /// The trailer places the index outside the file.
-    #[error(
-        "index at offset {offset} with length {len} does not end where the trailer starts (file is {file_len} bytes)"
-    )]
-    IndexOutOfBounds {
-        /// The index offset from the trailer.
-        offset: u64,
-        /// The index length from the trailer.
-        len: u64,
-        /// The file's length.
-        file_len: u64,
-    },
-    /// The index is longer than [`crate::MAX_INDEX_LEN`].
-    #[error("index of {len} bytes exceeds the limit of {max}")]
-    IndexTooLarge {
-        /// The index length.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// The index bytes do not match the checksum in the trailer.
-    #[error("index checksum mismatch: trailer says {expected:016x}, index hashes to {found:016x}")]
-    IndexChecksum {
-        /// The checksum stored in the trailer.
-        expected: u64,
-        /// The checksum of the bytes read.
-        found: u64,
-    },
-    /// The index is not the JSON document the format specifies.
-    #[error("index is not valid: {0}")]
-    IndexJson(#[from] serde_json::Error),
-    /// More tensors than [`crate::MAX_TENSORS`].
-    #[error("{count} tensors exceed the limit of {max}")]
-    TooManyTensors {
-        /// The number of tensors.
-        count: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Two tensors share a name.
-    #[error("tensor {name:?} appears twice")]
-    DuplicateName {
-        /// The repeated name.
-        name: String,
-    },
-    /// A tensor's entry is inconsistent (shape, lengths, chunks, offsets, checksum text).
-    #[error("tensor {name:?}: {reason}")]
-    InvalidTensor {
-        /// The tensor's name.
-        name: String,
-        /// What is wrong, with the numbers involved.
+    /// The bytes are not a checkpoint this version can read.
+    #[error("checkpoint {path} is not readable: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
-    /// No tensor of that name is in the file.
-    #[error("no tensor named {name:?}")]
-    TensorNotFound {
-        /// The name asked for.
-        name: String,
-    },
-    /// The data passed to the writer, or the buffer passed to the reader, has the wrong length.
-    #[error("tensor {name:?}: {expected} bytes expected for its dtype and shape, got {got}")]
-    LengthMismatch {
-        /// The tensor's name.
-        name: String,
-        /// The length its dtype and shape imply.
-        expected: u64,
-        /// The length given.
-        got: u64,
-    },
-    /// A compressed plane could not be decoded, or decoded to the wrong length.
-    #[error("tensor {name:?}: chunk {chunk}, plane {plane} at offset {offset} does not decode: {reason}")]
+    /// A tensor's bytes do not match its checksum: the file was damaged after it was written.
+    #[error("checkpoint {path} is corrupt: tensor `{tensor}` fails its checksum")]
     Corrupt {
-        /// The tensor's name.
-        name: String,
-        /// The chunk's position in the tensor.
-        chunk: usize,
-        /// The plane's position in the chunk.
-        plane: usize,
-        /// The plane's byte offset in the file.
-        offset: u64,
-        /// What the decoder reported.
+        /// The file.
+        path: PathBuf,
+        /// The damaged tensor.
+        tensor: String,
+    },
+    /// The output cannot be written in the format its name asks for.
+    #[error("cannot write checkpoint {path}: {reason}")]
+    Unwritable {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to write instead.
         reason: String,
     },
-    /// A tensor's decoded bytes do not hash to the checksum in the index.
-    #[error("tensor {name:?}: checksum mismatch (index says {expected:016x}, data hashes to {found:016x})")]
-    ChecksumMismatch {
-        /// The tensor's name.
-        name: String,
-        /// The checksum stored in the index.
-        expected: u64,
-        /// The checksum of the decoded bytes.
-        found: u64,
+    /// A PyTorch optimizer's state cannot be matched to the model's parameters.
+    #[error("the optimizer state in {path} does not fit the model: {reason}")]
+    OptimizerMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The first conflict.
+        reason: String,
     },
-    /// zstd failed to compress (out of memory, in practice).
-    #[error("tensor {name:?}: compression failed: {source}")]
-    Compress {
-        /// The tensor's name.
-        name: String,
-        /// zstd's error.
-        source: io::Error,
+    /// The compressed format's writer could not encode the tensors (a dtype it has no
+    /// encoding for, a codec failure): told apart from the file system's refusals
+    /// ([`Error::Io`]), which the same write can also meet.
+    #[error("checkpoint {path}: {source}")]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// What the encoder reported.
+        source: EncodeError,
+    },
+    /// The metadata does not match its own checksum: it was altered after it was written.
+    #[error("checkpoint {path} is corrupt: its metadata fails its checksum")]
+    MetadataCorrupt {
+        /// The file.
+        path: PathBuf,
     },
 }
 
-/// The crate's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Shorthand for [`Error::InvalidTensor`].
-pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidTensor { name: name.to_owned(), reason: reason.into() }
+/// Why tensors could not be written in the compressed format. Its text is the cause alone:
+/// [`Error::Encode`] names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The compressed format's writer refused or failed (its error names the tensor).
+    #[error("{0}")]
+    Codec(#[from] tckpt::Error),
+    /// A tensor's dtype has no compressed encoding (the unsigned 16- to 64-bit types).
+    #[error("tensor `{tensor}`: dtype {dtype:?} has no compressed encoding")]
+    NoCompressedDtype {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// The file system refused (flushing, or reading back the file's size).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }

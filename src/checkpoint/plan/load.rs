@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::Device;
 
-use train_store::{CheckpointFile, Meta, Role};
+use train_ckpt::{CheckpointFile, Meta, Role};
 
 use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
 use crate::checkpoint::config::MemoryConfig;

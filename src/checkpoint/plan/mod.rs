@@ -8,7 +8,7 @@
 //! - which per-epoch files retention deletes ([`retention`]).
 //!
 //! Storage (`checkpoint::saver`, `checkpoint::load`, `checkpoint::store` and the
-//! `train-store` crate) carries these plans out and decides nothing.
+//! `train-ckpt` crate) carries these plans out and decides nothing.
 
 pub mod load;
 pub mod reads;

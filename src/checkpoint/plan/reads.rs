@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use tch::Kind;
-use train_store::{Entry, Role};
+use train_ckpt::{Entry, Role};
 
 use super::strategy::Strategy;
 use crate::checkpoint::error::CheckpointError;

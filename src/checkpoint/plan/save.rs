@@ -11,7 +11,7 @@
 
 use crate::checkpoint::config::MemoryConfig;
 use crate::checkpoint::state::Progress;
-use train_store::{optimizer_entry, Meta, RngState, Role, FORMAT_VERSION};
+use train_ckpt::{optimizer_entry, Meta, RngState, Role, FORMAT_VERSION};
 
 /// Which file of the run folder a checkpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,7 +146,7 @@ fn meta(p: &Progress, config_sha256: &str, has_optimizer_state: bool) -> Meta {
 mod tests {
     use super::*;
     use crate::checkpoint::state::Standing;
-    use train_store::Position;
+    use train_ckpt::Position;
 
     fn progress(epoch: u32) -> Progress {
         Progress {

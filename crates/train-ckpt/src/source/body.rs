@@ -1,0 +1,92 @@
+//! Where an open checkpoint's tensor bytes come from, and reading them: positioned reads of
+//! a plain file (checked against its per-tensor checksums), the compressed format's
+//! decoder (which checks its own), or a PyTorch archive.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::entry::Entry;
+use crate::error::Error;
+use crate::meta::checksum_hex;
+
+/// Where an open checkpoint's tensor bytes come from.
+pub(super) enum Body {
+    /// A plain file, read with positioned reads (no mapping: only what is asked for is read,
+    /// and nothing stays resident in this process afterwards).
+    Plain { file: File, data_start: u64 },
+    /// The compressed format, whose reader decodes (and checks) one tensor at a time.
+    Compressed(Box<Mutex<tckpt::Reader<File>>>),
+    /// A PyTorch archive.
+    Pytorch(HashMap<String, pytorch_reader::Tensor>),
+}
+
+impl Body {
+    /// Reads tensor `e` of the file at `path` into `out` (exactly its size), checking it
+    /// against `checksums` (a plain file of ours) or the compressed format's own.
+    pub(super) fn read_into(
+        &self,
+        path: &Path,
+        e: &Entry,
+        checksums: Option<&HashMap<String, String>>,
+        out: &mut [u8],
+    ) -> Result<(), Error> {
+        let name = e.name.as_str();
+        let malformed = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
+        match self {
+            Body::Plain { file, data_start } => {
+                std::os::unix::fs::FileExt::read_exact_at(file, out, data_start + e.begin)
+                    .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+                if let Some(sums) = checksums {
+                    if checksum_hex(out) != sums[name] {
+                        return Err(Error::Corrupt { path: path.to_path_buf(), tensor: name.to_string() });
+                    }
+                }
+                Ok(())
+            }
+            Body::Compressed(reader) => reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .read_tensor_into(name, out)
+                .map_err(|err| codec_error(path, name, err)),
+            Body::Pytorch(tensors) => {
+                let bytes = tensors[name].read().map_err(|err| malformed(format!("tensor `{name}`: {err}")))?;
+                if bytes.len() != out.len() {
+                    return Err(malformed(format!("tensor `{name}` holds {} bytes, not {}", bytes.len(), out.len())));
+                }
+                out.copy_from_slice(&bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Decodes several tensors of a compressed file in parallel, across tensors as well as
+/// within them, each into its buffer (exactly its size: the caller checked).
+pub(super) fn read_compressed(
+    reader: &Mutex<tckpt::Reader<File>>,
+    path: &Path,
+    targets: &mut [(&str, &mut [u8])],
+) -> Result<(), Error> {
+    let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    reader.read_tensors_into(targets).map_err(|err| {
+        // The error names the damaged tensor among the many read.
+        let tensor = match &err {
+            tckpt::Error::ChecksumMismatch { name, .. } | tckpt::Error::Corrupt { name, .. } => name.clone(),
+            _ => targets.first().map(|(n, _)| n.to_string()).unwrap_or_default(),
+        };
+        codec_error(path, &tensor, err)
+    })
+}
+
+/// A compressed-format read error as ours: damaged data is [`Error::Corrupt`]
+/// (naming the tensor), anything else malformed.
+fn codec_error(path: &Path, tensor: &str, err: tckpt::Error) -> Error {
+    match err {
+        tckpt::Error::ChecksumMismatch { .. } | tckpt::Error::Corrupt { .. } => {
+            Error::Corrupt { path: path.to_path_buf(), tensor: tensor.to_string() }
+        }
+        other => Error::Malformed { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}

@@ -1,0 +1,76 @@
+//! Writing a checkpoint's tensors, given as byte views ([`View`]), with its [`Meta`]: plain
+//! (safetensors, with per-tensor checksums) or compressed (`crates/tckpt`, specified in
+//! `docs/compressed-format.md`).
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, View};
+
+use crate::error::{EncodeError, Error};
+use crate::meta::{checksum_hex, seal, Meta, CHECKSUMS_KEY};
+
+/// Serializes any tensors that safetensors can view, with `meta` and per-tensor checksums.
+pub fn serialize_views<V: View + Copy>(path: &Path, views: &[(&str, V)], meta: &Meta) -> Result<Vec<u8>, Error> {
+    let checksums: serde_json::Map<String, serde_json::Value> =
+        views.iter().map(|(n, v)| (n.to_string(), checksum_hex(&v.data()).into())).collect();
+    let mut metadata = meta.to_map();
+    metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
+    safetensors::serialize(views.iter().map(|(n, v)| (*n, *v)), Some(seal(metadata)))
+        .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// A tensor held as raw little-endian bytes.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major bytes, `shape.product() * dtype.size()` of them.
+    pub data: Vec<u8>,
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Writes serialized (safetensors) checkpoint bytes to `out`; returns the file's size.
+pub fn emit(out: &mut File, bytes: &[u8]) -> std::io::Result<u64> {
+    let mut writer = BufWriter::new(&mut *out);
+    writer.write_all(bytes)?;
+    writer.flush()?;
+    drop(writer);
+    out.metadata().map(|m| m.len())
+}
+
+/// Writes any tensors that safetensors can view to `out` in the compressed format, one at a
+/// time; returns the file's size.
+pub fn write_compressed_views<V: View + Copy>(
+    out: &mut File,
+    views: &[(&str, V)],
+    meta: &Meta,
+) -> Result<u64, EncodeError> {
+    let mut writer = tckpt::Writer::new(BufWriter::new(&mut *out))?;
+    for (name, v) in views {
+        let dtype = crate::dtype::to_compressed(v.dtype())
+            .ok_or_else(|| EncodeError::NoCompressedDtype { tensor: name.to_string(), dtype: v.dtype() })?;
+        writer.add_tensor(name, dtype, v.shape(), &v.data())?;
+    }
+    let metadata = seal(meta.to_map()).into_iter().collect();
+    writer.finish(metadata)?.flush()?;
+    Ok(out.metadata()?.len())
+}

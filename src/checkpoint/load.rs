@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use tch::{Device, Tensor};
 use train_ckpt::{optimizer_key, CheckpointFile};
 
+use super::config::MemoryConfig;
 use super::error::CheckpointError;
+use super::plan::load as load_plan;
 use super::plan::reads::{self, How, Var};
 use super::plan::strategy::Strategy;
 use super::tensors::{empty_tensors, host_targets, read_tensor};
@@ -156,6 +158,59 @@ fn bytes_of(var: &mut Tensor, len: u64) -> &mut [u8] {
     // and nothing else reads it during the load; tensors sharing memory are read one at a
     // time (`How::InPlaceAlone`), never as two targets of one read.
     unsafe { std::slice::from_raw_parts_mut(var.data_ptr() as *mut u8, len as usize) }
+}
+
+/// Why a planned load did not complete.
+#[derive(Debug)]
+pub enum Unloaded {
+    /// Out of memory with the cheapest strategy too: the last error.
+    OutOfMemory(CheckpointError),
+    /// Any other failure, which a cheaper strategy would not mend.
+    Failed(CheckpointError),
+}
+
+/// Loads `file` with the strategy the plan layer chooses for it (`memory:` settings `cfg`,
+/// onto `device`, where a model of `model_bytes` already sits), stepping down to the next
+/// cheaper strategy on each out-of-memory error. `attempt` is one try with a strategy;
+/// returns its value and the strategy that succeeded.
+pub fn with_plan<T>(
+    cfg: &MemoryConfig,
+    device: Device,
+    model_bytes: u64,
+    file: &CheckpointFile,
+    mut attempt: impl FnMut(Strategy) -> Result<T, CheckpointError>,
+) -> Result<(T, Strategy), Unloaded> {
+    // The model is on the device already: counted in the peaks, and given back to the budget.
+    let sizes = load_plan::sizes_of(file, Some(model_bytes));
+    let plan = load_plan::make(cfg, device, sizes, model_bytes, &crate::memory::probe::Nvml);
+    tracing::info!(
+        strategy = plan.strategy.name(),
+        source = %plan.source,
+        free_bytes = ?plan.free_vram_bytes,
+        reason = %plan.reason,
+        "loading plan"
+    );
+    let mut strategy = plan.strategy;
+    loop {
+        match attempt(strategy) {
+            Err(e) if is_out_of_memory(&e) => {
+                crate::memory::cuda::empty_cache();
+                let Some(next) = strategy.cheaper() else { return Err(Unloaded::OutOfMemory(e)) };
+                tracing::warn!(
+                    "out of memory loading {} with {}; stepping down to {}",
+                    file.path().display(),
+                    strategy.name(),
+                    next.name()
+                );
+                strategy = next;
+            }
+            other => {
+                // Return what staging left cached in the allocator (torch.cuda.empty_cache()).
+                crate::memory::cuda::empty_cache();
+                return other.map(|value| (value, strategy)).map_err(Unloaded::Failed);
+            }
+        }
+    }
 }
 
 /// Whether a load failed because the device ran out of memory (the case a cheaper

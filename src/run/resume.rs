@@ -1,5 +1,5 @@
-//! Where a run starts from: finding and ranking checkpoints, choosing how to load each
-//! (memory plan, stepping down on out-of-memory), and what to restore.
+//! Where a run starts from: finding and ranking checkpoints, loading each with the strategy
+//! the checkpoint layer plans (stepping down on out-of-memory), and what to restore.
 //!
 //! Every candidate is opened once: the file ranked is the file loaded. The decisions are
 //! pure functions ([`check_position`] here, and the checkpoint plan layer's
@@ -11,14 +11,13 @@ use std::time::Instant;
 use super::error::{PositionError, RunError};
 use super::job::PlannedConfig;
 use crate::checkpoint::import::{self, Keeps};
-use crate::checkpoint::load::is_out_of_memory;
-use crate::checkpoint::plan::load::{self as load_plan, restore_optimizer, OptimizerRestore};
+use crate::checkpoint::load::{is_out_of_memory, Unloaded};
+use crate::checkpoint::plan::load::{restore_optimizer, OptimizerRestore};
 use crate::checkpoint::state::Standing;
 use crate::checkpoint::tensors::tensor_bytes;
 use crate::checkpoint::{self, store, CheckpointError, CheckpointFile, FileKind, Meta, Strategy};
 use crate::config::{Config, ResumeSpec};
 use crate::guide::install_optimizer_state;
-use crate::memory;
 use crate::training::{Trainer, RNG_SCHEME};
 
 /// Where a run starts from, decided under the run folder's lock from metadata alone.
@@ -136,10 +135,9 @@ pub fn load_planned(cfg: &PlannedConfig, trainer: &mut Trainer, file: &Checkpoin
     .map(|((), strategy)| strategy)
 }
 
-/// Runs `load` (one attempt at loading `file` into `trainer` with a strategy) with the
-/// strategy the memory plan chooses, stepping down to the next cheaper one on each
-/// out-of-memory error. Other errors go through `error`. Returns `load`'s value and the
-/// strategy that succeeded.
+/// Runs `load` (one attempt at loading `file` into `trainer` with a strategy) as
+/// [`checkpoint::load::with_plan`] does: with the strategy the memory plan chooses,
+/// stepping down on out-of-memory errors. Other errors go through `error`.
 fn with_planned_strategy<T>(
     cfg: &Config,
     trainer: &mut Trainer,
@@ -147,44 +145,16 @@ fn with_planned_strategy<T>(
     error: fn(CheckpointError) -> RunError,
     mut load: impl FnMut(&mut Trainer, Strategy) -> Result<T, CheckpointError>,
 ) -> Result<(T, Strategy), RunError> {
-    // The model is on the device already: counted in the peaks, and given back to the budget.
     let model: u64 = trainer.variables().values().map(tensor_bytes).sum();
-    let sizes = load_plan::sizes_of(file, Some(model));
-    let plan = load_plan::make(&cfg.memory, trainer.device, sizes, model, &memory::probe::Nvml);
-    tracing::info!(
-        strategy = plan.strategy.name(),
-        source = %plan.source,
-        free_bytes = ?plan.free_vram_bytes,
-        reason = %plan.reason,
-        "loading plan"
-    );
-    let mut strategy = plan.strategy;
-    loop {
-        match load(trainer, strategy) {
-            Err(e) if checkpoint::load::is_out_of_memory(&e) => {
-                memory::cuda::empty_cache();
-                match strategy.cheaper() {
-                    Some(next) => {
-                        tracing::warn!(
-                            "out of memory loading {} with {}; stepping down to {}",
-                            file.path().display(),
-                            strategy.name(),
-                            next.name()
-                        );
-                        strategy = next;
-                    }
-                    None => {
-                        return Err(RunError::OutOfMemory { detail: format!("loading {}: {e}", file.path().display()) })
-                    }
-                }
+    let device = trainer.device;
+    checkpoint::load::with_plan(&cfg.memory, device, model, file, |strategy| load(trainer, strategy)).map_err(|e| {
+        match e {
+            Unloaded::OutOfMemory(e) => {
+                RunError::OutOfMemory { detail: format!("loading {}: {e}", file.path().display()) }
             }
-            other => {
-                // Return what staging left cached in the allocator (torch.cuda.empty_cache()).
-                memory::cuda::empty_cache();
-                return other.map(|value| (value, strategy)).map_err(error);
-            }
+            Unloaded::Failed(e) => error(e),
         }
-    }
+    })
 }
 
 /// Starts a fresh run from the weights in `path` (`model.init_from`), with the loading

@@ -20,8 +20,7 @@ pub use schema::*;
 
 // The sections the features own, re-exported so that a user of the library finds every
 // section under `config`. Code inside `src/` imports each from its feature.
-pub use crate::checkpoint::config::StrategyChoice;
-pub use crate::checkpoint::config::{CheckpointConfig, MemoryConfig};
+pub use crate::checkpoint::config::{CheckpointConfig, MemoryConfig, StrategyChoice};
 pub use crate::data::config::{DataConfig, DataKind, DEFAULT_DATA_DIR};
 pub use crate::device::DeviceSpec;
 pub use crate::distributed::config::{BackendChoice, DistributedConfig, Timeout};

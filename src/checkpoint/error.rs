@@ -59,7 +59,7 @@ pub enum CheckpointError {
     InitMismatch {
         /// The file.
         path: PathBuf,
-        /// Every difference, as [`init::InitReport::table`] lays them out.
+        /// Every difference, as [`crate::checkpoint::InitReport::table`] lays them out.
         table: String,
     },
     /// `model.init_from` would load too little of the model (`model.init_min_loaded`).

@@ -53,7 +53,7 @@ pub struct RunConfig {
     /// `auto` (continue from the newest checkpoint of the run), `never`, or a checkpoint path.
     pub resume: ResumeSpec,
     /// libtorch intra-op threads; `None` leaves libtorch's default (one per core). At most
-    /// [`MAX_THREADS_PER_CORE`] times the cores this process may use.
+    /// [`super::MAX_THREADS_PER_CORE`] times the cores this process may use.
     pub threads: Option<u32>,
 }
 

@@ -66,16 +66,14 @@ pub fn load_into(
             (n.clone(), Var { kind: t.kind(), shape: t.size(), host_contiguous, address: t.data_ptr() as usize })
         })
         .collect();
-    let plan = reads::reads(
-        &path,
-        file.entries(),
-        &layout,
+    let request = reads::Request {
         strategy,
         strict,
         with_optimizer,
-        device == Device::Cpu,
-        file.meta().is_none(),
-    )?;
+        on_host: device == Device::Cpu,
+        weights_file: file.meta().is_none(),
+    };
+    let plan = reads::reads(&path, file.entries(), &layout, request)?;
     if let Some(prefix) = plan.prefix {
         tracing::info!(path = %path.display(), "the file's names carry the wrapper prefix `{prefix}`: matched without it");
     }

@@ -88,23 +88,32 @@ pub fn wrapper_prefix(weights: &[&Entry], is_var: impl Fn(&str) -> bool) -> Opti
         .find(|p| weights.iter().all(|e| e.name.starts_with(p)) && weights.iter().any(|e| is_var(&e.name[p.len()..])))
 }
 
-/// Plans a load of `entries` (the file's, named `path` in errors) into `vars` with
-/// `strategy` on the CPU (`on_host`) or a device. `strict`: every variable must be present
-/// and no other weight may be; otherwise the differences are listed. Shapes and dtypes must
-/// match either way: every mismatch is found here, before anything is read.
-/// `with_optimizer`: the optimiser's state is read too. `weights_file`: the file is not a
-/// train checkpoint (the refusal then points at `--init-from`).
-#[allow(clippy::too_many_arguments)]
+/// What a load is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// How.
+    pub strategy: Strategy,
+    /// Every variable must be present and no other weight may be; otherwise the
+    /// differences are listed.
+    pub strict: bool,
+    /// Read the optimiser's state too.
+    pub with_optimizer: bool,
+    /// The model is on the CPU.
+    pub on_host: bool,
+    /// The file is not a train checkpoint (a refusal then points at `--init-from`).
+    pub weights_file: bool,
+}
+
+/// Plans a load of `entries` (the file's, named `path` in errors) into `vars` as `request`
+/// asks. Shapes and dtypes must match, strict or not: every mismatch is found here, before
+/// anything is read.
 pub fn reads(
     path: &Path,
     entries: &[Entry],
     vars: &HashMap<String, Var>,
-    strategy: Strategy,
-    strict: bool,
-    with_optimizer: bool,
-    on_host: bool,
-    weights_file: bool,
+    request: Request,
 ) -> Result<Reads, CheckpointError> {
+    let Request { strategy, strict, with_optimizer, on_host, weights_file } = request;
     let weights: Vec<&Entry> = entries.iter().filter(|e| e.role == Role::Model).collect();
     // A state dict saved from a DistributedDataParallel or torch.compile wrapper: every name
     // carries its prefix, which the model's names do not. Matched in the file's names.
@@ -177,4 +186,104 @@ pub fn reads(
         Vec::new()
     };
     Ok(Reads { prefix, missing, unexpected, weights, optimizer, optimizer_with_weights: with_optimizer && on_host })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::Dtype;
+
+    fn entry(name: &str, shape: &[usize]) -> Entry {
+        Entry::described(name, Dtype::F32, shape)
+    }
+
+    /// A host variable of `shape` at its own address.
+    fn var(shape: &[i64], address: usize) -> Var {
+        Var { kind: Kind::Float, shape: shape.to_vec(), host_contiguous: true, address }
+    }
+
+    fn vars(list: &[(&str, Var)]) -> HashMap<String, Var> {
+        list.iter().map(|(n, v)| (n.to_string(), v.clone())).collect()
+    }
+
+    fn request(strategy: Strategy) -> Request {
+        Request { strategy, strict: true, with_optimizer: false, on_host: true, weights_file: false }
+    }
+
+    fn file() -> Vec<Entry> {
+        vec![entry("fc.weight", &[4, 2]), entry("fc.bias", &[4]), entry("optimizer/fc.weight/exp_avg", &[4, 2])]
+    }
+
+    #[test]
+    fn streaming_reads_host_variables_in_place_and_others_through_host_memory() {
+        let mut device_bias = var(&[4], 2);
+        device_bias.host_contiguous = false;
+        let v = vars(&[("fc.weight", var(&[4, 2], 1)), ("fc.bias", device_bias)]);
+        let plan = reads(Path::new("f"), &file(), &v, request(Strategy::MemoryEfficient)).unwrap();
+        let how: Vec<(&str, How)> = plan.weights.iter().map(|r| (r.var.as_str(), r.how)).collect();
+        assert_eq!(how, [("fc.weight", How::InPlace), ("fc.bias", How::ViaHost)]);
+        assert!(plan.optimizer.is_empty() && !plan.optimizer_with_weights);
+        assert_eq!(plan.prefix, None);
+    }
+
+    #[test]
+    fn variables_sharing_memory_are_read_one_at_a_time_and_empty_ones_not_at_all() {
+        let entries = vec![entry("a", &[2]), entry("b", &[2]), entry("empty", &[0])];
+        let v = vars(&[("a", var(&[2], 7)), ("b", var(&[2], 7)), ("empty", var(&[0], 9))]);
+        let plan = reads(Path::new("f"), &entries, &v, request(Strategy::ModelOnly)).unwrap();
+        let how: Vec<How> = plan.weights.iter().map(|r| r.how).collect();
+        assert_eq!(how, [How::InPlaceAlone, How::InPlaceAlone, How::Nothing]);
+    }
+
+    #[test]
+    fn standard_stages_everything_and_optimizer_state_is_read_only_when_asked() {
+        let v = vars(&[("fc.weight", var(&[4, 2], 1)), ("fc.bias", var(&[4], 2))]);
+        let ask = Request { with_optimizer: true, ..request(Strategy::Standard) };
+        let plan = reads(Path::new("f"), &file(), &v, ask).unwrap();
+        assert!(plan.weights.iter().all(|r| r.how == How::Staged));
+        assert_eq!(plan.optimizer, [2]);
+        assert!(plan.optimizer_with_weights);
+        let on_device = reads(Path::new("f"), &file(), &v, Request { on_host: false, ..ask }).unwrap();
+        assert!(!on_device.optimizer_with_weights);
+    }
+
+    #[test]
+    fn strict_loads_refuse_a_missing_or_extra_tensor_and_lenient_ones_list_them() {
+        let v = vars(&[("fc.weight", var(&[4, 2], 1)), ("head.bias", var(&[4], 2))]);
+        let err = reads(Path::new("f"), &file(), &v, request(Strategy::MemoryEfficient)).unwrap_err();
+        assert!(matches!(&err, CheckpointError::UnexpectedTensor { tensor, .. } if tensor == "fc.bias"), "{err}");
+        let lenient = Request { strict: false, ..request(Strategy::MemoryEfficient) };
+        let plan = reads(Path::new("f"), &file(), &v, lenient).unwrap();
+        assert_eq!((plan.missing, plan.unexpected), (vec!["head.bias".to_string()], vec!["fc.bias".to_string()]));
+        assert_eq!(plan.weights.len(), 1);
+        let weights_file = Request { weights_file: true, ..request(Strategy::MemoryEfficient) };
+        let err = reads(Path::new("f"), &file(), &v, weights_file).unwrap_err();
+        assert!(err.to_string().contains("--init-from"), "{err}");
+    }
+
+    #[test]
+    fn a_shape_or_dtype_mismatch_is_refused_before_any_read_naming_the_tensor() {
+        let v = vars(&[("fc.weight", var(&[2, 4], 1)), ("fc.bias", var(&[4], 2))]);
+        let err = reads(Path::new("f"), &file(), &v, request(Strategy::MemoryEfficient)).unwrap_err();
+        assert!(matches!(&err, CheckpointError::Mismatch { tensor, .. } if tensor == "fc.weight"), "{err}");
+        let mut half = var(&[4], 2);
+        half.kind = Kind::Half;
+        let v = vars(&[("fc.weight", var(&[4, 2], 1)), ("fc.bias", half)]);
+        let err = reads(Path::new("f"), &file(), &v, request(Strategy::MemoryEfficient)).unwrap_err();
+        assert!(matches!(&err, CheckpointError::Mismatch { tensor, .. } if tensor == "fc.bias"), "{err}");
+    }
+
+    #[test]
+    fn a_wrapper_prefix_on_every_name_is_matched_without_it() {
+        for prefix in WRAPPER_PREFIXES {
+            let entries = vec![entry(&format!("{prefix}fc.weight"), &[4, 2]), entry(&format!("{prefix}fc.bias"), &[4])];
+            let v = vars(&[("fc.weight", var(&[4, 2], 1)), ("fc.bias", var(&[4], 2))]);
+            let plan = reads(Path::new("f"), &entries, &v, request(Strategy::MemoryEfficient)).unwrap();
+            assert_eq!(plan.prefix, Some(*prefix));
+            assert_eq!(plan.weights.iter().map(|r| r.var.as_str()).collect::<Vec<_>>(), ["fc.weight", "fc.bias"]);
+        }
+        // Names that already match keep the file's names, prefix or not.
+        let entries = vec![entry("module.fc.weight", &[4, 2])];
+        assert_eq!(wrapper_prefix(&entries.iter().collect::<Vec<_>>(), |n| n == "module.fc.weight"), None);
+    }
 }

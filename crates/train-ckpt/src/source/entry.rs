@@ -29,4 +29,11 @@ impl Entry {
     pub(super) fn new(name: String, dtype: Dtype, shape: Vec<usize>, bytes: u64, begin: u64) -> Entry {
         Entry { role: Role::of(&name), name, dtype, shape, bytes, begin }
     }
+
+    /// An entry as a file would list tensor `name` of `dtype` and `shape` (its size worked
+    /// out, its role from its name), for plans made before, or without, a file.
+    pub fn described(name: &str, dtype: Dtype, shape: &[usize]) -> Entry {
+        let bits = shape.iter().product::<usize>() * dtype.bitsize();
+        Entry::new(name.to_string(), dtype, shape.to_vec(), bits.div_ceil(8) as u64, 0)
+    }
 }

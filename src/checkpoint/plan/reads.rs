@@ -283,7 +283,7 @@ mod tests {
             assert_eq!(plan.weights.iter().map(|r| r.var.as_str()).collect::<Vec<_>>(), ["fc.weight", "fc.bias"]);
         }
         // Names that already match keep the file's names, prefix or not.
-        let entries = vec![entry("module.fc.weight", &[4, 2])];
+        let entries = [entry("module.fc.weight", &[4, 2])];
         assert_eq!(wrapper_prefix(&entries.iter().collect::<Vec<_>>(), |n| n == "module.fc.weight"), None);
     }
 }

@@ -41,6 +41,16 @@ ensure_venv() {
     printf '%s' "$PYTHON_PACKAGES" >"$TORCH_VENV/.train-ready"
 }
 
+# Installs a Python build or test tool into the venv when it is missing: $1 is the module to
+# import, $2 the pip requirement. Not in PYTHON_PACKAGES: only the Python package's build
+# (scripts/python-wheel) and its tests (scripts/test.sh) need them.
+ensure_python_tool() {
+    if ! "$TORCH_VENV/bin/python" -c "import $1" 2>/dev/null; then
+        log "installing $2 into $TORCH_VENV"
+        "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$2" >&2
+    fi
+}
+
 # Exports what torch-sys's build script and the tests need.
 export_build_env() {
     if [ -n "${LIBTORCH:-}" ]; then

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::atomic;
-use crate::error::{EncodeError, Error};
+use crate::error::Error;
 use crate::meta::{Meta, FORMAT_VERSION};
 use crate::names::{Role, PLAIN_SUFFIX};
 use crate::source::{CheckpointFile, Entry, FileKind, OptimizerSummary};
@@ -159,16 +158,6 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
     // Written, and sealed, by this version (a version-1 input's metadata was used as written).
     meta.format_version = FORMAT_VERSION;
     let views: Vec<(&str, &RawTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let io = |source| Error::Io { path: output.to_path_buf(), source };
-    if out_kind == FileKind::Compressed {
-        drop(ckpt);
-        atomic::write_atomic_with(output, |f| write::write_compressed_views(f, &views, &meta)).map_err(|e| match e {
-            EncodeError::Io(source) => io(source),
-            source => Error::Encode { path: output.to_path_buf(), source },
-        })
-    } else {
-        let bytes = write::serialize_views(output, &views, &meta)?;
-        drop(ckpt);
-        atomic::write_atomic(output, |f| write::emit(f, &bytes)).map_err(io)
-    }
+    drop(ckpt);
+    write::write_checkpoint(output, &views, meta.to_map(), out_kind == FileKind::Compressed)
 }

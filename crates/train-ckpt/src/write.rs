@@ -3,20 +3,31 @@
 //! `docs/compressed-format.md`).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, View};
 
+use crate::atomic;
 use crate::error::{EncodeError, Error};
 use crate::meta::{checksum_hex, seal, Meta, CHECKSUMS_KEY};
 
 /// Serializes any tensors that safetensors can view, with `meta` and per-tensor checksums.
 pub fn serialize_views<V: View + Copy>(path: &Path, views: &[(&str, V)], meta: &Meta) -> Result<Vec<u8>, Error> {
+    serialize_views_with(path, views, meta.to_map())
+}
+
+/// [`serialize_views`] with the metadata given as its map ([`Meta::to_map`], plus keys of
+/// the caller's own, which [`Meta`] ignores on reading); checksums are added and sealed here.
+pub fn serialize_views_with<V: View + Copy>(
+    path: &Path,
+    views: &[(&str, V)],
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, Error> {
     let checksums: serde_json::Map<String, serde_json::Value> =
         views.iter().map(|(n, v)| (n.to_string(), checksum_hex(&v.data()).into())).collect();
-    let mut metadata = meta.to_map();
     metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
     safetensors::serialize(views.iter().map(|(n, v)| (*n, *v)), Some(seal(metadata)))
         .map_err(|e| Error::Malformed { path: path.to_path_buf(), reason: e.to_string() })
@@ -64,13 +75,44 @@ pub fn write_compressed_views<V: View + Copy>(
     views: &[(&str, V)],
     meta: &Meta,
 ) -> Result<u64, EncodeError> {
+    write_compressed_views_with(out, views, meta.to_map())
+}
+
+/// [`write_compressed_views`] with the metadata given as its map (see
+/// [`serialize_views_with`]); sealed here.
+pub fn write_compressed_views_with<V: View + Copy>(
+    out: &mut File,
+    views: &[(&str, V)],
+    metadata: HashMap<String, String>,
+) -> Result<u64, EncodeError> {
     let mut writer = tckpt::Writer::new(BufWriter::new(&mut *out))?;
     for (name, v) in views {
         let dtype = crate::dtype::to_compressed(v.dtype())
             .ok_or_else(|| EncodeError::NoCompressedDtype { tensor: name.to_string(), dtype: v.dtype() })?;
         writer.add_tensor(name, dtype, v.shape(), &v.data())?;
     }
-    let metadata = seal(meta.to_map()).into_iter().collect();
+    let metadata = seal(metadata).into_iter().collect();
     writer.finish(metadata)?.flush()?;
     Ok(out.metadata()?.len())
+}
+
+/// Writes a checkpoint file atomically (see [`atomic`]): `views` with `metadata` (a
+/// [`Meta::to_map`], perhaps with keys of the caller's own), compressed or plain; returns
+/// the file's size. `output` keeps its old content when anything fails.
+pub fn write_checkpoint<V: View + Copy>(
+    output: &Path,
+    views: &[(&str, V)],
+    metadata: HashMap<String, String>,
+    compressed: bool,
+) -> Result<u64, Error> {
+    let io = |source| Error::Io { path: output.to_path_buf(), source };
+    if compressed {
+        atomic::write_atomic_with(output, |f| write_compressed_views_with(f, views, metadata)).map_err(|e| match e {
+            EncodeError::Io(source) => io(source),
+            source => Error::Encode { path: output.to_path_buf(), source },
+        })
+    } else {
+        let bytes = serialize_views_with(output, views, metadata)?;
+        atomic::write_atomic(output, |f| emit(f, &bytes)).map_err(io)
+    }
 }

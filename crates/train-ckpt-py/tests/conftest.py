@@ -1,0 +1,33 @@
+"""Shared fixtures: the repository's root, the `train-ckpt` binary, and tensor comparison."""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+import torch
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def same_bits(a, b):
+    """Whether two tensors are bit-identical: dtype, shape and every byte (NaNs included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+
+
+def assert_same_tensors(got, expected):
+    assert sorted(got) == sorted(expected)
+    for name, t in expected.items():
+        assert same_bits(got[name], t), name
+
+
+@pytest.fixture(scope="session")
+def train_ckpt_bin():
+    """The `train-ckpt` binary (TRAIN_CKPT_BIN, else target/release/train-ckpt, built if missing)."""
+    path = pathlib.Path(os.environ.get("TRAIN_CKPT_BIN", REPO_ROOT / "target" / "release" / "train-ckpt"))
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "train-ckpt"], cwd=REPO_ROOT, check=True)
+    assert path.exists(), path
+    return path

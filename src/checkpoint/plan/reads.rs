@@ -146,9 +146,12 @@ pub fn reads(
             return Err(CheckpointError::MissingTensor { path: path.into(), tensor: tensor.clone(), hint });
         }
     }
-    let index: HashMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect();
-    let present: Vec<(usize, String, &Var)> =
-        weights.iter().filter_map(|e| var(&e.name).map(|(name, v)| (index[e.name.as_str()], name, v))).collect();
+    let present: Vec<(usize, String, &Var)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.role == Role::Model)
+        .filter_map(|(i, e)| var(&e.name).map(|(name, v)| (i, name, v)))
+        .collect();
     // Every weight is checked before any is touched, so a mismatch leaves the model as it was.
     for (i, _, v) in &present {
         let e = &entries[*i];

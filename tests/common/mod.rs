@@ -101,20 +101,9 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// The Python interpreter of the torch virtualenv: `PYTHON_TORCH`, else the default cache
-/// location scripts/setup.sh uses. Panics with the fix when there is none: these tests
-/// are part of the suite, not optional.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON_TORCH") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    let p = cache.join("train/torch-2.11.0/bin/python");
-    assert!(p.exists(), "no Python with torch at {}: run scripts/setup.sh or set PYTHON_TORCH", p.display());
-    p
-}
+#[path = "../../crates/train-ckpt/tests/common/venv.rs"]
+mod venv;
+pub use venv::python;
 
 /// Runs a Python script with the torch venv; panics with its stderr on failure.
 pub fn run_python(script: &Path, args: &[&str]) -> String {

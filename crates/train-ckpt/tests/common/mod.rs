@@ -5,19 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The torch venv's Python: `PYTHON_TORCH` (set by `scripts/lib.sh`'s `export_build_env`),
-/// else where scripts/setup.sh puts it. The tests that use it need it, as the main crate's do.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON_TORCH") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    let p = cache.join("train/torch-2.11.0/bin/python");
-    assert!(p.exists(), "no Python with torch at {}: run scripts/setup.sh or set PYTHON_TORCH", p.display());
-    p
-}
+mod venv;
+pub use venv::python;
 
 /// Runs `tests/reference/SCRIPT OUT_DIR` (at the repository root) with [`python`] into a
 /// fresh folder `name` under the target directory, and returns the folder.

@@ -262,7 +262,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
     let file = args.checkpoint.as_deref().map(CheckpointFile::open).transpose()?;
     let sizes = match &file {
         // Planned before the model exists: it will be the checkpoint's weights' size.
-        Some(file) => crate::checkpoint::plan::load::sizes_of(file, None),
+        Some(file) => train_ckpt::strategy::Sizes::of_file(file, None),
         None => run::measure::model_sizes(cfg)?,
     };
     let plan = crate::checkpoint::plan::load::make(&cfg.memory, device, sizes, 0, &memory::probe::Nvml);

@@ -4,6 +4,8 @@
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+use train_ckpt::strategy::Constraints;
+pub use train_ckpt::strategy::StrategyChoice;
 
 /// `memory:` the four switches of the seed guide, under the guide's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,18 @@ pub struct MemoryConfig {
     pub vram_limit: Option<ByteSize>,
     /// Fraction of the free memory kept in reserve when choosing a strategy.
     pub safety_margin: f64,
+}
+
+impl MemoryConfig {
+    /// What these switches allow the strategy choice. [`Constraints::check`] (run once, by
+    /// configuration validation) has ruled out contradictions by the time a load plans.
+    pub fn constraints(&self) -> Constraints {
+        Constraints {
+            choice: self.strategy,
+            memory_efficient: self.checkpoint_memory_efficient,
+            load_optimizer_state: self.load_optimizer_state,
+        }
+    }
 }
 
 /// The built-in defaults equal the `balanced` profile: safe on small GPUs, exact resume.
@@ -70,18 +84,4 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self { every_n_epochs: 1, keep_last: None, keep_best: true, async_save: true, every_n_steps: None }
     }
-}
-
-/// `memory.strategy`: a strategy, or `auto` to choose one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StrategyChoice {
-    /// Choose from free memory and the checkpoint's sizes.
-    Auto,
-    /// Always `standard`.
-    Standard,
-    /// Always `memory_efficient`.
-    MemoryEfficient,
-    /// Always `model_only`.
-    ModelOnly,
 }

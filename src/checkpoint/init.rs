@@ -22,9 +22,9 @@ use train_ckpt::{CheckpointFile, Entry, Role};
 use super::error::CheckpointError;
 use super::load::load_into;
 use super::plan::reads::wrapper_prefix;
-use super::plan::strategy::Strategy;
 use super::tensors::read_tensor;
 use crate::dtype::{is_float, to_kind};
+use train_ckpt::strategy::Strategy;
 
 /// How loosely [`init_from`] may match (`model.init_strict`, `model.init_min_loaded`,
 /// `model.init_prefix_map`).

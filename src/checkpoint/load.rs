@@ -20,8 +20,8 @@ use super::config::MemoryConfig;
 use super::error::CheckpointError;
 use super::plan::load as load_plan;
 use super::plan::reads::{self, How, Var};
-use super::plan::strategy::Strategy;
 use super::tensors::{empty_tensors, host_targets, read_tensor};
+use train_ckpt::strategy::{Sizes, Strategy};
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,7 @@ pub fn with_plan<T>(
     mut attempt: impl FnMut(Strategy) -> Result<T, CheckpointError>,
 ) -> Result<(T, Strategy), Unloaded> {
     // The model is on the device already: counted in the peaks, and given back to the budget.
-    let sizes = load_plan::sizes_of(file, Some(model_bytes));
+    let sizes = Sizes::of_file(file, Some(model_bytes));
     let plan = load_plan::make(cfg, device, sizes, model_bytes, &crate::memory::probe::Nvml);
     tracing::info!(
         strategy = plan.strategy.name(),

@@ -25,8 +25,8 @@ pub mod tensors;
 pub use error::CheckpointError;
 pub use init::{init_from, InitOptions, InitReport};
 pub use load::{load_into, LoadOutcome};
-pub use plan::strategy::Strategy;
 pub use state::TrainingState;
+pub use train_ckpt::strategy::Strategy;
 pub use train_ckpt::{
     CheckpointFile, Entry, FileKind, Integrity, Meta, Position, RngState, Role, Verification, FORMAT_NAME,
     FORMAT_VERSION, OPTIMIZER_PREFIX,

@@ -202,7 +202,7 @@ fn memory(c: &Config) -> Result<(), Invalid> {
     if !(0.0..1.0).contains(&c.memory.safety_margin) {
         return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", c.memory.safety_margin));
     }
-    match crate::checkpoint::plan::strategy::Constraints::of(&c.memory).check() {
+    match c.memory.constraints().check() {
         Err(why) => invalid("memory.strategy", why.to_string()),
         Ok(_) => Ok(()),
     }

@@ -7,10 +7,10 @@ use super::error::RunError;
 use super::job::UserConfig;
 use super::resume;
 use super::setup::data_and_trainer;
-use crate::checkpoint::plan::strategy::Sizes;
 use crate::checkpoint::tensors::tensor_bytes;
 use crate::checkpoint::{CheckpointFile, Strategy};
 use crate::memory;
+use train_ckpt::strategy::Sizes;
 
 /// The sizes a plan needs when there is no checkpoint yet: the configured model built on the
 /// CPU, and the state its optimiser will hold. Loads the data set for the model's input shape.

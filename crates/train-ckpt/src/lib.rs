@@ -2,8 +2,9 @@
 //! and how its metadata is sealed ([`meta`], spec in `docs/checkpoint-format.md`), writing
 //! one ([`write`]), the one reader of
 //! every kind of checkpoint file ([`source`]: ours, foreign safetensors, `torch.save`
-//! files, the compressed format of `tckpt`), the `ckpt` tools ([`tools`], [`cli`]), and
-//! atomic writes ([`atomic`]).
+//! files, the compressed format of `tckpt`), the `ckpt` tools ([`tools`], [`cli`]),
+//! atomic writes ([`atomic`]), and the rule that chooses how a checkpoint is loaded
+//! ([`strategy`]).
 //!
 //! Apart from the `train` crate so that the `train-ckpt` binary, which runs the `ckpt`
 //! commands, starts in milliseconds instead of loading libtorch (~0.25 s before `main`),
@@ -17,6 +18,7 @@ mod error;
 pub mod meta;
 pub mod names;
 pub mod source;
+pub mod strategy;
 pub mod tools;
 pub mod write;
 

@@ -7,9 +7,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::Device;
 
-use train_ckpt::{CheckpointFile, Meta, Role};
+use train_ckpt::strategy::{self, Decision, Sizes, Strategy};
+use train_ckpt::Meta;
 
-use super::strategy::{self, Constraints, Decision, Sizes, Strategy};
 use crate::checkpoint::config::MemoryConfig;
 use crate::memory::probe::{self, Assumed, GpuMemory, GpuProbe, HostMemory};
 
@@ -50,20 +50,6 @@ pub fn budget(cfg: &MemoryConfig, device: Device, resident: u64, gpu: &dyn GpuPr
     }
 }
 
-/// The byte counts of an open checkpoint (any kind), for a model of `model` bytes (the
-/// checkpoint's weights, when no model is built yet).
-pub fn sizes_of(file: &CheckpointFile, model: Option<u64>) -> Sizes {
-    let (mut weights, mut optimizer, mut largest) = (0, 0, 0);
-    for e in file.entries() {
-        match e.role {
-            Role::Optimizer => optimizer += e.bytes,
-            Role::Model | Role::Other => weights += e.bytes,
-        }
-        largest = largest.max(e.bytes);
-    }
-    Sizes { model: model.unwrap_or(weights), weights, optimizer, largest }
-}
-
 /// A plan, as `train plan --json` prints it (field names stable).
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -91,7 +77,7 @@ pub struct Plan {
 /// configuration validation already checked. `resident`: see [`budget`].
 pub fn make(cfg: &MemoryConfig, device: Device, sizes: Sizes, resident: u64, gpu: &dyn GpuProbe) -> Plan {
     let b = budget(cfg, device, resident, gpu);
-    let constraints = Constraints::of(cfg);
+    let constraints = cfg.constraints();
     let Decision { strategy, reason } = strategy::choose(&sizes, b.free_bytes, cfg.safety_margin, &constraints);
     let predicted_peak_bytes = strategy::allowed(&constraints).into_iter().map(|s| (s.name(), sizes.peak(s))).collect();
     Plan {

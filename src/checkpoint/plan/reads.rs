@@ -8,9 +8,9 @@ use std::path::Path;
 use tch::Kind;
 use train_ckpt::{Entry, Role};
 
-use super::strategy::Strategy;
 use crate::checkpoint::error::CheckpointError;
 use crate::dtype::to_kind;
+use train_ckpt::strategy::Strategy;
 
 /// Prefixes that wrappers put before every name of a state dict: DistributedDataParallel's
 /// `module.` and `torch.compile`'s `_orig_mod.`.

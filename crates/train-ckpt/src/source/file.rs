@@ -303,9 +303,32 @@ impl CheckpointFile {
     /// one tensor at a time; compressed ones in groups of up to [`VERIFY_GROUP_BYTES`],
     /// decoded in parallel across tensors as well as within them.
     pub fn verify(&self) -> Result<Verification, Error> {
+        let all: Vec<&Entry> = self.entries.iter().chain(&self.others).collect();
+        self.verify_entries(&all)
+    }
+
+    /// Reads and checks only the tensors `names` (as [`Self::verify`] does every tensor), so
+    /// that a caller about to load them can refuse a damaged file before it touches anything,
+    /// without reading the tensors it will not load. An unknown name is an error.
+    pub fn verify_tensors(&self, names: &[&str]) -> Result<Verification, Error> {
+        let chosen = names
+            .iter()
+            .map(|name| {
+                self.entry(name).or_else(|| self.other_entry(name)).ok_or_else(|| Error::Malformed {
+                    path: self.path.clone(),
+                    reason: format!("no tensor `{name}`"),
+                })
+            })
+            .collect::<Result<Vec<&Entry>, Error>>()?;
+        self.verify_entries(&chosen)
+    }
+
+    /// Reads and checks `entries`, holding at most [`VERIFY_GROUP_BYTES`] (or one larger
+    /// tensor) of them at once.
+    fn verify_entries(&self, entries: &[&Entry]) -> Result<Verification, Error> {
         match &self.body {
             Body::Compressed(_) => {
-                for group in groups(&self.entries, VERIFY_GROUP_BYTES) {
+                for group in groups(entries, VERIFY_GROUP_BYTES) {
                     let mut bufs: Vec<Vec<u8>> = group.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
                     let mut targets: Vec<(&str, &mut [u8])> =
                         group.iter().zip(bufs.iter_mut()).map(|(e, b)| (e.name.as_str(), b.as_mut_slice())).collect();
@@ -313,16 +336,15 @@ impl CheckpointFile {
                 }
             }
             _ => {
-                let all = || self.entries.iter().chain(&self.others);
-                let largest = all().map(|e| e.bytes).max().unwrap_or(0) as usize;
+                let largest = entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
                 let mut buf = vec![0u8; largest];
-                for e in all() {
+                for e in entries {
                     self.read_into(&e.name, &mut buf[..e.bytes as usize])?;
                 }
             }
         }
         let integrity = Integrity::of(self.is_checksummed(), self.is_metadata_covered());
-        Ok(Verification { tensors: self.entries.len() + self.others.len(), integrity })
+        Ok(Verification { tensors: entries.len(), integrity })
     }
 }
 

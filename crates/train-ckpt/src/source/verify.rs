@@ -47,7 +47,7 @@ impl Integrity {
 }
 
 /// Consecutive runs of `entries` of at most `limit` bytes each (a larger tensor alone).
-pub(super) fn groups(entries: &[Entry], limit: u64) -> Vec<&[Entry]> {
+pub(super) fn groups<'a, 'e>(entries: &'a [&'e Entry], limit: u64) -> Vec<&'a [&'e Entry]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, e) in entries.iter().enumerate() {
@@ -73,7 +73,8 @@ mod tests {
 
     #[test]
     fn groups_hold_consecutive_tensors_up_to_the_limit_and_a_larger_one_alone() {
-        let entries: Vec<Entry> = [3, 4, 2, 10, 1, 1].into_iter().map(entry).collect();
+        let owned: Vec<Entry> = [3, 4, 2, 10, 1, 1].into_iter().map(entry).collect();
+        let entries: Vec<&Entry> = owned.iter().collect();
         let sizes: Vec<Vec<u64>> = groups(&entries, 8).iter().map(|g| g.iter().map(|e| e.bytes).collect()).collect();
         assert_eq!(sizes, [vec![3, 4], vec![2], vec![10], vec![1, 1]]);
         assert!(groups(&[], 8).is_empty());

@@ -1,5 +1,8 @@
 //! Choosing how to load a checkpoint: a pure function of the free memory, the checkpoint's
-//! byte counts and the configuration, unit-tested over a grid of sizes.
+//! byte counts and the configuration, unit-tested over a grid of sizes. The one copy of the
+//! rule: `train plan` and a run's loads use it through the `train` crate, and the Python
+//! package (`train_ckpt.smart_load_checkpoint`) through its extension, fed the free memory
+//! that `torch.cuda.mem_get_info()` reports.
 //!
 //! Predicted peak memory on the device while loading, with `model` the bytes of the model's
 //! own parameters (already on the device), `weights` and `optimizer` the checkpoint's bytes
@@ -13,7 +16,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::config::{MemoryConfig, StrategyChoice};
+use crate::names::Role;
+use crate::source::CheckpointFile;
+
+/// `memory.strategy`: a strategy, or `auto` to choose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyChoice {
+    /// Choose from free memory and the checkpoint's sizes.
+    Auto,
+    /// Always `standard`.
+    Standard,
+    /// Always `memory_efficient`.
+    MemoryEfficient,
+    /// Always `model_only`.
+    ModelOnly,
+}
 
 /// How a checkpoint travels from the file to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -69,6 +87,21 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The byte counts of an open checkpoint (any kind), for a model of `model` bytes (the
+    /// checkpoint's weights, when no model is built yet). Buffers and other non-optimizer
+    /// tensors count as weights.
+    pub fn of_file(file: &CheckpointFile, model: Option<u64>) -> Sizes {
+        let (mut weights, mut optimizer, mut largest) = (0, 0, 0);
+        for e in file.entries() {
+            match e.role {
+                Role::Optimizer => optimizer += e.bytes,
+                Role::Model | Role::Other => weights += e.bytes,
+            }
+            largest = largest.max(e.bytes);
+        }
+        Sizes { model: model.unwrap_or(weights), weights, optimizer, largest }
+    }
+
     /// Predicted peak device bytes while loading with `s` (see the module table).
     pub fn peak(&self, s: Strategy) -> u64 {
         match s {
@@ -79,7 +112,8 @@ impl Sizes {
     }
 }
 
-/// What the configuration allows (the seed guide's switches and `memory.strategy`).
+/// What the configuration allows (the seed guide's switches and `memory.strategy`); the
+/// `train` crate's `MemoryConfig::constraints` reads them from the `memory:` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Constraints {
     /// `memory.strategy`.
@@ -91,16 +125,6 @@ pub struct Constraints {
 }
 
 impl Constraints {
-    /// The constraints `cfg` sets. [`Constraints::check`] (run once, by configuration
-    /// validation) has ruled out contradictions by then.
-    pub fn of(cfg: &MemoryConfig) -> Self {
-        Self {
-            choice: cfg.strategy,
-            memory_efficient: cfg.checkpoint_memory_efficient,
-            load_optimizer_state: cfg.load_optimizer_state,
-        }
-    }
-
     /// The strategy `memory.strategy` names, or `None` for `auto`.
     pub fn explicit(&self) -> Option<Strategy> {
         match self.choice {

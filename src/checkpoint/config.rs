@@ -56,7 +56,7 @@ impl Default for MemoryConfig {
             strategy: StrategyChoice::Auto,
             assume_free_vram: None,
             vram_limit: None,
-            safety_margin: 0.1,
+            safety_margin: train_ckpt::strategy::DEFAULT_SAFETY_MARGIN,
         }
     }
 }

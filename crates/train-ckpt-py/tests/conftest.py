@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository's root, the `train-ckpt` binary, and tensor comparison."""
+"""Shared fixtures: the repository's root, the `train-ckpt` and `train` binaries, and tensor
+comparison."""
 
 import os
 import pathlib
@@ -31,3 +32,24 @@ def train_ckpt_bin():
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "train-ckpt"], cwd=REPO_ROOT, check=True)
     assert path.exists(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def train_bin():
+    """The `train` binary (TRAIN_BIN, else target/release/train, built if missing)."""
+    path = pathlib.Path(os.environ.get("TRAIN_BIN", REPO_ROOT / "target" / "release" / "train"))
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "train"], cwd=REPO_ROOT, check=True)
+    assert path.exists(), path
+    return path
+
+
+def run_train(train_bin, cwd, *args):
+    """Runs `train` in ``cwd`` with ``args``; returns ``(stdout, stderr)`` (stderr is the log),
+    failing the test with the log when `train` fails. Settings from the environment (TRAIN_*)
+    are left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_")}
+    env["RUST_LOG"] = "info"
+    done = subprocess.run([str(train_bin), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"train {' '.join(map(str, args))} exited {done.returncode}:\n{done.stderr}"
+    return done.stdout, done.stderr

@@ -33,6 +33,9 @@ pub enum StrategyChoice {
     ModelOnly,
 }
 
+/// The fraction of the free memory kept in reserve by default (`memory.safety_margin`).
+pub const DEFAULT_SAFETY_MARGIN: f64 = 0.1;
+
 /// How a checkpoint travels from the file to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

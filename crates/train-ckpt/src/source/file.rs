@@ -314,10 +314,9 @@ impl CheckpointFile {
         let chosen = names
             .iter()
             .map(|name| {
-                self.entry(name).or_else(|| self.other_entry(name)).ok_or_else(|| Error::Malformed {
-                    path: self.path.clone(),
-                    reason: format!("no tensor `{name}`"),
-                })
+                self.entry(name)
+                    .or_else(|| self.other_entry(name))
+                    .ok_or_else(|| Error::Malformed { path: self.path.clone(), reason: format!("no tensor `{name}`") })
             })
             .collect::<Result<Vec<&Entry>, Error>>()?;
         self.verify_entries(&chosen)

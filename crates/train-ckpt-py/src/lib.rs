@@ -382,11 +382,21 @@ fn save(
     })
 }
 
+/// The host memory a CPU load may use, as `train` reads it: `(bytes or None, where from)`,
+/// the smaller of `MemAvailable` and this process's memory cgroup's headroom.
+#[pyfunction]
+fn host_available() -> (Option<u64>, String) {
+    let h = train_ckpt::host::host();
+    let from = h.available_from();
+    (h.available, from)
+}
+
 /// The module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<File>()?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(host_available, m)?)?;
     m.add("DEFAULT_SAFETY_MARGIN", strategy::DEFAULT_SAFETY_MARGIN)?;
     m.add("STRATEGIES", Strategy::ALL.map(Strategy::name).to_vec())?;
     Ok(())

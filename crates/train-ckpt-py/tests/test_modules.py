@@ -340,7 +340,7 @@ def test_smart_load_chooses_by_the_planner_and_says_why(tmp_path):
             assert got.optimizer_restored
             assert_same_optimizer(opt, opt2)
     got = train_ckpt.smart_load_checkpoint(*fresh()[:2], path)
-    assert got.source == "host" and got.free_bytes > 0 and got.strategy == "standard", got.reason
+    assert "memory" in got.source and got.free_bytes > 0 and got.strategy == "standard", got.reason
 
 
 def test_smart_load_honours_the_memory_switches(tmp_path):

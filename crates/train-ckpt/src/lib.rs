@@ -4,7 +4,7 @@
 //! every kind of checkpoint file ([`source`]: ours, foreign safetensors, `torch.save`
 //! files, the compressed format of `tckpt`), the `ckpt` tools ([`tools`], [`cli`]),
 //! atomic writes ([`atomic`]), and the rule that chooses how a checkpoint is loaded
-//! ([`strategy`]).
+//! ([`strategy`]) with the host memory figure it is fed on a CPU ([`host`]).
 //!
 //! Apart from the `train` crate so that the `train-ckpt` binary, which runs the `ckpt`
 //! commands, starts in milliseconds instead of loading libtorch (~0.25 s before `main`),
@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod cli;
 pub mod dtype;
 mod error;
+pub mod host;
 pub mod meta;
 pub mod names;
 pub mod source;

@@ -594,22 +594,11 @@ def load_model_only(model, path, strict=False, device=None, *, verify=True):
     )
 
 
-def _host_available():
-    """``MemAvailable`` from ``/proc/meminfo``, in bytes (``None`` where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _budget(model, device):
     """The memory the load goes into, as ``train``'s plan measures it: the free memory of the
-    model's device (``torch.cuda.mem_get_info`` on a GPU, available host memory on the CPU)
-    plus the bytes of the model already there, which the predicted peaks count."""
+    model's device (``torch.cuda.mem_get_info`` on a GPU; on the CPU, ``train``'s own host
+    probe: ``MemAvailable`` or the memory cgroup's headroom, the smaller) plus the bytes of the
+    model already there, which the predicted peaks count."""
     torch = _torch()
     tensors = list(model.state_dict(keep_vars=True).values())
     if device is None:
@@ -619,8 +608,8 @@ def _budget(model, device):
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + resident, "torch.cuda.mem_get_info", resident
-    available = _host_available()
-    return (None if available is None else available + resident), "host", resident
+    available, source = _native.host_available()
+    return (None if available is None else available + resident), source, resident
 
 
 def smart_load_checkpoint(

@@ -123,7 +123,27 @@ def test_what_cannot_be_written_is_refused_clearly(tmp_path):
 
 FUZZ = r"""
 import random, sys
+import torch
 import train_ckpt
+
+
+class Holder(torch.nn.Module):
+    # The state dict of the fuzzed files: a, b, c.
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(64, 8))
+        self.register_buffer("b", torch.zeros(30, dtype=torch.int64))
+        self.register_buffer("c", torch.zeros(5, dtype=torch.bfloat16))
+
+
+model = Holder()
+optimizer = torch.optim.Adam(model.parameters())
+loaders = (
+    train_ckpt.load_file,
+    train_ckpt.verify,
+    lambda p: train_ckpt.load_model_only(model, p),
+    lambda p: train_ckpt.load_checkpoint_memory_efficient(model, optimizer, p, strict=False),
+)
 data = open(sys.argv[1], "rb").read()
 rng = random.Random(int(sys.argv[2]))
 path = sys.argv[1] + ".fuzz"
@@ -136,12 +156,15 @@ for i in range(150):
         if b:
             b[rng.randrange(len(b))] = rng.randrange(256)
     open(path, "wb").write(bytes(b))
-    for read in (train_ckpt.load_file, train_ckpt.verify):
+    for read in loaders:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
         try:
             read(path)
             kind = "ok"
         except (ValueError, KeyError, OSError) as e:
             kind = type(e).__name__
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, before[k]), f"{kind} ({e}) and yet `{k}` changed"
         outcomes[kind] = outcomes.get(kind, 0) + 1
 print(outcomes)
 """

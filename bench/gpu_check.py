@@ -23,6 +23,10 @@ that have no goal):
    NCCL job against the same run without a launcher, and, where the machine has two GPUs, a
    2-rank NCCL job against one process with the doubled batch (CPU mode: a 2-rank Gloo job
    against one process with the doubled batch).
+8. the Python package (the train_ckpt wheel, unpacked, from .carry/ or target/wheels/): check
+   2's checkpoint loaded into a module on the device by load_model_only,
+   load_checkpoint_memory_efficient and smart_load_checkpoint, beside the plain way (the whole
+   file to the device, then load_state_dict): bit-identical weights, the device peak, the time.
 
 Writes OUT_DIR/gpu-check.json and OUT_DIR/gpu-check.md; exits 1 if any check failed.
 This process imports no torch (so it holds no CUDA memory while `train` measures); torch runs
@@ -169,7 +173,7 @@ class Ctx:
         self.train = str(Path(args.train_bin).resolve())
         self.started = time.monotonic()
         self.timeout = self.m["timeout_s"]
-        self.ckpt = None  # made by check 2, used by check 3
+        self.ckpt = None  # made by check 2, used by checks 3 and 8
         self.sizes = None
         self.measured = {}
         self.torch_lib = torch_location()
@@ -723,9 +727,139 @@ def check_distributed(ctx: Ctx, rep: Report):
         rep.row("2 NCCL ranks match one process with the doubled batch", SKIP, f"{count} GPU on this machine")
 
 
-CHECKS = [check_probe, check_loading, check_auto, check_oom, check_bf16, check_speed, check_distributed]
+# ---------------------------------------------------------------- 8. the Python package
+
+# Runs in a subprocess with the unpacked wheel on sys.path: loads check 2's checkpoint into a
+# module built from its names, on the device, with each of the package's loaders and with the
+# plain way (the whole file to the device, then load_state_dict), one after another in one
+# process. Prints, per case, the device's peak allocated bytes above the model, the seconds,
+# and whether every weight came out bit-identical to the file's.
+PACKAGE_SCRIPT = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+import train_ckpt
+
+tckpt, plain, device = sys.argv[2], sys.argv[3], torch.device(sys.argv[4])
+cuda = device.type == "cuda"
+with train_ckpt.safe_open(plain) as f:
+    shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if not k.startswith("optimizer/")}
+expected = {k: v for k, v in train_ckpt.load_file(plain).items() if k in shapes}
+
+
+class Holder(torch.nn.Module):
+    pass
+
+
+def build():
+    root = Holder()
+    for name, shape in shapes.items():
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if not hasattr(m, part):
+                m.add_module(part, Holder())
+            m = getattr(m, part)
+        m.register_parameter(leaf, torch.nn.Parameter(torch.zeros(shape, dtype=expected[name].dtype)))
+    return root.to(device)
+
+
+def plain_way(model, _):
+    state = {k: v for k, v in train_ckpt.load_file(plain, device=device).items() if k in shapes}
+    model.load_state_dict(state)
+
+
+cases = {
+    "load_model_only": lambda m, o: train_ckpt.load_model_only(m, tckpt, strict=True),
+    "load_checkpoint_memory_efficient": lambda m, o: train_ckpt.load_checkpoint_memory_efficient(m, o, tckpt),
+    "smart_load_checkpoint": lambda m, o: train_ckpt.smart_load_checkpoint(m, o, tckpt),
+    "load_file(device) + load_state_dict": plain_way,
+}
+out = {}
+for name, load in cases.items():
+    model = build()
+    opt = torch.optim.AdamW(model.parameters())
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else None
+    t0 = time.perf_counter()
+    got = load(model, opt)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    state = model.state_dict()
+    equal = all(torch.equal(state[k].cpu(), v) for k, v in expected.items())
+    out[name] = {
+        "seconds": seconds,
+        "equal": equal,
+        "peak_above_model": torch.cuda.max_memory_allocated() - before if cuda else None,
+        "strategy": getattr(got, "strategy", None),
+        "reason": getattr(got, "reason", None),
+        "optimizer_bytes": sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()),
+    }
+    del model, opt, state, got
+    if cuda:
+        torch.cuda.empty_cache()
+print(json.dumps(out))
+"""
+
+
+def package_wheel():
+    """The train_ckpt wheel to check: GPU_CHECK_WHEEL, else the newest in .carry/ or target/wheels/."""
+    env = os.environ.get("GPU_CHECK_WHEEL")
+    if env:
+        return Path(env)
+    found = sorted((p for d in (REPO / ".carry", REPO / "target" / "wheels") for p in d.glob("train_ckpt-*.whl")),
+                   key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def check_python_package(ctx: Ctx, rep: Report):
+    rep.start(8, "the Python package on the device")
+    wheel = package_wheel()
+    if wheel is None:
+        rep.row("train_ckpt", SKIP, "no train_ckpt wheel in .carry/ or target/wheels/ (scripts/python-wheel builds "
+                "one; copy it into .carry/ to carry it)")
+        return
+    if ctx.ckpt is None:
+        raise Failed("check 2 made no checkpoint to load")
+    import zipfile
+
+    site = ctx.work / "py-site"
+    # A wheel is a zip: unpacked onto sys.path it imports, without pip or a network.
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    tckpt = ctx.work / "latest.tckpt"
+    res = mt.run_json([ctx.python, "-c", PACKAGE_SCRIPT, site, tckpt, ctx.ckpt, ctx.m["device"]], mt.clean_env(),
+                      timeout=ctx.timeout)
+    cuda = ctx.m["device"] == "cuda"
+    weights = ctx.sizes["weights"]
+    base = res["load_file(device) + load_state_dict"]["seconds"]
+    for name, r in res.items():
+        figure = f"{r['seconds']:.2f} s ({r['seconds'] / base:.2f}x the plain way)"
+        if r["peak_above_model"] is not None:
+            figure += f", device peak above model {fmt_bytes(r['peak_above_model'])}"
+        if r["strategy"]:
+            figure += f"; {r['strategy']}: {r['reason']}"
+        if not r["equal"]:
+            rep.judge(name, False, figure + "; weights differ from the file's!", "bit-identical weights")
+        elif not cuda or name in ("smart_load_checkpoint", "load_file(device) + load_state_dict"):
+            rep.row(name, INFO, figure + "; bit-identical weights", "", r)
+        else:
+            # The file's tensors reach the device through pinned host buffers, straight into the
+            # parameters: nothing on the device but the optimizer state the load creates.
+            allowed = r["optimizer_bytes"] + 0.01 * weights + MIB
+            rep.judge(name, r["peak_above_model"] <= allowed, figure + "; bit-identical weights",
+                      f"device peak above model <= the optimizer state it creates ({fmt_bytes(r['optimizer_bytes'])}) "
+                      f"+ 1% of the weights + 1 MiB", r)
+
+
+CHECKS = [check_probe, check_loading, check_auto, check_oom, check_bf16, check_speed, check_distributed,
+          check_python_package]
 TITLES = ["probe vs CUDA", "loading memory per strategy", "automatic choice under pressure",
-          "out-of-memory recovery in training", "bf16", "speed vs PyTorch eager", "distributed smoke"]
+          "out-of-memory recovery in training", "bf16", "speed vs PyTorch eager", "distributed smoke",
+          "the Python package on the device"]
 
 
 def default_train_bin() -> str:

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::state::{Progress, Standing, TrainingState};
 use crate::checkpoint::Position;
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
-use crate::data::{epoch_batches, shard, Dataset, Split, Task};
+use crate::data::{epoch_batches, shard, DataError, Dataset, Split, Task};
 use crate::distributed::{Dist, DistError};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
@@ -88,7 +88,7 @@ impl Trainer {
         // TorchScript module to be tried on as training will run it.
         let micro = cfg.training.batch_size.div_ceil(cfg.training.grad_accum_steps.max(1)) as usize;
         let probe_rows: Vec<i64> = (0..data.train.len().min(micro.max(1)) as i64).collect();
-        let (probe, probe_targets) = data.train.batch(&probe_rows, device);
+        let (probe, probe_targets) = data.train.batch(&probe_rows, device).map_err(|e| ModelError::Data(Box::new(e)))?;
         let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape, Some((&probe, &probe_targets)))?;
         let params = vs
             .variables()
@@ -245,14 +245,15 @@ impl Trainer {
         loss
     }
 
-    /// Loss and accuracy on `split`, without gradients (accuracy is NaN for regression).
-    pub fn evaluate(&self, split: &Split) -> EvalStats {
+    /// Loss and accuracy on `split`, without gradients (accuracy is NaN for regression); an
+    /// error when a streamed split's example cannot be read.
+    pub fn evaluate(&self, split: &Split) -> Result<EvalStats, DataError> {
         let _guard = tch::no_grad_guard();
         let n = split.len();
         let (mut loss_sum, mut correct, mut counted) = (0.0, 0.0, 0.0);
         let indices: Vec<i64> = (0..n as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
-            let (xs, ys) = split.batch(chunk, self.device);
+            let (xs, ys) = split.batch(chunk, self.device)?;
             let (out, own_loss, batch_loss) = self.autocast(|| {
                 let out = self.model.forward(&xs, Some(&ys), false);
                 let own = out.loss.is_some();
@@ -275,7 +276,7 @@ impl Trainer {
                 counted += hits.numel() as f64;
             }
         }
-        EvalStats { loss: loss_sum / n as f64, accuracy: correct / counted }
+        Ok(EvalStats { loss: loss_sum / n as f64, accuracy: correct / counted })
     }
 
     /// The state a checkpoint takes now: every model variable, sorted by name, the

@@ -195,6 +195,22 @@ fn data_source(c: &Config) -> Result<(), Invalid> {
     if !(d.val_fraction > 0.0 && d.val_fraction < 1.0) {
         return invalid("data.val_fraction", format!("must be in (0, 1), got {}", d.val_fraction));
     }
+    if d.prefetch_batches == 0 || d.prefetch_batches > 64 {
+        return invalid("data.prefetch_batches", format!("must be in 1..=64, got {}", d.prefetch_batches));
+    }
+    if matches!(d.workers, Some(0)) || d.workers.is_some_and(|w| w > 256) {
+        return invalid("data.workers", format!("must be in 1..=256, got {}", d.workers.unwrap_or(0)));
+    }
+    match (d.kind, c.model.gpt.vocab) {
+        (_, Some(0)) => return invalid("model.gpt.vocab", "must be at least 1"),
+        (DataKind::Text, Some(v)) if v < 256 => {
+            return invalid("model.gpt.vocab", format!("text data is modelled byte by byte: 256 at least, got {v}"));
+        }
+        (DataKind::Tokens, _) if c.model.kind != ModelKind::Gpt => {
+            return invalid("model.kind", "tokens data is a language-modelling corpus: it needs model.kind gpt");
+        }
+        _ => {}
+    }
     Ok(())
 }
 

@@ -30,6 +30,35 @@ pub struct DataConfig {
     pub image_size: [u32; 2],
     /// `image_folder`: 3 (RGB) or 1 (grayscale).
     pub channels: u32,
+    /// `tokens`: the width of each token in the file, `uint16` or `uint32` (nanoGPT and
+    /// Megatron write `uint16` for vocabularies up to 65,536).
+    pub dtype: TokenDtype,
+    /// Threads that read (and decode) the examples of each batch of a streamed kind. `None`:
+    /// the cores `run.threads` leaves free, at least one.
+    pub workers: Option<usize>,
+    /// Batches assembled ahead of the training step. Host memory for batches is at most
+    /// this many plus the two in use, whatever the data set's size.
+    pub prefetch_batches: usize,
+}
+
+/// `data.dtype`: how wide a token is in a `tokens` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenDtype {
+    /// Two bytes, little-endian.
+    Uint16,
+    /// Four bytes, little-endian.
+    Uint32,
+}
+
+impl TokenDtype {
+    /// Bytes per token.
+    pub fn bytes(self) -> usize {
+        match self {
+            TokenDtype::Uint16 => 2,
+            TokenDtype::Uint32 => 4,
+        }
+    }
 }
 
 /// The data sources.
@@ -47,6 +76,9 @@ pub enum DataKind {
     /// Images (PNG, JPEG) in torchvision's `ImageFolder` layout under `data.dir`: one
     /// subfolder per class, optionally inside `train/` and `val/` (or `test/`).
     ImageFolder,
+    /// A flat file of tokens (`data.dtype`), as nanoGPT's and Megatron's `.bin` files: read
+    /// window by window as batches need them, never whole.
+    Tokens,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.
@@ -64,6 +96,9 @@ impl Default for DataConfig {
             targets: "y".into(),
             image_size: [32, 32],
             channels: 3,
+            dtype: TokenDtype::Uint16,
+            workers: None,
+            prefetch_batches: super::prefetch::PREFETCH_DEPTH,
         }
     }
 }

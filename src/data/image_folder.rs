@@ -223,7 +223,7 @@ fn load_split(
     let labels: Vec<i64> = files.iter().map(|(_, c)| *c).collect();
     let n = files.len() as i64;
     let x = Tensor::from_slice(&pixels).view([n, i64::from(channels), i64::from(size[0]), i64::from(size[1])]);
-    Ok(Split { inputs: vec![x], targets: Tensor::from_slice(&labels).to_kind(Kind::Int64) })
+    Ok(Split::in_memory(vec![x], Tensor::from_slice(&labels).to_kind(Kind::Int64)))
 }
 
 /// Plans the decodes of `files` from their headers, and how many may run at once: each

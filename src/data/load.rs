@@ -10,16 +10,18 @@ use super::dataset::{Dataset, Task, BYTE_VOCAB};
 use super::error::DataError;
 use super::source::{check_host_memory, read_error, required_path, split_tail, val_count};
 use super::split::Split;
-use super::{idx, image_folder, tensors};
+use super::{idx, image_folder, tensors, tokens};
 
 impl Dataset {
-    /// Loads the data set `cfg` describes. `context` is the window length of text data;
-    /// `inputs` the arrays a TorchScript module takes by name (`model.torchscript.inputs`;
-    /// empty: the one input `x`), read from `tensors` and `npz` data.
-    pub fn load(cfg: &DataConfig, context: usize, inputs: &[String]) -> Result<Self, DataError> {
+    /// Loads the data set `cfg` describes. `context` is the window length of text and token
+    /// data, `vocab` their vocabulary when configured (`model.gpt.vocab`); `inputs` the
+    /// arrays a TorchScript module takes by name (`model.torchscript.inputs`; empty: the one
+    /// input `x`), read from `tensors` and `npz` data.
+    pub fn load(cfg: &DataConfig, context: usize, vocab: Option<u32>, inputs: &[String]) -> Result<Self, DataError> {
         let ds = match cfg.kind {
             DataKind::Idx => load_idx(cfg)?,
-            DataKind::Text => load_text(cfg, context)?,
+            DataKind::Text => load_text(cfg, context, vocab)?,
+            DataKind::Tokens => tokens::load(cfg, context, vocab)?,
             DataKind::Tensors | DataKind::Npz => tensors::load(cfg, inputs)?,
             DataKind::ImageFolder => image_folder::load(cfg)?,
         };
@@ -73,12 +75,13 @@ fn load_idx_split(dir: &Path, split: &'static str) -> Result<(Split, [i64; 2], i
     let classes = i64::from(*labels.data.iter().max().expect("checked: at least one label")) + 1;
     let x = Tensor::from_slice(&images.data).view([n, 1, h, w]).to_kind(Kind::Float) / 255.0;
     let y = Tensor::from_slice(&labels.data).to_kind(Kind::Int64);
-    Ok((Split { inputs: vec![x], targets: y }, [h, w], classes))
+    Ok((Split::in_memory(vec![x], y), [h, w], classes))
 }
 
 /// A text file as non-overlapping windows of `context` bytes; each window's targets are the
 /// same bytes shifted by one. The last `val_fraction` of the windows are the validation split.
-fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
+/// The vocabulary is the 256 byte values, or `vocab` when larger (validation refuses less).
+fn load_text(cfg: &DataConfig, context: usize, vocab: Option<u32>) -> Result<Dataset, DataError> {
     let path = required_path(cfg)?;
     if context == 0 {
         return Err(DataError::Config("model.gpt.context must be at least 1".into()));
@@ -92,5 +95,6 @@ fn load_text(cfg: &DataConfig, context: usize) -> Result<Dataset, DataError> {
     let inputs = tokens.narrow(0, 0, (windows * context) as i64).view([windows as i64, context as i64]);
     let targets = tokens.narrow(0, 1, (windows * context) as i64).view([windows as i64, context as i64]);
     let (train, val) = split_tail(vec![inputs], targets, val);
-    Ok(Dataset { train, val, task: Task::LanguageModel { vocab: BYTE_VOCAB }, input_shape: vec![context as i64] })
+    let vocab = vocab.map_or(BYTE_VOCAB, |v| i64::from(v).max(BYTE_VOCAB));
+    Ok(Dataset { train, val, task: Task::LanguageModel { vocab }, input_shape: vec![context as i64] })
 }

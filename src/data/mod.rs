@@ -7,6 +7,7 @@
 pub mod config;
 mod dataset;
 mod error;
+mod examples;
 mod files;
 pub mod idx;
 mod image_folder;
@@ -16,11 +17,12 @@ mod prefetch;
 mod source;
 mod split;
 mod tensors;
+mod tokens;
 
 pub use dataset::{Dataset, Task, BYTE_VOCAB, MAX_CLASSES};
 pub use error::{ArrayError, DataError};
 pub use files::check_files;
 pub use order::{epoch_batches, shard};
-pub use prefetch::Prefetcher;
+pub use prefetch::{Prefetcher, PREFETCH_DEPTH};
 pub use source::source_of;
 pub use split::{Batch, Split};

@@ -2,30 +2,34 @@
 
 use tch::Device;
 
+use super::error::DataError;
 use super::split::{Batch, Split};
 
-/// Assembles batches on a background thread, a couple ahead of the training loop, so the
-/// loop does not wait on gathering examples and copying them to the device. Dropping it
-/// stops the thread.
+/// Assembles batches on a background thread, `depth` ahead of the training loop, so the
+/// loop does not wait on reading examples and copying them to the device. Dropping it
+/// stops the thread. A batch that cannot be read ends the sequence with its error.
 pub struct Prefetcher {
-    rx: Option<std::sync::mpsc::Receiver<Batch>>,
+    rx: Option<std::sync::mpsc::Receiver<Result<Batch, DataError>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Batches assembled ahead of the loop.
-const PREFETCH_DEPTH: usize = 2;
+/// Batches assembled ahead of the loop by default (`data.prefetch_batches`).
+pub const PREFETCH_DEPTH: usize = 2;
 
 impl Prefetcher {
-    /// Yields `split`'s examples at each of `batches`, in order, on `device`.
-    pub fn new(split: &Split, batches: Vec<Vec<i64>>, device: Device) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_DEPTH);
+    /// Yields `split`'s examples at each of `batches`, in order, on `device`, with `depth`
+    /// batches (at least one) assembled ahead.
+    pub fn new(split: &Split, batches: Vec<Vec<i64>>, device: Device, depth: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
         // Shallow clones share the data; the thread only reads it.
         let split = split.shallow_clone();
         let thread = std::thread::Builder::new()
             .name("batch-prefetch".into())
             .spawn(move || {
                 for indices in batches {
-                    if tx.send(split.batch(&indices, device)).is_err() {
+                    let batch = split.batch(&indices, device);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
                         break;
                     }
                 }
@@ -36,7 +40,7 @@ impl Prefetcher {
 }
 
 impl Iterator for Prefetcher {
-    type Item = Batch;
+    type Item = Result<Batch, DataError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.rx.as_ref()?.recv().ok()
     }

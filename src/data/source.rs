@@ -37,7 +37,7 @@ pub(super) fn val_count(n: usize, fraction: f64, path: &Path) -> Result<usize, D
 pub(super) fn split_tail(inputs: Vec<Tensor>, targets: Tensor, val: usize) -> (Split, Split) {
     let n = targets.size()[0];
     let t = n - val as i64;
-    let all = Split { inputs, targets };
+    let all = Split::in_memory(inputs, targets);
     (all.rows(0, t), all.rows(t, val as i64))
 }
 

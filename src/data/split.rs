@@ -1,25 +1,60 @@
-//! One split of a data set on the host, and the batches gathered from it.
+//! One split of a data set, and the batches gathered from it: held in host memory (the
+//! small kinds), or read example by example from its files ([`Examples`]: the streamed kinds).
+
+use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
-/// A batch: the model's inputs (see [`Split::inputs`]) and the targets.
+use super::error::DataError;
+use super::examples::{bytes_of, Examples, Layout};
+
+/// A batch: the model's inputs (see [`Split::batch`]) and the targets.
 pub type Batch = (Vec<Tensor>, Tensor);
 
-/// One split of a data set, on the host.
+/// One split of a data set.
 #[derive(Debug)]
 pub struct Split {
-    /// `[N, ...]` model inputs: float images, int64 token windows, or float features; several
-    /// for a TorchScript module that takes named inputs (`model.torchscript.inputs`), in
-    /// that order.
-    pub inputs: Vec<Tensor>,
-    /// `[N, ...]` targets: int64 classes, int64 next tokens, or float values.
-    pub targets: Tensor,
+    store: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    /// `inputs`: `[N, ...]` model inputs (float images, int64 token windows or float
+    /// features; several for a TorchScript module that takes named inputs,
+    /// `model.torchscript.inputs`, in that order); `targets`: `[N, ...]` int64 classes, int64
+    /// next tokens, or float values.
+    Memory { inputs: Vec<Tensor>, targets: Tensor },
+    /// Examples `start .. start + len` of `examples`, read on demand by `workers` threads.
+    Streamed { examples: Arc<dyn Examples>, start: usize, len: usize, workers: usize },
 }
 
 impl Split {
+    /// A split held in host memory (see [`Store::Memory`]).
+    pub(super) fn in_memory(inputs: Vec<Tensor>, targets: Tensor) -> Self {
+        Self { store: Store::Memory { inputs, targets } }
+    }
+
+    /// Every example of `examples`, read on demand.
+    pub(super) fn streamed(examples: Arc<dyn Examples>) -> Self {
+        let len = examples.len();
+        Self { store: Store::Streamed { examples, start: 0, len, workers: 1 } }
+    }
+
+    /// Reads a streamed split's examples with `workers` threads per batch (at least one); a
+    /// split in memory is gathered by one.
+    pub fn with_workers(mut self, n: usize) -> Self {
+        if let Store::Streamed { workers, .. } = &mut self.store {
+            *workers = n.max(1);
+        }
+        self
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
-        self.targets.size()[0] as usize
+        match &self.store {
+            Store::Memory { targets, .. } => targets.size()[0] as usize,
+            Store::Streamed { len, .. } => *len,
+        }
     }
 
     /// Whether the split is empty.
@@ -27,27 +62,69 @@ impl Split {
         self.len() == 0
     }
 
+    /// Whether examples are read from files on demand (rather than held in memory).
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.store, Store::Streamed { .. })
+    }
+
+    /// Host bytes of one example's tensors, inputs and target (a batch of `b` takes `b` times
+    /// this).
+    pub fn example_bytes(&self) -> usize {
+        match &self.store {
+            Store::Memory { inputs, targets } => {
+                inputs.iter().chain(std::iter::once(targets)).map(|t| bytes_of(&t.size()[1..], t.kind())).sum()
+            }
+            Store::Streamed { examples, .. } => examples.layout().example_bytes(),
+        }
+    }
+
     /// The examples at `indices`, moved to `device`.
     ///
     /// Rows are gathered with plain memory copies rather than `index_select`: run on the
     /// prefetch thread, a libtorch parallel op would start a second OpenMP team, whose
     /// spinning threads slow every training step (measured: 0.47x PyTorch's speed on the
-    /// default MLP with `index_select`; see bench/README.md).
-    pub fn batch(&self, indices: &[i64], device: Device) -> Batch {
-        let inputs = self.inputs.iter().map(|t| gather_rows(t, indices).to_device(device)).collect();
-        (inputs, gather_rows(&self.targets, indices).to_device(device))
+    /// default MLP with `index_select`; see bench/README.md). A streamed split reads each
+    /// example straight into its row of the batch.
+    pub fn batch(&self, indices: &[i64], device: Device) -> Result<Batch, DataError> {
+        let (inputs, targets) = match &self.store {
+            Store::Memory { inputs, targets } => {
+                (inputs.iter().map(|t| gather_rows(t, indices)).collect(), gather_rows(targets, indices))
+            }
+            Store::Streamed { examples, start, len, workers } => {
+                read_batch(examples.as_ref(), *start, *len, *workers, indices)?
+            }
+        };
+        Ok((inputs.into_iter().map(|t: Tensor| t.to_device(device)).collect(), targets.to_device(device)))
     }
 
     pub(super) fn shallow_clone(&self) -> Self {
-        Self { inputs: self.inputs.iter().map(Tensor::shallow_clone).collect(), targets: self.targets.shallow_clone() }
+        let store = match &self.store {
+            Store::Memory { inputs, targets } => Store::Memory {
+                inputs: inputs.iter().map(Tensor::shallow_clone).collect(),
+                targets: targets.shallow_clone(),
+            },
+            Store::Streamed { examples, start, len, workers } => {
+                Store::Streamed { examples: Arc::clone(examples), start: *start, len: *len, workers: *workers }
+            }
+        };
+        Self { store }
     }
 
     /// Examples `start .. start + len`.
     pub(super) fn rows(&self, start: i64, len: i64) -> Self {
-        Self {
-            inputs: self.inputs.iter().map(|t| t.narrow(0, start, len)).collect(),
-            targets: self.targets.narrow(0, start, len),
-        }
+        let store = match &self.store {
+            Store::Memory { inputs, targets } => Store::Memory {
+                inputs: inputs.iter().map(|t| t.narrow(0, start, len)).collect(),
+                targets: targets.narrow(0, start, len),
+            },
+            Store::Streamed { examples, start: first, workers, .. } => Store::Streamed {
+                examples: Arc::clone(examples),
+                start: first + start as usize,
+                len: len as usize,
+                workers: *workers,
+            },
+        };
+        Self { store }
     }
 
     pub(super) fn head(self, limit: Option<u64>) -> Self {
@@ -56,6 +133,68 @@ impl Split {
             _ => self,
         }
     }
+}
+
+/// Reads examples `start + i` for each `i` of `indices` (each below `len`) into a new batch,
+/// each example straight into its rows, spread over `workers` threads.
+fn read_batch(
+    examples: &dyn Examples,
+    start: usize,
+    len: usize,
+    workers: usize,
+    indices: &[i64],
+) -> Result<(Vec<Tensor>, Tensor), DataError> {
+    let Layout { inputs, target } = examples.layout();
+    let b = indices.len() as i64;
+    let make = |(shape, kind): &(Vec<i64>, tch::Kind)| {
+        let full: Vec<i64> = std::iter::once(b).chain(shape.iter().copied()).collect();
+        Tensor::empty(full.as_slice(), (*kind, Device::Cpu))
+    };
+    let tensors: Vec<Tensor> = inputs.iter().chain(std::iter::once(target)).map(make).collect();
+    let sizes: Vec<usize> = inputs.iter().chain(std::iter::once(target)).map(|(s, k)| bytes_of(s, *k)).collect();
+    // SAFETY: each tensor is a fresh contiguous host tensor of `b` rows of `sizes[k]` bytes;
+    // the slices are dropped before the tensors leave this function, and nothing else refers
+    // to the tensors meanwhile.
+    let mut columns: Vec<std::slice::ChunksExactMut<'_, u8>> = tensors
+        .iter()
+        .zip(&sizes)
+        .map(|(t, &size)| {
+            let all = if size == 0 || b == 0 {
+                &mut [][..]
+            } else {
+                unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, b as usize * size) }
+            };
+            all.chunks_exact_mut(size.max(1))
+        })
+        .collect();
+    let mut rows: Vec<(usize, Vec<&mut [u8]>)> = Vec::with_capacity(indices.len());
+    for &i in indices {
+        assert!((0..len as i64).contains(&i), "example index {i} out of range 0..{len}");
+        let row = columns
+            .iter_mut()
+            .zip(&sizes)
+            .map(|(c, &size)| if size == 0 { &mut [][..] } else { c.next().expect("one row per index") })
+            .collect();
+        rows.push((start + i as usize, row));
+    }
+    let per_worker = rows.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let running: Vec<_> = rows
+            .chunks_mut(per_worker)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    for (i, row) in chunk.iter_mut() {
+                        examples.read(*i, row)?;
+                    }
+                    Ok::<(), DataError>(())
+                })
+            })
+            .collect();
+        running.into_iter().try_for_each(|r| r.join().expect("a decode worker panicked"))
+    })?;
+    let target = tensors.last().expect("the target").shallow_clone();
+    let inputs = tensors[..tensors.len() - 1].iter().map(Tensor::shallow_clone).collect();
+    Ok((inputs, target))
 }
 
 /// Copies rows `indices` of a contiguous host tensor `[N, ...]` into a new `[len, ...]` one.

@@ -83,11 +83,14 @@ pub struct GptConfig {
     pub depth: u32,
     /// Attention heads (must divide `width`).
     pub heads: u32,
+    /// Vocabulary size. `None`: 256 for `text` data (bytes), and for `tokens` data the
+    /// largest token + 1, found by one scan of the file at start.
+    pub vocab: Option<u32>,
 }
 
 impl Default for GptConfig {
     fn default() -> Self {
-        Self { context: 64, width: 128, depth: 2, heads: 4 }
+        Self { context: 64, width: 128, depth: 2, heads: 4, vocab: None }
     }
 }
 

@@ -7,6 +7,9 @@ use super::budget::{human, PARAMETER_BYTES, TRAINING_COPIES};
 /// Why a model cannot be built for a data set.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The batch a module is tried on before training could not be read.
+    #[error("reading the batch the model is tried on: {0}")]
+    Data(Box<crate::data::DataError>),
     /// The model does not fit the data set's task or input shape.
     #[error("model.kind {kind} cannot learn this data: {reason}")]
     Incompatible {

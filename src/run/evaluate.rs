@@ -39,7 +39,7 @@ pub fn evaluate(cfg: &UserConfig, path: &Path) -> Result<Evaluation, RunError> {
     crate::checkpoint::load_into(&file, &trainer.variables(), device, Strategy::ModelOnly, true, false)
         .map_err(RunError::ResumeFrom)?;
     let stats = crate::fault::catch_oom(|| trainer.evaluate(&data.val))
-        .map_err(|msg| RunError::OutOfMemory { detail: format!("evaluating: {msg}") })?;
+        .map_err(|msg| RunError::OutOfMemory { detail: format!("evaluating: {msg}") })??;
     let meta = file.meta_or_imported();
     Ok(Evaluation {
         checkpoint: path.to_path_buf(),

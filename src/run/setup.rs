@@ -17,7 +17,10 @@ pub fn data_and_trainer(
     device: tch::Device,
     check: impl FnOnce(&Dataset) -> Result<(), RunError>,
 ) -> Result<(Dataset, Trainer), RunError> {
-    let data = Dataset::load(&cfg.data, cfg.model.gpt.context as usize, &cfg.model.torchscript.inputs)?;
+    let gpt = &cfg.model.gpt;
+    let data = Dataset::load(&cfg.data, gpt.context as usize, gpt.vocab, &cfg.model.torchscript.inputs)?;
+    let workers = decode_workers(cfg.data.workers, cfg.run.threads);
+    let data = Dataset { train: data.train.with_workers(workers), val: data.val.with_workers(workers), ..data };
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),
@@ -25,6 +28,19 @@ pub fn data_and_trainer(
         from = %crate::data::source_of(&cfg.data).display(),
         "data loaded"
     );
+    if data.train.is_streamed() {
+        // The batches in flight: those queued ahead, the one being assembled and the one the
+        // step holds (evaluation reads batches of at least 256).
+        let batch = cfg.training.batch_size.max(256) as u64;
+        let bound = (cfg.data.prefetch_batches as u64 + 2) * batch * data.train.example_bytes() as u64;
+        tracing::info!(
+            workers,
+            prefetch_batches = cfg.data.prefetch_batches,
+            host_bound = %bytesize::ByteSize(bound),
+            "data streamed from its files: host memory for data is at most the batches in flight, whatever the \
+             data set's size"
+        );
+    }
     check(&data)?;
     if let (Some(limit), tch::Device::Cuda(i)) = (cfg.memory.vram_limit, device) {
         crate::memory::cuda::limit_vram(limit.as_u64(), i);
@@ -32,4 +48,10 @@ pub fn data_and_trainer(
     let trainer = crate::fault::catch_oom(|| Trainer::new(cfg, &data, device))
         .map_err(|msg| RunError::OutOfMemory { detail: format!("building the model: {msg}") })??;
     Ok((data, trainer))
+}
+
+/// `data.workers`, or else the cores that `run.threads` leaves to the data (at least one).
+fn decode_workers(configured: Option<usize>, threads: Option<u32>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    configured.unwrap_or_else(|| cores.saturating_sub(threads.map_or(cores, |t| t as usize)).max(1))
 }

@@ -218,7 +218,9 @@ impl Loop<'_> {
             Progress::start(epoch, cadence.epochs, batches.len() as u64, skip as u64, t.log_every_n_steps);
         let start = Instant::now();
         let mut trained = Trained { samples: 0, lr: t.optimizer.lr, seconds: 0.0 };
-        for (xs, ys) in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device) {
+        let depth = self.cfg.data.prefetch_batches;
+        for batch in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device, depth) {
+            let (xs, ys) = batch?;
             let step = self.step_with_retry(trainer, &xs, &ys)?;
             let after = policy::after_outcome(step.applied, trainer.position.step, t.on_nonfinite, t.log_every_n_steps);
             if let Some(nonfinite) = after.nonfinite {
@@ -289,7 +291,7 @@ impl Loop<'_> {
         let eval_start = Instant::now();
         let eval = crate::fault::catch_torch(|| trainer.evaluate(&self.data.val)).map_err(|caught| {
             RunError::Libtorch { during: format!("evaluation after epoch {epoch}"), message: caught.message() }
-        })?;
+        })??;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         trainer.last_eval = eval;
 

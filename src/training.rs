@@ -88,7 +88,8 @@ impl Trainer {
         // TorchScript module to be tried on as training will run it.
         let micro = cfg.training.batch_size.div_ceil(cfg.training.grad_accum_steps.max(1)) as usize;
         let probe_rows: Vec<i64> = (0..data.train.len().min(micro.max(1)) as i64).collect();
-        let (probe, probe_targets) = data.train.batch(&probe_rows, device).map_err(|e| ModelError::Data(Box::new(e)))?;
+        let (probe, probe_targets) =
+            data.train.batch(&probe_rows, device).map_err(|e| ModelError::Data(Box::new(e)))?;
         let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape, Some((&probe, &probe_targets)))?;
         let params = vs
             .variables()

@@ -137,3 +137,98 @@ fn a_token_outside_the_vocabulary_stops_the_run_naming_file_and_example() {
     assert!(err.contains("bad.bin") && err.contains("token 999") && err.contains("example"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The folders `tests/reference/make_npy_folders.py` writes with numpy, made once.
+fn npy_folders() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("npy-folders");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        common::run_python(&common::repo().join("tests/reference/make_npy_folders.py"), &[dir.to_str().unwrap()]);
+        dir
+    })
+}
+
+fn npy_config(dir: &Path) -> train::config::DataConfig {
+    train::config::DataConfig {
+        kind: train::config::DataKind::Npy,
+        path: Some(dir.to_path_buf()),
+        val_fraction: 0.125,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn npy_folders_in_every_dtype_numpy_writes_read_as_numpy_reads_them() {
+    let root = npy_folders();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("dtypes/expected.json")).unwrap()).unwrap();
+    let expected = expected.as_object().unwrap();
+    assert_eq!(expected.len(), 21, "every dtype, both byte orders where numpy has two");
+    for (name, want) in expected {
+        let data = train::data::Dataset::load(&npy_config(&root.join("dtypes").join(name)), 8, None, &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((data.train.len(), data.val.len()), (7, 1), "{name}");
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for split in [&data.train, &data.val] {
+            let rows: Vec<i64> = (0..split.len() as i64).collect();
+            let (x, y) = split.batch(&rows, tch::Device::Cpu).unwrap();
+            xs.extend(Vec::<f32>::try_from(x[0].flatten(0, -1)).unwrap());
+            ys.extend(Vec::<i64>::try_from(y).unwrap());
+        }
+        let want_x: Vec<f32> = want["x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().clone())
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let want_y: Vec<i64> = want["y"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(xs, want_x, "{name}: x");
+        assert_eq!(ys, want_y, "{name}: y");
+    }
+    // Written through np.lib.format.open_memmap, as numpy.memmap users write arrays.
+    let data = train::data::Dataset::load(&npy_config(&root.join("mm")), 8, None, &[]).unwrap();
+    let (x, y) = data.train.batch(&[3], tch::Device::Cpu).unwrap();
+    assert_eq!(Vec::<f32>::try_from(x[0].flatten(0, -1)).unwrap(), [12.0, 13.0, 14.0, 15.0]);
+    assert_eq!(Vec::<i64>::try_from(y).unwrap(), [0]);
+}
+
+#[test]
+fn npy_folders_numpy_cannot_mean_are_refused_naming_the_array() {
+    let root = npy_folders();
+    for (folder, says) in
+        [("fortran", "Fortran order"), ("short", "the file holds"), ("structured", "structured array")]
+    {
+        let err = train::data::Dataset::load(&npy_config(&root.join(folder)), 8, None, &[]).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("x.npy"), "{folder}: {err}");
+    }
+}
+
+#[test]
+fn an_npy_folder_trains_exactly_as_the_same_arrays_held_in_memory_and_resumes_mid_epoch() {
+    let root = npy_folders();
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    let common = ["run.device=cpu", "model.mlp.hidden=[16]", "training.batch_size=8", "training.epochs=2"];
+    let mlp = |out: &str, sets: &[&str]| {
+        let mut cmd = common::train(d);
+        cmd.args(["--output-dir", out]);
+        common::with_sets(&mut cmd, &common);
+        common::with_sets(&mut cmd, sets);
+        let o = cmd.assert().success().get_output().clone();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let npy = format!("data.path={}", root.join("same").display());
+    let st = format!("data.path={}", root.join("same.safetensors").display());
+    mlp("memory", &["data.kind=tensors", &st]);
+    mlp("npy", &["data.kind=npy", &npy]);
+    same_checkpoints(&d.join("memory/checkpoints/latest.safetensors"), &d.join("npy/checkpoints/latest.safetensors"));
+    // 86 training rows in batches of 8: 11 an epoch. Stop at 15, resume with 2 workers.
+    mlp("cut", &["data.kind=npy", &npy, "training.max_steps=15"]);
+    let log = mlp("cut", &["data.kind=npy", &npy, "data.workers=2"]);
+    assert!(log.contains("resumed"), "{log}");
+    same_checkpoints(&d.join("npy/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
+}

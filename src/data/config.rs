@@ -79,6 +79,9 @@ pub enum DataKind {
     /// A flat file of tokens (`data.dtype`), as nanoGPT's and Megatron's `.bin` files: read
     /// window by window as batches need them, never whole.
     Tokens,
+    /// A folder (`data.path`) of `.npy` files, one per array (`x.npy`, `y.npy`), read row by
+    /// row as batches need them.
+    Npy,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.

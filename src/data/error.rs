@@ -184,7 +184,7 @@ pub enum ArrayError {
     /// A NumPy dtype not read.
     #[error(
         "array `{name}` has NumPy dtype {dtype}, which is not supported (supported: bool, int8/16/32/64, uint8, \
-         float32, float64)"
+         float32, float64; data.kind npy also reads uint16/32/64 and float16)"
     )]
     NumpyDtype {
         /// The array.

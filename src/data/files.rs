@@ -20,6 +20,10 @@ pub fn check_files(cfg: &DataConfig) -> Result<(), DataError> {
             return Err(DataError::NotFound { key: "data.dir", path: cfg.dir.clone() });
         }
         (DataKind::ImageFolder, _) => Vec::new(),
+        (DataKind::Npy, Some(path)) if !path.is_dir() => {
+            return Err(DataError::NotFound { key: "data.path", path: path.clone() });
+        }
+        (DataKind::Npy, _) => Vec::new(),
         (_, Some(path)) if !path.is_file() => {
             return Err(DataError::NotFound { key: "data.path", path: path.clone() });
         }

@@ -12,6 +12,7 @@ mod files;
 pub mod idx;
 mod image_folder;
 mod load;
+mod npy;
 mod order;
 mod prefetch;
 mod source;

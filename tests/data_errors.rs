@@ -284,7 +284,7 @@ fn a_half_truncated_jpeg_is_refused_naming_the_file() {
         .unwrap();
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
-    refused(ws.path(), &image_sets(&data), 1, &["b/2.jpg is malformed", "JPEG data is cut short"]);
+    refused(ws.path(), &image_sets(&data), 1, &["b/2.jpg cannot be used", "example 5", "JPEG data is cut short"]);
 }
 
 #[test]

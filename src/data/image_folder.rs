@@ -4,26 +4,31 @@
 //! subfolders, each is such a tree and gives that split; otherwise the last
 //! `data.val_fraction` of each class's files (sorted by name) are held out.
 //!
-//! PNG and JPEG files are decoded by the `image` crate, converted to `data.channels` (3: RGB,
-//! 1: grayscale) and resized to `data.image_size` (bilinear), then held as float32 in
-//! [0, 1], `[C, H, W]` per image, like IDX images. Decoding is spread over the host's cores.
-//! Files with other extensions are skipped; a PNG/JPEG that does not decode, or a JPEG cut
-//! short, is an error naming it, as are a class folder without images and a symbolic link
-//! leading out of `data.dir`.
+//! The files are listed and classed up front (paths only); each image is read and decoded
+//! when a batch needs it, by the decode workers (`data.workers`), so a folder larger than
+//! host memory trains. PNG and JPEG files are decoded by the `image` crate, converted to
+//! `data.channels` (3: RGB, 1: grayscale) and resized to `data.image_size` (bilinear), as
+//! float32 in [0, 1], `[C, H, W]` per image, like IDX images. Files with other extensions are
+//! skipped; a PNG/JPEG that does not decode, or a JPEG cut short, stops the run naming it and
+//! its example index, as a class folder without images and a symbolic link leading out of
+//! `data.dir` stop it at start.
 //!
-//! Memory: each image's header is read first, so the check counts every decoder's
-//! full-size buffer, not just the resized output; as many decode at once as the available
-//! memory (the host's or the memory cgroup's) allows, and the `image` crate's limits hold
-//! each decode to its header's size.
+//! Memory: each image's header is read before it is decoded, and a decode is refused (naming
+//! the image) when its full-size buffers would take more than the available memory (the
+//! host's or the memory cgroup's) shared by the cores; the `image` crate's limits then hold
+//! the decode to its header's size.
 
 use std::path::{Path, PathBuf};
 
-use tch::{Kind, Tensor};
+use std::sync::Arc;
+
+use tch::Kind;
 
 use super::config::DataConfig;
 use super::dataset::{Dataset, Task};
 use super::error::DataError;
-use super::source::{check_host_memory, read_error};
+use super::examples::{ExampleError, Examples, Layout};
+use super::source::read_error;
 use super::split::Split;
 
 /// Extensions decoded (lower case).
@@ -108,17 +113,13 @@ fn numbered(files: Vec<Vec<PathBuf>>) -> Files {
 /// The most host memory decoding one image takes, from its header: the file's bytes, the
 /// decoder's full-size buffer (width x height x the decoded color type's bytes per pixel),
 /// and, when that type is not the one wanted, its conversion to `channels` bytes per pixel
-/// before the resize.
-fn decode_bytes(path: &Path, channels: u32) -> Result<(u64, (u32, u32)), DataError> {
-    let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
-    let file_len = std::fs::metadata(path).map_err(|e| read_error("data.dir", path, e))?.len();
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| read_error("data.dir", path, e))?
-        .with_guessed_format()
-        .map_err(|e| read_error("data.dir", path, e))?;
+/// before the resize. Returns it with the image's size.
+fn decode_bytes(data: &[u8], channels: u32) -> Result<(u64, (u32, u32)), String> {
+    let mut reader =
+        image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().map_err(|e| e.to_string())?;
     // Only the header is read here: the limits apply to the decode, planned from it.
     reader.no_limits();
-    let decoder = reader.into_decoder().map_err(|e| bad(format!("cannot decode the image's header: {e}")))?;
+    let decoder = reader.into_decoder().map_err(|e| format!("cannot decode the image's header: {e}"))?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     let full = image::ImageDecoder::total_bytes(&decoder);
     // `into_rgb8`/`into_luma8` convert in a second buffer only when the decoded type differs.
@@ -128,7 +129,7 @@ fn decode_bytes(path: &Path, channels: u32) -> Result<(u64, (u32, u32)), DataErr
     } else {
         u64::from(w) * u64::from(h) * u64::from(channels)
     };
-    Ok((file_len.saturating_add(full).saturating_add(converted), (w, h)))
+    Ok(((data.len() as u64).saturating_add(full).saturating_add(converted), (w, h)))
 }
 
 /// Whether JPEG data ends its last scan: a JPEG cut short decodes without an error (the
@@ -144,33 +145,41 @@ fn jpeg_is_complete(data: &[u8]) -> bool {
     }
 }
 
-/// Decodes, converts and resizes one image into `out` (`C * H * W` floats in [0, 1]). The
-/// decoder may allocate at most `budget` bytes, and only an image of the header's `size`
-/// (planned by [`decode_bytes`]): a header that changed or lies cannot make it take more.
-fn decode(
-    path: &Path,
-    channels: u32,
-    [h, w]: [u32; 2],
-    (size, budget): ((u32, u32), u64),
-    out: &mut [f32],
-) -> Result<(), DataError> {
-    let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
-    let data = std::fs::read(path).map_err(|e| read_error("data.dir", path, e))?;
+/// Decodes the image in `data`, after planning the decode from its header: an image whose
+/// decode would take more than `cap` bytes (a decompression bomb: a few KB of PNG that
+/// decode to gigabytes) is refused before anything is allocated for it, and the decoder
+/// may allocate only what the header declared, so a header that lies cannot make it take
+/// more.
+fn decode_planned(data: &[u8], channels: u32, cap: u64) -> Result<image::DynamicImage, String> {
     let mut reader =
-        image::ImageReader::new(std::io::Cursor::new(&data)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&data) {
-        return Err(bad("the JPEG data is cut short (no end-of-image marker after its last scan)".into()));
+        image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().map_err(|e| e.to_string())?;
+    let (bytes, (w, h)) = decode_bytes(data, channels)?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(data) {
+        return Err("the JPEG data is cut short (no end-of-image marker after its last scan)".into());
+    }
+    if bytes > cap {
+        return Err(format!(
+            "this {w}x{h} image takes {} to decode at full size, more than the {} each decoder may use (the \
+             available memory shared by the cores)",
+            bytesize::ByteSize(bytes),
+            bytesize::ByteSize(cap)
+        ));
     }
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(size.0);
-    limits.max_image_height = Some(size.1);
-    limits.max_alloc = Some(budget);
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(bytes);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(format!("cannot decode the image: {e}")))?;
-    drop(data);
+    let img = reader.decode().map_err(|e| format!("cannot decode the image: {e}"))?;
     if img.width() == 0 || img.height() == 0 {
-        return Err(bad("the image is empty".into()));
+        return Err("the image is empty".into());
     }
+    Ok(img)
+}
+
+/// Converts `img` to `channels` and resizes it to `[h, w]` (bilinear) into `out`
+/// (`C * H * W` floats in [0, 1]).
+fn pixels(img: image::DynamicImage, channels: u32, [h, w]: [u32; 2], out: &mut [f32]) {
     let filter = image::imageops::FilterType::Triangle;
     let plane = (h * w) as usize;
     if channels == 1 {
@@ -186,86 +195,50 @@ fn decode(
             }
         }
     }
-    Ok(())
 }
 
-/// A file's planned decode: its header's size and the bytes decoding it takes.
-type Plan = ((u32, u32), u64);
-
-/// Decodes `files` into a `[N, C, H, W]` float tensor and `[N]` labels, `threads` at a time.
-fn load_split(
-    files: &Files,
-    plans: &[Plan],
+/// One split's images, decoded as batches need them.
+#[derive(Debug)]
+struct Images {
+    files: Files,
     channels: u32,
     size: [u32; 2],
-    threads: usize,
-) -> Result<Split, DataError> {
-    let per_image = channels as usize * size[0] as usize * size[1] as usize;
-    let mut pixels = vec![0f32; files.len() * per_image];
-    let threads = threads.clamp(1, files.len().max(1));
-    let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .zip(plans.chunks(chunk))
-            .zip(pixels.chunks_mut(chunk * per_image))
-            .map(|((fs, ps), out)| {
-                s.spawn(move || {
-                    fs.iter()
-                        .zip(ps)
-                        .zip(out.chunks_mut(per_image))
-                        .try_for_each(|(((f, _), &plan), o)| decode(f, channels, size, plan, o))
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().expect("an image decoder panicked"))
-    })?;
-    let labels: Vec<i64> = files.iter().map(|(_, c)| *c).collect();
-    let n = files.len() as i64;
-    let x = Tensor::from_slice(&pixels).view([n, i64::from(channels), i64::from(size[0]), i64::from(size[1])]);
-    Ok(Split::in_memory(vec![x], Tensor::from_slice(&labels).to_kind(Kind::Int64)))
+    /// The most one decode may take (see [`decode_planned`]).
+    cap: u64,
+    layout: Layout,
 }
 
-/// Plans the decodes of `files` from their headers, and how many may run at once: each
-/// takes its largest decode's memory ([`decode_bytes`]) on top of `held` (the loaded
-/// images), within the available memory and the host's cores. An image whose one decode
-/// cannot fit is refused, naming it.
-fn plan_decodes(
-    files: &[&(PathBuf, i64)],
-    channels: u32,
-    held: u64,
-    host: &crate::memory::probe::HostMemory,
-) -> Result<(Vec<Plan>, usize), DataError> {
-    let mut plans = Vec::with_capacity(files.len());
-    let mut largest: Option<(u64, &Path, (u32, u32))> = None;
-    for (path, _) in files {
-        let (bytes, dims) = decode_bytes(path, channels)?;
-        if largest.is_none_or(|(b, _, _)| bytes > b) {
-            largest = Some((bytes, path, dims));
+impl Examples for Images {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
+        let (path, class) = &self.files[i];
+        let fail = |reason: String| ExampleError { path: path.clone(), index: i, reason };
+        let data = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let img = decode_planned(&data, self.channels, self.cap).map_err(fail)?;
+        drop(data);
+        let [x, y] = out else { unreachable!("one input and the target") };
+        let mut floats = vec![0f32; x.len() / 4];
+        pixels(img, self.channels, self.size, &mut floats);
+        for (dst, v) in x.chunks_exact_mut(4).zip(&floats) {
+            dst.copy_from_slice(&v.to_le_bytes());
         }
-        plans.push((dims, bytes));
+        y.copy_from_slice(&class.to_le_bytes());
+        Ok(())
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (Some(available), Some((per_decode, path, (w, h)))) = (host.available, largest) else {
-        return Ok((plans, cores));
-    };
-    let room = available.saturating_sub(held);
-    if per_decode > room {
-        return Err(DataError::Unusable {
-            path: path.to_path_buf(),
-            reason: format!(
-                "this {w}x{h} image takes {} to decode at full size, and {} of {} is available beside the {} the \
-                 loaded images take",
-                bytesize::ByteSize(per_decode),
-                bytesize::ByteSize(room),
-                host.available_from(),
-                bytesize::ByteSize(held)
-            ),
-        });
-    }
-    let threads = usize::try_from(room / per_decode.max(1)).unwrap_or(usize::MAX).clamp(1, cores);
-    tracing::debug!(threads, per_decode, available, "image decodes at once");
-    Ok((plans, threads))
+}
+
+/// The most host memory one decode may take: the available memory (the host's or its
+/// memory cgroup's) shared by as many decodes as there are cores, as many as may run at once.
+fn decode_cap(host: &crate::memory::probe::HostMemory) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    host.available.map_or(u64::MAX, |a| a / cores)
 }
 
 /// Loads the image folder `cfg.dir` (see the module's documentation).
@@ -311,19 +284,22 @@ pub(super) fn load(cfg: &DataConfig) -> Result<Dataset, DataError> {
             ),
         });
     }
-    // The float pixels, then libtorch's copy of them.
-    let held =
-        ((train.len() + val.len()) as u64 * u64::from(channels) * u64::from(h) * u64::from(w) * 4).saturating_mul(2);
-    check_host_memory(root, held)?;
-    let (plans, threads) =
-        plan_decodes(&train.iter().chain(&val).collect::<Vec<_>>(), channels, held, &crate::memory::probe::host())?;
-    let (train_plans, val_plans) = plans.split_at(train.len());
-    tracing::info!(classes = classes.len(), train = train.len(), val = val.len(), threads, "decoding images");
+    let cap = decode_cap(&crate::memory::probe::host());
+    tracing::info!(
+        classes = classes.len(),
+        train = train.len(),
+        val = val.len(),
+        "images listed: decoded as batches need them"
+    );
+    let input = vec![i64::from(channels), i64::from(h), i64::from(w)];
+    let layout = Layout { inputs: vec![(input.clone(), Kind::Float)], target: (vec![], Kind::Int64) };
+    let split =
+        |files: Files| Split::streamed(Arc::new(Images { files, channels, size: [h, w], cap, layout: layout.clone() }));
     Ok(Dataset {
-        train: load_split(&train, train_plans, channels, [h, w], threads)?,
-        val: load_split(&val, val_plans, channels, [h, w], threads)?,
+        train: split(train),
+        val: split(val),
         task: Task::Classification { classes: classes.len() as i64 },
-        input_shape: vec![i64::from(channels), i64::from(h), i64::from(w)],
+        input_shape: input,
     })
 }
 
@@ -332,25 +308,21 @@ mod tests {
     use super::*;
     use crate::memory::probe::HostMemory;
 
-    fn memory(available: u64) -> HostMemory {
-        HostMemory { available: Some(available), cgroup: Some("/sys/fs/cgroup/job".into()), rss: None, peak_rss: None }
-    }
-
     #[test]
-    fn image_decodes_are_counted_at_full_size_and_bounded_by_memory() {
-        let dir = tempfile::tempdir().unwrap();
+    fn a_decompression_bomb_is_refused_before_it_is_allocated() {
         // 7 KB on disk, 12 MB decoded (2000 x 2000 RGB), 16 MB with its grey conversion.
-        let big = dir.path().join("big.png");
-        image::RgbImage::new(2000, 2000).save(&big).unwrap();
-        let files = [(big.clone(), 0i64), (big.clone(), 0), (big.clone(), 0), (big, 0)];
-        let refs: Vec<_> = files.iter().collect();
-        let per_decode = std::fs::metadata(&files[0].0).unwrap().len() + 2000 * 2000 * 4;
-        // Room for one decode beside 1 MB of loaded images: one at a time.
-        let (plans, threads) = plan_decodes(&refs, 1, 1 << 20, &memory((1 << 20) + per_decode + 10)).unwrap();
-        assert_eq!((threads, plans[0]), (1, ((2000, 2000), per_decode)));
-        // Room for none: refused, naming the image and the cgroup.
-        let e = plan_decodes(&refs, 1, 1 << 20, &memory(per_decode)).unwrap_err().to_string();
-        assert!(e.contains("big.png") && e.contains("2000x2000") && e.contains("cgroup limit"), "{e}");
+        let mut png = Vec::new();
+        image::RgbImage::new(2000, 2000)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let per_decode = png.len() as u64 + 2000 * 2000 * 4;
+        assert_eq!(decode_bytes(&png, 1).unwrap(), (per_decode, (2000, 2000)));
+        assert!(decode_planned(&png, 1, per_decode).is_ok());
+        let e = decode_planned(&png, 1, per_decode - 1).unwrap_err();
+        assert!(e.contains("2000x2000") && e.contains("each decoder may use"), "{e}");
+        let cap = decode_cap(&HostMemory { available: Some(8 << 30), cgroup: None, rss: None, peak_rss: None });
+        let cores = std::thread::available_parallelism().unwrap().get() as u64;
+        assert_eq!(cap, (8 << 30) / cores);
     }
 
     #[test]

@@ -164,6 +164,14 @@ pub struct EpochMetrics {
     pub checkpoint_blocked_seconds: f64,
     /// Resident host memory of the process at the end of the epoch, when known.
     pub host_rss_bytes: Option<u64>,
+    /// Of `train_seconds`, the time the training loop waited for its next batch: the data
+    /// pipeline starved the step this long (0 in logs written before it was recorded).
+    #[serde(default)]
+    pub data_wait_seconds: f64,
+    /// Examples left out of this epoch's training batches as unreadable
+    /// (`data.on_bad_sample: skip`).
+    #[serde(default)]
+    pub skipped_samples: u64,
 }
 
 /// A line of `metrics.jsonl` that is not a [`MetricsLine`].

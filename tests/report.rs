@@ -191,6 +191,8 @@ fn epoch_line(epoch: u32, val_loss: f64) -> EpochMetrics {
         eval_seconds: 0.5,
         checkpoint_blocked_seconds: 0.125,
         host_rss_bytes: Some(512 << 20),
+        data_wait_seconds: 0.0,
+        skipped_samples: 0,
     }
 }
 

@@ -232,3 +232,50 @@ fn an_npy_folder_trains_exactly_as_the_same_arrays_held_in_memory_and_resumes_mi
     assert!(log.contains("resumed"), "{log}");
     same_checkpoints(&d.join("npy/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
 }
+
+#[test]
+fn bad_images_are_skipped_and_counted_identically_after_a_resume_or_stop_the_run() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    for (c, class) in ["a", "b"].iter().enumerate() {
+        std::fs::create_dir_all(d.join("imgs").join(class)).unwrap();
+        for i in 0..20 {
+            let img =
+                image::RgbImage::from_fn(12, 12, |x, y| image::Rgb([(x * 20) as u8, (y * 20) as u8, (c * 200) as u8]));
+            img.save(d.join("imgs").join(class).join(format!("{i:02}.png"))).unwrap();
+        }
+    }
+    // Two broken files among the training images (the last fifth of each class is held out).
+    std::fs::write(d.join("imgs/a/03.png"), b"\x89PNG\r\n\x1a\n but no more").unwrap();
+    std::fs::write(d.join("imgs/b/07.png"), b"not an image at all").unwrap();
+    let sets = [
+        "run.device=cpu",
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[8, 8]",
+        "data.val_fraction=0.2",
+        "model.mlp.hidden=[16]",
+        "training.batch_size=4",
+        "training.epochs=2",
+    ];
+    let go = |out: &str, extra: &[&str]| {
+        let mut cmd = common::train(d);
+        cmd.args(["--output-dir", out]);
+        common::with_sets(&mut cmd, &sets);
+        common::with_sets(&mut cmd, extra);
+        cmd.assert()
+    };
+    let failed = go("strict", &[]).failure().get_output().clone();
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("cannot decode") && (err.contains("a/03.png") || err.contains("b/07.png")), "{err}");
+
+    let log =
+        String::from_utf8_lossy(&go("skip", &["data.on_bad_sample=skip"]).success().get_output().stderr).into_owned();
+    assert!(log.contains("skipping a bad sample") && log.contains("a/03.png") && log.contains("b/07.png"), "{log}");
+    let m = MetricsLog::read(&d.join("skip/metrics.jsonl")).unwrap();
+    assert_eq!(m.iter().map(|e| e.skipped_samples).collect::<Vec<_>>(), [2, 2], "both, every epoch");
+    // 32 training images in batches of 4: stop inside the second epoch, resume, same weights.
+    go("cut", &["data.on_bad_sample=skip", "training.max_steps=11"]).success();
+    go("cut", &["data.on_bad_sample=skip", "data.workers=2"]).success();
+    same_checkpoints(&d.join("skip/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
+}

@@ -39,6 +39,20 @@ pub struct DataConfig {
     /// Batches assembled ahead of the training step. Host memory for batches is at most
     /// this many plus the two in use, whatever the data set's size.
     pub prefetch_batches: usize,
+    /// A streamed example that cannot be read (a corrupt image, a bad token): `error` stops
+    /// the run naming the file and the example; `skip` leaves it out of its batch, logged and
+    /// counted in `metrics.jsonl`.
+    pub on_bad_sample: OnBadSample,
+}
+
+/// `data.on_bad_sample`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadSample {
+    /// Stop the run, naming the file and the example.
+    Error,
+    /// Leave the example out, logged and counted.
+    Skip,
 }
 
 /// `data.dtype`: how wide a token is in a `tokens` file.
@@ -102,6 +116,7 @@ impl Default for DataConfig {
             dtype: TokenDtype::Uint16,
             workers: None,
             prefetch_batches: super::prefetch::PREFETCH_DEPTH,
+            on_bad_sample: OnBadSample::Error,
         }
     }
 }

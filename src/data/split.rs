@@ -25,7 +25,15 @@ enum Store {
     /// next tokens, or float values.
     Memory { inputs: Vec<Tensor>, targets: Tensor },
     /// Examples `start .. start + len` of `examples`, read on demand by `workers` threads.
-    Streamed { examples: Arc<dyn Examples>, start: usize, len: usize, workers: usize },
+    Streamed { examples: Arc<dyn Examples>, start: usize, len: usize, workers: usize, bad: BadSamples },
+}
+
+/// What a streamed split does with an example that cannot be read (`data.on_bad_sample`),
+/// and how many it has skipped (shared by its clones and the splits made from it).
+#[derive(Debug, Clone, Default)]
+pub(super) struct BadSamples {
+    skip: bool,
+    skipped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Split {
@@ -37,7 +45,25 @@ impl Split {
     /// Every example of `examples`, read on demand.
     pub(super) fn streamed(examples: Arc<dyn Examples>) -> Self {
         let len = examples.len();
-        Self { store: Store::Streamed { examples, start: 0, len, workers: 1 } }
+        Self { store: Store::Streamed { examples, start: 0, len, workers: 1, bad: BadSamples::default() } }
+    }
+
+    /// With `skip`, an example that cannot be read is left out of its batch (logged and
+    /// counted, [`Split::skipped`]) instead of stopping the run (`data.on_bad_sample: skip`).
+    /// The same examples are bad whenever they are read, so a resumed run skips the same.
+    pub fn skipping_bad_samples(mut self, skip: bool) -> Self {
+        if let Store::Streamed { bad, .. } = &mut self.store {
+            bad.skip = skip;
+        }
+        self
+    }
+
+    /// Examples skipped so far as unreadable (see [`Split::skipping_bad_samples`]).
+    pub fn skipped(&self) -> u64 {
+        match &self.store {
+            Store::Memory { .. } => 0,
+            Store::Streamed { bad, .. } => bad.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Reads a streamed split's examples with `workers` threads per batch (at least one); a
@@ -90,11 +116,11 @@ impl Split {
             Store::Memory { inputs, targets } => {
                 (inputs.iter().map(|t| gather_rows(t, indices)).collect(), gather_rows(targets, indices))
             }
-            Store::Streamed { examples, start, len, workers } => {
-                read_batch(examples.as_ref(), *start, *len, *workers, indices)?
+            Store::Streamed { examples, start, len, workers, bad } => {
+                read_batch(examples.as_ref(), *start, *len, *workers, bad, indices)?
             }
         };
-        Ok((inputs.into_iter().map(|t: Tensor| t.to_device(device)).collect(), targets.to_device(device)))
+        Ok((inputs.into_iter().map(|t: Tensor| to_device(t, device)).collect(), to_device(targets, device)))
     }
 
     pub(super) fn shallow_clone(&self) -> Self {
@@ -103,9 +129,13 @@ impl Split {
                 inputs: inputs.iter().map(Tensor::shallow_clone).collect(),
                 targets: targets.shallow_clone(),
             },
-            Store::Streamed { examples, start, len, workers } => {
-                Store::Streamed { examples: Arc::clone(examples), start: *start, len: *len, workers: *workers }
-            }
+            Store::Streamed { examples, start, len, workers, bad } => Store::Streamed {
+                examples: Arc::clone(examples),
+                start: *start,
+                len: *len,
+                workers: *workers,
+                bad: bad.clone(),
+            },
         };
         Self { store }
     }
@@ -117,11 +147,12 @@ impl Split {
                 inputs: inputs.iter().map(|t| t.narrow(0, start, len)).collect(),
                 targets: targets.narrow(0, start, len),
             },
-            Store::Streamed { examples, start: first, workers, .. } => Store::Streamed {
+            Store::Streamed { examples, start: first, workers, bad, .. } => Store::Streamed {
                 examples: Arc::clone(examples),
                 start: first + start as usize,
                 len: len as usize,
                 workers: *workers,
+                bad: bad.clone(),
             },
         };
         Self { store }
@@ -135,13 +166,27 @@ impl Split {
     }
 }
 
+/// `t` on `device`: for a GPU, through pinned host memory and an asynchronous copy, so the
+/// copy overlaps the step (libtorch keeps the pinned block until the copy is done).
+fn to_device(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) => match t.f_pin_memory(device) {
+            Ok(pinned) => pinned.to_device_(device, pinned.kind(), true, false),
+            Err(_) => t.to_device(device),
+        },
+        _ => t.to_device(device),
+    }
+}
+
 /// Reads examples `start + i` for each `i` of `indices` (each below `len`) into a new batch,
-/// each example straight into its rows, spread over `workers` threads.
+/// each example straight into its rows, spread over `workers` threads. With `bad.skip`,
+/// unreadable examples are left out (the rows after them move up).
 fn read_batch(
     examples: &dyn Examples,
     start: usize,
     len: usize,
     workers: usize,
+    bad: &BadSamples,
     indices: &[i64],
 ) -> Result<(Vec<Tensor>, Tensor), DataError> {
     let Layout { inputs, target } = examples.layout();
@@ -178,22 +223,57 @@ fn read_batch(
         rows.push((start + i as usize, row));
     }
     let per_worker = rows.len().div_ceil(workers.max(1)).max(1);
-    std::thread::scope(|scope| {
+    let skip = bad.skip;
+    // With `skip`, the positions (in the batch) of the examples that could not be read.
+    let failed: Vec<usize> = std::thread::scope(|scope| {
         let running: Vec<_> = rows
             .chunks_mut(per_worker)
-            .map(|chunk| {
+            .enumerate()
+            .map(|(c, chunk)| {
                 scope.spawn(move || {
-                    for (i, row) in chunk.iter_mut() {
-                        examples.read(*i, row)?;
+                    let mut failed = Vec::new();
+                    for (k, (i, row)) in chunk.iter_mut().enumerate() {
+                        match examples.read(*i, row) {
+                            Ok(()) => {}
+                            Err(e) if skip => {
+                                tracing::warn!("skipping a bad sample (data.on_bad_sample: skip): {e}");
+                                failed.push(c * per_worker + k);
+                            }
+                            Err(e) => return Err(DataError::from(e)),
+                        }
                     }
-                    Ok::<(), DataError>(())
+                    Ok(failed)
                 })
             })
             .collect();
-        running.into_iter().try_for_each(|r| r.join().expect("a decode worker panicked"))
-    })?;
-    let target = tensors.last().expect("the target").shallow_clone();
-    let inputs = tensors[..tensors.len() - 1].iter().map(Tensor::shallow_clone).collect();
+        running.into_iter().map(|r| r.join().expect("a decode worker panicked")).collect::<Result<Vec<_>, _>>()
+    })?
+    .concat();
+    drop(rows);
+    let kept = indices.len() - failed.len();
+    if !failed.is_empty() {
+        bad.skipped.fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if kept == 0 {
+            return Err(DataError::Config(format!(
+                "every one of the {} examples of a batch is bad (data.on_bad_sample: skip): nothing is left of it to \
+                 train on; the log names each",
+                indices.len()
+            )));
+        }
+        for (t, &size) in tensors.iter().zip(&sizes) {
+            if size == 0 {
+                continue;
+            }
+            // SAFETY: as above; no other slice of this memory is alive now.
+            let all = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, indices.len() * size) };
+            for (to, from) in (0..indices.len()).filter(|p| !failed.contains(p)).enumerate() {
+                all.copy_within(from * size..(from + 1) * size, to * size);
+            }
+        }
+    }
+    let keep = |t: &Tensor| if failed.is_empty() { t.shallow_clone() } else { t.narrow(0, 0, kept as i64) };
+    let target = keep(tensors.last().expect("the target"));
+    let inputs = tensors[..tensors.len() - 1].iter().map(keep).collect();
     Ok((inputs, target))
 }
 

@@ -214,6 +214,8 @@ mod tests {
             eval_seconds: 0.5,
             checkpoint_blocked_seconds: 0.25,
             host_rss_bytes: Some(150 << 20),
+            data_wait_seconds: 0.0,
+            skipped_samples: 0,
         })
     }
 

@@ -20,7 +20,12 @@ pub fn data_and_trainer(
     let gpt = &cfg.model.gpt;
     let data = Dataset::load(&cfg.data, gpt.context as usize, gpt.vocab, &cfg.model.torchscript.inputs)?;
     let workers = decode_workers(cfg.data.workers, cfg.run.threads);
-    let data = Dataset { train: data.train.with_workers(workers), val: data.val.with_workers(workers), ..data };
+    let skip = cfg.data.on_bad_sample == crate::data::config::OnBadSample::Skip;
+    let data = Dataset {
+        train: data.train.with_workers(workers).skipping_bad_samples(skip),
+        val: data.val.with_workers(workers).skipping_bad_samples(skip),
+        ..data
+    };
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),

@@ -39,6 +39,10 @@ pub struct Loop<'a> {
 struct Trained {
     /// Examples trained.
     samples: usize,
+    /// Time spent waiting for the next batch.
+    waited: f64,
+    /// Examples skipped as unreadable.
+    skipped: u64,
     /// The learning rate of the last step.
     lr: f64,
     /// Wall time of the batches.
@@ -217,9 +221,14 @@ impl Loop<'_> {
         let mut progress =
             Progress::start(epoch, cadence.epochs, batches.len() as u64, skip as u64, t.log_every_n_steps);
         let start = Instant::now();
-        let mut trained = Trained { samples: 0, lr: t.optimizer.lr, seconds: 0.0 };
+        let mut trained = Trained { samples: 0, waited: 0.0, skipped: 0, lr: t.optimizer.lr, seconds: 0.0 };
+        let skipped_before = self.data.train.skipped();
         let depth = self.cfg.data.prefetch_batches;
-        for batch in Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device, depth) {
+        let mut queue = Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device, depth);
+        loop {
+            let asked = Instant::now();
+            let Some(batch) = queue.next() else { break };
+            trained.waited += asked.elapsed().as_secs_f64();
             let (xs, ys) = batch?;
             let step = self.step_with_retry(trainer, &xs, &ys)?;
             let after = policy::after_outcome(step.applied, trainer.position.step, t.on_nonfinite, t.log_every_n_steps);
@@ -261,6 +270,7 @@ impl Loop<'_> {
         }
         progress.finish();
         trained.seconds = start.elapsed().as_secs_f64();
+        trained.skipped = self.data.train.skipped() - skipped_before;
         Ok(Batches::Done(trained))
     }
 
@@ -309,6 +319,8 @@ impl Loop<'_> {
             eval_seconds,
             checkpoint_blocked_seconds: blocked,
             host_rss_bytes: crate::memory::probe::host().rss,
+            data_wait_seconds: trained.waited,
+            skipped_samples: trained.skipped,
         };
         self.append(&MetricsLine::Epoch(m.clone()))?;
         // Accuracy does not apply to regression (NaN in the metrics): not shown.
@@ -320,6 +332,8 @@ impl Loop<'_> {
             val_loss = format_args!("{:.4}", m.val_loss),
             val_accuracy = accuracy.as_deref().map(tracing::field::display),
             samples_per_sec = format_args!("{:.0}", m.samples_per_sec),
+            data_wait = format_args!("{:.1}%", 100.0 * m.data_wait_seconds / m.train_seconds.max(f64::EPSILON)),
+            skipped_samples = (m.skipped_samples > 0).then_some(m.skipped_samples),
             checkpoint_blocked_ms = format_args!("{:.1}", blocked * 1e3),
             "epoch done"
         );

@@ -279,3 +279,85 @@ fn bad_images_are_skipped_and_counted_identically_after_a_resume_or_stop_the_run
     go("cut", &["data.on_bad_sample=skip", "data.workers=2"]).success();
     same_checkpoints(&d.join("skip/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
 }
+
+/// The shards `tests/reference/make_webdataset.py` writes with Python's tarfile, made once.
+fn webdataset_shards() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("webdataset");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        common::run_python(&common::repo().join("tests/reference/make_webdataset.py"), &[dir.to_str().unwrap()]);
+        dir
+    })
+}
+
+#[test]
+fn webdataset_shards_written_by_python_read_with_pythons_labels_from_a_folder_or_a_pattern() {
+    let root = webdataset_shards();
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap()).unwrap();
+    let classes: Vec<i64> = expected.iter().map(|e| e["class"].as_i64().unwrap()).collect();
+    let pattern = root.join("shards/train-{000000..000002}.tar");
+    for path in [root.join("shards"), pattern] {
+        let cfg = train::config::DataConfig {
+            kind: train::config::DataKind::Webdataset,
+            path: Some(path.clone()),
+            image_size: [8, 8],
+            val_fraction: 0.25,
+            ..Default::default()
+        };
+        let data = train::data::Dataset::load(&cfg, 8, None, &[]).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!((data.train.len(), data.val.len()), (27, 9), "{path:?}");
+        let mut got = Vec::new();
+        for split in [data.train, data.val] {
+            let rows: Vec<i64> = (0..split.len() as i64).collect();
+            let (x, y) = split.with_workers(2).batch(&rows, tch::Device::Cpu).unwrap();
+            assert_eq!(x[0].size(), [rows.len() as i64, 3, 8, 8]);
+            // The class is the brightest channel.
+            let brightest = x[0].mean_dim(&[2i64, 3][..], false, tch::Kind::Float).argmax(1, false);
+            assert!(brightest.equal(&y), "{path:?}: images and labels disagree");
+            got.extend(Vec::<i64>::try_from(y).unwrap());
+        }
+        assert_eq!(got, classes, "{path:?}");
+    }
+}
+
+#[test]
+fn webdataset_trains_resumes_exactly_and_a_damaged_shard_is_named() {
+    let root = webdataset_shards();
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    let shards = format!("data.path={}", root.join("shards").display());
+    let sets = [
+        "run.device=cpu",
+        "data.kind=webdataset",
+        &shards,
+        "data.image_size=[8, 8]",
+        "model.mlp.hidden=[16]",
+        "training.batch_size=4",
+        "training.epochs=3",
+        "training.optimizer.lr=3e-3",
+    ];
+    let go = |out: &str, extra: &[&str]| {
+        let mut cmd = common::train(d);
+        cmd.args(["--output-dir", out]);
+        common::with_sets(&mut cmd, &sets);
+        common::with_sets(&mut cmd, extra);
+        cmd.assert()
+    };
+    let log = String::from_utf8_lossy(&go("full", &[]).success().get_output().stderr).into_owned();
+    assert!(log.contains("shards=3 samples=36 classes=3"), "{log}");
+    let m = MetricsLog::read(&d.join("full/metrics.jsonl")).unwrap();
+    assert!(m[2].train_loss < m[0].train_loss, "{m:?}");
+    // 32 training samples in batches of 4: 8 an epoch. Stop at 11, resume with 2 workers.
+    go("cut", &["training.max_steps=11"]).success();
+    go("cut", &["data.workers=2"]).success();
+    same_checkpoints(&d.join("full/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
+
+    let broken = format!("data.path={}", root.join("broken").display());
+    let out = go("broken", &[&broken]).failure().get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("train-000001.tar") && err.contains("damaged tar header"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

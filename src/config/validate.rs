@@ -183,7 +183,7 @@ fn data_source(c: &Config) -> Result<(), Invalid> {
     if !matches!(d.kind, DataKind::Idx | DataKind::ImageFolder) && d.path.is_none() {
         return invalid("data.path", format!("data.kind {:?} needs a file", d.kind).to_lowercase());
     }
-    if d.kind == DataKind::ImageFolder {
+    if matches!(d.kind, DataKind::ImageFolder | DataKind::Webdataset) {
         let [h, w] = d.image_size;
         if h == 0 || w == 0 || h > 8192 || w > 8192 {
             return invalid("data.image_size", format!("each size must be in 1..=8192, got {:?}", d.image_size));

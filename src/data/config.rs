@@ -96,6 +96,9 @@ pub enum DataKind {
     /// A folder (`data.path`) of `.npy` files, one per array (`x.npy`, `y.npy`), read row by
     /// row as batches need them.
     Npy,
+    /// WebDataset tar shards (`data.path`: a folder or a brace pattern) of `key.jpg|png`
+    /// images with `key.cls` classes, indexed at start, read as batches need them.
+    Webdataset,
 }
 
 /// Where Debian's `dataset-fashion-mnist` installs its files.

@@ -24,6 +24,8 @@ pub fn check_files(cfg: &DataConfig) -> Result<(), DataError> {
             return Err(DataError::NotFound { key: "data.path", path: path.clone() });
         }
         (DataKind::Npy, _) => Vec::new(),
+        // A folder or a brace pattern of shards: opening them names any that is missing.
+        (DataKind::Webdataset, _) => Vec::new(),
         (_, Some(path)) if !path.is_file() => {
             return Err(DataError::NotFound { key: "data.path", path: path.clone() });
         }

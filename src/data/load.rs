@@ -10,7 +10,7 @@ use super::dataset::{Dataset, Task, BYTE_VOCAB};
 use super::error::DataError;
 use super::source::{check_host_memory, read_error, required_path, split_tail, val_count};
 use super::split::Split;
-use super::{idx, image_folder, npy, tensors, tokens};
+use super::{idx, image_folder, npy, tensors, tokens, webdataset};
 
 impl Dataset {
     /// Loads the data set `cfg` describes. `context` is the window length of text and token
@@ -23,6 +23,7 @@ impl Dataset {
             DataKind::Text => load_text(cfg, context, vocab)?,
             DataKind::Tokens => tokens::load(cfg, context, vocab)?,
             DataKind::Npy => npy::load(cfg, inputs)?,
+            DataKind::Webdataset => webdataset::load(cfg)?,
             DataKind::Tensors | DataKind::Npz => tensors::load(cfg, inputs)?,
             DataKind::ImageFolder => image_folder::load(cfg)?,
         };

@@ -11,6 +11,7 @@ mod examples;
 mod files;
 pub mod idx;
 mod image_folder;
+mod images;
 mod load;
 mod npy;
 mod order;
@@ -19,6 +20,7 @@ mod source;
 mod split;
 mod tensors;
 mod tokens;
+mod webdataset;
 
 pub use dataset::{Dataset, Task, BYTE_VOCAB, MAX_CLASSES};
 pub use error::{ArrayError, DataError};

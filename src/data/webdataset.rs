@@ -44,6 +44,14 @@ struct Sample {
     class: i64,
 }
 
+/// A sample being gathered from consecutive entries: its key, its image (offset, length)
+/// and its class, as far as they have been seen.
+struct Gathering {
+    key: String,
+    image: Option<(u64, u64)>,
+    class: Option<i64>,
+}
+
 /// The shards `data.path` names: a folder's `.tar` files, sorted, or a brace pattern's
 /// expansion, in order.
 fn shards(cfg: &DataConfig) -> Result<Vec<PathBuf>, DataError> {
@@ -97,17 +105,18 @@ fn index_shard(n: u32, shard: &Path, out: &mut Vec<Sample>) -> Result<(), DataEr
     let file = File::open(shard).map_err(|e| read_error("data.path", shard, e))?;
     let mut archive = tar::Archive::new(file);
     let entries = archive.entries_with_seek().map_err(|e| bad(format!("not a tar file: {e}")))?;
-    // The sample being gathered: its key, its image (offset, length) and its class.
-    let mut current: Option<(String, Option<(u64, u64)>, Option<i64>)> = None;
-    let finish = |sample: Option<(String, Option<(u64, u64)>, Option<i64>)>, out: &mut Vec<Sample>| match sample {
+    let mut current: Option<Gathering> = None;
+    let finish = |sample: Option<Gathering>, out: &mut Vec<Sample>| match sample {
         None => Ok(()),
-        Some((key, Some((offset, len)), Some(class))) => {
+        Some(Gathering { key, image: Some((offset, len)), class: Some(class) }) => {
             let len = u32::try_from(len).map_err(|_| bad(format!("sample `{key}`: its image is over 4 GiB")))?;
             out.push(Sample { shard: n, offset, len, class });
             Ok(())
         }
-        Some((key, None, _)) => Err(bad(format!("sample `{key}` has no image (.jpg, .jpeg or .png)"))),
-        Some((key, _, None)) => Err(bad(format!("sample `{key}` has no class (.cls)"))),
+        Some(Gathering { key, image: None, .. }) => {
+            Err(bad(format!("sample `{key}` has no image (.jpg, .jpeg or .png)")))
+        }
+        Some(Gathering { key, .. }) => Err(bad(format!("sample `{key}` has no class (.cls)"))),
     };
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("a damaged tar header after {} samples: {e}", out.len())))?;
@@ -116,17 +125,17 @@ fn index_shard(n: u32, shard: &Path, out: &mut Vec<Sample>) -> Result<(), DataEr
         }
         let path = entry.path().map_err(|e| bad(format!("an entry's name: {e}")))?.to_string_lossy().into_owned();
         let (key, ext) = key_and_extension(&path);
-        if current.as_ref().is_none_or(|(k, _, _)| k != key) {
+        if current.as_ref().is_none_or(|g| g.key != key) {
             finish(current.take(), out)?;
-            current = Some((key.to_string(), None, None));
+            current = Some(Gathering { key: key.to_string(), image: None, class: None });
         }
         let sample = current.as_mut().expect("just set");
         let ext = ext.to_ascii_lowercase();
         if IMAGES.contains(&ext.as_str()) {
-            if sample.1.is_some() {
+            if sample.image.is_some() {
                 return Err(bad(format!("sample `{key}` has two images")));
             }
-            sample.1 = Some((entry.raw_file_position(), entry.size()));
+            sample.image = Some((entry.raw_file_position(), entry.size()));
         } else if ext == "cls" {
             if entry.size() > MAX_CLS_BYTES {
                 return Err(bad(format!("`{path}` holds {} bytes, not a class number", entry.size())));
@@ -140,7 +149,7 @@ fn index_shard(n: u32, shard: &Path, out: &mut Vec<Sample>) -> Result<(), DataEr
             if !(0..MAX_CLASSES).contains(&class) {
                 return Err(bad(format!("`{path}` holds class {class}: classes must be in 0..{MAX_CLASSES}")));
             }
-            sample.2 = Some(class);
+            sample.class = Some(class);
         }
     }
     finish(current.take(), out)

@@ -266,6 +266,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
         None => run::measure::model_sizes(cfg)?,
     };
     let plan = crate::checkpoint::plan::load::make(&cfg.memory, device, sizes, 0, &memory::probe::Nvml);
+    let (_, data) = run::setup::load_data(cfg)?;
     let measured = match (&file, args.execute) {
         (Some(file), true) => Some(run::measure::measure_load(cfg, file)?),
         _ => None,
@@ -274,6 +275,7 @@ fn plan(args: &PlanArgs) -> Result<()> {
     if args.json {
         let mut json = serde_json::to_value(&plan)?;
         json["measured"] = serde_json::to_value(&measured)?;
+        json["data"] = serde_json::to_value(data)?;
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
@@ -293,6 +295,17 @@ fn plan(args: &PlanArgs) -> Result<()> {
         writeln!(out, "predicted  {name:17} peak {}", gib(*peak))?;
     }
     writeln!(out, "choice     {}: {}", plan.strategy.name(), plan.reason)?;
+    if data.streamed {
+        writeln!(
+            out,
+            "data       streamed: host memory at most {} (the batches in flight; {} workers, {} batches ahead)",
+            gib(data.host_bytes),
+            data.workers,
+            data.prefetch_batches
+        )?;
+    } else {
+        writeln!(out, "data       held in host memory: {}", gib(data.host_bytes))?;
+    }
     if let Some(m) = measured {
         let opt = |b: Option<u64>| b.map_or("n/a".to_string(), gib);
         writeln!(

@@ -51,6 +51,41 @@ fn plan_reports_the_probe_the_peaks_and_the_choice() {
     assert!(tight["reason"].as_str().unwrap().contains("model_only fits"), "{tight}");
     let none = plan(ws.path(), &ckpt, &["--set", "memory.assume_free_vram=50MiB"]);
     assert!(none["reason"].as_str().unwrap().contains("nothing is predicted to fit"), "{none}");
+    // Beside the model's figures, the data's: IDX images are held (320 examples of 784
+    // floats and a label).
+    assert_eq!(p["data"]["streamed"], false, "{p}");
+    assert_eq!(p["data"]["host_bytes"], 320 * (784 * 4 + 8), "{p}");
+}
+
+#[test]
+fn plan_states_a_streamed_data_sets_bound_beside_the_model() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    std::fs::write(d.join("t.bin"), vec![7u8; 1 << 20]).unwrap();
+    let mut cmd = common::train(d);
+    cmd.args(["plan", "--json"]);
+    let sets = [
+        "run.device=cpu",
+        "data.kind=tokens",
+        "data.path=t.bin",
+        "model.kind=gpt",
+        "model.gpt.context=32",
+        "training.batch_size=16",
+        "data.prefetch_batches=3",
+        "data.workers=2",
+    ];
+    let out = common::with_sets(&mut cmd, &sets).assert().success().get_output().stdout.clone();
+    let p: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    // Windows of 32 int64 inputs and 32 targets; 3 batches ahead + 2, of at least 256.
+    assert_eq!(p["data"]["streamed"], true, "{p}");
+    assert_eq!(p["data"]["example_bytes"], 2 * 32 * 8);
+    assert_eq!(p["data"]["host_bytes"], 5 * 256 * 2 * 32 * 8);
+    assert_eq!((p["data"]["workers"].as_u64(), p["data"]["prefetch_batches"].as_u64()), (Some(2), Some(3)));
+    let mut text = common::train(d);
+    text.arg("plan");
+    let out = common::with_sets(&mut text, &sets).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("data       streamed: host memory at most 640.0 KiB"), "{text}");
 }
 
 #[test]

@@ -842,10 +842,9 @@ def check_python_package(ctx: Ctx, rep: Report):
             figure += f", device peak above model {fmt_bytes(r['peak_above_model'])}"
         if r["strategy"]:
             figure += f"; {r['strategy']}: {r['reason']}"
-        if not r["equal"]:
-            rep.judge(name, False, figure + "; weights differ from the file's!", "bit-identical weights")
-        elif not cuda or name in ("smart_load_checkpoint", "load_file(device) + load_state_dict"):
-            rep.row(name, INFO, figure + "; bit-identical weights", "", r)
+        if not r["equal"] or not cuda or name in ("smart_load_checkpoint", "load_file(device) + load_state_dict"):
+            figure += "; bit-identical weights" if r["equal"] else "; weights differ from the file's!"
+            rep.judge(name, r["equal"], figure, "bit-identical weights", r)
         else:
             # The file's tensors reach the device through pinned host buffers, straight into the
             # parameters: nothing on the device but the optimizer state the load creates.

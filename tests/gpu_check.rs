@@ -79,7 +79,10 @@ fn cpu_mode_measures_every_check_it_can_and_passes() {
     }
     let statuses: Vec<&str> =
         report["checks"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses.len(), 7, "{statuses:?}");
+    assert_eq!(statuses.len(), 8, "{statuses:?}");
+    // Check 8, the Python package, needs its wheel (scripts/test.sh builds it after these
+    // tests): measured where one is built, else skipped saying why.
+    assert!(matches!(statuses[7], "PASS" | "SKIP"), "{statuses:?}\n{stdout}");
     assert_eq!(done.status.code(), Some(if KNOWN_FAILURES.is_empty() { 0 } else { 1 }), "{stdout}\n{stderr}");
     eprintln!("gpu-check --cpu took {seconds:.1} s");
 }

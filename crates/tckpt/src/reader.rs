@@ -241,6 +241,16 @@ impl<R: Read + Seek> Reader<R> {
         self.decode(&all, Dest::Scratch, |_, _| Ok(()))
     }
 
+    /// Decodes the tensors `names` and checks their checksums, holding a few chunks at a
+    /// time (as [`Reader::verify`] does every tensor): what a loader checks before it
+    /// writes any tensor into place, without a buffer of the largest tensor's size.
+    pub fn verify_tensors(&mut self, names: &[&str]) -> Result<()> {
+        let mut order = names.iter().map(|n| self.position(n)).collect::<Result<Vec<usize>>>()?;
+        order.sort_unstable();
+        order.dedup();
+        self.decode(&order, Dest::Scratch, |_, _| Ok(()))
+    }
+
     /// Gives back the underlying source.
     pub fn into_inner(self) -> R {
         self.r

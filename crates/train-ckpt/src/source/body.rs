@@ -62,6 +62,37 @@ impl Body {
     }
 }
 
+/// Bytes a plain file's tensor is read at a time to be checked ([`verify_plain`]).
+const VERIFY_PIECE_BYTES: usize = 8 << 20;
+
+/// Reads tensor `e` of a plain file in pieces and checks it against its checksum in
+/// `checksums` (only read, when there is none), never holding more than a piece: what
+/// verifying costs in memory is a piece, whatever the tensor's size.
+pub(super) fn verify_plain(
+    file: &File,
+    data_start: u64,
+    path: &Path,
+    e: &Entry,
+    checksums: Option<&HashMap<String, String>>,
+) -> Result<(), Error> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut piece = vec![0u8; VERIFY_PIECE_BYTES.min(e.bytes as usize)];
+    let mut done = 0u64;
+    while done < e.bytes {
+        let n = (e.bytes - done).min(piece.len() as u64) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut piece[..n], data_start + e.begin + done)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        hasher.update(&piece[..n]);
+        done += n as u64;
+    }
+    match checksums {
+        Some(sums) if format!("{:016x}", hasher.digest()) != sums[e.name.as_str()] => {
+            Err(Error::Corrupt { path: path.to_path_buf(), tensor: e.name.clone() })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decodes several tensors of a compressed file in parallel, across tensors as well as
 /// within them, each into its buffer (exactly its size: the caller checked).
 pub(super) fn read_compressed(
@@ -75,6 +106,19 @@ pub(super) fn read_compressed(
         let tensor = match &err {
             tckpt::Error::ChecksumMismatch { name, .. } | tckpt::Error::Corrupt { name, .. } => name.clone(),
             _ => targets.first().map(|(n, _)| n.to_string()).unwrap_or_default(),
+        };
+        codec_error(path, &tensor, err)
+    })
+}
+
+/// Decodes the tensors `names` of a compressed file and checks their checksums, a few
+/// chunks at a time (no buffer of a whole tensor).
+pub(super) fn verify_compressed(reader: &Mutex<tckpt::Reader<File>>, path: &Path, names: &[&str]) -> Result<(), Error> {
+    let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    reader.verify_tensors(names).map_err(|err| {
+        let tensor = match &err {
+            tckpt::Error::ChecksumMismatch { name, .. } | tckpt::Error::Corrupt { name, .. } => name.clone(),
+            _ => names.first().map(|n| n.to_string()).unwrap_or_default(),
         };
         codec_error(path, &tensor, err)
     })

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::body::{read_compressed, Body};
+use super::body::{read_compressed, verify_compressed, verify_plain, Body};
 use super::entry::Entry;
 use super::kind::{FileKind, SNIFF_BYTES};
 use super::open::{open_kind, KindError};
 use super::optimizer::{parse_state_dict, PytorchOptimizer, ReadTensor};
 use super::pickle::Pickle;
 use super::summary::OptimizerSummary;
-use super::verify::{groups, Integrity, Verification, VERIFY_GROUP_BYTES};
+use super::verify::{Integrity, Verification};
 use crate::error::Error;
 use crate::meta::{claims_ours, Meta, MetaError, CHECKSUMS_KEY, METADATA_CHECKSUM_KEY};
 use crate::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
@@ -299,9 +299,9 @@ impl CheckpointFile {
     }
 
     /// Reads every tensor (a `torch.save` file's [`Self::other_entries`] too), checking each
-    /// where the file has checksums. Plain files are read
-    /// one tensor at a time; compressed ones in groups of up to [`VERIFY_GROUP_BYTES`],
-    /// decoded in parallel across tensors as well as within them.
+    /// where the file has checksums. Plain files are read and hashed a piece at a time,
+    /// compressed ones decoded a few chunks at a time (in parallel), so verifying holds no
+    /// buffer of a whole tensor; a `torch.save` file's tensors are read one at a time.
     pub fn verify(&self) -> Result<Verification, Error> {
         let all: Vec<&Entry> = self.entries.iter().chain(&self.others).collect();
         self.verify_entries(&all)
@@ -322,19 +322,19 @@ impl CheckpointFile {
         self.verify_entries(&chosen)
     }
 
-    /// Reads and checks `entries`, holding at most [`VERIFY_GROUP_BYTES`] (or one larger
-    /// tensor) of them at once.
+    /// Reads and checks `entries` (see [`Self::verify`] for what it holds at once).
     fn verify_entries(&self, entries: &[&Entry]) -> Result<Verification, Error> {
         match &self.body {
-            Body::Compressed(_) => {
-                for group in groups(entries, VERIFY_GROUP_BYTES) {
-                    let mut bufs: Vec<Vec<u8>> = group.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
-                    let mut targets: Vec<(&str, &mut [u8])> =
-                        group.iter().zip(bufs.iter_mut()).map(|(e, b)| (e.name.as_str(), b.as_mut_slice())).collect();
-                    self.read_many_into(&mut targets)?;
+            Body::Compressed(reader) => {
+                let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+                verify_compressed(reader, &self.path, &names)?;
+            }
+            Body::Plain { file, data_start } => {
+                for e in entries {
+                    verify_plain(file, *data_start, &self.path, e, self.checksums.as_ref())?;
                 }
             }
-            _ => {
+            Body::Pytorch(_) => {
                 let largest = entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
                 let mut buf = vec![0u8; largest];
                 for e in entries {

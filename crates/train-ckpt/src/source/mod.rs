@@ -45,4 +45,4 @@ pub use file::CheckpointFile;
 pub use kind::{FileKind, SNIFF_BYTES};
 pub use optimizer::{Assigned, ParamGroup, ParamState, PytorchOptimizer};
 pub use summary::OptimizerSummary;
-pub use verify::{Integrity, Verification, VERIFY_GROUP_BYTES};
+pub use verify::{Integrity, Verification};

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::transforms::TransformsConfig;
+
 /// `data:` where examples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +32,9 @@ pub struct DataConfig {
     pub image_size: [u32; 2],
     /// `image_folder`: 3 (RGB) or 1 (grayscale).
     pub channels: u32,
+    /// `image_folder`: the augmentations of training and evaluation images, as torchvision's
+    /// `transforms.v2` names them (see [`crate::data::transforms`]).
+    pub transforms: TransformsConfig,
 }
 
 /// The data sources.
@@ -64,6 +69,7 @@ impl Default for DataConfig {
             targets: "y".into(),
             image_size: [32, 32],
             channels: 3,
+            transforms: TransformsConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ mod prefetch;
 mod source;
 mod split;
 mod tensors;
+pub mod transforms;
 
 pub use dataset::{Dataset, Task, BYTE_VOCAB, MAX_CLASSES};
 pub use error::{ArrayError, DataError};

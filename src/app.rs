@@ -167,13 +167,40 @@ fn show(args: &ShowArgs) -> Result<()> {
 }
 
 fn write_origins(out: &mut impl Write, origins: &[Origin]) -> std::io::Result<()> {
-    let lines: Vec<(String, &str)> =
-        origins.iter().map(|o| (format!("{} = {}", o.key, o.value), o.source.as_str())).collect();
-    let width = lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    for (line, source) in lines {
+    let lines: Vec<(String, &str, Option<Vec<String>>)> = origins
+        .iter()
+        .map(|o| match calls(&o.value) {
+            Some(items) => (format!("{} = [", o.key), o.source.as_str(), Some(items)),
+            None => (format!("{} = {}", o.key, o.value), o.source.as_str(), None),
+        })
+        .collect();
+    let width = lines.iter().map(|(l, _, _)| l.len()).max().unwrap_or(0);
+    for (line, source, items) in lines {
         writeln!(out, "{line:width$}  # {source}")?;
+        if let Some(items) = items {
+            for item in items {
+                writeln!(out, "    {item},")?;
+            }
+            writeln!(out, "]")?;
+        }
     }
     Ok(())
+}
+
+/// A non-empty list of one-key maps of parameters (`data.transforms.train`) as calls, one
+/// a line, as torchvision prints a `Compose`: `RandomHorizontalFlip(p=0.5)`. On one line
+/// such a list would push every source comment far to the right.
+fn calls(value: &serde_json::Value) -> Option<Vec<String>> {
+    let items = value.as_array().filter(|items| !items.is_empty())?;
+    items
+        .iter()
+        .map(|item| {
+            let mut entries = item.as_object()?.iter();
+            let (Some((name, params)), None) = (entries.next(), entries.next()) else { return None };
+            let params: Vec<String> = params.as_object()?.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Some(format!("{name}({})", params.join(", ")))
+        })
+        .collect()
 }
 
 fn profiles() -> Result<()> {

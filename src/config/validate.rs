@@ -8,6 +8,7 @@
 use super::error::ConfigError;
 use super::schema::*;
 use crate::data::config::DataKind;
+use crate::data::transforms::Pipeline;
 use crate::model::config::ModelKind;
 use crate::schedule::ScheduleKind;
 
@@ -46,6 +47,7 @@ const RULES: &[Rule] = &[
     checkpoint_steps,
     model_shapes,
     data_source,
+    data_transforms,
     memory,
     checkpoint_epochs,
     run,
@@ -214,6 +216,25 @@ fn data_source(c: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The augmentation lists, each checked as the pipeline that will run it (after
+/// `data_source` has checked the image size and channels they are checked against).
+fn data_transforms(c: &Config) -> Result<(), Invalid> {
+    let (d, t) = (&c.data, &c.data.transforms);
+    if d.kind != DataKind::ImageFolder {
+        if t.train.is_empty() && t.eval.is_empty() {
+            return Ok(());
+        }
+        let kind = format!("{:?}", d.kind).to_lowercase();
+        return invalid("data.transforms", format!("applies to images (data.kind image_folder); data.kind is {kind}"));
+    }
+    for (key, list) in [("data.transforms.train", &t.train), ("data.transforms.eval", &t.eval)] {
+        if let Err(e) = Pipeline::new(list, d.image_size, d.channels) {
+            return invalid(key, e.to_string());
+        }
+    }
+    Ok(())
+}
+
 fn memory(c: &Config) -> Result<(), Invalid> {
     if !(0.0..1.0).contains(&c.memory.safety_margin) {
         return invalid("memory.safety_margin", format!("must be in [0, 1), got {}", c.memory.safety_margin));
@@ -273,5 +294,80 @@ mod tests {
         c.training.optimizer.betas = [0.9, 1.0];
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("training.optimizer.betas"), "{err}");
+    }
+
+    fn resolve_sets(sets: &[&str]) -> Result<Config, String> {
+        let request =
+            super::super::Request { sets: sets.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        super::super::resolve(&request).map(|r| r.config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_issues_transforms_resolve_from_yaml() {
+        let c = resolve_sets(&[
+            "data.kind=image_folder",
+            "data.transforms.train=[RandomResizedCrop: {size: 32, scale: [0.6, 1.0]}, RandomHorizontalFlip: {p: 0.5}, \
+             Normalize: {mean: [0.5], std: [0.5]}]",
+            "data.transforms.eval=[Resize: {size: 36}, CenterCrop: {size: 32}]",
+        ])
+        .unwrap();
+        assert_eq!((c.data.transforms.train.len(), c.data.transforms.eval.len()), (3, 2));
+        // A run folder's config.yaml (serde_yaml's form of the config) reads back the same.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, serde_yaml::to_string(&c).unwrap()).unwrap();
+        let request = super::super::Request { file: Some(file), ..Default::default() };
+        assert_eq!(super::super::resolve(&request).unwrap().config, c);
+    }
+
+    #[test]
+    fn transforms_refusals_name_the_list_and_the_item() {
+        let image = "data.kind=image_folder";
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[image, "data.transforms.train=[RandomHorizontalFlip: {p: 1.5}]"],
+                "invalid `data.transforms.train`: RandomHorizontalFlip at index 0: p must be in [0, 1], got 1.5",
+            ),
+            (
+                &[image, "data.channels=1", "data.transforms.eval=[Normalize: {mean: [0.5, 0.4, 0.3], std: [0.2]}]"],
+                "invalid `data.transforms.eval`: Normalize at index 0: mean has 3 values: give one, or one per channel \
+                 (data.channels is 1)",
+            ),
+            (
+                &[image, "data.image_size=[24, 32]", "data.transforms.eval=[CenterCrop: {size: 32}]"],
+                "invalid `data.transforms.eval`: CenterCrop at index 0 makes images [32, 32] (height, width), but \
+                 data.image_size is [24, 32]",
+            ),
+            (
+                &[image, "data.transforms.eval=[Resize: {size: 36}]"],
+                "invalid `data.transforms.eval`: Resize at index 0 sets only the smaller edge",
+            ),
+            (
+                &["data.transforms.eval=[Resize: {size: [32, 32]}]"],
+                "invalid `data.transforms`: applies to images (data.kind image_folder); data.kind is idx",
+            ),
+            (
+                &[image, "data.transforms.train=[RandomCrop: {size: 32}]"],
+                "invalid value for `data.transforms.train.0` (from --set data.transforms.train=[RandomCrop: {size: \
+                 32}]): `RandomCrop` is not one of RandomResizedCrop, RandomHorizontalFlip, Resize, CenterCrop, \
+                 Normalize, ColorJitter (did you mean `RandomResizedCrop`?)",
+            ),
+            (
+                &[image, "data.transforms.train=[RandomHorizontalFlip: {prob: 1}]"],
+                "unknown key `data.transforms.train.0.RandomHorizontalFlip.prob`",
+            ),
+            (
+                &[image, "data.transforms.eval=[{CenterCrop: {size: 3}, Resize: {size: 3}}]"],
+                "`CenterCrop` and `Resize` are in one list item: give each transform its own `- ` item",
+            ),
+            (
+                &[image, "data.transforms.eval=[CenterCrop: {size: big}]"],
+                "invalid value for `data.transforms.eval.0.CenterCrop.size`",
+            ),
+        ];
+        for (sets, message) in cases {
+            let e = resolve_sets(sets).unwrap_err();
+            assert!(e.contains(message), "{sets:?}: {e}");
+        }
     }
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::transforms::TransformsConfig;
+
 /// `data:` where examples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +32,9 @@ pub struct DataConfig {
     pub image_size: [u32; 2],
     /// `image_folder`: 3 (RGB) or 1 (grayscale).
     pub channels: u32,
+    /// `image_folder` and `webdataset`: the augmentations of training and evaluation images,
+    /// as torchvision's `transforms.v2` names them (see [`crate::data::transforms`]).
+    pub transforms: TransformsConfig,
     /// `tokens`: the width of each token in the file, `uint16` or `uint32` (nanoGPT and
     /// Megatron write `uint16` for vocabularies up to 65,536).
     pub dtype: TokenDtype,
@@ -116,6 +121,7 @@ impl Default for DataConfig {
             targets: "y".into(),
             image_size: [32, 32],
             channels: 3,
+            transforms: TransformsConfig::default(),
             dtype: TokenDtype::Uint16,
             workers: None,
             prefetch_batches: super::prefetch::PREFETCH_DEPTH,

@@ -20,6 +20,7 @@ mod source;
 mod split;
 mod tensors;
 mod tokens;
+pub mod transforms;
 mod webdataset;
 
 pub use dataset::{Dataset, Task, BYTE_VOCAB, MAX_CLASSES};

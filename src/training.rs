@@ -2,7 +2,7 @@
 //! checkpoint captures.
 //!
 //! Reproducibility: the batch order of an epoch is a function of (seed, epoch) (see
-//! [`crate::data::epoch_batches`]), and libtorch's generators are re-seeded from
+//! [`crate::data::EpochOrder`]), and libtorch's generators are re-seeded from
 //! (seed, step) before every step, so any random draw inside a step (dropout, say) is a
 //! function of its position. A run resumed at an epoch boundary therefore repeats exactly
 //! what an uninterrupted run does, with no generator state to carry.
@@ -15,13 +15,43 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::state::{Progress, Standing, TrainingState};
 use crate::checkpoint::Position;
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
-use crate::data::{epoch_batches, shard, DataError, Dataset, Split, Task};
+use crate::data::{shard, DataError, Dataset, EpochOrder, Pass, Split, Task};
 use crate::distributed::{Dist, DistError};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
 
 /// Name of the reproducibility scheme above, stored in checkpoints.
-pub const RNG_SCHEME: &str = "epoch-order:chacha8(seed,stream=epoch); torch:manual_seed(mix(seed,step))";
+pub const RNG_SCHEME: &str = "epoch-order:feistel6(keys:chacha8(seed,stream=epoch)); torch:manual_seed(mix(seed,step))";
+
+/// The batches of an epoch this process trains on: the epoch's order
+/// ([`EpochOrder`], constant memory), and in a data-parallel job this rank's share of each.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochPlan {
+    order: EpochOrder,
+    /// `(rank, world)` of a data-parallel job.
+    share: Option<(usize, usize)>,
+}
+
+impl EpochPlan {
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// This process's examples of batch `b`.
+    pub fn batch(&self, b: usize) -> Vec<i64> {
+        let batch = self.order.batch(b);
+        match self.share {
+            Some((rank, world)) => shard(&batch, rank, world),
+            None => batch,
+        }
+    }
+}
 
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,8 +118,10 @@ impl Trainer {
         // TorchScript module to be tried on as training will run it.
         let micro = cfg.training.batch_size.div_ceil(cfg.training.grad_accum_steps.max(1)) as usize;
         let probe_rows: Vec<i64> = (0..data.train.len().min(micro.max(1)) as i64).collect();
-        let (probe, probe_targets) =
-            data.train.batch(&probe_rows, device).map_err(|e| ModelError::Data(Box::new(e)))?;
+        let (probe, probe_targets) = data
+            .train
+            .batch(&probe_rows, Pass { seed: cfg.training.seed, epoch: 1 }, device)
+            .map_err(|e| ModelError::Data(Box::new(e)))?;
         let model = model::build(&cfg.model, &vs.root(), data.task, &data.input_shape, Some((&probe, &probe_targets)))?;
         let params = vs
             .variables()
@@ -136,12 +168,9 @@ impl Trainer {
 
     /// The batches of the epoch after `self.epoch`, all of them (a resumed run skips the
     /// first `batches_into_epoch`); in a data-parallel job, this rank's share of each.
-    pub fn epoch_plan(&self, examples: usize) -> Vec<Vec<i64>> {
-        let batches = epoch_batches(examples, self.batch_size, self.seed, self.position.epoch + 1);
-        match &self.dist {
-            Some(d) => batches.iter().map(|b| shard(b, d.rank() as usize, d.world() as usize)).collect(),
-            None => batches,
-        }
+    pub fn epoch_plan(&self, examples: usize) -> EpochPlan {
+        let order = EpochOrder::new(examples, self.batch_size, self.seed, self.position.epoch + 1);
+        EpochPlan { order, share: self.dist.as_ref().map(|d| (d.rank() as usize, d.world() as usize)) }
     }
 
     /// One optimiser step on a batch already on the device: the schedule's learning rate,
@@ -246,6 +275,17 @@ impl Trainer {
         loss
     }
 
+    /// The pass the epoch about to be trained reads its examples in (augmentations draw
+    /// from it).
+    pub fn train_pass(&self) -> Pass {
+        Pass { seed: self.seed, epoch: self.position.epoch + 1 }
+    }
+
+    /// The pass an evaluation now reads its examples in: that of the last epoch trained.
+    fn eval_pass(&self) -> Pass {
+        Pass { seed: self.seed, epoch: self.position.epoch.max(1) }
+    }
+
     /// Loss and accuracy on `split`, without gradients (accuracy is NaN for regression); an
     /// error when a streamed split's example cannot be read.
     pub fn evaluate(&self, split: &Split) -> Result<EvalStats, DataError> {
@@ -254,7 +294,7 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut counted) = (0.0, 0.0, 0.0);
         let indices: Vec<i64> = (0..n as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
-            let (xs, ys) = split.batch(chunk, self.device)?;
+            let (xs, ys) = split.batch(chunk, self.eval_pass(), self.device)?;
             let (out, own_loss, batch_loss) = self.autocast(|| {
                 let out = self.model.forward(&xs, Some(&ys), false);
                 let own = out.loss.is_some();

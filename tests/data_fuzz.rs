@@ -152,7 +152,12 @@ fn random_shapes_sizes_and_dtypes_never_panic() {
         let Ok(data) = data else { continue };
         loaded += 1;
         let rows: Vec<i64> = (0..data.train.len().min(2) as i64).collect();
-        let inputs = data.train.batch(&rows, tch::Device::Cpu).unwrap_or_else(|e| panic!("{what}: {e}")).0.remove(0);
+        let inputs = data
+            .train
+            .batch(&rows, train::data::Pass::default(), tch::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .0
+            .remove(0);
         for kind in [ModelKind::Mlp, ModelKind::Cnn] {
             let model = model_config(&mut rng, kind);
             let full = Config { model: model.clone(), ..Config::default() };

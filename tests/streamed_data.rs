@@ -174,7 +174,7 @@ fn npy_folders_in_every_dtype_numpy_writes_read_as_numpy_reads_them() {
         let mut ys = Vec::new();
         for split in [&data.train, &data.val] {
             let rows: Vec<i64> = (0..split.len() as i64).collect();
-            let (x, y) = split.batch(&rows, tch::Device::Cpu).unwrap();
+            let (x, y) = split.batch(&rows, train::data::Pass::default(), tch::Device::Cpu).unwrap();
             xs.extend(Vec::<f32>::try_from(x[0].flatten(0, -1)).unwrap());
             ys.extend(Vec::<i64>::try_from(y).unwrap());
         }
@@ -191,7 +191,7 @@ fn npy_folders_in_every_dtype_numpy_writes_read_as_numpy_reads_them() {
     }
     // Written through np.lib.format.open_memmap, as numpy.memmap users write arrays.
     let data = train::data::Dataset::load(&npy_config(&root.join("mm")), 8, None, &[]).unwrap();
-    let (x, y) = data.train.batch(&[3], tch::Device::Cpu).unwrap();
+    let (x, y) = data.train.batch(&[3], train::data::Pass::default(), tch::Device::Cpu).unwrap();
     assert_eq!(Vec::<f32>::try_from(x[0].flatten(0, -1)).unwrap(), [12.0, 13.0, 14.0, 15.0]);
     assert_eq!(Vec::<i64>::try_from(y).unwrap(), [0]);
 }
@@ -312,7 +312,7 @@ fn webdataset_shards_written_by_python_read_with_pythons_labels_from_a_folder_or
         let mut got = Vec::new();
         for split in [data.train, data.val] {
             let rows: Vec<i64> = (0..split.len() as i64).collect();
-            let (x, y) = split.with_workers(2).batch(&rows, tch::Device::Cpu).unwrap();
+            let (x, y) = split.with_workers(2).batch(&rows, train::data::Pass::default(), tch::Device::Cpu).unwrap();
             assert_eq!(x[0].size(), [rows.len() as i64, 3, 8, 8]);
             // The class is the brightest channel.
             let brightest = x[0].mean_dim(&[2i64, 3][..], false, tch::Kind::Float).argmax(1, false);
@@ -360,4 +360,79 @@ fn webdataset_trains_resumes_exactly_and_a_damaged_shard_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("train-000001.tar") && err.contains("damaged tar header"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A small image folder of 2 classes x `n` noisy 24x20 PNGs under `d/imgs`.
+fn noisy_images(d: &Path, n: u32) {
+    for (c, class) in ["a", "b"].iter().enumerate() {
+        std::fs::create_dir_all(d.join("imgs").join(class)).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(24, 20, |x, y| {
+                let noise = (x * 31 + y * 17 + i * 7) % 50;
+                image::Rgb([(c as u32 * 150 + noise) as u8, (x * 9 + noise) as u8, (y * 11) as u8])
+            });
+            img.save(d.join("imgs").join(class).join(format!("{i:02}.png"))).unwrap();
+        }
+    }
+}
+
+/// Augmentations of every kind, then the eval list, as YAML lists' items.
+const TRAIN_LIST: &str = "RandomResizedCrop: {size: 16, scale: [0.5, 1.0]}, RandomHorizontalFlip: {p: 0.5}, \
+                          ColorJitter: {brightness: 0.3, contrast: 0.3, saturation: 0.3}, \
+                          Normalize: {mean: [0.5], std: [0.25]}";
+const EVAL_LIST: &str = "Resize: {size: 18}, CenterCrop: {size: 16}, Normalize: {mean: [0.5], std: [0.25]}";
+
+#[test]
+fn augmentations_draw_anew_each_epoch_the_same_on_any_worker_and_eval_is_fixed() {
+    let ws = tempfile::tempdir().unwrap();
+    noisy_images(ws.path(), 10);
+    let mut cfg = train::config::Config::default();
+    cfg.data.kind = train::config::DataKind::ImageFolder;
+    cfg.data.dir = ws.path().join("imgs");
+    cfg.data.image_size = [16, 16];
+    cfg.data.val_fraction = 0.2;
+    cfg.data.transforms = serde_yaml::from_str(&format!("train: [{TRAIN_LIST}]\neval: [{EVAL_LIST}]")).unwrap();
+    let data = train::data::Dataset::load(&cfg.data, 8, None, &[]).unwrap();
+    let pass = |epoch| train::data::Pass { seed: 42, epoch };
+    let rows = [0i64, 3, 1];
+    let x = |split: &train::data::Split, workers, epoch| {
+        let split = split.shallow_clone().with_workers(workers);
+        split.batch(&rows, pass(epoch), tch::Device::Cpu).unwrap().0.remove(0)
+    };
+    let e1 = x(&data.train, 1, 1);
+    assert_eq!(e1.size(), [3, 3, 16, 16]);
+    assert!(e1.equal(&x(&data.train, 3, 1)), "the same epoch's draws on any worker count");
+    assert!(!e1.equal(&x(&data.train, 1, 2)), "another epoch draws anew");
+    assert!(x(&data.val, 1, 1).equal(&x(&data.val, 2, 5)), "the eval list is deterministic");
+}
+
+#[test]
+fn an_augmented_run_stopped_mid_epoch_resumes_on_the_same_crops() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    noisy_images(d, 10);
+    let sets = [
+        "run.device=cpu",
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[16, 16]",
+        "data.val_fraction=0.2",
+        "model.mlp.hidden=[16]",
+        "training.batch_size=4",
+        "training.epochs=2",
+        &format!("data.transforms.train=[{TRAIN_LIST}]"),
+        &format!("data.transforms.eval=[{EVAL_LIST}]"),
+    ];
+    let go = |out: &str, extra: &[&str]| {
+        let mut cmd = common::train(d);
+        cmd.args(["--output-dir", out]);
+        common::with_sets(&mut cmd, &sets);
+        common::with_sets(&mut cmd, extra);
+        cmd.assert().success();
+    };
+    go("full", &[]);
+    // 16 training images in batches of 4: stop at 6 steps, in the second epoch.
+    go("cut", &["training.max_steps=6"]);
+    go("cut", &["data.workers=2"]);
+    same_checkpoints(&d.join("full/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
 }

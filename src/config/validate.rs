@@ -220,12 +220,15 @@ fn data_source(c: &Config) -> Result<(), Invalid> {
 /// `data_source` has checked the image size and channels they are checked against).
 fn data_transforms(c: &Config) -> Result<(), Invalid> {
     let (d, t) = (&c.data, &c.data.transforms);
-    if d.kind != DataKind::ImageFolder {
+    if !matches!(d.kind, DataKind::ImageFolder | DataKind::Webdataset) {
         if t.train.is_empty() && t.eval.is_empty() {
             return Ok(());
         }
         let kind = format!("{:?}", d.kind).to_lowercase();
-        return invalid("data.transforms", format!("applies to images (data.kind image_folder); data.kind is {kind}"));
+        return invalid(
+            "data.transforms",
+            format!("applies to images (data.kind image_folder or webdataset); data.kind is {kind}"),
+        );
     }
     for (key, list) in [("data.transforms.train", &t.train), ("data.transforms.eval", &t.eval)] {
         if let Err(e) = Pipeline::new(list, d.image_size, d.channels) {
@@ -344,7 +347,7 @@ mod tests {
             ),
             (
                 &["data.transforms.eval=[Resize: {size: [32, 32]}]"],
-                "invalid `data.transforms`: applies to images (data.kind image_folder); data.kind is idx",
+                "invalid `data.transforms`: applies to images (data.kind image_folder or webdataset); data.kind is idx",
             ),
             (
                 &[image, "data.transforms.train=[RandomCrop: {size: 32}]"],

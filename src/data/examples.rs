@@ -31,6 +31,24 @@ pub(super) fn bytes_of(shape: &[i64], kind: Kind) -> usize {
     shape.iter().product::<i64>().max(0) as usize * kind.elt_size_in_bytes()
 }
 
+/// Which pass over the data reads an example: augmentations draw from (`seed`, `epoch`,
+/// the example's index), so that a resumed run, another rank or another worker sees the same
+/// example the same way, and every epoch sees it anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pass {
+    /// `training.seed`.
+    pub seed: u64,
+    /// The epoch being trained (1-based), or evaluated after.
+    pub epoch: u32,
+}
+
+impl Pass {
+    /// The augmentations' draws for example `index` in this pass.
+    pub fn draws(self, index: usize) -> super::transforms::Draws {
+        super::transforms::Draws::new(self.seed, self.epoch, index as u64)
+    }
+}
+
 /// A data set read example by example. Implementations are shared by the decode workers,
 /// which call [`Examples::read`] for different examples at once.
 pub trait Examples: Send + Sync + std::fmt::Debug {
@@ -41,8 +59,9 @@ pub trait Examples: Send + Sync + std::fmt::Debug {
     fn layout(&self) -> &Layout;
 
     /// Writes example `i` (below [`Examples::len`]) into `out`: one buffer per input, then
-    /// the target's, each exactly its [`Layout`] size, little-endian and row-major.
-    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError>;
+    /// the target's, each exactly its [`Layout`] size, little-endian and row-major. `pass`
+    /// seeds what is random about it (augmentations); most kinds have nothing random.
+    fn read(&self, i: usize, pass: Pass, out: &mut [&mut [u8]]) -> Result<(), ExampleError>;
 }
 
 /// Why example `index` could not be read.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use super::config::DataConfig;
 use super::dataset::{Dataset, Task};
 use super::error::DataError;
-use super::examples::{ExampleError, Examples, Layout};
+use super::examples::{ExampleError, Examples, Layout, Pass};
 use super::images::Decoding;
 use super::source::read_error;
 use super::split::Split;
@@ -125,11 +125,11 @@ impl Examples for Images {
         &self.decoding.layout
     }
 
-    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
+    fn read(&self, i: usize, pass: Pass, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
         let (path, class) = &self.files[i];
         let fail = |reason: String| ExampleError { path: path.clone(), index: i, reason };
         let data = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-        self.decoding.example(&data, *class, out).map_err(fail)
+        self.decoding.example(&data, *class, pass.draws(i), out).map_err(fail)
     }
 }
 
@@ -182,12 +182,14 @@ pub(super) fn load(cfg: &DataConfig) -> Result<Dataset, DataError> {
         val = val.len(),
         "images listed: decoded as batches need them"
     );
-    let decoding = Decoding::new(channels, [h, w]);
-    let input = decoding.layout.inputs[0].0.clone();
-    let split = |files: Files| Split::streamed(Arc::new(Images { files, decoding: decoding.clone() }));
+    let transforms = &cfg.transforms;
+    let (train_decoding, val_decoding) =
+        (Decoding::new(channels, [h, w], &transforms.train)?, Decoding::new(channels, [h, w], &transforms.eval)?);
+    let input = train_decoding.layout.inputs[0].0.clone();
+    let split = |files: Files, decoding: Decoding| Split::streamed(Arc::new(Images { files, decoding }));
     Ok(Dataset {
-        train: split(train),
-        val: split(val),
+        train: split(train, train_decoding),
+        val: split(val, val_decoding),
         task: Task::Classification { classes: classes.len() as i64 },
         input_shape: input,
     })

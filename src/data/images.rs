@@ -2,9 +2,13 @@
 //! planned from its header so that a decompression bomb is refused before it is allocated,
 //! then converted and resized to the model's input.
 
+use std::sync::Arc;
+
 use tch::Kind;
 
+use super::error::DataError;
 use super::examples::Layout;
+use super::transforms::{Draws, Pipeline, Transform};
 
 /// The most host memory decoding one image takes, from its header: the file's bytes, the
 /// decoder's full-size buffer (width x height x the decoded color type's bytes per pixel),
@@ -73,33 +77,14 @@ fn decode_planned(data: &[u8], channels: u32, cap: u64) -> Result<image::Dynamic
     Ok(img)
 }
 
-/// Converts `img` to `channels` and resizes it to `[h, w]` (bilinear) into `out`
-/// (`C * H * W` floats in [0, 1]).
-fn pixels(img: image::DynamicImage, channels: u32, [h, w]: [u32; 2], out: &mut [f32]) {
-    let filter = image::imageops::FilterType::Triangle;
-    let plane = (h * w) as usize;
-    if channels == 1 {
-        let g = image::imageops::resize(&img.into_luma8(), w, h, filter);
-        for (o, p) in out.iter_mut().zip(g.pixels()) {
-            *o = f32::from(p.0[0]) / 255.0;
-        }
-    } else {
-        let rgb = image::imageops::resize(&img.into_rgb8(), w, h, filter);
-        for (i, p) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = f32::from(p.0[c]) / 255.0;
-            }
-        }
-    }
-}
-
 /// How the images of a split become examples: decoded (planned, see [`decode_planned`]),
-/// converted to `channels` and resized to `size`, as float32 `[C, H, W]` in [0, 1], with an
-/// int64 class as the target.
+/// then through the split's transforms (`data.transforms.train` or `.eval`; with none,
+/// converted to `channels` and resized to `data.image_size`), as float32 `[C, H, W]`, with
+/// an int64 class as the target.
 #[derive(Debug, Clone)]
 pub(super) struct Decoding {
     channels: u32,
-    size: [u32; 2],
+    pipeline: Arc<Pipeline>,
     /// The most one decode may take ([`decode_cap`], read when the data set is opened).
     cap: u64,
     /// One example's layout: the image, then the class.
@@ -107,20 +92,21 @@ pub(super) struct Decoding {
 }
 
 impl Decoding {
-    /// Images of `channels` (validated: 1 or 3) resized to `size` (`[h, w]`).
-    pub(super) fn new(channels: u32, size: [u32; 2]) -> Self {
-        let input = vec![i64::from(channels), i64::from(size[0]), i64::from(size[1])];
+    /// Images of `channels` (validated: 1 or 3) through `transforms`, ending `size` (`[h, w]`).
+    pub(super) fn new(channels: u32, size: [u32; 2], transforms: &[Transform]) -> Result<Self, DataError> {
+        let pipeline = Pipeline::new(transforms, size, channels)
+            .map_err(|e| DataError::Config(format!("data.transforms: {e}")))?;
+        let input = pipeline.output_shape().iter().map(|&d| d as i64).collect();
         let layout = Layout { inputs: vec![(input, Kind::Float)], target: (vec![], Kind::Int64) };
-        Self { channels, size, cap: decode_cap(&crate::memory::probe::host()), layout }
+        Ok(Self { channels, pipeline: Arc::new(pipeline), cap: decode_cap(&crate::memory::probe::host()), layout })
     }
 
-    /// Decodes the image file `data` into `out[0]` (its row of the batch's images) and writes
-    /// `class` into `out[1]`.
-    pub(super) fn example(&self, data: &[u8], class: i64, out: &mut [&mut [u8]]) -> Result<(), String> {
+    /// Decodes the image file `data` through the transforms (drawing from `draws`) into
+    /// `out[0]` (its row of the batch's images) and writes `class` into `out[1]`.
+    pub(super) fn example(&self, data: &[u8], class: i64, draws: Draws, out: &mut [&mut [u8]]) -> Result<(), String> {
         let img = decode_planned(data, self.channels, self.cap)?;
         let [x, y] = out else { unreachable!("one input and the target") };
-        let mut floats = vec![0f32; x.len() / 4];
-        pixels(img, self.channels, self.size, &mut floats);
+        let floats = self.pipeline.apply(img, draws).map_err(|e| e.to_string())?;
         for (dst, v) in x.chunks_exact_mut(4).zip(&floats) {
             dst.copy_from_slice(&v.to_le_bytes());
         }

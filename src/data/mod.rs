@@ -25,8 +25,9 @@ mod webdataset;
 
 pub use dataset::{Dataset, Task, BYTE_VOCAB, MAX_CLASSES};
 pub use error::{ArrayError, DataError};
+pub use examples::Pass;
 pub use files::check_files;
-pub use order::{epoch_batches, shard};
+pub use order::{shard, EpochOrder};
 pub use prefetch::{Prefetcher, PREFETCH_DEPTH};
 pub use source::source_of;
 pub use split::{Batch, Split};

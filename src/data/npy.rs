@@ -22,7 +22,7 @@ use tch::Kind;
 use super::config::DataConfig;
 use super::dataset::{Dataset, Task, MAX_CLASSES};
 use super::error::{ArrayError, DataError};
-use super::examples::{ExampleError, Examples, Layout};
+use super::examples::{ExampleError, Examples, Layout, Pass};
 use super::source::{read_error, val_count};
 use super::split::Split;
 
@@ -241,7 +241,7 @@ impl Examples for Rows {
         &self.layout
     }
 
-    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
+    fn read(&self, i: usize, _: Pass, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
         for (array, buf) in self.inputs.iter().chain(std::iter::once(&self.target)).zip(out.iter_mut()) {
             array.read_row_into(i, buf).map_err(|reason| ExampleError {
                 path: array.path.clone(),

@@ -3,6 +3,7 @@
 use tch::Device;
 
 use super::error::DataError;
+use super::examples::Pass;
 use super::split::{Batch, Split};
 
 /// Assembles batches on a background thread, `depth` ahead of the training loop, so the
@@ -17,9 +18,15 @@ pub struct Prefetcher {
 pub const PREFETCH_DEPTH: usize = 2;
 
 impl Prefetcher {
-    /// Yields `split`'s examples at each of `batches`, in order, on `device`, with `depth`
-    /// batches (at least one) assembled ahead.
-    pub fn new(split: &Split, batches: Vec<Vec<i64>>, device: Device, depth: usize) -> Self {
+    /// Yields `split`'s examples at each of `batches`, in order, read in `pass`, on `device`,
+    /// with `depth` batches (at least one) assembled ahead.
+    pub fn new(
+        split: &Split,
+        batches: impl Iterator<Item = Vec<i64>> + Send + 'static,
+        pass: Pass,
+        device: Device,
+        depth: usize,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
         // Shallow clones share the data; the thread only reads it.
         let split = split.shallow_clone();
@@ -27,7 +34,7 @@ impl Prefetcher {
             .name("batch-prefetch".into())
             .spawn(move || {
                 for indices in batches {
-                    let batch = split.batch(&indices, device);
+                    let batch = split.batch(&indices, pass, device);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;

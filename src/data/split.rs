@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tch::{Device, Tensor};
 
 use super::error::DataError;
-use super::examples::{bytes_of, Examples, Layout};
+use super::examples::{bytes_of, Examples, Layout, Pass};
 
 /// A batch: the model's inputs (see [`Split::batch`]) and the targets.
 pub type Batch = (Vec<Tensor>, Tensor);
@@ -111,19 +111,20 @@ impl Split {
     /// spinning threads slow every training step (measured: 0.47x PyTorch's speed on the
     /// default MLP with `index_select`; see bench/README.md). A streamed split reads each
     /// example straight into its row of the batch.
-    pub fn batch(&self, indices: &[i64], device: Device) -> Result<Batch, DataError> {
+    pub fn batch(&self, indices: &[i64], pass: Pass, device: Device) -> Result<Batch, DataError> {
         let (inputs, targets) = match &self.store {
             Store::Memory { inputs, targets } => {
                 (inputs.iter().map(|t| gather_rows(t, indices)).collect(), gather_rows(targets, indices))
             }
             Store::Streamed { examples, start, len, workers, bad } => {
-                read_batch(examples.as_ref(), *start, *len, *workers, bad, indices)?
+                read_batch(examples.as_ref(), *start, *len, *workers, bad, pass, indices)?
             }
         };
         Ok((inputs.into_iter().map(|t: Tensor| to_device(t, device)).collect(), to_device(targets, device)))
     }
 
-    pub(super) fn shallow_clone(&self) -> Self {
+    /// Another handle on the same examples (nothing is copied).
+    pub fn shallow_clone(&self) -> Self {
         let store = match &self.store {
             Store::Memory { inputs, targets } => Store::Memory {
                 inputs: inputs.iter().map(Tensor::shallow_clone).collect(),
@@ -187,6 +188,7 @@ fn read_batch(
     len: usize,
     workers: usize,
     bad: &BadSamples,
+    pass: Pass,
     indices: &[i64],
 ) -> Result<(Vec<Tensor>, Tensor), DataError> {
     let Layout { inputs, target } = examples.layout();
@@ -233,7 +235,7 @@ fn read_batch(
                 scope.spawn(move || {
                     let mut failed = Vec::new();
                     for (k, (i, row)) in chunk.iter_mut().enumerate() {
-                        match examples.read(*i, row) {
+                        match examples.read(*i, pass, row) {
                             Ok(()) => {}
                             Err(e) if skip => {
                                 tracing::warn!("skipping a bad sample (data.on_bad_sample: skip): {e}");

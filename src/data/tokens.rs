@@ -22,7 +22,7 @@ use tch::Kind;
 use super::config::{DataConfig, TokenDtype};
 use super::dataset::{Dataset, Task};
 use super::error::DataError;
-use super::examples::{ExampleError, Examples, Layout};
+use super::examples::{ExampleError, Examples, Layout, Pass};
 use super::source::{read_error, required_path, val_count};
 use super::split::Split;
 
@@ -47,7 +47,7 @@ impl Examples for Windows {
         &self.layout
     }
 
-    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
+    fn read(&self, i: usize, _: Pass, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
         let width = self.dtype.bytes();
         let mut raw = vec![0u8; (self.context + 1) * width];
         let at = (i * self.context * width) as u64;
@@ -184,6 +184,7 @@ fn name(dtype: TokenDtype) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::examples::Pass;
     use tch::{Device, Tensor};
 
     fn written(tokens: &[u32], dtype: TokenDtype) -> tempfile::NamedTempFile {
@@ -209,14 +210,14 @@ mod tests {
             // 33 tokens: 8 windows of 4 (the last target is token 32); 2 held out.
             assert_eq!((ds.train.len(), ds.val.len()), (6, 2));
             assert_eq!(ds.task, Task::LanguageModel { vocab: 50 });
-            let (x, y) = ds.train.with_workers(3).batch(&[5, 0, 5], Device::Cpu).unwrap();
+            let (x, y) = ds.train.with_workers(3).batch(&[5, 0, 5], Pass::default(), Device::Cpu).unwrap();
             let expect = |w: i64, shift: i64| {
                 let v: Vec<i64> = (0..4).map(|k| tokens[(w * 4 + k + shift) as usize] as i64).collect();
                 Tensor::from_slice(&v)
             };
             assert!(x[0].get(0).equal(&expect(5, 0)) && x[0].get(1).equal(&expect(0, 0)));
             assert!(y.get(0).equal(&expect(5, 1)) && y.get(2).equal(&expect(5, 1)));
-            let (xv, _) = ds.val.batch(&[1], Device::Cpu).unwrap();
+            let (xv, _) = ds.val.batch(&[1], Pass::default(), Device::Cpu).unwrap();
             assert!(xv[0].get(0).equal(&expect(7, 0)), "the last window is the val split's last");
         }
     }
@@ -225,7 +226,7 @@ mod tests {
     fn tokens_outside_a_set_vocabulary_name_the_file_window_and_byte() {
         let f = written(&[1, 2, 3, 99, 4, 5, 6, 7, 8], TokenDtype::Uint16);
         let ds = load(&cfg(f.path(), TokenDtype::Uint16), 2, Some(10)).unwrap();
-        let err = ds.train.batch(&[0, 1], Device::Cpu).unwrap_err().to_string();
+        let err = ds.train.batch(&[0, 1], Pass::default(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("example 1") && err.contains("token 99 at byte 6"), "{err}");
         assert!(err.contains(&f.path().display().to_string()), "{err}");
     }

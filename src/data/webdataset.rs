@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::config::DataConfig;
 use super::dataset::{Dataset, Task, MAX_CLASSES};
 use super::error::DataError;
-use super::examples::{ExampleError, Examples, Layout};
+use super::examples::{ExampleError, Examples, Layout, Pass};
 use super::images::Decoding;
 use super::source::{read_error, val_count};
 use super::split::Split;
@@ -176,7 +176,7 @@ impl Examples for Shards {
         &self.decoding.layout
     }
 
-    fn read(&self, i: usize, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
+    fn read(&self, i: usize, pass: Pass, out: &mut [&mut [u8]]) -> Result<(), ExampleError> {
         let s = self.samples[self.first + i];
         let path = &self.paths[s.shard as usize];
         let fail = |reason: String| ExampleError { path: path.clone(), index: self.first + i, reason };
@@ -184,7 +184,7 @@ impl Examples for Shards {
         self.files[s.shard as usize]
             .read_exact_at(&mut data, s.offset)
             .map_err(|e| fail(format!("reading the image at byte {}: {e}", s.offset)))?;
-        self.decoding.example(&data, s.class, out).map_err(fail)
+        self.decoding.example(&data, s.class, pass.draws(self.first + i), out).map_err(fail)
     }
 }
 
@@ -216,10 +216,11 @@ pub(super) fn load(cfg: &DataConfig) -> Result<Dataset, DataError> {
     let val = val_count(samples.len(), cfg.val_fraction, first)?;
     let train = samples.len() - val;
     let samples = Arc::new(samples);
-    let decoding = Decoding::new(cfg.channels, cfg.image_size);
-    let input_shape = decoding.layout.inputs[0].0.clone();
+    let train_decoding = Decoding::new(cfg.channels, cfg.image_size, &cfg.transforms.train)?;
+    let val_decoding = Decoding::new(cfg.channels, cfg.image_size, &cfg.transforms.eval)?;
+    let input_shape = train_decoding.layout.inputs[0].0.clone();
     let files: Vec<File> = files;
-    let split = |first: usize, len: usize| -> Result<Split, DataError> {
+    let split = |first: usize, len: usize, decoding: Decoding| -> Result<Split, DataError> {
         let files = files
             .iter()
             .map(File::try_clone)
@@ -231,12 +232,12 @@ pub(super) fn load(cfg: &DataConfig) -> Result<Dataset, DataError> {
             samples: Arc::clone(&samples),
             first,
             len,
-            decoding: decoding.clone(),
+            decoding,
         })))
     };
     Ok(Dataset {
-        train: split(0, train)?,
-        val: split(train, val)?,
+        train: split(0, train, train_decoding)?,
+        val: split(train, val, val_decoding)?,
         task: Task::Classification { classes },
         input_shape,
     })

@@ -224,7 +224,14 @@ impl Loop<'_> {
         let mut trained = Trained { samples: 0, waited: 0.0, skipped: 0, lr: t.optimizer.lr, seconds: 0.0 };
         let skipped_before = self.data.train.skipped();
         let depth = self.cfg.data.prefetch_batches;
-        let mut queue = Prefetcher::new(&self.data.train, batches[skip..].to_vec(), trainer.device, depth);
+        let pass = trainer.train_pass();
+        let mut queue = Prefetcher::new(
+            &self.data.train,
+            (skip..batches.len()).map(move |b| batches.batch(b)),
+            pass,
+            trainer.device,
+            depth,
+        );
         loop {
             let asked = Instant::now();
             let Some(batch) = queue.next() else { break };

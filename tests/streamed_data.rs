@@ -39,12 +39,17 @@ const GPT: [&str; 8] = [
 ];
 
 fn run(d: &Path, out: &str, sets: &[&str]) -> String {
+    let o = train_with(d, &GPT, out, sets).success().get_output().clone();
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `train` in `d` into `out`, with `sets` then `extra` as `--set` arguments.
+fn train_with(d: &Path, sets: &[&str], out: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
     let mut cmd = common::train(d);
     cmd.args(["--output-dir", out]);
-    common::with_sets(&mut cmd, &GPT);
     common::with_sets(&mut cmd, sets);
-    let o = cmd.assert().success().get_output().clone();
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::with_sets(&mut cmd, extra);
+    cmd.assert()
 }
 
 fn same_checkpoints(a: &Path, b: &Path) {
@@ -128,11 +133,8 @@ fn a_token_outside_the_vocabulary_stops_the_run_naming_file_and_example() {
     let at = (t.len() / 2) & !1;
     t[at..at + 2].copy_from_slice(&999u16.to_le_bytes());
     std::fs::write(d.join("bad.bin"), &t).unwrap();
-    let mut cmd = common::train(d);
-    cmd.args(["--output-dir", "bad"]);
-    common::with_sets(&mut cmd, &GPT);
-    common::with_sets(&mut cmd, &["data.kind=tokens", "data.path=bad.bin", "model.gpt.vocab=256", "training.epochs=1"]);
-    let o = cmd.assert().failure().get_output().clone();
+    let bad = ["data.kind=tokens", "data.path=bad.bin", "model.gpt.vocab=256", "training.epochs=1"];
+    let o = train_with(d, &GPT, "bad", &bad).failure().get_output().clone();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.bin") && err.contains("token 999") && err.contains("example"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -214,11 +216,7 @@ fn an_npy_folder_trains_exactly_as_the_same_arrays_held_in_memory_and_resumes_mi
     let d = ws.path();
     let common = ["run.device=cpu", "model.mlp.hidden=[16]", "training.batch_size=8", "training.epochs=2"];
     let mlp = |out: &str, sets: &[&str]| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        common::with_sets(&mut cmd, &common);
-        common::with_sets(&mut cmd, sets);
-        let o = cmd.assert().success().get_output().clone();
+        let o = train_with(d, &common, out, sets).success().get_output().clone();
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
     let npy = format!("data.path={}", root.join("same").display());
@@ -258,13 +256,7 @@ fn bad_images_are_skipped_and_counted_identically_after_a_resume_or_stop_the_run
         "training.batch_size=4",
         "training.epochs=2",
     ];
-    let go = |out: &str, extra: &[&str]| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        common::with_sets(&mut cmd, &sets);
-        common::with_sets(&mut cmd, extra);
-        cmd.assert()
-    };
+    let go = |out: &str, extra: &[&str]| train_with(d, &sets, out, extra);
     let failed = go("strict", &[]).failure().get_output().clone();
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(err.contains("cannot decode") && (err.contains("a/03.png") || err.contains("b/07.png")), "{err}");
@@ -339,13 +331,7 @@ fn webdataset_trains_resumes_exactly_and_a_damaged_shard_is_named() {
         "training.epochs=3",
         "training.optimizer.lr=3e-3",
     ];
-    let go = |out: &str, extra: &[&str]| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        common::with_sets(&mut cmd, &sets);
-        common::with_sets(&mut cmd, extra);
-        cmd.assert()
-    };
+    let go = |out: &str, extra: &[&str]| train_with(d, &sets, out, extra);
     let log = String::from_utf8_lossy(&go("full", &[]).success().get_output().stderr).into_owned();
     assert!(log.contains("shards=3 samples=36 classes=3"), "{log}");
     let m = MetricsLog::read(&d.join("full/metrics.jsonl")).unwrap();
@@ -424,11 +410,7 @@ fn an_augmented_run_stopped_mid_epoch_resumes_on_the_same_crops() {
         &format!("data.transforms.eval=[{EVAL_LIST}]"),
     ];
     let go = |out: &str, extra: &[&str]| {
-        let mut cmd = common::train(d);
-        cmd.args(["--output-dir", out]);
-        common::with_sets(&mut cmd, &sets);
-        common::with_sets(&mut cmd, extra);
-        cmd.assert().success();
+        train_with(d, &sets, out, extra).success();
     };
     go("full", &[]);
     // 16 training images in batches of 4: stop at 6 steps, in the second epoch.

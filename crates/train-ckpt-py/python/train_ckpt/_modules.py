@@ -505,6 +505,19 @@ def _decode(value):
 # --- the guide's functions -----------------------------------------------------------------
 
 
+def _loaded(values, run, plan, integrity, **info):
+    """The :class:`Loaded` a loader returns: ``values`` (the guide's tuple) with what the plan
+    matched, what verifying found, the file's step, and ``info``."""
+    return Loaded(
+        values,
+        missing_keys=plan.missing,
+        unexpected_keys=plan.unexpected,
+        integrity=integrity,
+        step=run["step"],
+        **info,
+    )
+
+
 def _staging_for(device):
     """The guide's ``device`` (its ``map_location``): where the file's tensors pass through.
     ``'cpu'`` or ``None`` stage them through host memory in bounded pieces (the memory-efficient
@@ -547,16 +560,15 @@ def load_checkpoint_memory_efficient(model, optimizer, path, device="cpu", sched
         verify=verify,
         scheduler=scheduler,
     )
-    return Loaded(
+    return _loaded(
         (run["epoch"], run["train_loss"], run["val_loss"]),
-        missing_keys=plan.missing,
-        unexpected_keys=plan.unexpected,
+        run,
+        plan,
+        integrity,
         strategy="memory_efficient",
         reason="load_checkpoint_memory_efficient",
         optimizer_restored=optimizer is not None and bool(plan.optimizer_state),
         scheduler_restored=scheduled,
-        integrity=integrity,
-        step=run["step"],
     )
 
 
@@ -581,16 +593,15 @@ def load_model_only(model, path, strict=False, device=None, *, verify=True):
         verify=verify,
         scheduler=None,
     )
-    return Loaded(
+    return _loaded(
         (run["epoch"], run["train_loss"]),
-        missing_keys=plan.missing,
-        unexpected_keys=plan.unexpected,
+        run,
+        plan,
+        integrity,
         strategy="model_only",
         reason="load_model_only",
         optimizer_restored=False,
         scheduler_restored=False,
-        integrity=integrity,
-        step=run["step"],
     )
 
 
@@ -679,16 +690,15 @@ def smart_load_checkpoint(
             reason += f"; {attempt} ran out of memory ({str(oom).splitlines()[0]}), stepped down"
             log.warning("loading %s with %s ran out of memory; trying a cheaper strategy", opened.path, attempt)
             torch.cuda.empty_cache()
-    return Loaded(
+    return _loaded(
         (run["epoch"], run["train_loss"], run["val_loss"]),
-        missing_keys=plan.missing,
-        unexpected_keys=plan.unexpected,
+        run,
+        plan,
+        integrity,
         strategy=attempt,
         reason=reason,
         optimizer_restored=optimizer is not None and attempt != "model_only" and bool(plan.optimizer_state),
         scheduler_restored=scheduled,
-        integrity=integrity,
-        step=run["step"],
         free_bytes=budget,
         source=source,
         predicted_peak_bytes=peaks,

@@ -1,6 +1,6 @@
 //! Checkpoints, in two layers:
 //! - the plan layer ([`plan`]): pure functions that decide what a checkpoint holds and who
-//!   writes it ([`plan::save`]), how one is loaded ([`plan::load`], [`plan::strategy`]) and
+//!   writes it ([`plan::save`]), how one is loaded ([`plan::load`], [`train_ckpt::strategy`]) and
 //!   which old ones go ([`plan::retention`]); it knows no file and touches no tensor data;
 //! - storage, which only carries plans out: the run folder's files ([`store`]), writing
 //!   ([`saver`]), loading into a model ([`load`]) or initialising one ([`init`]), importing a

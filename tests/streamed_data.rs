@@ -418,3 +418,49 @@ fn an_augmented_run_stopped_mid_epoch_resumes_on_the_same_crops() {
     go("cut", &["data.workers=2"]);
     same_checkpoints(&d.join("full/checkpoints/latest.safetensors"), &d.join("cut/checkpoints/latest.safetensors"));
 }
+
+#[test]
+fn sigterm_mid_epoch_on_augmented_images_exits_75_and_resumes_bit_for_bit() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    noisy_images(d, 60);
+    let sets = [
+        "run.device=cpu",
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[16, 16]",
+        "data.val_fraction=0.2",
+        "model.mlp.hidden=[16]",
+        "training.batch_size=2",
+        "training.epochs=3",
+        &format!("data.transforms.train=[{TRAIN_LIST}]"),
+        &format!("data.transforms.eval=[{EVAL_LIST}]"),
+    ];
+    let mut args: Vec<String> = vec!["--output-dir".into(), "a".into()];
+    args.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.to_string()]));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("train"))
+        .current_dir(d)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("a.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Once the first epoch's line is written, the run is inside the second epoch.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(d.join("a/metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first epoch line");
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no epoch within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(d.join("a.log")).unwrap();
+    assert_eq!(status.code(), Some(75), "{log}");
+    let meta = CheckpointFile::open(&d.join("a/checkpoints/latest.safetensors")).unwrap().meta().unwrap().clone();
+    eprintln!("SIGTERM landed at epoch {} + {} batches", meta.epoch(), meta.position.batches_into_epoch);
+    train_with(d, &sets, "a", &[]).success();
+    train_with(d, &sets, "b", &[]).success();
+    same_checkpoints(&d.join("a/checkpoints/latest.safetensors"), &d.join("b/checkpoints/latest.safetensors"));
+}

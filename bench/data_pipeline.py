@@ -1,8 +1,8 @@
 """Streamed data (issue 19), measured: peak host memory against the data's size, and the
 image pipeline's throughput against PyTorch's DataLoader.
 
-Three tables, from one invocation, every `train` run a fresh subprocess of a private copy
-of the binary:
+Four tables, from one invocation (`--only` picks some: memory, resize, augment, tokens), every
+`train` run a fresh subprocess of a private copy of the binary:
 
 1. **Image folder, memory.** Fashion-MNIST written out as `--images` (default 20,000) RGB
    64x64 JPEGs in torchvision's `ImageFolder` layout (one folder per class, `0` .. `9`), and
@@ -25,7 +25,19 @@ of the binary:
    `train_seconds` likewise starts before its prefetcher and includes the first batch).
    Both decode JPEG, convert to 3 channels, resize 64x64 -> `--image-size` bilinearly and
    make float32 in [0, 1]; `train` also feeds the mlp, which the data_wait share accounts for.
-3. **Token file, memory.** uint16 tokens, uniform in [0, `--vocab`), written with numpy in
+3. **Image folder, decode + augment.** As table 2, with augmentations (`AUGMENT`): `train`
+   with `data.transforms.train` = RandomResizedCrop (`--image-size`, scale [0.6, 1.0]),
+   RandomHorizontalFlip (p 0.5), ColorJitter (brightness, contrast, saturation 0.4) and
+   Normalize (mean 0.5, std 0.25 per channel); it crops and flips bytes, turns them into floats
+   in [0, 1] at ColorJitter and normalizes last. PyTorch: the same v2 transforms in the order
+   that does the same work, `ToImage()` (uint8 tensor), `RandomResizedCrop(antialias=True)`,
+   `RandomHorizontalFlip`, `ToDtype(float32, scale=True)`, `ColorJitter` (float kernels),
+   `Normalize` (torchvision's own v2 example also crops and flips uint8 tensors before
+   `ToDtype`); and, unless `--no-pil-order`, the older habit, `ToImage()` after
+   `ColorJitter`: crop, flip and jitter on the PIL image, then `ToImage()`, `ToDtype`,
+   `Normalize` (PIL's resampling and uint8 enhancers: the same transforms, not the same
+   arithmetic). The three runs of a round rotate which goes first.
+4. **Token file, memory.** uint16 tokens, uniform in [0, `--vocab`), written with numpy in
    64 MiB chunks and fsynced: `--tokens-small-mb` (default 64) and `--tokens-gb` (default 1.0
    GiB). `train` trains the gpt (context 64, width 128, depth 2, 4 heads, the vocabulary
    `--vocab`) for `--token-steps` steps on each with `model.gpt.vocab` set, and once more on
@@ -47,19 +59,21 @@ mapping, RssAnon flat: most likely the C++ static destructors of libtorch and th
 libraries faulting in their code), so `ru_maxrss` lies 15-120 MiB above anything seen while
 it trains.
 
-Every measurement is repeated `--repeats` times (the two tools alternating which goes first
-in the throughput table); rates are medians, peaks the median with the range. The machine is
+Every measurement is repeated `--repeats` times (the tools taking turns to go first in the
+throughput tables); rates are medians, peaks the median with the range. The machine is
 shared and noisy: `--wait-idle S` waits up to S seconds before each timed run for the CPUs to
 be idle, and the load average before and after goes with the tables. It asserts nothing but
-sanity: `train` listed every file, PyTorch's batches have the expected shape and range, the
-scan found the vocabulary the file was written with.
+sanity: `train` listed every file, PyTorch's batches have the expected shape and range ([0, 1],
+or [-2, 2] after Normalize), the scan found the vocabulary the file was written with.
 
 Run it with the venv's Python (the PyTorch loader runs under the same interpreter):
 
     ~/.cache/train/torch-2.11.0/bin/python bench/data_pipeline.py --json /tmp/dp.json
 
-A default run takes 2.5-4.5 minutes on 2 shared cores (load average 1-4) and writes about
-1.3 GB under `--work` (1.1 GB of it the token files, deleted as soon as their table is done).
+A default run takes 2.5-4.5 minutes on 2 shared cores (load average 1-4) without the augment
+table, which adds about 3 minutes, and writes about 1.3 GB under `--work` (1.1 GB of it the
+token files, deleted as soon as their table is done). `--only augment` writes the 30 MB of
+JPEGs and nothing else.
 """
 
 import argparse
@@ -106,6 +120,9 @@ BASELINE_TEXT_BYTES = MIB
 # How often the sampler reads /proc/PID/status.
 SAMPLE_SECONDS = 0.02
 
+# The tables `--only` chooses from, in the order they run.
+TABLES = ("memory", "resize", "augment", "tokens")
+
 # Lines of train's start-up log (text format, stderr not a terminal), e.g.
 # 2026-12-05T04:13:19.456539Z  INFO images listed: decoded as batches need them classes=10 train=17999 val=2001
 LOG_TIME = re.compile(r"^(\S+Z)\s")
@@ -113,16 +130,54 @@ LISTED = re.compile(r"images listed.*\btrain=(\d+) val=(\d+)")
 HOST_BOUND = re.compile(r"data streamed from its files.*\bhost_bound=([0-9.]+ \S+)")
 SCAN = re.compile(r"token vocabulary: the largest token \+ 1.*\bvocab=(\d+) seconds=([0-9.]+)")
 
-# The PyTorch side of the throughput table, in a fresh process: prints one JSON line.
+# The augmentations of the "decode + augment" table, for both tools: RandomResizedCrop to the
+# image size with this scale (torchvision's default ratio), a flip with this p, ColorJitter
+# with this brightness, contrast and saturation, Normalize with this mean and std per channel.
+AUGMENT = {"scale": [0.6, 1.0], "flip": 0.5, "jitter": 0.4, "mean": 0.5, "std": 0.25}
+
+
+def train_transforms(size: int) -> list:
+    """`data.transforms.train` of the augment table, for `size` x `size` output."""
+    a = AUGMENT
+    return [
+        {"RandomResizedCrop": {"size": size, "scale": a["scale"]}},
+        {"RandomHorizontalFlip": {"p": a["flip"]}},
+        {"ColorJitter": {"brightness": a["jitter"], "contrast": a["jitter"], "saturation": a["jitter"]}},
+        {"Normalize": {"mean": [a["mean"]] * 3, "std": [a["std"]] * 3}},
+    ]
+
+
+# The PyTorch chains, by name. "resize": the decode + resize table. "augment": the augment
+# table's, ordered as `train` works: to a uint8 tensor first, crop and flip on bytes, to float
+# in [0, 1] before ColorJitter, which then runs torchvision's float kernels, Normalize last.
+# "augment-pil": the same transforms in the older habit's order, `ToImage()` after
+# ColorJitter: crop, flip and jitter on the PIL image (PIL's resampling and PIL's uint8
+# ImageEnhance), then to a float tensor and Normalize.
+TORCH_CHAINS = ("resize", "augment", "augment-pil")
+
+# The PyTorch side of the throughput tables, in a fresh process: prints one JSON line.
 TORCH_LOADER = r"""
 import json, sys, time
-root, workers, batch, images, h, w, seed = sys.argv[1], *map(int, sys.argv[2:])
+root, chain, aug = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+workers, batch, images, h, w, seed = map(int, sys.argv[4:])
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 torch.set_num_threads(1)
-tf = v2.Compose([v2.Resize((h, w)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+if chain == "resize":
+    tf = [v2.Resize((h, w)), *to_float]
+else:
+    crop = v2.RandomResizedCrop((h, w), scale=tuple(aug["scale"]), antialias=True)
+    flip = v2.RandomHorizontalFlip(aug["flip"])
+    jitter = v2.ColorJitter(aug["jitter"], aug["jitter"], aug["jitter"])
+    norm = v2.Normalize([aug["mean"]] * 3, [aug["std"]] * 3)
+    if chain == "augment":
+        tf = [v2.ToImage(), crop, flip, v2.ToDtype(torch.float32, scale=True), jitter, norm]
+    else:
+        tf = [crop, flip, jitter, *to_float, norm]
+tf = v2.Compose(tf)
 ds = datasets.ImageFolder(root, transform=tf)
 loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                     generator=torch.Generator().manual_seed(seed))
@@ -139,7 +194,7 @@ seconds = time.perf_counter() - t0
 lo, hi = float(x.min()), float(x.max())
 print(json.dumps({"images": seen, "seconds": seconds, "images_per_sec": seen / seconds,
     "first_batch_seconds": first, "shape": shape, "dtype": dtype, "min": lo, "max": hi,
-    "files": len(ds), "threads": torch.get_num_threads()}))
+    "files": len(ds), "threads": torch.get_num_threads(), "chain": repr(tf)}))
 """
 
 
@@ -331,10 +386,12 @@ def epoch_line(run_dir: Path) -> dict:
     raise BenchError(f"{run_dir}/metrics.jsonl has no epoch line")
 
 
-def check_train_bin(path: Path, env: dict) -> None:
-    """Refuses a binary without the streamed kinds this benchmark drives."""
+def check_train_bin(path: Path, env: dict, image_size: int) -> None:
+    """Refuses a binary without the streamed kinds and the augmentations this benchmark drives."""
+    augment = ["data.kind=image_folder", f"data.image_size=[{image_size}, {image_size}]",
+               f"data.transforms.train={json.dumps(train_transforms(image_size))}"]
     for sets in (["data.kind=image_folder", "data.workers=1", "data.prefetch_batches=2"],
-                 ["data.kind=tokens", "data.path=tokens.u16", "data.dtype=uint16", "model.kind=gpt"]):
+                 ["data.kind=tokens", "data.path=tokens.u16", "data.dtype=uint16", "model.kind=gpt"], augment):
         probe = [str(path), "config", "show", "--set", "training.max_steps=1"]
         for s in sets:
             probe += ["--set", s]
@@ -395,12 +452,16 @@ class Bench:
             raise BenchError(f"{d}: train listed {n} images, the folder holds {files}")
         return {**m, "files": files, "listed_after_seconds": listed[0] - m["spawn_unix"], "host_bound": bound[1].group(1)}
 
-    # -- table 2 --
+    # -- tables 2 and 3 --
 
-    def train_rate(self, folder: Path, workers: int) -> dict:
-        d = self._dir(f"train-w{workers}")
+    def train_rate(self, folder: Path, workers: int, chain: str = "resize") -> dict:
+        """`train`'s images/s on `folder`: decode + resize, or with `chain` "augment" the
+        augment table's `data.transforms.train`."""
+        d = self._dir(f"train-{chain}-w{workers}")
         sets = self.image_sets(folder, workers)
         sets.update({"data.train_limit": self.a.steps * BATCH, "training.log_every_n_steps": 10**6})
+        if chain != "resize":
+            sets["data.transforms.train"] = train_transforms(self.a.image_size)
         m = run_measured(self.train_cmd(d, sets), self.env, d)
         e = epoch_line(d / "run")
         if e["step"] != self.a.steps:
@@ -413,21 +474,26 @@ class Bench:
             "peak_rss_bytes": m["peak_rss_bytes"],
         }
 
-    def torch_rate(self, folder: Path, workers: int) -> dict:
-        d = self._dir(f"torch-w{workers}")
+    def torch_rate(self, folder: Path, workers: int, chain: str = "resize") -> dict:
+        """PyTorch `DataLoader`'s images/s on `folder` with the chain `chain` (`TORCH_CHAINS`)."""
+        if chain not in TORCH_CHAINS:
+            raise ValueError(f"no PyTorch chain {chain!r}")
+        d = self._dir(f"torch-{chain}-w{workers}")
         images = self.a.steps * BATCH
-        cmd = [sys.executable, "-c", TORCH_LOADER, str(folder), str(workers), str(BATCH), str(images),
-               str(self.a.image_size), str(self.a.image_size), str(SEED)]
+        cmd = [sys.executable, "-c", TORCH_LOADER, str(folder), chain, json.dumps(AUGMENT), str(workers), str(BATCH),
+               str(images), str(self.a.image_size), str(self.a.image_size), str(SEED)]
         m = run_measured(cmd, self.env, d)
         r = json.loads((d / "stdout").read_text())
         want = [BATCH, 3, self.a.image_size, self.a.image_size]
-        if r["shape"] != want or r["dtype"] != "torch.float32" or not (0.0 <= r["min"] <= r["max"] <= 1.0):
-            raise BenchError(f"{d}: PyTorch's batches are {r['shape']} {r['dtype']} in [{r['min']}, {r['max']}], not {want} float32 in [0, 1]")
+        # Normalize maps [0, 1] to [-mean/std, (1 - mean)/std]; a little slack for rounding.
+        lo, hi = (0.0, 1.0) if chain == "resize" else (-AUGMENT["mean"] / AUGMENT["std"], (1 - AUGMENT["mean"]) / AUGMENT["std"])
+        if r["shape"] != want or r["dtype"] != "torch.float32" or not (lo - 1e-5 <= r["min"] <= r["max"] <= hi + 1e-5):
+            raise BenchError(f"{d}: PyTorch's batches are {r['shape']} {r['dtype']} in [{r['min']}, {r['max']}], not {want} float32 in [{lo}, {hi}]")
         if r["images"] != images:
             raise BenchError(f"{d}: PyTorch read {r['images']} images, not {images}")
         return {**r, "peak_rss_bytes_main": m["peak_rss_bytes"]}
 
-    # -- table 3 --
+    # -- table 4 --
 
     def token_run(self, tag: str, sets: dict) -> dict:
         d = self._dir(f"tok-{tag}")
@@ -458,7 +524,7 @@ class Bench:
         return {"parameters": sizes["model"] // 4, "model_bytes": sizes["model"], "optimizer_bytes": sizes["optimizer"]}
 
 
-# --- the three tables ----------------------------------------------------------------------
+# --- the four tables -----------------------------------------------------------------------
 
 
 def mib(b) -> str:
@@ -502,18 +568,21 @@ def images_memory_table(rows: dict) -> str:
             f"{(anon(large) - anon(small)) / extra:+.0f} bytes of RssAnon")
 
 
-def throughput_table(rows: list) -> str:
+def throughput_table(rows: list, torch_columns: list) -> str:
+    """One row per W: `train`'s rate and data_wait share, then for each (key, label) of
+    `torch_columns` that PyTorch chain's rate and the ratio of the medians train/PyTorch."""
+    rate = lambda runs: statistics.median(x["images_per_sec"] for x in runs)  # noqa: E731
     body = []
     for r in rows:
-        t, p = r["train"], r["torch"]
-        tr = statistics.median(x["images_per_sec"] for x in t)
-        pr = statistics.median(x["images_per_sec"] for x in p)
-        body.append([
-            str(r["workers"]), spread([x["images_per_sec"] for x in t], lambda v: f"{v:,.0f}"),
-            spread([100 * x["data_wait_share"] for x in t], lambda v: f"{v:.0f}%"),
-            spread([x["images_per_sec"] for x in p], lambda v: f"{v:,.0f}"), f"{tr / pr:.2f}",
-        ])
-    head = ["workers W", "train images/s", "train data_wait share", "PyTorch DataLoader images/s", "ratio train/PyTorch"]
+        t = r["train"]
+        cells = [str(r["workers"]), spread([x["images_per_sec"] for x in t], lambda v: f"{v:,.0f}"),
+                 spread([100 * x["data_wait_share"] for x in t], lambda v: f"{v:.0f}%")]
+        for key, _ in torch_columns:
+            cells += [spread([x["images_per_sec"] for x in r[key]], lambda v: f"{v:,.0f}"), f"{rate(t) / rate(r[key]):.2f}"]
+        body.append(cells)
+    head = ["workers W", "train images/s", "train data_wait share"]
+    for _, label in torch_columns:
+        head += [f"{label} images/s", f"ratio train/{label}" if len(torch_columns) > 1 else "ratio train/PyTorch"]
     return markdown(head, body)
 
 
@@ -566,8 +635,12 @@ def main() -> int:
     p.add_argument("--images", type=int, default=20000, help="JPEGs in the first folder (default 20,000)")
     p.add_argument("--scale", type=int, default=10, help="the second folder holds this many times as many (default 10)")
     p.add_argument("--image-size", type=int, default=32, help="both tools resize to this square (default 32)")
-    p.add_argument("--workers", default="1,2", help="W values of the throughput table (default 1,2)")
+    p.add_argument("--workers", default="1,2", help="W values of the throughput tables (default 1,2)")
     p.add_argument("--steps", type=int, default=100, help="throughput: batches of 128 per run (default 100)")
+    p.add_argument("--only", default=",".join(TABLES), metavar="TABLES",
+                   help=f"the tables to run, comma-separated, of {', '.join(TABLES)} (default all)")
+    p.add_argument("--no-pil-order", action="store_true",
+                   help="augment table: leave out PyTorch's PIL-order chain (keep the one ordered as train works)")
     p.add_argument("--memory-steps", type=int, default=50, help="image memory runs: training.max_steps (default 50)")
     p.add_argument("--tokens-gb", type=float, default=1.0, help="the large token file in GiB (default 1.0)")
     p.add_argument("--tokens-small-mb", type=int, default=64, help="the small token file in MiB (default 64)")
@@ -580,6 +653,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write every run here")
     a = p.parse_args()
     a.workers = [int(w) for w in a.workers.split(",") if w.strip()]
+    a.only = [t.strip() for t in a.only.split(",") if t.strip()]
+    if not a.only or any(t not in TABLES for t in a.only):
+        p.error(f"--only takes one or more of {', '.join(TABLES)}, comma-separated")
     if a.images < CLASSES * 10 or a.scale < 2 or a.repeats < 1 or not a.workers or min(a.workers) < 1:
         p.error("--images at least 100, --scale at least 2, --repeats and every --workers at least 1")
     if a.steps * BATCH > a.images * 0.9 - CLASSES:
@@ -603,75 +679,90 @@ def main() -> int:
         a.train_bin = Path(shutil.copy2(a.train_bin, work / "train"))
         report["train_bin"]["sha256"] = hashlib.sha256(a.train_bin.read_bytes()).hexdigest()
         bench = Bench(a, work)
-        check_train_bin(a.train_bin, bench.env)
+        check_train_bin(a.train_bin, bench.env, a.image_size)
         say = lambda msg: print(f"[{time.time() - started:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
         small, large = work / "images", work / f"images-x{a.scale}"
         say(f"writing {a.images:,} JPEGs")
         report["jpeg_write_seconds"] = write_jpegs(small, a.images)
-        t0 = time.perf_counter()
-        files_large = link_copies(small, large, a.scale)
-        report["link_seconds"] = time.perf_counter() - t0
         report["jpeg_bytes"] = sum(f.stat().st_size for f in small.rglob("*.jpg"))
 
         # Table 1. One untimed run first: libtorch and the small folder into the page cache.
-        say("image folder memory")
-        bench.image_memory(small, a.images, "prime")
-        mem = {"small": [], "large": []}
-        for r in range(a.repeats):
-            order = [("small", small, a.images), ("large", large, files_large)]
-            for key, folder, files in order if r % 2 == 0 else order[::-1]:
-                mem[key].append(bench.image_memory(folder, files, key))
-        report["image_memory"] = mem
-
-        # Table 2. One untimed run of each tool first.
-        say("throughput")
-        bench.train_rate(small, a.workers[0])
-        bench.torch_rate(small, a.workers[0])
-        rates = []
-        for w in a.workers:
-            row = {"workers": w, "train": [], "torch": []}
+        if "memory" in a.only:
+            t0 = time.perf_counter()
+            files_large = link_copies(small, large, a.scale)
+            report["link_seconds"] = time.perf_counter() - t0
+            say("image folder memory")
+            bench.image_memory(small, a.images, "prime")
+            mem = {"small": [], "large": []}
             for r in range(a.repeats):
-                pair = [lambda: row["train"].append(bench.train_rate(small, w)),
-                        lambda: row["torch"].append(bench.torch_rate(small, w))]
-                for f in pair if r % 2 == 0 else pair[::-1]:
-                    f()
-                say(f"  W={w} repeat {r + 1}: train {row['train'][-1]['images_per_sec']:.0f}/s, "
-                    f"torch {row['torch'][-1]['images_per_sec']:.0f}/s")
-            rates.append(row)
-        report["throughput"] = rates
+                order = [("small", small, a.images), ("large", large, files_large)]
+                for key, folder, files in order if r % 2 == 0 else order[::-1]:
+                    mem[key].append(bench.image_memory(folder, files, key))
+            report["image_memory"] = mem
 
-        # Table 3.
-        say("token files")
-        tok = work / "tokens"
-        tok.mkdir()
-        text = tok / "baseline.txt"
-        text.write_bytes(os.urandom(BASELINE_TEXT_BYTES))
-        small_tok, large_tok = tok / "small.u16", tok / "large.u16"
-        token_files = [small_tok, large_tok]
-        report["token_write_seconds"] = {
-            "small": write_tokens(small_tok, a.tokens_small_mb * MIB, a.vocab, SEED),
-            "large": write_tokens(large_tok, int(a.tokens_gb * 2**30) // 2 * 2, a.vocab, SEED + 1),
-        }
-        model = bench.model_bytes(small_tok)
-        runs = {
-            "baseline": ({"data.kind": "text", "data.path": str(text), "model.gpt.vocab": a.vocab}, text),
-            "small": ({"data.kind": "tokens", "data.path": str(small_tok), "model.gpt.vocab": a.vocab}, small_tok),
-            "large": ({"data.kind": "tokens", "data.path": str(large_tok), "model.gpt.vocab": a.vocab}, large_tok),
-            "scan": ({"data.kind": "tokens", "data.path": str(large_tok)}, large_tok),
-        }
-        bench.token_run("prime", runs["baseline"][0])
-        toks = {k: [] for k in runs}
-        for r in range(a.repeats):
-            for key in runs if r % 2 == 0 else list(runs)[::-1]:
-                sets, path = runs[key]
-                cached = drop_from_cache(path) if key == "scan" else None
-                m = bench.token_run(key, sets)
-                if key == "scan":
-                    m["cached_bytes_before"] = cached
-                m["file_bytes"] = path.stat().st_size
-                toks[key].append(m)
-        report["tokens"] = {"model": model, "runs": toks, "gpt": GPT, "batch": TOKEN_BATCH, "vocab": a.vocab}
+        # Tables 2 and 3: `train` against one or two PyTorch chains. One untimed run of each
+        # first; then, at each W, `--repeats` rounds of one run each, the order of the tools
+        # turning round by round so that none always runs first.
+        def rates_table(table: str, chains: dict) -> list:
+            say(f"throughput, {table}")
+            train_chain = "resize" if table == "resize" else "augment"
+            bench.train_rate(small, a.workers[0], train_chain)
+            for chain in chains.values():
+                bench.torch_rate(small, a.workers[0], chain)
+            rows = []
+            for w in a.workers:
+                row = {"workers": w, "train": [], **{key: [] for key in chains}}
+                runs = [lambda: row["train"].append(bench.train_rate(small, w, train_chain))]
+                runs += [lambda key=key, chain=chain: row[key].append(bench.torch_rate(small, w, chain))
+                         for key, chain in chains.items()]
+                for r in range(a.repeats):
+                    for run in runs[r % len(runs):] + runs[:r % len(runs)]:
+                        run()
+                    say(f"  W={w} repeat {r + 1}: " + ", ".join(
+                        f"{key} {row[key][-1]['images_per_sec']:.0f}/s" for key in ("train", *chains)))
+                rows.append(row)
+            return rows
+
+        if "resize" in a.only:
+            report["throughput"] = rates_table("resize", {"torch": "resize"})
+        if "augment" in a.only:
+            chains = {"torch": "augment"} if a.no_pil_order else {"torch": "augment", "torch_pil": "augment-pil"}
+            report["augment"] = rates_table("augment", chains)
+            report["augment_transforms"] = {"train": train_transforms(a.image_size), "torch": AUGMENT}
+
+        # Table 4.
+        if "tokens" in a.only:
+            say("token files")
+            tok = work / "tokens"
+            tok.mkdir()
+            text = tok / "baseline.txt"
+            text.write_bytes(os.urandom(BASELINE_TEXT_BYTES))
+            small_tok, large_tok = tok / "small.u16", tok / "large.u16"
+            token_files = [small_tok, large_tok]
+            report["token_write_seconds"] = {
+                "small": write_tokens(small_tok, a.tokens_small_mb * MIB, a.vocab, SEED),
+                "large": write_tokens(large_tok, int(a.tokens_gb * 2**30) // 2 * 2, a.vocab, SEED + 1),
+            }
+            model = bench.model_bytes(small_tok)
+            runs = {
+                "baseline": ({"data.kind": "text", "data.path": str(text), "model.gpt.vocab": a.vocab}, text),
+                "small": ({"data.kind": "tokens", "data.path": str(small_tok), "model.gpt.vocab": a.vocab}, small_tok),
+                "large": ({"data.kind": "tokens", "data.path": str(large_tok), "model.gpt.vocab": a.vocab}, large_tok),
+                "scan": ({"data.kind": "tokens", "data.path": str(large_tok)}, large_tok),
+            }
+            bench.token_run("prime", runs["baseline"][0])
+            toks = {k: [] for k in runs}
+            for r in range(a.repeats):
+                for key in runs if r % 2 == 0 else list(runs)[::-1]:
+                    sets, path = runs[key]
+                    cached = drop_from_cache(path) if key == "scan" else None
+                    m = bench.token_run(key, sets)
+                    if key == "scan":
+                        m["cached_bytes_before"] = cached
+                    m["file_bytes"] = path.stat().st_size
+                    toks[key].append(m)
+            report["tokens"] = {"model": model, "runs": toks, "gpt": GPT, "batch": TOKEN_BATCH, "vocab": a.vocab}
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -684,16 +775,28 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
 
-    print(f"## Image folder: peak RSS, {a.images:,} files against x{a.scale} (hard links), "
-          f"{a.memory_steps} steps of {BATCH}, run.threads=1, data.workers={max(a.workers)}\n")
-    print(images_memory_table(mem))
-    print(f"\n## Image folder: decode + resize {SIDE_ON_DISK}x{SIDE_ON_DISK} JPEG -> {a.image_size}x{a.image_size} "
-          f"float32, {a.steps * BATCH:,} images per run, batch {BATCH}\n")
-    print(throughput_table(rates))
-    print(f"\n## Token file (uint16, vocab {a.vocab}): peak RSS, gpt {GPT}, batch {TOKEN_BATCH}, "
-          f"{a.token_steps} steps\n")
-    print(tokens_table(toks, model))
-    print(f"\nmedians of {a.repeats} (range in brackets); {os.cpu_count()} CPUs; load average "
+    if "memory" in a.only:
+        print(f"## Image folder: peak RSS, {a.images:,} files against x{a.scale} (hard links), "
+              f"{a.memory_steps} steps of {BATCH}, run.threads=1, data.workers={max(a.workers)}\n")
+        print(images_memory_table(report["image_memory"]) + "\n")
+    if "resize" in a.only:
+        print(f"## Image folder: decode + resize {SIDE_ON_DISK}x{SIDE_ON_DISK} JPEG -> {a.image_size}x{a.image_size} "
+              f"float32, {a.steps * BATCH:,} images per run, batch {BATCH}\n")
+        print(throughput_table(report["throughput"], [("torch", "PyTorch DataLoader")]) + "\n")
+    if "augment" in a.only:
+        g = AUGMENT
+        print(f"## Image folder: decode + augment {SIDE_ON_DISK}x{SIDE_ON_DISK} JPEG -> RandomResizedCrop {a.image_size} "
+              f"scale {tuple(g['scale'])}, flip p {g['flip']}, ColorJitter {g['jitter']} x3, Normalize "
+              f"({g['mean']}, {g['std']}), float32, {a.steps * BATCH:,} images per run, batch {BATCH}\n")
+        columns = [("torch", "PyTorch, train's order")]
+        if not a.no_pil_order:
+            columns.append(("torch_pil", "PyTorch, PIL order"))
+        print(throughput_table(report["augment"], columns) + "\n")
+    if "tokens" in a.only:
+        print(f"## Token file (uint16, vocab {a.vocab}): peak RSS, gpt {GPT}, batch {TOKEN_BATCH}, "
+              f"{a.token_steps} steps\n")
+        print(tokens_table(report["tokens"]["runs"], report["tokens"]["model"]) + "\n")
+    print(f"medians of {a.repeats} (range in brackets); {os.cpu_count()} CPUs; load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}; {time.time() - started:.0f} s in all")
     if a.json:
         report.update({"load_average_before_after": [load_before, load_after], "cpu_busy_before_runs": bench.busy_before,

@@ -368,6 +368,27 @@ const TRAIN_LIST: &str = "RandomResizedCrop: {size: 16, scale: [0.5, 1.0]}, Rand
                           Normalize: {mean: [0.5], std: [0.25]}";
 const EVAL_LIST: &str = "Resize: {size: 18}, CenterCrop: {size: 16}, Normalize: {mean: [0.5], std: [0.25]}";
 
+/// `--set`s of an mlp trained on `noisy_images` with both lists, in batches of `batch`.
+fn augmented_sets(batch: u32, epochs: u32) -> Vec<String> {
+    let mut sets: Vec<String> = [
+        "run.device=cpu",
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[16, 16]",
+        "data.val_fraction=0.2",
+        "model.mlp.hidden=[16]",
+    ]
+    .map(String::from)
+    .to_vec();
+    sets.extend([
+        format!("training.batch_size={batch}"),
+        format!("training.epochs={epochs}"),
+        format!("data.transforms.train=[{TRAIN_LIST}]"),
+        format!("data.transforms.eval=[{EVAL_LIST}]"),
+    ]);
+    sets
+}
+
 #[test]
 fn augmentations_draw_anew_each_epoch_the_same_on_any_worker_and_eval_is_fixed() {
     let ws = tempfile::tempdir().unwrap();
@@ -397,18 +418,8 @@ fn an_augmented_run_stopped_mid_epoch_resumes_on_the_same_crops() {
     let ws = tempfile::tempdir().unwrap();
     let d = ws.path();
     noisy_images(d, 10);
-    let sets = [
-        "run.device=cpu",
-        "data.kind=image_folder",
-        "data.dir=imgs",
-        "data.image_size=[16, 16]",
-        "data.val_fraction=0.2",
-        "model.mlp.hidden=[16]",
-        "training.batch_size=4",
-        "training.epochs=2",
-        &format!("data.transforms.train=[{TRAIN_LIST}]"),
-        &format!("data.transforms.eval=[{EVAL_LIST}]"),
-    ];
+    let sets = augmented_sets(4, 2);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let go = |out: &str, extra: &[&str]| {
         train_with(d, &sets, out, extra).success();
     };
@@ -424,18 +435,8 @@ fn sigterm_mid_epoch_on_augmented_images_exits_75_and_resumes_bit_for_bit() {
     let ws = tempfile::tempdir().unwrap();
     let d = ws.path();
     noisy_images(d, 60);
-    let sets = [
-        "run.device=cpu",
-        "data.kind=image_folder",
-        "data.dir=imgs",
-        "data.image_size=[16, 16]",
-        "data.val_fraction=0.2",
-        "model.mlp.hidden=[16]",
-        "training.batch_size=2",
-        "training.epochs=3",
-        &format!("data.transforms.train=[{TRAIN_LIST}]"),
-        &format!("data.transforms.eval=[{EVAL_LIST}]"),
-    ];
+    let sets = augmented_sets(2, 3);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let mut args: Vec<String> = vec!["--output-dir".into(), "a".into()];
     args.extend(sets.iter().flat_map(|s| ["--set".to_string(), s.to_string()]));
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("train"))

@@ -24,24 +24,26 @@ def assert_same_tensors(got, expected):
         assert same_bits(got[name], t), name
 
 
+def _binary(variable, name, *cargo_args):
+    """The binary `name`: the environment's `variable`, else target/release/`name`, built with
+    `cargo build --release --locked` and `cargo_args` if missing."""
+    path = pathlib.Path(os.environ.get(variable, REPO_ROOT / "target" / "release" / name))
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--release", "--locked", *cargo_args], cwd=REPO_ROOT, check=True)
+    assert path.exists(), path
+    return path
+
+
 @pytest.fixture(scope="session")
 def train_ckpt_bin():
     """The `train-ckpt` binary (TRAIN_CKPT_BIN, else target/release/train-ckpt, built if missing)."""
-    path = pathlib.Path(os.environ.get("TRAIN_CKPT_BIN", REPO_ROOT / "target" / "release" / "train-ckpt"))
-    if not path.exists():
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "train-ckpt"], cwd=REPO_ROOT, check=True)
-    assert path.exists(), path
-    return path
+    return _binary("TRAIN_CKPT_BIN", "train-ckpt", "-p", "train-ckpt")
 
 
 @pytest.fixture(scope="session")
 def train_bin():
     """The `train` binary (TRAIN_BIN, else target/release/train, built if missing)."""
-    path = pathlib.Path(os.environ.get("TRAIN_BIN", REPO_ROOT / "target" / "release" / "train"))
-    if not path.exists():
-        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "train"], cwd=REPO_ROOT, check=True)
-    assert path.exists(), path
-    return path
+    return _binary("TRAIN_BIN", "train", "--bin", "train")
 
 
 def run_train(train_bin, cwd, *args):

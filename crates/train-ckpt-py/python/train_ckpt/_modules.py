@@ -378,13 +378,12 @@ def _json(text):
     return value if isinstance(value, dict) else {}
 
 
-def _load(model, optimizer, path, *, strict, strategy, staging_bytes, verify, scheduler):
-    """Plans, verifies and fills (see the module's docstring); returns the file's run state,
-    the plan and the integrity found."""
+def _load(model, optimizer, opened, *, strict, strategy, staging_bytes, verify, scheduler):
+    """Plans, verifies and fills (see the module's docstring) from the open file ``opened``;
+    returns the file's run state, the plan and the integrity found."""
     _check_module(model)
     if optimizer is not None:
         _check_optimizer(optimizer)
-    opened = _Opened(path)
     run = opened.native.run_state()
     plan = _plan_model(opened, model)
     with_optimizer = optimizer is not None and strategy != "model_only"
@@ -553,7 +552,7 @@ def load_checkpoint_memory_efficient(model, optimizer, path, device="cpu", sched
     run, plan, integrity, scheduled = _load(
         model,
         optimizer,
-        path,
+        _Opened(path),
         strict=strict,
         strategy="memory_efficient",
         staging_bytes=_staging_for(device),
@@ -586,7 +585,7 @@ def load_model_only(model, path, strict=False, device=None, *, verify=True):
     run, plan, integrity, _ = _load(
         model,
         None,
-        path,
+        _Opened(path),
         strict=strict,
         strategy="model_only",
         staging_bytes=_staging_for(device),
@@ -676,7 +675,7 @@ def smart_load_checkpoint(
             run, plan, integrity, scheduled = _load(
                 model,
                 optimizer,
-                path,
+                opened,
                 strict=strict,
                 strategy=attempt,
                 staging_bytes=None if attempt == "standard" else STAGING_BYTES,

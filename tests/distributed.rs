@@ -122,12 +122,26 @@ fn slurm_job(out: &Path, sets: &[String], port: u16) -> Vec<Child> {
 
 /// [`slurm_job`], with `rank1_env` set for rank 1 only.
 fn slurm_job_with(out: &Path, sets: &[String], port: u16, rank1_env: &[(&str, &str)]) -> Vec<Child> {
+    slurm_job_in(out, sets, port, rank1_env, [None, None])
+}
+
+/// [`slurm_job_with`], each rank started in its folder of `cwds` (`None`: this process's).
+fn slurm_job_in(
+    out: &Path,
+    sets: &[String],
+    port: u16,
+    rank1_env: &[(&str, &str)],
+    cwds: [Option<&Path>; 2],
+) -> Vec<Child> {
     (0..2)
         .map(|rank| {
             let log = std::fs::File::create(out.with_file_name(format!("log-{rank}"))).unwrap();
             let mut cmd = command(&binary());
             if rank == 1 {
                 cmd.envs(rank1_env.iter().copied());
+            }
+            if let Some(cwd) = cwds[rank] {
+                cmd.current_dir(cwd);
             }
             cmd.args(args(out, sets))
                 .env("SLURM_PROCID", rank.to_string())
@@ -624,5 +638,51 @@ fn streamed_kinds_resume_exactly_at_two_ranks_and_match_one_rank() {
         check(&torchrun_job(&torchrun, &cut, &base(4, &["data.workers=2"])), &format!("{kind}: the resumed job"));
         assert_eq!(weights(&latest(&full)), weights(&latest(&cut)), "{kind}: resumed at 2 ranks, not bit for bit");
         assert_close(&latest(&one), &latest(&full), 1e-5);
+    }
+}
+
+/// Ranks whose data differ under the same settings (a relative `data.dir` read from another
+/// folder on each, as per-node copies of a data set can differ) would each shuffle their own
+/// count and train on different permutations, with exit 0: both are refused, exit 2, with
+/// both counts named.
+#[test]
+fn ranks_that_found_different_data_are_refused_naming_both_counts() {
+    let ws = tempfile::tempdir().unwrap();
+    let d = ws.path();
+    for (node, per_class) in [("node0", 10u32), ("node1", 9)] {
+        for class in ["a", "b"] {
+            let dir = d.join(node).join("imgs").join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, i as u8]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let sets: Vec<String> = [
+        "data.kind=image_folder",
+        "data.dir=imgs",
+        "data.image_size=[8, 8]",
+        "data.val_fraction=0.2",
+        "model.mlp.hidden=[8]",
+        "training.batch_size=4",
+        "training.epochs=1",
+        "run.device=cpu",
+        "run.threads=1",
+        "distributed.timeout=20s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = d.join("out");
+    let children = slurm_job_in(&out, &sets, free_port(), &[], [Some(&d.join("node0")), Some(&d.join("node1"))]);
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().unwrap();
+        let log = log_of(&out, rank);
+        assert_eq!(status.code(), Some(2), "rank {rank}:\n{log}");
+        assert!(
+            log.contains("rank 0 found 16 training and 4 validation examples, rank 1 14 and 4"),
+            "rank {rank}:\n{log}"
+        );
     }
 }

@@ -213,6 +213,7 @@ fn load(
 fn train(job: &Job, prepared: Prepared, dist: Option<&Rc<Dist>>, stop: &mut StopFlag) -> Result<RunSummary, RunError> {
     let Prepared { data, mut trainer, resumed_from, folder } = prepared;
     if let Some(d) = dist {
+        ranks::check_same_data(d, data.train.len(), data.val.len())?;
         ranks::join(d, &mut trainer, &job.planned)?;
     }
     stop.begin_training();

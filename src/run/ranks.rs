@@ -10,7 +10,8 @@
 //! - The other ranks learn it with [`await_leader`], then run the same loop with no saver and
 //!   no metrics log (see [`super::orchestrator`]).
 //! - Before any of that, [`check_same_config`]: ranks started with different settings
-//!   (another learning rate, batch or data) are refused on every rank, the keys named.
+//!   (another learning rate, batch or data) are refused on every rank, the keys named; and
+//!   [`check_same_data`]: ranks that found different numbers of examples are refused too.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -182,6 +183,30 @@ fn differences(
             format!("{k} is {} on rank 0 but {} on rank {rank}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none))
         })
         .collect()
+}
+
+/// Refuses, on every rank, a job whose ranks found different data under the same settings
+/// (a data folder that differs between nodes, files added while the job started): each
+/// rank draws the epoch's order over its own count, so the ranks would train on different
+/// permutations, some examples twice and some never, and exit 0. One all-reduce of every
+/// rank's training and validation counts tells each rank all of them.
+pub fn check_same_data(dist: &Dist, train: usize, val: usize) -> Result<(), DistError> {
+    let (rank, world) = (dist.rank() as usize, dist.world() as usize);
+    let mut counts = vec![0.0; 2 * world];
+    (counts[2 * rank], counts[2 * rank + 1]) = (train as f64, val as f64);
+    let counts = dist.sum(&counts)?;
+    let at = |r: usize| (counts[2 * r] as u64, counts[2 * r + 1] as u64);
+    match (1..world).find(|&r| at(r) != at(0)) {
+        None => Ok(()),
+        Some(r) => Err(DistError::ConfigMismatch(format!(
+            "rank 0 found {} training and {} validation examples, rank {r} {} and {}: every rank must read the same \
+             data (check data.dir / data.path on each node)",
+            at(0).0,
+            at(0).1,
+            at(r).0,
+            at(r).1
+        ))),
+    }
 }
 
 /// Refuses, on every rank, a job whose ranks were started with different settings (all but

@@ -73,7 +73,7 @@ fn state_of(tensors: &[(String, Tensor)], m: &Meta) -> TrainingState {
         seed: m.rng.seed,
         rng_scheme: "bench",
     };
-    TrainingState { model, optimizer, progress }
+    TrainingState { model, optimizer, progress, shard: None }
 }
 
 /// Reads and checks every tensor into buffers of its own, as a resume into host memory does

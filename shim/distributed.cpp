@@ -121,6 +121,42 @@ void unflatten_into(const at::Tensor& flat, std::vector<at::Tensor>& ts) {
   }
 }
 
+// Sharded state (ZeRO): the trainable parameters form buckets (bucket k is
+// params[ends[k-1] .. ends[k])); a bucket's flattened elements, padded with zeros to a
+// multiple of the world size, are split evenly: rank r owns [r * shard, (r + 1) * shard).
+// Rust's src/distributed/partition.rs makes the same split; these only move bytes.
+struct BucketSpan {
+  std::vector<at::Tensor> params;
+  int64_t numel = 0;
+  int64_t shard = 0;  // elements each rank owns (padded / world)
+};
+
+std::vector<BucketSpan> spans_of(at::Tensor** params, const int64_t* ends, size_t buckets, int64_t world) {
+  std::vector<BucketSpan> out(buckets);
+  int64_t begin = 0;
+  for (size_t k = 0; k < buckets; ++k) {
+    for (int64_t i = begin; i < ends[k]; ++i) {
+      out[k].params.push_back(*params[i]);
+      out[k].numel += params[i]->numel();
+    }
+    out[k].shard = (out[k].numel + world - 1) / world;
+    begin = ends[k];
+  }
+  return out;
+}
+
+// Copies elements [lo, lo + out.numel()) of the concatenated flattened `ts` into `out`
+// (zeros past their end).
+void copy_range_out(const std::vector<at::Tensor>& ts, int64_t lo, at::Tensor& out) {
+  out.zero_();
+  int64_t hi = lo + out.numel(), at = 0;
+  for (const auto& t : ts) {
+    int64_t a = std::max(lo, at), b = std::min(hi, at + t.numel());
+    if (a < b) out.narrow(0, a - lo, b - a).copy_(t.reshape({-1}).narrow(0, a - at, b - a));
+    at += t.numel();
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -204,6 +240,73 @@ int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double
     for (size_t i = 0; i < works.size(); ++i) {
       works[i]->wait();
       unflatten_into(flats[i][0], buckets[i]);
+    }
+    return 0;
+  });
+}
+
+// ZeRO-2's gradient step: for each bucket, every parameter's `.grad` (zeros where a rank had
+// no examples and so no backward) is flattened, padded and multiplied by `scale`, then
+// reduce-scattered (summed over the ranks) into `outs[k]`, this rank's `shard` elements of
+// the bucket; the whole gradients are released as soon as they are flattened, so after the
+// step each rank holds only its shard's. All buckets are issued before any is waited for.
+int train_dist_reduce_scatter_grads(void* dist, at::Tensor** params, const int64_t* ends, size_t buckets,
+                                    at::Tensor** outs, double scale, char** err) {
+  return guarded(err, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    at::NoGradGuard no_grad;
+    auto spans = spans_of(params, ends, buckets, d->backend->getSize());
+    std::vector<at::Tensor> flats;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    int64_t first = 0;
+    for (size_t k = 0; k < buckets; ++k) {
+      auto& span = spans[k];
+      if (outs[k]->numel() != span.shard) throw std::runtime_error("a shard buffer of the wrong size");
+      std::vector<at::Tensor> grads;
+      for (int64_t i = first; i < ends[k]; ++i) {
+        at::Tensor g = params[i]->grad();
+        grads.push_back(g.defined() ? g : at::zeros_like(*params[i]));
+      }
+      at::Tensor flat = at::zeros({span.shard * d->backend->getSize()}, span.params.front().options());
+      copy_range_out(grads, 0, flat);
+      if (scale != 1.0) flat.mul_(scale);
+      grads.clear();
+      for (int64_t i = first; i < ends[k]; ++i) params[i]->mutable_grad().reset();
+      flats.push_back(flat);
+      works.push_back(d->backend->_reduce_scatter_base(*outs[k], flat, c10d::ReduceScatterOptions{}));
+      first = ends[k];
+    }
+    for (auto& w : works) w->wait();
+    return 0;
+  });
+}
+
+// After each rank stepped its shard of every bucket (in place, in its parameters): the
+// shards are all-gathered, and every rank's parameters are overwritten with the result.
+int train_dist_allgather_params(void* dist, at::Tensor** params, const int64_t* ends, size_t buckets, char** err) {
+  return guarded(err, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    at::NoGradGuard no_grad;
+    int64_t world = d->backend->getSize(), rank = d->backend->getRank();
+    auto spans = spans_of(params, ends, buckets, world);
+    std::vector<at::Tensor> fulls;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& span : spans) {
+      auto options = span.params.front().options();
+      at::Tensor mine = at::empty({span.shard}, options);
+      copy_range_out(span.params, rank * span.shard, mine);
+      at::Tensor full = at::empty({span.shard * world}, options);
+      works.push_back(d->backend->_allgather_base(full, mine, c10d::AllgatherOptions{}));
+      fulls.push_back(full);
+    }
+    for (size_t k = 0; k < spans.size(); ++k) {
+      works[k]->wait();
+      int64_t at = 0;
+      for (auto& p : spans[k].params) {
+        p.view({-1}).copy_(fulls[k].narrow(0, at, p.numel()));
+        at += p.numel();
+      }
+      fulls[k] = at::Tensor();
     }
     return 0;
   });

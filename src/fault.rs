@@ -5,7 +5,9 @@
 //! suite enables (a dev-dependency of the crate on itself). There, `INJECT_FAULTS` lists
 //! faults, comma-separated: `oom-load:STRATEGY` fails every load with that strategy as a
 //! CUDA out-of-memory error would; `oom-step:N` fails the first attempt of optimiser step N
-//! (1-based); `oom-step-always:N` fails every attempt of step N (no recovery possible).
+//! (1-based); `oom-step-always:N` fails every attempt of step N (no recovery possible);
+//! `kill-in-sharded-save:N` SIGKILLs the process in the sharded save at step N, after its
+//! shard is written and before the other ranks hear of it.
 
 /// Whether an error message is libtorch's out-of-memory error (CUDA's or the CPU
 /// allocator's).
@@ -151,6 +153,17 @@ pub fn check_load(strategy: &str) -> Result<(), tch::TchError> {
     }
     let _ = strategy;
     Ok(())
+}
+
+/// SIGKILLs this process in the middle of a sharded save at global step `step`, when so
+/// injected (the test of a rank dying mid-save).
+pub fn check_sharded_save(step: u64) {
+    #[cfg(feature = "fault-injection")]
+    if injected("kill-in-sharded-save", &step.to_string()) {
+        // SAFETY: signalling this process; SIGKILL is not caught, so nothing runs after.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    let _ = step;
 }
 
 /// Panics as an out-of-memory error in a training step would, when so injected for global

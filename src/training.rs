@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::state::{Progress, Standing, TrainingState};
+use crate::checkpoint::state::{Progress, Shard, ShardPiece, Standing, TrainingState};
 use crate::checkpoint::Position;
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
 use crate::data::{shard, DataError, Dataset, EpochOrder, Pass, Split, Task};
-use crate::distributed::{Dist, DistError};
+use crate::distributed::{Dist, DistError, Stage, Zero};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
 
@@ -107,6 +107,11 @@ pub struct Trainer {
     /// The data-parallel job this rank belongs to, if any (see `crate::run::ranks`): its
     /// share of each batch, gradients and losses summed over the ranks.
     pub dist: Option<std::rc::Rc<Dist>>,
+    /// With sharded state (`distributed.shard`), this rank's share: the optimiser then steps
+    /// only its pieces of the parameters (see `crate::distributed::Zero`).
+    zero: Option<Zero>,
+    /// Whether the per-rank state after the first step was reported.
+    reported_state: bool,
 }
 
 impl Trainer {
@@ -127,7 +132,7 @@ impl Trainer {
             .variables()
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
-            .map(|(name, tensor)| Param { name, tensor })
+            .map(|(name, tensor)| Param::whole(name, tensor))
             .collect();
         let optimizer = optim::build(&cfg.training.optimizer, params);
         let trainable = vs.trainable_variables();
@@ -153,6 +158,8 @@ impl Trainer {
             clip_grad_norm: cfg.training.clip_grad_norm,
             on_nonfinite: cfg.training.on_nonfinite,
             dist: None,
+            zero: None,
+            reported_state: false,
         })
     }
 
@@ -186,6 +193,10 @@ impl Trainer {
         let lr = self.schedule.lr_at(self.position.step, self.base_lr, self.total_steps);
         self.optimizer.set_lr(lr);
         self.optimizer.zero_grad();
+        if self.zero.is_some() {
+            // The optimiser zeroes only its pieces' gradients; backward fills the wholes.
+            zero_grads(&self.trainable);
+        }
         let n = ys.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
         if let Some(d) = &self.dist {
@@ -233,17 +244,69 @@ impl Trainer {
             }
             return Ok(StepOutcome { loss, samples, lr, applied: false });
         }
-        if let Some(d) = self.dist.as_ref().filter(|d| !d.overlaps()) {
-            d.reduce_gradients(&self.trainable, n as f64 / total)?;
+        let zero2 = self.zero.as_ref().filter(|z| z.stage() == Stage::OptimizerAndGradients);
+        match (&self.dist, zero2) {
+            (Some(d), Some(z)) => z.reduce_scatter(d, n as f64 / total)?,
+            (Some(d), None) if !d.overlaps() => d.reduce_gradients(&self.trainable, n as f64 / total)?,
+            _ => {}
         }
-        if let Some(max_norm) = self.clip_grad_norm {
-            clip_grad_norm(&self.trainable, max_norm);
+        match (self.clip_grad_norm, &self.dist, zero2) {
+            (Some(max_norm), Some(d), Some(z)) => {
+                z.clip_grad_norm(d, max_norm)?;
+            }
+            (Some(max_norm), _, _) => {
+                clip_grad_norm(&self.trainable, max_norm);
+            }
+            _ => {}
         }
         self.optimizer.step();
+        if let (Some(d), Some(z)) = (&self.dist, &self.zero) {
+            z.allgather(d)?;
+        }
+        self.report_state();
         self.position.step += 1;
         self.position.batches_into_epoch += 1;
         self.position.partial_loss_sum += loss_sum;
         Ok(StepOutcome { loss, samples, lr, applied: true })
+    }
+
+    /// Shards the optimiser's state (and with ZeRO-2 the gradients) as `zero` says: the
+    /// optimiser is rebuilt over this rank's pieces, with no state yet (load it after).
+    pub fn shard(&mut self, zero: Zero) {
+        let cfg = self.optimizer.config().clone();
+        self.optimizer = optim::build(&cfg, zero.optimizer_params());
+        self.zero = Some(zero);
+    }
+
+    /// Which state is sharded, if any.
+    pub fn shard_stage(&self) -> Option<Stage> {
+        self.zero.as_ref().map(Zero::stage)
+    }
+
+    /// This rank's pieces of sharded state, when sharded.
+    pub fn shard_pieces(&self) -> Option<Vec<ShardPiece>> {
+        self.zero.as_ref().map(Zero::owned)
+    }
+
+    /// Logs, once, after the first step of a data-parallel job, the bytes of parameters,
+    /// gradients and optimiser state this rank holds (what sharding saves).
+    fn report_state(&mut self) {
+        let Some(d) = self.dist.as_ref().filter(|_| !self.reported_state) else { return };
+        self.reported_state = true;
+        let bytes = |ts: &[Tensor]| -> u64 { ts.iter().map(crate::checkpoint::tensors::tensor_bytes).sum() };
+        let gradient_bytes = match &self.zero {
+            Some(z) => z.gradient_bytes(),
+            None => bytes(&self.trainable.iter().map(Tensor::grad).filter(Tensor::defined).collect::<Vec<_>>()),
+        };
+        let state: Vec<Tensor> = self.optimizer.state().into_iter().map(|(_, t)| t).collect();
+        tracing::info!(
+            rank = d.rank(),
+            shard = self.zero.as_ref().map_or("none", |z| z.stage().name()),
+            parameter_bytes = bytes(&self.trainable),
+            gradient_bytes,
+            optimizer_state_bytes = bytes(&state),
+            "per-rank state after the first step"
+        );
     }
 
     /// Runs `f` under bfloat16 autocast when `training.precision` is `bf16` (CUDA).
@@ -339,7 +402,35 @@ impl Trainer {
             seed: self.seed,
             rng_scheme: RNG_SCHEME,
         };
-        TrainingState { model, optimizer: self.optimizer.state(), progress }
+        let Some(zero) = &self.zero else {
+            return TrainingState { model, optimizer: self.optimizer.state(), progress, shard: None };
+        };
+        // Sharded: this rank's pieces of the trainable parameters, and on rank 0 every
+        // variable that is not sharded (buffers, frozen parameters), whole.
+        let pieces = zero.owned();
+        let sharded: std::collections::HashSet<usize> = self.trainable.iter().map(|t| t.data_ptr() as usize).collect();
+        let mut own: Vec<(String, Tensor)> = if zero.rank() == 0 {
+            model.into_iter().filter(|(_, t)| !sharded.contains(&(t.data_ptr() as usize))).collect()
+        } else {
+            Vec::new()
+        };
+        own.extend(zero.parameter_pieces());
+        own.sort_by(|a, b| a.0.cmp(&b.0));
+        let dist = self.dist.as_ref().expect("sharded only in a job");
+        // `step` is kept once, by the rank holding the parameter's first element.
+        let first: std::collections::HashSet<&str> =
+            pieces.iter().filter(|p| p.offset == 0).map(|p| p.name.as_str()).collect();
+        let optimizer = self
+            .optimizer
+            .state()
+            .into_iter()
+            .filter(|(k, _)| match k.rsplit_once('/') {
+                Some((param, "step")) => first.contains(param),
+                _ => true,
+            })
+            .collect();
+        let shard = Shard { rank: dist.rank(), world: dist.world(), pieces };
+        TrainingState { model: own, optimizer, progress, shard: Some(shard) }
     }
 
     /// Whether every weight is finite (no checkpoint is written otherwise).
@@ -363,6 +454,16 @@ impl Trainer {
         self.position = s.position;
         self.last_train_loss = s.train_loss;
         self.last_eval = EvalStats { loss: s.val_loss, accuracy: s.val_accuracy };
+    }
+}
+
+/// Zeroes every defined gradient of `params`.
+fn zero_grads(params: &[Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
     }
 }
 

@@ -105,8 +105,13 @@ fn single(out: &Path, sets: &[String]) -> String {
 
 /// Two ranks under `torchrun --no-python`.
 fn torchrun_job(torchrun: &Path, out: &Path, sets: &[String]) -> Output {
+    torchrun_ranks(torchrun, 2, out, sets)
+}
+
+/// `ranks` ranks under `torchrun --no-python`.
+fn torchrun_ranks(torchrun: &Path, ranks: u32, out: &Path, sets: &[String]) -> Output {
     command(torchrun)
-        .args(["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port"])
+        .args(["--nproc-per-node", &ranks.to_string(), "--master-addr", "127.0.0.1", "--master-port"])
         .arg(free_port().to_string())
         .args(["--no-python"])
         .arg(binary())
@@ -685,4 +690,163 @@ fn ranks_that_found_different_data_are_refused_naming_both_counts() {
             "rank {rank}:\n{log}"
         );
     }
+}
+
+/// The index of a run's sharded `latest`.
+fn index(out: &Path) -> PathBuf {
+    out.join("checkpoints/latest.index.json")
+}
+
+/// Each rank's `name=<integer>` from its "per-rank state after the first step" line.
+fn state_figures(stderr: &str, name: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("per-rank state after the first step"))
+        .map(|l| {
+            let at = l.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {l}")) + name.len() + 2;
+            l[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch() {
+    let Some(torchrun) = torchrun() else { return };
+    let ws = workspace();
+    // AdamW (the default) with clipping that acts (the gradients' norm starts above 0.1).
+    let clip = "training.clip_grad_norm=0.1";
+    let one = ws.path().join("one");
+    single(&one, &sets(ws.path(), 32, &[clip]));
+    for stage in ["optimizer", "optimizer_and_gradients"] {
+        let two = ws.path().join(stage);
+        let shard = format!("distributed.shard={stage}");
+        let two_sets = sets(ws.path(), 16, &[clip, &shard, "training.grad_accum_steps=2"]);
+        let stderr = check(&torchrun_job(&torchrun, &two, &two_sets), stage);
+        assert!(!latest(&two).exists(), "{stage}: a replicated `latest` beside the sharded one");
+        assert_close(&latest(&one), &index(&two), 1e-5);
+        assert_eq!(position(&index(&two)), position(&latest(&one)));
+        let check = CheckpointFile::open(&index(&two)).unwrap().verify().unwrap();
+        assert_eq!(check.integrity, train::checkpoint::Integrity::Checked);
+        // Each rank holds about half of the optimizer state (AdamW: twice the parameters'
+        // bytes replicated), and under ZeRO-2 half of the gradients too.
+        let params = state_figures(&stderr, "parameter_bytes");
+        let (state, grads) =
+            (state_figures(&stderr, "optimizer_state_bytes"), state_figures(&stderr, "gradient_bytes"));
+        assert_eq!(params.len(), 2, "{stderr}");
+        for r in 0..2 {
+            assert!(
+                state[r] as f64 <= 0.55 * 2.0 * params[r] as f64,
+                "{stage}: rank {r} holds {} of {}",
+                state[r],
+                params[r]
+            );
+            let whole = if stage == "optimizer" { 1.0 } else { 0.55 };
+            assert!(grads[r] as f64 <= whole * params[r] as f64, "{stage}: rank {r} gradients {}", grads[r]);
+        }
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_resumes_under_one_two_and_three_ranks_and_a_replicated_one_under_sharding() {
+    let Some(torchrun) = torchrun() else { return };
+    let ws = workspace();
+    let shard = "distributed.shard=optimizer";
+    // A global batch of 48: 1 × 48, 2 × 24, 3 × 16.
+    let run = |out: &Path, ranks: u32, epochs: u32, sharded: bool| {
+        let epochs = format!("training.epochs={epochs}");
+        let mut extra = vec![epochs.as_str()];
+        if sharded {
+            extra.push(shard);
+        }
+        let s = sets(ws.path(), 48 / ranks, &extra);
+        if ranks == 1 {
+            single(out, &s)
+        } else {
+            check(&torchrun_ranks(&torchrun, ranks, out, &s), &format!("{ranks} ranks"))
+        }
+    };
+    let (first, whole) = (ws.path().join("first"), ws.path().join("whole"));
+    run(&first, 2, 1, true);
+    run(&whole, 2, 2, true);
+    let copy = |to: &Path| {
+        std::fs::create_dir_all(to.join("checkpoints")).unwrap();
+        for e in std::fs::read_dir(first.join("checkpoints")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join("checkpoints").join(e.file_name())).unwrap();
+        }
+    };
+    for ranks in [1, 2, 3] {
+        let resumed = ws.path().join(format!("resumed-{ranks}"));
+        copy(&resumed);
+        let log = run(&resumed, ranks, 2, true);
+        let got = if ranks == 1 { latest(&resumed) } else { index(&resumed) };
+        assert_close(&index(&whole), &got, 1e-5);
+        assert_eq!(position(&got), position(&index(&whole)), "{ranks} ranks");
+        assert!(log.contains("resumed") && !log.contains("optimizer starts fresh"), "{ranks} ranks: {log}");
+    }
+    // And back: a replicated checkpoint of one process resumes under two sharded ranks.
+    let (replicated, whole_one) = (ws.path().join("replicated"), ws.path().join("whole-one"));
+    run(&replicated, 1, 1, false);
+    run(&whole_one, 1, 2, false);
+    let log = run(&replicated, 2, 2, true);
+    assert!(!log.contains("optimizer starts fresh"), "{log}");
+    assert_close(&latest(&whole_one), &index(&replicated), 1e-5);
+}
+
+#[test]
+fn a_rank_killed_in_a_sharded_save_leaves_latest_complete_and_the_job_resumes_from_it() {
+    let ws = workspace();
+    let (job, reference) = (ws.path().join("job"), ws.path().join("reference"));
+    let mut s = slow_sets(ws.path());
+    s.push("distributed.shard=optimizer".into());
+    // Rank 1 is SIGKILLed in step 5's save, its shard written, before rank 0 hears of it.
+    let mut ranks = slurm_job_with(&job, &s, free_port(), &[("INJECT_FAULTS", "kill-in-sharded-save:5")]);
+    let killed = ranks[1].wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed), Some(libc::SIGKILL), "{}", log_of(&job, 1));
+    assert!(!ranks[0].wait().unwrap().success(), "rank 0 carried on:\n{}", log_of(&job, 0));
+    // `latest` is step 4's, complete and sound; the dead save's shard is named by no index.
+    let file = CheckpointFile::open(&index(&job)).unwrap();
+    assert_eq!(file.verify().unwrap().integrity, train::checkpoint::Integrity::Checked);
+    assert_eq!(position(&index(&job)).1, 4);
+    let names: Vec<String> = std::fs::read_dir(job.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("step-00000005.rank-00001")), "{names:?}");
+    let mut again = slurm_job(&job, &s, free_port());
+    for (rank, c) in again.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
+    }
+    single(&reference, &sets(ws.path(), 4, &["training.epochs=3"]));
+    assert_close(&latest(&reference), &index(&job), 1e-5);
+}
+
+#[test]
+fn sigterm_to_both_sharded_ranks_exits_75_and_resumes_as_if_uninterrupted() {
+    let ws = workspace();
+    let (job, whole) = (ws.path().join("job"), ws.path().join("whole"));
+    let mut s = slow_sets(ws.path());
+    s.push("distributed.shard=optimizer_and_gradients".into());
+    let mut ranks = slurm_job(&job, &s, free_port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !CheckpointFile::open(&index(&job)).is_ok_and(|f| f.meta().is_some_and(|m| m.position.step >= 3)) {
+        assert!(Instant::now() < deadline, "no sharded checkpoint past step 3 within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in &ranks {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for (rank, c) in ranks.iter_mut().enumerate() {
+        assert_eq!(c.wait().unwrap().code(), Some(75), "rank {rank}:\n{}", log_of(&job, rank));
+    }
+    let mut again = slurm_job(&job, &s, free_port());
+    for (rank, c) in again.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
+    }
+    let mut uninterrupted = slurm_job(&whole, &s, free_port());
+    for (rank, c) in uninterrupted.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "uninterrupted rank {rank}:\n{}", log_of(&whole, rank));
+    }
+    assert_eq!(weights(&index(&job)), weights(&index(&whole)), "resumed and uninterrupted runs differ");
 }

@@ -61,7 +61,7 @@ fn optimizers_match_torch_optim() {
     for (case, spec) in &cases {
         let params: Vec<Param> = names
             .iter()
-            .map(|n| Param { name: n.clone(), tensor: reference[&format!("init/{n}")].copy().set_requires_grad(true) })
+            .map(|n| Param::whole(n.clone(), reference[&format!("init/{n}")].copy().set_requires_grad(true)))
             .collect();
         let handles: Vec<(String, Tensor)> =
             params.iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect();
@@ -94,13 +94,11 @@ fn optimizers_match_torch_optim() {
 #[test]
 fn state_round_trips_through_load_state() {
     let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
-    let mut opt =
-        optim::build(&OptimizerConfig::default(), vec![Param { name: "w".into(), tensor: p.shallow_clone() }]);
+    let mut opt = optim::build(&OptimizerConfig::default(), vec![Param::whole("w".into(), p.shallow_clone())]);
     (&p * &p).sum(Kind::Float).backward();
     opt.step();
     let saved: HashMap<String, Tensor> = opt.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
-    let mut fresh =
-        optim::build(&OptimizerConfig::default(), vec![Param { name: "w".into(), tensor: p.shallow_clone() }]);
+    let mut fresh = optim::build(&OptimizerConfig::default(), vec![Param::whole("w".into(), p.shallow_clone())]);
     fresh.load_state(saved.iter().map(|(n, t)| (n.clone(), t.copy())).collect()).unwrap();
     for (n, t) in fresh.state() {
         assert!(t.equal(&saved[&n]), "{n}");
@@ -110,7 +108,7 @@ fn state_round_trips_through_load_state() {
 #[test]
 fn load_state_names_the_mismatched_tensor() {
     let p = Tensor::zeros([3], tch::kind::FLOAT_CPU).set_requires_grad(true);
-    let mut opt = optim::build(&OptimizerConfig::default(), vec![Param { name: "w".into(), tensor: p }]);
+    let mut opt = optim::build(&OptimizerConfig::default(), vec![Param::whole("w".into(), p)]);
     let bad = HashMap::from([
         ("w/step".to_string(), Tensor::from(1i64)),
         ("w/exp_avg".to_string(), Tensor::zeros([4], tch::kind::FLOAT_CPU)),

@@ -87,6 +87,14 @@ pub enum CheckpointError {
         /// The optimiser's complaint (names the tensor).
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The ranks of a job could not agree on a sharded save (the store, a lost rank).
+    #[error("sharded checkpoint {key}: {message}")]
+    Exchange {
+        /// The save.
+        key: String,
+        /// What failed.
+        message: String,
+    },
     /// libtorch failed while moving tensors.
     #[error("checkpoint {path}: libtorch: {source}")]
     Torch {

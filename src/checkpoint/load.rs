@@ -20,6 +20,7 @@ use super::config::MemoryConfig;
 use super::error::CheckpointError;
 use super::plan::load as load_plan;
 use super::plan::reads::{self, How, Var};
+use super::state::ShardPiece;
 use super::tensors::{empty_tensors, host_targets, read_tensor};
 use train_ckpt::strategy::{Sizes, Strategy};
 
@@ -142,6 +143,51 @@ pub fn load_into(
         unexpected: plan.unexpected,
     };
     Ok((outcome, state))
+}
+
+/// Reads the optimiser state of `file` for sharded state: of each slot of a parameter this
+/// rank holds a piece of (`pieces`), only the piece's elements (a range of the file's whole
+/// tensor, or of a sharded checkpoint's pieces, see [`CheckpointFile::read_range_into`]),
+/// as a 1-D tensor on `device`; a parameter's `step`, whole. Slots of other parameters are
+/// not read. A slot whose whole shape is not its parameter's is refused, naming it.
+pub fn read_optimizer_pieces(
+    file: &CheckpointFile,
+    pieces: &[ShardPiece],
+    device: Device,
+) -> Result<OptimizerState, CheckpointError> {
+    let path = file.path().to_path_buf();
+    let torch = |source| CheckpointError::Torch { path: path.clone(), source };
+    let by_name: HashMap<&str, &ShardPiece> = pieces.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut state = OptimizerState::new();
+    for e in file.entries().iter().filter(|e| e.role == train_ckpt::Role::Optimizer) {
+        let key = slot_key(e);
+        let Some((param, slot)) = key.rsplit_once('/') else { continue };
+        let Some(piece) = by_name.get(param) else { continue };
+        let t = if slot == "step" {
+            read_tensor(file, e)?
+        } else {
+            if e.shape != piece.shape {
+                return Err(CheckpointError::Mismatch {
+                    path: path.clone(),
+                    tensor: e.name.clone(),
+                    found: format!("{:?}", e.shape),
+                    expected: format!("{:?}, its parameter's shape", piece.shape),
+                });
+            }
+            let kind = crate::dtype::to_kind(e.dtype).ok_or_else(|| CheckpointError::Mismatch {
+                path: path.clone(),
+                tensor: e.name.clone(),
+                found: format!("{:?}", e.dtype),
+                expected: "a dtype libtorch has".into(),
+            })?;
+            let size = kind.elt_size_in_bytes() as u64;
+            let mut t = Tensor::empty([piece.len as i64], (kind, Device::Cpu));
+            file.read_range_into(&e.name, piece.offset * size, bytes_of(&mut t, piece.len * size))?;
+            t
+        };
+        state.insert(key, t.f_to_device(device).map_err(torch)?);
+    }
+    Ok(state)
 }
 
 /// The slot key of an optimiser-state entry.

@@ -58,6 +58,35 @@ pub struct TrainingState {
     pub optimizer: Vec<(String, Tensor)>,
     /// Where the run stands.
     pub progress: Progress,
+    /// With sharded state: the pieces of parameters this rank holds. Their model tensors
+    /// and optimiser slots (but `step`) are then 1-D pieces of the whole tensor; `model` holds
+    /// only this rank's pieces (and, on rank 0, every variable that is not sharded).
+    pub shard: Option<Shard>,
+}
+
+/// One rank's share of sharded state, as a save sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank.
+    pub rank: u32,
+    /// The ranks.
+    pub world: u32,
+    /// The pieces it holds.
+    pub pieces: Vec<ShardPiece>,
+}
+
+/// One piece of a parameter a rank holds: elements `offset .. offset + len` of the
+/// flattened parameter of `shape`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPiece {
+    /// The parameter's name.
+    pub name: String,
+    /// Its whole shape.
+    pub shape: Vec<usize>,
+    /// First element of the piece.
+    pub offset: u64,
+    /// Elements in it.
+    pub len: u64,
 }
 
 /// Tensor names with their sizes in bytes.

@@ -7,6 +7,10 @@
 //! <run>/checkpoints/latest.safetensors       rewritten after every epoch (and every
 //!                                            checkpoint.every_n_steps), always with
 //!                                            optimiser state
+//! <run>/checkpoints/latest.index.json        with sharded state (distributed.shard): the
+//! <run>/checkpoints/epoch-0001.index.json    index of a sharded checkpoint, written last,
+//!                                            and its shards, one a rank:
+//! <run>/checkpoints/latest.step-00000120.rank-00000-of-00002.safetensors
 //! <run>/checkpoints/.tmp-*                   in-flight writes; never read
 //! ```
 
@@ -17,6 +21,7 @@ use train_ckpt::Error as FileError;
 use tch::Tensor;
 use train_ckpt::atomic::{self, TEMP_PREFIX};
 use train_ckpt::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use train_ckpt::sharded::{shard_stem, Index, INDEX_SUFFIX};
 use train_ckpt::write::emit;
 use train_ckpt::{CheckpointFile, EncodeError, Meta};
 
@@ -32,17 +37,32 @@ pub const LATEST_STEM: &str = "latest";
 /// The file name of a checkpoint.
 pub fn file_name(slot: Slot, compressed: bool) -> String {
     let suffix = if compressed { COMPRESSED_SUFFIX } else { PLAIN_SUFFIX };
+    format!("{}{suffix}", stem(slot))
+}
+
+/// The stem of a slot's names (`latest`, `epoch-0003`).
+pub fn stem(slot: Slot) -> String {
     match slot {
-        Slot::Epoch(e) => format!("epoch-{e:04}{suffix}"),
-        Slot::Latest => format!("{LATEST_STEM}{suffix}"),
+        Slot::Epoch(e) => format!("epoch-{e:04}"),
+        Slot::Latest => LATEST_STEM.into(),
     }
 }
 
-/// The slot of a file name, or `None` when it is not a checkpoint of ours.
+/// The index of a sharded checkpoint in this slot.
+pub fn index_name(slot: Slot) -> String {
+    format!("{}{INDEX_SUFFIX}", stem(slot))
+}
+
+/// The slot of a file name, or `None` when it is not a checkpoint of ours; the flag: the
+/// compressed format. A sharded checkpoint is its index (never compressed itself); its
+/// shard files are not checkpoints on their own.
 pub fn parse_name(name: &str) -> Option<(Slot, bool)> {
     let (stem, compressed) = match name.strip_suffix(COMPRESSED_SUFFIX) {
         Some(stem) => (stem, true),
-        None => (name.strip_suffix(PLAIN_SUFFIX)?, false),
+        None => match name.strip_suffix(INDEX_SUFFIX) {
+            Some(stem) => (stem, false),
+            None => (name.strip_suffix(PLAIN_SUFFIX)?, false),
+        },
     };
     if stem == LATEST_STEM {
         return Some((Slot::Latest, compressed));
@@ -135,12 +155,89 @@ pub fn write_atomic(
     tensors: &[(String, Tensor)],
     meta: &Meta,
 ) -> Result<(PathBuf, u64), CheckpointError> {
+    let written = write_named(dir, &file_name(slot, compressed), compressed, tensors, meta)?;
+    // A `latest` of the other encoding (the run switched compression), or a sharded one
+    // (the run stopped sharding), is now stale.
+    if slot == Slot::Latest {
+        remove_if_present(&dir.join(file_name(slot, !compressed)))?;
+        remove_if_present(&dir.join(index_name(slot)))?;
+    }
+    Ok(written)
+}
+
+/// Deletes `path`; a missing file is no error.
+pub fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(FileError::Io { path: path.to_path_buf(), source: e }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes the index of a sharded checkpoint in `slot` atomically and durably, last of its
+/// files: the checkpoint exists from then on. A replicated file of the slot's `latest` is
+/// then stale and removed. Returns the path and size.
+pub fn write_index(dir: &Path, slot: Slot, index: &Index) -> Result<(PathBuf, u64), CheckpointError> {
+    let target = dir.join(index_name(slot));
+    let json = index.to_json();
+    let bytes = atomic::write_atomic(&target, |f| emit(f, json.as_bytes()))
+        .map_err(|source| FileError::Io { path: target.clone(), source })?;
+    if slot == Slot::Latest {
+        for compressed in [false, true] {
+            remove_if_present(&dir.join(file_name(slot, compressed)))?;
+        }
+    }
+    Ok((target, bytes))
+}
+
+/// Deletes the shard files in `dir` that no index there names (the previous save's, or a
+/// save cut short before its index was written). Call only while no save is being
+/// written (rank 0, after a save every rank has finished). Returns how many.
+pub fn remove_unreferenced_shards(dir: &Path) -> Result<usize, CheckpointError> {
+    let mut named = std::collections::HashSet::new();
+    let mut shards = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(INDEX_SUFFIX) {
+            // An index that cannot be read keeps every shard: nothing is deleted on a guess.
+            let Ok(index) = fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| Index::parse(&b)) else {
+                return Ok(0);
+            };
+            named.extend(index.shards.into_iter().map(|s| s.file));
+        } else if shard_stem(&name).is_some() {
+            shards.push((name, entry.path()));
+        }
+    }
+    let mut removed = 0;
+    for (name, path) in shards {
+        if !named.contains(&name) {
+            remove_if_present(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes a checkpoint file named `name` in `dir` atomically and durably.
+pub fn write_named(
+    dir: &Path,
+    name: &str,
+    compressed: bool,
+    tensors: &[(String, Tensor)],
+    meta: &Meta,
+) -> Result<(PathBuf, u64), CheckpointError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FileError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let target = dir.join(file_name(slot, compressed));
+    let target = dir.join(name);
     let bytes = if compressed {
         let host = tensors::on_host(&target, tensors)?;
         // The file system's refusal stays an I/O error; the encoder's is its own.
@@ -152,14 +249,6 @@ pub fn write_atomic(
         let serialized = tensors::serialize(&target, tensors, meta)?;
         atomic::write_atomic(&target, |f| emit(f, &serialized)).map_err(io(&target))?
     };
-    // A `latest` of the other encoding (the run switched compression) is now stale.
-    if slot == Slot::Latest {
-        let other = dir.join(file_name(slot, !compressed));
-        match fs::remove_file(&other) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&other)(e).into()),
-            _ => {}
-        }
-    }
     Ok((target, bytes))
 }
 

@@ -23,6 +23,39 @@ pub struct DistributedConfig {
     /// gradients, as DDP's `find_unused_parameters=True`. Off, such a parameter stops the
     /// run naming it and this key. Costs a graph search and a small all-reduce per step.
     pub find_unused_parameters: bool,
+    /// Which state is sharded across the ranks instead of replicated (ZeRO):
+    /// `none`, `optimizer` (ZeRO-1), `optimizer_and_gradients` (ZeRO-2), or `auto` (the
+    /// memory plan shards when replicated state would not fit a rank's budget).
+    pub shard: ShardChoice,
+}
+
+/// `distributed.shard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardChoice {
+    /// Every rank holds all of the optimizer state and gradients (DDP).
+    #[default]
+    None,
+    /// ZeRO-1: each rank holds and steps the optimizer state of its shard of the
+    /// parameters; the updated shards are all-gathered.
+    Optimizer,
+    /// ZeRO-2: ZeRO-1, and gradients are reduce-scattered, so each rank keeps only its
+    /// shard's gradients after backward.
+    OptimizerAndGradients,
+    /// Chosen by the memory plan ([`crate::distributed::shard_for`]).
+    Auto,
+}
+
+impl ShardChoice {
+    /// Its name as the YAML spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Optimizer => "optimizer",
+            Self::OptimizerAndGradients => "optimizer_and_gradients",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 impl Default for DistributedConfig {
@@ -33,6 +66,7 @@ impl Default for DistributedConfig {
             timeout: Timeout(Duration::from_secs(600)),
             overlap: true,
             find_unused_parameters: false,
+            shard: ShardChoice::None,
         }
     }
 }

@@ -33,6 +33,22 @@ extern "C" {
         bucket_bytes: i64,
         err: *mut *mut c_char,
     ) -> i32;
+    fn train_dist_reduce_scatter_grads(
+        dist: *mut c_void,
+        params: *const *mut torch_sys::C_tensor,
+        ends: *const i64,
+        buckets: usize,
+        outs: *const *mut torch_sys::C_tensor,
+        scale: f64,
+        err: *mut *mut c_char,
+    ) -> i32;
+    fn train_dist_allgather_params(
+        dist: *mut c_void,
+        params: *const *mut torch_sys::C_tensor,
+        ends: *const i64,
+        buckets: usize,
+        err: *mut *mut c_char,
+    ) -> i32;
     fn train_dist_allreduce(dist: *mut c_void, t: *mut torch_sys::C_tensor, op: i32, err: *mut *mut c_char) -> i32;
     fn train_dist_broadcast(
         dist: *mut c_void,
@@ -202,6 +218,35 @@ impl ProcessGroup {
         let ptrs = pointers(params);
         // SAFETY: the pointers are live `at::Tensor*` owned by `params` for the call.
         self.call(|d, e| unsafe { train_dist_allreduce_grads(d, ptrs.as_ptr(), ptrs.len(), scale, bucket_bytes, e) })
+    }
+
+    /// ZeRO-2's gradient step over `params` in buckets (bucket k is `params[ends[k-1] ..
+    /// ends[k]]`): each bucket's gradients, scaled by `scale`, summed over the ranks into
+    /// `outs[k]`, this rank's shard of the bucket; the whole gradients are released.
+    pub fn reduce_scatter_grads(
+        &self,
+        params: &[Tensor],
+        ends: &[i64],
+        outs: &[Tensor],
+        scale: f64,
+    ) -> Result<(), EngineError> {
+        assert_eq!(ends.len(), outs.len(), "one shard buffer per bucket");
+        assert_eq!(ends.last().copied().unwrap_or(0), params.len() as i64, "the buckets cover the parameters");
+        let ptrs = pointers(params);
+        let outs = pointers(outs);
+        // SAFETY: live tensors for the call; `ends` and `outs` have one entry per bucket.
+        self.call(|d, e| unsafe {
+            train_dist_reduce_scatter_grads(d, ptrs.as_ptr(), ends.as_ptr(), ends.len(), outs.as_ptr(), scale, e)
+        })
+    }
+
+    /// Every rank's shard of each bucket of `params` (see [`Self::reduce_scatter_grads`])
+    /// gathered into every rank's parameters.
+    pub fn allgather_params(&self, params: &[Tensor], ends: &[i64]) -> Result<(), EngineError> {
+        assert_eq!(ends.last().copied().unwrap_or(0), params.len() as i64, "the buckets cover the parameters");
+        let ptrs = pointers(params);
+        // SAFETY: live tensors for the call; `ends` has one entry per bucket.
+        self.call(|d, e| unsafe { train_dist_allgather_params(d, ptrs.as_ptr(), ends.as_ptr(), ends.len(), e) })
     }
 
     /// Sums (`max == false`) or takes the maximum of `t` over the ranks, in place.

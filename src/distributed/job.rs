@@ -53,6 +53,10 @@ pub struct CommTimes {
     pub allreduce_after: f64,
     /// The small all-reduces: the step's example count and loss, the stop flag.
     pub small: f64,
+    /// Sharded gradients (ZeRO-2): the reduce-scatter after backward.
+    pub reduce_scatter: f64,
+    /// Sharded optimizer state (ZeRO-1 and 2): the all-gather of the updated parameters.
+    pub allgather: f64,
 }
 
 impl Dist {
@@ -184,6 +188,33 @@ impl Dist {
         let start = std::time::Instant::now();
         self.group.allreduce_grads(params, share, BUCKET_BYTES).map_err(|m| self.lost("the gradient all-reduce", m))?;
         self.add_time(|t| t.allreduce_after += start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// ZeRO-2: the gradients of `params`, in the buckets `ends` gives, scaled by `scale`
+    /// (this rank's share of the global batch) and summed over the ranks into this rank's
+    /// shard buffers `outs`; the whole gradients are released.
+    pub fn reduce_scatter_grads(
+        &self,
+        params: &[Tensor],
+        ends: &[i64],
+        outs: &[Tensor],
+        scale: f64,
+    ) -> Result<(), DistError> {
+        let start = std::time::Instant::now();
+        self.group
+            .reduce_scatter_grads(params, ends, outs, scale)
+            .map_err(|m| self.lost("the gradient reduce-scatter", m))?;
+        self.add_time(|t| t.reduce_scatter += start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Sharded optimizer state: every rank's updated shard of `params` (buckets `ends`)
+    /// gathered into every rank's parameters.
+    pub fn allgather_params(&self, params: &[Tensor], ends: &[i64]) -> Result<(), DistError> {
+        let start = std::time::Instant::now();
+        self.group.allgather_params(params, ends).map_err(|m| self.lost("the parameter all-gather", m))?;
+        self.add_time(|t| t.allgather += start.elapsed().as_secs_f64());
         Ok(())
     }
 

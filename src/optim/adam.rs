@@ -38,7 +38,7 @@ impl Optimizer for Adam {
         let c = &self.cfg;
         let [beta1, beta2] = c.betas;
         for (p, m) in self.params.iter_mut().zip(&mut self.moments) {
-            let grad = p.tensor.grad();
+            let grad = p.grad();
             if !grad.defined() {
                 continue;
             }

@@ -28,13 +28,60 @@ pub enum OptimError {
     },
 }
 
-/// A parameter the optimiser updates, under its model name.
+/// A parameter the optimiser updates, under its model name: a whole parameter, or (with
+/// sharded optimizer state, see `crate::distributed::partition`) one rank's contiguous
+/// piece of it, a 1-D view of the flattened parameter.
 #[derive(Debug)]
 pub struct Param {
     /// `fc1.weight` and the like.
     pub name: String,
-    /// The parameter itself (a shallow clone sharing storage with the model's).
+    /// The parameter itself (a shallow clone sharing storage with the model's), or a view of
+    /// its piece.
     pub tensor: Tensor,
+    /// Where its gradient is.
+    pub grad: GradOf,
+}
+
+/// Where a [`Param`]'s gradient is read from at each step.
+#[derive(Debug)]
+pub enum GradOf {
+    /// Its own `.grad` (a whole parameter).
+    Own,
+    /// Elements `offset..offset + len` of the flattened `.grad` of the whole parameter
+    /// `of` (a piece whose gradient was all-reduced whole: ZeRO-1).
+    Slice {
+        /// The whole parameter.
+        of: Tensor,
+        /// First element of the piece.
+        offset: i64,
+        /// Elements in the piece.
+        len: i64,
+    },
+    /// A tensor of the piece's size that the step's reduce-scatter fills (ZeRO-2).
+    Held(Tensor),
+}
+
+impl Param {
+    /// A whole parameter, its gradient its own.
+    pub fn whole(name: String, tensor: Tensor) -> Self {
+        Self { name, tensor, grad: GradOf::Own }
+    }
+
+    /// Its gradient now (undefined when backward produced none).
+    pub fn grad(&self) -> Tensor {
+        match &self.grad {
+            GradOf::Own => self.tensor.grad(),
+            GradOf::Slice { of, offset, len } => {
+                let g = of.grad();
+                if g.defined() {
+                    g.view(-1).narrow(0, *offset, *len)
+                } else {
+                    g
+                }
+            }
+            GradOf::Held(g) => g.shallow_clone(),
+        }
+    }
 }
 
 /// An optimiser with exportable state.
@@ -69,7 +116,7 @@ pub(super) fn adopt(name: &str, loaded: Tensor, like: &Tensor) -> Result<Tensor,
 
 pub(super) fn zero_grads(params: &[Param]) {
     for p in params {
-        let mut grad = p.tensor.grad();
+        let mut grad = p.grad();
         if grad.defined() {
             let _ = grad.zero_();
         }

@@ -14,7 +14,7 @@ pub mod config;
 mod sgd;
 
 pub use adam::Adam;
-pub use base::{OptimError, Optimizer, Param};
+pub use base::{GradOf, OptimError, Optimizer, Param};
 pub use sgd::Sgd;
 
 use config::{OptimizerConfig, OptimizerKind};

@@ -27,7 +27,7 @@ impl Optimizer for Sgd {
         let _guard = tch::no_grad_guard();
         let c = &self.cfg;
         for (p, buf) in self.params.iter_mut().zip(&mut self.momentum_buffer) {
-            let grad = p.tensor.grad();
+            let grad = p.grad();
             if !grad.defined() {
                 continue;
             }

@@ -151,7 +151,7 @@ fn lead(job: &Job, dist: Option<&Dist>, device: tch::Device, stop: &StopFlag) ->
         }
     };
     let started =
-        resume::plan(&job.planned, &folder.checkpoints()).and_then(|plan| load(job, &plan, device, Some(stop)));
+        resume::plan(&job.planned, &folder.checkpoints()).and_then(|plan| load(job, &plan, dist, device, Some(stop)));
     match started {
         Ok(Some((data, trainer, resumed_from))) => {
             let start = resumed_from.clone().map_or(LeaderStart::Fresh, LeaderStart::From);
@@ -183,7 +183,7 @@ fn follow(job: &Job, dist: &Dist, device: tch::Device) -> Result<Option<Prepared
         LeaderStart::Stopped => return Ok(None),
         LeaderStart::Failed(m) => return Err(DistError::LeaderFailed(m).into()),
     };
-    let Some((data, trainer, resumed_from)) = load(job, &plan, device, None)? else { return Ok(None) };
+    let Some((data, trainer, resumed_from)) = load(job, &plan, Some(dist), device, None)? else { return Ok(None) };
     Ok(Some(Prepared { data, trainer, resumed_from, folder: None }))
 }
 
@@ -192,6 +192,7 @@ fn follow(job: &Job, dist: &Dist, device: tch::Device) -> Result<Option<Prepared
 fn load(
     job: &Job,
     plan: &ResumePlan,
+    dist: Option<&Dist>,
     device: tch::Device,
     stop: Option<&StopFlag>,
 ) -> Result<Option<(Dataset, Trainer, Option<PathBuf>)>, RunError> {
@@ -203,6 +204,10 @@ fn load(
     if stop.is_some_and(StopFlag::raised) {
         tracing::warn!("stop requested during start-up: nothing to save");
         return Ok(None);
+    }
+    if let Some(d) = dist {
+        // Before the resume, which reads only this rank's pieces of sharded state.
+        ranks::shard(d, &mut trainer, cfg)?;
     }
     let resumed_from = resume::resume(cfg, &mut trainer, plan, data.train.len())?;
     Ok(Some((data, trainer, resumed_from)))
@@ -217,7 +222,14 @@ fn train(job: &Job, prepared: Prepared, dist: Option<&Rc<Dist>>, stop: &mut Stop
         ranks::join(d, &mut trainer, &job.planned)?;
     }
     stop.begin_training();
-    let mut writer = folder.map(|f| Writer::open(job, f, &trainer, dist.map(Rc::as_ref))).transpose()?;
+    let mut writer = folder.map(|f| Writer::open(job, f, &trainer, dist)).transpose()?;
+    // With sharded state every rank writes its shard of each checkpoint.
+    let mut shard_saver = match (dist, &writer) {
+        (Some(d), None) if trainer.shard_stage().is_some() => {
+            Some(saver_for(job, &trainer, Some(d), job.out.join(crate::checkpoint::store::DIR_NAME)))
+        }
+        _ => None,
+    };
     let cfg = &job.planned;
     if trainer.position.epoch >= cfg.training.epochs {
         tracing::info!(
@@ -229,7 +241,7 @@ fn train(job: &Job, prepared: Prepared, dist: Option<&Rc<Dist>>, stop: &mut Stop
     let first_epoch = trainer.position.epoch;
     let (saver, log) = match writer.as_mut() {
         Some(w) => (Some(&mut w.saver), Some(&w.log)),
-        None => (None, None),
+        None => (shard_saver.as_mut(), None),
     };
     let trained = Loop { cfg, data: &data, saver, log, dist: dist.map(Rc::as_ref), stop }.run(&mut trainer);
     // The folder stays locked until every rank is done.
@@ -261,7 +273,7 @@ struct Writer {
 impl Writer {
     /// Readies the folder for training from the trainer's position and records the
     /// data-parallel job, if any.
-    fn open(job: &Job, folder: RunFolder, trainer: &Trainer, dist: Option<&Dist>) -> Result<Self, RunError> {
+    fn open(job: &Job, folder: RunFolder, trainer: &Trainer, dist: Option<&Rc<Dist>>) -> Result<Self, RunError> {
         let (user, cfg) = (&job.user, &job.planned);
         let log = folder.prepare(user, trainer.position.step)?;
         if let Some(d) = dist {
@@ -282,14 +294,7 @@ impl Writer {
             }))
             .map_err(|source| RunError::Io { path: log.path().to_path_buf(), source })?;
         }
-        let policy = Policy {
-            keep_last: cfg.checkpoint.keep_last,
-            keep_best: cfg.checkpoint.keep_best,
-            best_by: cfg.training.early_stopping.as_ref().map_or(Default::default(), |e| e.metric),
-        };
-        let rank = dist.map_or(0, |d| d.rank() as usize);
-        let (save, sha) = (SavePolicy::of(&cfg.memory), job.user.sha256());
-        let saver = Saver::new(folder.checkpoints(), policy, save, sha, rank, cfg.checkpoint.async_save);
+        let saver = saver_for(job, trainer, dist, folder.checkpoints());
         Ok(Self { folder, log, saver })
     }
 
@@ -307,6 +312,31 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+}
+
+/// The saver of this rank into `dir`: with sharded state, every rank's, synchronous and
+/// agreeing through the store; otherwise the leader's, in the background when
+/// `checkpoint.async_save`.
+fn saver_for(job: &Job, trainer: &Trainer, dist: Option<&Rc<Dist>>, dir: PathBuf) -> Saver {
+    let cfg = &job.planned;
+    let policy = Policy {
+        keep_last: cfg.checkpoint.keep_last,
+        keep_best: cfg.checkpoint.keep_best,
+        best_by: cfg.training.early_stopping.as_ref().map_or(Default::default(), |e| e.metric),
+    };
+    let rank = dist.map_or(0, |d| d.rank() as usize);
+    let (save, sha) = (SavePolicy::of(&cfg.memory), job.user.sha256());
+    match dist.filter(|_| trainer.shard_stage().is_some()) {
+        Some(d) => {
+            if cfg.checkpoint.async_save && d.is_leader() {
+                tracing::info!(
+                    "sharded checkpoints are written synchronously (the ranks agree on each before its index)"
+                );
+            }
+            Saver::sharded(dir, policy, save, sha, rank, Rc::new(ranks::StoreExchange(Rc::clone(d))))
+        }
+        None => Saver::new(dir, policy, save, sha, rank, cfg.checkpoint.async_save),
     }
 }
 

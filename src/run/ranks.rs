@@ -18,9 +18,11 @@ use std::rc::Rc;
 
 use super::error::RunError;
 use super::job::{PlannedConfig, UserConfig};
+use crate::checkpoint::saver::ShardExchange;
+use crate::checkpoint::CheckpointError;
 use crate::config::Config;
 use crate::device::DeviceSpec;
-use crate::distributed::{Dist, DistError, Launch};
+use crate::distributed::{plan, Dist, DistError, Launch, ShardChoice, Stage, Zero};
 use crate::training::Trainer;
 
 /// The store key under which rank 0 announces how the run starts.
@@ -110,7 +112,7 @@ pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &PlannedConfig) -> Resu
     }
     let tensors: Vec<tch::Tensor> = vars.iter().map(|(_, t)| t.shallow_clone()).collect();
     dist.broadcast(&tensors)?;
-    if cfg.distributed.overlap {
+    if cfg.distributed.overlap && trainer.shard_stage() != Some(Stage::OptimizerAndGradients) {
         // The Reducer's order is the trainable variables' (the same on every rank); names
         // come from the variables sharing their storage.
         let params = trainer
@@ -126,6 +128,71 @@ pub fn join(dist: &Rc<Dist>, trainer: &mut Trainer, cfg: &PlannedConfig) -> Resu
     }
     trainer.dist = Some(Rc::clone(dist));
     Ok(())
+}
+
+/// Shards `trainer`'s optimiser state (and with ZeRO-2 its gradients) over the job, as
+/// `distributed.shard` says; a no-op for `none`.
+pub fn shard(dist: &Dist, trainer: &mut Trainer, cfg: &PlannedConfig) -> Result<(), DistError> {
+    let stage = match cfg.distributed.shard {
+        ShardChoice::None => return Ok(()),
+        ShardChoice::Optimizer => Stage::Optimizer,
+        ShardChoice::OptimizerAndGradients => Stage::OptimizerAndGradients,
+        ShardChoice::Auto => match auto_stage(cfg, trainer, dist)? {
+            Some(stage) => stage,
+            None => return Ok(()),
+        },
+    };
+    let params: Vec<(String, tch::Tensor)> =
+        trainer.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let zero = Zero::new(stage, params, dist.rank(), dist.world())?;
+    if stage == Stage::OptimizerAndGradients && cfg.distributed.overlap && dist.is_leader() {
+        tracing::info!(
+            "distributed.shard: optimizer_and_gradients reduce-scatters the gradients after backward; \
+             DDP's Reducer (distributed.overlap) is not used"
+        );
+    }
+    trainer.shard(zero);
+    Ok(())
+}
+
+/// `distributed.shard: auto` for this rank's device, logged with its reason. The ranks
+/// must agree: every rank probes its own device, and the leader's choice is taken by all
+/// (published through the store).
+fn auto_stage(cfg: &PlannedConfig, trainer: &Trainer, dist: &Dist) -> Result<Option<Stage>, DistError> {
+    let params: u64 = trainer.vs.trainable_variables().iter().map(crate::checkpoint::tensors::tensor_bytes).sum();
+    let count = trainer.vs.trainable_variables().len() as u64;
+    let state = crate::optim::state_bytes(&cfg.training.optimizer, params, count);
+    let choices = plan::per_rank(params, state, dist.world());
+    let resident = params;
+    let budget =
+        crate::checkpoint::plan::load::budget(&cfg.memory, trainer.device, resident, &crate::memory::probe::Nvml);
+    let (stage, reason) = plan::auto(&choices, budget.free_bytes, dist.world());
+    let mine = stage.map_or("none", Stage::name);
+    let chosen = dist.share("run/shard-auto", Some(mine))?;
+    if dist.is_leader() {
+        tracing::info!(shard = %chosen, budget_source = %budget.source, "distributed.shard: auto chose {chosen}: {reason}");
+    }
+    Ok(match chosen.as_str() {
+        "optimizer" => Some(Stage::Optimizer),
+        "optimizer_and_gradients" => Some(Stage::OptimizerAndGradients),
+        _ => None,
+    })
+}
+
+/// How the ranks agree on a sharded save: through the job's store (each rank's record of
+/// its shard under `<key>/<rank>`, rank 0 reading them all, waiting up to the timeout).
+pub struct StoreExchange(pub Rc<Dist>);
+
+impl ShardExchange for StoreExchange {
+    fn gather(&self, key: &str, record: &str) -> Result<Option<Vec<String>>, CheckpointError> {
+        let d = &self.0;
+        let failed = |e: DistError| CheckpointError::Exchange { key: key.into(), message: e.to_string() };
+        d.publish(&format!("{key}/{}", d.rank()), record).map_err(failed)?;
+        if !d.is_leader() {
+            return Ok(None);
+        }
+        (0..d.world()).map(|r| d.read(&format!("{key}/{r}")).map_err(failed)).collect::<Result<_, _>>().map(Some)
+    }
 }
 
 /// BatchNorm-style running statistics (`running_mean`, `running_var`) are each rank's own

@@ -223,7 +223,14 @@ fn load_one(
     let restore = restore_optimizer(strategy, &meta, kind.name());
     // A torch.save file's optimizer state is keyed by parameter index, not name: imported
     // below, after the weights, when its numbering lines up with the model's parameters.
-    let import = file.kind() == FileKind::Pytorch && strategy.loads_optimizer();
+    let pieces = trainer.shard_pieces();
+    let import = file.kind() == FileKind::Pytorch && strategy.loads_optimizer() && pieces.is_none();
+    if file.kind() == FileKind::Pytorch && pieces.is_some() && strategy.loads_optimizer() {
+        tracing::warn!(
+            "the optimizer starts fresh: a torch.save file's optimizer state is not imported into sharded state \
+             (distributed.shard); resume once without sharding to import it"
+        );
+    }
     if let (OptimizerRestore::Fresh(why), false) = (&restore, import) {
         let switch = if cfg.memory.load_optimizer_state { "" } else { " (memory.load_optimizer_state is false)" };
         tracing::info!("the optimizer starts fresh{switch}: {why}");
@@ -244,7 +251,13 @@ fn load_one(
     trainer.optimizer.reset_state();
     let vars = trainer.variables();
     let with_optimizer = restore == OptimizerRestore::Restore;
-    let (mut outcome, state) = checkpoint::load_into(file, &vars, trainer.device, strategy, true, with_optimizer)?;
+    let whole = with_optimizer && pieces.is_none();
+    let (mut outcome, mut state) = checkpoint::load_into(file, &vars, trainer.device, strategy, true, whole)?;
+    if let (true, Some(pieces)) = (with_optimizer, &pieces) {
+        // Sharded: only this rank's pieces of the state are read.
+        state = checkpoint::load::read_optimizer_pieces(file, pieces, trainer.device)?;
+        outcome.optimizer_tensors = state.len();
+    }
     if with_optimizer {
         install_optimizer_state(&mut *trainer.optimizer, file.path(), state)?;
         outcome.optimizer_restored = true;

@@ -301,6 +301,8 @@ impl Loop<'_> {
                 last_backward_ms = per_step(t.last_backward),
                 allreduce_after_backward_ms = per_step(t.allreduce_after),
                 small_allreduces_ms = per_step(t.small),
+                reduce_scatter_ms = per_step(t.reduce_scatter),
+                allgather_ms = per_step(t.allgather),
                 "data parallel: time per step"
             );
         }

@@ -251,6 +251,28 @@ impl<R: Read + Seek> Reader<R> {
         self.decode(&order, Dest::Scratch, |_, _| Ok(()))
     }
 
+    /// Decodes tensor `name` a few chunks at a time, checking every checksum, and copies its
+    /// raw bytes `offset .. offset + out.len()` into `out`: a part of a tensor without a
+    /// buffer of the whole (the checksums cover whole chunks, so every chunk is decoded).
+    pub fn read_range_into(&mut self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
+        let i = self.position(name)?;
+        let end = offset.checked_add(out.len() as u64).filter(|&e| e <= self.infos[i].raw_len);
+        let Some(end) = end else {
+            let asked = format!("bytes {offset}..+{} asked of a tensor of {}", out.len(), self.infos[i].raw_len);
+            return Err(Error::InvalidTensor { name: name.into(), reason: asked });
+        };
+        let mut at = 0u64;
+        self.decode(&[i], Dest::Scratch, |_, bytes| {
+            let (lo, hi) = (at.max(offset), (at + bytes.len() as u64).min(end));
+            if lo < hi {
+                out[(lo - offset) as usize..(hi - offset) as usize]
+                    .copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]);
+            }
+            at += bytes.len() as u64;
+            Ok(())
+        })
+    }
+
     /// Gives back the underlying source.
     pub fn into_inner(self) -> R {
         self.r

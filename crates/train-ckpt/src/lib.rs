@@ -18,6 +18,7 @@ mod error;
 pub mod host;
 pub mod meta;
 pub mod names;
+pub mod sharded;
 pub mod source;
 pub mod strategy;
 pub mod tools;

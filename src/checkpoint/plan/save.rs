@@ -6,8 +6,9 @@
 //!   `memory.save_optimizer_in_epoch_checkpoints` (the seed guide's selective saving).
 //! - Each file's `has_optimizer_state` says what that file holds, decided here with its
 //!   tensors, never patched afterwards.
-//! - One rank writes: with replicated state (data-parallel) every rank holds the same
-//!   tensors, so rank 0 writes them all and the others write nothing.
+//! - With replicated state (data-parallel) every rank holds the same tensors, so rank 0
+//!   writes them all and the others write nothing. With sharded state every rank writes the
+//!   same files' shards (its own pieces), and rank 0 their index (see `saver`).
 
 use crate::checkpoint::config::MemoryConfig;
 use crate::checkpoint::state::Progress;
@@ -94,8 +95,9 @@ const SPACE_SLACK: u64 = 64 << 10;
 const SPACE_PER_TENSOR: u64 = 512;
 
 /// Plans a save of `items` by rank `rank`: `latest` always, and `epoch-NNNN` for the
-/// position's epoch when `epoch_file`. Rank 0 writes everything; any other rank's plan
-/// writes nothing (see the module's doc).
+/// position's epoch when `epoch_file`. With replicated state rank 0 writes everything and
+/// any other rank's plan writes nothing; with `sharded` state every rank plans the files
+/// (of its own items, which its shard holds) (see the module's doc).
 pub fn plan(
     items: &[Item],
     progress: &Progress,
@@ -103,9 +105,10 @@ pub fn plan(
     epoch_file: bool,
     policy: SavePolicy,
     rank: usize,
+    sharded: bool,
 ) -> SavePlan {
     let mut files = Vec::new();
-    if rank == 0 {
+    if rank == 0 || sharded {
         if epoch_file {
             let kept = |i: &Item| i.role == Role::Model || (i.role == Role::Optimizer && policy.epoch_with_optimizer);
             files.push(file(Slot::Epoch(progress.standing.position.epoch), items, kept, progress, config_sha256));
@@ -177,7 +180,7 @@ mod tests {
         let items = state();
         for epoch_with_optimizer in [false, true] {
             let policy = SavePolicy { epoch_with_optimizer, compress: false };
-            let plan = plan(&items, &progress(3), "sha", false, policy, 0);
+            let plan = plan(&items, &progress(3), "sha", false, policy, 0, false);
             assert_eq!(plan.files.len(), 1);
             let latest = &plan.files[0];
             assert_eq!(latest.slot, Slot::Latest);
@@ -192,15 +195,29 @@ mod tests {
     #[test]
     fn epoch_files_keep_optimizer_state_only_when_asked_and_their_flag_follows() {
         let items = state();
-        let without =
-            plan(&items, &progress(3), "sha", true, SavePolicy { epoch_with_optimizer: false, compress: true }, 0);
+        let without = plan(
+            &items,
+            &progress(3),
+            "sha",
+            true,
+            SavePolicy { epoch_with_optimizer: false, compress: true },
+            0,
+            false,
+        );
         assert_eq!(without.files.iter().map(|f| f.slot).collect::<Vec<_>>(), [Slot::Epoch(3), Slot::Latest]);
         assert_eq!(names(&items, &without.files[0]), ["fc.weight", "fc.bias"]);
         assert!(!without.files[0].meta.has_optimizer_state && without.files[1].meta.has_optimizer_state);
         assert!(without.compress);
 
-        let with =
-            plan(&items, &progress(3), "sha", true, SavePolicy { epoch_with_optimizer: true, compress: false }, 0);
+        let with = plan(
+            &items,
+            &progress(3),
+            "sha",
+            true,
+            SavePolicy { epoch_with_optimizer: true, compress: false },
+            0,
+            false,
+        );
         assert_eq!(names(&items, &with.files[0]), names(&items, &with.files[1]));
         assert!(with.files[0].meta.has_optimizer_state);
     }
@@ -208,7 +225,15 @@ mod tests {
     #[test]
     fn a_state_without_optimizer_slots_is_never_said_to_hold_some() {
         let items = items([("w", 4)], []);
-        let p = plan(&items, &progress(1), "sha", true, SavePolicy { epoch_with_optimizer: true, compress: false }, 0);
+        let p = plan(
+            &items,
+            &progress(1),
+            "sha",
+            true,
+            SavePolicy { epoch_with_optimizer: true, compress: false },
+            0,
+            false,
+        );
         assert!(p.files.iter().all(|f| !f.meta.has_optimizer_state));
     }
 
@@ -216,7 +241,10 @@ mod tests {
     fn only_rank_zero_writes() {
         let items = state();
         let policy = SavePolicy { epoch_with_optimizer: false, compress: false };
-        let other = plan(&items, &progress(1), "sha", true, policy, 1);
+        let other = plan(&items, &progress(1), "sha", true, policy, 1, false);
+        // With sharded state every rank writes its shard of the same files.
+        let shard = plan(&items, &progress(1), "sha", true, policy, 1, true);
+        assert_eq!(shard.files.iter().map(|f| f.slot).collect::<Vec<_>>(), [Slot::Epoch(1), Slot::Latest]);
         assert!(other.files.is_empty());
         assert_eq!(other.needed_bytes, 0);
     }
@@ -225,10 +253,10 @@ mod tests {
     fn the_space_needed_counts_every_file_with_headers_and_slack() {
         let items = state();
         let policy = SavePolicy { epoch_with_optimizer: false, compress: false };
-        let latest_only = plan(&items, &progress(1), "sha", false, policy, 0);
+        let latest_only = plan(&items, &progress(1), "sha", false, policy, 0, false);
         let all: u64 = items.iter().map(|i| i.bytes).sum();
         assert_eq!(latest_only.needed_bytes, all + all / 100 + SPACE_SLACK + 4 * SPACE_PER_TENSOR);
-        let both = plan(&items, &progress(1), "sha", true, policy, 0);
+        let both = plan(&items, &progress(1), "sha", true, policy, 0, false);
         let both_payload = all + 4040;
         assert_eq!(both.needed_bytes, both_payload + both_payload / 100 + SPACE_SLACK + 8 * SPACE_PER_TENSOR);
     }
@@ -236,8 +264,15 @@ mod tests {
     #[test]
     fn the_metadata_records_the_progress() {
         let items = state();
-        let p =
-            plan(&items, &progress(2), "abc", false, SavePolicy { epoch_with_optimizer: false, compress: false }, 0);
+        let p = plan(
+            &items,
+            &progress(2),
+            "abc",
+            false,
+            SavePolicy { epoch_with_optimizer: false, compress: false },
+            0,
+            false,
+        );
         let m = &p.files[0].meta;
         assert_eq!((m.position.epoch, m.position.step, m.batch_size), (2, 40, Some(8)));
         assert_eq!(

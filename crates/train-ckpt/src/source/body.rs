@@ -20,6 +20,9 @@ pub(super) enum Body {
     Compressed(Box<Mutex<tckpt::Reader<File>>>),
     /// A PyTorch archive.
     Pytorch(HashMap<String, pytorch_reader::Tensor>),
+    /// A sharded checkpoint's index: its tensors are read from its shards, which
+    /// `CheckpointFile` holds.
+    Index,
 }
 
 impl Body {
@@ -50,6 +53,7 @@ impl Body {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .read_tensor_into(name, out)
                 .map_err(|err| codec_error(path, name, err)),
+            Body::Index => Err(malformed(format!("tensor `{name}` is read through the index's shards"))),
             Body::Pytorch(tensors) => {
                 let bytes = tensors[name].read().map_err(|err| malformed(format!("tensor `{name}`: {err}")))?;
                 if bytes.len() != out.len() {
@@ -65,9 +69,8 @@ impl Body {
 /// Bytes a plain file's tensor is read at a time to be checked ([`verify_plain`]).
 const VERIFY_PIECE_BYTES: usize = 8 << 20;
 
-/// Reads tensor `e` of a plain file in pieces and checks it against its checksum in
-/// `checksums` (only read, when there is none), never holding more than a piece: what
-/// verifying costs in memory is a piece, whatever the tensor's size.
+/// Reads tensor `e` of a plain file a piece at a time and checks it against its checksum
+/// (where the file has checksums), holding no buffer of the whole tensor.
 pub(super) fn verify_plain(
     file: &File,
     data_start: u64,
@@ -75,6 +78,40 @@ pub(super) fn verify_plain(
     e: &Entry,
     checksums: Option<&HashMap<String, String>>,
 ) -> Result<(), Error> {
+    scan_plain(file, data_start, path, e, checksums, 0, &mut [])
+}
+
+/// Reads bytes `offset .. offset + out.len()` of tensor `e` of a plain file into `out`,
+/// checking the whole tensor against its checksum: the tensor is read a piece at a time and
+/// hashed, and the asked range copied out as it passes (no buffer of the whole tensor).
+pub(super) fn read_plain_range(
+    file: &File,
+    data_start: u64,
+    path: &Path,
+    e: &Entry,
+    checksums: Option<&HashMap<String, String>>,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), Error> {
+    if checksums.is_none() {
+        return std::os::unix::fs::FileExt::read_exact_at(file, out, data_start + e.begin + offset)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source });
+    }
+    scan_plain(file, data_start, path, e, checksums, offset, out)
+}
+
+/// Reads all of tensor `e` a piece at a time, hashing it, copies its bytes `offset ..
+/// offset + out.len()` into `out` as they pass, and checks the checksum, if any.
+fn scan_plain(
+    file: &File,
+    data_start: u64,
+    path: &Path,
+    e: &Entry,
+    checksums: Option<&HashMap<String, String>>,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), Error> {
+    let end = offset + out.len() as u64;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut piece = vec![0u8; VERIFY_PIECE_BYTES.min(e.bytes as usize)];
     let mut done = 0u64;
@@ -83,6 +120,11 @@ pub(super) fn verify_plain(
         std::os::unix::fs::FileExt::read_exact_at(file, &mut piece[..n], data_start + e.begin + done)
             .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         hasher.update(&piece[..n]);
+        let (lo, hi) = (done.max(offset), (done + n as u64).min(end));
+        if lo < hi {
+            out[(lo - offset) as usize..(hi - offset) as usize]
+                .copy_from_slice(&piece[(lo - done) as usize..(hi - done) as usize]);
+        }
         done += n as u64;
     }
     match checksums {
@@ -91,6 +133,19 @@ pub(super) fn verify_plain(
         }
         _ => Ok(()),
     }
+}
+
+/// Decodes tensor `name` of a compressed file a few chunks at a time, checking every
+/// checksum, and copies its bytes `offset .. offset + out.len()` into `out`.
+pub(super) fn read_compressed_range(
+    reader: &Mutex<tckpt::Reader<File>>,
+    path: &Path,
+    name: &str,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), Error> {
+    let mut reader = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    reader.read_range_into(name, offset, out).map_err(|err| codec_error(path, name, err))
 }
 
 /// Decodes several tensors of a compressed file in parallel, across tensors as well as

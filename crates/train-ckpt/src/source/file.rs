@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::body::{read_compressed, verify_compressed, verify_plain, Body};
+use super::body::{read_compressed, read_compressed_range, read_plain_range, verify_compressed, verify_plain, Body};
 use super::entry::Entry;
 use super::kind::{FileKind, SNIFF_BYTES};
 use super::open::{open_kind, KindError};
@@ -17,6 +17,7 @@ use super::verify::{Integrity, Verification};
 use crate::error::Error;
 use crate::meta::{claims_ours, Meta, MetaError, CHECKSUMS_KEY, METADATA_CHECKSUM_KEY};
 use crate::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use crate::sharded::{Index, IndexPiece, MAX_INDEX_BYTES};
 
 /// What a file is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,17 @@ pub struct CheckpointFile {
     others_by_name: HashMap<String, usize>,
     /// A `torch.save` file's pickle tree.
     pickle: Option<Pickle>,
+    /// A sharded checkpoint's shards (its body is then [`Body::Index`]).
+    shards: Option<Box<Shards>>,
+}
+
+/// The shards of a sharded checkpoint, opened and checked against its index, and where
+/// each tensor's pieces are.
+struct Shards {
+    files: Vec<CheckpointFile>,
+    pieces: HashMap<String, Vec<IndexPiece>>,
+    /// Bytes an element of each tensor takes.
+    element_bytes: HashMap<String, u64>,
 }
 
 impl CheckpointFile {
@@ -114,6 +126,9 @@ impl CheckpointFile {
                 "unknown checkpoint format: the content is none of safetensors, the compressed format, a zip or a \
                  pickle, and the name ends in none of {PLAIN_SUFFIX}, {COMPRESSED_SUFFIX}, .pt, .pth or .bin"
             )));
+        }
+        if candidates.first() == Some(&FileKind::Sharded) {
+            return Self::open_sharded(path, &file, stat.len());
         }
         // Believe the first kind that parses.
         let mut failed: Vec<(FileKind, KindError)> = Vec::new();
@@ -184,7 +199,133 @@ impl CheckpointFile {
             others,
             others_by_name,
             pickle,
+            shards: None,
         })
+    }
+
+    /// Opens a sharded checkpoint's index (`file`, `len` bytes, at `path`): the index
+    /// parsed and checked ([`Index::parse`]), then every shard it names opened, its size and
+    /// its metadata's seal compared with the index's record, and every piece found in its
+    /// shard with the dtype and size the index gives. Tensor data is not read.
+    fn open_sharded(path: &Path, file: &File, len: u64) -> Result<Self, Error> {
+        let malformed = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
+        if len > MAX_INDEX_BYTES {
+            return Err(malformed(format!("an index of {len} bytes (at most {MAX_INDEX_BYTES} are read)")));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, 0)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let index = Index::parse(&bytes).map_err(malformed)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut files = Vec::with_capacity(index.shards.len());
+        for record in &index.shards {
+            let shard_path = dir.join(&record.file);
+            let shard = Self::open_as(&shard_path, Purpose::Load).map_err(|e| match e {
+                Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    malformed(format!("its shard {} is missing", record.file))
+                }
+                other => other,
+            })?;
+            let size =
+                std::fs::metadata(&shard_path).map_err(|source| Error::Io { path: shard_path.clone(), source })?;
+            let seal = shard.metadata.get(METADATA_CHECKSUM_KEY);
+            if size.len() != record.bytes || seal != Some(&record.seal) {
+                return Err(malformed(format!(
+                    "its shard {} is not the file the index records (another save's, or altered)",
+                    record.file
+                )));
+            }
+            files.push(shard);
+        }
+        let mut entries = Vec::with_capacity(index.tensors.len());
+        let mut pieces = HashMap::with_capacity(index.tensors.len());
+        let mut element_bytes = HashMap::with_capacity(index.tensors.len());
+        for t in &index.tensors {
+            let e = Entry::described(&t.name, t.dtype, &t.shape);
+            let size = (t.dtype.bitsize() / 8).max(1) as u64;
+            for p in &t.pieces {
+                let found = files[p.shard].entry(&t.name);
+                if !found.is_some_and(|f| f.dtype == t.dtype && f.bytes == p.len * size) {
+                    return Err(malformed(format!(
+                        "shard {} does not hold the piece of `{}` the index records",
+                        index.shards[p.shard].file, t.name
+                    )));
+                }
+            }
+            pieces.insert(t.name.clone(), t.pieces.clone());
+            element_bytes.insert(t.name.clone(), size);
+            entries.push(e);
+        }
+        let metadata: HashMap<String, String> = index.metadata.into_iter().collect();
+        let meta = Meta::from_map(&metadata).map_err(|e| match e {
+            MetaError::Corrupt => Error::MetadataCorrupt { path: path.to_path_buf() },
+            MetaError::Invalid(reason) => malformed(reason),
+        })?;
+        let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            kind: FileKind::Sharded,
+            body: Body::Index,
+            entries,
+            by_name,
+            metadata,
+            meta: Some(meta),
+            checksums: None,
+            others: Vec::new(),
+            others_by_name: HashMap::new(),
+            pickle: None,
+            shards: Some(Box::new(Shards { files, pieces, element_bytes })),
+        })
+    }
+
+    /// The shard files of a sharded checkpoint (empty for any other kind).
+    pub fn shard_paths(&self) -> Vec<&Path> {
+        self.shards.as_ref().map_or_else(Vec::new, |s| s.files.iter().map(|f| f.path()).collect())
+    }
+
+    /// Reads bytes `offset .. offset + out.len()` of tensor `name` into `out`, checked as
+    /// [`Self::read_into`] checks the whole: a plain file's tensor is hashed whole as it is
+    /// read (a piece at a time), a compressed one's chunks are decoded a few at a time, a
+    /// sharded checkpoint reads only the pieces the range overlaps. No buffer of the whole
+    /// tensor is held.
+    pub fn read_range_into(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<(), Error> {
+        let malformed = |reason: String| Error::Malformed { path: self.path.clone(), reason };
+        let e = self
+            .entry(name)
+            .or_else(|| self.other_entry(name))
+            .ok_or_else(|| malformed(format!("no tensor `{name}`")))?;
+        if offset.checked_add(out.len() as u64).is_none_or(|end| end > e.bytes) {
+            return Err(malformed(format!("bytes {offset}..+{} of tensor `{name}`, of {} bytes", out.len(), e.bytes)));
+        }
+        if let Some(sh) = &self.shards {
+            let size = sh.element_bytes[name];
+            let end = offset + out.len() as u64;
+            for p in &sh.pieces[name] {
+                let (ps, pe) = (p.offset * size, (p.offset + p.len) * size);
+                let (lo, hi) = (ps.max(offset), pe.min(end));
+                if lo < hi {
+                    let dest = &mut out[(lo - offset) as usize..(hi - offset) as usize];
+                    let shard = &sh.files[p.shard];
+                    if lo == ps && hi == pe {
+                        shard.read_into(name, dest)?;
+                    } else {
+                        shard.read_range_into(name, lo - ps, dest)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match &self.body {
+            Body::Plain { file, data_start } => {
+                read_plain_range(file, *data_start, &self.path, e, self.checksums.as_ref(), offset, out)
+            }
+            Body::Compressed(reader) => read_compressed_range(reader, &self.path, name, offset, out),
+            Body::Pytorch(_) | Body::Index => {
+                let whole = self.read(name)?;
+                out.copy_from_slice(&whole[offset as usize..offset as usize + out.len()]);
+                Ok(())
+            }
+        }
     }
 
     /// The file's path.
@@ -258,6 +399,9 @@ impl CheckpointFile {
     /// (exactly its size) and checks it where the file has checksums.
     pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<(), Error> {
         let e = self.entry_sized(name, out.len())?;
+        if self.shards.is_some() {
+            return self.read_range_into(name, 0, out);
+        }
         self.body.read_into(&self.path, e, self.checksums.as_ref(), out)
     }
 
@@ -324,6 +468,25 @@ impl CheckpointFile {
 
     /// Reads and checks `entries` (see [`Self::verify`] for what it holds at once).
     fn verify_entries(&self, entries: &[&Entry]) -> Result<Verification, Error> {
+        if let Some(sh) = &self.shards {
+            // Each shard checks the pieces it holds (its seal, which the index records, covers
+            // their checksums).
+            let mut integrity = Integrity::of(true, true);
+            for (k, shard) in sh.files.iter().enumerate() {
+                let names: Vec<&str> = entries
+                    .iter()
+                    .filter(|e| sh.pieces[&e.name].iter().any(|p| p.shard == k))
+                    .map(|e| e.name.as_str())
+                    .collect();
+                if !names.is_empty() {
+                    let v = shard.verify_tensors(&names)?;
+                    if v.integrity != integrity {
+                        integrity = v.integrity;
+                    }
+                }
+            }
+            return Ok(Verification { tensors: entries.len(), integrity });
+        }
         match &self.body {
             Body::Compressed(reader) => {
                 let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
@@ -334,6 +497,7 @@ impl CheckpointFile {
                     verify_plain(file, *data_start, &self.path, e, self.checksums.as_ref())?;
                 }
             }
+            Body::Index => unreachable!("a sharded checkpoint is verified through its shards"),
             Body::Pytorch(_) => {
                 let largest = entries.iter().map(|e| e.bytes).max().unwrap_or(0) as usize;
                 let mut buf = vec![0u8; largest];

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
+use crate::sharded::{Index, INDEX_SUFFIX};
 
 /// File-name endings of `torch.save` files.
 const PYTORCH_SUFFIXES: &[&str] = &[".pt", ".pth", ".bin"];
@@ -27,6 +28,9 @@ pub enum FileKind {
     Compressed,
     /// A `torch.save` pickle (zip or legacy).
     Pytorch,
+    /// A sharded checkpoint's index (`*.index.json`, see [`crate::sharded`]), read as one
+    /// checkpoint through its shards.
+    Sharded,
 }
 
 impl FileKind {
@@ -47,6 +51,9 @@ impl FileKind {
     pub fn sniff(head: &[u8], len: u64) -> Vec<Self> {
         if tckpt::is_ckpt(head) {
             return vec![Self::Compressed];
+        }
+        if Index::is_index(head) {
+            return vec![Self::Sharded];
         }
         if head.starts_with(b"PK\x03\x04") {
             return vec![Self::Pytorch];
@@ -69,6 +76,8 @@ impl FileKind {
         let name = path.file_name()?.to_string_lossy();
         if name.ends_with(COMPRESSED_SUFFIX) {
             Some(Self::Compressed)
+        } else if name.ends_with(INDEX_SUFFIX) {
+            Some(Self::Sharded)
         } else if name.ends_with(PLAIN_SUFFIX) {
             Some(Self::Safetensors)
         } else if PYTORCH_SUFFIXES.iter().any(|e| name.ends_with(e)) {
@@ -96,6 +105,7 @@ impl FileKind {
             Self::Safetensors => "safetensors",
             Self::Compressed => "the compressed format (.tckpt)",
             Self::Pytorch => "a torch.save file (zip or pickle)",
+            Self::Sharded => "a sharded checkpoint's index",
         }
     }
 }

@@ -147,6 +147,8 @@ pub(super) fn open_kind(
             let (opened, extra) = open_pytorch(path, warn)?;
             (opened, Some(extra))
         }
+        // Its shards are checkpoint files themselves: `CheckpointFile` opens them.
+        FileKind::Sharded => unreachable!("an index is opened by CheckpointFile::open_sharded"),
     })
 }
 

@@ -43,6 +43,11 @@ impl EpochPlan {
         self.order.is_empty()
     }
 
+    /// The examples of batch `b` on every rank together.
+    pub fn global_len(&self, b: usize) -> usize {
+        self.order.batch(b).len()
+    }
+
     /// This process's examples of batch `b`.
     pub fn batch(&self, b: usize) -> Vec<i64> {
         let batch = self.order.batch(b);
@@ -65,6 +70,9 @@ pub struct StepOutcome {
     /// Whether the update was applied (not when the loss was not finite, unless
     /// `training.on_nonfinite` is `continue`).
     pub applied: bool,
+    /// Whether a stop was asked for, here or (in a data-parallel job) on any rank: the
+    /// flag rides on the step's one small all-reduce, so every rank gets the same answer.
+    pub stop: bool,
 }
 
 /// Results of an evaluation.
@@ -188,7 +196,16 @@ impl Trainer {
     /// backward (none before it, as DDP's `no_sync`), the loss and the example count are
     /// summed over the ranks, and the gradients too, each rank's weighted by its share of
     /// the examples, so every rank applies the gradient of the whole global batch's mean.
-    pub fn train_step(&mut self, xs: &[Tensor], ys: &Tensor) -> Result<StepOutcome, DistError> {
+    ///
+    /// `global` is the step's whole batch (every rank's share), `stop` whether a stop was
+    /// asked for on this rank; the outcome says whether on any.
+    pub fn train_step(
+        &mut self,
+        xs: &[Tensor],
+        ys: &Tensor,
+        global: i64,
+        stop: bool,
+    ) -> Result<StepOutcome, DistError> {
         tch::manual_seed(mix(self.seed, self.position.step));
         let lr = self.schedule.lr_at(self.position.step, self.base_lr, self.total_steps);
         self.optimizer.set_lr(lr);
@@ -200,7 +217,7 @@ impl Trainer {
         let n = ys.size()[0];
         let micro = (n + self.grad_accum_steps - 1) / self.grad_accum_steps;
         if let Some(d) = &self.dist {
-            d.begin_step(self.position.step, n)?;
+            d.begin_step(self.position.step, global);
         }
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
@@ -226,12 +243,13 @@ impl Trainer {
         if let (Some(d), true) = (&self.dist, y_parts.is_empty()) {
             d.backward_nothing(&self.trainable)?;
         }
-        let (loss_sum, total) = match &self.dist {
-            Some(d) => match d.sum(&[loss_sum, n as f64])?[..] {
-                [sum, total] => (sum, total),
-                _ => unreachable!("a sum of two values is two values"),
+        // One small all-reduce a step: the loss, the examples and the stop flag.
+        let (loss_sum, total, stop) = match &self.dist {
+            Some(d) => match d.sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?[..] {
+                [sum, total, stops] => (sum, total, stops > 0.0),
+                _ => unreachable!("a sum of three values is three values"),
             },
-            None => (loss_sum, n as f64),
+            None => (loss_sum, n as f64, stop),
         };
         let loss = loss_sum / total;
         let samples = total as usize;
@@ -242,7 +260,7 @@ impl Trainer {
                 self.position.step += 1;
                 self.position.batches_into_epoch += 1;
             }
-            return Ok(StepOutcome { loss, samples, lr, applied: false });
+            return Ok(StepOutcome { loss, samples, lr, applied: false, stop });
         }
         let zero2 = self.zero.as_ref().filter(|z| z.stage() == Stage::OptimizerAndGradients);
         match (&self.dist, zero2) {
@@ -267,7 +285,7 @@ impl Trainer {
         self.position.step += 1;
         self.position.batches_into_epoch += 1;
         self.position.partial_loss_sum += loss_sum;
-        Ok(StepOutcome { loss, samples, lr, applied: true })
+        Ok(StepOutcome { loss, samples, lr, applied: true, stop })
     }
 
     /// Shards the optimiser's state (and with ZeRO-2 the gradients) as `zero` says: the

@@ -51,7 +51,8 @@ pub struct CommTimes {
     pub last_backward: f64,
     /// The gradient all-reduce after backward (without the Reducer).
     pub allreduce_after: f64,
-    /// The small all-reduces: the step's example count and loss, the stop flag.
+    /// The small all-reduces: the step's loss and example count with the stop flag (one
+    /// all-reduce a step), and any others (ZeRO-2's clipping norm).
     pub small: f64,
     /// Sharded gradients (ZeRO-2): the reduce-scatter after backward.
     pub reduce_scatter: f64,
@@ -265,19 +266,18 @@ impl Dist {
         self.times.take()
     }
 
-    /// Step `step` starts with `n` examples on this rank. With the Reducer, which averages
-    /// the ranks' gradients during backward, each rank's loss must be weighted by its share
-    /// of the global batch before backward, so the global count is summed now, once per
-    /// step: a step retried on this rank alone (out of memory, smaller micro-batches) must
-    /// not add a collective the other ranks do not make.
-    pub fn begin_step(&self, step: u64, n: i64) -> Result<(), DistError> {
+    /// Step `step` starts, its global batch of `global` examples (every rank's share
+    /// together). With the Reducer, which averages the ranks' gradients during backward,
+    /// each rank's loss must be weighted by its share of the global batch before backward.
+    /// The count is the epoch order's, the same on every rank (`check_same_data` made sure),
+    /// so it needs no collective; a step retried on this rank alone (out of memory, smaller
+    /// micro-batches) starts again with the same count.
+    pub fn begin_step(&self, step: u64, global: i64) {
         if self.global_n.get().is_some_and(|(s, _)| s == step) {
-            return Ok(());
+            return;
         }
         self.add_time(|t| t.steps += 1);
-        let global = if self.overlaps() { self.sum(&[n as f64])?[0] } else { f64::NAN };
-        self.global_n.set(Some((step, global)));
-        Ok(())
+        self.global_n.set(Some((step, global as f64)));
     }
 
     /// Backward of a micro-batch of `m` of this rank's `n` examples, `last` of the step:

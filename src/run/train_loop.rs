@@ -232,12 +232,12 @@ impl Loop<'_> {
             trainer.device,
             depth,
         );
-        loop {
+        for b in skip.. {
             let asked = Instant::now();
             let Some(batch) = queue.next() else { break };
             trained.waited += asked.elapsed().as_secs_f64();
             let (xs, ys) = batch?;
-            let step = self.step_with_retry(trainer, &xs, &ys)?;
+            let step = self.step_with_retry(trainer, &xs, &ys, batches.global_len(b) as i64)?;
             let after = policy::after_outcome(step.applied, trainer.position.step, t.on_nonfinite, t.log_every_n_steps);
             if let Some(nonfinite) = after.nonfinite {
                 self.nonfinite(trainer, epoch, &step, nonfinite.at, run_start)?;
@@ -252,7 +252,8 @@ impl Loop<'_> {
             if after.step_line {
                 self.append(&step_line(trainer, epoch, &step, rate, run_start))?;
             }
-            let stop = self.stop_requested()?;
+            // Agreed by every rank in the step itself; a signal since is seen next step.
+            let stop = step.stop || (self.dist.is_none() && self.stop.raised());
             match policy::after_step(cadence, &trainer.position, batches.len() as u64, stop) {
                 AfterStep::Continue => {}
                 AfterStep::Save => {
@@ -362,9 +363,11 @@ impl Loop<'_> {
         trainer: &mut Trainer,
         xs: &[tch::Tensor],
         ys: &tch::Tensor,
+        global: i64,
     ) -> Result<StepOutcome, RunError> {
         loop {
-            let msg = match crate::fault::catch_torch(|| trainer.train_step(xs, ys)) {
+            let stop = self.stop.raised();
+            let msg = match crate::fault::catch_torch(|| trainer.train_step(xs, ys, global, stop)) {
                 Ok(step) => return Ok(step?),
                 Err(caught) if caught.is_oom() => caught.message(),
                 Err(caught) => {

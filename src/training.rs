@@ -84,6 +84,17 @@ pub struct EvalStats {
     pub accuracy: f64,
 }
 
+/// Why an evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A streamed split's example could not be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The ranks' sums could not be gathered.
+    #[error(transparent)]
+    Dist(#[from] DistError),
+}
+
 /// A model, its optimiser and the position in the run.
 pub struct Trainer {
     /// Holds the model's parameters.
@@ -369,11 +380,24 @@ impl Trainer {
 
     /// Loss and accuracy on `split`, without gradients (accuracy is NaN for regression); an
     /// error when a streamed split's example cannot be read.
-    pub fn evaluate(&self, split: &Split) -> Result<EvalStats, DataError> {
+    ///
+    /// In a data-parallel job the split is sharded: rank 0's buffers are first copied to
+    /// every rank ([`Self::sync_buffers`]), each rank evaluates a contiguous share of the
+    /// examples, and the sums of loss, hits and counts are all-reduced, so every rank gets
+    /// the figures one process would (to the rounding of the sums' order).
+    pub fn evaluate(&self, split: &Split) -> Result<EvalStats, EvalError> {
         let _guard = tch::no_grad_guard();
+        self.sync_buffers()?;
         let n = split.len();
         let (mut loss_sum, mut correct, mut counted) = (0.0, 0.0, 0.0);
-        let indices: Vec<i64> = (0..n as i64).collect();
+        let (lo, hi) = match &self.dist {
+            Some(d) => {
+                let (r, w) = (d.rank() as usize, d.world() as usize);
+                (n * r / w, n * (r + 1) / w)
+            }
+            None => (0, n),
+        };
+        let indices: Vec<i64> = (lo as i64..hi as i64).collect();
         for chunk in indices.chunks(self.batch_size.max(256)) {
             let (xs, ys) = split.batch(chunk, self.eval_pass(), self.device)?;
             let (out, own_loss, batch_loss) = self.autocast(|| {
@@ -398,7 +422,32 @@ impl Trainer {
                 counted += hits.numel() as f64;
             }
         }
+        if let Some(d) = &self.dist {
+            if let [l, c, k] = d.sum(&[loss_sum, correct, counted])?[..] {
+                (loss_sum, correct, counted) = (l, c, k);
+            }
+        }
         Ok(EvalStats { loss: loss_sum / n as f64, accuracy: correct / counted })
+    }
+
+    /// In a data-parallel job, copies rank 0's buffers (the variables that are not trained:
+    /// BatchNorm's running statistics) to every rank, as DDP's `broadcast_buffers` does
+    /// before each forward; called at each evaluation and save, so that every rank
+    /// evaluates with the buffers a checkpoint holds. Rank 0's copy rather than an average:
+    /// an average of running variances is not the variance of the union either, rank 0's
+    /// is what PyTorch users get from DDP, and it costs one broadcast. A no-op without
+    /// buffers or a job.
+    pub fn sync_buffers(&self) -> Result<(), DistError> {
+        let Some(d) = &self.dist else { return Ok(()) };
+        let trained: std::collections::HashSet<usize> = self.trainable.iter().map(|t| t.data_ptr() as usize).collect();
+        let mut buffers: Vec<(String, Tensor)> =
+            self.variables().into_iter().filter(|(_, t)| !trained.contains(&(t.data_ptr() as usize))).collect();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = buffers.into_iter().map(|(_, t)| t).collect();
+        d.broadcast(&tensors)
     }
 
     /// The state a checkpoint takes now: every model variable, sorted by name, the

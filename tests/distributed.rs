@@ -542,6 +542,27 @@ fn batch_norm_running_statistics_under_data_parallel_are_warned_of_once() {
     assert_eq!(warned.len(), 1, "{stderr}");
     assert!(warned[0].contains("WARN"), "{}", warned[0]);
     assert!(warned[0].contains("2 running-statistic buffer(s) (bn.running_mean, bn.running_var)"), "{}", warned[0]);
+    // Validation was sharded over the ranks, each with rank 0's buffers: one process
+    // evaluating the saved checkpoint (rank 0's buffers) gets the same figures.
+    let sets = model_sets(ws.path(), "norm", 16, &[]);
+    assert_validation_is_one_process(&latest(&ws.path().join("out")), &sets);
+}
+
+/// The validation figures a checkpoint records (a data-parallel job's sharded evaluation)
+/// are those one process's `train eval` of it gets, with the job's `sets`.
+fn assert_validation_is_one_process(ckpt: &Path, sets: &[String]) {
+    let mut cmd = command(&binary());
+    cmd.args(["eval", "--json", "--device", "cpu", "--checkpoint"]).arg(ckpt);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    check(&out, "train eval");
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meta = CheckpointFile::open(ckpt).unwrap().meta().cloned().unwrap();
+    let loss = one["loss"].as_f64().unwrap();
+    assert!((meta.val_loss - loss).abs() <= 1e-6 * loss.abs(), "job {} vs one process {loss}", meta.val_loss);
+    assert_eq!(Some(meta.val_accuracy), one["accuracy"].as_f64(), "accuracy");
 }
 
 #[test]
@@ -727,6 +748,7 @@ fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch()
         assert_eq!(position(&index(&two)), position(&latest(&one)));
         let check = CheckpointFile::open(&index(&two)).unwrap().verify().unwrap();
         assert_eq!(check.integrity, train::checkpoint::Integrity::Checked);
+        assert_validation_is_one_process(&index(&two), &two_sets);
         // Each rank holds about half of the optimizer state (AdamW: twice the parameters'
         // bytes replicated), and under ZeRO-2 half of the gradients too.
         let params = state_figures(&stderr, "parameter_bytes");

@@ -179,3 +179,12 @@ pub enum PositionError {
         batches: u64,
     },
 }
+
+impl From<crate::training::EvalError> for RunError {
+    fn from(e: crate::training::EvalError) -> Self {
+        match e {
+            crate::training::EvalError::Data(e) => e.into(),
+            crate::training::EvalError::Dist(e) => e.into(),
+        }
+    }
+}

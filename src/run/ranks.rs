@@ -206,7 +206,8 @@ fn warn_of_running_statistics(vars: &[(String, tch::Tensor)]) {
     if !stats.is_empty() {
         tracing::warn!(
             "data parallel: {} running-statistic buffer(s) ({}) are not averaged over the ranks: each rank updates \
-             its own from its share of the batch, and checkpoints hold rank 0's",
+             its own from its share of the batch, and rank 0's are copied to every rank at each evaluation and save \
+             (as DDP's broadcast_buffers), so all ranks evaluate, and checkpoints hold, rank 0's",
             stats.len(),
             crate::distributed::name_list(&stats)
         );

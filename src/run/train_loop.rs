@@ -68,6 +68,8 @@ pub struct LoopEnd {
 
 impl Loop<'_> {
     fn save(&mut self, trainer: &Trainer, epoch_file: bool) -> Result<f64, RunError> {
+        // Every rank is here at the same step: the checkpoint holds rank 0's buffers.
+        trainer.sync_buffers()?;
         if !trainer.weights_finite() {
             // training.on_nonfinite: continue let a bad update through. The last finite
             // `latest` is worth more than this one.

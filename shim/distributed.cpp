@@ -408,6 +408,40 @@ int train_dist_allreduce(void* dist, at::Tensor* t, int op, char** err) {
   });
 }
 
+// Starts an in-place sum of `t` over the ranks; `*work` is the handle that
+// train_dist_work_wait waits on (and frees). Lets a small all-reduce run while the step's
+// backward does.
+int train_dist_allreduce_start(void* dist, at::Tensor* t, void** work, char** err) {
+  return guarded(err, -1, [&]() -> int {
+    auto* d = static_cast<Dist*>(dist);
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    *work = new c10::intrusive_ptr<c10d::Work>(d->backend->allreduce(ts, opts));
+    return 0;
+  });
+}
+
+// Waits for a collective started above, and frees its handle (also on failure).
+int train_dist_work_wait(void* work, char** err) {
+  auto* w = static_cast<c10::intrusive_ptr<c10d::Work>*>(work);
+  int rc = guarded(err, -1, [&]() -> int {
+    (*w)->wait();
+    return 0;
+  });
+  delete w;
+  return rc;
+}
+
+// Drops the handle of a collective without waiting: the work keeps its own references to
+// its tensors and completes, or fails, with the process group.
+void train_dist_work_free(void* work) {
+  try {
+    delete static_cast<c10::intrusive_ptr<c10d::Work>*>(work);
+  } catch (...) {
+  }
+}
+
 // Rank 0's values of `tensors` copied into every rank's, in place.
 int train_dist_broadcast(void* dist, at::Tensor** tensors, size_t n, char** err) {
   return guarded(err, -1, [&]() -> int {

@@ -16,6 +16,7 @@ use crate::checkpoint::state::{Progress, Shard, ShardPiece, Standing, TrainingSt
 use crate::checkpoint::Position;
 use crate::config::{Config, OnNonfinite, ScheduleConfig};
 use crate::data::{shard, DataError, Dataset, EpochOrder, Pass, Split, Task};
+use crate::distributed::engine::Pending;
 use crate::distributed::{Dist, DistError, Stage, Zero};
 use crate::model::{self, Model, ModelError};
 use crate::optim::{self, Optimizer, Param};
@@ -232,6 +233,7 @@ impl Trainer {
         }
         crate::fault::check_step(self.position.step + 1);
         let mut loss_sum = 0.0;
+        let mut sums = None;
         // A rank's share of a short last batch can be empty: no forward, zero gradients.
         let y_parts = if n == 0 { Vec::new() } else { ys.split(micro, 0) };
         let input_parts: Vec<Vec<Tensor>> =
@@ -243,24 +245,27 @@ impl Trainer {
                 let out = self.model.forward(&x, Some(y), true);
                 out.loss.unwrap_or_else(|| model::task_loss(self.task, &out.logits, y))
             });
+            loss_sum += loss.double_value(&[]) * m as f64;
+            let last = i + 1 == y_parts.len();
+            if last {
+                sums = self.start_sums(loss_sum, n, stop)?;
+            }
             // Each micro-batch's mean, weighted by its share, sums to the whole batch's mean.
             match &self.dist {
-                Some(d) => d.backward(&loss, m, n, i + 1 == y_parts.len())?,
+                Some(d) => d.backward(&loss, m, n, last)?,
                 None if m == n => loss.backward(),
                 None => (&loss * (m as f64 / n as f64)).backward(),
             }
-            loss_sum += loss.double_value(&[]) * m as f64;
         }
         if let (Some(d), true) = (&self.dist, y_parts.is_empty()) {
+            sums = self.start_sums(loss_sum, n, stop)?;
             d.backward_nothing(&self.trainable)?;
         }
         // One small all-reduce a step: the loss, the examples and the stop flag.
-        let (loss_sum, total, stop) = match &self.dist {
-            Some(d) => match d.sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?[..] {
-                [sum, total, stops] => (sum, total, stops > 0.0),
-                _ => unreachable!("a sum of three values is three values"),
-            },
-            None => (loss_sum, n as f64, stop),
+        let (loss_sum, total, stop) = match (&self.dist, sums) {
+            (Some(d), Some(pending)) => three(d.finish_sum(pending)?),
+            (Some(d), None) => three(d.sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?),
+            (None, _) => (loss_sum, n as f64, stop),
         };
         let loss = loss_sum / total;
         let samples = total as usize;
@@ -297,6 +302,18 @@ impl Trainer {
         self.position.batches_into_epoch += 1;
         self.position.partial_loss_sum += loss_sum;
         Ok(StepOutcome { loss, samples, lr, applied: true, stop })
+    }
+
+    /// With DDP's Reducer, the step's small all-reduce (loss, examples, stop flag) starts
+    /// before the last backward and runs with it, so its wait hides in the Reducer's (an
+    /// out-of-memory error in that backward cannot be retried on one rank anyway). Without
+    /// the Reducer it runs after backward (`None` here), which keeps a backward that runs
+    /// out of memory retryable on this rank alone.
+    fn start_sums(&self, loss_sum: f64, n: i64, stop: bool) -> Result<Option<Pending>, DistError> {
+        match &self.dist {
+            Some(d) if d.overlaps() => Ok(Some(d.start_sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?)),
+            _ => Ok(None),
+        }
     }
 
     /// Shards the optimiser's state (and with ZeRO-2 the gradients) as `zero` says: the
@@ -521,6 +538,14 @@ impl Trainer {
         self.position = s.position;
         self.last_train_loss = s.train_loss;
         self.last_eval = EvalStats { loss: s.val_loss, accuracy: s.val_accuracy };
+    }
+}
+
+/// The step's three sums: the loss, the examples, whether any rank asked to stop.
+fn three(sums: Vec<f64>) -> (f64, f64, bool) {
+    match sums[..] {
+        [sum, total, stops] => (sum, total, stops > 0.0),
+        _ => unreachable!("a sum of three values is three values"),
     }
 }
 

@@ -49,6 +49,14 @@ extern "C" {
         buckets: usize,
         err: *mut *mut c_char,
     ) -> i32;
+    fn train_dist_allreduce_start(
+        dist: *mut c_void,
+        t: *mut torch_sys::C_tensor,
+        work: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> i32;
+    fn train_dist_work_wait(work: *mut c_void, err: *mut *mut c_char) -> i32;
+    fn train_dist_work_free(work: *mut c_void);
     fn train_dist_allreduce(dist: *mut c_void, t: *mut torch_sys::C_tensor, op: i32, err: *mut *mut c_char) -> i32;
     fn train_dist_broadcast(
         dist: *mut c_void,
@@ -145,6 +153,33 @@ pub struct Rendezvous<'a> {
     pub timeout: std::time::Duration,
     /// Namespace of this attempt's keys.
     pub prefix: &'a str,
+}
+
+/// A collective started and not yet waited for: [`Pending::wait`] it. Dropped unwaited
+/// (a step abandoned by an error), the handle is freed without waiting: c10d's work holds
+/// its own references to the tensor.
+pub struct Pending {
+    work: Option<NonNull<c_void>>,
+    tensor: Tensor,
+}
+
+impl Pending {
+    /// Waits for the collective; returns its tensor, reduced.
+    pub fn wait(mut self) -> Result<Tensor, EngineError> {
+        let work = self.work.take().expect("waited once");
+        // SAFETY: the handle came from train_dist_allreduce_start and is freed by this call.
+        shim::call(|err| unsafe { train_dist_work_wait(work.as_ptr(), err) })?;
+        Ok(self.tensor.shallow_clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            // SAFETY: the handle came from train_dist_allreduce_start and is freed once.
+            unsafe { train_dist_work_free(work.as_ptr()) };
+        }
+    }
 }
 
 /// A c10d process group and its store.
@@ -253,6 +288,15 @@ impl ProcessGroup {
     pub fn allreduce(&self, t: &Tensor, max: bool) -> Result<(), EngineError> {
         // SAFETY: `t` is a live tensor for the call.
         self.call(|d, e| unsafe { train_dist_allreduce(d, t.as_ptr() as *mut _, i32::from(max), e) })
+    }
+
+    /// Starts summing `t` over the ranks, in place; wait on the result.
+    pub fn allreduce_start(&self, t: Tensor) -> Result<Pending, EngineError> {
+        let mut work = std::ptr::null_mut();
+        // SAFETY: `t` is live for the call and kept by the returned `Pending` until waited.
+        self.call(|d, e| unsafe { train_dist_allreduce_start(d, t.as_ptr() as *mut _, &mut work, e) })?;
+        let work = NonNull::new(work).expect("the shim sets the handle on success");
+        Ok(Pending { work: Some(work), tensor: t })
     }
 
     /// Copies rank 0's values of `tensors` into every rank's, in place.

@@ -330,6 +330,21 @@ impl Dist {
         Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).map_err(|e| self.lost("an all-reduce", e))
     }
 
+    /// Starts summing `values` over the ranks (a small all-reduce that runs while this
+    /// thread goes on, e.g. with backward); [`Dist::finish_sum`] waits for it.
+    pub fn start_sum(&self, values: &[f64]) -> Result<engine::Pending, DistError> {
+        let t = Tensor::from_slice(values).to_device(self.device);
+        self.group.allreduce_start(t).map_err(|m| self.lost("an all-reduce", m))
+    }
+
+    /// The sums [`Dist::start_sum`] started, once every rank has added its own.
+    pub fn finish_sum(&self, pending: engine::Pending) -> Result<Vec<f64>, DistError> {
+        let start = std::time::Instant::now();
+        let t = pending.wait().map_err(|m| self.lost("an all-reduce", m))?;
+        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
+        Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).map_err(|e| self.lost("an all-reduce", e))
+    }
+
     /// Whether `flag` is set on any rank: every rank gets the same answer.
     pub fn any(&self, flag: bool) -> Result<bool, DistError> {
         let start = std::time::Instant::now();

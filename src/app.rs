@@ -298,11 +298,24 @@ fn plan(args: &PlanArgs) -> Result<()> {
         (Some(file), true) => Some(run::measure::measure_load(cfg, file)?),
         _ => None,
     };
+    // Sharded state: what each rank would hold under each choice, and `auto`'s.
+    let launched = crate::distributed::env::detect_from_env().ok().flatten().map(|l| l.world);
+    let ranks = args.ranks.or(launched).unwrap_or(2);
+    let per_rank = crate::distributed::plan::per_rank(plan.sizes.model, plan.sizes.optimizer, ranks);
+    let (auto, auto_reason) = crate::distributed::plan::auto(&per_rank, plan.free_vram_bytes, ranks);
+    let auto = auto.map_or("none", crate::distributed::Stage::name);
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut json = serde_json::to_value(&plan)?;
         json["measured"] = serde_json::to_value(&measured)?;
         json["data"] = serde_json::to_value(data)?;
+        json["shard"] = serde_json::json!({
+            "ranks": ranks,
+            "per_rank": per_rank,
+            "configured": cfg.distributed.shard.name(),
+            "auto": auto,
+            "auto_reason": auto_reason,
+        });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
@@ -333,6 +346,19 @@ fn plan(args: &PlanArgs) -> Result<()> {
     } else {
         writeln!(out, "data       held in host memory: {}", gib(data.host_bytes))?;
     }
+    writeln!(out, "ranks      {ranks}: bytes each rank holds (distributed.shard: {})", cfg.distributed.shard.name())?;
+    for c in &per_rank {
+        writeln!(
+            out,
+            "  {:24} weights {}, gradients {}, optimizer state {}: {}",
+            c.shard,
+            gib(c.weights),
+            gib(c.gradients),
+            gib(c.optimizer),
+            gib(c.total())
+        )?;
+    }
+    writeln!(out, "  auto would choose {auto}: {auto_reason}")?;
     if let Some(m) = measured {
         let opt = |b: Option<u64>| b.map_or("n/a".to_string(), gib);
         writeln!(

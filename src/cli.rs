@@ -172,8 +172,13 @@ pub struct PlanArgs {
     /// Writes nothing. Needs --checkpoint.
     #[arg(long, requires = "checkpoint")]
     pub execute: bool,
+    /// Ranks to show sharded state for (`shard` in the JSON): the bytes of weights,
+    /// gradients and optimizer state each rank holds under each `distributed.shard`, and
+    /// what `auto` would choose (default: the launcher's world size, else 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ranks: Option<u32>,
     /// Print JSON: `strategy`, `reason`, `free_vram_bytes`, `source`, `predicted_peak_bytes`
-    /// (by strategy name), `device`, `sizes`, `gpu`, `host`.
+    /// (by strategy name), `device`, `sizes`, `gpu`, `host`, `data`, `shard`.
     #[arg(long)]
     pub json: bool,
 }

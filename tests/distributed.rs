@@ -769,6 +769,28 @@ fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch()
 }
 
 #[test]
+fn shard_auto_shards_when_replicated_state_would_not_fit_and_says_why() {
+    let Some(torchrun) = torchrun() else { return };
+    let ws = workspace();
+    // The mlp holds 0.1 MB of weights: replicated with AdamW 0.4 MB a rank, ZeRO-1 0.3 MB.
+    // With 0.6 MB free, auto's 60% (0.36 MB) fits ZeRO-1 only.
+    let out = ws.path().join("auto");
+    let s = sets(ws.path(), 16, &["distributed.shard=auto", "memory.assume_free_vram=600KB"]);
+    let stderr = check(&torchrun_job(&torchrun, &out, &s), "auto");
+    assert!(stderr.contains("distributed.shard: auto chose optimizer: replicated state"), "{stderr}");
+    let params = state_figures(&stderr, "parameter_bytes");
+    let state = state_figures(&stderr, "optimizer_state_bytes");
+    assert!((0..2).all(|r| state[r] as f64 <= 0.55 * 2.0 * params[r] as f64), "{state:?} of {params:?}");
+    assert!(index(&out).exists());
+    // With room to spare it stays replicated.
+    let roomy = ws.path().join("roomy");
+    let s = sets(ws.path(), 16, &["distributed.shard=auto", "memory.assume_free_vram=1GB"]);
+    let stderr = check(&torchrun_job(&torchrun, &roomy, &s), "auto, roomy");
+    assert!(stderr.contains("distributed.shard: auto chose none"), "{stderr}");
+    assert!(latest(&roomy).exists());
+}
+
+#[test]
 fn a_sharded_checkpoint_resumes_under_one_two_and_three_ranks_and_a_replicated_one_under_sharding() {
     let Some(torchrun) = torchrun() else { return };
     let ws = workspace();

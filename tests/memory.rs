@@ -29,6 +29,31 @@ fn plan(ws: &Path, ckpt: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out).unwrap()
 }
 
+/// `train plan` shows what each rank would hold under each `distributed.shard`, and what
+/// `auto` would choose from the free memory: the least sharding that fits.
+#[test]
+fn plan_shows_per_rank_state_under_each_sharding_and_auto_s_choice() {
+    let ws = tempfile::tempdir().unwrap();
+    let ckpt = checkpoint(ws.path());
+    // Weights w = 38 MiB and Adam's 2w over 2 ranks: 4w, 3w and 2.5w (152, 114, 95 MiB);
+    // auto lets state take 0.6 of the free memory.
+    for (free, chosen) in [("300MiB", "none"), ("200MiB", "optimizer"), ("170MiB", "optimizer_and_gradients")] {
+        let p = plan(ws.path(), &ckpt, &["--ranks", "2", "--set", &format!("memory.assume_free_vram={free}")]);
+        let shard = &p["shard"];
+        assert_eq!(shard["ranks"], 2);
+        let rows = shard["per_rank"].as_array().unwrap();
+        let field = |i: usize, k: &str| rows[i][k].as_u64().unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r["shard"].as_str().unwrap()).collect::<Vec<_>>(),
+            ["none", "optimizer", "optimizer_and_gradients"]
+        );
+        assert_eq!(field(1, "optimizer") * 2, field(0, "optimizer"));
+        assert_eq!(field(2, "gradients") * 2, field(0, "gradients"));
+        assert_eq!(field(0, "weights"), field(2, "weights"));
+        assert_eq!(shard["auto"], chosen, "{free}: {shard}");
+    }
+}
+
 #[test]
 fn plan_reports_the_probe_the_peaks_and_the_choice() {
     let ws = tempfile::tempdir().unwrap();

@@ -746,9 +746,22 @@ fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch()
         assert!(!latest(&two).exists(), "{stage}: a replicated `latest` beside the sharded one");
         assert_close(&latest(&one), &index(&two), 1e-5);
         assert_eq!(position(&index(&two)), position(&latest(&one)));
-        let check = CheckpointFile::open(&index(&two)).unwrap().verify().unwrap();
-        assert_eq!(check.integrity, train::checkpoint::Integrity::Checked);
+        let verified = CheckpointFile::open(&index(&two)).unwrap().verify().unwrap();
+        assert_eq!(verified.integrity, train::checkpoint::Integrity::Checked);
         assert_validation_is_one_process(&index(&two), &two_sets);
+        // `train ckpt convert` consolidates it into one file with the same tensors.
+        let one_file = two.join("consolidated.tckpt");
+        let out = command(&binary()).args(["ckpt", "convert"]).arg(index(&two)).arg(&one_file).output().unwrap();
+        check(&out, "ckpt convert");
+        let (sharded, whole) = (CheckpointFile::open(&index(&two)).unwrap(), CheckpointFile::open(&one_file).unwrap());
+        assert_eq!(whole.verify().unwrap().integrity, train::checkpoint::Integrity::Checked);
+        assert_eq!(sharded.names(), whole.names());
+        for name in sharded.names() {
+            assert_eq!(sharded.read(name).unwrap(), whole.read(name).unwrap(), "{name}");
+        }
+        let out = command(&binary()).args(["ckpt", "inspect", "--json"]).arg(index(&two)).output().unwrap();
+        let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((inspected["format"].as_str(), inspected["shard_files"].as_u64()), (Some("sharded"), Some(2)));
         // Each rank holds about half of the optimizer state (AdamW: twice the parameters'
         // bytes replicated), and under ZeRO-2 half of the gradients too.
         let params = state_figures(&stderr, "parameter_bytes");

@@ -24,17 +24,41 @@ pub fn write_atomic_with<T, E: From<io::Error>>(
     target: &Path,
     write: impl FnOnce(&mut File) -> Result<T, E>,
 ) -> Result<T, E> {
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).permissions(file_mode()).tempfile_in(dir)?;
+    let (dir, mut tmp) = temporary(target)?;
     let out = write(tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()?;
+    finish(tmp, target, dir)?;
     Ok(out)
 }
 
 /// Mode of files we write: `rw-r--r--` before the umask, as a plain `File::create` gives
 /// (temporary files would otherwise keep their private `rw-------`).
+/// [`write_atomic_with`] for writers that open the file by its path themselves (as
+/// safetensors' `serialize_to_file` does): `write` gets the temporary's path, in `target`'s
+/// folder; the temporary is then synced and renamed onto `target`, as above.
+pub fn write_atomic_path<T, E: From<io::Error>>(
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let (dir, tmp) = temporary(target)?;
+    let out = write(tmp.path())?;
+    finish(tmp, target, dir)?;
+    Ok(out)
+}
+
+/// A new temporary file for `target`, in its folder, and that folder.
+fn temporary(target: &Path) -> io::Result<(&Path, tempfile::NamedTempFile)> {
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).permissions(file_mode()).tempfile_in(dir)?;
+    Ok((dir, tmp))
+}
+
+/// Syncs the written temporary, renames it onto `target` and syncs the folder.
+fn finish(tmp: tempfile::NamedTempFile, target: &Path, dir: &Path) -> io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
 fn file_mode() -> fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     fs::Permissions::from_mode(0o644)

@@ -5,7 +5,8 @@
 //! `train_loss`, `val_loss` or `loss` (Python numbers or 0-d tensors) and
 //! `optimizer_state_dict` beside it, as the seed guide's Python code saves them.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -14,7 +15,8 @@ use crate::error::Error;
 use crate::meta::{Meta, FORMAT_VERSION};
 use crate::names::{Role, PLAIN_SUFFIX};
 use crate::source::{CheckpointFile, Entry, FileKind, OptimizerSummary};
-use crate::write::{self, RawTensor};
+use crate::write;
+use safetensors::tensor::{Dtype, View};
 
 /// What `train ckpt inspect` reports. The field names are stable; `null` where a format
 /// does not record the value.
@@ -60,8 +62,10 @@ pub struct Inspection {
     /// (`exp_avg`, `momentum_buffer`, `step`, ...) and a PyTorch file's param groups;
     /// `null` when there is none.
     pub optimizer: Option<OptimizerSummary>,
-    /// Size of the file.
+    /// Size of the file (of a sharded checkpoint: its index and every shard).
     pub file_bytes: u64,
+    /// The shard files of a sharded checkpoint (0 for one file).
+    pub shard_files: usize,
     /// (model + optimiser bytes) / file bytes.
     pub compression_ratio: f64,
     /// With `--tensors`: every tensor's name, dtype, shape and bytes, model first (ours:
@@ -78,7 +82,13 @@ pub struct Inspection {
 /// (`torch.save(optimizer.state_dict())`) besides.
 pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
     let ckpt = CheckpointFile::open_to_inspect(path)?;
-    let file_bytes = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
+    let size =
+        |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|source| Error::Io { path: p.to_path_buf(), source });
+    // A sharded checkpoint is its index and its shards.
+    let mut file_bytes = size(path)?;
+    for shard in ckpt.shard_paths() {
+        file_bytes += size(shard)?;
+    }
     let summary = ckpt.optimizer_summary()?;
     // A PyTorch optimizer state dict's tensors are those under its key (or the whole file).
     let all: Vec<Entry> = ckpt.entries().iter().chain(ckpt.other_entries()).cloned().collect();
@@ -108,6 +118,7 @@ pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
         has_optimizer_state: summary.is_some(),
         optimizer: summary,
         file_bytes,
+        shard_files: ckpt.shard_paths().len(),
         compression_ratio: (model_bytes + optimizer_bytes) as f64 / file_bytes.max(1) as f64,
         tensor_list: list_tensors.then_some(all),
     })
@@ -143,21 +154,45 @@ pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64
         );
     }
     let kept: Vec<&Entry> = ckpt.entries().iter().filter(|e| !(strip_optimizer && e.role == Role::Optimizer)).collect();
-    let mut data: Vec<Vec<u8>> = kept.iter().map(|e| vec![0u8; e.bytes as usize]).collect();
-    let mut targets: Vec<(&str, &mut [u8])> =
-        kept.iter().zip(data.iter_mut()).map(|(e, d)| (e.name.as_str(), d.as_mut_slice())).collect();
-    ckpt.read_many_into(&mut targets)?;
-    let tensors: BTreeMap<String, RawTensor> = kept
-        .iter()
-        .zip(data)
-        .map(|(e, data)| (e.name.clone(), RawTensor { dtype: e.dtype, shape: e.shape.clone(), data }))
-        .collect();
     let has_optimizer_state = kept.iter().any(|e| e.role == Role::Optimizer);
     let mut meta = ckpt.meta_or_imported();
     meta.has_optimizer_state = has_optimizer_state;
     // Written, and sealed, by this version (a version-1 input's metadata was used as written).
     meta.format_version = FORMAT_VERSION;
-    let views: Vec<(&str, &RawTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    drop(ckpt);
-    write::write_checkpoint(output, &views, meta.to_map(), out_kind == FileKind::Compressed)
+    // Streamed: each tensor is read (checked) when the writer asks for it and dropped after,
+    // so a checkpoint larger than memory (a sharded one, say) converts in the memory of its
+    // largest tensor.
+    let failure = RefCell::new(None);
+    let lazy: Vec<Lazy<'_>> = kept.iter().map(|e| Lazy { file: &ckpt, entry: e, failure: &failure }).collect();
+    let views: Vec<(&str, &Lazy<'_>)> = lazy.iter().map(|l| (l.entry.name.as_str(), l)).collect();
+    write::write_checkpoint_streamed(output, &views, meta.to_map(), out_kind == FileKind::Compressed, &failure)
+}
+
+/// A tensor of an open checkpoint that is read when a writer asks for its bytes; a read
+/// that fails gives zeros and leaves its error in `failure` for the writer to find.
+struct Lazy<'a> {
+    file: &'a CheckpointFile,
+    entry: &'a Entry,
+    failure: &'a RefCell<Option<Error>>,
+}
+
+impl View for &Lazy<'_> {
+    fn dtype(&self) -> Dtype {
+        self.entry.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.entry.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self.file.read(&self.entry.name) {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                self.failure.borrow_mut().get_or_insert(e);
+                Cow::Owned(vec![0; self.entry.bytes as usize])
+            }
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.entry.bytes as usize
+    }
 }

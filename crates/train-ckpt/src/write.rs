@@ -3,6 +3,7 @@
 //! `docs/compressed-format.md`).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -94,6 +95,60 @@ pub fn write_compressed_views_with<V: View + Copy>(
     let metadata = seal(metadata).into_iter().collect();
     writer.finish(metadata)?.flush()?;
     Ok(out.metadata()?.len())
+}
+
+/// Writes a checkpoint file atomically (see [`atomic`]) from views that read their bytes
+/// only when asked (each [`View::data`] call may read a tensor from a file and give it
+/// back), one tensor at a time: no more than one tensor's bytes are held at once. A plain
+/// file asks each view twice (its checksum first, since the header holds them, then its
+/// bytes); a compressed one once. `failure` is where the views leave a read that failed
+/// (they give zeros then): checked after each pass, and the write abandoned with it.
+pub fn write_checkpoint_streamed<V: View + Copy>(
+    output: &Path,
+    views: &[(&str, V)],
+    metadata: HashMap<String, String>,
+    compressed: bool,
+    failure: &RefCell<Option<Error>>,
+) -> Result<u64, Error> {
+    let failed = || failure.borrow().is_some();
+    let encode = |e: EncodeError| match e {
+        EncodeError::Io(source) => Error::Io { path: output.to_path_buf(), source },
+        source => Error::Encode { path: output.to_path_buf(), source },
+    };
+    // A failed read abandons the temporary: the output keeps its old content.
+    let abandon = || EncodeError::Io(std::io::Error::other("a tensor could not be read"));
+    let result = if compressed {
+        atomic::write_atomic_with(output, |f| {
+            let size = write_compressed_views_with(f, views, metadata)?;
+            if failed() {
+                return Err(abandon());
+            }
+            Ok(size)
+        })
+    } else {
+        let mut checksums = serde_json::Map::new();
+        for (n, v) in views {
+            checksums.insert(n.to_string(), checksum_hex(&v.data()).into());
+            if let Some(e) = failure.borrow_mut().take() {
+                return Err(e);
+            }
+        }
+        let mut metadata = metadata;
+        metadata.insert(CHECKSUMS_KEY.into(), serde_json::Value::Object(checksums).to_string());
+        atomic::write_atomic_path(output, |tmp| {
+            safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, *v)), Some(seal(metadata)), tmp)
+                .map_err(|e| EncodeError::Io(std::io::Error::other(e.to_string())))?;
+            if failed() {
+                return Err(abandon());
+            }
+            Ok(())
+        })
+        .and_then(|()| Ok(std::fs::metadata(output)?.len()))
+    };
+    match failure.borrow_mut().take() {
+        Some(e) => Err(e),
+        None => result.map_err(encode),
+    }
 }
 
 /// Writes a checkpoint file atomically (see [`atomic`]): `views` with `metadata` (a

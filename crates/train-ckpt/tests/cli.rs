@@ -182,3 +182,62 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
     assert!(run(&[("CLICOLOR_FORCE", "1")]));
     assert!(!run(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]));
 }
+
+/// A tensor made when a writer asks for its bytes (so the test process never holds the
+/// whole checkpoint, whose resident size a child would inherit at fork).
+struct Made {
+    seed: u32,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for &Made {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let n = self.shape.iter().product::<usize>() as u32;
+        (0..n).flat_map(|i| ((i ^ self.seed) as f32).to_le_bytes()).collect::<Vec<u8>>().into()
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
+}
+
+/// `convert` streams: it holds one tensor at a time, not the checkpoint. Six tensors of
+/// 16 MiB (96 MiB) convert, each way, with a peak resident size well under the whole.
+#[test]
+fn convert_holds_one_tensor_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let made: Vec<(String, Made)> =
+        (0..6).map(|i| (format!("layer{i}.weight"), Made { seed: i, shape: vec![2048, 2048] })).collect();
+    let views: Vec<(&str, &Made)> = made.iter().map(|(n, m)| (n.as_str(), m)).collect();
+    let none = std::cell::RefCell::new(None);
+    let meta = Meta::sample("adamw", false).to_map();
+    train_ckpt::write::write_checkpoint_streamed(&d.join("big.safetensors"), &views, meta, false, &none).unwrap();
+    for (from, to) in [("big.safetensors", "big.tckpt"), ("big.tckpt", "again.safetensors")] {
+        let child = Command::new(env!("CARGO_BIN_EXE_train-ckpt"))
+            .args(["convert"])
+            .arg(d.join(from))
+            .arg(d.join(to))
+            .spawn()
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: plain out-parameters for our own child, waited for once.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        assert_eq!(pid, child.id() as i32);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{from} -> {to}: status {status}");
+        let peak_mib = usage.ru_maxrss / 1024;
+        assert!(peak_mib < 64, "{from} -> {to}: peak {peak_mib} MiB for a 96 MiB checkpoint");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_train-ckpt"))
+        .args(["verify"])
+        .arg(d.join("again.safetensors"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -4,6 +4,7 @@ module, a safetensors data file); the Python side uses torchvision's and PyTorch
 classes."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 import torchvision
-from conftest import REPO_ROOT, run_train, same_bits
+from conftest import REPO_ROOT, assert_same_tensors, run_train, same_bits
 from safetensors.torch import save_file as st_save
 
 import train_ckpt
@@ -162,3 +163,53 @@ def test_a_train_checkpoint_loads_strictly_into_torchvision_with_trains_logits_a
     assert loss == pytest.approx(figures["loss"], rel=1e-5)
     for name, t in model.state_dict().items():
         assert same_bits(t, scripted.state_dict()[name]), name
+
+
+def test_a_sharded_checkpoint_loads_as_one_file_does(tmp_path, train_bin):
+    """A 2-rank job with sharded state (ZeRO-2) writes an index and a shard per rank; the
+    package loads the index as it loads one file: the same weights and optimizer state as the
+    file `train ckpt convert` consolidates it into."""
+    import pathlib
+    import socket
+
+    torchrun = pathlib.Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip(f"no torchrun beside {sys.executable}")
+    d = tmp_path
+    mlp_setup(d)
+    settings = mlp_settings(
+        "training.batch_size=6",
+        "training.optimizer.kind=adamw",
+        "training.epochs=2",
+        "distributed.shard=optimizer_and_gradients",
+        "run.threads=1",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "SLURM_", "TORCHELASTIC_"))}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    job = [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    done = subprocess.run([*job, "--no-python", str(train_bin), "--output-dir", "run", *settings],
+                          cwd=d, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    index = d / "run/checkpoints/latest.index.json"
+    shards = sorted(p.name for p in (d / "run/checkpoints").glob("latest.step-*"))
+    assert len(shards) == 2, shards
+    converted = subprocess.run([str(train_bin), "ckpt", "convert", str(index), str(d / "whole.tckpt")],
+                               capture_output=True, text=True)
+    assert converted.returncode == 0, converted.stderr
+
+    assert_same_tensors(train_ckpt.load_file(index), train_ckpt.load_file(d / "whole.tckpt"))
+    loaded = []
+    for path in (index, d / "whole.tckpt"):
+        module = torch.jit.load(str(d / "mlp.pt"))
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.01)
+        got = train_ckpt.load_checkpoint_memory_efficient(module, opt, path)
+        assert got[0] == 2 and got.optimizer_restored
+        loaded.append((module.state_dict(), opt.state_dict()["state"]))
+    (w_index, s_index), (w_whole, s_whole) = loaded
+    assert all(same_bits(w_index[k], w_whole[k]) for k in w_whole)
+    for i, slots in s_whole.items():
+        assert all(same_bits(torch.as_tensor(s_index[i][k]), torch.as_tensor(v)) for k, v in slots.items())

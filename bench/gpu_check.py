@@ -685,9 +685,9 @@ def check_distributed(ctx: Ctx, rep: Report):
     if ctx.m["threads"]:
         sets.append(f"run.threads={ctx.m['threads']}")
 
-    def args(name: str, batch: int) -> list:
+    def args(name: str, batch: int, extra=()) -> list:
         return ["--output-dir", ctx.work / name, "--device", ctx.m["device"], "--resume", "never",
-                *sum((["--set", s] for s in [*sets, f"training.batch_size={batch}"]), [])]
+                *sum((["--set", s] for s in [*sets, *extra, f"training.batch_size={batch}"]), [])]
 
     def val_loss(name: str, done) -> float:
         if done.returncode != 0:
@@ -697,18 +697,26 @@ def check_distributed(ctx: Ctx, rep: Report):
             raise Failed(f"{name}: no epoch line in its metrics")
         return epochs[-1]["val_loss"]
 
-    def job(name: str, ranks: int, batch: int):
+    def job(name: str, ranks: int, batch: int, extra=()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cmd = [ctx.python, "-m", "torch.distributed.run", "--nproc-per-node", ranks, "--master-addr", "127.0.0.1",
-               "--master-port", port, "--no-python", ctx.train, *args(name, batch)]
+               "--master-port", port, "--no-python", ctx.train, *args(name, batch, extra)]
         return val_loss(name, ctx.run(cmd))
 
-    def compare(item: str, ranks: int, batch: int):
+    singles = {}
+
+    def compare(item: str, ranks: int, batch: int, shard: str = "none"):
+        # ZeRO (distributed.shard): the reduce-scatter and all-gather of sharded state on this
+        # backend, against the same single process.
+        extra = [f"distributed.shard={shard}"] if shard != "none" else []
         try:
-            theirs = val_loss(f"dist-single-{ranks}", ctx.run(ctx.train_cmd(*args(f"dist-single-{ranks}", batch * ranks))))
-            ours = job(f"dist-{backend}-{ranks}", ranks, batch)
+            single = f"dist-single-{ranks}"
+            if single not in singles:
+                singles[single] = val_loss(single, ctx.run(ctx.train_cmd(*args(single, batch * ranks))))
+            theirs = singles[single]
+            ours = job(f"dist-{backend}-{ranks}-{shard}", ranks, batch, extra)
         except Failed as e:
             rep.row(item, FAIL, str(e)[-1500:], "the job finishes")
             return
@@ -716,15 +724,21 @@ def check_distributed(ctx: Ctx, rep: Report):
         rep.judge(item, rel <= tol, f"val_loss {ours:.6f} ({ranks} x batch {batch}) vs {theirs:.6f} (1 x batch "
                   f"{batch * ranks}): relative difference {rel:.1e}", f"<= {tol:g}", {"ranks": ours, "single": theirs})
 
+    zero2 = "optimizer_and_gradients"
     if not gpu:
         compare("2 Gloo ranks on loopback match one process with the doubled batch", 2, 32)
+        compare("2 Gloo ranks with sharded state (ZeRO-2) match one process", 2, 32, zero2)
         return
     compare("NCCL world size 1 matches the run without a launcher", 1, 64)
+    compare("NCCL world size 1 with sharded state (ZeRO-2: reduce-scatter, all-gather) matches", 1, 64, zero2)
     count = ctx.py_json("import json, torch; print(json.dumps({'n': torch.cuda.device_count()}))")["n"]
-    if count >= 2:
-        compare("2 NCCL ranks match one process with the doubled batch", 2, 32)
-    else:
-        rep.row("2 NCCL ranks match one process with the doubled batch", SKIP, f"{count} GPU on this machine")
+    for item, shard in [("2 NCCL ranks match one process with the doubled batch", "none"),
+                        ("2 NCCL ranks with sharded state (ZeRO-1) match one process", "optimizer"),
+                        ("2 NCCL ranks with sharded state (ZeRO-2) match one process", zero2)]:
+        if count >= 2:
+            compare(item, 2, 32, shard)
+        else:
+            rep.row(item, SKIP, f"{count} GPU on this machine")
 
 
 # ---------------------------------------------------------------- 8. the Python package

@@ -157,6 +157,39 @@ void copy_range_out(const std::vector<at::Tensor>& ts, int64_t lo, at::Tensor& o
   }
 }
 
+// Copies `src` into elements [lo, lo + src.numel()) of the concatenated flattened `ts`
+// (what lies past their end is dropped).
+void copy_range_in(const std::vector<at::Tensor>& ts, int64_t lo, const at::Tensor& src) {
+  int64_t hi = lo + src.numel(), at = 0;
+  for (auto t : ts) {
+    int64_t a = std::max(lo, at), b = std::min(hi, at + t.numel());
+    if (a < b) t.view({-1}).narrow(0, a - at, b - a).copy_(src.narrow(0, a - lo, b - a));
+    at += t.numel();
+  }
+}
+
+// The sharded collectives move a bucket in chunks of at most this many bytes of each rank's
+// shard, at most two chunks in flight: a large parameter (a bucket of its own) never needs a
+// flat copy of its whole size, so the memory they add is a few chunks, whatever the model.
+constexpr int64_t kChunkBytes = int64_t{16} << 20;
+
+// One chunk: elements [offset, offset + len) of every rank's shard of bucket `bucket`.
+struct Chunk {
+  size_t bucket;
+  int64_t offset, len;
+};
+
+std::vector<Chunk> chunks_of(const std::vector<BucketSpan>& spans) {
+  std::vector<Chunk> out;
+  for (size_t k = 0; k < spans.size(); ++k) {
+    auto element = static_cast<int64_t>(spans[k].params.front().element_size());
+    int64_t step = std::max<int64_t>(1, kChunkBytes / element);
+    for (int64_t off = 0; off < spans[k].shard; off += step)
+      out.push_back({k, off, std::min(step, spans[k].shard - off)});
+  }
+  return out;
+}
+
 }  // namespace
 
 extern "C" {
@@ -246,68 +279,85 @@ int train_dist_allreduce_grads(void* dist, at::Tensor** params, size_t n, double
 }
 
 // ZeRO-2's gradient step: for each bucket, every parameter's `.grad` (zeros where a rank had
-// no examples and so no backward) is flattened, padded and multiplied by `scale`, then
-// reduce-scattered (summed over the ranks) into `outs[k]`, this rank's `shard` elements of
-// the bucket; the whole gradients are released as soon as they are flattened, so after the
-// step each rank holds only its shard's. All buckets are issued before any is waited for.
+// no examples and so no backward), multiplied by `scale`, is reduce-scattered (summed over
+// the ranks) into `outs[k]`, this rank's `shard` elements of the bucket, chunk by chunk
+// (`chunks_of`); a bucket's whole gradients are released once its last chunk is copied out,
+// so after the step each rank holds only its shard's.
 int train_dist_reduce_scatter_grads(void* dist, at::Tensor** params, const int64_t* ends, size_t buckets,
                                     at::Tensor** outs, double scale, char** err) {
   return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     at::NoGradGuard no_grad;
-    auto spans = spans_of(params, ends, buckets, d->backend->getSize());
-    std::vector<at::Tensor> flats;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    int64_t world = d->backend->getSize();
+    auto spans = spans_of(params, ends, buckets, world);
+    std::vector<std::vector<at::Tensor>> grads(buckets);
     int64_t first = 0;
     for (size_t k = 0; k < buckets; ++k) {
-      auto& span = spans[k];
-      if (outs[k]->numel() != span.shard) throw std::runtime_error("a shard buffer of the wrong size");
-      std::vector<at::Tensor> grads;
+      if (outs[k]->numel() != spans[k].shard) throw std::runtime_error("a shard buffer of the wrong size");
       for (int64_t i = first; i < ends[k]; ++i) {
         at::Tensor g = params[i]->grad();
-        grads.push_back(g.defined() ? g : at::zeros_like(*params[i]));
+        grads[k].push_back(g.defined() ? g : at::zeros_like(*params[i]));
       }
-      at::Tensor flat = at::zeros({span.shard * d->backend->getSize()}, span.params.front().options());
-      copy_range_out(grads, 0, flat);
-      if (scale != 1.0) flat.mul_(scale);
-      grads.clear();
-      for (int64_t i = first; i < ends[k]; ++i) params[i]->mutable_grad().reset();
-      flats.push_back(flat);
-      works.push_back(d->backend->_reduce_scatter_base(*outs[k], flat, c10d::ReduceScatterOptions{}));
       first = ends[k];
     }
-    for (auto& w : works) w->wait();
+    auto chunks = chunks_of(spans);
+    std::vector<at::Tensor> ins(chunks.size());
+    std::vector<c10::intrusive_ptr<c10d::Work>> works(chunks.size());
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      auto [k, off, len] = chunks[c];
+      // Rank r's part of the chunk is elements [r * shard + off, + len) of the bucket.
+      ins[c] = at::empty({len * world}, spans[k].params.front().options());
+      for (int64_t r = 0; r < world; ++r) {
+        at::Tensor part = ins[c].narrow(0, r * len, len);
+        copy_range_out(grads[k], r * spans[k].shard + off, part);
+      }
+      if (scale != 1.0) ins[c].mul_(scale);
+      at::Tensor out = outs[k]->narrow(0, off, len);
+      works[c] = d->backend->_reduce_scatter_base(out, ins[c], c10d::ReduceScatterOptions{});
+      // The bucket's last chunk is copied out: its whole gradients go.
+      if (c + 1 == chunks.size() || chunks[c + 1].bucket != k) {
+        grads[k].clear();
+        for (int64_t i = k == 0 ? 0 : ends[k - 1]; i < ends[k]; ++i) params[i]->mutable_grad().reset();
+      }
+      if (c >= 1) {
+        works[c - 1]->wait();
+        ins[c - 1] = at::Tensor();
+      }
+    }
+    if (!chunks.empty()) works.back()->wait();
     return 0;
   });
 }
 
 // After each rank stepped its shard of every bucket (in place, in its parameters): the
-// shards are all-gathered, and every rank's parameters are overwritten with the result.
+// shards are all-gathered chunk by chunk, and every rank's parameters overwritten with them.
 int train_dist_allgather_params(void* dist, at::Tensor** params, const int64_t* ends, size_t buckets, char** err) {
   return guarded(err, -1, [&]() -> int {
     auto* d = static_cast<Dist*>(dist);
     at::NoGradGuard no_grad;
     int64_t world = d->backend->getSize(), rank = d->backend->getRank();
     auto spans = spans_of(params, ends, buckets, world);
-    std::vector<at::Tensor> fulls;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& span : spans) {
-      auto options = span.params.front().options();
-      at::Tensor mine = at::empty({span.shard}, options);
-      copy_range_out(span.params, rank * span.shard, mine);
-      at::Tensor full = at::empty({span.shard * world}, options);
-      works.push_back(d->backend->_allgather_base(full, mine, c10d::AllgatherOptions{}));
-      fulls.push_back(full);
+    auto chunks = chunks_of(spans);
+    std::vector<at::Tensor> fulls(chunks.size());
+    std::vector<c10::intrusive_ptr<c10d::Work>> works(chunks.size());
+    // Copies chunk c's gathered elements into every rank's place in the parameters.
+    auto land = [&](size_t c) {
+      works[c]->wait();
+      auto [k, off, len] = chunks[c];
+      for (int64_t r = 0; r < world; ++r)
+        copy_range_in(spans[k].params, r * spans[k].shard + off, fulls[c].narrow(0, r * len, len));
+      fulls[c] = at::Tensor();
+    };
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      auto [k, off, len] = chunks[c];
+      auto options = spans[k].params.front().options();
+      at::Tensor mine = at::empty({len}, options);
+      copy_range_out(spans[k].params, rank * spans[k].shard + off, mine);
+      fulls[c] = at::empty({len * world}, options);
+      works[c] = d->backend->_allgather_base(fulls[c], mine, c10d::AllgatherOptions{});
+      if (c >= 1) land(c - 1);
     }
-    for (size_t k = 0; k < spans.size(); ++k) {
-      works[k]->wait();
-      int64_t at = 0;
-      for (auto& p : spans[k].params) {
-        p.view({-1}).copy_(fulls[k].narrow(0, at, p.numel()));
-        at += p.numel();
-      }
-      fulls[k] = at::Tensor();
-    }
+    if (!chunks.empty()) land(chunks.size() - 1);
     return 0;
   });
 }
@@ -338,7 +388,7 @@ int train_dist_reducer_attach(void* dist, at::Tensor** params, size_t n, int64_t
     d->reducer.reset();
     d->reducer = std::make_shared<TrainReducer>(ps, buckets, d->group, sparse, bucket_bytes,
                                                 /*find_unused_parameters=*/find_unused != 0,
-                                                /*gradient_as_bucket_view=*/false,
+                                                /*gradient_as_bucket_view=*/true,
                                                 std::unordered_map<size_t, std::string>{}, static_cast<int64_t>(first),
                                                 /*skip_all_reduce_unused_params=*/false,
                                                 /*use_python_reducer=*/false, std::vector<int64_t>{});

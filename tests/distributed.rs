@@ -759,6 +759,10 @@ fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch()
         for name in sharded.names() {
             assert_eq!(sharded.read(name).unwrap(), whole.read(name).unwrap(), "{name}");
         }
+        // Stripping in place would write one file over the index: refused, the index intact.
+        let out = command(&binary()).args(["ckpt", "strip"]).arg(index(&two)).output().unwrap();
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("sharded checkpoint"));
+        assert!(CheckpointFile::open(&index(&two)).unwrap().verify().is_ok());
         let out = command(&binary()).args(["ckpt", "inspect", "--json"]).arg(index(&two)).output().unwrap();
         let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!((inspected["format"].as_str(), inspected["shard_files"].as_u64()), (Some("sharded"), Some(2)));

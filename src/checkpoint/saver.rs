@@ -146,9 +146,11 @@ impl Saver {
         if let Some(shard) = state.shard.clone() {
             let exchange = self.exchange.clone().expect("a job with sharded state saves through Saver::sharded");
             let layout = layout(&state, &shard);
-            let snapshot = snapshot(state.into_tensors());
+            // Written synchronously, while training waits: straight from the live tensors, with
+            // no snapshot (which would hold a second copy of the rank's state).
+            let tensors = state.into_tensors();
             let sharded = Sharded { shard: &shard, layout: &layout, exchange: &*exchange };
-            let report = perform_sharded(&self.dir, self.retention, &snapshot, &plan, &sharded)?;
+            let report = perform_sharded(&self.dir, self.retention, &tensors, &plan, &sharded)?;
             return Ok((start.elapsed().as_secs_f64(), Some(report)));
         }
         let snapshot = snapshot(state.into_tensors());

@@ -22,7 +22,7 @@ use tch::Tensor;
 use train_ckpt::atomic::{self, TEMP_PREFIX};
 use train_ckpt::names::{COMPRESSED_SUFFIX, PLAIN_SUFFIX};
 use train_ckpt::sharded::{shard_stem, Index, INDEX_SUFFIX};
-use train_ckpt::write::emit;
+use train_ckpt::write::{emit, write_checkpoint_streamed};
 use train_ckpt::{CheckpointFile, EncodeError, Meta};
 
 use super::error::CheckpointError;
@@ -246,8 +246,11 @@ pub fn write_named(
             source => FileError::Encode { path: target.clone(), source },
         })?
     } else {
-        let serialized = tensors::serialize(&target, tensors, meta)?;
-        atomic::write_atomic(&target, |f| emit(f, &serialized)).map_err(io(&target))?
+        // Streamed from the tensors' own memory: no copy of the whole file is built first.
+        let host = tensors::on_host(&target, tensors)?;
+        let views: Vec<(&str, &tensors::HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
+        let nothing_fails = std::cell::RefCell::new(None);
+        write_checkpoint_streamed(&target, &views, meta.to_map(), false, &nothing_fails)?
     };
     Ok((target, bytes))
 }

@@ -10,7 +10,7 @@ use train_ckpt::Error as FileError;
 
 use safetensors::tensor::{Dtype, View};
 use tch::{Device, Kind, Tensor};
-use train_ckpt::write::{serialize_views, write_compressed_views};
+use train_ckpt::write::write_compressed_views;
 use train_ckpt::{CheckpointFile, EncodeError, Entry, Meta};
 
 use super::error::CheckpointError;
@@ -64,14 +64,6 @@ impl View for &HostTensor {
     fn data_len(&self) -> usize {
         self.len
     }
-}
-
-/// Serializes a checkpoint of `tensors` (copied to the host first when elsewhere) with
-/// `meta` and the per-tensor checksums. `path` only names the file in errors.
-pub(crate) fn serialize(path: &Path, tensors: &[(String, Tensor)], meta: &Meta) -> Result<Vec<u8>, CheckpointError> {
-    let host = on_host(path, tensors)?;
-    let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
-    Ok(serialize_views(path, &views, meta)?)
 }
 
 /// Every tensor as a [`HostTensor`], under its name; one no file can hold is refused,

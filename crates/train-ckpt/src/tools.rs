@@ -129,6 +129,15 @@ pub fn inspect(path: &Path, list_tensors: bool) -> Result<Inspection, Error> {
 /// a foreign file records). Atomic: `output` may be `input`.
 pub fn convert(input: &Path, output: &Path, strip_optimizer: bool) -> Result<u64, Error> {
     let out_kind = FileKind::of_name(output)?;
+    if out_kind == FileKind::Sharded {
+        return Err(Error::Unwritable {
+            path: output.to_path_buf(),
+            reason: format!(
+                "a sharded checkpoint is written by a data-parallel job, one shard a rank; write one file \
+                 ({PLAIN_SUFFIX} or .tckpt), which consolidates it"
+            ),
+        });
+    }
     if out_kind == FileKind::Pytorch {
         return Err(Error::Unwritable {
             path: output.to_path_buf(),

@@ -24,7 +24,8 @@ loop on rank 0 after a barrier: each rank's B rows of the global batch gathered 
 index_select from the in-memory set along a seeded permutation, zero_grad(set_to_none=False),
 forward, cross_entropy, backward (DDP's overlapping all-reduce), loss.item(), step. Its start-up
 (imports, loading, process group, DDP construction) is outside the clock. `train` also
-all-reduces each step's example count, loss and stop flag, which the peer does not. Data as
+all-reduces each step's loss, example count and stop flag (one small all-reduce, started
+before the last backward), which the peer does not. Data as
 `train` loads IDX: pixels / 255 as float32, no mean/std normalisation (src/data/load.rs),
 both splits held in memory. Ratios are paired: each row divided by PyTorch DDP of the same
 repeat, then the median and range over --repeats.

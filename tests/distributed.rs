@@ -713,6 +713,13 @@ fn ranks_that_found_different_data_are_refused_naming_both_counts() {
     }
 }
 
+/// Waits for every rank of a job; each must succeed (`what` names the job in the failure).
+fn succeed(mut ranks: Vec<Child>, out: &Path, what: &str) {
+    for (rank, c) in ranks.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "{what} rank {rank}:\n{}", log_of(out, rank));
+    }
+}
+
 /// The index of a run's sharded `latest`.
 fn index(out: &Path) -> PathBuf {
     out.join("checkpoints/latest.index.json")
@@ -874,10 +881,7 @@ fn a_rank_killed_in_a_sharded_save_leaves_latest_complete_and_the_job_resumes_fr
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().any(|n| n.contains("step-00000005.rank-00001")), "{names:?}");
-    let mut again = slurm_job(&job, &s, free_port());
-    for (rank, c) in again.iter_mut().enumerate() {
-        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
-    }
+    succeed(slurm_job(&job, &s, free_port()), &job, "resumed");
     single(&reference, &sets(ws.path(), 4, &["training.epochs=3"]));
     assert_close(&latest(&reference), &index(&job), 1e-5);
 }
@@ -901,13 +905,7 @@ fn sigterm_to_both_sharded_ranks_exits_75_and_resumes_as_if_uninterrupted() {
     for (rank, c) in ranks.iter_mut().enumerate() {
         assert_eq!(c.wait().unwrap().code(), Some(75), "rank {rank}:\n{}", log_of(&job, rank));
     }
-    let mut again = slurm_job(&job, &s, free_port());
-    for (rank, c) in again.iter_mut().enumerate() {
-        assert!(c.wait().unwrap().success(), "resumed rank {rank}:\n{}", log_of(&job, rank));
-    }
-    let mut uninterrupted = slurm_job(&whole, &s, free_port());
-    for (rank, c) in uninterrupted.iter_mut().enumerate() {
-        assert!(c.wait().unwrap().success(), "uninterrupted rank {rank}:\n{}", log_of(&whole, rank));
-    }
+    succeed(slurm_job(&job, &s, free_port()), &job, "resumed");
+    succeed(slurm_job(&whole, &s, free_port()), &whole, "uninterrupted");
     assert_eq!(weights(&index(&job)), weights(&index(&whole)), "resumed and uninterrupted runs differ");
 }

@@ -213,11 +213,7 @@ fn perform(
     if plan.files.is_empty() {
         return Ok(report);
     }
-    std::fs::create_dir_all(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
-    let available = fs4::available_space(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
-    if available < plan.needed_bytes {
-        return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed: plan.needed_bytes, available });
-    }
+    check_space(dir, plan)?;
 
     let mut latest_verified = false;
     for file in &plan.files {
@@ -225,22 +221,43 @@ fn perform(
             file.items.iter().map(|&i| (tensors[i].0.clone(), tensors[i].1.shallow_clone())).collect();
         let (path, size) = store::write_atomic(dir, file.slot, plan.compress, &chosen, &file.meta)?;
         if file.slot == Slot::Latest {
-            latest_verified = match CheckpointFile::open(&path).and_then(|f| f.verify()) {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::error!("{e}: keeping every older checkpoint");
-                    false
-                }
-            };
+            latest_verified = sound(CheckpointFile::open(&path).and_then(|f| f.verify()));
         }
         report.written.push((path, size));
     }
     rotate(dir, retention, latest_verified, &mut report)?;
+    Ok(finished(report, start))
+}
+
+/// Creates `dir` and refuses a save that needs more space than it has (nothing written).
+fn check_space(dir: &Path, plan: &SavePlan) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
+    let available = fs4::available_space(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
+    if available < plan.needed_bytes {
+        return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed: plan.needed_bytes, available });
+    }
+    Ok(())
+}
+
+/// Whether the `latest` just written reads back; if not, says so (retention then keeps
+/// every older checkpoint).
+fn sound<T>(check: Result<T, FileError>) -> bool {
+    match check {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!("{e}: keeping every older checkpoint");
+            false
+        }
+    }
+}
+
+/// The report of a save that began at `start`, its files logged.
+fn finished(mut report: SaveReport, start: Instant) -> SaveReport {
     report.write_seconds = start.elapsed().as_secs_f64();
     for (path, bytes) in &report.written {
         tracing::info!(path = %path.display(), bytes, "checkpoint saved");
     }
-    Ok(report)
+    report
 }
 
 /// Retention: the epoch checkpoints to delete (none unless `latest` was verified), each
@@ -322,11 +339,7 @@ fn perform_sharded(
     let start = Instant::now();
     let mut report = SaveReport::default();
     let Shard { rank, world, .. } = *sh.shard;
-    std::fs::create_dir_all(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
-    let available = fs4::available_space(dir).map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
-    if available < plan.needed_bytes {
-        return Err(CheckpointError::DiskFull { dir: dir.to_path_buf(), needed: plan.needed_bytes, available });
-    }
+    check_space(dir, plan)?;
     let mut latest_verified = false;
     for file in &plan.files {
         let step = file.meta.position.step;
@@ -361,26 +374,16 @@ fn perform_sharded(
         let Some(records) = sh.exchange.gather(&key, &record)? else { continue };
         let index = index_of(&key, &records, world, seal(file.meta.to_map()))?;
         let (path, size) = store::write_index(dir, file.slot, &index)?;
-        let opens = CheckpointFile::open(&path);
+        // Its shards were checked by their writers; opening it checks them against it.
         if file.slot == Slot::Latest {
-            latest_verified = match opens {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::error!("{e}: keeping every older checkpoint");
-                    false
-                }
-            };
+            latest_verified = sound(CheckpointFile::open(&path));
         }
         report.written.push((path, size));
     }
     if rank == 0 {
         rotate(dir, retention, latest_verified, &mut report)?;
     }
-    report.write_seconds = start.elapsed().as_secs_f64();
-    for (path, bytes) in &report.written {
-        tracing::info!(path = %path.display(), bytes, "checkpoint saved");
-    }
-    Ok(report)
+    Ok(finished(report, start))
 }
 
 /// The index of every rank's `records` (in rank order) of one save: the shards that hold

@@ -756,6 +756,13 @@ fn sharded_optimizer_state_and_gradients_match_one_rank_with_the_doubled_batch()
         let verified = CheckpointFile::open(&index(&two)).unwrap().verify().unwrap();
         assert_eq!(verified.integrity, train::checkpoint::Integrity::Checked);
         assert_validation_is_one_process(&index(&two), &two_sets);
+        // The epoch checkpoint's shards hold no optimizer state
+        // (memory.save_optimizer_in_epoch_checkpoints is false by default); latest's do.
+        let epoch = CheckpointFile::open(&two.join("checkpoints/epoch-0001.index.json")).unwrap();
+        assert!(!epoch.meta().unwrap().has_optimizer_state);
+        assert!(epoch.entries().iter().all(|e| e.role == train::checkpoint::Role::Model), "{:?}", epoch.names());
+        let latest_roles = CheckpointFile::open(&index(&two)).unwrap();
+        assert!(latest_roles.entries().iter().any(|e| e.role == train::checkpoint::Role::Optimizer));
         // `train ckpt convert` consolidates it into one file with the same tensors.
         let one_file = two.join("consolidated.tckpt");
         let out = command(&binary()).args(["ckpt", "convert"]).arg(index(&two)).arg(&one_file).output().unwrap();

@@ -95,7 +95,9 @@ def load_file(path, device="cpu"):
     ``optimizer/<param>/<slot>`` tensors; a ``torch.save`` file's tensors beside its model
     state dict (optimizer state, a 0-d loss) come under their dotted path in the pickle
     (``optimizer_state_dict.state.0.exp_avg``). Dtypes are kept as stored. Checksums are
-    checked where the file has them.
+    checked where the file has them. A sharded checkpoint (a data-parallel job's
+    ``latest.index.json``, with one shard file per rank beside it) loads as one file: each
+    tensor whole, assembled from its pieces.
 
     The bytes are decoded into the tensors' own CPU memory (a compressed file in parallel).
     For another ``device`` the tensors are loaded to the CPU, then moved with ``.to(device)``.

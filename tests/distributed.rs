@@ -141,27 +141,31 @@ fn slurm_job_in(
     (0..2)
         .map(|rank| {
             let log = std::fs::File::create(out.with_file_name(format!("log-{rank}"))).unwrap();
-            let mut cmd = command(&binary());
+            let mut cmd = slurm_command(rank, out, sets, port);
             if rank == 1 {
                 cmd.envs(rank1_env.iter().copied());
             }
             if let Some(cwd) = cwds[rank] {
                 cmd.current_dir(cwd);
             }
-            cmd.args(args(out, sets))
-                .env("SLURM_PROCID", rank.to_string())
-                .env("SLURM_NTASKS", "2")
-                .env("SLURM_LOCALID", rank.to_string())
-                .env("SLURM_NODEID", "0")
-                .env("SLURM_JOB_NODELIST", "localhost")
-                .env("SLURM_JOB_ID", "4242")
-                .env("MASTER_PORT", port.to_string())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap()
+            cmd.stderr(log).spawn().unwrap()
         })
         .collect()
+}
+
+/// `train` as rank `rank` of 2 with the variables `srun` sets, stdout discarded.
+fn slurm_command(rank: usize, out: &Path, sets: &[String], port: u16) -> Command {
+    let mut cmd = command(&binary());
+    cmd.args(args(out, sets))
+        .env("SLURM_PROCID", rank.to_string())
+        .env("SLURM_NTASKS", "2")
+        .env("SLURM_LOCALID", rank.to_string())
+        .env("SLURM_NODEID", "0")
+        .env("SLURM_JOB_NODELIST", "localhost")
+        .env("SLURM_JOB_ID", "4242")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null());
+    cmd
 }
 
 fn log_of(out: &Path, rank: usize) -> String {
@@ -866,6 +870,29 @@ fn a_sharded_checkpoint_resumes_under_one_two_and_three_ranks_and_a_replicated_o
     let log = run(&replicated, 2, 2, true);
     assert!(!log.contains("optimizer starts fresh"), "{log}");
     assert_close(&latest(&whole_one), &index(&replicated), 1e-5);
+}
+
+#[test]
+fn sharded_ranks_given_their_own_output_dirs_write_their_shards_into_rank_zero_s_folder() {
+    let ws = workspace();
+    let s = sets(ws.path(), 16, &["distributed.shard=optimizer"]);
+    let port = free_port();
+    // `--output-dir job`, relative: each rank's own folder, as run.output_dir may differ.
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            let cwd = ws.path().join(format!("node{rank}"));
+            std::fs::create_dir_all(&cwd).unwrap();
+            let log = std::fs::File::create(ws.path().join(format!("log-{rank}"))).unwrap();
+            slurm_command(rank, Path::new("job"), &s, port).current_dir(cwd).stderr(log).spawn().unwrap()
+        })
+        .collect();
+    succeed(ranks, &ws.path().join("job"), "own folders");
+    let index = ws.path().join("node0/job/checkpoints/latest.index.json");
+    assert_eq!(
+        CheckpointFile::open(&index).unwrap().verify().unwrap().integrity,
+        train::checkpoint::Integrity::Checked
+    );
+    assert!(!ws.path().join("node1/job/checkpoints").exists(), "rank 1 wrote into its own folder");
 }
 
 #[test]

@@ -361,11 +361,15 @@ fn perform_sharded(
                 .map(|&i| {
                     let (name, t) = &tensors[i];
                     let p = &sh.layout[i];
-                    let dtype = crate::dtype::from_kind(t.kind()).expect("a dtype a checkpoint holds");
+                    // The shard was written, so its dtypes are ones a checkpoint holds.
+                    let dtype = crate::dtype::from_kind(t.kind()).ok_or_else(|| CheckpointError::Exchange {
+                        key: name.clone(),
+                        message: format!("tensor `{name}` has no checkpoint dtype ({:?})", t.kind()),
+                    })?;
                     let piece = IndexPiece { shard: 0, offset: p.offset, len: p.len };
-                    IndexTensor { name: name.clone(), dtype, shape: p.shape.clone(), pieces: vec![piece] }
+                    Ok(IndexTensor { name: name.clone(), dtype, shape: p.shape.clone(), pieces: vec![piece] })
                 })
-                .collect();
+                .collect::<Result<_, CheckpointError>>()?;
             report.written.push((path, size));
         }
         crate::fault::check_sharded_save(step);

@@ -221,13 +221,23 @@ fn train(job: &Job, prepared: Prepared, dist: Option<&Rc<Dist>>, stop: &mut Stop
         ranks::check_same_data(d, data.train.len(), data.val.len())?;
         ranks::join(d, &mut trainer, &job.planned)?;
     }
+    // With sharded state every rank writes its shard of each checkpoint, into rank 0's
+    // folder (where its index names them), whatever `run.output_dir` this rank was given.
+    let shard_dir = match (dist, trainer.shard_stage()) {
+        (Some(d), Some(_)) => {
+            let leader = folder.as_ref().map(|f| {
+                let dir = f.checkpoints();
+                let absolute = dir.parent().and_then(|p| std::fs::canonicalize(p).ok());
+                absolute.map_or(dir, |p| p.join(crate::checkpoint::store::DIR_NAME)).display().to_string()
+            });
+            Some(PathBuf::from(d.share("run/checkpoint-dir", leader.as_deref())?))
+        }
+        _ => None,
+    };
     stop.begin_training();
     let mut writer = folder.map(|f| Writer::open(job, f, &trainer, dist)).transpose()?;
-    // With sharded state every rank writes its shard of each checkpoint.
-    let mut shard_saver = match (dist, &writer) {
-        (Some(d), None) if trainer.shard_stage().is_some() => {
-            Some(saver_for(job, &trainer, Some(d), job.out.join(crate::checkpoint::store::DIR_NAME)))
-        }
+    let mut shard_saver = match (dist, &writer, shard_dir) {
+        (Some(d), None, Some(dir)) => Some(saver_for(job, &trainer, Some(d), dir)),
         _ => None,
     };
     let cfg = &job.planned;

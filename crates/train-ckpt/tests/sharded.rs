@@ -149,3 +149,16 @@ fn damage_to_the_index_or_a_shard_is_refused_never_read_as_data() {
     let err = CheckpointFile::open(&index).err().expect("a missing shard is refused").to_string();
     assert!(err.contains("rank-00001") && err.contains("missing"), "{err}");
 }
+
+/// An index whose shard is itself an index (or names itself) is refused, not followed.
+#[test]
+fn an_index_naming_an_index_as_its_shard_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded(dir.path());
+    let json = std::fs::read(&index).unwrap();
+    // Rank 0's shard replaced by the index itself, under the shard's name.
+    let shard = dir.path().join(shard_file_name("latest", 9, 0, 2, false));
+    std::fs::write(&shard, &json).unwrap();
+    let err = CheckpointFile::open(&index).err().expect("refused").to_string();
+    assert!(err.contains("not be another sharded checkpoint's index"), "{err}");
+}

@@ -29,6 +29,16 @@ enum Purpose {
     Inspect,
     /// A PyTorch optimizer state dict, with or without weights.
     Optimizer,
+    /// A sharded checkpoint's shard, loaded as [`Purpose::Load`] is; it must be a file of
+    /// tensors, never another index (an index naming itself would recurse without end).
+    Shard,
+}
+
+impl Purpose {
+    /// Whether tensors are opened to be loaded.
+    fn loads(self) -> bool {
+        matches!(self, Self::Load | Self::Shard)
+    }
 }
 
 /// An opened checkpoint of any kind: header, metadata and checksums read (once) and
@@ -128,13 +138,16 @@ impl CheckpointFile {
             )));
         }
         if candidates.first() == Some(&FileKind::Sharded) {
+            if purpose == Purpose::Shard {
+                return Err(malformed("a shard must hold tensors, not be another sharded checkpoint's index".into()));
+            }
             return Self::open_sharded(path, &file, stat.len());
         }
         // Believe the first kind that parses.
         let mut failed: Vec<(FileKind, KindError)> = Vec::new();
         let mut parsed = None;
         for kind in candidates {
-            match open_kind(path, file.try_clone().map_err(io)?, stat.len(), kind, purpose == Purpose::Load) {
+            match open_kind(path, file.try_clone().map_err(io)?, stat.len(), kind, purpose.loads()) {
                 Ok(opened) => {
                     parsed = Some((kind, opened));
                     break;
@@ -157,7 +170,7 @@ impl CheckpointFile {
         let (others, pickle) = extra.map_or((Vec::new(), None), |x| (x.others, Some(x.pickle)));
         if entries.is_empty() {
             let optimizer = pickle.as_ref().is_some_and(|p| p.optimizer.is_some());
-            if !(optimizer && purpose != Purpose::Load) {
+            if !(optimizer && !purpose.loads()) {
                 // Nothing in it could be loaded or checked; a pickle of something else reads so.
                 return Err(malformed(if optimizer {
                     "holds a PyTorch optimizer state dict but no model weights".into()
@@ -172,7 +185,7 @@ impl CheckpointFile {
                 MetaError::Invalid(reason) => malformed(reason),
             })?;
             let checksums = checksums_of_ours(path, kind, checksums, &entries)?;
-            if !metadata.contains_key(METADATA_CHECKSUM_KEY) && purpose == Purpose::Load && first_time(path) {
+            if !metadata.contains_key(METADATA_CHECKSUM_KEY) && purpose.loads() && first_time(path) {
                 // Read all the same (runs from before version 2 resume), but never as checked;
                 // said once per file (a run lists its checkpoints at every save).
                 tracing::warn!(
@@ -220,7 +233,7 @@ impl CheckpointFile {
         let mut files = Vec::with_capacity(index.shards.len());
         for record in &index.shards {
             let shard_path = dir.join(&record.file);
-            let shard = Self::open_as(&shard_path, Purpose::Load).map_err(|e| match e {
+            let shard = Self::open_as(&shard_path, Purpose::Shard).map_err(|e| match e {
                 Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                     malformed(format!("its shard {} is missing", record.file))
                 }

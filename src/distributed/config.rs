@@ -42,7 +42,7 @@ pub enum ShardChoice {
     /// ZeRO-2: ZeRO-1, and gradients are reduce-scattered, so each rank keeps only its
     /// shard's gradients after backward.
     OptimizerAndGradients,
-    /// Chosen by the memory plan ([`crate::distributed::shard_for`]).
+    /// Chosen by the memory plan ([`crate::distributed::plan::auto`]).
     Auto,
 }
 

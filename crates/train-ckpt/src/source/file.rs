@@ -170,7 +170,7 @@ impl CheckpointFile {
         let (others, pickle) = extra.map_or((Vec::new(), None), |x| (x.others, Some(x.pickle)));
         if entries.is_empty() {
             let optimizer = pickle.as_ref().is_some_and(|p| p.optimizer.is_some());
-            if !(optimizer && !purpose.loads()) {
+            if !optimizer || purpose.loads() {
                 // Nothing in it could be loaded or checked; a pickle of something else reads so.
                 return Err(malformed(if optimizer {
                     "holds a PyTorch optimizer state dict but no model weights".into()

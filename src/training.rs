@@ -264,7 +264,7 @@ impl Trainer {
         // One small all-reduce a step: the loss, the examples and the stop flag.
         let (loss_sum, total, stop) = match (&self.dist, sums) {
             (Some(d), Some(pending)) => three(d.finish_sum(pending)?),
-            (Some(d), None) => three(d.sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?),
+            (Some(d), None) => three(d.sum(&step_sums(loss_sum, n, stop))?),
             (None, _) => (loss_sum, n as f64, stop),
         };
         let loss = loss_sum / total;
@@ -311,7 +311,7 @@ impl Trainer {
     /// out of memory retryable on this rank alone.
     fn start_sums(&self, loss_sum: f64, n: i64, stop: bool) -> Result<Option<Pending>, DistError> {
         match &self.dist {
-            Some(d) if d.overlaps() => Ok(Some(d.start_sum(&[loss_sum, n as f64, f64::from(u8::from(stop))])?)),
+            Some(d) if d.overlaps() => Ok(Some(d.start_sum(&step_sums(loss_sum, n, stop))?)),
             _ => Ok(None),
         }
     }
@@ -456,15 +456,20 @@ impl Trainer {
     /// buffers or a job.
     pub fn sync_buffers(&self) -> Result<(), DistError> {
         let Some(d) = &self.dist else { return Ok(()) };
-        let trained: std::collections::HashSet<usize> = self.trainable.iter().map(|t| t.data_ptr() as usize).collect();
-        let mut buffers: Vec<(String, Tensor)> =
-            self.variables().into_iter().filter(|(_, t)| !trained.contains(&(t.data_ptr() as usize))).collect();
+        let mut buffers = self.untrained(self.variables().into_iter().collect());
         if buffers.is_empty() {
             return Ok(());
         }
         buffers.sort_by(|a, b| a.0.cmp(&b.0));
         let tensors: Vec<Tensor> = buffers.into_iter().map(|(_, t)| t).collect();
         d.broadcast(&tensors)
+    }
+
+    /// Those of `vars` that are not trained (buffers, frozen parameters): told by storage,
+    /// since a name can alias a trained tensor.
+    fn untrained(&self, vars: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+        let trained: std::collections::HashSet<usize> = self.trainable.iter().map(|t| t.data_ptr() as usize).collect();
+        vars.into_iter().filter(|(_, t)| !trained.contains(&(t.data_ptr() as usize))).collect()
     }
 
     /// The state a checkpoint takes now: every model variable, sorted by name, the
@@ -492,12 +497,7 @@ impl Trainer {
         // Sharded: this rank's pieces of the trainable parameters, and on rank 0 every
         // variable that is not sharded (buffers, frozen parameters), whole.
         let pieces = zero.owned();
-        let sharded: std::collections::HashSet<usize> = self.trainable.iter().map(|t| t.data_ptr() as usize).collect();
-        let mut own: Vec<(String, Tensor)> = if zero.rank() == 0 {
-            model.into_iter().filter(|(_, t)| !sharded.contains(&(t.data_ptr() as usize))).collect()
-        } else {
-            Vec::new()
-        };
+        let mut own = if zero.rank() == 0 { self.untrained(model) } else { Vec::new() };
         own.extend(zero.parameter_pieces());
         own.sort_by(|a, b| a.0.cmp(&b.0));
         let dist = self.dist.as_ref().expect("sharded only in a job");
@@ -539,6 +539,12 @@ impl Trainer {
         self.last_train_loss = s.train_loss;
         self.last_eval = EvalStats { loss: s.val_loss, accuracy: s.val_accuracy };
     }
+}
+
+/// What each rank adds to the step's one small all-reduce: its loss sum, its examples,
+/// and 1 when it asks to stop.
+fn step_sums(loss_sum: f64, n: i64, stop: bool) -> [f64; 3] {
+    [loss_sum, n as f64, f64::from(u8::from(stop))]
 }
 
 /// The step's three sums: the loss, the examples, whether any rank asked to stop.

@@ -74,13 +74,18 @@ pub fn parse_name(name: &str) -> Option<(Slot, bool)> {
         .map(|e| (Slot::Epoch(e), compressed))
 }
 
+/// The entries of `dir`, or `None` when it does not exist (yet).
+fn entries_of(dir: &Path) -> Result<Option<fs::ReadDir>, CheckpointError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
+    }
+}
+
 /// Checkpoint files in `dir` (not recursive), in no particular order. A missing folder has none.
 pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Slot)>, CheckpointError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
-    };
+    let Some(entries) = entries_of(dir)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| FileError::Io { path: dir.to_path_buf(), source })?;
@@ -95,11 +100,7 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Slot)>, CheckpointError> {
 /// Deletes `.tmp-*` files in `dir` (writes cut short by a crash or SIGKILL; they never
 /// carry a final name, so nothing reads them). Call only while holding the run's lock.
 pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
-    };
+    let Some(entries) = entries_of(dir)? else { return Ok(0) };
     let mut removed = 0;
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.path().is_file() {
@@ -197,11 +198,7 @@ pub fn write_index(dir: &Path, slot: Slot, index: &Index) -> Result<(PathBuf, u6
 pub fn remove_unreferenced_shards(dir: &Path) -> Result<usize, CheckpointError> {
     let mut named = std::collections::HashSet::new();
     let mut shards = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(FileError::Io { path: dir.to_path_buf(), source }.into()),
-    };
+    let Some(entries) = entries_of(dir)? else { return Ok(0) };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(INDEX_SUFFIX) {

@@ -323,11 +323,8 @@ impl Dist {
 
     /// `values` summed over the ranks.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
-        let start = std::time::Instant::now();
-        let t = Tensor::from_slice(values).to_device(self.device);
-        self.group.allreduce(&t, false).map_err(|m| self.lost("an all-reduce", m))?;
-        self.add_time(|t| t.small += start.elapsed().as_secs_f64());
-        Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).map_err(|e| self.lost("an all-reduce", e))
+        // Started and waited for at once; finish_sum counts the wait.
+        self.finish_sum(self.start_sum(values)?)
     }
 
     /// Starts summing `values` over the ranks (a small all-reduce that runs while this

@@ -159,8 +159,9 @@ pub fn shard(dist: &Dist, trainer: &mut Trainer, cfg: &PlannedConfig) -> Result<
 /// must agree: every rank probes its own device, and the leader's choice is taken by all
 /// (published through the store).
 fn auto_stage(cfg: &PlannedConfig, trainer: &Trainer, dist: &Dist) -> Result<Option<Stage>, DistError> {
-    let params: u64 = trainer.vs.trainable_variables().iter().map(crate::checkpoint::tensors::tensor_bytes).sum();
-    let count = trainer.vs.trainable_variables().len() as u64;
+    let trainable = trainer.vs.trainable_variables();
+    let params: u64 = trainable.iter().map(crate::checkpoint::tensors::tensor_bytes).sum();
+    let count = trainable.len() as u64;
     let state = crate::optim::state_bytes(&cfg.training.optimizer, params, count);
     let choices = plan::per_rank(params, state, dist.world());
     let resident = params;
